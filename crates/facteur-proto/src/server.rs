@@ -1,0 +1,1101 @@
+//! `ServerSession`: the server side of POP3 as a state machine with no I/O.
+//!
+//! The driver feeds it one command line at a time ([`ServerSession::handle_line`]) and writes
+//! whatever it appends to the output buffer. When a command needs the world (checking a
+//! password, reading a message, applying deletions), the session returns an [`Event`]; the driver
+//! does the work and reports back ([`ServerSession::auth_result`],
+//! [`ServerSession::update_result`]). Until then the driver must not feed further lines; they
+//! stay in its input buffer, which is how pipelined commands keep their order (RFC 2449 section 6.6).
+//!
+//! States follow RFC 1939 section 3: AUTHORIZATION, then TRANSACTION once the maildrop is
+//! locked and its snapshot taken, then UPDATE after QUIT, where (and only where) deletions happen.
+
+use crate::command::{self, Command, ParseError};
+use crate::response::{self, Code};
+use crate::types::{MessageMeta, MsgNum, Secret};
+use std::fmt::Write as _;
+
+/// What the session needs to know of its server and of this connection.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Sent in CAPA as `IMPLEMENTATION`; empty to leave it out.
+    pub implementation: String,
+    /// The greeting text after `+OK`.
+    pub greeting: String,
+    /// APOP's `<process.random@host>` timestamp; `Some` only when APOP is offered.
+    pub apop_timestamp: Option<String>,
+    /// Whether USER/PASS (and APOP) may be used on this connection (the plaintext policy).
+    pub user_pass_allowed: bool,
+    /// Whether STLS can be offered on this connection (a plain connection with a certificate).
+    pub stls_available: bool,
+    /// The SASL mechanisms offered on this connection, in CAPA order (empty: no AUTH).
+    pub sasl_mechanisms: Vec<String>,
+    /// Answer the obsolete LAST command (RFC 1460); off by default.
+    pub enable_last: bool,
+    /// After this many bad commands (unknown, malformed, out of state, too long) the session
+    /// closes: a client that speaks nonsense is not a POP3 client.
+    pub max_bad_commands: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            implementation: String::new(),
+            greeting: "POP3 server ready".into(),
+            apop_timestamp: None,
+            user_pass_allowed: true,
+            stls_available: false,
+            sasl_mechanisms: Vec::new(),
+            enable_last: false,
+            max_bad_commands: 20,
+        }
+    }
+}
+
+/// The RFC 1939 states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Authorization,
+    Transaction,
+    Update,
+    /// The session is over; the driver closes the connection after flushing the output.
+    Closed,
+}
+
+/// Work the driver must do for the session.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Check USER/PASS credentials, then lock and open the maildrop, and call `auth_result`.
+    Authenticate {
+        user: String,
+        password: Secret<Vec<u8>>,
+    },
+    /// Check an APOP digest against the configured timestamp, then as for `Authenticate`.
+    Apop { user: String, digest: String },
+    /// Stream message `index` (0-based): the `+OK` line is already in the output; send the body
+    /// through a `dot::DotEncoder::new(top_lines)` and its terminator.
+    Retrieve {
+        index: usize,
+        top_lines: Option<u64>,
+    },
+    /// A multi-line listing is pending: call `fill_listing` until it returns true.
+    Listing,
+    /// QUIT in TRANSACTION: delete these messages (0-based, ascending) and call `update_result`.
+    Update { deletions: Vec<usize> },
+    /// STLS accepted (`+OK` is in the output): flush, discard every buffered input byte, and
+    /// start the TLS handshake (RFC 2595 section 4).
+    StartTls,
+    /// AUTH with a SASL mechanism the session advertised (handled by the driver's SASL layer).
+    Sasl {
+        mechanism: String,
+        initial_response: Option<Secret<String>>,
+    },
+    /// Flush the output and close the connection.
+    Close,
+}
+
+/// How the driver's authentication and maildrop opening ended.
+#[derive(Debug)]
+pub enum AuthResult {
+    /// Credentials good and the maildrop locked; `messages` is the snapshot.
+    Success {
+        user: String,
+        messages: Vec<MessageMeta>,
+    },
+    /// Bad credentials (unknown user and wrong password alike).
+    Failed,
+    /// The maildrop is locked by another session.
+    InUse,
+    /// A server-side failure; `permanent` selects `[SYS/PERM]` over `[SYS/TEMP]`.
+    SystemError { permanent: bool },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListingKind {
+    List,
+    Uidl,
+}
+
+/// The state machine for one POP3 connection, server side.
+#[derive(Debug)]
+pub struct ServerSession {
+    config: ServerConfig,
+    state: State,
+    /// The name given by USER, waiting for PASS.
+    pending_user: Option<String>,
+    /// An Event that awaits its result; lines must not be fed meanwhile.
+    awaiting: Option<Awaiting>,
+    user: Option<String>,
+    messages: Vec<MessageMeta>,
+    deleted: Vec<bool>,
+    deleted_count: usize,
+    deleted_octets: u64,
+    total_octets: u64,
+    /// Highest message number accessed, for LAST (RFC 1460).
+    last_accessed: u32,
+    bad_commands: u32,
+    /// The session was closed because of `max_bad_commands`.
+    closed_for_errors: bool,
+    tls_active: bool,
+    listing: Option<(ListingKind, usize)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Awaiting {
+    Auth,
+    Update,
+}
+
+impl ServerSession {
+    pub fn new(config: ServerConfig) -> Self {
+        Self {
+            config,
+            state: State::Authorization,
+            pending_user: None,
+            awaiting: None,
+            user: None,
+            messages: Vec::new(),
+            deleted: Vec::new(),
+            deleted_count: 0,
+            deleted_octets: 0,
+            total_octets: 0,
+            last_accessed: 0,
+            bad_commands: 0,
+            closed_for_errors: false,
+            tls_active: false,
+            listing: None,
+        }
+    }
+
+    /// Write the greeting (RFC 1939 section 4), with the APOP timestamp when APOP is offered.
+    pub fn greeting(&self, out: &mut Vec<u8>) {
+        match &self.config.apop_timestamp {
+            Some(ts) => response::ok(out, format_args!("{} {ts}", self.config.greeting)),
+            None => response::ok(out, &self.config.greeting),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The authenticated user, once in TRANSACTION.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// The number of messages marked deleted so far.
+    pub fn deleted_count(&self) -> usize {
+        self.deleted_count
+    }
+
+    /// True while an event's result is awaited: feed no line until it is given.
+    pub fn is_awaiting(&self) -> bool {
+        self.awaiting.is_some()
+    }
+
+    /// The connection is now under TLS (after STLS and a handshake, or implicit TLS). Updates
+    /// the policy: STLS is no longer offered, and plaintext logins become acceptable.
+    pub fn set_tls_active(&mut self, user_pass_allowed: bool, sasl_mechanisms: Vec<String>) {
+        self.tls_active = true;
+        self.config.stls_available = false;
+        self.config.user_pass_allowed = user_pass_allowed;
+        self.config.sasl_mechanisms = sasl_mechanisms;
+    }
+
+    /// A command line longer than the limit arrived (and was discarded by the framer).
+    pub fn handle_too_long(&mut self, out: &mut Vec<u8>) -> Option<Event> {
+        response::err(out, None, "line too long");
+        self.bad_command(out)
+    }
+
+    /// Handle one command line (without CRLF), appending the reply to `out`.
+    pub fn handle_line(&mut self, line: &[u8], out: &mut Vec<u8>) -> Option<Event> {
+        if self.awaiting.is_some() || self.listing.is_some() {
+            // A driver bug, not a client's: refuse rather than reorder replies.
+            response::err(
+                out,
+                Some(Code::SysTemp),
+                "internal error: command out of turn",
+            );
+            return None;
+        }
+        match self.state {
+            State::Update | State::Closed => return Some(Event::Close),
+            State::Authorization | State::Transaction => {}
+        }
+        let cmd = match command::parse(line) {
+            Ok(c) => c,
+            Err(e) => {
+                let text = match e {
+                    ParseError::UnknownCommand => "unknown command".to_string(),
+                    other => other.to_string(),
+                };
+                response::err(out, None, text);
+                return self.bad_command(out);
+            }
+        };
+        match self.state {
+            State::Authorization => self.authorization(cmd, out),
+            _ => self.transaction(cmd, out),
+        }
+    }
+
+    fn bad_command(&mut self, out: &mut Vec<u8>) -> Option<Event> {
+        self.bad_commands += 1;
+        if self.bad_commands >= self.config.max_bad_commands {
+            response::err(out, None, "too many bad commands, closing connection");
+            self.state = State::Closed;
+            self.closed_for_errors = true;
+            return Some(Event::Close);
+        }
+        None
+    }
+
+    /// True if the session closed itself after too many bad commands.
+    pub fn closed_for_errors(&self) -> bool {
+        self.closed_for_errors
+    }
+
+    fn wrong_state(&mut self, out: &mut Vec<u8>) -> Option<Event> {
+        let text = match self.state {
+            State::Authorization => "command not valid before login",
+            _ => "command not valid after login",
+        };
+        response::err(out, None, text);
+        self.bad_command(out)
+    }
+
+    fn capa(&self, out: &mut Vec<u8>) {
+        response::ok(out, "capability list follows");
+        let mut caps: Vec<String> = vec!["TOP".into(), "UIDL".into()];
+        let before_login = self.state == State::Authorization;
+        if before_login && self.config.user_pass_allowed {
+            caps.push("USER".into());
+        }
+        if before_login && !self.config.sasl_mechanisms.is_empty() {
+            caps.push(format!("SASL {}", self.config.sasl_mechanisms.join(" ")));
+        }
+        if before_login && self.config.stls_available && !self.tls_active {
+            caps.push("STLS".into());
+        }
+        caps.extend([
+            "RESP-CODES".into(),
+            "AUTH-RESP-CODE".into(),
+            "PIPELINING".into(),
+        ]);
+        if !self.config.implementation.is_empty() {
+            caps.push(format!("IMPLEMENTATION {}", self.config.implementation));
+        }
+        for c in caps {
+            out.extend_from_slice(c.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        response::end_multiline(out);
+    }
+
+    fn authorization(&mut self, cmd: Command, out: &mut Vec<u8>) -> Option<Event> {
+        match cmd {
+            Command::Capa => {
+                self.capa(out);
+                None
+            }
+            Command::Noop => {
+                // RFC 1939 gives NOOP to TRANSACTION only; answering it earlier harms nobody
+                // and keeps idle-checking clients happy, but it is not counted as a login step.
+                response::ok(out, "");
+                None
+            }
+            Command::Quit => {
+                response::ok(out, "signing off");
+                self.state = State::Closed;
+                Some(Event::Close)
+            }
+            Command::User(name) => {
+                if !self.config.user_pass_allowed {
+                    return self.plaintext_refused(out);
+                }
+                // The same answer whether the user exists or not: USER reveals nothing.
+                response::ok(out, "send PASS");
+                self.pending_user = Some(name);
+                None
+            }
+            Command::Pass(password) => {
+                if !self.config.user_pass_allowed {
+                    return self.plaintext_refused(out);
+                }
+                match self.pending_user.take() {
+                    Some(user) => {
+                        self.awaiting = Some(Awaiting::Auth);
+                        Some(Event::Authenticate { user, password })
+                    }
+                    None => {
+                        response::err(out, None, "send USER first");
+                        self.bad_command(out)
+                    }
+                }
+            }
+            Command::Apop { name, digest } => {
+                self.pending_user = None;
+                if self.config.apop_timestamp.is_none() {
+                    response::err(out, None, "APOP is not available on this server");
+                    return self.bad_command(out);
+                }
+                if !self.config.user_pass_allowed {
+                    return self.plaintext_refused(out);
+                }
+                self.awaiting = Some(Awaiting::Auth);
+                Some(Event::Apop { user: name, digest })
+            }
+            Command::Stls => {
+                if self.tls_active {
+                    response::err(out, None, "already under TLS");
+                    return self.bad_command(out);
+                }
+                if !self.config.stls_available {
+                    response::err(out, None, "STLS is not available on this server");
+                    return self.bad_command(out);
+                }
+                self.pending_user = None;
+                response::ok(out, "begin TLS negotiation");
+                Some(Event::StartTls)
+            }
+            Command::Auth {
+                mechanism,
+                initial_response,
+            } => {
+                self.pending_user = None;
+                let offered = &self.config.sasl_mechanisms;
+                match mechanism {
+                    None if offered.is_empty() => {
+                        response::err(out, None, "no SASL mechanism is available here");
+                        self.bad_command(out)
+                    }
+                    None => {
+                        response::ok(out, "SASL mechanisms follow");
+                        for m in offered {
+                            out.extend_from_slice(m.as_bytes());
+                            out.extend_from_slice(b"\r\n");
+                        }
+                        response::end_multiline(out);
+                        None
+                    }
+                    Some(m) if offered.iter().any(|o| o.eq_ignore_ascii_case(&m)) => {
+                        self.awaiting = Some(Awaiting::Auth);
+                        Some(Event::Sasl {
+                            mechanism: m,
+                            initial_response,
+                        })
+                    }
+                    Some(_) => {
+                        response::err(out, None, "unsupported SASL mechanism");
+                        self.bad_command(out)
+                    }
+                }
+            }
+            Command::Last if !self.config.enable_last => self.unknown(out),
+            _ => self.wrong_state(out),
+        }
+    }
+
+    fn plaintext_refused(&mut self, out: &mut Vec<u8>) -> Option<Event> {
+        self.pending_user = None;
+        response::err(
+            out,
+            Some(Code::Auth),
+            "plaintext login is disabled on an unencrypted connection: use TLS (STLS or POP3S)",
+        );
+        self.bad_command(out)
+    }
+
+    fn unknown(&mut self, out: &mut Vec<u8>) -> Option<Event> {
+        response::err(out, None, "unknown command");
+        self.bad_command(out)
+    }
+
+    /// Report how the authentication event ended; writes the answer.
+    pub fn auth_result(&mut self, result: AuthResult, out: &mut Vec<u8>) -> Option<Event> {
+        if self.awaiting != Some(Awaiting::Auth) {
+            return None;
+        }
+        self.awaiting = None;
+        match result {
+            AuthResult::Success { user, messages } => {
+                self.total_octets = messages.iter().map(|m| m.size).sum();
+                self.deleted = vec![false; messages.len()];
+                response::ok(
+                    out,
+                    format_args!(
+                        "{user} has {} messages ({} octets)",
+                        messages.len(),
+                        self.total_octets
+                    ),
+                );
+                self.messages = messages;
+                self.user = Some(user);
+                self.state = State::Transaction;
+                None
+            }
+            AuthResult::Failed => {
+                response::err(out, Some(Code::Auth), "invalid user name or password");
+                None
+            }
+            AuthResult::InUse => {
+                response::err(
+                    out,
+                    Some(Code::InUse),
+                    "maildrop is locked by another session",
+                );
+                None
+            }
+            AuthResult::SystemError { permanent } => {
+                let code = if permanent {
+                    Code::SysPerm
+                } else {
+                    Code::SysTemp
+                };
+                response::err(out, Some(code), "cannot open the maildrop, try again later");
+                None
+            }
+        }
+    }
+
+    /// Look up a message number that must exist and not be deleted.
+    fn message(&self, n: MsgNum, out: &mut Vec<u8>) -> Option<usize> {
+        let i = n.index();
+        match self.deleted.get(i) {
+            None => {
+                response::err(
+                    out,
+                    None,
+                    format_args!("no such message, only {} in maildrop", self.messages.len()),
+                );
+                None
+            }
+            Some(true) => {
+                response::err(out, None, format_args!("message {n} already deleted"));
+                None
+            }
+            Some(false) => Some(i),
+        }
+    }
+
+    fn transaction(&mut self, cmd: Command, out: &mut Vec<u8>) -> Option<Event> {
+        match cmd {
+            Command::Capa => self.capa(out),
+            Command::Noop => response::ok(out, ""),
+            Command::Stat => response::ok(
+                out,
+                format_args!(
+                    "{} {}",
+                    self.messages.len() - self.deleted_count,
+                    self.total_octets - self.deleted_octets
+                ),
+            ),
+            Command::List(Some(n)) => {
+                let i = self.message(n, out)?;
+                response::ok(out, format_args!("{n} {}", self.messages[i].size));
+            }
+            Command::Uidl(Some(n)) => {
+                let i = self.message(n, out)?;
+                response::ok(out, format_args!("{n} {}", self.messages[i].uid));
+            }
+            Command::List(None) => {
+                response::ok(
+                    out,
+                    format_args!(
+                        "{} messages ({} octets)",
+                        self.messages.len() - self.deleted_count,
+                        self.total_octets - self.deleted_octets
+                    ),
+                );
+                self.listing = Some((ListingKind::List, 0));
+                return Some(Event::Listing);
+            }
+            Command::Uidl(None) => {
+                response::ok(out, "unique-id listing follows");
+                self.listing = Some((ListingKind::Uidl, 0));
+                return Some(Event::Listing);
+            }
+            Command::Retr(n) => {
+                let index = self.message(n, out)?;
+                self.last_accessed = self.last_accessed.max(n.get());
+                response::ok(out, format_args!("{} octets", self.messages[index].size));
+                return Some(Event::Retrieve {
+                    index,
+                    top_lines: None,
+                });
+            }
+            Command::Top(n, lines) => {
+                let index = self.message(n, out)?;
+                response::ok(out, "top of message follows");
+                return Some(Event::Retrieve {
+                    index,
+                    top_lines: Some(lines),
+                });
+            }
+            Command::Dele(n) => {
+                let i = self.message(n, out)?;
+                self.deleted[i] = true;
+                self.deleted_count += 1;
+                self.deleted_octets += self.messages[i].size;
+                self.last_accessed = self.last_accessed.max(n.get());
+                response::ok(out, format_args!("message {n} deleted"));
+            }
+            Command::Rset => {
+                self.deleted.iter_mut().for_each(|d| *d = false);
+                self.deleted_count = 0;
+                self.deleted_octets = 0;
+                self.last_accessed = 0;
+                response::ok(
+                    out,
+                    format_args!(
+                        "maildrop has {} messages ({} octets)",
+                        self.messages.len(),
+                        self.total_octets
+                    ),
+                );
+            }
+            Command::Last if self.config.enable_last => {
+                response::ok(out, self.last_accessed);
+            }
+            Command::Last => return self.unknown(out),
+            Command::Quit => {
+                self.state = State::Update;
+                self.awaiting = Some(Awaiting::Update);
+                let deletions = self
+                    .deleted
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, &d)| d.then_some(i))
+                    .collect();
+                return Some(Event::Update { deletions });
+            }
+            Command::User(_)
+            | Command::Pass(_)
+            | Command::Apop { .. }
+            | Command::Auth { .. }
+            | Command::Stls => return self.wrong_state(out),
+        }
+        None
+    }
+
+    /// Continue a pending LIST or UIDL listing, appending up to about `budget` octets to `out`.
+    /// Returns true when the listing (with its terminating ".") is complete.
+    pub fn fill_listing(&mut self, out: &mut Vec<u8>, budget: usize) -> bool {
+        let Some((kind, mut next)) = self.listing else {
+            return true;
+        };
+        let start = out.len();
+        let mut line = String::new();
+        while next < self.messages.len() && out.len() - start < budget {
+            if !self.deleted[next] {
+                line.clear();
+                let n = next + 1;
+                let m = &self.messages[next];
+                let _ = match kind {
+                    ListingKind::List => write!(line, "{n} {}\r\n", m.size),
+                    ListingKind::Uidl => write!(line, "{n} {}\r\n", m.uid),
+                };
+                out.extend_from_slice(line.as_bytes());
+            }
+            next += 1;
+        }
+        if next >= self.messages.len() {
+            response::end_multiline(out);
+            self.listing = None;
+            true
+        } else {
+            self.listing = Some((kind, next));
+            false
+        }
+    }
+
+    /// Report how UPDATE ended; writes the final answer. The session is closed afterwards.
+    pub fn update_result(&mut self, result: Result<(), ()>, out: &mut Vec<u8>) -> Option<Event> {
+        if self.awaiting != Some(Awaiting::Update) {
+            return None;
+        }
+        self.awaiting = None;
+        self.state = State::Closed;
+        match result {
+            Ok(()) => {
+                let left = self.messages.len() - self.deleted_count;
+                if self.deleted_count == 0 {
+                    response::ok(out, format_args!("signing off ({left} messages left)"));
+                } else {
+                    response::ok(
+                        out,
+                        format_args!(
+                            "signing off ({} messages deleted, {left} left)",
+                            self.deleted_count
+                        ),
+                    );
+                }
+            }
+            Err(()) => response::err(
+                out,
+                Some(Code::SysTemp),
+                "some deleted messages could not be removed, try again later",
+            ),
+        }
+        Some(Event::Close)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Uidl;
+
+    fn meta(size: u64, uid: &str) -> MessageMeta {
+        MessageMeta {
+            size,
+            uid: Uidl::new(uid).unwrap(),
+        }
+    }
+
+    /// A session already in TRANSACTION with two messages of 120 and 200 octets.
+    fn logged_in() -> ServerSession {
+        let mut s = ServerSession::new(ServerConfig::default());
+        let mut out = Vec::new();
+        assert_eq!(s.handle_line(b"USER mrose", &mut out), None);
+        assert!(matches!(
+            s.handle_line(b"PASS secret", &mut out),
+            Some(Event::Authenticate { .. })
+        ));
+        let msgs = vec![
+            meta(120, "whqtswO00WBw418f9t5JxYwZ"),
+            meta(200, "QhdPYR:00WBw1Ph7x7"),
+        ];
+        assert_eq!(
+            s.auth_result(
+                AuthResult::Success {
+                    user: "mrose".into(),
+                    messages: msgs
+                },
+                &mut out
+            ),
+            None
+        );
+        assert_eq!(s.state(), State::Transaction);
+        s
+    }
+
+    /// Run a line, draining listings; returns the text written and the event.
+    fn run(s: &mut ServerSession, line: &str) -> (String, Option<Event>) {
+        let mut out = Vec::new();
+        let mut ev = s.handle_line(line.as_bytes(), &mut out);
+        if ev == Some(Event::Listing) {
+            while !s.fill_listing(&mut out, 10) {}
+            ev = None;
+        }
+        (String::from_utf8(out).unwrap(), ev)
+    }
+
+    fn text(s: &mut ServerSession, line: &str) -> String {
+        run(s, line).0
+    }
+
+    #[test]
+    fn rfc1939_example_session() {
+        // RFC 1939 section 10, with our own wording after the status indicators.
+        let mut s = logged_in();
+        assert_eq!(text(&mut s, "STAT"), "+OK 2 320\r\n");
+        assert_eq!(
+            text(&mut s, "LIST"),
+            "+OK 2 messages (320 octets)\r\n1 120\r\n2 200\r\n.\r\n"
+        );
+        assert_eq!(
+            run(&mut s, "RETR 1"),
+            (
+                "+OK 120 octets\r\n".into(),
+                Some(Event::Retrieve {
+                    index: 0,
+                    top_lines: None
+                })
+            )
+        );
+        assert_eq!(text(&mut s, "DELE 1"), "+OK message 1 deleted\r\n");
+        assert_eq!(
+            run(&mut s, "RETR 2").1,
+            Some(Event::Retrieve {
+                index: 1,
+                top_lines: None
+            })
+        );
+        assert_eq!(text(&mut s, "DELE 2"), "+OK message 2 deleted\r\n");
+        assert_eq!(
+            run(&mut s, "QUIT").1,
+            Some(Event::Update {
+                deletions: vec![0, 1]
+            })
+        );
+        assert_eq!(s.state(), State::Update);
+        let mut out = Vec::new();
+        assert_eq!(s.update_result(Ok(()), &mut out), Some(Event::Close));
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .starts_with("+OK signing off (2 messages deleted"));
+        assert_eq!(s.state(), State::Closed);
+    }
+
+    #[test]
+    fn greeting_carries_apop_timestamp_only_when_enabled() {
+        let mut out = Vec::new();
+        ServerSession::new(ServerConfig::default()).greeting(&mut out);
+        assert_eq!(out, b"+OK POP3 server ready\r\n");
+        let cfg = ServerConfig {
+            apop_timestamp: Some("<1896.697170952@dbc.mtview.ca.us>".into()),
+            ..ServerConfig::default()
+        };
+        let mut out = Vec::new();
+        ServerSession::new(cfg).greeting(&mut out);
+        assert_eq!(
+            out,
+            b"+OK POP3 server ready <1896.697170952@dbc.mtview.ca.us>\r\n"
+        );
+    }
+
+    #[test]
+    fn apop_only_when_offered() {
+        let mut s = ServerSession::new(ServerConfig::default());
+        let (t, ev) = run(&mut s, "APOP mrose c4c9334bac560ecc979e58001b3e22fb");
+        assert!(t.starts_with("-ERR"));
+        assert_eq!(ev, None);
+        let cfg = ServerConfig {
+            apop_timestamp: Some("<1.2@h>".into()),
+            ..ServerConfig::default()
+        };
+        let mut s = ServerSession::new(cfg);
+        assert_eq!(
+            run(&mut s, "APOP mrose c4c9334bac560ecc979e58001b3e22fb").1,
+            Some(Event::Apop {
+                user: "mrose".into(),
+                digest: "c4c9334bac560ecc979e58001b3e22fb".into()
+            })
+        );
+    }
+
+    #[test]
+    fn deleted_messages_vanish_everywhere() {
+        let mut s = logged_in();
+        text(&mut s, "DELE 1");
+        assert_eq!(text(&mut s, "STAT"), "+OK 1 200\r\n");
+        assert_eq!(
+            text(&mut s, "LIST"),
+            "+OK 1 messages (200 octets)\r\n2 200\r\n.\r\n"
+        );
+        assert_eq!(
+            text(&mut s, "UIDL"),
+            "+OK unique-id listing follows\r\n2 QhdPYR:00WBw1Ph7x7\r\n.\r\n"
+        );
+        for cmd in ["LIST 1", "UIDL 1", "RETR 1", "TOP 1 0", "DELE 1"] {
+            let (t, ev) = run(&mut s, cmd);
+            assert_eq!(t, "-ERR message 1 already deleted\r\n", "{cmd}");
+            assert_eq!(ev, None);
+        }
+    }
+
+    #[test]
+    fn rset_undeletes() {
+        let mut s = logged_in();
+        text(&mut s, "DELE 2");
+        assert_eq!(
+            text(&mut s, "RSET"),
+            "+OK maildrop has 2 messages (320 octets)\r\n"
+        );
+        assert_eq!(text(&mut s, "STAT"), "+OK 2 320\r\n");
+        assert_eq!(
+            run(&mut s, "QUIT").1,
+            Some(Event::Update { deletions: vec![] })
+        );
+    }
+
+    #[test]
+    fn message_numbers_out_of_range() {
+        let mut s = logged_in();
+        for cmd in ["RETR 3", "LIST 3", "UIDL 4294967295", "TOP 3 1", "DELE 3"] {
+            assert!(
+                text(&mut s, cmd).starts_with("-ERR no such message"),
+                "{cmd}"
+            );
+        }
+        for cmd in [
+            "RETR 0",
+            "LIST 4294967297",
+            "RETR 99999999999999999999",
+            "RETR",
+            "TOP 1",
+        ] {
+            assert!(text(&mut s, cmd).starts_with("-ERR"), "{cmd}");
+        }
+        assert_eq!(text(&mut s, "LIST 2"), "+OK 2 200\r\n");
+        assert_eq!(text(&mut s, "UIDL 1"), "+OK 1 whqtswO00WBw418f9t5JxYwZ\r\n");
+    }
+
+    #[test]
+    fn top_event() {
+        let mut s = logged_in();
+        assert_eq!(
+            run(&mut s, "TOP 2 0"),
+            (
+                "+OK top of message follows\r\n".into(),
+                Some(Event::Retrieve {
+                    index: 1,
+                    top_lines: Some(0)
+                })
+            )
+        );
+    }
+
+    #[test]
+    fn commands_in_the_wrong_state() {
+        let mut s = ServerSession::new(ServerConfig::default());
+        for cmd in [
+            "STAT", "LIST", "RETR 1", "DELE 1", "RSET", "TOP 1 1", "UIDL",
+        ] {
+            assert_eq!(
+                text(&mut s, cmd),
+                "-ERR command not valid before login\r\n",
+                "{cmd}"
+            );
+        }
+        assert_eq!(text(&mut s, "PASS x"), "-ERR send USER first\r\n");
+        let mut s = logged_in();
+        for cmd in [
+            "USER a",
+            "PASS b",
+            "APOP a c4c9334bac560ecc979e58001b3e22fb",
+            "STLS",
+        ] {
+            assert_eq!(
+                text(&mut s, cmd),
+                "-ERR command not valid after login\r\n",
+                "{cmd}"
+            );
+        }
+    }
+
+    #[test]
+    fn quit_in_authorization_closes_without_update() {
+        let mut s = ServerSession::new(ServerConfig::default());
+        assert_eq!(
+            run(&mut s, "QUIT"),
+            ("+OK signing off\r\n".into(), Some(Event::Close))
+        );
+        assert_eq!(s.state(), State::Closed);
+    }
+
+    #[test]
+    fn failed_login_stays_in_authorization() {
+        let mut s = ServerSession::new(ServerConfig::default());
+        text(&mut s, "USER a");
+        assert!(s.handle_line(b"PASS b", &mut Vec::new()).is_some());
+        assert!(s.is_awaiting());
+        let mut out = Vec::new();
+        s.auth_result(AuthResult::Failed, &mut out);
+        assert_eq!(out, b"-ERR [AUTH] invalid user name or password\r\n");
+        assert_eq!(s.state(), State::Authorization);
+        // The USER must be given again.
+        assert_eq!(text(&mut s, "PASS b"), "-ERR send USER first\r\n");
+    }
+
+    #[test]
+    fn auth_failures_carry_codes() {
+        for (r, want) in [
+            (AuthResult::InUse, "-ERR [IN-USE] "),
+            (
+                AuthResult::SystemError { permanent: false },
+                "-ERR [SYS/TEMP] ",
+            ),
+            (
+                AuthResult::SystemError { permanent: true },
+                "-ERR [SYS/PERM] ",
+            ),
+        ] {
+            let mut s = ServerSession::new(ServerConfig::default());
+            text(&mut s, "USER a");
+            s.handle_line(b"PASS b", &mut Vec::new());
+            let mut out = Vec::new();
+            s.auth_result(r, &mut out);
+            assert!(String::from_utf8(out).unwrap().starts_with(want));
+        }
+    }
+
+    #[test]
+    fn update_failure_is_sys_temp() {
+        let mut s = logged_in();
+        text(&mut s, "DELE 1");
+        run(&mut s, "QUIT");
+        let mut out = Vec::new();
+        assert_eq!(s.update_result(Err(()), &mut out), Some(Event::Close));
+        assert!(out.starts_with(b"-ERR [SYS/TEMP]"));
+    }
+
+    #[test]
+    fn no_line_is_handled_while_awaiting() {
+        let mut s = ServerSession::new(ServerConfig::default());
+        text(&mut s, "USER a");
+        s.handle_line(b"PASS b", &mut Vec::new());
+        let (t, ev) = run(&mut s, "STAT");
+        assert!(t.starts_with("-ERR [SYS/TEMP]"));
+        assert_eq!(ev, None);
+    }
+
+    #[test]
+    fn capa_reflects_state_and_policy() {
+        let cfg = ServerConfig {
+            implementation: "facteur".into(),
+            stls_available: true,
+            sasl_mechanisms: vec!["PLAIN".into()],
+            ..ServerConfig::default()
+        };
+        let mut s = ServerSession::new(cfg);
+        let t = text(&mut s, "CAPA");
+        assert_eq!(
+            t,
+            "+OK capability list follows\r\nTOP\r\nUIDL\r\nUSER\r\nSASL PLAIN\r\nSTLS\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nIMPLEMENTATION facteur\r\n.\r\n"
+        );
+        let cfg = ServerConfig {
+            user_pass_allowed: false,
+            ..ServerConfig::default()
+        };
+        let mut s = ServerSession::new(cfg);
+        let t = text(&mut s, "CAPA");
+        assert!(!t.contains("USER"));
+        assert!(text(&mut s, "USER a").starts_with("-ERR [AUTH] plaintext login is disabled"));
+        let mut s = logged_in();
+        let t = text(&mut s, "CAPA");
+        assert!(t.contains("TOP\r\n") && !t.contains("USER") && !t.contains("STLS"));
+    }
+
+    #[test]
+    fn stls_only_before_tls() {
+        let mut s = ServerSession::new(ServerConfig::default());
+        assert!(text(&mut s, "STLS").starts_with("-ERR STLS is not available"));
+        let cfg = ServerConfig {
+            stls_available: true,
+            ..ServerConfig::default()
+        };
+        let mut s = ServerSession::new(cfg);
+        assert_eq!(
+            run(&mut s, "STLS"),
+            (
+                "+OK begin TLS negotiation\r\n".into(),
+                Some(Event::StartTls)
+            )
+        );
+        s.set_tls_active(true, vec![]);
+        assert_eq!(text(&mut s, "STLS"), "-ERR already under TLS\r\n");
+        assert!(!text(&mut s, "CAPA").contains("STLS"));
+    }
+
+    #[test]
+    fn last_is_off_by_default() {
+        let mut s = logged_in();
+        assert_eq!(text(&mut s, "LAST"), "-ERR unknown command\r\n");
+        let mut s = ServerSession::new(ServerConfig {
+            enable_last: true,
+            ..ServerConfig::default()
+        });
+        text(&mut s, "USER a");
+        s.handle_line(b"PASS b", &mut Vec::new());
+        let msgs = vec![meta(1, "a"), meta(1, "b"), meta(1, "c")];
+        s.auth_result(
+            AuthResult::Success {
+                user: "a".into(),
+                messages: msgs,
+            },
+            &mut Vec::new(),
+        );
+        assert_eq!(text(&mut s, "LAST"), "+OK 0\r\n");
+        run(&mut s, "RETR 2");
+        assert_eq!(text(&mut s, "LAST"), "+OK 2\r\n");
+        run(&mut s, "TOP 3 1");
+        assert_eq!(text(&mut s, "LAST"), "+OK 2\r\n");
+        text(&mut s, "RSET");
+        assert_eq!(text(&mut s, "LAST"), "+OK 0\r\n");
+    }
+
+    #[test]
+    fn too_many_bad_commands_close() {
+        let mut s = ServerSession::new(ServerConfig {
+            max_bad_commands: 3,
+            ..ServerConfig::default()
+        });
+        assert_eq!(run(&mut s, "FOO").1, None);
+        let mut out = Vec::new();
+        assert_eq!(s.handle_too_long(&mut out), None);
+        assert_eq!(out, b"-ERR line too long\r\n");
+        let (t, ev) = run(&mut s, "BAR");
+        assert_eq!(ev, Some(Event::Close));
+        assert!(t.ends_with("-ERR too many bad commands, closing connection\r\n"));
+        assert_eq!(s.state(), State::Closed);
+        assert!(s.closed_for_errors());
+    }
+
+    #[test]
+    fn bad_input_gets_err_and_session_goes_on() {
+        let mut s = logged_in();
+        assert_eq!(
+            text(&mut s, "ST\0AT"),
+            "-ERR command contains a NUL or control character\r\n"
+        );
+        assert_eq!(text(&mut s, "STAT"), "+OK 2 320\r\n");
+    }
+
+    #[test]
+    fn listing_in_small_steps_is_complete() {
+        let mut s = ServerSession::new(ServerConfig::default());
+        text(&mut s, "USER a");
+        s.handle_line(b"PASS b", &mut Vec::new());
+        let msgs: Vec<_> = (0..1000).map(|i| meta(i, &format!("u{i}"))).collect();
+        s.auth_result(
+            AuthResult::Success {
+                user: "a".into(),
+                messages: msgs,
+            },
+            &mut Vec::new(),
+        );
+        let t = text(&mut s, "UIDL");
+        assert_eq!(t.lines().count(), 1002);
+        assert!(t.ends_with("1000 u999\r\n.\r\n"));
+    }
+
+    #[test]
+    fn sasl_lists_and_dispatches_offered_mechanisms_only() {
+        let cfg = ServerConfig {
+            sasl_mechanisms: vec!["PLAIN".into()],
+            ..ServerConfig::default()
+        };
+        let mut s = ServerSession::new(cfg);
+        assert_eq!(
+            text(&mut s, "AUTH"),
+            "+OK SASL mechanisms follow\r\nPLAIN\r\n.\r\n"
+        );
+        assert!(text(&mut s, "AUTH CRAM-MD5").starts_with("-ERR unsupported"));
+        assert!(matches!(
+            run(&mut s, "AUTH plain").1,
+            Some(Event::Sasl { .. })
+        ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_line_in_any_state_never_panics(lines in proptest::collection::vec(
+            proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40), 0..30)) {
+            let mut s = logged_in();
+            let mut a = ServerSession::new(ServerConfig::default());
+            for l in &lines {
+                let mut out = Vec::new();
+                if let Some(Event::Listing) = s.handle_line(l, &mut out) {
+                    while !s.fill_listing(&mut out, 100) {}
+                }
+                if a.handle_line(l, &mut out).is_some() && a.is_awaiting() {
+                    a.auth_result(AuthResult::Failed, &mut out);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Value types that cannot hold an invalid POP3 value: a message number is never 0, a
+//! unique-id is 1 to 70 octets of 0x21..=0x7E, and a secret never shows in Debug output.
+
+use std::fmt;
+use std::num::NonZeroU32;
+
+/// A message number as the client sends it: 1-based, never 0 (RFC 1939 section 4).
+///
+/// Whether it names an existing, undeleted message is for the session to decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MsgNum(NonZeroU32);
+
+impl MsgNum {
+    /// `None` for 0.
+    pub fn new(n: u32) -> Option<Self> {
+        NonZeroU32::new(n).map(Self)
+    }
+
+    /// The number as the client wrote it (1-based).
+    pub fn get(self) -> u32 {
+        self.0.get()
+    }
+
+    /// The 0-based position in the maildrop listing.
+    pub fn index(self) -> usize {
+        // u32 always fits in usize on the 32- and 64-bit targets facteur supports.
+        (self.0.get() - 1) as usize
+    }
+
+    /// The message number of a 0-based listing position, if it fits in 32 bits.
+    pub fn from_index(index: usize) -> Option<Self> {
+        u32::try_from(index)
+            .ok()
+            .and_then(|i| i.checked_add(1))
+            .and_then(Self::new)
+    }
+}
+
+impl fmt::Display for MsgNum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A unique-id (RFC 1939 section 7, UIDL): 1 to 70 octets, each in 0x21..=0x7E.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Uidl(String);
+
+/// The longest unique-id RFC 1939 allows.
+pub const UIDL_MAX_LEN: usize = 70;
+
+impl Uidl {
+    /// `None` unless `s` is a valid unique-id.
+    pub fn new(s: impl Into<String>) -> Option<Self> {
+        let s = s.into();
+        if Self::is_valid(s.as_bytes()) {
+            Some(Self(s))
+        } else {
+            None
+        }
+    }
+
+    /// True if `b` may be sent as a unique-id as it is.
+    pub fn is_valid(b: &[u8]) -> bool {
+        !b.is_empty() && b.len() <= UIDL_MAX_LEN && b.iter().all(|&c| (0x21..=0x7e).contains(&c))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Uidl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Uidl({})", self.0)
+    }
+}
+
+impl fmt::Display for Uidl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A value that must never be logged: its `Debug` prints `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself; call only where it is used, never to print it.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// What the session knows of one message of the maildrop snapshot taken at login.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageMeta {
+    /// The exact number of octets RETR sends before dot-stuffing (LF counted as CRLF).
+    pub size: u64,
+    /// The message's unique-id, stable across sessions.
+    pub uid: Uidl,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msgnum_is_never_zero() {
+        assert!(MsgNum::new(0).is_none());
+        assert_eq!(MsgNum::new(1).map(MsgNum::index), Some(0));
+        assert_eq!(MsgNum::from_index(0).map(MsgNum::get), Some(1));
+        assert!(MsgNum::from_index(u32::MAX as usize).is_none());
+    }
+
+    #[test]
+    fn uidl_bounds() {
+        assert!(Uidl::new("").is_none());
+        assert!(Uidl::new("a b").is_none());
+        assert!(Uidl::new("x".repeat(70)).is_some());
+        assert!(Uidl::new("x".repeat(71)).is_none());
+        assert!(Uidl::new("é").is_none());
+        assert!(Uidl::new("!~").is_some());
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let s = Secret::new("hunter2".to_string());
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,128 @@
+//! Authentication: the passwd-file user database, password schemes and APOP.
+//!
+//! # Layout
+//! - [`Authenticator`]: what the server calls to check USER/PASS and APOP. Blocking, since
+//!   password hashing is slow on purpose: the server runs it in `spawn_blocking`.
+//! - `passwd_file`: [`PasswdFile`], a parsed Dovecot-style passwd-file, and [`PasswdDb`], the
+//!   [`Authenticator`] that reloads the file when it changes.
+//! - `scheme`: [`Scheme`], [`StoredPassword`] and [`hash_password`].
+//! - `edit`: [`add_user`], [`del_user`], [`set_password`], [`list_users`] for `facteur user`:
+//!   atomic rewrites under a lock that keep every other line as it was.
+//!
+//! # What this module must never do
+//! Put a password or a hash in an error, a log line or a `Debug` output; tell a client whether a
+//! user exists (an unknown user costs the same hash work as a known one); panic on any input.
+
+mod edit;
+mod passwd_file;
+mod scheme;
+
+use std::io;
+use std::path::PathBuf;
+
+pub use edit::{add_user, del_user, list_users, set_password, validate_user_name};
+pub use passwd_file::{PasswdDb, PasswdEntry, PasswdFile};
+pub use scheme::{
+    hash_password, Scheme, StoredPassword, StoredPasswordError, UnknownScheme,
+    ARGON2_MAX_M_COST_KIB, BCRYPT_DEFAULT_COST, BCRYPT_MAX_PASSWORD_LEN,
+};
+
+/// The longest user name accepted, in bytes.
+pub const USER_NAME_MAX_LEN: usize = 255;
+
+/// A user who has proved who they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    /// The user name exactly as it is in the passwd-file.
+    pub user: String,
+    /// The home directory (the passwd-file's sixth field), if it is set.
+    pub home: Option<String>,
+}
+
+/// The result of a login attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthOutcome {
+    Success(Account),
+    /// Wrong password, unknown user, or a user who cannot use this mechanism: deliberately the
+    /// same answer for all three.
+    Failure,
+}
+
+/// Checks credentials. Every method is blocking and may take tens of milliseconds.
+pub trait Authenticator: Send + Sync + 'static {
+    /// USER/PASS (and later SASL PLAIN/LOGIN).
+    fn verify_password(&self, user: &str, password: &[u8]) -> AuthOutcome;
+
+    /// APOP (RFC 1939 section 7): `digest` is the client's 32 lowercase hex digits of
+    /// MD5(`timestamp` + secret), `timestamp` the one from our greeting, angle brackets included.
+    fn verify_apop(&self, user: &str, timestamp: &str, digest: &str) -> AuthOutcome;
+
+    /// True if any user could use APOP (some stored secret is `{PLAIN}`); the server offers
+    /// APOP only then.
+    fn apop_possible(&self) -> bool;
+}
+
+/// Why a passwd-file line was refused. The messages never quote a password or a hash.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    #[error("the line is not valid UTF-8")]
+    NotUtf8,
+    #[error("no password field (expected user:{{SCHEME}}password)")]
+    NoPasswordField,
+    #[error("invalid user name: {0}")]
+    InvalidUserName(InvalidUserName),
+    #[error("user {user:?} is already defined on line {first_line}")]
+    DuplicateUser { user: String, first_line: usize },
+    #[error(transparent)]
+    Password(#[from] StoredPasswordError),
+}
+
+/// Why a user name was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidUserName {
+    #[error("it is empty")]
+    Empty,
+    #[error("it is longer than 255 bytes")]
+    TooLong,
+    #[error("it holds ':', whitespace or a control character")]
+    BadCharacter,
+    #[error("it starts with '#', which would make its line a comment")]
+    StartsWithHash,
+}
+
+/// Everything that can go wrong in this module.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot write {}: {source}", path.display())]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot lock {}: {source}", path.display())]
+    Lock { path: PathBuf, source: io::Error },
+    /// A line of a passwd-file that does not parse; `origin` is usually the file's path.
+    #[error("{origin}:{line}: {error}")]
+    Parse {
+        origin: String,
+        line: usize,
+        error: LineError,
+    },
+    #[error("invalid user name {user:?}: {reason}")]
+    InvalidUserName {
+        user: String,
+        reason: InvalidUserName,
+    },
+    #[error("user {user:?} already exists in {}", path.display())]
+    UserExists { user: String, path: PathBuf },
+    #[error("no user {user:?} in {}", path.display())]
+    NoSuchUser { user: String, path: PathBuf },
+    #[error("invalid stored password: {0}")]
+    StoredPassword(#[from] StoredPasswordError),
+    #[error("the stored password holds ':' or a line break")]
+    StoredPasswordSeparator,
+    #[error("the password {0}")]
+    BadPassword(&'static str),
+    #[error("cannot hash the password: {0}")]
+    Hash(String),
+    #[error("cannot get random bytes from the operating system: {0}")]
+    Random(#[from] getrandom::Error),
+}

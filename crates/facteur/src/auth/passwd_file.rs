@@ -1,0 +1,909 @@
+//! The passwd-file user database, in Dovecot's format:
+//!
+//! ```text
+//! user:{SCHEME}hash:uid:gid:gecos:home:shell:extra_fields
+//! ```
+//!
+//! Only the user and the password are required. Blank lines and lines starting with `#` are
+//! ignored. Extra fields are the rest of the line after the seventh `:`, colons included.
+//! Every line is checked when the file is loaded, so a mistake is reported at start-up with the
+//! file and the line, never at a user's login.
+//!
+//! [`PasswdDb`] is the [`Authenticator`] the server uses: it re-reads the file when it changes,
+//! so `facteur user add` takes effect without a restart.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::hint::black_box;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use facteur_proto::Secret;
+
+use super::scheme::{apop_digest, apop_digest_matches, random_token, CostKey, StoredPassword};
+use super::{validate_user_name, Account, AuthError, AuthOutcome, Authenticator, LineError};
+
+/// One user of the passwd-file.
+///
+/// `Debug` shows the scheme of the password, never the password or its hash.
+#[derive(Clone, Debug)]
+pub struct PasswdEntry {
+    user: String,
+    password: StoredPassword,
+    uid: Option<String>,
+    gid: Option<String>,
+    gecos: Option<String>,
+    home: Option<String>,
+    shell: Option<String>,
+    extra_fields: Option<String>,
+    line: usize,
+}
+
+impl PasswdEntry {
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    pub fn password(&self) -> &StoredPassword {
+        &self.password
+    }
+
+    /// The third field, if present and not empty.
+    pub fn uid(&self) -> Option<&str> {
+        self.uid.as_deref()
+    }
+
+    /// The fourth field, if present and not empty.
+    pub fn gid(&self) -> Option<&str> {
+        self.gid.as_deref()
+    }
+
+    /// The fifth field, if present and not empty; unused by facteur.
+    pub fn gecos(&self) -> Option<&str> {
+        self.gecos.as_deref()
+    }
+
+    /// The home directory (sixth field), if present and not empty.
+    pub fn home(&self) -> Option<&str> {
+        self.home.as_deref()
+    }
+
+    /// The seventh field, if present and not empty; unused by facteur.
+    pub fn shell(&self) -> Option<&str> {
+        self.shell.as_deref()
+    }
+
+    /// Everything after the seventh `:` (space-separated `key=value` pairs in Dovecot), if not
+    /// empty.
+    pub fn extra_fields(&self) -> Option<&str> {
+        self.extra_fields.as_deref()
+    }
+
+    /// The line of the file the user is defined on, counting from 1.
+    pub fn line(&self) -> usize {
+        self.line
+    }
+
+    fn account(&self) -> Account {
+        Account {
+            user: self.user.clone(),
+            home: self.home.clone(),
+        }
+    }
+}
+
+/// A parsed passwd-file. Lookups are by exact user name (case matters).
+#[derive(Clone, Debug)]
+pub struct PasswdFile {
+    origin: String,
+    entries: Vec<PasswdEntry>,
+    index: HashMap<String, usize>,
+    apop_possible: bool,
+}
+
+/// True for a line the format ignores: blank, or a `#` comment.
+pub(crate) fn is_ignored_line(line: &str) -> bool {
+    let t = line.trim_start();
+    t.is_empty() || t.starts_with('#')
+}
+
+/// The user a line defines, as far as its first `:`; `None` for a blank or comment line.
+/// Tolerant: used to edit files, including lines that do not parse.
+pub(crate) fn line_user(line: &str) -> Option<&str> {
+    if is_ignored_line(line) {
+        return None;
+    }
+    Some(line.split(':').next().unwrap_or(line))
+}
+
+fn non_empty(field: Option<&str>) -> Option<String> {
+    field.filter(|f| !f.is_empty()).map(str::to_string)
+}
+
+fn parse_line(line: &str, number: usize) -> Result<PasswdEntry, LineError> {
+    let mut fields = line.splitn(8, ':');
+    let user = fields.next().unwrap_or_default();
+    validate_user_name(user).map_err(LineError::InvalidUserName)?;
+    let password = fields.next().ok_or(LineError::NoPasswordField)?;
+    let password = StoredPassword::parse(password)?;
+    Ok(PasswdEntry {
+        user: user.to_string(),
+        password,
+        uid: non_empty(fields.next()),
+        gid: non_empty(fields.next()),
+        gecos: non_empty(fields.next()),
+        home: non_empty(fields.next()),
+        shell: non_empty(fields.next()),
+        extra_fields: non_empty(fields.next()),
+        line: number,
+    })
+}
+
+impl PasswdFile {
+    /// Reads and parses the file at `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, AuthError> {
+        let path = path.as_ref();
+        let bytes = fs::read(path).map_err(|source| AuthError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// Parses the text of a passwd-file; `origin` names it in error messages (usually its path).
+    pub fn parse(text: &str, origin: &str) -> Result<Self, AuthError> {
+        Self::parse_bytes(text.as_bytes(), origin)
+    }
+
+    /// As [`PasswdFile::parse`], for a file that may not be UTF-8 (an error, with its line).
+    pub(crate) fn parse_bytes(bytes: &[u8], origin: &str) -> Result<Self, AuthError> {
+        let mut entries: Vec<PasswdEntry> = Vec::new();
+        let mut index = HashMap::new();
+        for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+            let number = i + 1;
+            let fail = |error| AuthError::Parse {
+                origin: origin.to_string(),
+                line: number,
+                error,
+            };
+            let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+            let line = std::str::from_utf8(raw).map_err(|_| fail(LineError::NotUtf8))?;
+            if is_ignored_line(line) {
+                continue;
+            }
+            let entry = parse_line(line, number).map_err(fail)?;
+            if let Some(&first) = index.get(&entry.user) {
+                let first_line = entries.get(first).map_or(0, PasswdEntry::line);
+                return Err(fail(LineError::DuplicateUser {
+                    user: entry.user,
+                    first_line,
+                }));
+            }
+            index.insert(entry.user.clone(), entries.len());
+            entries.push(entry);
+        }
+        let apop_possible = entries.iter().any(|e| e.password.apop_secret().is_some());
+        Ok(Self {
+            origin: origin.to_string(),
+            entries,
+            index,
+            apop_possible,
+        })
+    }
+
+    /// The user named exactly `user`.
+    pub fn get(&self, user: &str) -> Option<&PasswdEntry> {
+        self.index.get(user).and_then(|&i| self.entries.get(i))
+    }
+
+    /// Every user, in the order of the file.
+    pub fn entries(&self) -> &[PasswdEntry] {
+        &self.entries
+    }
+
+    /// Every user name, in the order of the file.
+    pub fn users(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(PasswdEntry::user)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// What the file was loaded from, as given to [`PasswdFile::parse`] or [`PasswdFile::load`].
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// True if some user's password is stored `{PLAIN}`, so that APOP could work for them.
+    pub fn apop_possible(&self) -> bool {
+        self.apop_possible
+    }
+
+    /// The scheme and cost most used in the file (the first seen wins a tie); ARGON2ID with
+    /// default parameters for a file with no users.
+    pub(crate) fn most_common_cost(&self) -> CostKey {
+        let mut counts: HashMap<CostKey, (usize, usize)> = HashMap::new();
+        for (i, entry) in self.entries.iter().enumerate() {
+            counts.entry(entry.password.cost_key()).or_insert((0, i)).0 += 1;
+        }
+        counts
+            .into_iter()
+            .max_by_key(|&(_, (count, first))| (count, std::cmp::Reverse(first)))
+            .map_or_else(CostKey::default, |(key, _)| key)
+    }
+}
+
+/// What identifies one version of the file: a rewrite by rename changes the inode, an edit in
+/// place the size, the modification or the change time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(meta: &fs::Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+/// One loaded version of the file, with what unknown users are checked against.
+struct Loaded {
+    file: Arc<PasswdFile>,
+    /// A hash of a random password with the scheme and cost most used in the file.
+    dummy: StoredPassword,
+    /// A random secret for APOP attempts that cannot succeed.
+    dummy_apop_secret: Secret<String>,
+}
+
+impl Loaded {
+    fn new(file: PasswdFile) -> Result<Self, AuthError> {
+        let dummy = StoredPassword::dummy(file.most_common_cost())?;
+        Ok(Self {
+            file: Arc::new(file),
+            dummy,
+            dummy_apop_secret: Secret::new(random_token()?),
+        })
+    }
+
+    /// Reads the file, and the stamp of the very version that was read.
+    fn read(path: &Path) -> Result<(Self, FileStamp), AuthError> {
+        let read_error = |source| AuthError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut f = File::open(path).map_err(read_error)?;
+        let stamp = FileStamp::of(&f.metadata().map_err(read_error)?);
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).map_err(read_error)?;
+        let file = PasswdFile::parse_bytes(&bytes, &path.display().to_string())?;
+        Ok((Self::new(file)?, stamp))
+    }
+}
+
+#[derive(Default)]
+struct Seen {
+    /// The version last loaded, or last found broken.
+    stamp: Option<FileStamp>,
+    /// The file could not be stat'ed last time (logged once, not at every login).
+    stat_failed: bool,
+}
+
+/// The passwd-file as the server uses it: an [`Authenticator`] that checks, at each login,
+/// whether the file changed and reloads it if so. A file that fails to reload is reported in
+/// the log and the previous version stays in use.
+pub struct PasswdDb {
+    path: PathBuf,
+    current: RwLock<Arc<Loaded>>,
+    seen: Mutex<Seen>,
+}
+
+impl std::fmt::Debug for PasswdDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswdDb")
+            .field("path", &self.path)
+            .field("users", &self.snapshot().len())
+            .finish()
+    }
+}
+
+impl PasswdDb {
+    /// Loads the file; an error here should stop the server from starting.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self, AuthError> {
+        let path = path.into();
+        let (loaded, stamp) = Loaded::read(&path)?;
+        Ok(Self {
+            path,
+            current: RwLock::new(Arc::new(loaded)),
+            seen: Mutex::new(Seen {
+                stamp: Some(stamp),
+                stat_failed: false,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The version of the file in use now, without checking the file for changes.
+    pub fn snapshot(&self) -> Arc<PasswdFile> {
+        Arc::clone(&self.loaded().file)
+    }
+
+    fn loaded(&self) -> Arc<Loaded> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Reloads the file if it changed since it was last read; true if a new version is now in
+    /// use. Called at each login; the server may also call it on SIGHUP.
+    pub fn reload_if_changed(&self) -> bool {
+        let now = fs::metadata(&self.path).map(|m| FileStamp::of(&m));
+        // Held while reloading: logins that see the same change wait for the one reload.
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = match now {
+            Ok(stamp) => stamp,
+            Err(error) => {
+                if !seen.stat_failed {
+                    tracing::error!(
+                        path = %self.path.display(),
+                        %error,
+                        "cannot stat the passwd-file; keeping the users already loaded"
+                    );
+                    seen.stat_failed = true;
+                }
+                return false;
+            }
+        };
+        seen.stat_failed = false;
+        if seen.stamp == Some(now) {
+            return false;
+        }
+        match Loaded::read(&self.path) {
+            Ok((loaded, stamp)) => {
+                let users = loaded.file.len();
+                *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(loaded);
+                seen.stamp = Some(stamp);
+                tracing::info!(path = %self.path.display(), users, "reloaded the passwd-file");
+                true
+            }
+            Err(error) => {
+                // A file that does not parse stays broken until it changes again: report it
+                // once. An I/O error may pass: try again at the next login.
+                if matches!(error, AuthError::Parse { .. }) {
+                    seen.stamp = Some(now);
+                }
+                tracing::error!(
+                    path = %self.path.display(),
+                    %error,
+                    "cannot reload the passwd-file; keeping the users already loaded"
+                );
+                false
+            }
+        }
+    }
+
+    fn current(&self) -> Arc<Loaded> {
+        self.reload_if_changed();
+        self.loaded()
+    }
+}
+
+impl Authenticator for PasswdDb {
+    fn verify_password(&self, user: &str, password: &[u8]) -> AuthOutcome {
+        let loaded = self.current();
+        match loaded.file.get(user) {
+            Some(entry) if entry.password.verify(password) => AuthOutcome::Success(entry.account()),
+            Some(_) => AuthOutcome::Failure,
+            None => {
+                // The same work as for a user who exists, so that the time taken does not
+                // tell which user names are valid.
+                black_box(loaded.dummy.verify(password));
+                AuthOutcome::Failure
+            }
+        }
+    }
+
+    fn verify_apop(&self, user: &str, timestamp: &str, digest: &str) -> AuthOutcome {
+        let loaded = self.current();
+        let entry = loaded.file.get(user);
+        match entry.and_then(|e| e.password.apop_secret().map(|secret| (e, secret))) {
+            Some((entry, secret)) => {
+                if apop_digest_matches(&apop_digest(timestamp, secret), digest) {
+                    AuthOutcome::Success(entry.account())
+                } else {
+                    AuthOutcome::Failure
+                }
+            }
+            None => {
+                // Unknown user, or a hashed password (no shared secret): an MD5 all the same.
+                let ours = apop_digest(timestamp, loaded.dummy_apop_secret.expose().as_bytes());
+                black_box(apop_digest_matches(&ours, digest));
+                AuthOutcome::Failure
+            }
+        }
+    }
+
+    fn apop_possible(&self) -> bool {
+        self.current().file.apop_possible()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{add_user, hash_password, set_password, Scheme};
+    use proptest::prelude::*;
+
+    const SHA512: &str =
+        "$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1";
+    const SHA256: &str = "$5$saltsalt$0IyaXrmV7.sGNS6tirgqHLqX/G.FBvgkYA.lpPdS5sA";
+    const BCRYPT: &str = "$2y$05$abcdefghijklmnopqrstuuOQiyCxlgf/oeuTqixKmWdcYUh4Hjl0a";
+    const ARGON2: &str =
+        "$argon2id$v=19$m=256,t=2,p=1$c29tZXNhbHQ$nf65EOgLrQMR/uIPnA4rEsF5h7TKyQwu9U1bMCHGi/4";
+
+    fn parse(text: &str) -> Result<PasswdFile, AuthError> {
+        PasswdFile::parse(text, "test.passwd")
+    }
+
+    fn parse_error(text: &str) -> (usize, LineError, String) {
+        match parse(text) {
+            Err(e @ AuthError::Parse { .. }) => {
+                let message = e.to_string();
+                let AuthError::Parse { line, error, .. } = e else {
+                    unreachable!()
+                };
+                (line, error, message)
+            }
+            other => panic!("expected a parse error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_field_count_parses() {
+        let text = "\
+a:{PLAIN}pa
+b:{PLAIN}pb:1000
+c:{PLAIN}pc:1000:100
+d:{PLAIN}pd:1000:100:Dee Dee
+e:{PLAIN}pe:1000:100:Eve:/home/e
+f:{PLAIN}pf:1000:100::/home/f:/bin/false
+g:{PLAIN}pg:1000:100:G:/home/g:/bin/sh:userdb_mail=maildir:~/Maildir quota=1G
+h:{PLAIN}ph:::::
+";
+        let file = parse(text).unwrap();
+        assert_eq!(file.len(), 8);
+        assert_eq!(
+            file.users().collect::<Vec<_>>(),
+            ["a", "b", "c", "d", "e", "f", "g", "h"]
+        );
+        let a = file.get("a").unwrap();
+        assert_eq!((a.uid(), a.home(), a.line()), (None, None, 1));
+        assert_eq!(file.get("b").unwrap().uid(), Some("1000"));
+        assert_eq!(file.get("c").unwrap().gid(), Some("100"));
+        assert_eq!(file.get("d").unwrap().gecos(), Some("Dee Dee"));
+        assert_eq!(file.get("d").unwrap().home(), None);
+        assert_eq!(file.get("e").unwrap().home(), Some("/home/e"));
+        let f = file.get("f").unwrap();
+        assert_eq!(
+            (f.gecos(), f.home(), f.shell()),
+            (None, Some("/home/f"), Some("/bin/false"))
+        );
+        assert_eq!(
+            file.get("g").unwrap().extra_fields(),
+            Some("userdb_mail=maildir:~/Maildir quota=1G")
+        );
+        let h = file.get("h").unwrap();
+        assert_eq!((h.home(), h.shell(), h.extra_fields()), (None, None, None));
+        assert!(h.password().verify(b"ph"));
+    }
+
+    #[test]
+    fn comments_blank_lines_and_crlf() {
+        let text = "# users\r\n\r\n   \n  # indented comment\nalice:{PLAIN}x:::::/home/alice\r\n\n#bob:{PLAIN}y\n";
+        let file = parse(text).unwrap();
+        assert_eq!(file.users().collect::<Vec<_>>(), ["alice"]);
+        let alice = file.get("alice").unwrap();
+        assert_eq!(alice.line(), 5);
+        assert!(alice.password().verify(b"x"));
+        assert!(!alice.password().verify(b"x\r"));
+        assert!(file.get("bob").is_none());
+        assert!(file.get("#bob").is_none());
+        assert!(parse("").unwrap().is_empty());
+        assert!(parse("\n\n# only comments\n").unwrap().is_empty());
+    }
+
+    #[test]
+    fn lookup_is_exact() {
+        let file = parse("Alice:{PLAIN}x\n").unwrap();
+        assert!(file.get("Alice").is_some());
+        assert!(file.get("alice").is_none());
+        assert!(file.get("Alice ").is_none());
+        assert!(file.get("").is_none());
+    }
+
+    #[test]
+    fn errors_carry_the_origin_and_the_line() {
+        let (line, error, message) = parse_error("# c\nalice:{PLAIN}x\nbob\n");
+        assert_eq!((line, error), (3, LineError::NoPasswordField));
+        assert!(message.starts_with("test.passwd:3: "), "{message}");
+
+        let (line, error, _) = parse_error("alice:{PLAIN}x\n\n:{PLAIN}y\n");
+        assert_eq!(line, 3);
+        assert!(matches!(error, LineError::InvalidUserName(_)));
+
+        let (line, error, _) = parse_error("al ice:{PLAIN}x\n");
+        assert_eq!(line, 1);
+        assert!(matches!(error, LineError::InvalidUserName(_)));
+
+        let (line, error, _) = parse_error("alice:\n");
+        assert_eq!(line, 1);
+        assert!(matches!(error, LineError::Password(_)));
+    }
+
+    #[test]
+    fn unknown_scheme_is_refused_at_load() {
+        let (line, error, message) = parse_error("alice:{PLAIN}x\nbob:{SSHA}c2VjcmV0c2FsdA==\n");
+        assert_eq!(line, 2);
+        assert!(matches!(error, LineError::Password(_)), "{error:?}");
+        assert!(message.contains("SSHA"), "{message}");
+        assert!(!message.contains("c2VjcmV0"), "{message}");
+        // A password without a scheme, and one that is not a crypt string.
+        let (line, _, message) = parse_error("alice:{PLAIN}x\nbob:hunter2\n");
+        assert_eq!(line, 2);
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    #[test]
+    fn bad_hash_is_refused_at_load_without_quoting_it() {
+        let broken = &SHA512[..SHA512.len() - 3];
+        let (line, error, message) =
+            parse_error(&format!("a:{SHA256}\nb:{{SHA512-CRYPT}}{broken}\n"));
+        assert_eq!(line, 2);
+        assert!(matches!(error, LineError::Password(_)));
+        assert!(message.contains("SHA512-CRYPT"), "{message}");
+        assert!(!message.contains(&broken[12..]), "{message}");
+        assert!(!message.contains("saltsalt"), "{message}");
+    }
+
+    #[test]
+    fn duplicate_user_is_an_error() {
+        let (line, error, message) = parse_error("alice:{PLAIN}x\nbob:{PLAIN}y\nalice:{PLAIN}z\n");
+        assert_eq!(line, 3);
+        assert_eq!(
+            error,
+            LineError::DuplicateUser {
+                user: "alice".to_string(),
+                first_line: 1
+            }
+        );
+        assert!(message.contains("line 1"), "{message}");
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_an_error() {
+        let e = PasswdFile::parse_bytes(b"alice:{PLAIN}x\nb\xffb:{PLAIN}y\n", "f").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                AuthError::Parse {
+                    line: 2,
+                    error: LineError::NotUtf8,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_a_password_or_a_hash() {
+        let text = format!(
+            "p:{{PLAIN}}tanstaaf\ns:{SHA512}\nb:{{BLF-CRYPT}}{BCRYPT}\na:{{ARGON2ID}}{ARGON2}\n"
+        );
+        let file = parse(&text).unwrap();
+        for debug in [
+            format!("{file:?}"),
+            format!("{file:#?}"),
+            format!("{:?}", file.get("p").unwrap()),
+            format!("{:?}", file.entries()),
+        ] {
+            for secret in [
+                "tanstaaf",
+                "saltsalt",
+                "TVLlQcbp",
+                "abcdefghij",
+                "c29tZXNhbHQ",
+                "nf65EO",
+            ] {
+                assert!(!debug.contains(secret), "{secret} in {debug}");
+            }
+            assert!(
+                debug.contains("PLAIN") || debug.contains("Plain"),
+                "{debug}"
+            );
+        }
+    }
+
+    #[test]
+    fn most_common_cost_picks_the_majority() {
+        let text = format!("a:{SHA256}\nb:{{PLAIN}}x\nc:{{PLAIN}}y\nd:{SHA512}\n");
+        assert_eq!(parse(&text).unwrap().most_common_cost(), CostKey::Plain);
+        let text = format!("a:{SHA256}\nb:{{PLAIN}}x\nc:{SHA256}\n");
+        let sha256 = StoredPassword::parse(SHA256).unwrap().cost_key();
+        assert_eq!(parse(&text).unwrap().most_common_cost(), sha256);
+        // A tie goes to the first seen.
+        let text = format!("a:{SHA512}\nb:{{PLAIN}}x\n");
+        let sha512 = StoredPassword::parse(SHA512).unwrap().cost_key();
+        assert_eq!(parse(&text).unwrap().most_common_cost(), sha512);
+        assert_eq!(parse("").unwrap().most_common_cost(), CostKey::default());
+    }
+
+    fn db_with(text: &str) -> (tempfile::TempDir, PathBuf, PasswdDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("passwd");
+        fs::write(&path, text).unwrap();
+        let db = PasswdDb::open(&path).unwrap();
+        (dir, path, db)
+    }
+
+    fn success(user: &str, home: Option<&str>) -> AuthOutcome {
+        AuthOutcome::Success(Account {
+            user: user.to_string(),
+            home: home.map(str::to_string),
+        })
+    }
+
+    #[test]
+    fn verify_each_scheme_through_the_db() {
+        let text = format!(
+            "plain:{{PLAIN}}tanstaaf::::/home/plain\n\
+             sha512:{{SHA512-CRYPT}}{SHA512}\n\
+             sha256:{SHA256}:1:1::/home/sha256\n\
+             bcrypt:{{BLF-CRYPT}}{BCRYPT}\n\
+             argon:{{ARGON2ID}}{ARGON2}\n"
+        );
+        let (_dir, _path, db) = db_with(&text);
+        let cases = [
+            ("plain", &b"tanstaaf"[..], Some("/home/plain")),
+            ("sha512", b"secret", None),
+            ("sha256", b"secret", Some("/home/sha256")),
+            ("bcrypt", b"secret", None),
+            ("argon", b"password", None),
+        ];
+        for (user, password, home) in cases {
+            assert_eq!(
+                db.verify_password(user, password),
+                success(user, home),
+                "{user}"
+            );
+            assert_eq!(
+                db.verify_password(user, b"wrong"),
+                AuthOutcome::Failure,
+                "{user}"
+            );
+            assert_eq!(
+                db.verify_password(user, b""),
+                AuthOutcome::Failure,
+                "{user}"
+            );
+        }
+        // Another user's password does not open this account.
+        assert_eq!(db.verify_password("plain", b"secret"), AuthOutcome::Failure);
+    }
+
+    #[test]
+    fn unknown_user_fails() {
+        let (_dir, _path, db) = db_with(&format!("alice:{SHA256}\n"));
+        assert_eq!(db.verify_password("bob", b"secret"), AuthOutcome::Failure);
+        assert_eq!(db.verify_password("", b""), AuthOutcome::Failure);
+        assert_eq!(db.verify_password("Alice", b"secret"), AuthOutcome::Failure);
+        assert_eq!(
+            db.verify_password("alice", b"secret"),
+            success("alice", None)
+        );
+    }
+
+    #[test]
+    fn matching_the_dummy_never_logs_in() {
+        let (_dir, _path, db) = db_with(&format!("alice:{SHA256}\n"));
+        // Swap in a dummy whose password and APOP secret are known.
+        {
+            let mut current = db.current.write().unwrap();
+            *current = Arc::new(Loaded {
+                file: Arc::clone(&current.file),
+                dummy: StoredPassword::parse("{PLAIN}guess").unwrap(),
+                dummy_apop_secret: Secret::new("guess".to_string()),
+            });
+        }
+        assert_eq!(db.verify_password("bob", b"guess"), AuthOutcome::Failure);
+        assert_eq!(db.verify_password("alice", b"guess"), AuthOutcome::Failure);
+        let ts = "<1.2@example.org>";
+        let digest = apop_digest(ts, b"guess");
+        assert_eq!(db.verify_apop("bob", ts, &digest), AuthOutcome::Failure);
+        assert_eq!(db.verify_apop("alice", ts, &digest), AuthOutcome::Failure);
+        assert_eq!(
+            db.verify_password("alice", b"secret"),
+            success("alice", None)
+        );
+    }
+
+    #[test]
+    fn the_dummy_follows_the_file() {
+        let (_dir, _path, db) = db_with(&format!("a:{SHA256}\nb:{SHA256}\nc:{{PLAIN}}x\n"));
+        let sha256 = StoredPassword::parse(SHA256).unwrap().cost_key();
+        assert_eq!(db.loaded().dummy.cost_key(), sha256);
+    }
+
+    #[test]
+    fn apop_rfc1939_example() {
+        let (_dir, _path, db) = db_with("mrose:{PLAIN}tanstaaf::::/var/mail/mrose\n");
+        let ts = "<1896.697170952@dbc.mtview.ca.us>";
+        assert!(db.apop_possible());
+        assert_eq!(
+            db.verify_apop("mrose", ts, "c4c9334bac560ecc979e58001b3e22fb"),
+            success("mrose", Some("/var/mail/mrose"))
+        );
+        assert_eq!(
+            db.verify_apop("mrose", ts, "c4c9334bac560ecc979e58001b3e22fc"),
+            AuthOutcome::Failure
+        );
+        assert_eq!(
+            db.verify_apop(
+                "mrose",
+                "<1897.697170952@dbc.mtview.ca.us>",
+                "c4c9334bac560ecc979e58001b3e22fb"
+            ),
+            AuthOutcome::Failure
+        );
+        assert_eq!(
+            db.verify_apop("nobody", ts, "c4c9334bac560ecc979e58001b3e22fb"),
+            AuthOutcome::Failure
+        );
+        assert_eq!(db.verify_apop("mrose", ts, ""), AuthOutcome::Failure);
+    }
+
+    #[test]
+    fn apop_is_refused_for_a_hashed_password() {
+        // The digest a client would send if it knew the secret: still refused, since the server
+        // holds only a hash and cannot check it.
+        let (_dir, _path, db) = db_with(&format!("plain:{{PLAIN}}x\nhashed:{SHA256}\n"));
+        let ts = "<1.2@example.org>";
+        let digest = apop_digest(ts, b"secret");
+        assert_eq!(db.verify_apop("hashed", ts, &digest), AuthOutcome::Failure);
+        let digest = apop_digest(ts, SHA256.as_bytes());
+        assert_eq!(db.verify_apop("hashed", ts, &digest), AuthOutcome::Failure);
+        assert!(db.apop_possible());
+    }
+
+    #[test]
+    fn apop_possible_only_with_a_plain_password() {
+        let (_dir, path, db) = db_with(&format!("a:{SHA256}\nb:{{BLF-CRYPT}}{BCRYPT}\n"));
+        assert!(!db.apop_possible());
+        add_user(&path, "c", "{PLAIN}x").unwrap();
+        assert!(db.apop_possible());
+    }
+
+    #[test]
+    fn reloads_when_the_file_changes() {
+        let (_dir, path, db) = db_with(&format!("alice:{SHA256}\n"));
+        assert_eq!(
+            db.verify_password("alice", b"secret"),
+            success("alice", None)
+        );
+        assert!(!db.reload_if_changed());
+
+        // `facteur user add` while the server runs.
+        add_user(&path, "bob", "{PLAIN}bobpw").unwrap();
+        assert_eq!(db.verify_password("bob", b"bobpw"), success("bob", None));
+
+        // `facteur user passwd`.
+        set_password(
+            &path,
+            "alice",
+            &hash_password(Scheme::Sha256Crypt, b"new").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(db.verify_password("alice", b"secret"), AuthOutcome::Failure);
+        assert_eq!(db.verify_password("alice", b"new"), success("alice", None));
+
+        // An edit in place (same inode) is seen too.
+        fs::write(&path, "carol:{PLAIN}c::::/home/carol\n").unwrap();
+        assert_eq!(
+            db.verify_password("carol", b"c"),
+            success("carol", Some("/home/carol"))
+        );
+        assert_eq!(db.verify_password("bob", b"bobpw"), AuthOutcome::Failure);
+        assert_eq!(db.snapshot().len(), 1);
+    }
+
+    #[test]
+    fn a_broken_reload_keeps_the_previous_users() {
+        let (_dir, path, db) = db_with("alice:{PLAIN}a\n");
+        fs::write(&path, "alice:{PLAIN}b\nbob:{NOPE}x\n").unwrap();
+        assert_eq!(db.verify_password("alice", b"a"), success("alice", None));
+        assert_eq!(db.verify_password("alice", b"b"), AuthOutcome::Failure);
+        fs::remove_file(&path).unwrap();
+        assert_eq!(db.verify_password("alice", b"a"), success("alice", None));
+        // Fixed: the new version is used.
+        fs::write(&path, "alice:{PLAIN}b\n").unwrap();
+        assert_eq!(db.verify_password("alice", b"b"), success("alice", None));
+        assert_eq!(db.verify_password("alice", b"a"), AuthOutcome::Failure);
+    }
+
+    #[test]
+    fn open_fails_on_a_bad_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("passwd");
+        assert!(matches!(PasswdDb::open(&path), Err(AuthError::Read { .. })));
+        fs::write(&path, "a:{PLAIN}x\na:{PLAIN}y\n").unwrap();
+        let e = PasswdDb::open(&path).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{}:2: ", path.display())),
+            "{e}"
+        );
+        assert!(PasswdFile::load(&path).is_err());
+    }
+
+    #[test]
+    fn passwd_db_is_send_and_sync() {
+        fn assert_authenticator<T: Authenticator>() {}
+        assert_authenticator::<PasswdDb>();
+    }
+
+    fn field_strategy() -> impl Strategy<Value = String> {
+        let prefixes = prop_oneof![
+            Just(String::new()),
+            Just("{PLAIN}".to_string()),
+            Just("{ARGON2ID}$argon2id$v=19$m=".to_string()),
+            Just("$argon2id$".to_string()),
+            Just("$6$rounds=".to_string()),
+            Just("{SHA256-CRYPT}$5$".to_string()),
+            Just("$2y$".to_string()),
+            Just("{BLF-CRYPT}$2a$1".to_string()),
+            Just("{".to_string()),
+        ];
+        let tails = prop_oneof!["[ -~]{0,100}", "\\PC{0,100}", "[$0-9a-zA-Z./=,é]{0,100}"];
+        (prefixes, tails).prop_map(|(p, tail)| p + &tail)
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(text in any::<String>()) {
+            let _ = parse(&text);
+        }
+
+        #[test]
+        fn parse_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = PasswdFile::parse_bytes(&bytes, "f");
+        }
+
+        #[test]
+        fn parse_never_panics_on_near_valid_lines(
+            lines in proptest::collection::vec(("[a-z#: ]{0,6}", field_strategy(), "[ -~]{0,30}"), 0..6)
+        ) {
+            let text: String = lines
+                .iter()
+                .map(|(user, field, rest)| format!("{user}:{field}{rest}\n"))
+                .collect();
+            let _ = parse(&text);
+        }
+    }
+}

@@ -1,0 +1,440 @@
+//! The `facteur` command line: `serve`, `user`, `deliver`, `hash-password`, `check-config`.
+//!
+//! Every failure is a one-line message on stderr and a non-zero exit; passwords are read from a
+//! terminal prompt or standard input, never from the command line (where `ps` would show them).
+
+use crate::auth::{self, PasswdDb, Scheme};
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::server::{self, Shared};
+use crate::store::{MaildirStore, Store};
+use clap::{Args, Parser, Subcommand};
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "facteur",
+    version,
+    about = "A POP3 server: correct, safe, fast, easy to run"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the POP3 server.
+    Serve(ServeArgs),
+    /// Manage the users of the passwd-file.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Deliver one message, read from standard input, to a user's maildrop (for an MTA).
+    ///
+    /// Exit status follows sysexits: 67 for an unknown user, 75 for a temporary failure
+    /// (the MTA keeps the message and tries again).
+    Deliver {
+        /// The user, as named in the passwd-file.
+        user: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Hash a password for the passwd-file (read from a prompt, or stdin with --password-stdin).
+    HashPassword(PasswordArgs),
+    /// Check a configuration file and the files it names, then exit.
+    CheckConfig {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ConfigArg {
+    /// The configuration file.
+    #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// The configuration file.
+    #[arg(long, short, conflicts_with = "dev")]
+    config: Option<PathBuf>,
+    /// First-run mode: create a data folder with a demo user and a welcome message, and
+    /// listen on 127.0.0.1 only.
+    #[arg(long)]
+    dev: bool,
+    /// The data folder of --dev.
+    #[arg(long, default_value = "facteur-dev", requires = "dev")]
+    data_dir: PathBuf,
+    /// The port of --dev.
+    #[arg(long, default_value_t = 11110, requires = "dev")]
+    port: u16,
+}
+
+#[derive(Args, Debug)]
+struct PasswordArgs {
+    /// The password scheme: ARGON2ID, SHA512-CRYPT, SHA256-CRYPT, BLF-CRYPT or PLAIN.
+    #[arg(long, short, default_value = "ARGON2ID")]
+    scheme: Scheme,
+    /// Read the password from the first line of standard input instead of a prompt.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCommand {
+    /// Add a user.
+    Add {
+        name: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Remove a user (their maildrop is left as it is).
+    Del {
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// List the users.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Change a user's password.
+    Passwd {
+        name: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+/// An error for the person at the terminal, with the exit status to use.
+#[derive(Debug)]
+pub struct CliError {
+    message: String,
+    status: u8,
+}
+
+impl<E: std::fmt::Display> From<E> for CliError {
+    fn from(e: E) -> Self {
+        Self {
+            message: e.to_string(),
+            status: 1,
+        }
+    }
+}
+
+fn fail(message: impl Into<String>) -> CliError {
+    CliError {
+        message: message.into(),
+        status: 1,
+    }
+}
+
+/// sysexits.h values that MTAs understand.
+const EX_NOUSER: u8 = 67;
+const EX_TEMPFAIL: u8 = 75;
+
+/// Parse the command line and run it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("facteur: {}", e.message);
+            ExitCode::from(e.status)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::User(cmd) => user(cmd),
+        Command::Deliver { user, config } => deliver(&user, &config.config),
+        Command::HashPassword(args) => {
+            let hash = hash_from_input(&args)?;
+            println!("{hash}");
+            Ok(())
+        }
+        Command::CheckConfig { config } => {
+            let cfg = Config::load(&config.config)?;
+            let db = PasswdDb::open(&cfg.auth.passwd_file)?;
+            println!(
+                "{}: OK ({} users, maildir {}, listening on {})",
+                config.config.display(),
+                db.snapshot().len(),
+                cfg.store.maildir,
+                cfg.server
+                    .listen
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Ok(())
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let level = level.parse().unwrap_or(tracing::Level::INFO);
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn serve(args: ServeArgs) -> Result<(), CliError> {
+    let (cfg, banner) = if args.dev {
+        dev_setup(&args.data_dir, args.port)?
+    } else {
+        let path = args
+            .config
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+        (Config::load(&path)?, None)
+    };
+    init_logging(&cfg.log.level);
+    let db = PasswdDb::open(&cfg.auth.passwd_file)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async move {
+        let listeners = bind_all(&cfg.server.listen)?;
+        for l in &listeners {
+            if let Ok(a) = l.local_addr() {
+                tracing::info!(address = %a, "listening");
+            }
+        }
+        if let Some(b) = banner {
+            println!("{b}");
+        }
+        let store = Arc::new(MaildirStore::new(cfg.store.maildir.clone()));
+        let shared = Arc::new(Shared::new(cfg, Arc::new(db), store));
+        server::run(shared, listeners, server::shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+/// Bind every listen address; IPv6 sockets are IPv6-only so that `0.0.0.0:110` and `[::]:110`
+/// can both be listed.
+pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<tokio::net::TcpListener>, CliError> {
+    addrs
+        .iter()
+        .map(|a| bind(*a).map_err(|e| fail(format!("cannot listen on {a}: {e}"))))
+        .collect()
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    tokio::net::TcpListener::from_std(socket.into())
+}
+
+/// Create (or reuse) the --dev data folder; returns its configuration and what to print.
+fn dev_setup(dir: &Path, port: u16) -> Result<(Config, Option<String>), CliError> {
+    let config_path = dir.join("facteur.toml");
+    let password_path = dir.join("demo-password");
+    if !config_path.exists() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+        let password = random_password();
+        let hash = auth::hash_password(Scheme::Argon2id, password.as_bytes())?;
+        auth::add_user(dir.join("users"), "demo", &hash)?;
+        write_private(&password_path, format!("{password}\n").as_bytes())?;
+        std::fs::write(
+            &config_path,
+            format!(
+                "# facteur --dev configuration: loopback only, for a first look.\n\
+                 [server]\nlisten = [\"127.0.0.1:{port}\"]\n\n\
+                 [auth]\npasswd_file = \"users\"\n\n\
+                 [store]\nmaildir = \"mail/%u/Maildir\"\n"
+            ),
+        )
+        .map_err(|e| fail(format!("cannot write {}: {e}", config_path.display())))?;
+        let cfg = Config::load(&config_path)?;
+        let store = MaildirStore::new(cfg.store.maildir.clone());
+        let welcome = format!(
+            "From: facteur <postmaster@localhost>\r\nTo: demo@localhost\r\n\
+             Subject: Welcome to facteur\r\nMessage-ID: <welcome.{}@localhost>\r\n\r\n\
+             Hello!\r\n\r\nThis message was read from the Maildir in {}\r\n\
+             by the facteur POP3 server. Add users with `facteur user add`,\r\n\
+             deliver mail with `facteur deliver USER < message.eml`.\r\n",
+            std::process::id(),
+            dir.display()
+        );
+        store.deliver("demo", None, &mut welcome.as_bytes())?;
+    }
+    let cfg = Config::load(&config_path)?;
+    let password = std::fs::read_to_string(&password_path)
+        .map_err(|e| fail(format!("cannot read {}: {e}", password_path.display())))?;
+    let addr = cfg
+        .server
+        .listen
+        .first()
+        .copied()
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], port)));
+    let banner = format!(
+        "facteur (dev mode) is serving POP3 on {addr}, data in {}\n\
+         user: demo   password: {}\n\
+         Read the welcome message with:\n  curl -s --user 'demo:{}' pop3://{addr}/1\n\
+         Stop with Ctrl-C.",
+        dir.display(),
+        password.trim(),
+        password.trim()
+    );
+    Ok((cfg, Some(banner)))
+}
+
+fn random_password() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No entropy source at all: refuse rather than make a guessable password.
+        return String::new();
+    }
+    bytes
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+fn write_private(path: &Path, data: &[u8]) -> Result<(), CliError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| fail(format!("cannot write {}: {e}", path.display())))?;
+    f.write_all(data)
+        .map_err(|e| fail(format!("cannot write {}: {e}", path.display())))
+}
+
+fn user(cmd: UserCommand) -> Result<(), CliError> {
+    match cmd {
+        UserCommand::Add {
+            name,
+            password,
+            config,
+        } => {
+            let cfg = Config::load(&config.config)?;
+            let hash = hash_from_input(&password)?;
+            auth::add_user(&cfg.auth.passwd_file, &name, &hash)?;
+            println!("added {name}");
+        }
+        UserCommand::Del { name, config } => {
+            let cfg = Config::load(&config.config)?;
+            auth::del_user(&cfg.auth.passwd_file, &name)?;
+            println!("removed {name} (the maildrop is kept)");
+        }
+        UserCommand::List { config } => {
+            let cfg = Config::load(&config.config)?;
+            for u in auth::list_users(&cfg.auth.passwd_file)? {
+                println!("{u}");
+            }
+        }
+        UserCommand::Passwd {
+            name,
+            password,
+            config,
+        } => {
+            let cfg = Config::load(&config.config)?;
+            let hash = hash_from_input(&password)?;
+            auth::set_password(&cfg.auth.passwd_file, &name, &hash)?;
+            println!("changed the password of {name}");
+        }
+    }
+    Ok(())
+}
+
+/// Read a password (prompt twice, or one line of stdin) and hash it.
+fn hash_from_input(args: &PasswordArgs) -> Result<String, CliError> {
+    let password = if args.password_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| fail(format!("cannot read the password from stdin: {e}")))?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    } else {
+        let p = rpassword::prompt_password("Password: ").map_err(|e| {
+            fail(format!(
+                "cannot prompt for a password ({e}); use --password-stdin"
+            ))
+        })?;
+        let again = rpassword::prompt_password("Again: ").map_err(|e| {
+            fail(format!(
+                "cannot prompt for a password ({e}); use --password-stdin"
+            ))
+        })?;
+        if p != again {
+            return Err(fail("the two passwords differ"));
+        }
+        p
+    };
+    if password.is_empty() {
+        return Err(fail("empty password refused"));
+    }
+    Ok(auth::hash_password(args.scheme, password.as_bytes())?)
+}
+
+fn deliver(user: &str, config_path: &Path) -> Result<(), CliError> {
+    let temp = |e: &dyn std::fmt::Display| CliError {
+        message: e.to_string(),
+        status: EX_TEMPFAIL,
+    };
+    let cfg = Config::load(config_path).map_err(|e| temp(&e))?;
+    let db = PasswdDb::open(&cfg.auth.passwd_file).map_err(|e| temp(&e))?;
+    let users = db.snapshot();
+    let Some(home) = users.get(user).map(|e| e.home().map(str::to_owned)) else {
+        return Err(CliError {
+            message: format!("no such user: {user}"),
+            status: EX_NOUSER,
+        });
+    };
+    let store = MaildirStore::new(cfg.store.maildir.clone());
+    let mut stdin = std::io::stdin().lock();
+    let d = store
+        .deliver(user, home.as_deref(), &mut stdin)
+        .map_err(|e| temp(&e))?;
+    eprintln!("delivered {} octets to {}", d.size, d.path.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn dev_password_is_strong() {
+        let p = random_password();
+        assert_eq!(p.len(), 16);
+        assert_ne!(p, random_password());
+    }
+}

@@ -1,0 +1,345 @@
+//! The configuration file (TOML), and every limit and default of facteur in one place.
+//!
+//! Each default below says its unit and why it has that value. Unknown keys are rejected with a
+//! message naming the key, so a typo never silently falls back to a default.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where `facteur serve` and the tools look for the configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/facteur/facteur.toml";
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub limits: Limits,
+    pub auth: AuthSection,
+    pub store: StoreSection,
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+/// `[server]`: what to listen on and how to greet.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Plain POP3 listeners (port 110 by default), IPv4 and IPv6 alike.
+    #[serde(default = "defaults::listen")]
+    pub listen: Vec<SocketAddr>,
+    /// The host name in the greeting and in APOP timestamps; the machine's name if unset.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// The text of the greeting after `+OK`.
+    #[serde(default = "defaults::greeting")]
+    pub greeting: String,
+    /// Answer the obsolete LAST command of RFC 1460. Off: RFC 1725 removed it, and clients that
+    /// still send it fall back to UIDL when it is refused.
+    #[serde(default)]
+    pub enable_last: bool,
+}
+
+/// `[limits]`: every limit of the server, with its unit in its name.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Connections served at once, all sources together; more are refused with `-ERR [SYS/TEMP]`.
+    /// A session costs a few KiB, so the bound is file descriptors, not memory.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// Connections served at once from one IP address: enough for a NAT of users, too few for
+    /// one host to take the whole server.
+    #[serde(default = "defaults::max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Seconds a client may stay idle before logging in: a login needs only a few round trips.
+    #[serde(default = "defaults::login_timeout_secs")]
+    pub login_timeout_secs: u64,
+    /// Seconds a logged-in client may stay idle. RFC 1939 section 3 requires at least 10 minutes.
+    #[serde(default = "defaults::idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
+    /// Milliseconds before a failed login is answered: slows password guessing.
+    #[serde(default = "defaults::failed_login_delay_ms")]
+    pub failed_login_delay_ms: u64,
+    /// Password checks running at once. A memory-hard hash (ARGON2ID) takes its memory cost
+    /// (19 MiB by default) for each check: this caps that memory and keeps a login flood from
+    /// starving the threads that stream mail. Logins beyond it wait their turn.
+    #[serde(default = "defaults::max_concurrent_logins")]
+    pub max_concurrent_logins: usize,
+    /// Bad commands (unknown, malformed, out of state, too long) before the connection is closed.
+    #[serde(default = "defaults::max_bad_commands")]
+    pub max_bad_commands: u32,
+    /// Seconds that sessions get to finish after SIGTERM/SIGINT before they are cut (without
+    /// applying their deletions).
+    #[serde(default = "defaults::shutdown_grace_secs")]
+    pub shutdown_grace_secs: u64,
+}
+
+/// `[auth]`: who may log in.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// The users file, in Dovecot's passwd-file format.
+    pub passwd_file: PathBuf,
+    /// Offer APOP (RFC 1939 section 7) to users whose password is stored as `{PLAIN}`.
+    #[serde(default)]
+    pub apop: bool,
+}
+
+/// `[store]`: where the maildrops are.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// The Maildir of a user: `%u` user name, `%d` domain, `%n` local part, `%h` home (from
+    /// the users file), `%%` a percent sign. Example: `/var/mail/%d/%n/Maildir`.
+    pub maildir: String,
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// One of error, warn, info, debug, trace.
+    #[serde(default = "defaults::log_level")]
+    pub level: String,
+}
+
+/// The defaults, each with its reason at its field above.
+pub mod defaults {
+    use std::net::SocketAddr;
+
+    /// The longest command line: 255 octets including CRLF (RFC 2449 section 4).
+    pub const MAX_COMMAND_LINE: usize = 255;
+    /// Octets read from a message file at a time while streaming RETR/TOP: large enough for few
+    /// system calls, small enough that thousands of concurrent RETRs stay in memory.
+    pub const MESSAGE_CHUNK: usize = 64 * 1024;
+    /// Output is written to the socket once this many octets are queued during a listing or RETR.
+    pub const WRITE_HIGH_WATER: usize = 64 * 1024;
+    /// Input read buffer per connection: commands are short, and an idle session must be cheap.
+    pub const READ_BUFFER: usize = 1024;
+
+    pub fn listen() -> Vec<SocketAddr> {
+        vec![
+            SocketAddr::from(([0, 0, 0, 0], 110)),
+            SocketAddr::from(([0u16; 8], 110)),
+        ]
+    }
+    pub fn greeting() -> String {
+        "facteur POP3 server ready".into()
+    }
+    pub fn max_connections() -> usize {
+        10_000
+    }
+    pub fn max_connections_per_ip() -> usize {
+        50
+    }
+    pub fn login_timeout_secs() -> u64 {
+        60
+    }
+    pub fn idle_timeout_secs() -> u64 {
+        600
+    }
+    pub fn failed_login_delay_ms() -> u64 {
+        1000
+    }
+    pub fn max_concurrent_logins() -> usize {
+        8
+    }
+    pub fn max_bad_commands() -> u32 {
+        20
+    }
+    pub fn shutdown_grace_secs() -> u64 {
+        30
+    }
+    pub fn log_level() -> String {
+        "info".into()
+    }
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: defaults::listen(),
+            hostname: None,
+            greeting: defaults::greeting(),
+            enable_last: false,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: defaults::max_connections(),
+            max_connections_per_ip: defaults::max_connections_per_ip(),
+            login_timeout_secs: defaults::login_timeout_secs(),
+            idle_timeout_secs: defaults::idle_timeout_secs(),
+            failed_login_delay_ms: defaults::failed_login_delay_ms(),
+            max_concurrent_logins: defaults::max_concurrent_logins(),
+            max_bad_commands: defaults::max_bad_commands(),
+            shutdown_grace_secs: defaults::shutdown_grace_secs(),
+        }
+    }
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            level: defaults::log_level(),
+        }
+    }
+}
+
+impl Limits {
+    pub fn login_timeout(&self) -> Duration {
+        Duration::from_secs(self.login_timeout_secs)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+    pub fn failed_login_delay(&self) -> Duration {
+        Duration::from_millis(self.failed_login_delay_ms)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Read and check a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parse and check configuration text; `path` names it in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let mut cfg: Config = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        cfg.check().map_err(invalid)?;
+        // Relative paths in the file are relative to the file, not to the working directory.
+        let base = path.parent().unwrap_or(Path::new("."));
+        if cfg.auth.passwd_file.is_relative() {
+            cfg.auth.passwd_file = base.join(&cfg.auth.passwd_file);
+        }
+        if !cfg.store.maildir.starts_with('/') && !cfg.store.maildir.starts_with("%h") {
+            cfg.store.maildir = format!("{}/{}", base.display(), cfg.store.maildir);
+        }
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let l = &self.limits;
+        if self.server.listen.is_empty() {
+            return Err("[server] listen: at least one address is needed".into());
+        }
+        if l.idle_timeout_secs < 600 {
+            return Err(format!(
+                "[limits] idle_timeout_secs = {}: RFC 1939 requires at least 600 (10 minutes)",
+                l.idle_timeout_secs
+            ));
+        }
+        if l.login_timeout_secs == 0 || l.max_connections == 0 || l.max_connections_per_ip == 0 {
+            return Err("[limits] timeouts and connection caps must be above 0".into());
+        }
+        if l.max_concurrent_logins == 0 {
+            return Err("[limits] max_concurrent_logins must be above 0".into());
+        }
+        if l.max_bad_commands == 0 {
+            return Err("[limits] max_bad_commands must be above 0".into());
+        }
+        if self.store.maildir.is_empty() {
+            return Err("[store] maildir must not be empty".into());
+        }
+        if !["error", "warn", "info", "debug", "trace"].contains(&self.log.level.as_str()) {
+            return Err(format!(
+                "[log] level = {:?}: expected error, warn, info, debug or trace",
+                self.log.level
+            ));
+        }
+        if self.server.greeting.contains(['\r', '\n']) {
+            return Err("[server] greeting must be one line".into());
+        }
+        Ok(())
+    }
+
+    /// The host name for the greeting and APOP timestamps.
+    pub fn hostname(&self) -> String {
+        self.server.hostname.clone().unwrap_or_else(system_hostname)
+    }
+}
+
+/// The machine's host name, from /etc/hostname, or "localhost".
+pub fn system_hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str =
+        "[auth]\npasswd_file = \"users\"\n[store]\nmaildir = \"/var/mail/%d/%n\"\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MINIMAL, Path::new("/etc/facteur/facteur.toml")).unwrap();
+        assert_eq!(c.auth.passwd_file, Path::new("/etc/facteur/users"));
+        assert_eq!(c.limits.idle_timeout_secs, 600);
+        assert_eq!(c.server.listen.len(), 2);
+        assert!(!c.server.enable_last);
+        assert!(!c.auth.apop);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let text = format!("{MINIMAL}[limits]\nmax_conections = 3\n");
+        let e = Config::parse(&text, Path::new("f.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_conections"), "{e}");
+    }
+
+    #[test]
+    fn idle_timeout_below_rfc_minimum_is_rejected() {
+        let text = format!("{MINIMAL}[limits]\nidle_timeout_secs = 60\n");
+        let e = Config::parse(&text, Path::new("f.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("RFC 1939"), "{e}");
+    }
+
+    #[test]
+    fn missing_sections_are_named() {
+        let e = Config::parse("[store]\nmaildir = \"x\"\n", Path::new("f.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth"), "{e}");
+    }
+}

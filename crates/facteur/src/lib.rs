@@ -1,0 +1,18 @@
+//! # facteur: the world-facing half of the POP3 server
+//!
+//! Everything that touches sockets, files, clocks and processes lives here; the protocol rules
+//! live in `facteur-proto` and are never written twice.
+//!
+//! ## Layout
+//! - [`config`]: the TOML configuration, and every limit and default in one place.
+//! - [`store`]: maildrops (Maildir by default): snapshot, lock, unique-ids, UPDATE, delivery.
+//! - [`auth`]: the passwd-file user database and password schemes, APOP.
+//! - [`server`]: listeners, the per-connection driver, limits and graceful shutdown.
+//! - [`cli`]: the `facteur` command line (serve, user, deliver, hash-password, check-config).
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod server;
+pub mod store;

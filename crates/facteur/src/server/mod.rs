@@ -1,0 +1,162 @@
+//! The POP3 server: listeners, connection limits, graceful shutdown, and the per-connection
+//! driver in [`connection`].
+//!
+//! One tokio task per connection. A global semaphore and a per-IP counter cap connections;
+//! refused connections get one `-ERR [SYS/TEMP]` line. On shutdown the listeners stop at once;
+//! sessions get `limits.shutdown_grace_secs` to finish, then are cut without their deletions.
+
+pub mod connection;
+mod limits;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::store::Store;
+use facteur_proto::server::ServerConfig;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+pub use limits::PerIpLimiter;
+
+/// Everything a connection needs, shared by all of them.
+pub struct Shared {
+    pub config: Config,
+    pub auth: Arc<dyn Authenticator>,
+    pub store: Arc<dyn Store>,
+    /// The host name for APOP timestamps.
+    pub hostname: String,
+    /// Caps the password checks running at once (`limits.max_concurrent_logins`).
+    pub login_slots: Arc<Semaphore>,
+}
+
+impl Shared {
+    pub fn new(config: Config, auth: Arc<dyn Authenticator>, store: Arc<dyn Store>) -> Self {
+        Self {
+            hostname: config.hostname(),
+            login_slots: Arc::new(Semaphore::new(config.limits.max_concurrent_logins)),
+            config,
+            auth,
+            store,
+        }
+    }
+
+    /// The protocol settings of a new plain connection.
+    pub fn session_config(&self, apop_timestamp: Option<String>) -> ServerConfig {
+        ServerConfig {
+            implementation: format!("facteur {}", env!("CARGO_PKG_VERSION")),
+            greeting: self.config.server.greeting.clone(),
+            apop_timestamp,
+            user_pass_allowed: true,
+            stls_available: false,
+            sasl_mechanisms: Vec::new(),
+            enable_last: self.config.server.enable_last,
+            max_bad_commands: self.config.limits.max_bad_commands,
+        }
+    }
+}
+
+/// What tells sessions about shutdown: `false` while serving, `true` once the grace period is
+/// over and sessions must close now.
+pub type CutSignal = watch::Receiver<bool>;
+
+/// Serve on `listeners` until `shutdown` completes, then drain sessions for the grace period.
+pub async fn run(
+    shared: Arc<Shared>,
+    listeners: Vec<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let limits = &shared.config.limits;
+    let global = Arc::new(Semaphore::new(limits.max_connections));
+    let per_ip = Arc::new(PerIpLimiter::new(limits.max_connections_per_ip));
+    let (cut_tx, cut_rx) = watch::channel(false);
+    // Each session holds a clone of `done_tx`; `done_rx.recv()` returns None once all are gone.
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+
+    let (stop_tx, _) = watch::channel(false);
+    let mut accept_tasks = Vec::new();
+    for listener in listeners {
+        let shared = shared.clone();
+        let global = global.clone();
+        let per_ip = per_ip.clone();
+        let cut_rx = cut_rx.clone();
+        let done_tx = done_tx.clone();
+        let mut stop = stop_tx.subscribe();
+        accept_tasks.push(tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    r = listener.accept() => r,
+                    _ = stop.changed() => break,
+                };
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: wait a little instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let permit = global.clone().try_acquire_owned().ok();
+                let ip_guard = per_ip.try_acquire(peer.ip());
+                let shared = shared.clone();
+                let cut = cut_rx.clone();
+                let done = done_tx.clone();
+                tokio::spawn(async move {
+                    let _done = done;
+                    match (permit, ip_guard) {
+                        (Some(_permit), Some(_ip)) => {
+                            connection::serve(shared, stream, peer, cut).await;
+                        }
+                        (permit, _) => {
+                            let why = if permit.is_none() {
+                                "too many connections"
+                            } else {
+                                "too many connections from your address"
+                            };
+                            tracing::info!(%peer, why, "connection refused");
+                            connection::refuse(stream, why).await;
+                        }
+                    }
+                });
+            }
+        }));
+    }
+    drop(done_tx);
+
+    shutdown.await;
+    tracing::info!(
+        "shutting down: no new connections; sessions get {:?} to finish",
+        limits.shutdown_grace()
+    );
+    let _ = stop_tx.send(true);
+    for t in accept_tasks {
+        let _ = t.await;
+    }
+    if tokio::time::timeout(limits.shutdown_grace(), done_rx.recv())
+        .await
+        .is_err()
+    {
+        tracing::info!("grace period over: closing the remaining sessions");
+        let _ = cut_tx.send(true);
+        // Sessions close within one write; a stuck peer is given a few more seconds at most.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), done_rx.recv()).await;
+    }
+    tracing::info!("stopped");
+}
+
+/// Resolve when SIGTERM or SIGINT arrives.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

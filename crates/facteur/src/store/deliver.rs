@@ -1,0 +1,189 @@
+//! Delivery into a Maildir: write `tmp/<unique>`, fsync, rename into `new/`, fsync `new/`.
+//!
+//! A message appears in `new/` whole or not at all (the rename is atomic), and only once its bytes
+//! are on disk. Delivery takes no lock: a session holding the maildrop only ever reads `new/` when
+//! it opens, so mail delivered during a session waits in `new/` for the next one.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::index::sync_dir;
+use super::name::{WireCounter, BLOCK_SIZE};
+use super::{Delivered, StoreError};
+
+/// Counts the unique names made by this process, so two deliveries in the same microsecond
+/// still differ.
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// How many times a unique name is retried if, against all odds, `tmp/` already holds it.
+const CREATE_ATTEMPTS: usize = 3;
+
+/// This host's name as it goes into unique names: `/etc/hostname`, or "localhost".
+pub(crate) fn hostname() -> String {
+    let raw = fs::read_to_string("/etc/hostname").unwrap_or_default();
+    sanitize_hostname(raw.trim())
+}
+
+/// Escapes what a host name must not bring into a Maildir name: '/' (a path separator), ':' (the
+/// info separator), ',' (the field separator of `,S=` and `,W=`), '\\' and anything outside
+/// 0x21..=0x7E, each written as `\ooo` octal the way Maildir delivery agents do.
+pub(crate) fn sanitize_hostname(raw: &str) -> String {
+    if raw.is_empty() {
+        return "localhost".to_owned();
+    }
+    let mut out = String::with_capacity(raw.len());
+    for &b in raw.as_bytes() {
+        if (0x21..=0x7e).contains(&b) && !matches!(b, b'/' | b':' | b',' | b'\\') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("\\{b:03o}"));
+        }
+    }
+    out
+}
+
+/// A Maildir unique name: `<secs>.M<micros>P<pid>Q<counter>R<random>.<host>`. Time, process and
+/// counter make it unique on this host; the 64 random bits guard against a reused pid after a
+/// clock step backwards; the host name against other machines writing to a shared maildir.
+pub(crate) fn unique_name(host: &str) -> io::Result<String> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut random = [0u8; 8];
+    getrandom::fill(&mut random)
+        .map_err(|e| io::Error::other(format!("no random bytes for a unique name: {e}")))?;
+    Ok(format!(
+        "{}.M{}P{}Q{}R{:016x}.{}",
+        now.as_secs(),
+        now.subsec_micros(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        u64::from_be_bytes(random),
+        host
+    ))
+}
+
+/// Delivers `message` into the maildir `dir` (whose `tmp/` and `new/` exist).
+pub(crate) fn deliver_into(
+    dir: &Path,
+    host: &str,
+    message: &mut dyn Read,
+) -> Result<Delivered, StoreError> {
+    let tmp_dir = dir.join("tmp");
+    let new_dir = dir.join("new");
+    let mut attempt = 0;
+    let (unique, tmp_path, mut file) = loop {
+        let unique = unique_name(host).map_err(|e| StoreError::io(&tmp_dir, e))?;
+        let tmp_path = tmp_dir.join(&unique);
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp_path)
+        {
+            Ok(file) => break (unique, tmp_path, file),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt + 1 < CREATE_ATTEMPTS => {
+                attempt += 1;
+            }
+            Err(e) => return Err(StoreError::io(&tmp_path, e)),
+        }
+    };
+
+    let written = (|| {
+        let mut counter = WireCounter::default();
+        let mut buf = vec![0u8; BLOCK_SIZE];
+        loop {
+            let n = match message.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(StoreError::Source(e)),
+            };
+            let block = buf.get(..n).unwrap_or(&buf);
+            counter.feed(block);
+            file.write_all(block)
+                .map_err(|e| StoreError::io(&tmp_path, e))?;
+        }
+        file.sync_all().map_err(|e| StoreError::io(&tmp_path, e))?;
+        let final_path = new_dir.join(format!(
+            "{unique},S={},W={}",
+            counter.size(),
+            counter.wire_size()
+        ));
+        fs::rename(&tmp_path, &final_path).map_err(|e| StoreError::io(&final_path, e))?;
+        Ok(Delivered {
+            path: final_path,
+            size: counter.size(),
+            wire_size: counter.wire_size(),
+        })
+    })();
+    drop(file);
+    let delivered = match written {
+        Ok(d) => d,
+        Err(e) => {
+            // Best effort: a failed delivery leaves nothing behind.
+            let _ = fs::remove_file(&tmp_path);
+            return Err(e);
+        }
+    };
+    // If this fails the message is in new/ but perhaps not durable: report the failure so the
+    // sender retries. A duplicate is better than a loss.
+    sync_dir(&new_dir)?;
+    Ok(delivered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_are_escaped() {
+        assert_eq!(sanitize_hostname(""), "localhost");
+        assert_eq!(sanitize_hostname("mail.example.org"), "mail.example.org");
+        assert_eq!(sanitize_hostname("a/b:c,d e"), "a\\057b\\072c\\054d\\040e");
+    }
+
+    #[test]
+    fn unique_names_differ_and_have_no_separators() {
+        let a = unique_name("h").unwrap();
+        let b = unique_name("h").unwrap();
+        assert_ne!(a, b);
+        for name in [&a, &b] {
+            assert!(!name.contains(['/', ':', ',']), "{name}");
+            assert!(name.as_bytes()[0].is_ascii_digit());
+            assert!(name.ends_with(".h"));
+        }
+    }
+
+    #[test]
+    fn failed_read_leaves_nothing() {
+        struct Failing(usize);
+        impl Read for Failing {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(io::Error::other("boom"));
+                }
+                self.0 -= 1;
+                buf[0] = b'x';
+                Ok(1)
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["tmp", "new", "cur"] {
+            fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        let err = deliver_into(dir.path(), "h", &mut Failing(3)).unwrap_err();
+        assert!(matches!(err, StoreError::Source(_)), "{err}");
+        for sub in ["tmp", "new", "cur"] {
+            assert_eq!(
+                fs::read_dir(dir.path().join(sub)).unwrap().count(),
+                0,
+                "{sub}"
+            );
+        }
+    }
+}

@@ -1,0 +1,1253 @@
+//! The Maildir store: lock a maildrop, take its snapshot, stream its messages, apply UPDATE.
+//!
+//! ## Opening a maildrop
+//! 1. Create `cur/`, `new/`, `tmp/` (mode 0700) if missing.
+//! 2. Take an exclusive, non-blocking `flock` on `<maildir>/facteur.lock`. The lock lives in the
+//!    open file, so the kernel drops it when the session ends or the process dies: there is never
+//!    a stale lock to clean up. Held already: [`StoreError::InUse`].
+//! 3. Fast path: if the index records the mtimes of `cur/` and `new/`, both unchanged, the index
+//!    is the snapshot. No directory is listed and no message file is opened.
+//! 4. Otherwise: move every file of `new/` into `cur/` (adding the `:2,` info), list `cur/`, take
+//!    each message's wire size from the index (by base name, so a flag change costs nothing), or
+//!    from a `,W=` field, or by reading the file; sort in delivery order; write the index if it
+//!    changed.
+//!
+//! ## Why the mtimes can be trusted
+//! Every change to a directory's entries (a delivery into `new/`, a flag change renaming a file
+//! of `cur/`, an unlink) sets the directory's mtime to the current time. A directory's mtime is
+//! read before it is listed, so any later change moves it. The only hole is a change within the
+//! same timestamp tick as the read (file systems keep mtimes from 1 ns to 2 s apart), so an mtime
+//! is recorded as trustworthy only when it was at least [`SETTLE_TIME`] old when the open began;
+//! a fresher one is recorded as "-" and the next open lists the directory again.
+//!
+//! ## Unique-ids and crashes
+//! Unique-ids come from file names (see `name::uid_for_base`), never from the index, so a lost
+//! or rebuilt index changes none. UPDATE unlinks files one by one (each unlink is atomic), then
+//! fsyncs `cur/`, then rewrites the index; a crash at any point leaves each message present or
+//! gone, and the next open reconciles the index with the directory (its `cur/` mtime differs).
+
+use std::cmp::Ordering;
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
+use std::io::{self, Read};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use facteur_proto::{MessageMeta, Uidl};
+
+use super::deliver::{deliver_into, hostname, unique_name};
+use super::index::{self, sync_dir, Entry, Index};
+use super::name::{
+    base_name, compare, count_wire_size, cur_name_for_new, info_part, is_message_name,
+    uid_for_base, wire_size_field, BLOCK_SIZE,
+};
+use super::{template, Delivered, Maildrop, Store, StoreError};
+
+/// The lock file, in the maildir's top directory.
+pub(crate) const LOCK_FILE: &str = "facteur.lock";
+
+/// How old a directory's mtime must be, when an open begins, for the index to trust it: more
+/// than the coarsest timestamp granularity in use (2 s on FAT, 1 s on ext3 and HFS+).
+pub(crate) const SETTLE_TIME: Duration = Duration::from_secs(2);
+
+/// How many rounds of "list `new/`, move what is there" one open does before giving up on seeing
+/// `new/` empty (a stream of deliveries); the next open moves the rest.
+const NEW_ROUNDS: usize = 4;
+
+/// A store of one Maildir per user, found by a path template.
+#[derive(Debug)]
+pub struct MaildirStore {
+    template: String,
+    hostname: OnceLock<String>,
+}
+
+/// What became of the index file during an open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IndexOutcome {
+    /// There was no index (first open): it was built from the directory.
+    #[default]
+    Missing,
+    /// The index was unreadable or corrupt: it was rebuilt from the directory.
+    Corrupt,
+    /// The index was read and used (whole on the fast path, or reconciled with the directory).
+    Used,
+}
+
+/// What one open cost, for logs and benchmarks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenStats {
+    /// Messages in the snapshot.
+    pub messages: usize,
+    /// True when the index was the snapshot: no directory listed, no message file opened.
+    pub fast_path: bool,
+    /// How many directory listings (`new/` and `cur/`) the open made.
+    pub dir_listings: usize,
+    /// Files moved from `new/` to `cur/`.
+    pub moved_from_new: usize,
+    /// Message files opened to count their wire size (neither the index nor a `,W=` knew it).
+    pub files_read: usize,
+    /// What became of the index.
+    pub index: IndexOutcome,
+    /// True if the index file was (re)written.
+    pub index_written: bool,
+    /// Files renamed because another file already had their unique-id.
+    pub renamed_duplicates: usize,
+}
+
+/// One locked Maildir maildrop and its snapshot. Dropping it releases the lock.
+pub struct LockedMaildir {
+    dir: PathBuf,
+    cur: PathBuf,
+    messages: Vec<MessageMeta>,
+    /// The file name in `cur/` of each message of the snapshot; `None` once deleted.
+    names: Vec<Option<OsString>>,
+    /// The `new/` mtime the index recorded for this snapshot, kept when the index is rewritten.
+    new_mtime: Option<u128>,
+    /// Holds the flock; closing the file releases it.
+    _lock: File,
+}
+
+impl MaildirStore {
+    /// A store whose maildrops are at `path_template`, expanded per user: `%u` the user name,
+    /// `%n` its local part, `%d` its domain (after the last '@'), `%h` the home directory, `%%`
+    /// a percent sign. Example: `/var/mail/%d/%n/Maildir`.
+    pub fn new(path_template: impl Into<String>) -> Self {
+        Self {
+            template: path_template.into(),
+            hostname: OnceLock::new(),
+        }
+    }
+
+    /// The maildir of `user`; fails if the user name could leave the template.
+    pub fn maildir_path(&self, user: &str, home: Option<&str>) -> Result<PathBuf, StoreError> {
+        template::expand(&self.template, user, home)
+    }
+
+    /// [`Store::open`], with the cost of the open.
+    pub fn open_maildir(
+        &self,
+        user: &str,
+        home: Option<&str>,
+    ) -> Result<(LockedMaildir, OpenStats), StoreError> {
+        let dir = self.maildir_path(user, home)?;
+        self.open_dir(&dir)
+    }
+
+    fn hostname(&self) -> &str {
+        self.hostname.get_or_init(hostname)
+    }
+
+    fn open_dir(&self, dir: &Path) -> Result<(LockedMaildir, OpenStats), StoreError> {
+        ensure_dirs(dir)?;
+        let lock = lock(dir)?;
+        let cur = dir.join("cur");
+        let new = dir.join("new");
+        let started = now_ns();
+        let mut stats = OpenStats::default();
+
+        let (mut old_index, old_bytes) = match index::read(dir) {
+            Ok(None) => (None, None),
+            Ok(Some(bytes)) => match index::parse(&bytes) {
+                Ok(index) => {
+                    stats.index = IndexOutcome::Used;
+                    (Some(index), Some(bytes))
+                }
+                Err(e) => {
+                    tracing::warn!(maildir = %dir.display(), error = %e,
+                        "maildrop index is corrupt; rebuilding it from the directory");
+                    stats.index = IndexOutcome::Corrupt;
+                    (None, None)
+                }
+            },
+            Err(e) => {
+                tracing::warn!(maildir = %dir.display(), error = %e,
+                    "maildrop index is unreadable; rebuilding it from the directory");
+                stats.index = IndexOutcome::Corrupt;
+                (None, None)
+            }
+        };
+
+        if let Some(index) = &mut old_index {
+            let cur_mtime = mtime_ns(&cur)?;
+            let new_mtime = mtime_ns(&new)?;
+            let unchanged = index.cur_mtime.is_some()
+                && index.cur_mtime == cur_mtime
+                && index.new_mtime.is_some()
+                && index.new_mtime == new_mtime;
+            if unchanged {
+                let entries = sort_entries(std::mem::take(&mut index.entries));
+                let (uids, duplicates) = unique_ids(&entries);
+                if duplicates.is_empty() {
+                    stats.fast_path = true;
+                    stats.messages = entries.len();
+                    let maildrop = LockedMaildir::new(dir, entries, uids, index.new_mtime, lock);
+                    return Ok((maildrop, stats));
+                }
+                tracing::warn!(maildir = %dir.display(),
+                    "maildrop index lists two messages with one unique-id; listing the directory");
+                // Its sizes are still worth knowing.
+                index.entries = entries;
+            }
+        }
+
+        // new/ -> cur/, until new/ is seen empty.
+        let mut new_mtime = None;
+        for _ in 0..NEW_ROUNDS {
+            let mtime = mtime_ns(&new)?;
+            let waiting = list_messages(&new)?;
+            stats.dir_listings += 1;
+            if waiting.is_empty() {
+                new_mtime = settled(mtime, started);
+                break;
+            }
+            for name in waiting {
+                if self.move_to_cur(&new, &cur, &name)? {
+                    stats.moved_from_new += 1;
+                }
+            }
+        }
+
+        // List cur/ and size every message, reading only the files nobody has sized before.
+        let cur_mtime = mtime_ns(&cur)?;
+        let names = list_messages(&cur)?;
+        stats.dir_listings += 1;
+        let known: HashMap<&[u8], u64> = old_index
+            .iter()
+            .flat_map(|index| index.entries.iter())
+            .map(|e| (base_name(e.name.as_bytes()), e.wire_size))
+            .collect();
+        // Two files with one base name (one is about to be renamed apart) may differ: the index
+        // cannot tell which one it sized, so both are sized afresh.
+        let mut seen = HashSet::with_capacity(names.len());
+        let shared_bases: HashSet<&[u8]> = names
+            .iter()
+            .map(|name| base_name(name.as_bytes()))
+            .filter(|&base| !seen.insert(base))
+            .collect();
+        let mut buf = Vec::new();
+        let mut entries = Vec::with_capacity(names.len());
+        for name in &names {
+            let base = base_name(name.as_bytes());
+            let cached = if shared_bases.contains(base) {
+                None
+            } else {
+                known.get(base).copied()
+            };
+            let wire_size = match cached.or_else(|| wire_size_field(base)) {
+                Some(size) => size,
+                None => {
+                    if buf.is_empty() {
+                        buf = vec![0u8; BLOCK_SIZE];
+                    }
+                    stats.files_read += 1;
+                    let path = cur.join(name);
+                    match File::open(&path).and_then(|mut f| count_wire_size(&mut f, &mut buf)) {
+                        Ok(size) => size,
+                        // Renamed or removed by another program since the listing: it will be
+                        // in the next snapshot under its new name, if it still exists.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(StoreError::io(path, e)),
+                    }
+                }
+            };
+            entries.push(Entry {
+                name: name.clone(),
+                wire_size,
+            });
+        }
+
+        // Delivery order and unique-ids; a file whose unique-id is taken gets a fresh name.
+        let mut entries = sort_entries(entries);
+        let (mut uids, duplicates) = unique_ids(&entries);
+        if !duplicates.is_empty() {
+            let mut gone = HashSet::new();
+            for &i in &duplicates {
+                let Some(entry) = entries.get_mut(i) else {
+                    continue;
+                };
+                match self.rename_duplicate(&cur, &entry.name)? {
+                    Some(fresh) => {
+                        tracing::warn!(maildir = %dir.display(),
+                            old = %entry.name.to_string_lossy(), new = %fresh.to_string_lossy(),
+                            "two messages had one unique-id; renamed one");
+                        entry.name = fresh;
+                        stats.renamed_duplicates += 1;
+                    }
+                    None => {
+                        gone.insert(i);
+                    }
+                }
+            }
+            let kept = entries
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| !gone.contains(i))
+                .map(|(_, e)| e)
+                .collect();
+            entries = sort_entries(kept);
+            let (fresh_uids, still) = unique_ids(&entries);
+            uids = fresh_uids;
+            // Fresh names cannot collide; should one ever, leave that file out of the snapshot
+            // rather than show one unique-id twice.
+            if !still.is_empty() {
+                tracing::error!(maildir = %dir.display(),
+                    "unique-id collision after renaming; leaving the files out of this session");
+                let still: HashSet<usize> = still.into_iter().collect();
+                let keep = |i: &usize| !still.contains(i);
+                entries = entries
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(i, _)| keep(i))
+                    .map(|(_, e)| e)
+                    .collect();
+                uids = uids
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(i, _)| keep(i))
+                    .map(|(_, u)| u)
+                    .collect();
+            }
+        }
+
+        let index = Index {
+            cur_mtime: settled(cur_mtime, started),
+            new_mtime,
+            entries,
+        };
+        let bytes = index::serialize(&index);
+        if old_bytes.as_deref() != Some(&bytes[..]) {
+            match index::write_atomic(dir, &bytes) {
+                Ok(()) => stats.index_written = true,
+                Err(e) => tracing::warn!(error = %e, "cannot write the maildrop index"),
+            }
+        }
+        stats.messages = index.entries.len();
+        let maildrop = LockedMaildir::new(dir, index.entries, uids, new_mtime, lock);
+        Ok((maildrop, stats))
+    }
+
+    /// Moves `new/<name>` to `cur/`. False if it was gone already (another reader moved it).
+    fn move_to_cur(&self, new: &Path, cur: &Path, name: &OsStr) -> Result<bool, StoreError> {
+        let from = new.join(name);
+        let mut to = cur.join(cur_name_for_new(name));
+        // rename(2) would replace an existing file: never let a name clash lose a message.
+        if fs::symlink_metadata(&to).is_ok() {
+            let fresh = self.fresh_name(cur, name.as_bytes())?;
+            to = cur.join(cur_name_for_new(&fresh));
+        }
+        match fs::rename(&from, &to) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StoreError::io(from, e)),
+        }
+    }
+
+    /// Renames `cur/<name>` to a fresh unique name with the same info part; `None` if it is gone.
+    fn rename_duplicate(&self, cur: &Path, name: &OsStr) -> Result<Option<OsString>, StoreError> {
+        let fresh = self.fresh_name(cur, name.as_bytes())?;
+        match fs::rename(cur.join(name), cur.join(&fresh)) {
+            Ok(()) => Ok(Some(fresh)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io(cur.join(name), e)),
+        }
+    }
+
+    /// A new unique base name followed by the info part of `old`.
+    fn fresh_name(&self, cur: &Path, old: &[u8]) -> Result<OsString, StoreError> {
+        let unique = unique_name(self.hostname()).map_err(|e| StoreError::io(cur, e))?;
+        let mut name = unique.into_bytes();
+        name.extend_from_slice(info_part(old));
+        Ok(OsString::from_vec(name))
+    }
+}
+
+impl Store for MaildirStore {
+    fn open(&self, user: &str, home: Option<&str>) -> Result<Box<dyn Maildrop>, StoreError> {
+        let (maildrop, stats) = self.open_maildir(user, home)?;
+        tracing::debug!(user, ?stats, "maildrop opened");
+        Ok(Box::new(maildrop))
+    }
+
+    fn deliver(
+        &self,
+        user: &str,
+        home: Option<&str>,
+        message: &mut dyn Read,
+    ) -> Result<Delivered, StoreError> {
+        let dir = self.maildir_path(user, home)?;
+        ensure_dirs(&dir)?;
+        deliver_into(&dir, self.hostname(), message)
+    }
+}
+
+impl LockedMaildir {
+    fn new(
+        dir: &Path,
+        entries: Vec<Entry>,
+        uids: Vec<Uidl>,
+        new_mtime: Option<u128>,
+        lock: File,
+    ) -> Self {
+        let mut messages = Vec::with_capacity(entries.len());
+        let mut names = Vec::with_capacity(entries.len());
+        for (entry, uid) in entries.into_iter().zip(uids) {
+            messages.push(MessageMeta {
+                size: entry.wire_size,
+                uid,
+            });
+            names.push(Some(entry.name));
+        }
+        Self {
+            dir: dir.to_owned(),
+            cur: dir.join("cur"),
+            messages,
+            names,
+            new_mtime,
+            _lock: lock,
+        }
+    }
+
+    /// The maildir's directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The current name in `cur/` of a message whose file is not where the snapshot left it
+    /// (another program changed its flags); `None` if no file has its base name any more.
+    fn find_by_base(&self, base: &[u8]) -> Result<Option<OsString>, StoreError> {
+        Ok(self.names_by_base()?.remove(base))
+    }
+
+    /// Every message file of `cur/`, by base name.
+    fn names_by_base(&self) -> Result<HashMap<Vec<u8>, OsString>, StoreError> {
+        Ok(list_messages(&self.cur)?
+            .into_iter()
+            .map(|name| (base_name(name.as_bytes()).to_vec(), name))
+            .collect())
+    }
+
+    /// Unlinks one message file, following a rename; a file already gone counts as removed.
+    fn remove_message(
+        &self,
+        name: &OsStr,
+        by_base: &mut Option<HashMap<Vec<u8>, OsString>>,
+    ) -> Result<(), StoreError> {
+        let path = self.cur.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io(path, e)),
+        }
+        let base = base_name(name.as_bytes());
+        // The listing is made once per UPDATE, and made again only if it proved stale.
+        for fresh_listing in [false, true] {
+            if fresh_listing || by_base.is_none() {
+                *by_base = Some(self.names_by_base()?);
+            }
+            let Some(current) = by_base.as_ref().and_then(|m| m.get(base)) else {
+                return Ok(());
+            };
+            let path = self.cur.join(current);
+            match fs::remove_file(&path) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io(path, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites the index without the deleted messages. A failure only costs the next open a
+    /// directory listing, so it is logged, not returned.
+    fn rewrite_index(&self) {
+        let entries = self
+            .names
+            .iter()
+            .zip(&self.messages)
+            .filter_map(|(name, meta)| {
+                name.as_ref().map(|name| Entry {
+                    name: name.clone(),
+                    wire_size: meta.size,
+                })
+            })
+            .collect();
+        let index = Index {
+            // cur/ was just changed: its new mtime is too fresh to trust.
+            cur_mtime: None,
+            new_mtime: self.new_mtime,
+            entries,
+        };
+        if let Err(e) = index::write_atomic(&self.dir, &index::serialize(&index)) {
+            tracing::warn!(error = %e, "cannot rewrite the maildrop index after UPDATE");
+        }
+    }
+}
+
+impl Maildrop for LockedMaildir {
+    fn messages(&self) -> &[MessageMeta] {
+        &self.messages
+    }
+
+    fn open_message(&mut self, index: usize) -> Result<Box<dyn Read + Send>, StoreError> {
+        let number = index.saturating_add(1);
+        let name = match self.names.get(index) {
+            None => return Err(StoreError::NoSuchMessage(number)),
+            Some(None) => return Err(StoreError::Vanished(number)),
+            Some(Some(name)) => name.clone(),
+        };
+        let path = self.cur.join(&name);
+        match File::open(&path) {
+            Ok(file) => return Ok(Box::new(file)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io(path, e)),
+        }
+        let Some(current) = self.find_by_base(base_name(name.as_bytes()))? else {
+            return Err(StoreError::Vanished(number));
+        };
+        let path = self.cur.join(&current);
+        match File::open(&path) {
+            Ok(file) => {
+                if let Some(slot) = self.names.get_mut(index) {
+                    *slot = Some(current);
+                }
+                Ok(Box::new(file))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::Vanished(number)),
+            Err(e) => Err(StoreError::io(path, e)),
+        }
+    }
+
+    fn apply_deletions(&mut self, indices: &[usize]) -> Result<(), StoreError> {
+        if let Some(&bad) = indices.iter().find(|&&i| i >= self.names.len()) {
+            return Err(StoreError::NoSuchMessage(bad.saturating_add(1)));
+        }
+        let mut by_base = None;
+        let mut removed = 0usize;
+        let mut failure = None;
+        for &i in indices {
+            let Some(name) = self.names.get(i).cloned().flatten() else {
+                continue; // listed twice
+            };
+            if let Err(e) = self.remove_message(&name, &mut by_base) {
+                failure = Some(e);
+                break;
+            }
+            if let Some(slot) = self.names.get_mut(i) {
+                *slot = None;
+            }
+            removed += 1;
+        }
+        if removed == 0 {
+            return failure.map_or(Ok(()), Err);
+        }
+        // Make the unlinks that were done durable, even when a later one failed.
+        let synced = sync_dir(&self.cur);
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        synced?;
+        self.rewrite_index();
+        Ok(())
+    }
+}
+
+impl fmt::Debug for LockedMaildir {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockedMaildir")
+            .field("dir", &self.dir)
+            .field("messages", &self.messages.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates the maildir and its `cur/`, `new/`, `tmp/` (mode 0700) where missing.
+pub(crate) fn ensure_dirs(dir: &Path) -> Result<(), StoreError> {
+    for sub in ["cur", "new", "tmp"] {
+        let path = dir.join(sub);
+        match DirBuilder::new().mode(0o700).create(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&path)
+                .map_err(|e| StoreError::io(&path, e))?,
+            Err(e) => return Err(StoreError::io(path, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Opens the lock file and takes the exclusive lock without waiting.
+fn lock(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| StoreError::io(&path, e))?;
+    // flock: per open file, released when the file is closed or the process dies.
+    let locked = file.try_lock();
+    match locked {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StoreError::InUse),
+        Err(TryLockError::Error(e)) => Err(StoreError::io(path, e)),
+    }
+}
+
+/// The message files of a directory: regular files (not followed through symlinks) whose names
+/// are not dotfiles.
+fn list_messages(dir: &Path) -> Result<Vec<OsString>, StoreError> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| StoreError::io(dir, e))? {
+        let entry = entry.map_err(|e| StoreError::io(dir, e))?;
+        let name = entry.file_name();
+        if !is_message_name(&name) {
+            continue;
+        }
+        match entry.file_type() {
+            Ok(t) if t.is_file() => names.push(name),
+            Ok(_) => {}
+            // Gone between readdir and lstat (when the file system gives no type in readdir).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io(dir.join(name), e)),
+        }
+    }
+    Ok(names)
+}
+
+/// A directory's mtime in ns since the epoch; `None` if the file system cannot say.
+fn mtime_ns(path: &Path) -> Result<Option<u128>, StoreError> {
+    let meta = fs::metadata(path).map_err(|e| StoreError::io(path, e))?;
+    Ok(meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos()))
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// `mtime` if it was old enough, when the open began, to be trusted by the next open.
+fn settled(mtime: Option<u128>, started_ns: u128) -> Option<u128> {
+    mtime.filter(|&m| m.saturating_add(SETTLE_TIME.as_nanos()) <= started_ns)
+}
+
+/// Sorts message files oldest first (see `name::compare`); an index is stored sorted, so on the
+/// fast path this is one pass that finds nothing to do.
+fn sort_entries(mut entries: Vec<Entry>) -> Vec<Entry> {
+    let order = |a: &Entry, b: &Entry| compare(a.name.as_bytes(), b.name.as_bytes());
+    if !entries.is_sorted_by(|a, b| order(a, b) != Ordering::Greater) {
+        entries.sort_by(order);
+    }
+    entries
+}
+
+/// The unique-id of each entry, and the positions whose unique-id an earlier entry already has.
+fn unique_ids(entries: &[Entry]) -> (Vec<Uidl>, Vec<usize>) {
+    let uids: Vec<Uidl> = entries
+        .iter()
+        .map(|e| uid_for_base(base_name(e.name.as_bytes())))
+        .collect();
+    let mut seen = HashSet::with_capacity(uids.len());
+    let duplicates = uids
+        .iter()
+        .enumerate()
+        .filter(|(_, uid)| !seen.insert(*uid))
+        .map(|(i, _)| i)
+        .collect();
+    (uids, duplicates)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        store: MaildirStore,
+        dir: PathBuf,
+    }
+
+    fn fixture() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = MaildirStore::new(format!("{}/%d/%n/Maildir", tmp.path().display()));
+        let dir = store.maildir_path("bob@example.org", None).unwrap();
+        Fixture {
+            _tmp: tmp,
+            store,
+            dir,
+        }
+    }
+
+    impl Fixture {
+        fn open(&self) -> (LockedMaildir, OpenStats) {
+            self.store.open_maildir("bob@example.org", None).unwrap()
+        }
+
+        fn put(&self, sub: &str, name: &str, content: &[u8]) {
+            fs::create_dir_all(self.dir.join(sub)).unwrap();
+            fs::write(self.dir.join(sub).join(name), content).unwrap();
+        }
+
+        fn files(&self, sub: &str) -> Vec<String> {
+            let mut v: Vec<String> = fs::read_dir(self.dir.join(sub))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            v.sort();
+            v
+        }
+
+        /// Makes cur/ and new/ look untouched for a while, as if time had passed.
+        fn age(&self) {
+            ensure_dirs(&self.dir).unwrap();
+            let past = SystemTime::now() - Duration::from_secs(10);
+            for sub in ["cur", "new"] {
+                File::open(self.dir.join(sub))
+                    .unwrap()
+                    .set_modified(past)
+                    .unwrap();
+            }
+        }
+
+        fn deliver(&self, content: &[u8]) -> Delivered {
+            self.store
+                .deliver("bob@example.org", None, &mut &content[..])
+                .unwrap()
+        }
+    }
+
+    fn uids(m: &LockedMaildir) -> Vec<String> {
+        m.messages()
+            .iter()
+            .map(|m| m.uid.as_str().to_owned())
+            .collect()
+    }
+
+    fn sizes(m: &LockedMaildir) -> Vec<u64> {
+        m.messages().iter().map(|m| m.size).collect()
+    }
+
+    fn read_message(m: &mut LockedMaildir, i: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        m.open_message(i).unwrap().read_to_end(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn open_creates_the_directories() {
+        let f = fixture();
+        assert!(!f.dir.exists());
+        let (m, stats) = f.open();
+        for sub in ["cur", "new", "tmp"] {
+            let meta = fs::metadata(f.dir.join(sub)).unwrap();
+            assert!(meta.is_dir());
+            assert_eq!(meta.permissions().mode() & 0o777, 0o700, "{sub}");
+        }
+        assert!(f.dir.join(LOCK_FILE).exists());
+        assert!(m.messages().is_empty());
+        assert_eq!(stats.index, IndexOutcome::Missing);
+        assert!(stats.index_written);
+        assert_eq!(m.path(), f.dir);
+    }
+
+    #[test]
+    fn new_mail_moves_to_cur_with_info() {
+        let f = fixture();
+        f.put("new", "1000.A.h", b"one\n");
+        f.put("new", "1001.B.h:2,S", b"two\n");
+        f.put("new", ".hidden", b"x");
+        let (m, stats) = f.open();
+        assert_eq!(stats.moved_from_new, 2);
+        assert_eq!(f.files("new"), vec![".hidden"]);
+        assert_eq!(f.files("cur"), vec!["1000.A.h:2,", "1001.B.h:2,S"]);
+        assert_eq!(uids(&m), vec!["1000.A.h", "1001.B.h"]);
+    }
+
+    #[test]
+    fn a_name_clash_in_cur_loses_nothing() {
+        let f = fixture();
+        f.put("cur", "1000.A.h:2,", b"old\n");
+        f.put("new", "1000.A.h", b"newer\n");
+        let (mut m, stats) = f.open();
+        assert_eq!(stats.moved_from_new, 1);
+        assert_eq!(m.messages().len(), 2);
+        let mut bodies = vec![read_message(&mut m, 0), read_message(&mut m, 1)];
+        bodies.sort();
+        assert_eq!(bodies, vec![b"newer\n".to_vec(), b"old\n".to_vec()]);
+        let u = uids(&m);
+        assert_ne!(u[0], u[1]);
+    }
+
+    #[test]
+    fn duplicate_base_names_are_renamed_apart() {
+        let f = fixture();
+        f.put("cur", "1000.A.h:2,", b"a\n");
+        f.put("cur", "1000.A.h:2,S", b"b\n");
+        let (m, stats) = f.open();
+        assert_eq!(stats.renamed_duplicates, 1);
+        let u = uids(&m);
+        assert_eq!(u.len(), 2);
+        assert_ne!(u[0], u[1]);
+        assert!(u.contains(&"1000.A.h".to_owned()));
+        drop(m);
+        // Stable from then on.
+        let (m, _) = f.open();
+        let mut again = uids(&m);
+        let mut before = u;
+        again.sort();
+        before.sort();
+        assert_eq!(again, before);
+    }
+
+    #[test]
+    fn a_second_file_with_a_known_base_name_is_sized_afresh() {
+        let f = fixture();
+        f.put("cur", "1000.A.h:2,", b"a\n");
+        drop(f.open());
+        // Another program drops a different message under the same base name.
+        f.put("cur", "1000.A.h:2,S", b"much longer\n");
+        let (mut m, _) = f.open();
+        assert_eq!(m.messages().len(), 2);
+        for i in 0..2 {
+            let body = read_message(&mut m, i);
+            assert_eq!(m.messages()[i].size, body.len() as u64 + 1);
+        }
+    }
+
+    #[test]
+    fn snapshot_is_in_delivery_order() {
+        let f = fixture();
+        // Written in another order than delivered.
+        f.put("cur", "1700000010.M1P1.h:2,S", b"c\n");
+        f.put("cur", "1700000000.M20P1.h:2,", b"b\n");
+        f.put("cur", "1700000000.M3P1.h:2,", b"a\n");
+        f.put("new", "1700000020.M1P1.h", b"d\n");
+        f.put("cur", "999999999.M1P1.h:2,", b"z\n");
+        let (mut m, _) = f.open();
+        assert_eq!(
+            uids(&m),
+            vec![
+                "999999999.M1P1.h",
+                "1700000000.M3P1.h",
+                "1700000000.M20P1.h",
+                "1700000010.M1P1.h",
+                "1700000020.M1P1.h",
+            ]
+        );
+        assert_eq!(read_message(&mut m, 1), b"a\n");
+    }
+
+    #[test]
+    fn skips_dotfiles_and_non_files() {
+        let f = fixture();
+        f.put("cur", "1.a:2,", b"x\n");
+        f.put("cur", ".1.b:2,", b"x\n");
+        fs::create_dir_all(f.dir.join("cur/2.dir:2,")).unwrap();
+        std::os::unix::fs::symlink(f.dir.join("cur/1.a:2,"), f.dir.join("cur/3.link:2,")).unwrap();
+        let (m, _) = f.open();
+        assert_eq!(uids(&m), vec!["1.a"]);
+    }
+
+    #[test]
+    fn uid_survives_flag_changes_and_index_loss() {
+        let f = fixture();
+        f.put("cur", "1000.A.h:2,", b"one\n");
+        f.put("cur", "1001.B.h:2,", b"two\r\n");
+        let (m, _) = f.open();
+        let before = uids(&m);
+        let sizes_before = sizes(&m);
+        drop(m);
+        fs::rename(
+            f.dir.join("cur/1000.A.h:2,"),
+            f.dir.join("cur/1000.A.h:2,S"),
+        )
+        .unwrap();
+        let (m, stats) = f.open();
+        assert_eq!(uids(&m), before);
+        assert_eq!(sizes(&m), sizes_before);
+        // The renamed file was matched by base name: nothing was read.
+        assert_eq!(stats.files_read, 0);
+        drop(m);
+        fs::remove_file(f.dir.join(index::INDEX_FILE)).unwrap();
+        let (m, stats) = f.open();
+        assert_eq!(stats.index, IndexOutcome::Missing);
+        assert_eq!(stats.files_read, 2);
+        assert_eq!(uids(&m), before);
+        assert_eq!(sizes(&m), sizes_before);
+    }
+
+    #[test]
+    fn long_base_name_gets_a_hashed_uid() {
+        let f = fixture();
+        let long = format!("1700000000.M1P1.{}", "h".repeat(80));
+        f.put("cur", &format!("{long}:2,"), b"x\n");
+        let (m, _) = f.open();
+        let uid = uids(&m).remove(0);
+        assert!(uid.starts_with('H') && uid.len() == 41, "{uid}");
+        assert!(Uidl::is_valid(uid.as_bytes()));
+        drop(m);
+        fs::remove_file(f.dir.join(index::INDEX_FILE)).unwrap();
+        fs::rename(
+            f.dir.join("cur").join(format!("{long}:2,")),
+            f.dir.join("cur").join(format!("{long}:2,RS")),
+        )
+        .unwrap();
+        let (m, _) = f.open();
+        assert_eq!(uids(&m), vec![uid]);
+    }
+
+    #[test]
+    fn wire_sizes() {
+        let f = fixture();
+        f.put("cur", "1.lf:2,", b"a\nbb\n");
+        f.put("cur", "2.crlf:2,", b"a\r\nbb\r\n");
+        f.put("cur", "3.nofinal:2,", b"a\nbb");
+        // W= is trusted without opening the file (the content says 2).
+        f.put("cur", "4.w,S=2,W=999:2,", b"a\n");
+        f.put("cur", "5.empty:2,", b"");
+        let (m, stats) = f.open();
+        assert_eq!(sizes(&m), vec![7, 7, 5, 999, 0]);
+        assert_eq!(stats.files_read, 4);
+    }
+
+    #[test]
+    fn second_open_is_in_use_until_the_first_is_dropped() {
+        let f = fixture();
+        let (m, _) = f.open();
+        assert!(matches!(
+            f.store.open_maildir("bob@example.org", None),
+            Err(StoreError::InUse)
+        ));
+        // Through the trait as well.
+        assert!(matches!(
+            f.store.open("bob@example.org", None),
+            Err(StoreError::InUse)
+        ));
+        drop(m);
+        assert!(f.store.open("bob@example.org", None).is_ok());
+    }
+
+    #[test]
+    fn mail_delivered_during_a_session_is_not_touched() {
+        let f = fixture();
+        f.deliver(b"first\n");
+        f.deliver(b"second\n");
+        let mut m = f.store.open("bob@example.org", None).unwrap();
+        assert_eq!(m.messages().len(), 2);
+        let late = f.deliver(b"late\n");
+        assert_eq!(m.messages().len(), 2);
+        m.apply_deletions(&[0, 1]).unwrap();
+        drop(m);
+        assert!(late.path.exists());
+        let (mut m, _) = f.open();
+        assert_eq!(m.messages().len(), 1);
+        assert_eq!(read_message(&mut m, 0), b"late\n");
+    }
+
+    #[test]
+    fn deletions_are_applied() {
+        let f = fixture();
+        for i in 0..5 {
+            f.put("cur", &format!("100{i}.x:2,"), format!("m{i}\n").as_bytes());
+        }
+        let (mut m, _) = f.open();
+        let before = uids(&m);
+        // Listed twice, in any order: still fine.
+        m.apply_deletions(&[3, 1, 3]).unwrap();
+        assert!(matches!(m.open_message(1), Err(StoreError::Vanished(2))));
+        drop(m);
+        assert_eq!(f.files("cur"), vec!["1000.x:2,", "1002.x:2,", "1004.x:2,"]);
+        let (m, stats) = f.open();
+        assert_eq!(stats.files_read, 0);
+        assert_eq!(
+            uids(&m),
+            vec![before[0].clone(), before[2].clone(), before[4].clone()]
+        );
+        assert_eq!(sizes(&m), vec![4, 4, 4]);
+    }
+
+    #[test]
+    fn deletions_rewrite_the_index() {
+        let f = fixture();
+        for i in 0..3 {
+            f.put("cur", &format!("{i}.x:2,"), b"m\n");
+        }
+        f.age();
+        let (mut m, _) = f.open();
+        m.apply_deletions(&[1]).unwrap();
+        let bytes = index::read(&f.dir).unwrap().unwrap();
+        let written = index::parse(&bytes).unwrap();
+        let names: Vec<_> = written.entries.iter().map(|e| e.name.clone()).collect();
+        assert_eq!(
+            names,
+            vec![OsString::from("0.x:2,"), OsString::from("2.x:2,")]
+        );
+        // cur/ just changed: the next open must list it.
+        assert_eq!(written.cur_mtime, None);
+        assert!(written.new_mtime.is_some());
+    }
+
+    #[test]
+    fn an_index_with_one_uid_twice_is_not_trusted() {
+        let f = fixture();
+        f.put("cur", "1.a:2,", b"a\n");
+        f.put("cur", "2.b:2,", b"b\n");
+        f.age();
+        drop(f.open());
+        // A damaged but well-formed index: message 2 listed as a second copy of message 1.
+        let mut bad = index::parse(&index::read(&f.dir).unwrap().unwrap()).unwrap();
+        assert!(bad.cur_mtime.is_some() && bad.new_mtime.is_some());
+        bad.entries[1].name = "1.a:2,S".into();
+        index::write_atomic(&f.dir, &index::serialize(&bad)).unwrap();
+        let (m, stats) = f.open();
+        assert!(!stats.fast_path);
+        assert_eq!(uids(&m), vec!["1.a", "2.b"]);
+    }
+
+    #[test]
+    fn deletions_follow_renames_and_accept_gone_files() {
+        let f = fixture();
+        f.put("cur", "1.a:2,", b"a\n");
+        f.put("cur", "2.b:2,", b"b\n");
+        f.put("cur", "3.c:2,", b"c\n");
+        let (mut m, _) = f.open();
+        fs::rename(f.dir.join("cur/1.a:2,"), f.dir.join("cur/1.a:2,S")).unwrap();
+        fs::remove_file(f.dir.join("cur/2.b:2,")).unwrap();
+        m.apply_deletions(&[0, 1]).unwrap();
+        assert_eq!(f.files("cur"), vec!["3.c:2,"]);
+    }
+
+    #[test]
+    fn out_of_range_deletion_deletes_nothing() {
+        let f = fixture();
+        f.put("cur", "1.a:2,", b"a\n");
+        let (mut m, _) = f.open();
+        assert!(matches!(
+            m.apply_deletions(&[0, 7]),
+            Err(StoreError::NoSuchMessage(8))
+        ));
+        assert_eq!(f.files("cur"), vec!["1.a:2,"]);
+        assert!(matches!(
+            m.open_message(1),
+            Err(StoreError::NoSuchMessage(2))
+        ));
+    }
+
+    #[test]
+    fn deletion_stops_at_the_first_failure() {
+        let f = fixture();
+        f.put("cur", "1.a:2,", b"a\n");
+        f.put("cur", "2.b:2,", b"b\n");
+        let (mut m, _) = f.open();
+        // A directory where message 1 was: unlink fails (EISDIR/EPERM), not NotFound.
+        fs::remove_file(f.dir.join("cur/1.a:2,")).unwrap();
+        fs::create_dir(f.dir.join("cur/1.a:2,")).unwrap();
+        let err = m.apply_deletions(&[0, 1]).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Io { path, .. } if path.ends_with("1.a:2,")),
+            "{err}"
+        );
+        assert!(f.dir.join("cur/2.b:2,").exists());
+    }
+
+    #[test]
+    fn corrupt_index_is_rebuilt_with_the_same_uids_and_sizes() {
+        let f = fixture();
+        f.put("cur", "1.a:2,", b"a\nb\n");
+        f.put("cur", &format!("2.{}:2,", "x".repeat(90)), b"xyz");
+        f.deliver(b"delivered\n");
+        let (m, _) = f.open();
+        let (before, sizes_before) = (uids(&m), sizes(&m));
+        drop(m);
+        fs::write(f.dir.join(index::INDEX_FILE), b"\x00\xffgarbage\nend 0\n").unwrap();
+        let (m, stats) = f.open();
+        assert_eq!(stats.index, IndexOutcome::Corrupt);
+        assert!(stats.index_written);
+        assert_eq!(uids(&m), before);
+        assert_eq!(sizes(&m), sizes_before);
+        drop(m);
+        let (_, stats) = f.open();
+        assert_eq!(stats.index, IndexOutcome::Used);
+    }
+
+    #[test]
+    fn unchanged_maildrop_opens_from_the_index_alone() {
+        let f = fixture();
+        for i in 0..20 {
+            f.put("cur", &format!("17000000{i:02}.M1P1.h:2,"), b"line\n");
+        }
+        let (m, stats) = f.open();
+        assert_eq!(stats.files_read, 20);
+        assert!(!stats.fast_path);
+        let before = uids(&m);
+        drop(m);
+
+        // The mtimes were too fresh to trust: the next open lists (but reads nothing)...
+        f.age();
+        let (m, stats) = f.open();
+        assert!(!stats.fast_path);
+        assert_eq!(stats.files_read, 0);
+        assert!(stats.index_written, "the index now records trusted mtimes");
+        drop(m);
+
+        // ...and the one after that neither lists nor reads.
+        let (m, stats) = f.open();
+        assert!(stats.fast_path);
+        assert_eq!(stats.dir_listings, 0);
+        assert_eq!(stats.files_read, 0);
+        assert!(!stats.index_written);
+        assert_eq!(uids(&m), before);
+        drop(m);
+
+        // Proof that no message file is read: change one behind the index's back (a content
+        // change does not touch the directory's mtime); the fast path still reports the indexed
+        // size.
+        fs::write(f.dir.join("cur/1700000000.M1P1.h:2,"), b"much longer now\n").unwrap();
+        // Proof that cur/ is not listed: add a file, then put cur/'s mtime back.
+        let cur_mtime = fs::metadata(f.dir.join("cur")).unwrap().modified().unwrap();
+        f.put("cur", "1800000000.M1P1.h:2,", b"hidden\n");
+        File::open(f.dir.join("cur"))
+            .unwrap()
+            .set_modified(cur_mtime)
+            .unwrap();
+        let (m, stats) = f.open();
+        assert!(stats.fast_path);
+        assert_eq!(m.messages().len(), 20);
+        assert_eq!(m.messages()[0].size, 6);
+        drop(m);
+
+        // A delivery changes new/: the slow path runs and sees everything.
+        f.deliver(b"new\n");
+        let (m, stats) = f.open();
+        assert!(!stats.fast_path);
+        assert_eq!(stats.moved_from_new, 1);
+        assert_eq!(m.messages().len(), 22);
+    }
+
+    #[test]
+    fn open_message_follows_an_external_rename() {
+        let f = fixture();
+        f.put("cur", "1.a:2,", b"hello\n");
+        let (mut m, _) = f.open();
+        fs::rename(f.dir.join("cur/1.a:2,"), f.dir.join("cur/1.a:2,RS")).unwrap();
+        assert_eq!(read_message(&mut m, 0), b"hello\n");
+        // And the new name is remembered for UPDATE.
+        m.apply_deletions(&[0]).unwrap();
+        assert!(f.files("cur").is_empty());
+    }
+
+    #[test]
+    fn open_message_of_a_removed_file_is_vanished() {
+        let f = fixture();
+        f.put("cur", "1.a:2,", b"hello\n");
+        let (mut m, _) = f.open();
+        fs::remove_file(f.dir.join("cur/1.a:2,")).unwrap();
+        assert!(matches!(m.open_message(0), Err(StoreError::Vanished(1))));
+    }
+
+    #[test]
+    fn deliver_then_open() {
+        let f = fixture();
+        let content = b"Subject: hi\n\nbody\r\nlast line without newline";
+        let d = f.deliver(content);
+        assert_eq!(d.size, content.len() as u64);
+        assert_eq!(d.wire_size, content.len() as u64 + 2);
+        let name = d.path.file_name().unwrap().to_str().unwrap().to_owned();
+        assert!(d.path.starts_with(f.dir.join("new")));
+        assert!(
+            name.ends_with(&format!(",S={},W={}", d.size, d.wire_size)),
+            "{name}"
+        );
+        assert_eq!(fs::read(&d.path).unwrap(), content);
+        assert!(f.files("tmp").is_empty());
+
+        let (mut m, stats) = f.open();
+        assert_eq!(stats.files_read, 0, "W= is trusted");
+        assert_eq!(sizes(&m), vec![d.wire_size]);
+        assert_eq!(read_message(&mut m, 0), content);
+        assert_eq!(f.files("cur"), vec![format!("{name}:2,")]);
+    }
+
+    #[test]
+    fn deliver_streams_large_messages() {
+        let f = fixture();
+        // Larger than one block, with a bare LF right at the block boundary.
+        let mut content = vec![b'x'; BLOCK_SIZE * 3 + 17];
+        content[BLOCK_SIZE - 1] = b'\r';
+        content[BLOCK_SIZE] = b'\n';
+        content[BLOCK_SIZE * 2] = b'\n';
+        let d = f.deliver(&content);
+        assert_eq!(d.size, content.len() as u64);
+        assert_eq!(d.wire_size, content.len() as u64 + 1);
+    }
+
+    #[test]
+    fn deliver_rejects_escaping_names() {
+        let f = fixture();
+        let err = f.store.deliver("../x@example.org", None, &mut &b"x"[..]);
+        assert!(matches!(err, Err(StoreError::BadUser(_))));
+        assert!(matches!(
+            f.store.open("bob/..", None),
+            Err(StoreError::BadUser(_))
+        ));
+    }
+
+    #[test]
+    fn crash_between_unlink_and_index_rewrite_is_reconciled() {
+        let f = fixture();
+        for i in 0..3 {
+            f.put("cur", &format!("{i}.x:2,"), b"m\n");
+        }
+        let (m, _) = f.open();
+        drop(m);
+        f.age();
+        let (m, _) = f.open(); // records trusted mtimes
+        drop(m);
+        // As if UPDATE died after one unlink: the index still lists the file.
+        fs::remove_file(f.dir.join("cur/1.x:2,")).unwrap();
+        let (mut m, stats) = f.open();
+        assert!(!stats.fast_path);
+        assert_eq!(uids(&m), vec!["0.x", "2.x"]);
+        assert_eq!(read_message(&mut m, 1), b"m\n");
+    }
+
+    #[test]
+    fn index_file_is_written_only_when_it_changes() {
+        let f = fixture();
+        f.put("cur", "1.a:2,", b"a\n");
+        let (_, stats) = f.open();
+        assert!(stats.index_written);
+        // Lists again (the mtimes are too fresh to trust) and finds the same: no write.
+        let (_, stats) = f.open();
+        assert!(!stats.fast_path);
+        assert!(!stats.index_written);
+        // Now the mtimes can be trusted: that is a change worth writing.
+        f.age();
+        let (_, stats) = f.open();
+        assert!(stats.index_written);
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(f.dir.join(index::INDEX_FILE))
+            .unwrap();
+        file.write_all(b"trailing junk\n").unwrap();
+        let (_, stats) = f.open();
+        assert_eq!(stats.index, IndexOutcome::Corrupt);
+        assert!(stats.index_written);
+    }
+}
