@@ -12,12 +12,14 @@
 //! - [`response`]: `+OK` / `-ERR` lines with RFC 2449 / RFC 3206 response codes, and CAPA.
 //! - [`dot`]: streaming dot-stuffing, LF to CRLF, TOP line limits, wire sizes, un-stuffing.
 //! - [`server`]: `ServerSession`, the server's state machine (AUTHORIZATION, TRANSACTION, UPDATE).
+//! - [`client`]: `ClientSession`, the client's state machine: replies matched to commands in order.
 //!
 //! ## RFCs covered
 //! RFC 1939 (POP3), RFC 2449 (CAPA, response codes, PIPELINING), RFC 3206 (SYS and AUTH codes),
 //! RFC 1460 (the obsolete LAST command, off by default).
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod command;
 pub mod dot;
 pub mod line;

@@ -108,6 +108,9 @@ pub enum AuthResult {
     InUse,
     /// A server-side failure; `permanent` selects `[SYS/PERM]` over `[SYS/TEMP]`.
     SystemError { permanent: bool },
+    /// A SASL exchange ended without a verdict (cancelled with `*`, or malformed data):
+    /// `-ERR` with this text, no response code; the client may try again.
+    Aborted(&'static str),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -446,6 +449,10 @@ impl ServerSession {
                     Some(Code::InUse),
                     "maildrop is locked by another session",
                 );
+                None
+            }
+            AuthResult::Aborted(text) => {
+                response::err(out, None, text);
                 None
             }
             AuthResult::SystemError { permanent } => {
@@ -921,6 +928,24 @@ mod tests {
             s.auth_result(r, &mut out);
             assert!(String::from_utf8(out).unwrap().starts_with(want));
         }
+    }
+
+    #[test]
+    fn aborted_sasl_is_a_plain_err_and_stays_in_authorization() {
+        let cfg = ServerConfig {
+            sasl_mechanisms: vec!["PLAIN".into()],
+            ..ServerConfig::default()
+        };
+        let mut s = ServerSession::new(cfg);
+        assert!(matches!(
+            run(&mut s, "AUTH PLAIN").1,
+            Some(Event::Sasl { .. })
+        ));
+        let mut out = Vec::new();
+        s.auth_result(AuthResult::Aborted("authentication cancelled"), &mut out);
+        assert_eq!(out, b"-ERR authentication cancelled\r\n");
+        assert_eq!(s.state(), State::Authorization);
+        assert!(!s.is_awaiting());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use crate::auth::{self, PasswdDb, Scheme};
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::server::{self, Shared};
 use crate::store::{MaildirStore, Store};
+use crate::tls::{self, TlsFiles, TlsState};
 use clap::{Args, Parser, Subcommand};
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -49,6 +50,8 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Load-test a POP3 server: N concurrent sessions of login, STAT, RETR..., QUIT.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -70,14 +73,18 @@ struct ServeArgs {
     /// The data folder of --dev.
     #[arg(long, default_value = "facteur-dev", requires = "dev")]
     data_dir: PathBuf,
-    /// The port of --dev.
+    /// The POP3 port of --dev (with STLS).
     #[arg(long, default_value_t = 11110, requires = "dev")]
     port: u16,
+    /// The POP3S port of --dev (implicit TLS).
+    #[arg(long, default_value_t = 11995, requires = "dev")]
+    tls_port: u16,
 }
 
 #[derive(Args, Debug)]
 struct PasswordArgs {
-    /// The password scheme: ARGON2ID, SHA512-CRYPT, SHA256-CRYPT, BLF-CRYPT or PLAIN.
+    /// The password scheme: ARGON2ID, SHA512-CRYPT, SHA256-CRYPT, BLF-CRYPT, SCRAM-SHA-256,
+    /// CRAM-MD5 or PLAIN.
     #[arg(long, short, default_value = "ARGON2ID")]
     scheme: Scheme,
     /// Read the password from the first line of standard input instead of a prompt.
@@ -165,6 +172,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             println!("{hash}");
             Ok(())
         }
+        Command::Bench(args) => Ok(crate::bench::run(args)?),
         Command::CheckConfig { config } => {
             let cfg = Config::load(&config.config)?;
             let db = PasswdDb::open(&cfg.auth.passwd_file)?;
@@ -197,7 +205,7 @@ fn init_logging(level: &str) {
 
 fn serve(args: ServeArgs) -> Result<(), CliError> {
     let (cfg, banner) = if args.dev {
-        dev_setup(&args.data_dir, args.port)?
+        dev_setup(&args.data_dir, args.port, args.tls_port)?
     } else {
         let path = args
             .config
@@ -210,19 +218,40 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
         .enable_all()
         .build()
         .map_err(|e| fail(format!("cannot start the runtime: {e}")))?;
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(|t| {
+            TlsState::new(TlsFiles {
+                certificate: t.certificate.clone(),
+                private_key: t.private_key.clone(),
+                client_ca: t.client_ca.clone(),
+            })
+        })
+        .transpose()?;
     runtime.block_on(async move {
-        let listeners = bind_all(&cfg.server.listen)?;
-        for l in &listeners {
+        let plain = bind_all(&cfg.server.listen)?;
+        let implicit = bind_all(&cfg.listen_tls())?;
+        for (l, kind) in plain
+            .iter()
+            .map(|l| (l, if tls.is_some() { "pop3 (STLS)" } else { "pop3" }))
+            .chain(implicit.iter().map(|l| (l, "pop3s")))
+        {
             if let Ok(a) = l.local_addr() {
-                tracing::info!(address = %a, "listening");
+                tracing::info!(address = %a, kind, "listening");
             }
         }
         if let Some(b) = banner {
             println!("{b}");
         }
         let store = Arc::new(MaildirStore::new(cfg.store.maildir.clone()));
-        let shared = Arc::new(Shared::new(cfg, Arc::new(db), store));
-        server::run(shared, listeners, server::shutdown_signal()).await;
+        let mut shared = Shared::new(cfg, Arc::new(db), store);
+        if let Some(tls) = tls {
+            shared = shared.with_tls(tls);
+        }
+        let shared = Arc::new(shared);
+        server::reload_tls_on_sighup(shared.clone());
+        server::run_with_tls(shared, plain, implicit, server::shutdown_signal()).await;
         Ok(())
     })
 }
@@ -250,7 +279,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 }
 
 /// Create (or reuse) the --dev data folder; returns its configuration and what to print.
-fn dev_setup(dir: &Path, port: u16) -> Result<(Config, Option<String>), CliError> {
+fn dev_setup(dir: &Path, port: u16, tls_port: u16) -> Result<(Config, Option<String>), CliError> {
     let config_path = dir.join("facteur.toml");
     let password_path = dir.join("demo-password");
     if !config_path.exists() {
@@ -260,11 +289,13 @@ fn dev_setup(dir: &Path, port: u16) -> Result<(Config, Option<String>), CliError
         let hash = auth::hash_password(Scheme::Argon2id, password.as_bytes())?;
         auth::add_user(dir.join("users"), "demo", &hash)?;
         write_private(&password_path, format!("{password}\n").as_bytes())?;
+        tls::write_self_signed(dir)?;
         std::fs::write(
             &config_path,
             format!(
                 "# facteur --dev configuration: loopback only, for a first look.\n\
-                 [server]\nlisten = [\"127.0.0.1:{port}\"]\n\n\
+                 [server]\nlisten = [\"127.0.0.1:{port}\"]\nlisten_tls = [\"127.0.0.1:{tls_port}\"]\n\n\
+                 [tls]\ncertificate = \"cert.pem\"\nprivate_key = \"key.pem\"\n\n\
                  [auth]\npasswd_file = \"users\"\n\n\
                  [store]\nmaildir = \"mail/%u/Maildir\"\n"
             ),
@@ -292,14 +323,22 @@ fn dev_setup(dir: &Path, port: u16) -> Result<(Config, Option<String>), CliError
         .first()
         .copied()
         .unwrap_or(SocketAddr::from(([127, 0, 0, 1], port)));
+    let tls_addr = cfg
+        .listen_tls()
+        .first()
+        .copied()
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], tls_port)));
+    let password = password.trim();
+    let cert = dir.join("cert.pem");
     let banner = format!(
-        "facteur (dev mode) is serving POP3 on {addr}, data in {}\n\
-         user: demo   password: {}\n\
-         Read the welcome message with:\n  curl -s --user 'demo:{}' pop3://{addr}/1\n\
+        "facteur (dev mode) is serving POP3 on {addr} (with STLS) and POP3S on {tls_addr}\n\
+         data in {}\n\
+         user: demo   password: {password}\n\
+         Read the welcome message with:\n  curl -s --user 'demo:{password}' pop3://{addr}/1\n\
+         or over TLS:\n  curl -s --cacert {} --user 'demo:{password}' pop3s://{tls_addr}/1\n\
          Stop with Ctrl-C.",
         dir.display(),
-        password.trim(),
-        password.trim()
+        cert.display(),
     );
     Ok((cfg, Some(banner)))
 }

@@ -23,15 +23,48 @@ pub struct Config {
     pub store: StoreSection,
     #[serde(default)]
     pub log: LogSection,
+    /// `[tls]`: without it, no STLS and no POP3S.
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
+}
+
+/// `[tls]`: the certificate for STLS (RFC 2595) and POP3S (RFC 8314).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM file with the certificate chain, leaf first. Reloaded on SIGHUP.
+    pub certificate: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1). Reloaded on SIGHUP.
+    pub private_key: PathBuf,
+    /// PEM file of CAs whose client certificates allow SASL EXTERNAL; unset: none asked.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// When passwords may cross a connection that is not encrypted.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlaintextAuth {
+    /// Never: USER/PASS, APOP, AUTH PLAIN and LOGIN need TLS.
+    Never,
+    /// Only from a loopback address (a webmail on the same host, tests).
+    Loopback,
+    /// Always (for a network you trust entirely; not recommended).
+    Always,
 }
 
 /// `[server]`: what to listen on and how to greet.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSection {
-    /// Plain POP3 listeners (port 110 by default), IPv4 and IPv6 alike.
+    /// Plain POP3 listeners (port 110 by default), IPv4 and IPv6 alike; STLS is offered there
+    /// when `[tls]` is set.
     #[serde(default = "defaults::listen")]
     pub listen: Vec<SocketAddr>,
+    /// POP3S listeners (implicit TLS, RFC 8314). Default: port 995 when `[tls]` is set, none
+    /// otherwise.
+    #[serde(default)]
+    pub listen_tls: Option<Vec<SocketAddr>>,
     /// The host name in the greeting and in APOP timestamps; the machine's name if unset.
     #[serde(default)]
     pub hostname: Option<String>,
@@ -62,9 +95,20 @@ pub struct Limits {
     /// Seconds a logged-in client may stay idle. RFC 1939 section 3 requires at least 10 minutes.
     #[serde(default = "defaults::idle_timeout_secs")]
     pub idle_timeout_secs: u64,
-    /// Milliseconds before a failed login is answered: slows password guessing.
+    /// Milliseconds before the first failed login of a source or user name is answered; each
+    /// further failure doubles it (per source address and per user name), up to the cap below.
     #[serde(default = "defaults::failed_login_delay_ms")]
     pub failed_login_delay_ms: u64,
+    /// The cap of that delay, in milliseconds.
+    #[serde(default = "defaults::max_failed_login_delay_ms")]
+    pub max_failed_login_delay_ms: u64,
+    /// Seconds without a failure after which a source's or user's failures are forgotten.
+    #[serde(default = "defaults::failed_login_forget_secs")]
+    pub failed_login_forget_secs: u64,
+    /// Failed logins in one connection before it is closed (a client that knows the password
+    /// needs one try; a guesser must reconnect and pay the TCP and TLS handshakes).
+    #[serde(default = "defaults::max_failed_logins")]
+    pub max_failed_logins: u32,
     /// Password checks running at once. A memory-hard hash (ARGON2ID) takes its memory cost
     /// (19 MiB by default) for each check: this caps that memory and keeps a login flood from
     /// starving the threads that stream mail. Logins beyond it wait their turn.
@@ -88,6 +132,23 @@ pub struct AuthSection {
     /// Offer APOP (RFC 1939 section 7) to users whose password is stored as `{PLAIN}`.
     #[serde(default)]
     pub apop: bool,
+    /// When USER/PASS, APOP, AUTH PLAIN and AUTH LOGIN are allowed without TLS: "never",
+    /// "loopback" (the default: only from 127.0.0.0/8 and ::1) or "always".
+    #[serde(default = "defaults::plaintext_auth")]
+    pub plaintext_auth: PlaintextAuth,
+    /// SASL mechanisms to offer (RFC 5034), among PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-256 and
+    /// EXTERNAL. Offer only what your users file can serve: SCRAM-SHA-256 needs passwords stored
+    /// as {SCRAM-SHA-256} or {PLAIN}; CRAM-MD5 needs {CRAM-MD5} or {PLAIN}; EXTERNAL needs
+    /// `[tls] client_ca`. PLAIN and LOGIN follow `plaintext_auth`.
+    #[serde(default = "defaults::sasl_mechanisms")]
+    pub sasl: Vec<String>,
+}
+
+impl AuthSection {
+    /// The configured mechanisms, upper-cased.
+    pub fn sasl_mechanisms(&self) -> Vec<String> {
+        self.sasl.iter().map(|m| m.to_ascii_uppercase()).collect()
+    }
 }
 
 /// `[store]`: where the maildrops are.
@@ -144,7 +205,28 @@ pub mod defaults {
         600
     }
     pub fn failed_login_delay_ms() -> u64 {
-        1000
+        500
+    }
+    pub fn max_failed_login_delay_ms() -> u64 {
+        15_000
+    }
+    pub fn failed_login_forget_secs() -> u64 {
+        900
+    }
+    pub fn max_failed_logins() -> u32 {
+        3
+    }
+    pub fn listen_tls() -> Vec<SocketAddr> {
+        vec![
+            SocketAddr::from(([0, 0, 0, 0], 995)),
+            SocketAddr::from(([0u16; 8], 995)),
+        ]
+    }
+    pub fn sasl_mechanisms() -> Vec<String> {
+        vec!["PLAIN".into(), "LOGIN".into()]
+    }
+    pub fn plaintext_auth() -> super::PlaintextAuth {
+        super::PlaintextAuth::Loopback
     }
     pub fn max_concurrent_logins() -> usize {
         8
@@ -164,6 +246,7 @@ impl Default for ServerSection {
     fn default() -> Self {
         Self {
             listen: defaults::listen(),
+            listen_tls: None,
             hostname: None,
             greeting: defaults::greeting(),
             enable_last: false,
@@ -179,6 +262,9 @@ impl Default for Limits {
             login_timeout_secs: defaults::login_timeout_secs(),
             idle_timeout_secs: defaults::idle_timeout_secs(),
             failed_login_delay_ms: defaults::failed_login_delay_ms(),
+            max_failed_login_delay_ms: defaults::max_failed_login_delay_ms(),
+            failed_login_forget_secs: defaults::failed_login_forget_secs(),
+            max_failed_logins: defaults::max_failed_logins(),
             max_concurrent_logins: defaults::max_concurrent_logins(),
             max_bad_commands: defaults::max_bad_commands(),
             shutdown_grace_secs: defaults::shutdown_grace_secs(),
@@ -203,6 +289,12 @@ impl Limits {
     }
     pub fn failed_login_delay(&self) -> Duration {
         Duration::from_millis(self.failed_login_delay_ms)
+    }
+    pub fn max_failed_login_delay(&self) -> Duration {
+        Duration::from_millis(self.max_failed_login_delay_ms)
+    }
+    pub fn failed_login_forget(&self) -> Duration {
+        Duration::from_secs(self.failed_login_forget_secs)
     }
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
@@ -244,6 +336,16 @@ impl Config {
         if cfg.auth.passwd_file.is_relative() {
             cfg.auth.passwd_file = base.join(&cfg.auth.passwd_file);
         }
+        if let Some(tls) = &mut cfg.tls {
+            for p in [&mut tls.certificate, &mut tls.private_key]
+                .into_iter()
+                .chain(tls.client_ca.as_mut())
+            {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
         if !cfg.store.maildir.starts_with('/') && !cfg.store.maildir.starts_with("%h") {
             cfg.store.maildir = format!("{}/{}", base.display(), cfg.store.maildir);
         }
@@ -252,8 +354,20 @@ impl Config {
 
     fn check(&self) -> Result<(), String> {
         let l = &self.limits;
-        if self.server.listen.is_empty() {
+        if self.server.listen.is_empty() && self.listen_tls().is_empty() {
             return Err("[server] listen: at least one address is needed".into());
+        }
+        if self.tls.is_none()
+            && self
+                .server
+                .listen_tls
+                .as_ref()
+                .is_some_and(|l| !l.is_empty())
+        {
+            return Err("[server] listen_tls needs a [tls] section with a certificate".into());
+        }
+        if l.max_failed_logins == 0 {
+            return Err("[limits] max_failed_logins must be above 0".into());
         }
         if l.idle_timeout_secs < 600 {
             return Err(format!(
@@ -270,6 +384,24 @@ impl Config {
         if l.max_bad_commands == 0 {
             return Err("[limits] max_bad_commands must be above 0".into());
         }
+        for m in &self.auth.sasl {
+            if !["PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-256", "EXTERNAL"]
+                .contains(&m.to_ascii_uppercase().as_str())
+            {
+                return Err(format!(
+                    "[auth] sasl: unknown mechanism {m:?}; expected PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-256 or EXTERNAL"
+                ));
+            }
+        }
+        if self
+            .auth
+            .sasl
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case("EXTERNAL"))
+            && self.tls.as_ref().is_none_or(|t| t.client_ca.is_none())
+        {
+            return Err("[auth] sasl: EXTERNAL needs [tls] client_ca".into());
+        }
         if self.store.maildir.is_empty() {
             return Err("[store] maildir must not be empty".into());
         }
@@ -283,6 +415,15 @@ impl Config {
             return Err("[server] greeting must be one line".into());
         }
         Ok(())
+    }
+
+    /// The POP3S (implicit TLS) listen addresses in force.
+    pub fn listen_tls(&self) -> Vec<SocketAddr> {
+        match (&self.server.listen_tls, &self.tls) {
+            (Some(l), _) => l.clone(),
+            (None, Some(_)) => defaults::listen_tls(),
+            (None, None) => Vec::new(),
+        }
     }
 
     /// The host name for the greeting and APOP timestamps.
@@ -333,6 +474,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("RFC 1939"), "{e}");
+    }
+
+    #[test]
+    fn tls_defaults_and_checks() {
+        let c = Config::parse(MINIMAL, Path::new("/e/f.toml")).unwrap();
+        assert!(c.listen_tls().is_empty());
+        assert_eq!(c.auth.plaintext_auth, PlaintextAuth::Loopback);
+        let text = format!("{MINIMAL}[tls]\ncertificate = \"c.pem\"\nprivate_key = \"k.pem\"\n");
+        let c = Config::parse(&text, Path::new("/e/f.toml")).unwrap();
+        assert_eq!(c.listen_tls().len(), 2);
+        assert_eq!(c.tls.unwrap().certificate, Path::new("/e/c.pem"));
+        let text = MINIMAL.replace(
+            "[auth]",
+            "[server]\nlisten_tls = [\"127.0.0.1:995\"]\n[auth]",
+        );
+        let e = Config::parse(&text, Path::new("f.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[tls]"), "{e}");
+        let text = MINIMAL.replace("[auth]\n", "[auth]\nplaintext_auth = \"sometimes\"\n");
+        assert!(Config::parse(&text, Path::new("f.toml")).is_err());
     }
 
     #[test]

@@ -9,10 +9,13 @@
 //! - [`auth`]: the passwd-file user database and password schemes, APOP.
 //! - [`server`]: listeners, the per-connection driver, limits and graceful shutdown.
 //! - [`cli`]: the `facteur` command line (serve, user, deliver, hash-password, check-config).
+//! - [`bench`]: `facteur bench`, a POP3 load generator driving `facteur_proto::client`.
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod server;
 pub mod store;
+pub mod tls;

@@ -9,11 +9,17 @@ use std::process::Stdio;
 use std::sync::mpsc;
 
 /// Start `facteur serve --dev` and return it with the curl command line its banner prints.
-fn start_dev(data_dir: &std::path::Path, port: u16) -> (std::process::Child, String) {
+/// Both ports are given: the default POP3S port of --dev may be taken by another test run.
+fn start_dev(
+    data_dir: &std::path::Path,
+    port: u16,
+    tls_port: u16,
+) -> (std::process::Child, String) {
     let mut child = facteur()
         .args(["serve", "--dev", "--data-dir"])
         .arg(data_dir)
         .args(["--port", &port.to_string()])
+        .args(["--tls-port", &tls_port.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -51,8 +57,9 @@ fn serve_dev_prints_a_curl_command_that_reads_the_welcome_message() {
     let tmp = tempfile::tempdir().expect("a temporary folder");
     let data_dir = tmp.path().join("facteur-dev");
     let port = free_port();
+    let tls_port = free_port();
 
-    let (mut child, curl) = start_dev(&data_dir, port);
+    let (mut child, curl) = start_dev(&data_dir, port, tls_port);
     assert!(
         curl.contains(&format!("pop3://127.0.0.1:{port}/")),
         "{curl}"
@@ -69,7 +76,7 @@ fn serve_dev_prints_a_curl_command_that_reads_the_welcome_message() {
     assert!(stdout.contains("Hello!"), "{stdout}");
 
     // A second start reuses the data folder: same user, same password, same message.
-    let (mut child, curl_again) = start_dev(&data_dir, port);
+    let (mut child, curl_again) = start_dev(&data_dir, port, tls_port);
     assert_eq!(curl_again, curl);
     let (code, again, stderr) =
         run_with_input(std::process::Command::new("sh").arg("-c").arg(&curl), b"");

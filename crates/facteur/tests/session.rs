@@ -401,7 +401,9 @@ fn top_sends_the_header_and_the_requested_lines() {
 
 #[test]
 fn a_failed_login_says_the_same_for_a_wrong_password_and_an_unknown_user() {
-    let fx = Fixture::new();
+    // Three failures, then a good login on the same connection: one more than the default
+    // max_failed_logins allows (abuse.rs tests that cut-off).
+    let fx = Fixture::with_limits(&format!("{DEFAULT_LIMITS}max_failed_logins = 4\n"));
     let server = fx.start();
     let mut c = server.connect();
 

@@ -1,4 +1,4 @@
-//! Authentication: the passwd-file user database, password schemes and APOP.
+//! Authentication: the passwd-file user database, password schemes, APOP and SASL.
 //!
 //! # Layout
 //! - [`Authenticator`]: what the server calls to check USER/PASS and APOP. Blocking, since
@@ -8,23 +8,34 @@
 //! - `scheme`: [`Scheme`], [`StoredPassword`] and [`hash_password`].
 //! - `edit`: [`add_user`], [`del_user`], [`set_password`], [`list_users`] for `facteur user`:
 //!   atomic rewrites under a lock that keep every other line as it was.
+//! - `sasl`: the SASL mechanisms of POP3's AUTH command (RFC 5034) as state machines without
+//!   I/O: [`SaslExchange`], [`Mechanism`].
+//! - `scram`: SCRAM-SHA-256 keys, stored and derived ([`ScramCredentials`]); `cram_md5`: the
+//!   HMAC-MD5 context CRAM-MD5 works from, with the MD5 block function it needs.
 //!
 //! # What this module must never do
 //! Put a password or a hash in an error, a log line or a `Debug` output; tell a client whether a
 //! user exists (an unknown user costs the same hash work as a known one); panic on any input.
 
+mod cram_md5;
 mod edit;
 mod passwd_file;
+mod sasl;
 mod scheme;
+mod scram;
 
 use std::io;
 use std::path::PathBuf;
 
 pub use edit::{add_user, del_user, list_users, set_password, validate_user_name};
 pub use passwd_file::{PasswdDb, PasswdEntry, PasswdFile};
+pub use sasl::{Mechanism, SaslContext, SaslExchange, SaslStep, UnknownMechanism, MAX_SASL_LINE};
 pub use scheme::{
     hash_password, Scheme, StoredPassword, StoredPasswordError, UnknownScheme,
     ARGON2_MAX_M_COST_KIB, BCRYPT_DEFAULT_COST, BCRYPT_MAX_PASSWORD_LEN,
+};
+pub use scram::{
+    ScramCredentials, SCRAM_DEFAULT_ITERATIONS, SCRAM_MAX_ITERATIONS, SCRAM_MIN_ITERATIONS,
 };
 
 /// The longest user name accepted, in bytes.
@@ -49,8 +60,11 @@ pub enum AuthOutcome {
 }
 
 /// Checks credentials. Every method is blocking and may take tens of milliseconds.
+///
+/// Whatever the method, an unknown user costs the same work as a known one and gets the same
+/// answer as a wrong password.
 pub trait Authenticator: Send + Sync + 'static {
-    /// USER/PASS (and later SASL PLAIN/LOGIN).
+    /// USER/PASS, and SASL PLAIN and LOGIN.
     fn verify_password(&self, user: &str, password: &[u8]) -> AuthOutcome;
 
     /// APOP (RFC 1939 section 7): `digest` is the client's 32 lowercase hex digits of
@@ -60,6 +74,28 @@ pub trait Authenticator: Send + Sync + 'static {
     /// True if any user could use APOP (some stored secret is `{PLAIN}`); the server offers
     /// APOP only then.
     fn apop_possible(&self) -> bool;
+
+    /// SASL CRAM-MD5 (RFC 2195): `digest_hex` is the client's 32 hex digits of
+    /// HMAC-MD5(secret, `challenge`), `challenge` the exact bytes the server sent (angle
+    /// brackets included). Only users stored as `{PLAIN}` or `{CRAM-MD5}` can succeed.
+    fn verify_cram_md5(&self, user: &str, challenge: &[u8], digest_hex: &str) -> AuthOutcome;
+
+    /// True if any user could use CRAM-MD5 (some stored secret is `{PLAIN}` or `{CRAM-MD5}`).
+    fn cram_md5_possible(&self) -> bool;
+
+    /// SASL SCRAM-SHA-256: the keys of `user`. A user who cannot use SCRAM (unknown, or stored
+    /// with another scheme than `{SCRAM-SHA-256}` or `{PLAIN}`) gets made-up keys that are the
+    /// same at every attempt and an account of `None`, so that the exchange looks the same
+    /// until the client's proof fails.
+    fn scram_credentials(&self, user: &str) -> ScramCredentials;
+
+    /// True if any user could use SCRAM-SHA-256 (some stored secret is `{SCRAM-SHA-256}` or
+    /// `{PLAIN}`).
+    fn scram_possible(&self) -> bool;
+
+    /// The account of `user`, with no credential checked: for SASL EXTERNAL, where the TLS
+    /// layer has already verified a client certificate that names the user.
+    fn account(&self, user: &str) -> Option<Account>;
 }
 
 /// Why a passwd-file line was refused. The messages never quote a password or a hash.

@@ -22,8 +22,14 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use facteur_proto::Secret;
 
-use super::scheme::{apop_digest, apop_digest_matches, random_token, CostKey, StoredPassword};
-use super::{validate_user_name, Account, AuthError, AuthOutcome, Authenticator, LineError};
+use super::cram_md5::CramMd5Context;
+use super::scheme::{
+    apop_digest, apop_digest_matches, random_token, CostKey, ScramSource, StoredPassword,
+};
+use super::scram::{fake_keys, plain_user_salt, ScramKeys, SCRAM_DEFAULT_ITERATIONS};
+use super::{
+    validate_user_name, Account, AuthError, AuthOutcome, Authenticator, LineError, ScramCredentials,
+};
 
 /// One user of the passwd-file.
 ///
@@ -101,6 +107,8 @@ pub struct PasswdFile {
     entries: Vec<PasswdEntry>,
     index: HashMap<String, usize>,
     apop_possible: bool,
+    cram_md5_possible: bool,
+    scram_possible: bool,
 }
 
 /// True for a line the format ignores: blank, or a `#` comment.
@@ -185,11 +193,17 @@ impl PasswdFile {
             entries.push(entry);
         }
         let apop_possible = entries.iter().any(|e| e.password.apop_secret().is_some());
+        let cram_md5_possible = entries
+            .iter()
+            .any(|e| e.password.cram_md5_context().is_some());
+        let scram_possible = entries.iter().any(|e| e.password.scram_source().is_some());
         Ok(Self {
             origin: origin.to_string(),
             entries,
             index,
             apop_possible,
+            cram_md5_possible,
+            scram_possible,
         })
     }
 
@@ -224,6 +238,42 @@ impl PasswdFile {
     /// True if some user's password is stored `{PLAIN}`, so that APOP could work for them.
     pub fn apop_possible(&self) -> bool {
         self.apop_possible
+    }
+
+    /// True if some user's password is stored `{PLAIN}` or `{CRAM-MD5}`, so that SASL
+    /// CRAM-MD5 could work for them.
+    pub fn cram_md5_possible(&self) -> bool {
+        self.cram_md5_possible
+    }
+
+    /// True if some user's password is stored `{SCRAM-SHA-256}` or `{PLAIN}`, so that SASL
+    /// SCRAM-SHA-256 could work for them.
+    pub fn scram_possible(&self) -> bool {
+        self.scram_possible
+    }
+
+    /// How made-up SCRAM keys should look and cost, from the users who can use SCRAM.
+    fn scram_model(&self) -> ScramModel {
+        let mut iterations: HashMap<u32, (usize, usize)> = HashMap::new();
+        let (mut stored, mut plain) = (0usize, 0usize);
+        for (i, entry) in self.entries.iter().enumerate() {
+            match entry.password.scram_source() {
+                Some(ScramSource::Stored(keys)) => {
+                    stored += 1;
+                    iterations.entry(keys.iterations).or_insert((0, i)).0 += 1;
+                }
+                Some(ScramSource::Plain(_)) => plain += 1,
+                None => {}
+            }
+        }
+        let iterations = iterations
+            .into_iter()
+            .max_by_key(|&(_, (count, first))| (count, std::cmp::Reverse(first)))
+            .map_or(SCRAM_DEFAULT_ITERATIONS, |(iterations, _)| iterations);
+        ScramModel {
+            iterations,
+            derive: plain > stored,
+        }
     }
 
     /// The scheme and cost most used in the file (the first seen wins a tie); ARGON2ID with
@@ -263,22 +313,37 @@ impl FileStamp {
     }
 }
 
+/// How SCRAM keys for a user who cannot use SCRAM are made up, so that they look and cost like
+/// those of the users who can.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ScramModel {
+    /// The iteration count most used by `{SCRAM-SHA-256}` users (4096 if there are none); the
+    /// keys of `{PLAIN}` users are derived with it too.
+    iterations: u32,
+    /// `{PLAIN}` users, whose keys cost a PBKDF2 at each exchange, outnumber the users with
+    /// stored keys: made-up keys cost a PBKDF2 too.
+    derive: bool,
+}
+
 /// One loaded version of the file, with what unknown users are checked against.
 struct Loaded {
     file: Arc<PasswdFile>,
     /// A hash of a random password with the scheme and cost most used in the file.
     dummy: StoredPassword,
-    /// A random secret for APOP attempts that cannot succeed.
+    /// A random secret for APOP and CRAM-MD5 attempts that cannot succeed.
     dummy_apop_secret: Secret<String>,
+    scram: ScramModel,
 }
 
 impl Loaded {
     fn new(file: PasswdFile) -> Result<Self, AuthError> {
         let dummy = StoredPassword::dummy(file.most_common_cost())?;
+        let scram = file.scram_model();
         Ok(Self {
             file: Arc::new(file),
             dummy,
             dummy_apop_secret: Secret::new(random_token()?),
+            scram,
         })
     }
 
@@ -312,6 +377,11 @@ pub struct PasswdDb {
     path: PathBuf,
     current: RwLock<Arc<Loaded>>,
     seen: Mutex<Seen>,
+    /// Random for each process, kept across reloads: the key from which the SCRAM salts of
+    /// `{PLAIN}` users and the made-up SCRAM keys of the other users are derived. A user's salt
+    /// stays the same while the server runs, and changes when it restarts (for every user who
+    /// has no stored SCRAM keys).
+    scram_secret: Secret<[u8; 32]>,
 }
 
 impl std::fmt::Debug for PasswdDb {
@@ -328,6 +398,8 @@ impl PasswdDb {
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, AuthError> {
         let path = path.into();
         let (loaded, stamp) = Loaded::read(&path)?;
+        let mut scram_secret = [0u8; 32];
+        getrandom::fill(&mut scram_secret)?;
         Ok(Self {
             path,
             current: RwLock::new(Arc::new(loaded)),
@@ -335,6 +407,7 @@ impl PasswdDb {
                 stamp: Some(stamp),
                 stat_failed: false,
             }),
+            scram_secret: Secret::new(scram_secret),
         })
     }
 
@@ -442,6 +515,67 @@ impl Authenticator for PasswdDb {
 
     fn apop_possible(&self) -> bool {
         self.current().file.apop_possible()
+    }
+
+    fn verify_cram_md5(&self, user: &str, challenge: &[u8], digest_hex: &str) -> AuthOutcome {
+        let loaded = self.current();
+        let entry = loaded.file.get(user);
+        match entry.and_then(|e| e.password.cram_md5_context().map(|ctx| (e, ctx))) {
+            Some((entry, ctx)) => {
+                if ctx.digest_matches(challenge, digest_hex) {
+                    AuthOutcome::Success(entry.account())
+                } else {
+                    AuthOutcome::Failure
+                }
+            }
+            None => {
+                // Unknown user, or no secret CRAM-MD5 can use: the work of a {PLAIN} user.
+                let ctx = CramMd5Context::from_secret(loaded.dummy_apop_secret.expose().as_bytes());
+                black_box(ctx.digest_matches(challenge, digest_hex));
+                AuthOutcome::Failure
+            }
+        }
+    }
+
+    fn cram_md5_possible(&self) -> bool {
+        self.current().file.cram_md5_possible()
+    }
+
+    fn scram_credentials(&self, user: &str) -> ScramCredentials {
+        let loaded = self.current();
+        let secret = self.scram_secret.expose();
+        let entry = loaded.file.get(user);
+        match entry.and_then(|e| e.password.scram_source().map(|source| (e, source))) {
+            Some((entry, ScramSource::Stored(keys))) => {
+                ScramCredentials::from_keys(keys.clone(), Some(entry.account()))
+            }
+            Some((entry, ScramSource::Plain(password))) => ScramCredentials::from_password(
+                password,
+                &plain_user_salt(secret, user),
+                loaded.scram.iterations,
+                Some(entry.account()),
+            ),
+            None => {
+                let keys = fake_keys(secret, user, loaded.scram.iterations);
+                if loaded.scram.derive {
+                    // The cost of deriving a {PLAIN} user's keys.
+                    black_box(ScramKeys::derive(
+                        &keys.server_key,
+                        &keys.salt,
+                        keys.iterations,
+                    ));
+                }
+                ScramCredentials::from_keys(keys, None)
+            }
+        }
+    }
+
+    fn scram_possible(&self) -> bool {
+        self.current().file.scram_possible()
+    }
+
+    fn account(&self, user: &str) -> Option<Account> {
+        self.current().file.get(user).map(PasswdEntry::account)
     }
 }
 
@@ -730,6 +864,7 @@ h:{PLAIN}ph:::::
                 file: Arc::clone(&current.file),
                 dummy: StoredPassword::parse("{PLAIN}guess").unwrap(),
                 dummy_apop_secret: Secret::new("guess".to_string()),
+                scram: current.scram,
             });
         }
         assert_eq!(db.verify_password("bob", b"guess"), AuthOutcome::Failure);
@@ -738,6 +873,19 @@ h:{PLAIN}ph:::::
         let digest = apop_digest(ts, b"guess");
         assert_eq!(db.verify_apop("bob", ts, &digest), AuthOutcome::Failure);
         assert_eq!(db.verify_apop("alice", ts, &digest), AuthOutcome::Failure);
+        let digest: String = CramMd5Context::from_secret(b"guess")
+            .hmac(ts.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            db.verify_cram_md5("bob", ts.as_bytes(), &digest),
+            AuthOutcome::Failure
+        );
+        assert_eq!(
+            db.verify_cram_md5("alice", ts.as_bytes(), &digest),
+            AuthOutcome::Failure
+        );
         assert_eq!(
             db.verify_password("alice", b"secret"),
             success("alice", None)
@@ -860,6 +1008,125 @@ h:{PLAIN}ph:::::
             "{e}"
         );
         assert!(PasswdFile::load(&path).is_err());
+    }
+
+    fn scram_line(user: &str, iterations: u32) -> String {
+        let keys = ScramKeys::derive(b"pw", b"0123456789abcdef", iterations);
+        format!("{user}:{{SCRAM-SHA-256}}{}\n", keys.format())
+    }
+
+    #[test]
+    fn scram_model_follows_the_scram_users() {
+        let model = |text: &str| parse(text).unwrap().scram_model();
+        let default = ScramModel {
+            iterations: SCRAM_DEFAULT_ITERATIONS,
+            derive: false,
+        };
+        assert_eq!(model(""), default);
+        assert_eq!(model(&format!("a:{SHA256}\n")), default);
+        let text = format!(
+            "{}{}{}",
+            scram_line("a", 5000),
+            scram_line("b", 6000),
+            scram_line("c", 6000)
+        );
+        assert_eq!(
+            model(&text),
+            ScramModel {
+                iterations: 6000,
+                derive: false
+            }
+        );
+        let text = format!("{}p:{{PLAIN}}x\nq:{{PLAIN}}y\n", scram_line("a", 5000));
+        assert_eq!(
+            model(&text),
+            ScramModel {
+                iterations: 5000,
+                derive: true
+            }
+        );
+        assert!(model("p:{PLAIN}x\n").derive);
+    }
+
+    #[test]
+    fn scram_credentials_per_kind_of_user() {
+        let text = format!(
+            "{}p:{{PLAIN}}x::::/home/p\ns:{SHA256}\n",
+            scram_line("a", 5000)
+        );
+        let (_dir, path, db) = db_with(&text);
+        let stored = db.scram_credentials("a");
+        assert_eq!(stored.iterations(), 5000);
+        assert_eq!(stored.salt(), b"0123456789abcdef");
+        assert_eq!(stored.account(), Some(&success_account("a", None)));
+        // A {PLAIN} user: keys derived with the file's iteration count, under a salt that
+        // stays the same while the server runs.
+        let plain = db.scram_credentials("p");
+        assert_eq!(plain.iterations(), 5000);
+        assert_eq!(plain.salt().len(), 16);
+        assert_eq!(plain.salt(), db.scram_credentials("p").salt());
+        assert_eq!(
+            plain.account(),
+            Some(&success_account("p", Some("/home/p")))
+        );
+        let keys = ScramKeys::derive(b"x", plain.salt(), 5000);
+        assert_eq!(plain.keys().stored_key, keys.stored_key);
+        // Unknown users and users of other schemes: made-up keys that look the same.
+        for user in ["nobody", "s", "A", ""] {
+            let fake = db.scram_credentials(user);
+            assert_eq!(fake.iterations(), 5000, "{user}");
+            assert_eq!(fake.salt().len(), 16, "{user}");
+            assert_eq!(fake.account(), None, "{user}");
+            assert_eq!(fake.salt(), db.scram_credentials(user).salt(), "{user}");
+        }
+        assert_ne!(
+            db.scram_credentials("nobody").salt(),
+            db.scram_credentials("nobody2").salt()
+        );
+        // A reload keeps the salts of those who have no stored keys.
+        let before = db.scram_credentials("nobody").salt().to_vec();
+        let plain_before = plain.salt().to_vec();
+        add_user(&path, "new", "{PLAIN}y").unwrap();
+        assert!(db.account("new").is_some());
+        assert_eq!(db.scram_credentials("nobody").salt(), &before[..]);
+        assert_eq!(db.scram_credentials("p").salt(), &plain_before[..]);
+    }
+
+    fn success_account(user: &str, home: Option<&str>) -> Account {
+        Account {
+            user: user.to_string(),
+            home: home.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn account_and_possibilities() {
+        let (_dir, path, db) = db_with(&format!("s:{SHA256}:1:1::/home/s\n"));
+        assert_eq!(db.account("s"), Some(success_account("s", Some("/home/s"))));
+        assert_eq!(db.account("S"), None);
+        assert_eq!(db.account("nobody"), None);
+        assert!(!db.cram_md5_possible());
+        assert!(!db.scram_possible());
+        add_user(&path, "c", &hash_password(Scheme::CramMd5, b"x").unwrap()).unwrap();
+        assert!(db.cram_md5_possible());
+        assert!(!db.scram_possible());
+        add_user(
+            &path,
+            "k",
+            &hash_password(Scheme::ScramSha256, b"x").unwrap(),
+        )
+        .unwrap();
+        assert!(db.scram_possible());
+        assert!(!db.apop_possible());
+        assert_eq!(
+            db.verify_password("c", b"x"),
+            AuthOutcome::Success(success_account("c", None))
+        );
+        assert_eq!(
+            db.verify_password("k", b"x"),
+            AuthOutcome::Success(success_account("k", None))
+        );
+        assert_eq!(db.verify_password("k", b"y"), AuthOutcome::Failure);
     }
 
     #[test]

@@ -15,6 +15,8 @@ use md5::Md5;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::cram_md5::CramMd5Context;
+use super::scram::{ScramKeys, SCRAM_DEFAULT_ITERATIONS, SCRAM_SALT_LEN};
 use super::AuthError;
 
 /// A password scheme, named as Dovecot names it in the `{SCHEME}` prefix.
@@ -29,17 +31,26 @@ pub enum Scheme {
     Sha256Crypt,
     /// bcrypt (`$2y$`, `$2b$`, `$2a$`).
     BlfCrypt,
+    /// SCRAM-SHA-256 keys in Dovecot's form (`iterations,salt,StoredKey,ServerKey`, base64):
+    /// what SASL SCRAM-SHA-256 needs, and good for USER/PASS too (PBKDF2-SHA-256).
+    ScramSha256,
+    /// Dovecot's HMAC-MD5 context of the password (64 hex digits): what SASL CRAM-MD5 needs,
+    /// and good for USER/PASS too. Unsalted and fast to compute: about as weak as PLAIN against
+    /// anyone who reads the file.
+    CramMd5,
     /// The password itself. Needed for APOP; anyone who reads the file reads the password.
     Plain,
 }
 
 impl Scheme {
     /// Every scheme, in the order the CLI should list them.
-    pub const ALL: [Scheme; 5] = [
+    pub const ALL: [Scheme; 7] = [
         Scheme::Argon2id,
         Scheme::Sha512Crypt,
         Scheme::Sha256Crypt,
         Scheme::BlfCrypt,
+        Scheme::ScramSha256,
+        Scheme::CramMd5,
         Scheme::Plain,
     ];
 
@@ -50,6 +61,8 @@ impl Scheme {
             Scheme::Sha512Crypt => "SHA512-CRYPT",
             Scheme::Sha256Crypt => "SHA256-CRYPT",
             Scheme::BlfCrypt => "BLF-CRYPT",
+            Scheme::ScramSha256 => "SCRAM-SHA-256",
+            Scheme::CramMd5 => "CRAM-MD5",
             Scheme::Plain => "PLAIN",
         }
     }
@@ -63,7 +76,7 @@ impl fmt::Display for Scheme {
 
 /// A scheme name that facteur does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown password scheme {name:?} (known: ARGON2ID, SHA512-CRYPT, SHA256-CRYPT, BLF-CRYPT, PLAIN)")]
+#[error("unknown password scheme {name:?} (known: ARGON2ID, SHA512-CRYPT, SHA256-CRYPT, BLF-CRYPT, SCRAM-SHA-256, CRAM-MD5, PLAIN)")]
 pub struct UnknownScheme {
     /// The name as written, shortened if it looks nothing like a scheme name.
     pub name: String,
@@ -79,6 +92,8 @@ impl FromStr for Scheme {
             "SHA512-CRYPT" => Scheme::Sha512Crypt,
             "SHA256-CRYPT" => Scheme::Sha256Crypt,
             "BLF-CRYPT" => Scheme::BlfCrypt,
+            "SCRAM-SHA-256" => Scheme::ScramSha256,
+            "CRAM-MD5" => Scheme::CramMd5,
             "PLAIN" | "CLEAR" | "CLEARTEXT" => Scheme::Plain,
             _ => {
                 return Err(UnknownScheme {
@@ -178,6 +193,14 @@ impl ShaBits {
     }
 }
 
+/// Where the keys of a SCRAM-SHA-256 exchange come from.
+pub(crate) enum ScramSource<'a> {
+    /// A `{SCRAM-SHA-256}` password: the keys themselves.
+    Stored(&'a ScramKeys),
+    /// A `{PLAIN}` password: the keys are derived from it at each exchange.
+    Plain(&'a [u8]),
+}
+
 /// The parsed content of a stored password. Deliberately not `Debug`.
 #[derive(Clone)]
 enum Inner {
@@ -193,6 +216,8 @@ enum Inner {
         full: String,
         cost: u32,
     },
+    Scram(ScramKeys),
+    CramMd5(CramMd5Context),
     Plain(Vec<u8>),
 }
 
@@ -231,6 +256,10 @@ pub(crate) enum CostKey {
     Bcrypt {
         cost: u32,
     },
+    Scram {
+        iterations: u32,
+    },
+    CramMd5,
     Plain,
 }
 
@@ -267,6 +296,13 @@ impl StoredPassword {
             Scheme::Sha512Crypt => parse_sha_crypt(ShaBits::Sha512, rest)?,
             Scheme::Sha256Crypt => parse_sha_crypt(ShaBits::Sha256, rest)?,
             Scheme::BlfCrypt => parse_bcrypt(rest)?,
+            Scheme::ScramSha256 => Inner::Scram(
+                ScramKeys::parse(rest).map_err(|reason| malformed(Scheme::ScramSha256, reason))?,
+            ),
+            Scheme::CramMd5 => Inner::CramMd5(
+                CramMd5Context::from_hex(rest)
+                    .ok_or_else(|| malformed(Scheme::CramMd5, "expected 64 hex digits"))?,
+            ),
             Scheme::Plain => {
                 if rest.is_empty() {
                     return Err(malformed(Scheme::Plain, "the password is empty"));
@@ -301,7 +337,27 @@ impl StoredPassword {
                 None => false,
             },
             Inner::Bcrypt { full, .. } => bcrypt::verify(password, full).unwrap_or(false),
+            Inner::Scram(keys) => keys.verify_password(password),
+            Inner::CramMd5(stored) => stored.ct_eq(&CramMd5Context::from_secret(password)),
             Inner::Plain(stored) => plain_matches(stored, password),
+        }
+    }
+
+    /// The HMAC-MD5 context CRAM-MD5 needs: stored as such, or computed from a PLAIN password.
+    pub(crate) fn cram_md5_context(&self) -> Option<CramMd5Context> {
+        match self.inner.expose() {
+            Inner::CramMd5(stored) => Some(stored.clone()),
+            Inner::Plain(password) => Some(CramMd5Context::from_secret(password)),
+            _ => None,
+        }
+    }
+
+    /// Where SCRAM-SHA-256 keys come from for this password, if it can give them.
+    pub(crate) fn scram_source(&self) -> Option<ScramSource<'_>> {
+        match self.inner.expose() {
+            Inner::Scram(keys) => Some(ScramSource::Stored(keys)),
+            Inner::Plain(password) => Some(ScramSource::Plain(password)),
+            _ => None,
         }
     }
 
@@ -334,6 +390,10 @@ impl StoredPassword {
                 rounds: *rounds,
             },
             Inner::Bcrypt { cost, .. } => CostKey::Bcrypt { cost: *cost },
+            Inner::Scram(keys) => CostKey::Scram {
+                iterations: keys.iterations,
+            },
+            Inner::CramMd5(_) => CostKey::CramMd5,
             Inner::Plain(_) => CostKey::Plain,
         }
     }
@@ -358,12 +418,16 @@ impl StoredPassword {
             }
             CostKey::ShaCrypt { bits, rounds } => sha_crypt_hash(bits, password, rounds)?,
             CostKey::Bcrypt { cost } => bcrypt_hash(password, cost)?,
+            CostKey::Scram { iterations } => scram_hash(password, iterations)?,
+            CostKey::CramMd5 => CramMd5Context::from_secret(password).to_hex(),
             CostKey::Plain => token.clone(),
         };
         let scheme = match key {
             CostKey::Argon2id { .. } => Scheme::Argon2id,
             CostKey::ShaCrypt { bits, .. } => bits.scheme(),
             CostKey::Bcrypt { .. } => Scheme::BlfCrypt,
+            CostKey::Scram { .. } => Scheme::ScramSha256,
+            CostKey::CramMd5 => Scheme::CramMd5,
             CostKey::Plain => Scheme::Plain,
         };
         Self::parse(&format!("{{{scheme}}}{stored}"))
@@ -541,10 +605,13 @@ fn parse_bcrypt(s: &str) -> Result<Inner, StoredPasswordError> {
 }
 
 /// Hashes `password` with `scheme` and returns the field to store, with its `{SCHEME}` prefix:
-/// `{ARGON2ID}$argon2id$v=19$m=19456,t=2,p=1$...`, `{SHA512-CRYPT}$6$...`, `{PLAIN}secret`.
+/// `{ARGON2ID}$argon2id$v=19$m=19456,t=2,p=1$...`, `{SHA512-CRYPT}$6$...`,
+/// `{SCRAM-SHA-256}4096,salt,StoredKey,ServerKey`, `{CRAM-MD5}<64 hex digits>`, `{PLAIN}secret`.
 ///
 /// ARGON2ID uses the argon2 crate's default parameters, SHA-crypt glibc's default 5000 rounds,
-/// BLF-CRYPT a cost of [`BCRYPT_DEFAULT_COST`]. Salts come from the operating system.
+/// BLF-CRYPT a cost of [`BCRYPT_DEFAULT_COST`], SCRAM-SHA-256 4096 iterations and a 16-byte
+/// salt (Dovecot's defaults). Salts come from the operating system. SCRAM-SHA-256 refuses a
+/// password that is not UTF-8 or holds a control character: SCRAM clients could never send it.
 pub fn hash_password(scheme: Scheme, password: &[u8]) -> Result<String, AuthError> {
     if password.is_empty() {
         return Err(AuthError::BadPassword("is empty"));
@@ -565,6 +632,18 @@ pub fn hash_password(scheme: Scheme, password: &[u8]) -> Result<String, AuthErro
             }
             bcrypt_hash(password, BCRYPT_DEFAULT_COST)?
         }
+        Scheme::ScramSha256 => {
+            let text = std::str::from_utf8(password).map_err(|_| {
+                AuthError::BadPassword("is not UTF-8, which SCRAM clients cannot send")
+            })?;
+            if text.chars().any(char::is_control) {
+                return Err(AuthError::BadPassword(
+                    "holds a control character, which SCRAM clients refuse (SASLprep)",
+                ));
+            }
+            scram_hash(password, SCRAM_DEFAULT_ITERATIONS)?
+        }
+        Scheme::CramMd5 => CramMd5Context::from_secret(password).to_hex(),
         Scheme::Plain => {
             let text = std::str::from_utf8(password)
                 .map_err(|_| AuthError::BadPassword("is not UTF-8, which PLAIN cannot store"))?;
@@ -592,6 +671,12 @@ fn argon2_hash(
         .hash_password(password, &salt)
         .map_err(|e| AuthError::Hash(e.to_string()))?;
     Ok(hash.to_string())
+}
+
+fn scram_hash(password: &[u8], iterations: u32) -> Result<String, AuthError> {
+    let mut salt = [0u8; SCRAM_SALT_LEN];
+    getrandom::fill(&mut salt)?;
+    Ok(ScramKeys::derive(password, &salt, iterations).format())
 }
 
 fn bcrypt_hash(password: &[u8], cost: u32) -> Result<String, AuthError> {
@@ -715,6 +800,7 @@ pub(crate) fn apop_digest_matches(ours: &str, theirs: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
 
     // Produced here by OpenSSL 3.0 (`openssl passwd -6 -salt saltsalt secret`, and `-5`).
     const OPENSSL_SHA512: &str =
@@ -754,7 +840,10 @@ mod tests {
         assert_eq!("Sha512-Crypt".parse::<Scheme>(), Ok(Scheme::Sha512Crypt));
         assert_eq!("cleartext".parse::<Scheme>(), Ok(Scheme::Plain));
         assert!("MD5-CRYPT".parse::<Scheme>().is_err());
-        assert!("CRAM-MD5".parse::<Scheme>().is_err());
+        assert_eq!("cram-md5".parse::<Scheme>(), Ok(Scheme::CramMd5));
+        assert_eq!("Scram-Sha-256".parse::<Scheme>(), Ok(Scheme::ScramSha256));
+        assert!("SCRAM-SHA-1".parse::<Scheme>().is_err());
+        assert!("SCRAM-SHA-256-PLUS".parse::<Scheme>().is_err());
         assert!("".parse::<Scheme>().is_err());
         assert_eq!(Scheme::default(), Scheme::Argon2id);
     }
@@ -852,6 +941,56 @@ mod tests {
             .unwrap()
             .starts_with("{BLF-CRYPT}$2y$12$"));
         assert_eq!(hash_password(Scheme::Plain, b"x").unwrap(), "{PLAIN}x");
+        let scram = hash_password(Scheme::ScramSha256, b"x").unwrap();
+        let fields: Vec<&str> = scram
+            .strip_prefix("{SCRAM-SHA-256}4096,")
+            .unwrap()
+            .split(',')
+            .collect();
+        assert_eq!(fields.len(), 3, "{scram}");
+        assert_eq!(fields[0].len(), 24, "a 16-byte salt: {scram}");
+        assert_eq!(
+            hash_password(Scheme::CramMd5, b"password").unwrap(),
+            "{CRAM-MD5}9186d855e11eba527a7a52ca82b313e180d62234f0acc9051b527243d41e2740"
+        );
+    }
+
+    #[test]
+    fn dovecot_scram_and_cram_md5_hashes_verify() {
+        // RFC 7677's example user, stored as Dovecot stores SCRAM-SHA-256 keys.
+        let salt = base64::engine::general_purpose::STANDARD
+            .decode("W22ZaJ0SNY7soEsUEjb6gQ==")
+            .unwrap();
+        let field = format!(
+            "{{SCRAM-SHA-256}}{}",
+            ScramKeys::derive(b"pencil", &salt, 4096).format()
+        );
+        let s = stored(&field);
+        assert_eq!(s.scheme(), Scheme::ScramSha256);
+        assert!(s.verify(b"pencil"));
+        assert!(!s.verify(b"Pencil"));
+        assert_eq!(s.cost_key(), CostKey::Scram { iterations: 4096 });
+        assert!(s.scram_source().is_some());
+        assert!(s.cram_md5_context().is_none());
+        assert_eq!(s.apop_secret(), None);
+
+        let s =
+            stored("{CRAM-MD5}9186d855e11eba527a7a52ca82b313e180d62234f0acc9051b527243d41e2740");
+        assert_eq!(s.scheme(), Scheme::CramMd5);
+        assert!(s.verify(b"password"));
+        assert!(!s.verify(b"passwor"));
+        assert!(s.scram_source().is_none());
+        assert!(s.cram_md5_context().is_some());
+        assert_eq!(s.apop_secret(), None);
+
+        let s = stored("{PLAIN}pencil");
+        assert!(matches!(
+            s.scram_source(),
+            Some(ScramSource::Plain(b"pencil"))
+        ));
+        assert!(s.cram_md5_context().is_some());
+        assert!(stored(OPENSSL_SHA256).scram_source().is_none());
+        assert!(stored(OPENSSL_SHA256).cram_md5_context().is_none());
     }
 
     #[test]
@@ -869,6 +1008,13 @@ mod tests {
         assert!(hash_password(Scheme::Plain, b"\xff").is_err());
         assert!(hash_password(Scheme::BlfCrypt, &[b'a'; 73]).is_err());
         assert!(hash_password(Scheme::BlfCrypt, &[b'a'; 72]).is_ok());
+        assert!(hash_password(Scheme::ScramSha256, b"\xff").is_err());
+        assert!(hash_password(Scheme::ScramSha256, b"a\tb").is_err());
+        assert!(hash_password(Scheme::ScramSha256, "a\u{85}b".as_bytes()).is_err());
+        assert!(hash_password(Scheme::ScramSha256, b"").is_err());
+        assert!(hash_password(Scheme::ScramSha256, "päss wörd".as_bytes()).is_ok());
+        let field = hash_password(Scheme::CramMd5, b"a:b\n\xff").unwrap();
+        assert!(stored(&field).verify(b"a:b\n\xff"));
         // Other schemes store any bytes.
         let field = hash_password(Scheme::Sha512Crypt, b"a:b\n\xff").unwrap();
         assert!(stored(&field).verify(b"a:b\n\xff"));
@@ -948,6 +1094,13 @@ mod tests {
             format!("{{SHA512-CRYPT}}$6$saltsalt${}é", &sha512_digest[..84]),
             "{é}x".to_string(),
             "{PLAIN".to_string(),
+            "{CRAM-MD5}".to_string(),
+            "{CRAM-MD5}9186d855e11eba527a7a52ca82b313e180d62234f0acc9051b527243d41e274".to_string(),
+            "{CRAM-MD5}9186d855e11eba527a7a52ca82b313e180d62234f0acc9051b527243d41e2740a".to_string(),
+            "{SCRAM-SHA-256}".to_string(),
+            "{SCRAM-SHA-256}4096".to_string(),
+            "{SCRAM-SHA-256}1000,W22ZaJ0SNY7soEsUEjb6gQ==,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_string(),
+            "{SCRAM-SHA-256}4096,W22ZaJ0SNY7soEsUEjb6gQ==,AAAA,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_string(),
         ];
         for case in &cases {
             assert!(StoredPassword::parse(case).is_err(), "accepted {case:?}");
@@ -966,6 +1119,8 @@ mod tests {
     fn debug_shows_the_scheme_only() {
         for field in [
             "{PLAIN}tanstaaf".to_string(),
+            "{CRAM-MD5}abcdef0123456789aa7a52ca82b313e180d62234f0acc9051b527243d41e2740".to_string(),
+            "{SCRAM-SHA-256}4096,abcdefghNY7soEsUEjb6gQ==,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_string(),
             OPENSSL_SHA512.to_string(),
             LIBC_BCRYPT_2Y.to_string(),
             REFERENCE_ARGON2ID.to_string(),
@@ -975,6 +1130,7 @@ mod tests {
             assert!(!debug.contains("saltsalt"), "{debug}");
             assert!(!debug.contains("abcdefgh"), "{debug}");
             assert!(!debug.contains("c29tZXNhbHQ"), "{debug}");
+            assert!(!debug.contains("abcdef0123"), "{debug}");
             assert!(debug.contains("scheme"), "{debug}");
         }
     }
@@ -987,6 +1143,8 @@ mod tests {
             LIBC_SHA256_1500,
             LIBC_BCRYPT_2Y,
             REFERENCE_ARGON2ID,
+            "{CRAM-MD5}9186d855e11eba527a7a52ca82b313e180d62234f0acc9051b527243d41e2740",
+            "{SCRAM-SHA-256}5000,W22ZaJ0SNY7soEsUEjb6gQ==,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
         ] {
             let model = stored(field);
             let dummy = StoredPassword::dummy(model.cost_key()).unwrap();

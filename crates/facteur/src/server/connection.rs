@@ -6,19 +6,24 @@
 //! hold a whole message in memory, apply deletions without a committed QUIT, or keep any byte
 //! received before a TLS handshake.
 
+use super::transport::Transport;
 use super::{CutSignal, Shared};
-use crate::auth::AuthOutcome;
+use crate::auth::{AuthOutcome, Mechanism, SaslContext, SaslExchange, SaslStep, MAX_SASL_LINE};
 use crate::config::defaults;
 use crate::store::{Maildrop, StoreError};
+use crate::tls;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use facteur_proto::dot::DotEncoder;
 use facteur_proto::line::{Frame, LineFramer};
 use facteur_proto::response::{self, Code};
 use facteur_proto::server::{AuthResult, Event, ServerSession, State};
+use facteur_proto::Secret;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Say why a connection is refused, and close it.
@@ -36,6 +41,8 @@ enum End {
     Timeout,
     Shutdown,
     TooManyErrors,
+    TooManyFailedLogins,
+    TlsHandshakeFailed,
     IoError,
 }
 
@@ -47,12 +54,40 @@ struct Tally {
     deleted: usize,
 }
 
-/// Serve one connection until it ends.
-pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, cut: CutSignal) {
+/// Serve one connection until it ends; `implicit_tls` for a POP3S listener (RFC 8314).
+pub async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    implicit_tls: bool,
+    cut: CutSignal,
+) {
     let _ = stream.set_nodelay(true);
     let started = Instant::now();
-    let mut conn = Connection::new(shared, stream, peer, cut);
+    let transport = if implicit_tls {
+        let Some(tls) = &shared.tls else {
+            return;
+        };
+        let handshake = tls.acceptor().accept(stream);
+        match tokio::time::timeout(shared.config.limits.login_timeout(), handshake).await {
+            Ok(Ok(s)) => Transport::Tls(Box::new(s)),
+            Ok(Err(e)) => {
+                tracing::info!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, "TLS handshake timed out");
+                return;
+            }
+        }
+    } else {
+        Transport::Plain(stream)
+    };
+    let mut conn = Connection::new(shared, transport, peer, cut);
     let end = conn.run().await;
+    // A TLS session ends with close_notify, so the client can tell a complete answer from a
+    // truncated one; a plain one with a FIN. A peer that stopped reading gets a few seconds.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.stream.shutdown()).await;
     let t = &conn.tally;
     tracing::info!(
         peer = %peer,
@@ -60,15 +95,16 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, cut
         retrieved = t.retrieved,
         retrieved_octets = t.retrieved_octets,
         deleted = t.deleted,
+        tls = conn.stream.tls_summary().as_deref().unwrap_or("none"),
         duration_ms = started.elapsed().as_millis() as u64,
         end = ?end,
         "session ended"
     );
 }
 
-struct Connection<S> {
+struct Connection {
     shared: Arc<Shared>,
-    stream: S,
+    stream: Transport,
     peer: SocketAddr,
     cut: CutSignal,
     session: ServerSession,
@@ -81,6 +117,8 @@ struct Connection<S> {
     apop_timestamp: Option<String>,
     maildrop: Option<Box<dyn Maildrop>>,
     tally: Tally,
+    /// Failed logins in this connection, against `limits.max_failed_logins`.
+    failed_logins: u32,
 }
 
 enum Step {
@@ -88,11 +126,15 @@ enum Step {
     End(End),
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
-    fn new(shared: Arc<Shared>, stream: S, peer: SocketAddr, cut: CutSignal) -> Self {
+impl Connection {
+    fn new(shared: Arc<Shared>, stream: Transport, peer: SocketAddr, cut: CutSignal) -> Self {
         let apop_timestamp = (shared.config.auth.apop && shared.auth.apop_possible())
             .then(|| apop_timestamp(&shared.hostname));
-        let session = ServerSession::new(shared.session_config(apop_timestamp.clone()));
+        let session = ServerSession::new(shared.session_config(
+            apop_timestamp.clone(),
+            stream.is_tls(),
+            &peer,
+        ));
         Self {
             shared,
             stream,
@@ -107,6 +149,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             apop_timestamp,
             maildrop: None,
             tally: Tally::default(),
+            failed_logins: 0,
         }
     }
 
@@ -203,25 +246,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             Event::Authenticate { user, password } => {
                 let auth = self.shared.auth.clone();
                 let slot = self.shared.login_slots.acquire().await;
+                let name = user.clone();
                 let outcome = tokio::task::spawn_blocking(move || {
-                    auth.verify_password(&user, password.expose())
+                    auth.verify_password(&name, password.expose())
                 })
                 .await;
                 drop(slot);
-                self.finish_login(outcome).await;
-                Step::Continue
+                self.finish_login(outcome, Some(&user)).await
             }
             Event::Apop { user, digest } => {
                 let auth = self.shared.auth.clone();
                 let ts = self.apop_timestamp.clone().unwrap_or_default();
                 let slot = self.shared.login_slots.acquire().await;
+                let name = user.clone();
                 let outcome =
-                    tokio::task::spawn_blocking(move || auth.verify_apop(&user, &ts, &digest))
+                    tokio::task::spawn_blocking(move || auth.verify_apop(&name, &ts, &digest))
                         .await;
                 drop(slot);
-                self.finish_login(outcome).await;
-                Step::Continue
+                self.finish_login(outcome, Some(&user)).await
             }
+            Event::StartTls => self.start_tls().await,
             Event::Retrieve { index, top_lines } => {
                 self.retrieve(index, top_lines, out_before).await
             }
@@ -237,20 +281,166 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 Step::Continue
             }
             Event::Update { deletions } => self.update(deletions).await,
-            Event::StartTls | Event::Sasl { .. } => {
-                // Not offered on this connection, so the session never asks for it.
-                response::err(&mut self.out, Some(Code::SysPerm), "not available");
-                Step::Continue
+            Event::Sasl {
+                mechanism,
+                initial_response,
+            } => {
+                self.framer.set_max_len(MAX_SASL_LINE);
+                let step = self.sasl(&mechanism, initial_response).await;
+                self.framer.set_max_len(defaults::MAX_COMMAND_LINE);
+                step
             }
             Event::Close if self.session.closed_for_errors() => Step::End(End::TooManyErrors),
             Event::Close => Step::End(End::Quit),
         }
     }
 
-    /// Open the maildrop of an authenticated user and report to the session.
-    async fn finish_login(&mut self, outcome: Result<AuthOutcome, tokio::task::JoinError>) {
+    /// A SASL exchange (RFC 5034): each challenge goes out as `+ base64`, each client line
+    /// comes back to the mechanism, until a verdict; `*` cancels.
+    async fn sasl(&mut self, mechanism: &str, initial: Option<Secret<String>>) -> Step {
+        let Ok(mechanism) = mechanism.parse::<Mechanism>() else {
+            self.session.auth_result(
+                AuthResult::Aborted("unsupported SASL mechanism"),
+                &mut self.out,
+            );
+            return Step::Continue;
+        };
+        let ctx = SaslContext {
+            hostname: self.shared.hostname.clone(),
+            tls_client_identity: self
+                .stream
+                .client_certificate()
+                .and_then(tls::client_identity),
+        };
+        let auth = self.shared.auth.clone();
+        let slot = self.shared.login_slots.acquire().await;
+        let started = tokio::task::spawn_blocking(move || {
+            let initial = initial.as_ref().map(|s| s.expose().as_str());
+            SaslExchange::start(mechanism, ctx, initial, auth.as_ref())
+        })
+        .await;
+        drop(slot);
+        let Ok((mut exchange, mut step)) = started else {
+            return self.finish_login(Ok(AuthOutcome::Failure), None).await;
+        };
+        loop {
+            match step {
+                SaslStep::Done(outcome) => return self.finish_login(Ok(outcome), None).await,
+                SaslStep::Malformed(text) => {
+                    self.session
+                        .auth_result(AuthResult::Aborted(text), &mut self.out);
+                    return Step::Continue;
+                }
+                SaslStep::Challenge(data) => {
+                    self.out.extend_from_slice(b"+ ");
+                    self.out.extend_from_slice(BASE64.encode(data).as_bytes());
+                    self.out.extend_from_slice(b"\r\n");
+                    if self.flush().await.is_err() {
+                        return Step::End(End::IoError);
+                    }
+                    let line = match self.next_line().await {
+                        Ok(Some(line)) => line,
+                        Ok(None) => {
+                            self.session.auth_result(
+                                AuthResult::Aborted("SASL response too long"),
+                                &mut self.out,
+                            );
+                            return Step::Continue;
+                        }
+                        Err(end) => return Step::End(end),
+                    };
+                    if line == b"*" {
+                        self.session.auth_result(
+                            AuthResult::Aborted("authentication cancelled"),
+                            &mut self.out,
+                        );
+                        return Step::Continue;
+                    }
+                    let Ok(line) = String::from_utf8(line) else {
+                        self.session.auth_result(
+                            AuthResult::Aborted("the line is not valid base64"),
+                            &mut self.out,
+                        );
+                        return Step::Continue;
+                    };
+                    let auth = self.shared.auth.clone();
+                    let slot = self.shared.login_slots.acquire().await;
+                    let stepped = tokio::task::spawn_blocking(move || {
+                        let step = exchange.step(&line, auth.as_ref());
+                        (exchange, step)
+                    })
+                    .await;
+                    drop(slot);
+                    let Ok((e, s)) = stepped else {
+                        return self.finish_login(Ok(AuthOutcome::Failure), None).await;
+                    };
+                    exchange = e;
+                    step = s;
+                }
+            }
+        }
+    }
+
+    /// The next complete line from the client (owned), reading as needed; `Ok(None)` for a
+    /// line over the framer's limit.
+    async fn next_line(&mut self) -> Result<Option<Vec<u8>>, End> {
+        loop {
+            if self.rpos < self.rend {
+                // The framer takes bytes up to the end of a line, or all of them.
+                let (used, frame) = self.framer.push(&self.rbuf[self.rpos..self.rend]);
+                self.rpos += used;
+                match frame {
+                    None => {}
+                    Some(Frame::Line(line)) => return Ok(Some(line.to_vec())),
+                    Some(Frame::TooLong) => return Ok(None),
+                }
+            }
+            self.read_more().await?;
+        }
+    }
+
+    /// STLS (RFC 2595): the `+OK` is queued. Send it, forget every byte received after the
+    /// STLS line (a client cannot have sent them legitimately: CVE-2011-0411), and handshake.
+    async fn start_tls(&mut self) -> Step {
+        self.rpos = self.rend;
+        self.framer.clear();
+        if self.flush().await.is_err() {
+            return Step::End(End::IoError);
+        }
+        let Some(tls) = &self.shared.tls else {
+            return Step::End(End::IoError);
+        };
+        let acceptor = tls.acceptor();
+        let Transport::Plain(tcp) = std::mem::replace(&mut self.stream, Transport::Detached) else {
+            return Step::End(End::IoError);
+        };
+        let timeout = self.shared.config.limits.login_timeout();
+        match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => {
+                self.stream = Transport::Tls(Box::new(tls));
+                let client_cert = self.stream.client_certificate().is_some();
+                let mechanisms = self.shared.sasl_mechanisms(true, &self.peer, client_cert);
+                self.session.set_tls_active(true, mechanisms);
+                Step::Continue
+            }
+            Ok(Err(e)) => {
+                tracing::info!(peer = %self.peer, error = %e, "STLS handshake failed");
+                Step::End(End::TlsHandshakeFailed)
+            }
+            Err(_) => Step::End(End::TlsHandshakeFailed),
+        }
+    }
+
+    /// Open the maildrop of an authenticated user and report to the session. `tried` is the
+    /// user name the client gave, for the failed-login penalty.
+    async fn finish_login(
+        &mut self,
+        outcome: Result<AuthOutcome, tokio::task::JoinError>,
+        tried: Option<&str>,
+    ) -> Step {
         let result = match outcome {
             Ok(AuthOutcome::Success(account)) => {
+                self.shared.penalties.success(&account.user);
                 let store = self.shared.store.clone();
                 let user = account.user.clone();
                 let opened = tokio::task::spawn_blocking(move || {
@@ -275,8 +465,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 }
             }
             Ok(AuthOutcome::Failure) => {
-                tracing::info!(peer = %self.peer, "login failed");
-                tokio::time::sleep(self.shared.config.limits.failed_login_delay()).await;
+                self.failed_logins += 1;
+                let delay = self.shared.penalties.failure(self.peer.ip(), tried);
+                tracing::info!(peer = %self.peer, delay_ms = delay.as_millis() as u64, "login failed");
+                tokio::time::sleep(delay).await;
                 AuthResult::Failed
             }
             Err(e) => {
@@ -285,6 +477,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             }
         };
         self.session.auth_result(result, &mut self.out);
+        if self.failed_logins >= self.shared.config.limits.max_failed_logins {
+            return Step::End(End::TooManyFailedLogins);
+        }
+        Step::Continue
     }
 
     /// Stream one message (RETR) or its top (TOP) through the dot encoder.

@@ -7,12 +7,16 @@
 
 pub mod connection;
 mod limits;
+pub mod penalty;
+pub mod transport;
 
 use crate::auth::Authenticator;
-use crate::config::Config;
+use crate::config::{Config, PlaintextAuth};
 use crate::store::Store;
+use crate::tls::TlsState;
 use facteur_proto::server::ServerConfig;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -28,28 +32,74 @@ pub struct Shared {
     pub hostname: String,
     /// Caps the password checks running at once (`limits.max_concurrent_logins`).
     pub login_slots: Arc<Semaphore>,
+    /// Failed-login delays per source and user name.
+    pub penalties: penalty::Penalties,
+    /// The certificate for STLS and POP3S, if configured.
+    pub tls: Option<TlsState>,
 }
 
 impl Shared {
     pub fn new(config: Config, auth: Arc<dyn Authenticator>, store: Arc<dyn Store>) -> Self {
+        let l = &config.limits;
         Self {
             hostname: config.hostname(),
-            login_slots: Arc::new(Semaphore::new(config.limits.max_concurrent_logins)),
+            login_slots: Arc::new(Semaphore::new(l.max_concurrent_logins)),
+            penalties: penalty::Penalties::new(
+                l.failed_login_delay(),
+                l.max_failed_login_delay(),
+                l.failed_login_forget(),
+            ),
+            tls: None,
             config,
             auth,
             store,
         }
     }
 
-    /// The protocol settings of a new plain connection.
-    pub fn session_config(&self, apop_timestamp: Option<String>) -> ServerConfig {
+    /// Add the TLS state (needed for STLS and POP3S listeners).
+    pub fn with_tls(mut self, tls: TlsState) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Whether passwords may be sent on this connection (the plaintext policy).
+    pub fn plaintext_allowed(&self, tls: bool, peer: &SocketAddr) -> bool {
+        tls || match self.config.auth.plaintext_auth {
+            PlaintextAuth::Always => true,
+            PlaintextAuth::Loopback => peer.ip().to_canonical().is_loopback(),
+            PlaintextAuth::Never => false,
+        }
+    }
+
+    /// The SASL mechanisms to offer on a connection in this state.
+    pub fn sasl_mechanisms(&self, tls: bool, peer: &SocketAddr, client_cert: bool) -> Vec<String> {
+        let plaintext = self.plaintext_allowed(tls, peer);
+        self.config
+            .auth
+            .sasl_mechanisms()
+            .into_iter()
+            .filter(|m| match m.as_str() {
+                "PLAIN" | "LOGIN" => plaintext,
+                "EXTERNAL" => tls && client_cert,
+                _ => true,
+            })
+            .collect()
+    }
+
+    /// The protocol settings of a new connection.
+    pub fn session_config(
+        &self,
+        apop_timestamp: Option<String>,
+        tls: bool,
+        peer: &SocketAddr,
+    ) -> ServerConfig {
         ServerConfig {
             implementation: format!("facteur {}", env!("CARGO_PKG_VERSION")),
             greeting: self.config.server.greeting.clone(),
             apop_timestamp,
-            user_pass_allowed: true,
-            stls_available: false,
-            sasl_mechanisms: Vec::new(),
+            user_pass_allowed: self.plaintext_allowed(tls, peer),
+            stls_available: !tls && self.tls.is_some(),
+            sasl_mechanisms: self.sasl_mechanisms(tls, peer, false),
             enable_last: self.config.server.enable_last,
             max_bad_commands: self.config.limits.max_bad_commands,
         }
@@ -60,10 +110,21 @@ impl Shared {
 /// over and sessions must close now.
 pub type CutSignal = watch::Receiver<bool>;
 
-/// Serve on `listeners` until `shutdown` completes, then drain sessions for the grace period.
+/// Serve plain POP3 on `listeners` until `shutdown` completes (see [`run_with_tls`]).
 pub async fn run(
     shared: Arc<Shared>,
     listeners: Vec<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) {
+    run_with_tls(shared, listeners, Vec::new(), shutdown).await
+}
+
+/// Serve plain POP3 (with STLS when TLS is set up) on `plain` and POP3S on `implicit_tls`
+/// until `shutdown` completes, then drain sessions for the grace period.
+pub async fn run_with_tls(
+    shared: Arc<Shared>,
+    plain: Vec<TcpListener>,
+    implicit_tls: Vec<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) {
     let limits = &shared.config.limits;
@@ -75,7 +136,11 @@ pub async fn run(
 
     let (stop_tx, _) = watch::channel(false);
     let mut accept_tasks = Vec::new();
-    for listener in listeners {
+    let listeners = plain
+        .into_iter()
+        .map(|l| (l, false))
+        .chain(implicit_tls.into_iter().map(|l| (l, true)));
+    for (listener, implicit) in listeners {
         let shared = shared.clone();
         let global = global.clone();
         let per_ip = per_ip.clone();
@@ -106,7 +171,7 @@ pub async fn run(
                     let _done = done;
                     match (permit, ip_guard) {
                         (Some(_permit), Some(_ip)) => {
-                            connection::serve(shared, stream, peer, cut).await;
+                            connection::serve(shared, stream, peer, implicit, cut).await;
                         }
                         (permit, _) => {
                             let why = if permit.is_none() {
@@ -143,6 +208,26 @@ pub async fn run(
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), done_rx.recv()).await;
     }
     tracing::info!("stopped");
+}
+
+/// Reload the TLS certificate on every SIGHUP, for as long as the process runs.
+pub fn reload_tls_on_sighup(shared: Arc<Shared>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: the certificate will not be reloaded");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            if let Some(tls) = &shared.tls {
+                match tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: TLS certificate NOT reloaded, keeping the old one")
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Resolve when SIGTERM or SIGINT arrives.

@@ -17,8 +17,9 @@ use std::time::Duration;
 
 use facteur::auth::{Authenticator, PasswdDb};
 use facteur::config::Config;
-use facteur::server::{run, Shared};
+use facteur::server::{run_with_tls, Shared};
 use facteur::store::{Delivered, MaildirStore, Store};
+use facteur::tls::{TlsFiles, TlsState};
 
 /// How long a test waits for one reply before it gives up (a hung server, not a slow one).
 pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -32,31 +33,61 @@ pub const CRYPT_USER: &str = "carol";
 pub const CRYPT_PASSWORD: &str = "secret";
 const CRYPT_HASH: &str = "$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1";
 
-/// A temporary facteur installation: `facteur.toml`, `users`, and `mail/<user>/Maildir`.
+/// The `[limits]` of [`Fixture::new`]: a short failed-login delay and shutdown grace.
+pub const DEFAULT_LIMITS: &str = "failed_login_delay_ms = 50\nshutdown_grace_secs = 1\n";
+
+/// A temporary facteur installation: `facteur.toml`, `users`, and `mail/<user>/Maildir`; with
+/// [`Fixture::with_tls`], also a self-signed `cert.pem` and `key.pem` for localhost/127.0.0.1.
 pub struct Fixture {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub config: Config,
+    /// The certificate files, when the configuration has a `[tls]` section.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Fixture {
     /// The default installation: users alice ({PLAIN}) and carol ({SHA512-CRYPT}), a short
     /// failed-login delay and shutdown grace, logs at info (the binary's "listening" line).
     pub fn new() -> Self {
-        Self::with_limits("failed_login_delay_ms = 50\nshutdown_grace_secs = 1\n")
+        Self::with_limits(DEFAULT_LIMITS)
     }
 
     /// The default installation with this `[limits]` section body.
     pub fn with_limits(limits: &str) -> Self {
+        Self::build(limits, "", false)
+    }
+
+    /// The default installation with a certificate: STLS on the plain listener, and a POP3S
+    /// listener on `127.0.0.1:0`.
+    pub fn with_tls() -> Self {
+        Self::build(DEFAULT_LIMITS, "", true)
+    }
+
+    /// An installation with this `[limits]` body, these extra `[auth]` lines, and a self-signed
+    /// certificate (`[tls]`, STLS and a POP3S listener) if `tls`.
+    pub fn build(limits: &str, auth: &str, tls: bool) -> Self {
         let dir = tempfile::tempdir().expect("create a temporary folder");
         let users =
             format!("{USER}:{{PLAIN}}{PASSWORD}\n{CRYPT_USER}:{{SHA512-CRYPT}}{CRYPT_HASH}\n");
         std::fs::write(dir.path().join("users"), users).expect("write the users file");
+        let tls_files = tls.then(|| {
+            facteur::tls::write_self_signed(dir.path()).expect("write a self-signed certificate")
+        });
+        let (listen_tls, tls_section) = if tls {
+            (
+                "listen_tls = [\"127.0.0.1:0\"]\n",
+                "[tls]\ncertificate = \"cert.pem\"\nprivate_key = \"key.pem\"\n\n",
+            )
+        } else {
+            ("", "")
+        };
         let text = format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\nhostname = \"test.invalid\"\n\n\
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n{listen_tls}hostname = \"test.invalid\"\n\n\
              [limits]\n{limits}\n\
-             [auth]\npasswd_file = \"users\"\n\n\
+             [auth]\npasswd_file = \"users\"\n{auth}\n\
              [store]\nmaildir = \"mail/%u/Maildir\"\n\n\
+             {tls_section}\
              [log]\nlevel = \"info\"\n"
         );
         let config_path = dir.path().join("facteur.toml");
@@ -66,7 +97,17 @@ impl Fixture {
             dir,
             config_path,
             config,
+            tls: tls_files,
         }
+    }
+
+    /// The certificate of a fixture made with TLS (the CA file clients trust).
+    pub fn cert(&self) -> &Path {
+        &self
+            .tls
+            .as_ref()
+            .expect("a fixture with a certificate")
+            .certificate
     }
 
     pub fn path(&self) -> &Path {
@@ -120,29 +161,45 @@ impl Fixture {
         v
     }
 
-    /// Start a server in this process, on a tokio runtime of its own.
+    /// Start a server in this process, on a tokio runtime of its own: plain POP3 on `addr`
+    /// and, for a fixture with a certificate, POP3S on `tls_addr`.
     pub fn start(&self) -> Server {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("start a tokio runtime");
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind 127.0.0.1:0");
+        let bind = || {
+            rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+                .expect("bind 127.0.0.1:0")
+        };
+        let listener = bind();
         let addr = listener.local_addr().expect("the listener's address");
+        let tls_listeners: Vec<_> = self.tls.iter().map(|_| bind()).collect();
+        let tls_addr = tls_listeners
+            .first()
+            .map(|l| l.local_addr().expect("the listener's address"));
         let db = PasswdDb::open(&self.config.auth.passwd_file).expect("open the users file");
-        let shared = Arc::new(Shared::new(
+        let mut shared = Shared::new(
             self.config.clone(),
             Arc::new(db) as Arc<dyn Authenticator>,
             Arc::new(self.store()) as Arc<dyn Store>,
-        ));
+        );
+        if let Some(files) = &self.tls {
+            shared = shared.with_tls(TlsState::new(files.clone()).expect("load the certificate"));
+        }
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = rt.spawn(run(shared, vec![listener], async move {
-            let _ = rx.await;
-        }));
+        let task = rt.spawn(run_with_tls(
+            Arc::new(shared),
+            vec![listener],
+            tls_listeners,
+            async move {
+                let _ = rx.await;
+            },
+        ));
         Server {
             addr,
+            tls_addr,
             shutdown: Some(tx),
             task: Some(task),
             rt: Some(rt),
@@ -163,7 +220,10 @@ pub fn delivered_base(d: &Delivered) -> String {
 
 /// A server running in this process; stopped (gracefully) when dropped.
 pub struct Server {
+    /// The plain POP3 listener (with STLS when the fixture has a certificate).
     pub addr: SocketAddr,
+    /// The POP3S listener, when the fixture has a certificate.
+    pub tls_addr: Option<SocketAddr>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     rt: Option<tokio::runtime::Runtime>,
@@ -176,6 +236,11 @@ impl Server {
 
     pub fn login(&self, user: &str, password: &str) -> Client {
         Client::login(self.addr, user, password)
+    }
+
+    /// The POP3S listener's address (the fixture must have a certificate).
+    pub fn pop3s(&self) -> SocketAddr {
+        self.tls_addr.expect("a server with a POP3S listener")
     }
 }
 
@@ -196,14 +261,20 @@ impl Drop for Server {
 /// The real `facteur` binary, serving a configuration; killed when dropped.
 pub struct BinServer {
     pub child: Child,
+    /// The first plain POP3 listener.
     pub addr: SocketAddr,
+    /// The first POP3S listener, if the configuration has one.
+    pub tls_addr: Option<SocketAddr>,
     /// Everything the server wrote on stderr so far.
     pub stderr: Arc<Mutex<String>>,
 }
 
 impl BinServer {
-    /// Run `facteur serve --config FILE` and wait for its `listening address=...` log line.
+    /// Run `facteur serve --config FILE` and wait for a `listening address=...` log line for
+    /// each listener of the configuration.
     pub fn start(config: &Path) -> Self {
+        let cfg = Config::load(config).expect("the test configuration loads");
+        let listeners = cfg.server.listen.len() + cfg.listen_tls().len();
         let mut child = Command::new(env!("CARGO_BIN_EXE_facteur"))
             .arg("serve")
             .arg("--config")
@@ -221,14 +292,11 @@ impl BinServer {
             let log = log.clone();
             // Keep draining stderr for the server's whole life, so it never blocks on a full pipe.
             std::thread::spawn(move || {
-                let mut tx = Some(tx);
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
                     let line = strip_ansi(&line);
                     if let Some(addr) = listening_address(&line) {
-                        if let Some(tx) = tx.take() {
-                            let _ = tx.send(addr);
-                        }
+                        let _ = tx.send((addr, line.contains("pop3s")));
                     }
                     let mut log = log.lock().expect("the log lock");
                     log.push_str(&line);
@@ -236,20 +304,30 @@ impl BinServer {
                 }
             });
         }
-        let addr = match rx.recv_timeout(READ_TIMEOUT) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "facteur serve did not log its listening address; stderr:\n{}",
-                    log.lock().expect("the log lock")
-                );
+        let mut addr = None;
+        let mut tls_addr = None;
+        for _ in 0..listeners {
+            match rx.recv_timeout(READ_TIMEOUT) {
+                Ok((a, true)) => {
+                    tls_addr.get_or_insert(a);
+                }
+                Ok((a, false)) => {
+                    addr.get_or_insert(a);
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "facteur serve did not log its {listeners} listening addresses; stderr:\n{}",
+                        log.lock().expect("the log lock")
+                    );
+                }
             }
-        };
+        }
         Self {
             child,
-            addr,
+            addr: addr.expect("a plain POP3 listener in the test configuration"),
+            tls_addr,
             stderr: log,
         }
     }
@@ -262,6 +340,52 @@ impl BinServer {
 
     pub fn login(&self, user: &str, password: &str) -> Client {
         Client::login(self.addr, user, password)
+    }
+
+    /// The POP3S listener's address (the configuration must have one).
+    pub fn pop3s(&self) -> SocketAddr {
+        self.tls_addr.expect("a server with a POP3S listener")
+    }
+
+    /// Send a signal (`HUP`, `TERM`, ...) to the server with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().expect("the log lock").clone()
+    }
+
+    /// Wait (bounded) until the log has `count` lines containing `needle`; returns the log.
+    pub fn wait_for_log(&self, needle: &str, count: usize) -> String {
+        for _ in 0..(READ_TIMEOUT.as_millis() / 10) {
+            let log = self.log();
+            if log.lines().filter(|l| l.contains(needle)).count() >= count {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "the server never logged {count} lines with {needle:?}; its log:\n{}",
+            self.log()
+        );
+    }
+
+    /// Wait (bounded) for the process to exit on its own, and return its exit status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        for _ in 0..(READ_TIMEOUT.as_millis() / 10) {
+            if let Some(status) = self.child.try_wait().expect("wait for the server") {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the server did not exit; its log:\n{}", self.log());
     }
 }
 
@@ -310,16 +434,98 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A blocking POP3 client that sends raw bytes and reads raw replies.
+/// A rustls client configuration that trusts only the certificates in the PEM file `ca`.
+pub fn tls_client_config(ca: &Path) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("read the CA file") {
+        roots
+            .add(cert.expect("a certificate in the CA file"))
+            .expect("a usable CA certificate");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// A TLS handshake as a client over `tcp`, verifying the server as `127.0.0.1` against `ca`.
+/// The error is the handshake's: `UnexpectedEof`/`ConnectionReset` if the server closed the
+/// connection, `InvalidData` if it sent something that is not TLS.
+pub fn tls_handshake(tcp: TcpStream, ca: &Path) -> std::io::Result<TlsStream> {
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("a server name");
+    let mut conn = rustls::ClientConnection::new(tls_client_config(ca), name.to_owned())
+        .map_err(std::io::Error::other)?;
+    let mut tcp = tcp;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp)?;
+    }
+    Ok(rustls::StreamOwned::new(conn, tcp))
+}
+
+pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// The byte stream of a [`Client`]: plain TCP, or TLS (POP3S, or after STLS).
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+    /// Only while the plain stream is being upgraded.
+    Detached,
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
+            Conn::Detached => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
+            Conn::Detached => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+            Conn::Detached => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+/// How a read ended without data: a clean close, or the TCP connection going away (a reset,
+/// or for TLS an end without close_notify), which tests of server behaviour count as a close.
+fn is_abrupt_close(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::UnexpectedEof
+    )
+}
+
+/// A blocking POP3 client that sends raw bytes and reads raw replies, over plain TCP or TLS.
 pub struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    reader: BufReader<Conn>,
+    /// The TCP socket under it all (for [`Client::writer`] on plain connections).
+    tcp: TcpStream,
     pub greeting: String,
 }
 
 impl Client {
-    /// Connect and read the greeting (which must be `+OK`).
-    pub fn connect(addr: SocketAddr) -> Self {
+    fn tcp(addr: SocketAddr) -> TcpStream {
         assert!(addr.ip().is_loopback(), "tests only talk to 127.0.0.1");
         let stream = TcpStream::connect(addr).expect("connect to the server");
         stream
@@ -328,15 +534,87 @@ impl Client {
         stream
             .set_write_timeout(Some(READ_TIMEOUT))
             .expect("set a write timeout");
-        let writer = stream.try_clone().expect("clone the stream");
-        let mut c = Self {
-            reader: BufReader::new(stream),
-            writer,
+        stream
+    }
+
+    fn over(conn: Conn, tcp: TcpStream) -> Self {
+        Self {
+            reader: BufReader::new(conn),
+            tcp,
             greeting: String::new(),
-        };
+        }
+    }
+
+    /// Connect and read the greeting (which must be `+OK`).
+    pub fn connect(addr: SocketAddr) -> Self {
+        let c = Self::connect_unchecked(addr);
+        assert!(c.greeting.starts_with("+OK"), "greeting: {:?}", c.greeting);
+        c
+    }
+
+    /// Connect and read the first line, whatever it is (empty if the server closed at once).
+    pub fn connect_unchecked(addr: SocketAddr) -> Self {
+        let tcp = Self::tcp(addr);
+        let mut c = Self::over(Conn::Plain(tcp.try_clone().expect("clone the stream")), tcp);
+        c.greeting = c
+            .try_raw_line()
+            .map(|l| String::from_utf8_lossy(&l).into_owned())
+            .unwrap_or_default();
+        c
+    }
+
+    /// Connect to a POP3S listener, verifying its certificate against `ca`, and read the
+    /// greeting (which must be `+OK`).
+    pub fn connect_tls(addr: SocketAddr, ca: &Path) -> Self {
+        let tcp = Self::tcp(addr);
+        let tls = tls_handshake(tcp.try_clone().expect("clone the stream"), ca)
+            .expect("the TLS handshake with the POP3S listener");
+        let mut c = Self::over(Conn::Tls(Box::new(tls)), tcp);
         c.greeting = c.line();
         assert!(c.greeting.starts_with("+OK"), "greeting: {:?}", c.greeting);
         c
+    }
+
+    /// STLS, which must be answered `+OK`, then the TLS handshake (verifying against `ca`).
+    pub fn stls(&mut self, ca: &Path) {
+        let r = self.cmd("STLS");
+        assert!(r.starts_with("+OK"), "STLS: {r:?}");
+        self.start_tls(ca).expect("the TLS handshake after STLS");
+    }
+
+    /// The TLS handshake on a plain connection, now (the STLS command was answered `+OK`).
+    /// Panics if the server sent anything after that `+OK` before the handshake.
+    pub fn start_tls(&mut self, ca: &Path) -> std::io::Result<()> {
+        let old = std::mem::replace(&mut self.reader, BufReader::new(Conn::Detached));
+        assert!(
+            old.buffer().is_empty(),
+            "the server sent {:?} in clear text after +OK to STLS",
+            String::from_utf8_lossy(old.buffer())
+        );
+        let Conn::Plain(tcp) = old.into_inner() else {
+            panic!("start_tls on a connection that is not plain TCP");
+        };
+        let tls = tls_handshake(tcp, ca)?;
+        self.reader = BufReader::new(Conn::Tls(Box::new(tls)));
+        Ok(())
+    }
+
+    /// Whether the connection is under TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.reader.get_ref(), Conn::Tls(_))
+    }
+
+    /// The server's certificate (leaf, DER), on a TLS connection.
+    pub fn peer_certificate(&self) -> Vec<u8> {
+        match self.reader.get_ref() {
+            Conn::Tls(s) => s
+                .conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .expect("the server sent a certificate")
+                .to_vec(),
+            _ => panic!("not a TLS connection"),
+        }
     }
 
     /// Connect and log in with USER/PASS; panics unless both are `+OK`.
@@ -366,13 +644,34 @@ impl Client {
         panic!("the maildrop of {user} stayed locked");
     }
 
-    /// A second handle on the socket, to write from another thread while this one reads.
+    /// A second handle on the socket, to write from another thread while this one reads
+    /// (plain connections only).
     pub fn writer(&self) -> TcpStream {
-        self.writer.try_clone().expect("clone the stream")
+        assert!(!self.is_tls(), "writer() on a TLS connection");
+        self.tcp.try_clone().expect("clone the stream")
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).expect("send to the server");
+        let conn = self.reader.get_mut();
+        conn.write_all(bytes).expect("send to the server");
+        conn.flush().expect("send to the server");
+    }
+
+    /// Send, without failing if the server has already closed the connection.
+    pub fn try_send(&mut self, bytes: &[u8]) {
+        let conn = self.reader.get_mut();
+        let _ = conn.write_all(bytes).and_then(|()| conn.flush());
+    }
+
+    /// The next line, or `None` if the server closed the connection (a reset counts).
+    pub fn line_or_close(&mut self) -> Option<String> {
+        let mut line = Vec::new();
+        match self.reader.read_until(b'\n', &mut line) {
+            Ok(0) => None,
+            Ok(_) => Some(String::from_utf8_lossy(&line).into_owned()),
+            Err(e) if is_abrupt_close(&e) && line.is_empty() => None,
+            Err(e) => panic!("read from the server: {e}"),
+        }
     }
 
     /// One reply line, CRLF included, as bytes; panics at EOF or on a timeout.
@@ -396,7 +695,8 @@ impl Client {
         (n > 0).then_some(line)
     }
 
-    /// Every line until the server closes the connection (a reset counts as a close).
+    /// Every line until the server closes the connection (a reset, or a TLS connection
+    /// closed without close_notify, counts as a close).
     pub fn lines_until_closed(&mut self) -> Vec<String> {
         let mut lines = Vec::new();
         loop {
@@ -404,7 +704,12 @@ impl Client {
             match self.reader.read_until(b'\n', &mut line) {
                 Ok(0) => return lines,
                 Ok(_) => lines.push(String::from_utf8_lossy(&line).into_owned()),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return lines,
+                Err(e) if is_abrupt_close(&e) => {
+                    if !line.is_empty() {
+                        lines.push(String::from_utf8_lossy(&line).into_owned());
+                    }
+                    return lines;
+                }
                 Err(e) => panic!("the server did not close the connection: {e}"),
             }
         }
@@ -492,14 +797,31 @@ impl Client {
     pub fn expect_closed(&mut self) {
         let mut rest = Vec::new();
         match self.reader.read_to_end(&mut rest) {
-            Ok(_) => assert!(
-                rest.is_empty(),
-                "bytes after the end: {:?}",
-                String::from_utf8_lossy(&rest)
-            ),
-            // A reset after QUIT is a close too.
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Ok(_) => {}
+            // A reset after QUIT is a close too (and so is a TLS end without close_notify:
+            // `expect_clean_tls_close` is the test for that).
+            Err(e) if is_abrupt_close(&e) => {}
             Err(e) => panic!("the server did not close the connection: {e}"),
+        }
+        assert!(
+            rest.is_empty(),
+            "bytes after the end: {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+    }
+
+    /// The server ends the TLS connection properly: close_notify, then the TCP close.
+    pub fn expect_clean_tls_close(&mut self) {
+        assert!(self.is_tls(), "not a TLS connection");
+        let mut rest = Vec::new();
+        let r = self.reader.read_to_end(&mut rest);
+        assert!(
+            rest.is_empty(),
+            "bytes after the end: {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+        if let Err(e) = r {
+            panic!("the TLS connection did not end with close_notify: {e}");
         }
     }
 }

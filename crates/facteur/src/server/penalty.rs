@@ -1,0 +1,178 @@
+//! Penalties for failed logins: an exponential delay per source and per user name.
+//!
+//! A failed login is answered after `base * 2^(n-1)` (capped), where `n` is the larger of the
+//! failure counts of the source address and of the user name tried. Only answers to failures
+//! are delayed: a user who logs in correctly is never slowed down by an attacker guessing their
+//! password, and one attacker's penalty never touches other sessions. Failures are forgotten
+//! after `forget_after` without a new one. IPv6 sources count per /64, the block one host gets.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Entries kept at most: past this, forgotten entries are swept, then the oldest dropped, so an
+/// attacker rotating addresses or names cannot grow the table without bound.
+const MAX_ENTRIES: usize = 100_000;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Source(IpAddr),
+    User(String),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    failures: u32,
+    last: Instant,
+}
+
+pub struct Penalties {
+    base: Duration,
+    cap: Duration,
+    forget_after: Duration,
+    table: Mutex<HashMap<Key, Entry>>,
+}
+
+impl Penalties {
+    pub fn new(base: Duration, cap: Duration, forget_after: Duration) -> Self {
+        Self {
+            base,
+            cap,
+            forget_after,
+            table: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Record a failed login and return how long to wait before answering it.
+    pub fn failure(&self, source: IpAddr, user: Option<&str>) -> Duration {
+        self.failure_at(source, user, Instant::now())
+    }
+
+    fn failure_at(&self, source: IpAddr, user: Option<&str>, now: Instant) -> Duration {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if table.len() >= MAX_ENTRIES {
+            self.sweep(&mut table, now);
+        }
+        let mut worst = 0;
+        let keys = std::iter::once(Key::Source(source_block(source)))
+            .chain(user.map(|u| Key::User(u.to_string())));
+        for key in keys {
+            let e = table.entry(key).or_insert(Entry {
+                failures: 0,
+                last: now,
+            });
+            if now.saturating_duration_since(e.last) > self.forget_after {
+                e.failures = 0;
+            }
+            e.failures = e.failures.saturating_add(1);
+            e.last = now;
+            worst = worst.max(e.failures);
+        }
+        self.delay_for(worst)
+    }
+
+    /// A successful login forgets the failures of that user name (not of the source).
+    pub fn success(&self, user: &str) {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        table.remove(&Key::User(user.to_string()));
+    }
+
+    fn delay_for(&self, failures: u32) -> Duration {
+        if failures == 0 {
+            return Duration::ZERO;
+        }
+        let factor = 1u32.checked_shl(failures - 1).unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+
+    fn sweep(&self, table: &mut HashMap<Key, Entry>, now: Instant) {
+        table.retain(|_, e| now.saturating_duration_since(e.last) <= self.forget_after);
+        if table.len() >= MAX_ENTRIES {
+            // Still full of live entries: drop the older half.
+            let mut lasts: Vec<Instant> = table.values().map(|e| e.last).collect();
+            lasts.sort_unstable();
+            if let Some(&median) = lasts.get(lasts.len() / 2) {
+                table.retain(|_, e| e.last > median);
+            }
+        }
+    }
+}
+
+/// The unit a source is counted in: the address for IPv4, the /64 for IPv6.
+fn source_block(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut s = v6.segments();
+            s[4..].iter_mut().for_each(|x| *x = 0);
+            IpAddr::from(s)
+        }
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p() -> Penalties {
+        Penalties::new(
+            Duration::from_millis(500),
+            Duration::from_secs(8),
+            Duration::from_secs(600),
+        )
+    }
+
+    #[test]
+    fn doubles_up_to_the_cap() {
+        let p = p();
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let t = Instant::now();
+        let delays: Vec<_> = (0..7)
+            .map(|_| p.failure_at(ip, None, t).as_millis())
+            .collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 8000, 8000]);
+    }
+
+    #[test]
+    fn user_failures_count_across_sources_and_success_forgets_them() {
+        let p = p();
+        let t = Instant::now();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(p.failure_at(a, Some("bob"), t).as_millis(), 500);
+        assert_eq!(p.failure_at(b, Some("bob"), t).as_millis(), 1000);
+        p.success("bob");
+        let c: IpAddr = "203.0.113.1".parse().unwrap();
+        assert_eq!(p.failure_at(c, Some("bob"), t).as_millis(), 500);
+        // Another source trying another user is not affected by any of that.
+        let d: IpAddr = "203.0.113.2".parse().unwrap();
+        assert_eq!(p.failure_at(d, Some("carol"), t).as_millis(), 500);
+    }
+
+    #[test]
+    fn ipv6_counts_per_64_and_failures_are_forgotten() {
+        let p = p();
+        let t = Instant::now();
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert_eq!(p.failure_at(a, None, t).as_millis(), 500);
+        assert_eq!(p.failure_at(b, None, t).as_millis(), 1000);
+        let later = t + Duration::from_secs(601);
+        assert_eq!(p.failure_at(a, None, later).as_millis(), 500);
+    }
+
+    #[test]
+    fn table_stays_bounded() {
+        let p = p();
+        let t = Instant::now();
+        for i in 0..(MAX_ENTRIES as u32 + 10) {
+            p.failure_at(
+                IpAddr::from(i.to_be_bytes()),
+                None,
+                t + Duration::from_micros(i.into()),
+            );
+        }
+        assert!(p.table.lock().unwrap().len() <= MAX_ENTRIES);
+    }
+}

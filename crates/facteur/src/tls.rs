@@ -1,0 +1,359 @@
+//! TLS: loading the certificate chain and key from PEM files, the rustls server configuration
+//! (TLS 1.2 and 1.3 only, aws-lc-rs), reloading on SIGHUP, and the self-signed certificate of
+//! `--dev`.
+//!
+//! A reload builds a whole new configuration first and swaps it in only if it loaded: a bad
+//! file on disk never takes the server down, and sessions already under TLS keep theirs.
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use tokio_rustls::TlsAcceptor;
+
+/// Why a TLS configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read the certificate chain {path}: {reason}")]
+    Certificate { path: PathBuf, reason: String },
+    #[error("cannot read the private key {path}: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error("cannot read the client CA file {path}: {reason}")]
+    ClientCa { path: PathBuf, reason: String },
+    #[error("invalid TLS setup: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("cannot create a self-signed certificate: {0}")]
+    SelfSigned(String),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The files of a TLS setup.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    /// Client certificates signed by these CAs are requested (not required) and verified;
+    /// a verified one allows SASL EXTERNAL.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Build the rustls configuration from PEM files.
+pub fn load(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.certificate)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Certificate {
+            path: files.certificate.clone(),
+            reason: e.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::Certificate {
+            path: files.certificate.clone(),
+            reason: "no CERTIFICATE in the file".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.private_key).map_err(|e| TlsError::Key {
+        path: files.private_key.clone(),
+        reason: e.to_string(),
+    })?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let ca_error = |reason: String| TlsError::ClientCa {
+                path: ca.clone(),
+                reason,
+            };
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| ca_error(e.to_string()))? {
+                roots
+                    .add(cert.map_err(|e| ca_error(e.to_string()))?)
+                    .map_err(|e| ca_error(e.to_string()))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| ca_error(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key)?;
+    // POP3 has no ALPN identifier of its own in common use; accept clients that send none.
+    config.alpn_protocols = Vec::new();
+    Ok(Arc::new(config))
+}
+
+/// The current TLS configuration, replaceable while the server runs (SIGHUP).
+pub struct TlsState {
+    files: TlsFiles,
+    current: RwLock<Arc<rustls::ServerConfig>>,
+}
+
+impl TlsState {
+    pub fn new(files: TlsFiles) -> Result<Self, TlsError> {
+        let config = load(&files)?;
+        Ok(Self {
+            files,
+            current: RwLock::new(config),
+        })
+    }
+
+    /// An acceptor with the configuration in force now.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        let config = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        TlsAcceptor::from(config)
+    }
+
+    /// Whether a client CA is configured (so EXTERNAL can be offered under TLS).
+    pub fn has_client_ca(&self) -> bool {
+        self.files.client_ca.is_some()
+    }
+
+    /// Load the files again; keep the old configuration if they do not load.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let config = load(&self.files)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
+        Ok(())
+    }
+}
+
+/// Write a self-signed certificate for `localhost`, 127.0.0.1 and ::1 into `dir` (for `--dev`
+/// and tests); returns the files. The key file is created with mode 0600.
+pub fn write_self_signed(dir: &Path) -> Result<TlsFiles, TlsError> {
+    let names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    let ck = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
+    let certificate = dir.join("cert.pem");
+    let private_key = dir.join("key.pem");
+    write_file(&certificate, ck.cert.pem().as_bytes(), 0o644)?;
+    write_file(
+        &private_key,
+        ck.signing_key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
+    Ok(TlsFiles {
+        certificate,
+        private_key,
+        client_ca: None,
+    })
+}
+
+fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| TlsError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(err)?;
+    f.write_all(data).map_err(err)?;
+    f.sync_all().map_err(err)
+}
+
+/// The identity a verified client certificate asserts, for SASL EXTERNAL: its first
+/// subjectAltName rfc822Name (an e-mail address) if any, else its subject's commonName.
+///
+/// A minimal DER walk of the few fields needed; anything unexpected gives `None` (and so no
+/// EXTERNAL), never a panic. The certificate itself was already verified by rustls.
+pub fn client_identity(cert_der: &[u8]) -> Option<String> {
+    let (_, cert, _) = der_read(cert_der)?; // Certificate ::= SEQUENCE
+    let (_, mut tbs, _) = der_read(cert)?; // TBSCertificate ::= SEQUENCE
+    let mut fields = Vec::new();
+    while !tbs.is_empty() {
+        let (tag, value, rest) = der_read(tbs)?;
+        fields.push((tag, value));
+        tbs = rest;
+    }
+    // Skip the optional [0] version; then serial, signature, issuer, validity, subject.
+    let start = usize::from(fields.first()?.0 == 0xa0);
+    let subject = fields.get(start + 4)?.1;
+    let san = fields
+        .iter()
+        .find(|(tag, _)| *tag == 0xa3)
+        .and_then(|(_, exts)| subject_alt_email(exts));
+    san.or_else(|| common_name(subject))
+}
+
+/// OID 2.5.29.17, subjectAltName.
+const OID_SAN: &[u8] = &[0x55, 0x1d, 0x11];
+/// OID 2.5.4.3, commonName.
+const OID_CN: &[u8] = &[0x55, 0x04, 0x03];
+
+fn subject_alt_email(explicit: &[u8]) -> Option<String> {
+    let (_, mut exts, _) = der_read(explicit)?; // Extensions ::= SEQUENCE OF Extension
+    while !exts.is_empty() {
+        let (_, ext, rest) = der_read(exts)?;
+        exts = rest;
+        let (_, oid, mut tail) = der_read(ext)?;
+        if oid != OID_SAN {
+            continue;
+        }
+        let (mut tag, mut value, after) = der_read(tail)?;
+        if tag == 0x01 {
+            // The optional `critical` BOOLEAN.
+            tail = after;
+            (tag, value, _) = der_read(tail)?;
+        }
+        if tag != 0x04 {
+            return None;
+        }
+        let (_, mut names, _) = der_read(value)?; // GeneralNames ::= SEQUENCE OF GeneralName
+        while !names.is_empty() {
+            let (tag, name, rest) = der_read(names)?;
+            names = rest;
+            if tag == 0x81 {
+                return printable(name);
+            }
+        }
+    }
+    None
+}
+
+fn common_name(mut name: &[u8]) -> Option<String> {
+    while !name.is_empty() {
+        let (_, mut set, rest) = der_read(name)?; // RelativeDistinguishedName ::= SET
+        name = rest;
+        while !set.is_empty() {
+            let (_, atv, rest) = der_read(set)?;
+            set = rest;
+            let (_, oid, tail) = der_read(atv)?;
+            if oid == OID_CN {
+                let (_, value, _) = der_read(tail)?;
+                return printable(value);
+            }
+        }
+    }
+    None
+}
+
+fn printable(b: &[u8]) -> Option<String> {
+    let s = std::str::from_utf8(b).ok()?;
+    (!s.is_empty() && s.chars().all(|c| !c.is_control())).then(|| s.to_string())
+}
+
+/// Read one DER TLV: (tag, value, rest). Only single-byte tags, which is all X.509 uses here.
+fn der_read(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, b) = b.split_first()?;
+    let (&first, mut b) = b.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || b.len() < n {
+            return None;
+        }
+        let (len_bytes, rest) = b.split_at(n);
+        b = rest;
+        len_bytes
+            .iter()
+            .fold(0usize, |acc, &x| (acc << 8) | usize::from(x))
+    };
+    if b.len() < len {
+        return None;
+    }
+    let (value, rest) = b.split_at(len);
+    Some((tag, value, rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_signed_loads_and_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_self_signed(dir.path()).unwrap();
+        let state = TlsState::new(files.clone()).unwrap();
+        let before = Arc::as_ptr(&state.current.read().unwrap().clone());
+        state.reload().unwrap();
+        assert_ne!(before, Arc::as_ptr(&state.current.read().unwrap().clone()));
+        // A broken file on reload keeps the old configuration.
+        std::fs::write(&files.certificate, "garbage").unwrap();
+        let kept = Arc::as_ptr(&state.current.read().unwrap().clone());
+        assert!(state.reload().is_err());
+        assert_eq!(kept, Arc::as_ptr(&state.current.read().unwrap().clone()));
+    }
+
+    fn cert_with(cn: &str, emails: &[&str]) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Example");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.subject_alt_names = emails
+            .iter()
+            .map(|e| rcgen::SanType::Rfc822Name((*e).try_into().unwrap()))
+            .collect();
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn client_identity_prefers_san_email_then_cn() {
+        assert_eq!(
+            client_identity(&cert_with("Alice", &["alice@example.org"])).as_deref(),
+            Some("alice@example.org")
+        );
+        assert_eq!(
+            client_identity(&cert_with("bob", &[])).as_deref(),
+            Some("bob")
+        );
+    }
+
+    #[test]
+    fn client_identity_never_panics_on_garbage() {
+        let good = cert_with("carol", &["c@example.org"]);
+        for cut in 0..good.len() {
+            let _ = client_identity(&good[..cut]);
+        }
+        let mut flipped = good.clone();
+        for i in 0..flipped.len() {
+            flipped[i] ^= 0xff;
+            let _ = client_identity(&flipped);
+            flipped[i] ^= 0xff;
+        }
+        assert_eq!(client_identity(&[]), None);
+    }
+
+    #[test]
+    fn errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = TlsFiles {
+            certificate: dir.path().join("missing.pem"),
+            private_key: dir.path().join("key.pem"),
+            client_ca: None,
+        };
+        let e = load(&files).unwrap_err().to_string();
+        assert!(e.contains("missing.pem"), "{e}");
+        std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+        let files = TlsFiles {
+            certificate: dir.path().join("empty.pem"),
+            ..files
+        };
+        let e = load(&files).unwrap_err().to_string();
+        assert!(e.contains("no CERTIFICATE"), "{e}");
+    }
+}
