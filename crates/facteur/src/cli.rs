@@ -1,4 +1,5 @@
-//! The `facteur` command line: `serve`, `user`, `deliver`, `hash-password`, `check-config`.
+//! The `facteur` command line: `serve`, `user`, `deliver`, `hash-password`, `check-config`,
+//! `bench`.
 //!
 //! Every failure is a one-line message on stderr and a non-zero exit; passwords are read from a
 //! terminal prompt or standard input, never from the command line (where `ps` would show them).

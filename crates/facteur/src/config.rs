@@ -109,9 +109,9 @@ pub struct Limits {
     /// needs one try; a guesser must reconnect and pay the TCP and TLS handshakes).
     #[serde(default = "defaults::max_failed_logins")]
     pub max_failed_logins: u32,
-    /// Password checks running at once. A memory-hard hash (ARGON2ID) takes its memory cost
-    /// (19 MiB by default) for each check: this caps that memory and keeps a login flood from
-    /// starving the threads that stream mail. Logins beyond it wait their turn.
+    /// Threads that check passwords, so checks running at once. A memory-hard hash (ARGON2ID)
+    /// takes its memory cost (19 MiB by default) for each check: this bounds that memory and
+    /// keeps a login flood from starving the threads that stream mail. Logins beyond it queue.
     #[serde(default = "defaults::max_concurrent_logins")]
     pub max_concurrent_logins: usize,
     /// Bad commands (unknown, malformed, out of state, too long) before the connection is closed.

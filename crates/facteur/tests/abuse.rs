@@ -105,11 +105,12 @@ fn plaintext_never_refuses_passwords_in_clear_until_stls() {
     assert_eq!(c.stat().0, 1);
     c.quit();
 
-    // And so may a POP3S connection.
+    // And so may a POP3S connection, here with SASL PLAIN.
     let mut c = Client::connect_tls(server.pop3s(), fx.cert());
     assert!(has_cap(&capa(&mut c), "USER"));
-    assert!(c.cmd(&format!("USER {USER}")).starts_with("+OK"));
-    assert!(c.cmd(&format!("PASS {PASSWORD}")).starts_with("+OK"));
+    let r = c.cmd(&format!("AUTH PLAIN {plain}"));
+    assert!(r.starts_with("+OK"), "AUTH PLAIN under TLS: {r:?}");
+    assert_eq!(c.stat().0, 1);
     c.quit();
 }
 
@@ -183,6 +184,42 @@ fn three_failed_logins_close_the_connection_with_the_same_answer_each_time() {
     }
     assert!(c.cmd(&format!("USER {USER}")).starts_with("+OK"));
     assert!(c.cmd(&format!("PASS {PASSWORD}")).starts_with("+OK"));
+    c.quit();
+}
+
+#[test]
+fn three_failed_sasl_logins_close_the_connection_too() {
+    let fx = Fixture::with_limits(PENALTY_LIMITS);
+    let server = fx.start();
+    // The answer to a failed USER/PASS, for comparison.
+    let mut c = server.connect();
+    assert!(c.cmd(&format!("USER {USER}")).starts_with("+OK"));
+    let failed = c.cmd("PASS wrong");
+    assert!(failed.starts_with("-ERR [AUTH] "), "{failed:?}");
+    c.quit();
+
+    let mut c = server.connect();
+    // AUTH PLAIN with an initial response, for an unknown user and a wrong password.
+    for (user, password) in [("nobody", PASSWORD), (USER, "wrong")] {
+        let plain = base64(format!("\0{user}\0{password}").as_bytes());
+        assert_eq!(
+            c.cmd(&format!("AUTH PLAIN {plain}")),
+            failed,
+            "AUTH PLAIN {user}"
+        );
+    }
+    // AUTH LOGIN, through its two challenges.
+    let r = c.cmd("AUTH LOGIN");
+    assert!(r.starts_with("+ "), "AUTH LOGIN: {r:?}");
+    let r = c.cmd(&base64(USER.as_bytes()));
+    assert!(r.starts_with("+ "), "AUTH LOGIN after the user name: {r:?}");
+    assert_eq!(c.cmd(&base64(b"wrong")), failed, "AUTH LOGIN");
+    expect_cut_off(&mut c);
+
+    // A good SASL login still works from another connection.
+    let mut c = server.connect();
+    let plain = base64(format!("\0{USER}\0{PASSWORD}").as_bytes());
+    assert!(c.cmd(&format!("AUTH PLAIN {plain}")).starts_with("+OK"));
     c.quit();
 }
 

@@ -245,24 +245,23 @@ impl Connection {
         match event {
             Event::Authenticate { user, password } => {
                 let auth = self.shared.auth.clone();
-                let slot = self.shared.login_slots.acquire().await;
                 let name = user.clone();
-                let outcome = tokio::task::spawn_blocking(move || {
-                    auth.verify_password(&name, password.expose())
-                })
-                .await;
-                drop(slot);
+                let outcome = self
+                    .shared
+                    .auth_pool
+                    .run(move || auth.verify_password(&name, password.expose()))
+                    .await;
                 self.finish_login(outcome, Some(&user)).await
             }
             Event::Apop { user, digest } => {
                 let auth = self.shared.auth.clone();
                 let ts = self.apop_timestamp.clone().unwrap_or_default();
-                let slot = self.shared.login_slots.acquire().await;
                 let name = user.clone();
-                let outcome =
-                    tokio::task::spawn_blocking(move || auth.verify_apop(&name, &ts, &digest))
-                        .await;
-                drop(slot);
+                let outcome = self
+                    .shared
+                    .auth_pool
+                    .run(move || auth.verify_apop(&name, &ts, &digest))
+                    .await;
                 self.finish_login(outcome, Some(&user)).await
             }
             Event::StartTls => self.start_tls().await,
@@ -313,13 +312,14 @@ impl Connection {
                 .and_then(tls::client_identity),
         };
         let auth = self.shared.auth.clone();
-        let slot = self.shared.login_slots.acquire().await;
-        let started = tokio::task::spawn_blocking(move || {
-            let initial = initial.as_ref().map(|s| s.expose().as_str());
-            SaslExchange::start(mechanism, ctx, initial, auth.as_ref())
-        })
-        .await;
-        drop(slot);
+        let started = self
+            .shared
+            .auth_pool
+            .run(move || {
+                let initial = initial.as_ref().map(|s| s.expose().as_str());
+                SaslExchange::start(mechanism, ctx, initial, auth.as_ref())
+            })
+            .await;
         let Ok((mut exchange, mut step)) = started else {
             return self.finish_login(Ok(AuthOutcome::Failure), None).await;
         };
@@ -364,13 +364,14 @@ impl Connection {
                         return Step::Continue;
                     };
                     let auth = self.shared.auth.clone();
-                    let slot = self.shared.login_slots.acquire().await;
-                    let stepped = tokio::task::spawn_blocking(move || {
-                        let step = exchange.step(&line, auth.as_ref());
-                        (exchange, step)
-                    })
-                    .await;
-                    drop(slot);
+                    let stepped = self
+                        .shared
+                        .auth_pool
+                        .run(move || {
+                            let step = exchange.step(&line, auth.as_ref());
+                            (exchange, step)
+                        })
+                        .await;
                     let Ok((e, s)) = stepped else {
                         return self.finish_login(Ok(AuthOutcome::Failure), None).await;
                     };
@@ -435,7 +436,7 @@ impl Connection {
     /// user name the client gave, for the failed-login penalty.
     async fn finish_login(
         &mut self,
-        outcome: Result<AuthOutcome, tokio::task::JoinError>,
+        outcome: Result<AuthOutcome, super::auth_pool::PoolGone>,
         tried: Option<&str>,
     ) -> Step {
         let result = match outcome {

@@ -5,6 +5,7 @@
 //! refused connections get one `-ERR [SYS/TEMP]` line. On shutdown the listeners stop at once;
 //! sessions get `limits.shutdown_grace_secs` to finish, then are cut without their deletions.
 
+mod auth_pool;
 pub mod connection;
 mod limits;
 pub mod penalty;
@@ -30,8 +31,8 @@ pub struct Shared {
     pub store: Arc<dyn Store>,
     /// The host name for APOP timestamps.
     pub hostname: String,
-    /// Caps the password checks running at once (`limits.max_concurrent_logins`).
-    pub login_slots: Arc<Semaphore>,
+    /// The threads that check passwords (`limits.max_concurrent_logins` of them).
+    pub auth_pool: auth_pool::AuthPool,
     /// Failed-login delays per source and user name.
     pub penalties: penalty::Penalties,
     /// The certificate for STLS and POP3S, if configured.
@@ -43,7 +44,7 @@ impl Shared {
         let l = &config.limits;
         Self {
             hostname: config.hostname(),
-            login_slots: Arc::new(Semaphore::new(l.max_concurrent_logins)),
+            auth_pool: auth_pool::AuthPool::new(l.max_concurrent_logins),
             penalties: penalty::Penalties::new(
                 l.failed_login_delay(),
                 l.max_failed_login_delay(),
