@@ -332,7 +332,11 @@ impl Config {
         let mut cfg: Config = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         cfg.check().map_err(invalid)?;
         // Relative paths in the file are relative to the file, not to the working directory.
-        let base = path.parent().unwrap_or(Path::new("."));
+        // A bare file name has an empty parent: that is the working directory.
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         if cfg.auth.passwd_file.is_relative() {
             cfg.auth.passwd_file = base.join(&cfg.auth.passwd_file);
         }
@@ -456,6 +460,17 @@ mod tests {
         assert_eq!(c.server.listen.len(), 2);
         assert!(!c.server.enable_last);
         assert!(!c.auth.apop);
+    }
+
+    #[test]
+    fn relative_paths_next_to_a_bare_file_name() {
+        let c = Config::parse(
+            MINIMAL.replace("/var/mail/%d/%n", "mail/%u").as_str(),
+            Path::new("f.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.store.maildir, "./mail/%u");
+        assert_eq!(c.auth.passwd_file, Path::new("./users"));
     }
 
     #[test]

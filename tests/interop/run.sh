@@ -1,0 +1,534 @@
+#!/usr/bin/env bash
+# The interop matrix: real POP3 clients that nobody here wrote, against a real `facteur serve`.
+#
+# For each client and each mode it supports (plain POP3, STLS, POP3S), the script delivers three
+# known messages with `facteur deliver` (one with lines that start with a dot, one stored with
+# bare LF line ends, one of about 200 KB), has the client list, retrieve and delete them, checks
+# what the client stored against the originals (interop.py check), and checks that the maildrop
+# is empty afterwards. It prints a table client x mode and exits non-zero on any FAIL.
+#
+# Every connection goes to 127.0.0.1; every client call is bounded by `timeout`.
+#
+#   bash tests/interop/run.sh
+#
+# Environment:
+#   INTEROP_CLIENTS   the clients to run (default: all), e.g. "curl mpop"
+#   INTEROP_MODES     the modes to run (default: "plain stls pop3s")
+#   FACTEUR_BIN       a facteur binary to use instead of building one
+#   INTEROP_KEEP=1    keep the work folder even when everything passed
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+HERE="$ROOT/tests/interop"
+STARTED=$(date +%s)
+CLIENT_TIMEOUT=60
+
+ALL_CLIENTS="curl poplib fetchmail mpop getmail6 net-pop3 openssl s-nail"
+ALL_MODES="plain stls pop3s"
+CLIENTS=${INTEROP_CLIENTS:-$ALL_CLIENTS}
+MODES=${INTEROP_MODES:-$ALL_MODES}
+
+say() { printf '%s\n' "$*"; }
+# Stop the whole run (a broken setup, not a client's failure); the work folder is kept.
+die() { printf 'interop: %s\n' "$*" >&2; ANY_FAIL=1; exit 2; }
+
+# ---------------------------------------------------------------------------------------------
+# 1. The clients (Debian packages), installed when missing.
+
+install_clients() {
+    local need=()
+    command -v curl >/dev/null 2>&1 || need+=(curl)
+    command -v python3 >/dev/null 2>&1 || need+=(python3)
+    command -v openssl >/dev/null 2>&1 || need+=(openssl)
+    command -v fetchmail >/dev/null 2>&1 || need+=(fetchmail)
+    command -v mpop >/dev/null 2>&1 || need+=(mpop)
+    command -v getmail >/dev/null 2>&1 || need+=(getmail6)
+    command -v s-nail >/dev/null 2>&1 || need+=(s-nail)
+    # Net::POP3 is in perl's own modules (libnet); STLS and POP3S need IO::Socket::SSL.
+    perl -MNet::POP3 -e1 >/dev/null 2>&1 || need+=(perl)
+    perl -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need+=(libio-socket-ssl-perl)
+    if [ "${#need[@]}" -gt 0 ]; then
+        say "installing: ${need[*]}"
+        local sudo=""
+        if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+        $sudo apt-get update -qq || die "apt-get update failed"
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+            ca-certificates "${need[@]}" >/dev/null || die "apt-get install ${need[*]} failed"
+    fi
+    say "clients:"
+    say "  $(curl --version | head -n 1)"
+    say "  $(python3 --version) (poplib)"
+    say "  $(openssl version)"
+    say "  $(fetchmail --version 2>/dev/null | grep -m1 'release')"
+    say "  $(mpop --version | head -n 1)"
+    say "  getmail $(getmail --version 2>&1 | head -n 1)"
+    say "  Net::POP3 $(perl -MNet::POP3 -e 'print $Net::POP3::VERSION'), IO::Socket::SSL $(perl -MIO::Socket::SSL -e 'print $IO::Socket::SSL::VERSION')"
+    say "  $(s-nail -V 2>&1 | head -n 1)"
+}
+
+# ---------------------------------------------------------------------------------------------
+# 2. facteur itself.
+
+build_facteur() {
+    if [ -n "${FACTEUR_BIN:-}" ]; then
+        BIN=$FACTEUR_BIN
+    else
+        # The dev profile: CI's test run builds the same artifacts right after.
+        (cd "$ROOT" && cargo build -q -p facteur --bin facteur) || die "cargo build failed"
+        BIN="$ROOT/target/debug/facteur"
+    fi
+    [ -x "$BIN" ] || die "no facteur binary at $BIN"
+    say "facteur: $BIN ($("$BIN" --version))"
+}
+
+# ---------------------------------------------------------------------------------------------
+# 3. A fresh installation and a running server.
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/facteur-interop.XXXXXX")
+SERVER_PID=""
+ANY_FAIL=0
+
+cleanup() {
+    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID" 2>/dev/null
+        for _ in $(seq 50); do
+            kill -0 "$SERVER_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$SERVER_PID" 2>/dev/null
+        wait "$SERVER_PID" 2>/dev/null
+    fi
+    if [ "$ANY_FAIL" -eq 0 ] && [ "${INTEROP_KEEP:-0}" != 1 ]; then
+        rm -rf "$WORK"
+    else
+        say "work folder kept: $WORK (server log: $WORK/server/facteur.log)"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# A CA and a server certificate it signs, for 127.0.0.1 and localhost: clients check the
+# server's certificate against the CA, as they would in real use.
+make_certificates() {
+    local d="$WORK/tls"
+    mkdir -p "$d"
+    (
+        cd "$d" &&
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+            -keyout ca.key -out ca.pem -days 2 -subj "/CN=facteur interop CA" \
+            -addext "basicConstraints=critical,CA:TRUE" \
+            -addext "keyUsage=critical,keyCertSign,cRLSign" &&
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+            -keyout key.pem -out server.csr -subj "/CN=127.0.0.1" &&
+        printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+            "basicConstraints=critical,CA:FALSE" \
+            "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" > server.ext &&
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -set_serial "0x$(openssl rand -hex 8)" \
+            -days 2 -extfile server.ext -out cert.pem
+    ) >"$d/openssl.log" 2>&1 || { cat "$d/openssl.log"; die "cannot make the certificates"; }
+    CA="$d/ca.pem"
+}
+
+start_server() {
+    local d="$WORK/server"
+    mkdir -p "$d"
+    USER_NAME=interop
+    PASSWORD_FILE="$d/password"
+    openssl rand -hex 12 > "$PASSWORD_FILE"
+    PASSWORD=$(cat "$PASSWORD_FILE")
+    printf '%s:{PLAIN}%s\n' "$USER_NAME" "$PASSWORD" > "$d/users"
+    CONFIG="$d/facteur.toml"
+    # Port 0: the kernel picks free ports, read back from the "listening" log lines. The
+    # mechanisms are all those a {PLAIN} password can serve, so that each client picks the one
+    # it likes best, as it would against a real server.
+    cat > "$CONFIG" <<EOF
+[server]
+listen = ["127.0.0.1:0"]
+listen_tls = ["127.0.0.1:0"]
+hostname = "interop.invalid"
+
+[limits]
+failed_login_delay_ms = 100
+shutdown_grace_secs = 2
+
+[auth]
+passwd_file = "users"
+plaintext_auth = "loopback"
+sasl = ["SCRAM-SHA-256", "CRAM-MD5", "PLAIN", "LOGIN"]
+
+[tls]
+certificate = "$WORK/tls/cert.pem"
+private_key = "$WORK/tls/key.pem"
+
+[store]
+maildir = "mail/%u/Maildir"
+
+[log]
+level = "debug"
+EOF
+    MAILDIR="$d/mail/$USER_NAME/Maildir"
+    SERVER_LOG="$d/facteur.log"
+    "$BIN" serve -c "$CONFIG" >"$SERVER_LOG" 2>&1 &
+    SERVER_PID=$!
+    PLAIN_PORT="" TLS_PORT=""
+    for _ in $(seq 100); do
+        PLAIN_PORT=$(sed -n 's/.*listening address=127\.0\.0\.1:\([0-9]*\) kind="pop3 (STLS)".*/\1/p' "$SERVER_LOG" | head -n 1)
+        TLS_PORT=$(sed -n 's/.*listening address=127\.0\.0\.1:\([0-9]*\) kind="\{0,1\}pop3s"\{0,1\}.*/\1/p' "$SERVER_LOG" | head -n 1)
+        [ -n "$PLAIN_PORT" ] && [ -n "$TLS_PORT" ] && break
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ -z "$PLAIN_PORT" ] || [ -z "$TLS_PORT" ]; then
+        cat "$SERVER_LOG"
+        die "the server did not start"
+    fi
+    say "server: pid $SERVER_PID, POP3+STLS on 127.0.0.1:$PLAIN_PORT, POP3S on 127.0.0.1:$TLS_PORT"
+}
+
+# ---------------------------------------------------------------------------------------------
+# 4. The clients. Each client_X MODE CASE_DIR runs the client, with its output in
+# CASE_DIR/client.log, and sets OUT_FORMAT and OUT_PATH to what interop.py check reads.
+
+port_of() { if [ "$1" = pop3s ]; then echo "$TLS_PORT"; else echo "$PLAIN_PORT"; fi; }
+
+supports() {
+    case "$1/$2" in
+        getmail6/stls) return 1 ;;   # getmail6 has no STLS (only POP3 and POP3-over-SSL)
+        openssl/plain) return 1 ;;   # s_client speaks TLS only
+        *) return 0 ;;
+    esac
+}
+
+# curl: LIST, then the three RETRs on one connection, then the three DELEs on one connection.
+# In plain mode it picks the SASL mechanism itself (CRAM-MD5, the best it knows of those
+# offered); over TLS it is told to use LOGIN (STLS) and PLAIN (POP3S), which no other client
+# here picks on its own.
+client_curl() {
+    local mode=$1 c=$2 port url tls=()
+    port=$(port_of "$mode")
+    case $mode in
+        plain) url="pop3://127.0.0.1:$port" ;;
+        stls) url="pop3://127.0.0.1:$port"; tls=(--ssl-reqd --cacert "$CA" --login-options AUTH=LOGIN) ;;
+        pop3s) url="pop3s://127.0.0.1:$port"; tls=(--cacert "$CA" --login-options AUTH=PLAIN) ;;
+    esac
+    local base=(timeout "$CLIENT_TIMEOUT" curl -sS -v --user "$USER_NAME:$PASSWORD" "${tls[@]}")
+    mkdir -p "$c/out"
+    OUT_FORMAT=files OUT_PATH="$c/out"
+    "${base[@]}" "$url/" -o "$c/list.txt" || return 1
+    echo "--- LIST:"; cat "$c/list.txt"
+    [ "$(grep -c . "$c/list.txt")" -eq 3 ] || { echo "LIST did not give 3 messages"; return 1; }
+    "${base[@]}" "$url/1" -o "$c/out/1.eml" "$url/2" -o "$c/out/2.eml" "$url/3" -o "$c/out/3.eml" \
+        || return 1
+    "${base[@]}" -X DELE -I "$url/1" "$url/2" "$url/3" || return 1
+}
+
+client_poplib() {
+    local mode=$1 c=$2
+    OUT_FORMAT=files OUT_PATH="$c/out"
+    timeout "$CLIENT_TIMEOUT" python3 "$HERE/clients/poplib_client.py" "$mode" 127.0.0.1 \
+        "$(port_of "$mode")" "$CA" "$USER_NAME" "$PASSWORD_FILE" "$c/out"
+}
+
+client_net-pop3() {
+    local mode=$1 c=$2
+    OUT_FORMAT=files OUT_PATH="$c/out"
+    timeout "$CLIENT_TIMEOUT" perl "$HERE/clients/net_pop3.pl" "$mode" 127.0.0.1 \
+        "$(port_of "$mode")" "$CA" "$USER_NAME" "$PASSWORD_FILE" "$c/out"
+}
+
+# fetchmail hands each message to an MDA that writes it to a file of its own. It checks the
+# certificate's names as DNS names only (not the IP address SAN): sslcommonname says which.
+client_fetchmail() {
+    local mode=$1 c=$2 tls
+    case $mode in
+        plain) tls="sslproto ''" ;;
+        stls) tls="sslproto 'tls1.2+' sslcertck sslcertfile '$CA' sslcommonname localhost" ;;
+        pop3s) tls="ssl sslproto 'tls1.2+' sslcertck sslcertfile '$CA' sslcommonname localhost" ;;
+    esac
+    mkdir -p "$c/out" "$c/home"
+    cat > "$c/fetchmailrc" <<EOF
+set no syslog
+set no bouncemail
+poll 127.0.0.1 protocol pop3 port $(port_of "$mode") timeout 30
+    user "$USER_NAME" password "$PASSWORD" is "$(id -un)" here
+    mda "$HERE/clients/save-message.sh $c/out"
+    nokeep fetchall no rewrite
+    $tls
+EOF
+    chmod 600 "$c/fetchmailrc"
+    OUT_FORMAT=files OUT_PATH="$c/out"
+    # Exit 0: mail was retrieved (1 would mean none was).
+    HOME="$c/home" FETCHMAILHOME="$c/home" FETCHMAILUSER="$(id -un)" \
+        timeout "$CLIENT_TIMEOUT" fetchmail -v -v --nodetach -f "$c/fetchmailrc"
+}
+
+# mpop delivers into a Maildir; "auth on" lets it choose the mechanism.
+client_mpop() {
+    local mode=$1 c=$2 tls
+    case $mode in
+        plain) tls="tls off" ;;
+        stls) tls=$'tls on\ntls_starttls on' ;;
+        pop3s) tls=$'tls on\ntls_starttls off' ;;
+    esac
+    mkdir -p "$c/Maildir/new" "$c/Maildir/cur" "$c/Maildir/tmp"
+    cat > "$c/mpoprc" <<EOF
+defaults
+tls_trust_file $CA
+uidls_file $c/mpop-uidls
+account interop
+host 127.0.0.1
+port $(port_of "$mode")
+user $USER_NAME
+password $PASSWORD
+auth on
+$tls
+delivery maildir $c/Maildir
+keep off
+only_new off
+timeout 30
+EOF
+    chmod 600 "$c/mpoprc"
+    OUT_FORMAT=maildir OUT_PATH="$c/Maildir"
+    timeout "$CLIENT_TIMEOUT" mpop --debug -C "$c/mpoprc" interop
+}
+
+# getmail6 refuses to deliver as root: as root, it delivers as "nobody" (its `user` option).
+client_getmail6() {
+    local mode=$1 c=$2 retriever extra="" as_user=""
+    case $mode in
+        plain) retriever=SimplePOP3Retriever ;;
+        pop3s) retriever=SimplePOP3SSLRetriever; extra="ca_certs = $CA" ;;
+    esac
+    mkdir -p "$c/Maildir/new" "$c/Maildir/cur" "$c/Maildir/tmp" "$c/getmail"
+    if [ "$(id -u)" -eq 0 ]; then
+        as_user="user = nobody"
+        chmod 755 "$WORK" "$WORK/cases" "$c"
+        chown -R nobody "$c/Maildir"
+    fi
+    cat > "$c/getmailrc" <<EOF
+[retriever]
+type = $retriever
+server = 127.0.0.1
+port = $(port_of "$mode")
+username = $USER_NAME
+password = $PASSWORD
+$extra
+
+[destination]
+type = Maildir
+path = $c/Maildir/
+$as_user
+
+[options]
+verbose = 2
+read_all = true
+delete = true
+EOF
+    OUT_FORMAT=maildir OUT_PATH="$c/Maildir"
+    timeout "$CLIENT_TIMEOUT" getmail --rcfile="$c/getmailrc" --getmaildir="$c/getmail"
+}
+
+# openssl s_client: every command pipelined at once after the TLS handshake (the server offers
+# PIPELINING), and the RETR replies cut out of the raw transcript.
+client_openssl() {
+    local mode=$1 c=$2 starttls=() greeting=1
+    if [ "$mode" = stls ]; then starttls=(-starttls pop3); greeting=0; fi
+    printf 'USER %s\r\nPASS %s\r\nSTAT\r\nLIST\r\nUIDL\r\nRETR 1\r\nRETR 2\r\nRETR 3\r\nDELE 1\r\nDELE 2\r\nDELE 3\r\nQUIT\r\n' \
+        "$USER_NAME" "$PASSWORD" > "$c/commands"
+    OUT_FORMAT=files OUT_PATH="$c/out"
+    local rc=0
+    timeout "$CLIENT_TIMEOUT" openssl s_client -quiet -nocommands -verify_return_error \
+        -CAfile "$CA" -verify_ip 127.0.0.1 -connect "127.0.0.1:$(port_of "$mode")" "${starttls[@]}" \
+        < "$c/commands" > "$c/transcript" || rc=$?
+    python3 "$HERE/interop.py" transcript "$c/transcript" "$c/out" "$greeting" || return 1
+    # s_client fails when the TCP connection ends without a TLS close_notify alert after the
+    # QUIT reply (RFC 8446 section 6.1: each party MUST send close_notify before closing).
+    if [ "$rc" -ne 0 ] && grep -q 'unexpected eof while reading' "$c/client.log" 2>/dev/null; then
+        echo "the server closed the connection without a TLS close_notify" | tee "$c/reason"
+    fi
+    return "$rc"
+}
+
+# s-nail in batch mode: open the POP3 folder, list it, copy every message to an mbox, delete
+# them all, quit (which is when a POP3 folder sends DELE and QUIT).
+client_s-nail() {
+    local mode=$1 c=$2 url tls=()
+    case $mode in
+        plain) url="pop3://$USER_NAME@127.0.0.1:$(port_of "$mode")" ;;
+        stls) url="pop3://$USER_NAME@127.0.0.1:$(port_of "$mode")"; tls=(-S pop3-use-starttls) ;;
+        pop3s) url="pop3s://$USER_NAME@127.0.0.1:$(port_of "$mode")" ;;
+    esac
+    OUT_FORMAT=mbox OUT_PATH="$c/mbox"
+    printf 'headers\ncopy * %s\ndelete *\nquit\n' "$c/mbox" |
+        HOME="$c" timeout "$CLIENT_TIMEOUT" s-nail -#:/ -S v15-compat -S verbose \
+            -S password="$PASSWORD" -S pop3-no-apop \
+            -S tls-ca-file="$CA" -S tls-ca-no-defaults "${tls[@]}" -f "$url"
+}
+
+# ---------------------------------------------------------------------------------------------
+# 5. One case: deliver, run the client, check.
+
+declare -A RESULT REASON LOGIN
+
+# How the client logged in, from the commands its verbose output shows (curl "> AUTH X", mpop
+# "--> AUTH X", fetchmail "> AUTH X", poplib "*cmd* 'USER", Net::POP3 ">>> USER", the openssl
+# transcript); getmail6 and s-nail do not show their commands, and send USER/PASS.
+login_used() {
+    local client=$1 c=$2 mech
+    mech=$(grep -h -o -m1 -E "(AUTH [A-Z0-9-]+|[>'] ?USER |^USER |APOP )" "$c/client.log" "$c/commands" 2>/dev/null | head -n 1)
+    case $mech in
+        *AUTH*) echo "AUTH ${mech##*AUTH }" ;;
+        *USER*) echo "USER/PASS" ;;
+        *APOP*) echo "APOP" ;;
+        *) case $client in getmail6|s-nail) echo "USER/PASS" ;; *) echo "?" ;; esac ;;
+    esac
+}
+
+maildrop_count() {
+    find "$MAILDIR/new" "$MAILDIR/cur" -type f ! -name '.*' 2>/dev/null | wc -l
+}
+
+# The server's "session ended" lines of the case (from line $2 of its log) must show that the
+# mode was really used: no TLS in plain mode, TLS in the others (so a client that silently
+# skipped STLS fails), and at least one logged-in session.
+sessions_match_mode() {
+    local mode=$1 from=$2 lines opened ended
+    # The server writes "session ended" after the QUIT reply and the TLS shutdown, so it may
+    # come a moment after the client exits: wait until each "maildrop opened" (a login) has one.
+    for _ in $(seq 100); do
+        opened=$(tail -n +"$from" "$SERVER_LOG" | grep 'maildrop opened' | grep -c "user=\"$USER_NAME\"")
+        ended=$(tail -n +"$from" "$SERVER_LOG" | grep 'session ended' | grep -c "user=\"$USER_NAME\"")
+        [ "$ended" -ge "$opened" ] && break
+        sleep 0.1
+    done
+    lines=$(tail -n +"$from" "$SERVER_LOG" | grep 'session ended' | grep "user=\"$USER_NAME\"")
+    printf '%s\n' "$lines"
+    if [ -z "$lines" ]; then
+        echo "no session of $USER_NAME in the server log"
+        return 1
+    fi
+    if [ "$mode" = plain ]; then
+        if printf '%s\n' "$lines" | grep -v -q 'tls="none"'; then
+            echo "a session used TLS in plain mode"
+            return 1
+        fi
+    elif printf '%s\n' "$lines" | grep -q 'tls="none"'; then
+        echo "a session did not use TLS in $mode mode"
+        return 1
+    fi
+}
+
+run_case() {
+    local client=$1 mode=$2 c="$WORK/cases/$client-$mode" marker rc
+    mkdir -p "$c"
+    marker="IOP-$client-$mode-$(openssl rand -hex 4)"
+    rm -f "$MAILDIR"/new/* "$MAILDIR"/cur/* 2>/dev/null
+    python3 "$HERE/interop.py" messages "$c/expected" "$marker" || die "cannot write the messages"
+    for m in 1 2 3; do
+        "$BIN" deliver "$USER_NAME" -c "$CONFIG" < "$c/expected/$m.eml" >>"$c/deliver.log" 2>&1 \
+            || die "facteur deliver failed: $(cat "$c/deliver.log")"
+    done
+    local t0 ms log_from
+    log_from=$(( $(wc -l < "$SERVER_LOG") + 1 ))
+    t0=$(date +%s%N)
+    OUT_FORMAT="" OUT_PATH=""
+    "client_$client" "$mode" "$c" >"$c/client.log" 2>&1
+    rc=$?
+    ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+    LOGIN[$client/$mode]=$(login_used "$client" "$c")
+    if [ "$rc" -ne 0 ]; then
+        RESULT[$client/$mode]=FAIL
+        if [ -s "$c/reason" ]; then
+            REASON[$client/$mode]="$(cat "$c/reason") (client exit status $rc)"
+        elif [ "$rc" -eq 124 ]; then
+            REASON[$client/$mode]="timed out after ${CLIENT_TIMEOUT}s"
+        else
+            REASON[$client/$mode]="client exited with status $rc"
+        fi
+    elif ! python3 "$HERE/interop.py" check "$c/expected" "$OUT_FORMAT" "$OUT_PATH" >"$c/check.log" 2>&1; then
+        RESULT[$client/$mode]=FAIL
+        REASON[$client/$mode]="retrieved messages differ: $(grep -m1 PROBLEM "$c/check.log" | sed 's/^ *PROBLEM //')"
+    elif [ "$(maildrop_count)" -ne 0 ]; then
+        RESULT[$client/$mode]=FAIL
+        REASON[$client/$mode]="$(maildrop_count) message(s) left in the maildrop"
+    elif ! sessions_match_mode "$mode" "$log_from" > "$c/sessions.log"; then
+        RESULT[$client/$mode]=FAIL
+        REASON[$client/$mode]="$(tail -n 1 "$c/sessions.log")"
+    else
+        RESULT[$client/$mode]=PASS
+    fi
+    printf '  %-10s %-6s %s (%d.%01ds, %s)\n' "$client" "$mode" "${RESULT[$client/$mode]}" \
+        $((ms / 1000)) $((ms % 1000 / 100)) "${LOGIN[$client/$mode]}"
+    if [ "${RESULT[$client/$mode]}" = FAIL ]; then
+        ANY_FAIL=1
+        say "    ${REASON[$client/$mode]}"
+        say "    case folder: $c"
+        say "    --- last lines of the client's output:"
+        tail -n 25 "$c/client.log" | sed 's/^/    | /'
+        if [ -s "$c/check.log" ]; then
+            say "    --- check:"
+            sed 's/^/    | /' "$c/check.log"
+        fi
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Main.
+
+say "==== interop: installing the clients"
+install_clients
+say "==== interop: building facteur"
+build_facteur
+say "==== interop: starting the server"
+make_certificates
+start_server
+say "==== interop: running the matrix"
+for client in $CLIENTS; do
+    for mode in $MODES; do
+        if supports "$client" "$mode"; then
+            run_case "$client" "$mode"
+        else
+            RESULT[$client/$mode]=N-A
+        fi
+    done
+done
+
+if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+    ANY_FAIL=1
+    say "the server died during the run; its log: $SERVER_LOG"
+fi
+if grep -q -i 'panicked' "$SERVER_LOG"; then
+    ANY_FAIL=1
+    say "the server panicked:"
+    grep -i -A3 'panicked' "$SERVER_LOG" | head -n 20
+fi
+
+# A Markdown table: each cell is the result, and how the client logged in.
+say ""
+say "==== interop: results (wall time $(( $(date +%s) - STARTED ))s)"
+printf '| %-10s |' client
+for mode in $MODES; do printf ' %-26s |' "$mode"; done
+printf '\n|------------|'
+for _ in $MODES; do printf '%s|' "----------------------------"; done
+printf '\n'
+for client in $CLIENTS; do
+    printf '| %-10s |' "$client"
+    for mode in $MODES; do
+        cell=${RESULT[$client/$mode]:-?}
+        [ -n "${LOGIN[$client/$mode]:-}" ] && cell="$cell (${LOGIN[$client/$mode]})"
+        printf ' %-26s |' "$cell"
+    done
+    printf '\n'
+done
+passed=0 failed=0
+for key in "${!RESULT[@]}"; do
+    case ${RESULT[$key]} in PASS) passed=$((passed + 1)) ;; FAIL) failed=$((failed + 1)) ;; esac
+done
+for client in $CLIENTS; do
+    for mode in $MODES; do
+        key=$client/$mode
+        [ "${RESULT[$key]:-}" = FAIL ] && say "FAIL $key: ${REASON[$key]}"
+    done
+done
+say "interop: $passed passed, $failed failed"
+[ "$ANY_FAIL" -eq 0 ] || exit 1
