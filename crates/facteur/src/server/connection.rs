@@ -325,7 +325,10 @@ impl Connection {
         };
         loop {
             match step {
-                SaslStep::Done(outcome) => return self.finish_login(Ok(outcome), None).await,
+                SaslStep::Done(outcome) => {
+                    let claimed = exchange.claimed_user().map(str::to_owned);
+                    return self.finish_login(Ok(outcome), claimed.as_deref()).await;
+                }
                 SaslStep::Malformed(text) => {
                     self.session
                         .auth_result(AuthResult::Aborted(text), &mut self.out);

@@ -185,6 +185,8 @@ pub struct SaslExchange {
     /// For tests only: the CRAM-MD5 challenge or the SCRAM server nonce to use instead of fresh
     /// random ones.
     fixed_challenge: Option<String>,
+    /// The user name the client claimed, once known (for failed-login penalties).
+    claimed_user: Option<String>,
 }
 
 impl fmt::Debug for SaslExchange {
@@ -241,6 +243,7 @@ impl SaslExchange {
             ctx,
             state: State::Over,
             fixed_challenge,
+            claimed_user: None,
         };
         let step = exchange.begin(initial_response, auth);
         (exchange, step)
@@ -251,6 +254,13 @@ impl SaslExchange {
     }
 
     /// True once the exchange has ended (a `Done` or a `Malformed` was returned).
+    /// The user name the client claimed (PLAIN's authcid, LOGIN's user, CRAM-MD5's, SCRAM's
+    /// `n=`), once the exchange got that far, verified or not: failed-login penalties count
+    /// per user name.
+    pub fn claimed_user(&self) -> Option<&str> {
+        self.claimed_user.as_deref()
+    }
+
     pub fn is_over(&self) -> bool {
         matches!(self.state, State::Over)
     }
@@ -269,10 +279,16 @@ impl SaslExchange {
             return SaslStep::Malformed("the line is not valid base64");
         };
         match state {
-            State::Plain => plain(&data, auth),
+            State::Plain => plain(&data, auth, &mut self.claimed_user),
             State::LoginUser => self.login_user(&data),
-            State::LoginPassword { user } => SaslStep::Done(auth.verify_password(&user, &data)),
-            State::CramMd5 { challenge } => cram_md5(&challenge, &data, auth),
+            State::LoginPassword { user } => {
+                let outcome = auth.verify_password(&user, &data);
+                self.claimed_user = Some(user);
+                SaslStep::Done(outcome)
+            }
+            State::CramMd5 { challenge } => {
+                cram_md5(&challenge, &data, auth, &mut self.claimed_user)
+            }
             State::External => self.external(&data, auth),
             State::ScramFirst => self.scram_first(&data, auth),
             State::ScramFinal(pending) => self.scram_final(&pending, &data),
@@ -304,7 +320,7 @@ impl SaslExchange {
             },
         };
         match (self.mechanism, initial) {
-            (Mechanism::Plain, Some(data)) => plain(&data, auth),
+            (Mechanism::Plain, Some(data)) => plain(&data, auth, &mut self.claimed_user),
             (Mechanism::Plain, None) => self.challenge(State::Plain, Vec::new()),
             (Mechanism::Login, Some(data)) => self.login_user(&data),
             (Mechanism::Login, None) => {
@@ -386,6 +402,7 @@ impl SaslExchange {
                 BASE64.encode(raw)
             }
         };
+        self.claimed_user = Some(client.user.clone());
         let credentials = auth.scram_credentials(&client.user);
         let (message, pending) = scram::server_first(&client, &server_nonce, credentials);
         self.challenge(State::ScramFinal(Box::new(pending)), message.into_bytes())
@@ -420,7 +437,7 @@ fn no_randomness(error: getrandom::Error) -> SaslStep {
 
 /// PLAIN (RFC 4616 section 2): `[authzid] NUL authcid NUL passwd`. The identities must be
 /// UTF-8; the password is passed on as bytes, as PASS's is.
-fn plain(data: &[u8], auth: &dyn Authenticator) -> SaslStep {
+fn plain(data: &[u8], auth: &dyn Authenticator, claimed: &mut Option<String>) -> SaslStep {
     let mut parts = data.split(|&b| b == 0);
     let (Some(authzid), Some(authcid), Some(password), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -434,6 +451,7 @@ fn plain(data: &[u8], auth: &dyn Authenticator) -> SaslStep {
     else {
         return SaslStep::Malformed("the PLAIN identities are not UTF-8");
     };
+    *claimed = Some(authcid.to_string());
     // Nobody logs in as somebody else.
     if !authzid.is_empty() && authzid != authcid {
         return SaslStep::Done(AuthOutcome::Failure);
@@ -442,7 +460,12 @@ fn plain(data: &[u8], auth: &dyn Authenticator) -> SaslStep {
 }
 
 /// CRAM-MD5 (RFC 2195 section 2): the answer is the user name, a space, and 32 hex digits.
-fn cram_md5(challenge: &str, data: &[u8], auth: &dyn Authenticator) -> SaslStep {
+fn cram_md5(
+    challenge: &str,
+    data: &[u8],
+    auth: &dyn Authenticator,
+    claimed: &mut Option<String>,
+) -> SaslStep {
     let shape = "CRAM-MD5 expects a user name, a space and 32 hex digits";
     let Ok(text) = std::str::from_utf8(data) else {
         return SaslStep::Malformed(shape);
@@ -453,6 +476,7 @@ fn cram_md5(challenge: &str, data: &[u8], auth: &dyn Authenticator) -> SaslStep 
                 && digest.len() == 32
                 && digest.bytes().all(|b| b.is_ascii_hexdigit()) =>
         {
+            *claimed = Some(user.to_string());
             SaslStep::Done(auth.verify_cram_md5(user, challenge.as_bytes(), digest))
         }
         _ => SaslStep::Malformed(shape),

@@ -921,3 +921,29 @@ proptest! {
         let _ = ex.step(&first, db);
     }
 }
+
+#[test]
+fn the_claimed_user_is_known_after_a_failure() {
+    let (_dir, db) = standard_db();
+    // PLAIN, in the initial response.
+    let (ex, step) = SaslExchange::start(Mechanism::Plain, ctx(), Some(&b64("\0tim\0wrong")), &db);
+    assert_eq!(step, SaslStep::Done(AuthOutcome::Failure));
+    assert_eq!(ex.claimed_user(), Some("tim"));
+    // LOGIN, in two steps.
+    let (mut ex, _) = SaslExchange::start(Mechanism::Login, ctx(), None, &db);
+    assert_eq!(ex.claimed_user(), None);
+    ex.step(&b64("nobody"), &db);
+    assert_eq!(
+        ex.step(&b64("x"), &db),
+        SaslStep::Done(AuthOutcome::Failure)
+    );
+    assert_eq!(ex.claimed_user(), Some("nobody"));
+    // CRAM-MD5.
+    let (mut ex, _) = SaslExchange::start(Mechanism::CramMd5, ctx(), None, &db);
+    ex.step(&b64(format!("tim {}", "0".repeat(32))), &db);
+    assert_eq!(ex.claimed_user(), Some("tim"));
+    // SCRAM: known from the client-first message on.
+    let (mut ex, _) = SaslExchange::start(Mechanism::ScramSha256, ctx(), None, &db);
+    ex.step(&b64(RFC7677_CLIENT_FIRST), &db);
+    assert_eq!(ex.claimed_user(), Some("user"));
+}
