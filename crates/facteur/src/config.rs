@@ -228,8 +228,12 @@ pub mod defaults {
     pub fn plaintext_auth() -> super::PlaintextAuth {
         super::PlaintextAuth::Loopback
     }
+    /// One per CPU (at least 2): hashing is CPU-bound, more threads only add memory.
     pub fn max_concurrent_logins() -> usize {
-        8
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .max(2)
     }
     pub fn max_bad_commands() -> u32 {
         20

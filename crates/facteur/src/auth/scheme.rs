@@ -8,7 +8,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use argon2::password_hash::{PasswordHash, PasswordHashString, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHashString, SaltString};
 use argon2::{Argon2, PasswordHasher};
 use facteur_proto::Secret;
 use md5::Md5;
@@ -324,9 +324,7 @@ impl StoredPassword {
     /// comparisons that are ours run in constant time.
     pub fn verify(&self, password: &[u8]) -> bool {
         match self.inner.expose() {
-            Inner::Argon2id(phc) => Argon2::default()
-                .verify_password(password, &phc.password_hash())
-                .is_ok(),
+            Inner::Argon2id(phc) => argon2_verify(password, &phc.password_hash()),
             Inner::ShaCrypt {
                 bits,
                 rounds,
@@ -656,6 +654,46 @@ pub fn hash_password(scheme: Scheme, password: &[u8]) -> Result<String, AuthErro
         }
     };
     Ok(format!("{{{scheme}}}{hash}"))
+}
+
+thread_local! {
+    /// Argon2's working memory (its memory cost, 19 MiB by default), kept by each thread that
+    /// checks passwords and reused: allocating and freeing it at every login leaves the
+    /// allocator holding freed blocks per thread, gigabytes under a login flood.
+    static ARGON2_MEMORY: std::cell::RefCell<Vec<argon2::Block>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Check `password` against an Argon2id PHC hash, in this thread's reused working memory.
+fn argon2_verify(password: &[u8], hash: &PasswordHash<'_>) -> bool {
+    let (Some(expected), Some(salt)) = (hash.hash, hash.salt) else {
+        return false;
+    };
+    let Ok(params) = argon2::Params::try_from(hash) else {
+        return false;
+    };
+    let version = hash
+        .version
+        .and_then(|v| argon2::Version::try_from(v).ok())
+        .unwrap_or_default();
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    let hasher = Argon2::new(argon2::Algorithm::Argon2id, version, params);
+    let mut out = vec![0u8; expected.len()];
+    let computed = ARGON2_MEMORY.with(|memory| {
+        let mut memory = memory.borrow_mut();
+        if memory.len() < blocks {
+            memory.resize(blocks, argon2::Block::default());
+        }
+        let blocks = memory.get_mut(..blocks).unwrap_or_default();
+        hasher
+            .hash_password_into_with_memory(password, salt, &mut out, blocks)
+            .is_ok()
+    });
+    computed && bool::from(out.as_slice().ct_eq(expected.as_bytes()))
 }
 
 fn argon2_hash(
