@@ -1,0 +1,364 @@
+#!/usr/bin/env python3
+"""The report of bench/compare.sh: reads the raw figures it left in --results, prints the table
+(Markdown, ready for the README) with the machine, the versions and the command, and writes
+everything as one JSON file (--out)."""
+
+import argparse
+import collections
+import json
+import os
+import platform
+import re
+import statistics
+
+
+def load(results, name):
+    path = os.path.join(results, name)
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+        return json.loads(text) if text else None
+    except (OSError, ValueError):
+        return None
+
+
+def machine():
+    model = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kib = int(f.readline().split()[1])
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "ram_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+    }
+
+
+def median_mb_per_sec(results, name, count):
+    """MB/s (10^6 octets) of rounds 1 to count (round 0 warmed up), and their median."""
+    rates = []
+    for r in range(1, count + 1):
+        got = load(results, f"w3-{name}-r{r}.json")
+        for run in (got or {}).get("runs", []):
+            rates.append(run["octets"] / run["secs"] / 1e6)
+    return (statistics.median(rates) if rates else None), rates
+
+
+def w4_median(results, name, kind, reps, expected):
+    secs, bad = [], []
+    for rep in range(1, reps + 1):
+        r = load(results, f"w4-{name}-{kind}-{rep}.json")
+        if r is None:
+            bad.append(f"{kind} run {rep}: no result")
+            continue
+        if r["uidl_lines"] != expected:
+            bad.append(f"{kind} run {rep}: {r['uidl_lines']} UIDL lines, expected {expected}")
+        secs.append(r["secs"])
+    return (statistics.median(secs) if secs else None), secs, bad
+
+
+def w5_per_session(results, name, sessions):
+    before = load(results, f"w5-{name}-before.json")
+    after = load(results, f"w5-{name}-after.json")
+    if not before or not after or "uss_kib" not in after:
+        return None, before, after
+    return (after["uss_kib"] - before["uss_kib"]) / sessions, before, after
+
+
+def log_summary(path, kind):
+    """facteur: how sessions ended and WARN/ERROR lines; Dovecot: Warning/Error/Fatal lines."""
+    out = {"lines": 0}
+    ends = collections.Counter()
+    levels = collections.Counter()
+    first = {}
+    try:
+        with open(path, errors="replace") as f:
+            for line in f:
+                out["lines"] += 1
+                if kind == "facteur":
+                    m = re.search(r"\bend=(\w+)", line)
+                    if m:
+                        ends[m.group(1)] += 1
+                    m = re.search(r"\b(WARN|ERROR)\b", line)
+                elif "Killed with signal 15" in line:
+                    m = None  # compare.sh stopping the server
+                else:
+                    m = re.search(r": (Warning|Error|Fatal|Panic): ", line)
+                if m:
+                    levels[m.group(1)] += 1
+                    first.setdefault(m.group(1), line.strip()[:300])
+    except OSError:
+        return None
+    if kind == "facteur":
+        out["session_ends"] = dict(ends)
+    out["problems"] = dict(levels)
+    out["first_problem"] = first
+    return out
+
+
+def fmt(v, unit, digits=0):
+    if v is None:
+        return "n/a"
+    return f"{v:,.{digits}f} {unit}"
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--results", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--facteur-version", required=True)
+    p.add_argument("--dovecot-version", required=True)
+    p.add_argument("--command", required=True)
+    p.add_argument("--load", required=True)
+    p.add_argument("--load-end", required=True)
+    p.add_argument("--duration", type=float, required=True)
+    p.add_argument("--concurrency", type=int, required=True)
+    p.add_argument("--users", type=int, required=True)
+    p.add_argument("--idle", type=int, required=True)
+    p.add_argument("--huge", type=int, required=True)
+    p.add_argument("--reps", type=int, required=True)
+    p.add_argument("--scheme", required=True)
+    p.add_argument("--rounds", type=int, required=True)
+    p.add_argument("--w3-runs", type=int, required=True)
+    p.add_argument("--facteur-log", required=True)
+    p.add_argument("--dovecot-log", required=True)
+    a = p.parse_args()
+    R = a.results
+
+    rows = []  # (workload, facteur, other, ratio text, goal text, pass?)
+    extra_rows = []  # (figure, facteur, Dovecot, ratio text): no goal, to explain the above
+    data = {"workloads": {}}
+    notes = []
+
+    def add(key, label, f, d, unit, digits, goal_text, ratio, passed, ratio_text, extra):
+        rows.append((label, fmt(f, unit, digits), d, ratio_text, goal_text, passed))
+        data["workloads"][key] = dict(
+            facteur=f, other=extra.pop("other", None), unit=unit, ratio=ratio, goal=goal_text,
+            passed=passed, **extra
+        )
+
+    # 1 and 2: sessions per second, over all the rounds.
+    for n, mode, goal in ((1, "plain", 3.0), (2, "POP3S", 2.0)):
+        runs, cpu = {}, {}
+        for who in ("facteur", "dovecot"):
+            rounds = [load(R, f"w{n}-{who}-r{r}.json") for r in range(1, a.rounds + 1)]
+            rounds = [r for r in rounds if r]
+            if not rounds:
+                continue
+            errors = collections.Counter()
+            for r in rounds:
+                for kind, e in r["errors_by_kind"].items():
+                    errors[kind] += e["count"]
+            total = dict(
+                sessions=sum(r["sessions"] for r in rounds),
+                sessions_failed=sum(r["sessions_failed"] for r in rounds),
+                elapsed_secs=sum(r["elapsed_secs"] for r in rounds),
+                bench_cpu_secs=sum(r.get("cpu_secs") or 0.0 for r in rounds),
+                errors_by_kind=dict(errors),
+                per_round_sessions_per_sec=[r["sessions_per_sec"] for r in rounds],
+                latency_p50_ms=[r["latency_p50_ms"] for r in rounds],
+                latency_p99_ms=[r["latency_p99_ms"] for r in rounds],
+            )
+            total["sessions_per_sec"] = total["sessions"] / total["elapsed_secs"]
+            runs[who] = total
+            wall = server = busy = 0.0
+            for r in range(1, a.rounds + 1):
+                before = load(R, f"w{n}-{who}-r{r}-cpu-before.json")
+                after = load(R, f"w{n}-{who}-r{r}-cpu-after.json")
+                if before and after:
+                    wall += after["time"] - before["time"]
+                    server += after["cpu_secs"] - before["cpu_secs"]
+                    busy += after["machine_busy_secs"] - before["machine_busy_secs"]
+            if wall and total["sessions"]:
+                client = total["bench_cpu_secs"]
+                cpu[who] = dict(
+                    server_cpu_ms_per_session=server / total["sessions"] * 1000,
+                    server_cores=server / wall,
+                    bench_cores=client / wall,
+                    other_cores=max(0.0, (busy - server - client) / wall),
+                    machine_busy_cores=busy / wall,
+                )
+        f, d = runs.get("facteur"), runs.get("dovecot")
+        fv = f and f["sessions_per_sec"]
+        dv = d and d["sessions_per_sec"]
+        ratio = fv / dv if fv and dv else None
+        passed = ratio is not None and ratio >= goal
+        for who, r in (("facteur", f), ("Dovecot", d)):
+            if r and r["sessions_failed"]:
+                notes.append(
+                    f"workload {n}: {r['sessions_failed']} of {r['sessions']} {who} sessions "
+                    f"failed: {r['errors_by_kind']}"
+                )
+        fc, dc = cpu.get("facteur"), cpu.get("dovecot")
+        extra_rows.append((
+            f"{n}. server CPU time per session, {mode}",
+            fmt(fc and fc["server_cpu_ms_per_session"], "ms", 2),
+            fmt(dc and dc["server_cpu_ms_per_session"], "ms", 2),
+            f"Dovecot uses {dc['server_cpu_ms_per_session'] / fc['server_cpu_ms_per_session']:.2f}x"
+            if fc and dc else "n/a",
+        ))
+        for who, c in cpu.items():
+            notes.append(
+                f"workload {n} against {who}: the machine was busy {c['machine_busy_cores']:.2f} "
+                f"cores of {os.cpu_count()}: server {c['server_cores']:.2f}, load generator "
+                f"{c['bench_cores']:.2f}, everything else {c['other_cores']:.2f}"
+            )
+        add(
+            f"{n}_sessions_{mode.lower()}",
+            f"{n}. full session, 10 x 4 KB RETR, {a.concurrency} concurrent, {mode}",
+            fv, fmt(dv, "sessions/s"), "sessions/s", 0, f">= {goal:g}x",
+            ratio, passed, f"{ratio:.2f}x" if ratio else "n/a",
+            dict(other=dv, facteur_runs=f, dovecot_runs=d, cpu=cpu),
+        )
+
+    # 3: RETR of 64 MiB, and the raw copy.
+    f3, f3runs = median_mb_per_sec(R, "facteur", a.w3_runs)
+    d3, d3runs = median_mb_per_sec(R, "dovecot", a.w3_runs)
+    raw, rawruns = median_mb_per_sec(R, "raw", a.w3_runs)
+    rawcopy, rawcopyruns = median_mb_per_sec(R, "raw-copy", a.w3_runs)
+    extra_rows.append((
+        "3. raw loopback copy with read + send of 64 KiB blocks instead of sendfile",
+        fmt(f3, "MB/s") + (f" ({f3 / rawcopy:.0%})" if f3 and rawcopy else ""),
+        fmt(d3, "MB/s") + (f" ({d3 / rawcopy:.0%})" if d3 and rawcopy else ""),
+        "raw copy " + fmt(rawcopy, "MB/s"),
+    ))
+    ratio = f3 / d3 if f3 and d3 else None
+    add(
+        "3_retr_64mib", f"3. RETR of one 64 MiB message (median of {a.w3_runs})",
+        f3, fmt(d3, "MB/s"), "MB/s", 0, ">= 2x", ratio,
+        ratio is not None and ratio >= 2.0, f"{ratio:.2f}x" if ratio else "n/a",
+        dict(other=d3, facteur_runs=f3runs, dovecot_runs=d3runs),
+    )
+    ratio = f3 / raw if f3 and raw else None
+    add(
+        "3_retr_vs_raw_copy", "3. the same, against a raw loopback copy of its wire bytes",
+        f3, "raw copy " + fmt(raw, "MB/s"), "MB/s", 0, ">= 70% of raw", ratio,
+        ratio is not None and ratio >= 0.70, f"{ratio:.0%} of raw" if ratio else "n/a",
+        dict(other=raw, raw_runs=rawruns, raw_read_send=rawcopy, raw_read_send_runs=rawcopyruns,
+             dovecot_share_of_raw=(d3 / raw if d3 and raw else None)),
+    )
+
+    # 4: login + UIDL on the big maildrop.
+    for kind in ("cold", "warm"):
+        fv, fall, fbad = w4_median(R, "facteur", kind, a.reps, a.huge)
+        dv, dall, dbad = w4_median(R, "dovecot", kind, a.reps, a.huge)
+        if kind == "warm":
+            fo = load(R, "w4-facteur-warm-1.json")
+            do = load(R, "w4-dovecot-warm-1.json")
+            extra_rows.append((
+                "4. size of the UIDL listing",
+                fmt(fo and fo["octets"], "octets"), fmt(do and do["octets"], "octets"),
+                "facteur's unique-ids are the Maildir base names; Dovecot's are 16 hex digits",
+            ))
+        notes.extend(f"workload 4 facteur {b}" for b in fbad)
+        notes.extend(f"workload 4 Dovecot {b}" for b in dbad)
+        fms = fv * 1000 if fv is not None else None
+        dms = dv * 1000 if dv is not None else None
+        ratio = fv / dv if fv and dv else None
+        add(
+            f"4_login_uidl_{kind}",
+            f"4. login + UIDL, {a.huge:,} messages, {kind} (median of {a.reps})",
+            fms, fmt(dms, "ms", 1), "ms", 1, "<= 0.2x", ratio,
+            ratio is not None and ratio <= 0.2, f"{ratio:.3f}x" if ratio else "n/a",
+            dict(other=dms, facteur_secs=fall, dovecot_secs=dall),
+        )
+
+    # 5: memory per idle session.
+    fv, fb, fa = w5_per_session(R, "facteur", a.idle)
+    dv, db, da = w5_per_session(R, "dovecot", a.idle)
+    for who, after in (("facteur", fa), ("Dovecot", da)):
+        if after and "error" in after:
+            notes.append(f"workload 5 {who}: {after['error']}")
+    ratio = fv / dv if fv and dv else None
+    add(
+        "5_memory_per_idle_session",
+        f"5. private memory (USS) per idle authenticated session, {a.idle:,} sessions",
+        fv, fmt(dv, "KiB", 1), "KiB", 1, "<= 1/20 (0.05x)", ratio,
+        ratio is not None and ratio <= 0.05, f"{ratio:.3f}x (1/{1/ratio:.0f})" if ratio and ratio > 0 else (f"{ratio:.3f}x" if ratio is not None else "n/a"),
+        dict(other=dv, facteur_before=fb, facteur_after=fa, dovecot_before=db, dovecot_after=da),
+    )
+
+    flog = log_summary(a.facteur_log, "facteur")
+    dlog = log_summary(a.dovecot_log, "dovecot")
+    if flog and flog["problems"]:
+        notes.append(f"facteur log: {flog['problems']}; first: {flog['first_problem']}")
+    if dlog and dlog["problems"]:
+        notes.append(f"Dovecot log: {dlog['problems']}; first: {dlog['first_problem']}")
+
+    scheme_text = (
+        "{SHA512-CRYPT} with 5000 rounds (the default)" if a.scheme == "SHA512-CRYPT"
+        else "{PLAIN} (no hashing: the servers' own cost)"
+    )
+    m = machine()
+    data.update(
+        machine=m,
+        facteur_version=a.facteur_version,
+        dovecot_version=a.dovecot_version,
+        command=a.command,
+        load_average_at_start=a.load,
+        load_average_at_end=a.load_end,
+        settings=dict(
+            duration_secs=a.duration, rounds=a.rounds, w3_runs=a.w3_runs,
+            concurrency=a.concurrency, users=a.users,
+            idle_sessions=a.idle, huge_messages=a.huge, reps=a.reps,
+            password_scheme=scheme_text, certificate="ECDSA P-256, self-signed",
+        ),
+        facteur_log=flog,
+        dovecot_log=dlog,
+        notes=notes,
+    )
+    busy = os.path.join(R, "busy-at-start.txt")
+    if os.path.exists(busy):
+        with open(busy) as f:
+            data["busiest_processes_at_start"] = [l.strip() for l in f if l.strip()]
+
+    print()
+    print("| workload | facteur | Dovecot | facteur/Dovecot | goal | |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for label, fv, dv, ratio, goal, passed in rows:
+        print(f"| {label} | {fv} | {dv} | {ratio} | {goal} | {'PASS' if passed else 'MISS'} |")
+    print()
+    print(
+        f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['ram_gib']} GiB RAM, "
+        f"Linux {m['kernel']}; load average {a.load} at the start, {a.load_end} at the end."
+    )
+    print()
+    print("| to explain the figures above | facteur | Dovecot | |")
+    print("| --- | --- | --- | --- |")
+    for row in extra_rows:
+        print("| " + " | ".join(row) + " |")
+    print()
+    print(f"facteur: {a.facteur_version}; Dovecot: {a.dovecot_version}.")
+    print(f"Command: {a.command}")
+    print(
+        f"Passwords: {scheme_text} in one passwd-file read by "
+        "both; TLS: one self-signed ECDSA P-256 certificate, a full handshake per session. "
+        f"Workloads 1 and 2: {a.duration:g} s per server after a 2 s warm-up, in {a.rounds} "
+        f"turns taken in the order ABBAAB, {a.users} users. "
+        "Workload 3: MB/s = 10^6 octets/s of wire bytes, one warm-up round, then each server and "
+        "the raw copy in turn; the raw copy "
+        "sends the same wire bytes with sendfile(2) from the page cache over loopback TCP to "
+        "the same receiver (a Python client, as for RETR). "
+        "Workload 4: cold = first session after a restart with the index files removed, page "
+        "cache warm; warm = the next session. Workload 5: (USS of the whole process tree with "
+        "the sessions idle - USS before) / sessions; Dovecot runs one pop3 process per session "
+        "by design."
+    )
+    if data.get("busiest_processes_at_start"):
+        print("Busiest processes at the start: " + "; ".join(data["busiest_processes_at_start"]))
+    for n in notes:
+        print(f"- {n}")
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    print(f"\n(written to {a.out})")
+
+
+if __name__ == "__main__":
+    main()
