@@ -87,7 +87,7 @@ impl DotEncoder {
             if self.line == LineSoFar::Start && rest.first() == Some(&b'.') {
                 out.push(b'.');
             }
-            let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
+            let Some(lf) = memchr::memchr(b'\n', rest) else {
                 out.extend_from_slice(rest);
                 self.line = self.line.after(rest);
                 break;
@@ -230,7 +230,7 @@ impl DotDecoder {
             match self.state {
                 DecodeState::InLine => {
                     // Copy the rest of the line in one go: most of a message is here.
-                    let (take, next) = match rest.iter().position(|&b| b == b'\n') {
+                    let (take, next) = match memchr::memchr(b'\n', rest) {
                         Some(lf) => (lf.saturating_add(1), DecodeState::LineStart),
                         None => (rest.len(), DecodeState::InLine),
                     };

@@ -88,7 +88,7 @@ impl LineFramer {
             self.buf.clear();
             self.delivered = false;
         }
-        let lf = input.iter().position(|&b| b == b'\n');
+        let lf = memchr::memchr(b'\n', input);
         let (content, consumed) = match lf {
             Some(i) => (input.get(..i).unwrap_or_default(), i.saturating_add(1)),
             None => (input, input.len()),

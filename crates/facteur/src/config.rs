@@ -178,6 +178,11 @@ pub mod defaults {
     /// Octets read from a message file at a time while streaming RETR/TOP: large enough for few
     /// system calls, small enough that thousands of concurrent RETRs stay in memory.
     pub const MESSAGE_CHUNK: usize = 64 * 1024;
+    /// Messages larger than this (wire octets) are read in `LARGE_MESSAGE_CHUNK` blocks.
+    pub const LARGE_MESSAGE: u64 = 1024 * 1024;
+    /// Blocks for large messages: fewer trips to the blocking pool per message. Few sessions
+    /// fetch large messages at once, so the memory is affordable.
+    pub const LARGE_MESSAGE_CHUNK: usize = 256 * 1024;
     /// Output is written to the socket once this many octets are queued during a listing or RETR.
     pub const WRITE_HIGH_WATER: usize = 64 * 1024;
     /// Input read buffer per connection: commands are short, and an idle session must be cheap.

@@ -494,16 +494,32 @@ impl Connection {
             response::err(&mut self.out, Some(Code::SysTemp), "maildrop not open");
             return Step::Continue;
         };
+        // A buffer just large enough for a small message to be read (and its end seen) in one
+        // call; large messages get larger blocks, so that fewer trips to the blocking pool
+        // move them.
+        let size = maildrop.messages().get(index).map_or(0, |m| m.size);
+        let chunk = if size > defaults::LARGE_MESSAGE {
+            defaults::LARGE_MESSAGE_CHUNK
+        } else {
+            defaults::MESSAGE_CHUNK
+        };
+        let len = usize::try_from(size.saturating_add(1)).map_or(chunk, |s| s.min(chunk));
+        let buf = vec![0u8; len];
+        // Opening the file and reading its first block make one trip to the blocking pool.
         let opened = tokio::task::spawn_blocking(move || {
-            let r = maildrop.open_message(index);
+            let r = maildrop.open_message(index).map(|mut reader| {
+                let mut buf = buf;
+                let filled = fill(reader.as_mut(), &mut buf);
+                (reader, buf, filled)
+            });
             (maildrop, r)
         })
         .await;
-        let mut reader = match opened {
+        let (mut reader, mut buf, mut filled) = match opened {
             Ok((maildrop, r)) => {
                 self.maildrop = Some(maildrop);
                 match r {
-                    Ok(reader) => reader,
+                    Ok(x) => x,
                     Err(e) => {
                         // Nothing of the answer is sent yet: replace the +OK by an error.
                         tracing::warn!(peer = %self.peer, error = %e, "cannot open message");
@@ -520,37 +536,36 @@ impl Connection {
             Err(_) => return Step::End(End::IoError),
         };
         let mut encoder = DotEncoder::new(top_lines);
-        let mut buf = vec![0u8; defaults::MESSAGE_CHUNK];
         let mut sent = 0u64;
         loop {
-            let read = tokio::task::spawn_blocking(move || {
-                let r = reader.read(&mut buf);
-                (reader, buf, r)
-            })
-            .await;
-            let n = match read {
-                Ok((r, b, Ok(n))) => {
-                    reader = r;
-                    buf = b;
-                    n
-                }
-                Ok((_, _, Err(e))) => {
-                    // Part of the message is on the wire: the only honest thing is to stop.
-                    tracing::error!(peer = %self.peer, error = %e, "read error in the middle of a message");
+            let (n, eof) = match filled {
+                Ok(x) => x,
+                Err(e) => {
+                    // Part of the message may be on the wire: the only honest thing is to stop.
+                    tracing::error!(peer = %self.peer, error = %e, "read error in a message");
                     return Step::End(End::IoError);
                 }
-                Err(_) => return Step::End(End::IoError),
             };
-            if n == 0 {
+            sent += n as u64;
+            let done = encoder.encode(buf.get(..n).unwrap_or_default(), &mut self.out);
+            if done || eof {
                 break;
             }
-            sent += n as u64;
-            let done = encoder.encode(&buf[..n], &mut self.out);
             if self.out.len() >= defaults::WRITE_HIGH_WATER && self.flush().await.is_err() {
                 return Step::End(End::IoError);
             }
-            if done {
-                break;
+            let read = tokio::task::spawn_blocking(move || {
+                let filled = fill(reader.as_mut(), &mut buf);
+                (reader, buf, filled)
+            })
+            .await;
+            match read {
+                Ok((r, b, f)) => {
+                    reader = r;
+                    buf = b;
+                    filled = f;
+                }
+                Err(_) => return Step::End(End::IoError),
             }
         }
         encoder.finish(&mut self.out);
@@ -592,6 +607,20 @@ impl Connection {
         self.session.update_result(result, &mut self.out);
         Step::End(End::Quit)
     }
+}
+
+/// Read until `buf` is full or the end of the message: (octets read, end reached).
+fn fill(reader: &mut (dyn Read + Send), buf: &mut [u8]) -> std::io::Result<(usize, bool)> {
+    let mut n = 0;
+    while n < buf.len() {
+        match reader.read(buf.get_mut(n..).unwrap_or_default()) {
+            Ok(0) => return Ok((n, true)),
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((n, false))
 }
 
 /// A fresh APOP timestamp, `<pid.random@host>` (RFC 1939 section 7).
