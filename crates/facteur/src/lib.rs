@@ -10,11 +10,13 @@
 //! - [`server`]: listeners, the per-connection driver, limits and graceful shutdown.
 //! - [`cli`]: the `facteur` command line (serve, user, deliver, hash-password, check-config).
 //! - [`bench`]: `facteur bench`, a POP3 load generator driving `facteur_proto::client`.
+//! - [`client`]: the POP3 client and `facteur fetch`, the fetcher (Maildir, mbox or an MDA).
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod bench;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod server;
 pub mod store;

@@ -1,0 +1,721 @@
+//! Accounts for `facteur fetch`: from a TOML file, or from a `pop3s://user@host[:port]` URL on
+//! the command line; where each password comes from; and every default of the fetcher, in one
+//! place.
+//!
+//! The file (`~/.config/facteur/fetch.toml` unless `--config` says otherwise):
+//!
+//! ```toml
+//! state_dir = "~/.local/state/facteur/fetch"   # optional: where each account's state lives
+//!
+//! [[account]]
+//! name = "work"                          # optional; default: user@host
+//! url = "pop3s://alice@mail.example.org"  # or host, port, user and security, one by one
+//! ca_file = "/etc/ssl/work-ca.pem"        # optional; default: the system's certificate store
+//! auth = "auto"                           # auto, scram-sha-256, cram-md5, apop, plain, user
+//! password_command = "pass show mail/work"   # or password_env = "VAR", or password = "..."
+//! maildir = "~/Maildir"                   # or mbox = "~/mbox", or mda = "procmail"
+//! keep = false                            # leave the messages on the server
+//! delete_after_days = 30                  # with keep: delete them this long after the fetch
+//! max_messages = 1000                     # per run
+//! max_bytes = 100000000                   # per run
+//! max_message_size = 20000000             # larger messages stay on the server, untouched
+//! timeout_secs = 60
+//! ```
+//!
+//! A file that holds a password (`password = ...`) must not be readable by anyone but its
+//! owner (mode 600 or stricter): facteur refuses it otherwise. Relative paths are relative to
+//! the file; `~/` is the home folder. Unknown keys are refused with their name.
+
+use super::auth::AuthMethod;
+use super::{Security, Target};
+use facteur_proto::Secret;
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long one wait for the server may last (connect, TLS handshake, each read and write).
+/// RFC 1939's servers wait 10 minutes for a client; a client waiting a minute for a server
+/// that said nothing has waited long enough.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Messages fetched between two commits: each commit costs an fsync of the journal and of the
+/// destination's folder (or file), and a crash costs at most one batch fetched again.
+pub const BATCH_MESSAGES: usize = 64;
+
+/// Octets (by LIST size) fetched between two commits, whichever comes first.
+pub const BATCH_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Accounts fetched at the same time, at most.
+pub const MAX_PARALLEL_ACCOUNTS: usize = 8;
+
+/// How long to wait for an mbox's locks (dotlock, then flock) before giving up: another
+/// program holds them.
+pub const MBOX_LOCK_WAIT: Duration = Duration::from_secs(60);
+
+/// A dotlock older than this is taken as left behind by a crashed program and removed, as
+/// other mail programs do (Postfix: 500 s; procmail: 17 minutes).
+pub const STALE_DOTLOCK: Duration = Duration::from_secs(600);
+
+/// How long a run waits for an account's lock before it takes another run to hold it. A lock
+/// can outlive its run by the instant a child process (an MDA, a password command) needs to
+/// exec after a fork that copied the descriptor.
+pub const STATE_LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// The configuration file read when neither a URL nor `--config` is given:
+/// `$XDG_CONFIG_HOME/facteur/fetch.toml`, or `~/.config/facteur/fetch.toml`.
+pub fn default_config_path() -> Option<PathBuf> {
+    xdg_dir("XDG_CONFIG_HOME", ".config").map(|d| d.join("facteur").join("fetch.toml"))
+}
+
+/// Where each account's state goes unless told otherwise:
+/// `$XDG_STATE_HOME/facteur/fetch`, or `~/.local/state/facteur/fetch`.
+pub fn default_state_dir() -> Option<PathBuf> {
+    xdg_dir("XDG_STATE_HOME", ".local/state").map(|d| d.join("facteur").join("fetch"))
+}
+
+fn xdg_dir(var: &str, under_home: &str) -> Option<PathBuf> {
+    match std::env::var_os(var) {
+        Some(d) if Path::new(&d).is_absolute() => Some(PathBuf::from(d)),
+        _ => home().map(|h| h.join(under_home)),
+    }
+}
+
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Why the configuration (or the command line) cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{} holds a password and can be read by others (mode {mode:o}): run chmod 600 {}", path.display(), path.display())]
+    Readable { path: PathBuf, mode: u32 },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("password for {account}: {reason}")]
+    Password { account: String, reason: String },
+}
+
+/// Where an account's password comes from. `Debug` never shows an inline password.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PasswordSource {
+    /// Asked on the terminal.
+    Prompt,
+    /// The value of an environment variable.
+    Env(String),
+    /// The first line a shell command prints (like mpop's passwordeval).
+    Command(String),
+    /// Written in the configuration file (which must then be private).
+    Inline(Secret<String>),
+}
+
+impl PasswordSource {
+    /// The password. A command is run with `sh -c`, and must exit 0 and print a line.
+    pub fn resolve(&self, account: &str) -> Result<Secret<String>, ConfigError> {
+        let fail = |reason: String| ConfigError::Password {
+            account: account.to_string(),
+            reason,
+        };
+        let password = match self {
+            PasswordSource::Inline(p) => p.expose().clone(),
+            PasswordSource::Env(var) => std::env::var(var)
+                .map_err(|_| fail(format!("the environment variable {var} is not set")))?,
+            PasswordSource::Command(cmd) => {
+                let out = std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(cmd)
+                    .stdin(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::inherit())
+                    .output()
+                    .map_err(|e| fail(format!("cannot run the password command: {e}")))?;
+                if !out.status.success() {
+                    return Err(fail(format!(
+                        "the password command failed ({})",
+                        out.status
+                    )));
+                }
+                let text = String::from_utf8(out.stdout).map_err(|_| {
+                    fail("the password command printed something that is not UTF-8".into())
+                })?;
+                text.lines().next().unwrap_or_default().to_string()
+            }
+            PasswordSource::Prompt => {
+                rpassword::prompt_password(format!("Password for {account}: ")).map_err(|e| {
+                    fail(format!(
+                        "cannot prompt for it ({e}); use --password-env or --password-command"
+                    ))
+                })?
+            }
+        };
+        let password = password.trim_end_matches(['\r', '\n']).to_string();
+        if password.is_empty() {
+            return Err(fail("it is empty".into()));
+        }
+        Ok(Secret::new(password))
+    }
+}
+
+/// Where fetched messages go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DestinationSpec {
+    /// A Maildir (created if it does not exist): each message into `tmp/`, fsync, then `new/`.
+    Maildir(PathBuf),
+    /// An mbox file, appended to under a lock, with `From ` lines quoted (mboxrd).
+    Mbox(PathBuf),
+    /// A command run with `sh -c` for each message, fed the message on its standard input;
+    /// the message counts as delivered when the command exits 0.
+    Mda(String),
+}
+
+impl std::fmt::Display for DestinationSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DestinationSpec::Maildir(p) => write!(f, "maildir {}", p.display()),
+            DestinationSpec::Mbox(p) => write!(f, "mbox {}", p.display()),
+            DestinationSpec::Mda(c) => write!(f, "mda {c:?}"),
+        }
+    }
+}
+
+/// What happens to a message on the server once it is safe locally.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeletePolicy {
+    /// Deleted in the same session (the default, POP3's usual way).
+    Delete,
+    /// Left on the server; the state file makes sure it is fetched once.
+    Keep,
+    /// Left on the server, and deleted there this many days after it was first fetched.
+    DeleteAfterDays(u32),
+}
+
+/// Per-run limits; `None` is no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Messages fetched in one run; the rest wait for the next run.
+    pub max_messages: Option<u64>,
+    /// Octets (by LIST size) fetched in one run; the rest wait for the next run.
+    pub max_bytes: Option<u64>,
+    /// Messages larger than this are not fetched (nor deleted): they stay on the server.
+    pub max_message_size: Option<u64>,
+}
+
+/// One account to fetch from.
+#[derive(Clone, Debug)]
+pub struct Account {
+    /// For messages and the progress bar.
+    pub name: String,
+    pub target: Target,
+    pub user: String,
+    pub auth: AuthMethod,
+    pub password: PasswordSource,
+    pub destination: DestinationSpec,
+    pub policy: DeletePolicy,
+    pub limits: Limits,
+    pub timeout: Duration,
+}
+
+impl Account {
+    /// The key of this account's state files: the user, host and port, which identify a
+    /// maildrop (renaming the account does not make it fetch everything again).
+    pub fn state_key(&self) -> String {
+        let raw = format!("{}@{}_{}", self.user, self.target.host, self.target.port);
+        let mut key = String::with_capacity(raw.len());
+        for b in raw.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'@' | b'.' | b'_' | b'-') {
+                key.push(char::from(b));
+            } else {
+                key.push_str(&format!("%{b:02X}"));
+            }
+        }
+        key
+    }
+}
+
+impl Account {
+    /// A short tag of this account for file names: 8 hex digits of SHA-256 of the state key.
+    pub fn file_tag(&self) -> String {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(self.state_key().as_bytes())
+            .iter()
+            .take(4)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// A parsed configuration file.
+#[derive(Clone, Debug)]
+pub struct FetchConfig {
+    pub accounts: Vec<Account>,
+    pub state_dir: Option<PathBuf>,
+}
+
+/// The server part of a `pop3s://user@host[:port]` or `pop3://user@host[:port]` URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParsedUrl {
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+    /// `pop3s`: TLS; `pop3`: STLS.
+    pub security: Security,
+}
+
+/// Parse a `pop3s://` or `pop3://` URL. The user may hold `@` (as is, or `%40`): the host is
+/// after the last `@`. A password in the URL is refused: it would be in the shell's history
+/// and in `ps` output.
+pub fn parse_url(url: &str) -> Result<ParsedUrl, ConfigError> {
+    let bad = |why: &str| ConfigError::Invalid(format!("invalid URL {url:?}: {why}"));
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| bad("expected pop3s://user@host[:port] or pop3://user@host[:port]"))?;
+    let security = match scheme.to_ascii_lowercase().as_str() {
+        "pop3s" => Security::Tls,
+        "pop3" => Security::Starttls,
+        _ => return Err(bad("the scheme must be pop3s or pop3")),
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains(['/', '?', '#']) {
+        return Err(bad("a path, query or fragment has no meaning here"));
+    }
+    let (userinfo, hostport) = rest
+        .rsplit_once('@')
+        .ok_or_else(|| bad("no user name (pop3s://user@host)"))?;
+    if userinfo.contains(':') {
+        return Err(bad(
+            "a password in the URL is refused (anyone could read it in ps or the shell history); use --password-env or --password-command",
+        ));
+    }
+    let user = percent_decode(userinfo).ok_or_else(|| bad("malformed %-escape in the user"))?;
+    if user.is_empty() || user.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(bad(
+            "the user name is empty or holds a space or control character",
+        ));
+    }
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
+        (h.to_string(), after.strip_prefix(':'))
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (hostport.to_string(), None),
+        }
+    };
+    if host.is_empty() || host.contains(['[', ']', ' ']) {
+        return Err(bad("no host"));
+    }
+    let port = match port {
+        None => security.default_port(),
+        Some(p) => Some(p)
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|p| p.parse::<u16>().ok())
+            .filter(|p| *p != 0)
+            .ok_or_else(|| bad("the port must be a number from 1 to 65535"))?,
+    };
+    Ok(ParsedUrl {
+        user,
+        host,
+        port,
+        security,
+    })
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        if c == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(c);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `~/x` under the home folder, a relative path under `base`, an absolute one as it is.
+pub fn expand_path(s: &str, base: Option<&Path>) -> PathBuf {
+    if let (Some(rest), Some(h)) = (s.strip_prefix("~/"), home()) {
+        return h.join(rest);
+    }
+    if s == "~" {
+        if let Some(h) = home() {
+            return h;
+        }
+    }
+    let p = PathBuf::from(s);
+    match base {
+        Some(b) if p.is_relative() => b.join(p),
+        _ => p,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    state_dir: Option<String>,
+    #[serde(default)]
+    account: Vec<RawAccount>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccount {
+    name: Option<String>,
+    url: Option<String>,
+    host: Option<String>,
+    port: Option<u16>,
+    user: Option<String>,
+    security: Option<Security>,
+    ca_file: Option<String>,
+    auth: Option<AuthMethod>,
+    password: Option<String>,
+    password_env: Option<String>,
+    password_command: Option<String>,
+    maildir: Option<String>,
+    mbox: Option<String>,
+    mda: Option<String>,
+    keep: Option<bool>,
+    delete_after_days: Option<u32>,
+    max_messages: Option<u64>,
+    max_bytes: Option<u64>,
+    max_message_size: Option<u64>,
+    timeout_secs: Option<u64>,
+}
+
+/// Read a configuration file; refused if it holds a password and others may read it.
+pub fn load(path: &Path) -> Result<FetchConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let config = parse(&text, path)?;
+    let has_password = config
+        .accounts
+        .iter()
+        .any(|a| matches!(a.password, PasswordSource::Inline(_)));
+    if has_password {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(ConfigError::Readable {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+    }
+    Ok(config)
+}
+
+/// Parse the text of a configuration file at `path` (for messages and relative paths).
+pub fn parse(text: &str, path: &Path) -> Result<FetchConfig, ConfigError> {
+    let raw: RawFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let base = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let mut accounts = Vec::with_capacity(raw.account.len());
+    let mut names = HashSet::new();
+    for (i, a) in raw.account.into_iter().enumerate() {
+        let account = account(a, base).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: format!("account {}: {message}", i + 1),
+        })?;
+        if !names.insert(account.name.clone()) {
+            return Err(ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: format!("two accounts are named {:?}", account.name),
+            });
+        }
+        accounts.push(account);
+    }
+    if accounts.is_empty() {
+        return Err(ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: "no [[account]]".into(),
+        });
+    }
+    Ok(FetchConfig {
+        accounts,
+        state_dir: raw.state_dir.map(|d| expand_path(&d, base)),
+    })
+}
+
+fn account(a: RawAccount, base: Option<&Path>) -> Result<Account, String> {
+    let (user, host, port, security) = match (&a.url, &a.host) {
+        (Some(url), None) => {
+            if a.user.is_some() || a.port.is_some() {
+                return Err("give either url, or host, port and user".into());
+            }
+            let u = parse_url(url).map_err(|e| e.to_string())?;
+            let security = match (u.security, a.security) {
+                (s, None) => s,
+                (Security::Starttls, Some(s @ (Security::Starttls | Security::Plaintext))) => s,
+                (Security::Tls, Some(Security::Tls)) => Security::Tls,
+                (_, Some(s)) => {
+                    return Err(format!("security = \"{s}\" contradicts the URL's scheme"))
+                }
+            };
+            (u.user, u.host, u.port, security)
+        }
+        (None, Some(host)) => {
+            let user = a.user.clone().ok_or("no user")?;
+            let security = a.security.unwrap_or(Security::Tls);
+            let port = a.port.unwrap_or(security.default_port());
+            (user, host.clone(), port, security)
+        }
+        (Some(_), Some(_)) => return Err("give either url or host, not both".into()),
+        (None, None) => return Err("no url and no host".into()),
+    };
+    if user.is_empty() || user.chars().any(|c| c.is_control() || c == ' ') {
+        return Err("the user name is empty or holds a space or control character".into());
+    }
+    let sources = [
+        a.password.is_some(),
+        a.password_env.is_some(),
+        a.password_command.is_some(),
+    ];
+    if sources.iter().filter(|s| **s).count() > 1 {
+        return Err("give at most one of password, password_env and password_command".into());
+    }
+    let password = if let Some(p) = a.password {
+        PasswordSource::Inline(Secret::new(p))
+    } else if let Some(v) = a.password_env {
+        PasswordSource::Env(v)
+    } else if let Some(c) = a.password_command {
+        PasswordSource::Command(c)
+    } else {
+        PasswordSource::Prompt
+    };
+    let destination = match (a.maildir, a.mbox, a.mda) {
+        (Some(d), None, None) => DestinationSpec::Maildir(expand_path(&d, base)),
+        (None, Some(m), None) => DestinationSpec::Mbox(expand_path(&m, base)),
+        (None, None, Some(c)) if !c.trim().is_empty() => DestinationSpec::Mda(c),
+        _ => return Err("give exactly one destination: maildir, mbox or mda".into()),
+    };
+    let policy = policy(a.keep, a.delete_after_days)?;
+    let timeout = match a.timeout_secs {
+        None => DEFAULT_TIMEOUT,
+        Some(0) => return Err("timeout_secs must be at least 1".into()),
+        Some(s) => Duration::from_secs(s),
+    };
+    Ok(Account {
+        name: a
+            .name
+            .unwrap_or_else(|| format!("{user}@{}", super::bracket(&host))),
+        target: Target {
+            host,
+            port,
+            security,
+            ca_file: a.ca_file.map(|f| expand_path(&f, base)),
+        },
+        user,
+        auth: a.auth.unwrap_or(AuthMethod::Auto),
+        password,
+        destination,
+        policy,
+        limits: Limits {
+            max_messages: a.max_messages,
+            max_bytes: a.max_bytes,
+            max_message_size: a.max_message_size,
+        },
+        timeout,
+    })
+}
+
+/// The deletion policy of `keep` and `delete_after_days`.
+pub fn policy(keep: Option<bool>, days: Option<u32>) -> Result<DeletePolicy, String> {
+    Ok(match (keep, days) {
+        (Some(false), Some(_)) => {
+            return Err("delete_after_days needs keep = true (or no keep at all)".into())
+        }
+        (_, Some(d)) => DeletePolicy::DeleteAfterDays(d),
+        (Some(true), None) => DeletePolicy::Keep,
+        (Some(false) | None, None) => DeletePolicy::Delete,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = parse_url("pop3s://alice@mail.example.org").unwrap();
+        assert_eq!(
+            u,
+            ParsedUrl {
+                user: "alice".into(),
+                host: "mail.example.org".into(),
+                port: 995,
+                security: Security::Tls
+            }
+        );
+        let u = parse_url("pop3://alice%40example.org@127.0.0.1:1110/").unwrap();
+        assert_eq!(u.user, "alice@example.org");
+        assert_eq!((u.host.as_str(), u.port), ("127.0.0.1", 1110));
+        assert_eq!(u.security, Security::Starttls);
+        let u = parse_url("POP3S://bob@example.org@[::1]:995").unwrap();
+        assert_eq!(
+            (u.user.as_str(), u.host.as_str()),
+            ("bob@example.org", "::1")
+        );
+        for bad in [
+            "imap://a@b",
+            "pop3s://b",
+            "pop3s://a:secret@b",
+            "pop3s://a@b:0",
+            "pop3s://a@b:99999",
+            "pop3s://a@b:+1",
+            "pop3s://a@b/INBOX",
+            "pop3s://@b",
+            "pop3s://a@",
+            "pop3s://a@[::1",
+            "pop3s://a%4@b",
+            "mail.example.org",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+        let e = parse_url("pop3s://a:secret@b").unwrap_err().to_string();
+        assert!(!e.contains("secret") || e.contains("\"pop3s://a:secret@b\""));
+    }
+
+    #[test]
+    fn a_full_file() {
+        let text = r#"
+            state_dir = "state"
+            [[account]]
+            name = "work"
+            url = "pop3s://alice@mail.example.org"
+            ca_file = "ca.pem"
+            auth = "cram-md5"
+            password_command = "echo x"
+            maildir = "Mail"
+            keep = true
+            delete_after_days = 7
+            max_messages = 10
+            [[account]]
+            host = "127.0.0.1"
+            port = 1110
+            user = "bob"
+            security = "plaintext"
+            password_env = "BOB_PW"
+            mbox = "/var/mail/bob"
+            timeout_secs = 5
+        "#;
+        let c = parse(text, Path::new("/etc/f/fetch.toml")).unwrap();
+        assert_eq!(c.state_dir, Some(PathBuf::from("/etc/f/state")));
+        let w = &c.accounts[0];
+        assert_eq!(w.name, "work");
+        assert_eq!(w.target.ca_file, Some(PathBuf::from("/etc/f/ca.pem")));
+        assert_eq!(w.auth, AuthMethod::CramMd5);
+        assert_eq!(w.password, PasswordSource::Command("echo x".into()));
+        assert_eq!(
+            w.destination,
+            DestinationSpec::Maildir("/etc/f/Mail".into())
+        );
+        assert_eq!(w.policy, DeletePolicy::DeleteAfterDays(7));
+        assert_eq!(w.limits.max_messages, Some(10));
+        assert_eq!(w.state_key(), "alice@mail.example.org_995");
+        let b = &c.accounts[1];
+        assert_eq!(b.name, "bob@127.0.0.1");
+        assert_eq!(b.target.security, Security::Plaintext);
+        assert_eq!(b.target.port, 1110);
+        assert_eq!(b.policy, DeletePolicy::Delete);
+        assert_eq!(b.timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn mistakes_are_refused_with_a_reason() {
+        let cases = [
+            ("[[account]]\nurl = \"pop3s://a@b\"\nmaildir = \"m\"\ncolour = 1\n", "colour"),
+            ("[[account]]\nurl = \"pop3s://a@b\"\n", "destination"),
+            ("[[account]]\nurl = \"pop3s://a@b\"\nmaildir = \"m\"\nmbox = \"x\"\n", "destination"),
+            ("[[account]]\nurl = \"pop3s://a@b\"\nmaildir = \"m\"\npassword = \"p\"\npassword_env = \"X\"\n", "at most one"),
+            ("[[account]]\nhost = \"b\"\nmaildir = \"m\"\n", "no user"),
+            ("[[account]]\nurl = \"pop3s://a@b\"\nhost = \"b\"\nmaildir = \"m\"\n", "not both"),
+            ("[[account]]\nurl = \"pop3s://a@b\"\nsecurity = \"starttls\"\nmaildir = \"m\"\n", "contradicts"),
+            ("[[account]]\nurl = \"pop3s://a@b\"\nmaildir = \"m\"\nkeep = false\ndelete_after_days = 3\n", "keep = true"),
+            ("[[account]]\nurl = \"pop3s://a@b\"\nmaildir = \"m\"\nauth = \"login\"\n", "unknown login method"),
+            ("[[account]]\nurl = \"pop3s://a@b\"\nmaildir = \"m\"\n[[account]]\nurl = \"pop3s://a@b\"\nmaildir = \"n\"\n", "two accounts"),
+            ("", "no [[account]]"),
+        ];
+        for (text, why) in cases {
+            let e = parse(text, Path::new("f.toml")).unwrap_err().to_string();
+            assert!(e.contains(why), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_password_in_a_readable_file_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fetch.toml");
+        std::fs::write(
+            &path,
+            "[[account]]\nurl = \"pop3s://a@b\"\nmaildir = \"m\"\npassword = \"hunter2\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load(&path).unwrap_err().to_string();
+        assert!(e.contains("chmod 600") && e.contains("644"), "{e}");
+        assert!(!e.contains("hunter2"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = load(&path).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        // Without a password in it, the file may be readable.
+        std::fs::write(
+            &path,
+            "[[account]]\nurl = \"pop3s://a@b\"\nmaildir = \"m\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(load(&path).is_ok());
+    }
+
+    #[test]
+    fn password_sources() {
+        let cmd = PasswordSource::Command("printf 'from-command\\nsecond line\\n'".into());
+        assert_eq!(cmd.resolve("a").unwrap().expose(), "from-command");
+        let failing = PasswordSource::Command("exit 3".into());
+        assert!(failing
+            .resolve("a")
+            .unwrap_err()
+            .to_string()
+            .contains("failed"));
+        let unset = PasswordSource::Env("FACTEUR_TEST_SURELY_UNSET_VARIABLE".into());
+        assert!(unset.resolve("a").is_err());
+        let inline = PasswordSource::Inline(Secret::new("p".into()));
+        assert_eq!(inline.resolve("a").unwrap().expose(), "p");
+    }
+
+    #[test]
+    fn state_keys_are_file_names() {
+        let mut a = parse(
+            "[[account]]\nurl = \"pop3s://a%2Fb@[::1]:995\"\nmaildir = \"m\"\n",
+            Path::new("f"),
+        )
+        .unwrap()
+        .accounts
+        .remove(0);
+        assert_eq!(a.state_key(), "a%2Fb@%3A%3A1_995");
+        a.user = "../x".into();
+        assert!(!a.state_key().contains('/'));
+    }
+}

@@ -1,0 +1,779 @@
+//! The client side of POP3, and `facteur fetch`, the fetcher built on it.
+//!
+//! # Layout
+//! - this file: [`Connection`], the async connection driver: connect over TCP, TLS from the
+//!   first byte (POP3S) or after STLS, or in clear when that was explicitly allowed; the
+//!   greeting, CAPA, commands and their replies (several in flight with PIPELINING), listings,
+//!   and message bodies streamed to a sink chunk by chunk. Every byte the server sends goes
+//!   through [`facteur_proto::client::ClientSession`]: POP3 is parsed in one place only.
+//! - [`auth`]: client-side logins: SCRAM-SHA-256 (with the server's signature checked),
+//!   CRAM-MD5, APOP, SASL PLAIN, USER/PASS, and the choice of the strongest one offered.
+//! - [`config`]: accounts from a TOML file or a `pop3s://user@host[:port]` URL, and where the
+//!   password comes from (a prompt, an environment variable, a command).
+//! - [`dest`]: where fetched messages go: a Maildir, an mbox file, or an MDA command.
+//! - [`state`]: what was fetched from each account (a snapshot and a journal), and the recovery
+//!   that makes a rerun after a crash lose nothing and duplicate nothing.
+//! - [`fetch`]: `facteur fetch` itself: the plan of a run, batches, deletion, limits, progress
+//!   bars, the summary and the exit status.
+//!
+//! # What this module must never do
+//! - parse POP3 a second time, or hold a whole message in memory;
+//! - send a password on a connection without TLS unless plaintext was explicitly allowed, or
+//!   put a password in a log line, an error or a `Debug` output;
+//! - send DELE for a message that is not both durable on the local disk and recorded in the
+//!   account's state (see [`fetch`] for the order of operations).
+
+pub mod auth;
+pub mod config;
+pub mod dest;
+pub mod fetch;
+pub mod state;
+
+pub use fetch::{run, FetchArgs};
+
+use facteur_proto::client::{ClientError, ClientEvent, ClientSession, CommandKind, Listing};
+use facteur_proto::command::Command;
+use facteur_proto::response::Status;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// Octets read from the socket at once.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// How the connection to the server is protected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Security {
+    /// TLS from the first byte: POP3S (RFC 8314), port 995 by default.
+    Tls,
+    /// Plain TCP, then STLS (RFC 2595) before anything else: port 110 by default. A server
+    /// that refuses STLS is an error, never a reason to go on in clear.
+    Starttls,
+    /// No TLS at all: passwords and mail cross the network in clear. Only on explicit request.
+    Plaintext,
+}
+
+impl Security {
+    /// The port of this kind of connection when none is given.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Security::Tls => 995,
+            Security::Starttls | Security::Plaintext => 110,
+        }
+    }
+}
+
+impl fmt::Display for Security {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Security::Tls => "tls",
+            Security::Starttls => "starttls",
+            Security::Plaintext => "plaintext",
+        })
+    }
+}
+
+/// Where to connect and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// A host name or an IP address (without brackets).
+    pub host: String,
+    pub port: u16,
+    pub security: Security,
+    /// The certificates to trust, in a PEM file; `None`: the system's certificate store.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Why a POP3 conversation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Pop3Error {
+    #[error("cannot resolve {host}: {reason}")]
+    Resolve { host: String, reason: String },
+    #[error("cannot connect to {target}: {source}")]
+    Connect {
+        target: String,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("the server does not offer STLS ({0}); refusing to go on without TLS")]
+    NoStls(String),
+    #[error("the connection timed out ({0} s without an answer)")]
+    Timeout(u64),
+    #[error("the server closed the connection")]
+    Closed,
+    #[error("network error: {0}")]
+    Io(std::io::Error),
+    #[error(transparent)]
+    Protocol(#[from] ClientError),
+    #[error("the server refused {command}: {}", describe_status(.status))]
+    Refused { command: String, status: Status },
+    #[error("the server sent {0} where a reply was expected")]
+    Unexpected(String),
+}
+
+impl Pop3Error {
+    /// True for a refusal tagged `[AUTH]` (RFC 3206): the credentials themselves were refused.
+    pub fn is_auth_refusal(&self) -> bool {
+        matches!(self, Pop3Error::Refused { status, .. }
+            if status.code == Some(facteur_proto::response::Code::Auth))
+    }
+}
+
+/// `-ERR [CODE] text`, as the server said it.
+pub fn describe_status(status: &Status) -> String {
+    let code = status.code.map(|c| format!("[{c}] ")).unwrap_or_default();
+    let sign = if status.ok { "+OK" } else { "-ERR" };
+    format!("{sign} {code}{}", status.text)
+        .trim_end()
+        .to_string()
+}
+
+/// What CAPA said (RFC 2449), or what is assumed of a server without CAPA.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The server answered CAPA with `+OK`.
+    pub known: bool,
+    pub pipelining: bool,
+    pub uidl: bool,
+    pub top: bool,
+    pub user: bool,
+    pub stls: bool,
+    pub resp_codes: bool,
+    /// SASL mechanisms, in capitals, in the server's order.
+    pub sasl: Vec<String>,
+}
+
+impl Capabilities {
+    fn from_listing(lines: &[Listing]) -> Self {
+        let mut caps = Capabilities {
+            known: true,
+            ..Capabilities::default()
+        };
+        for line in lines {
+            let Listing::Capability(c) = line else {
+                continue;
+            };
+            match c.name.as_str() {
+                "PIPELINING" => caps.pipelining = true,
+                "UIDL" => caps.uidl = true,
+                "TOP" => caps.top = true,
+                "USER" => caps.user = true,
+                "STLS" => caps.stls = true,
+                "RESP-CODES" => caps.resp_codes = true,
+                "SASL" => {
+                    caps.sasl = c.params.iter().map(|m| m.to_ascii_uppercase()).collect();
+                }
+                _ => {}
+            }
+        }
+        caps
+    }
+
+    /// What a server that does not know CAPA (RFC 1939 only) is assumed to do: USER/PASS and
+    /// UIDL (the latter is tried, and a `-ERR` to it is handled), nothing else.
+    fn assumed() -> Self {
+        Capabilities {
+            known: false,
+            uidl: true,
+            user: true,
+            ..Capabilities::default()
+        }
+    }
+
+    /// True if the server lists the SASL mechanism `name`.
+    pub fn has_sasl(&self, name: &str) -> bool {
+        self.sasl.iter().any(|m| m.eq_ignore_ascii_case(name))
+    }
+}
+
+/// A reply's status line, with the parsed `+OK` of STAT, `LIST n` and `UIDL n`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub command: CommandKind,
+    pub status: Status,
+    pub listing: Option<Listing>,
+}
+
+impl Reply {
+    /// `Ok(self)` for `+OK`, else the refusal as an error.
+    pub fn ok(self) -> Result<Reply, Pop3Error> {
+        if self.status.ok {
+            Ok(self)
+        } else {
+            Err(Pop3Error::Refused {
+                command: self.command.to_string(),
+                status: self.status,
+            })
+        }
+    }
+}
+
+/// During an AUTH exchange: a challenge to answer, or the final reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SaslTurn {
+    /// `+ base64`: the text after `+ ` (base64, possibly empty).
+    Challenge(String),
+    Done(Reply),
+}
+
+/// An event the driver owns (a body chunk stays in the connection's buffer).
+#[derive(Debug)]
+enum Got {
+    Greeting(Status, Option<String>),
+    Reply(Reply),
+    Listing(Listing),
+    /// A body chunk is in `Connection::chunk`.
+    Body,
+    End,
+    Continuation(String),
+}
+
+/// The socket, plain or under TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Only while the stream is being moved into TLS.
+    Detached,
+}
+
+/// One POP3 connection: the socket and the client state machine.
+pub struct Connection {
+    stream: Stream,
+    session: ClientSession,
+    out: Vec<u8>,
+    buf: Vec<u8>,
+    chunk: Vec<u8>,
+    timeout: Duration,
+    apop_timestamp: Option<String>,
+    caps: Capabilities,
+    target: String,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("target", &self.target)
+            .field("tls", &self.is_tls())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A rustls client configuration: TLS 1.2 and 1.3 with aws-lc-rs, trusting the certificates
+/// of `ca_file`, or the system's store (`SSL_CERT_FILE` and `SSL_CERT_DIR` are honoured).
+pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, Pop3Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let bad = |reason: String| Pop3Error::Tls(format!("{}: {reason}", path.display()));
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
+                roots
+                    .add(cert.map_err(|e| bad(e.to_string()))?)
+                    .map_err(|e| bad(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(bad("no CERTIFICATE in the file".into()));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                let why = found
+                    .errors
+                    .first()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default();
+                return Err(Pop3Error::Tls(format!(
+                    "no trusted certificate in the system's store{why}; give a CA file (--ca-file, or ca_file in the configuration)"
+                )));
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| Pop3Error::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+impl Connection {
+    /// Connect to `target`, read the greeting, ask for the capabilities, and for STLS, start
+    /// TLS and ask for them again (RFC 2595 section 4: they may differ under TLS). Every wait
+    /// for the network is bounded by `timeout`.
+    pub async fn connect(target: &Target, timeout: Duration) -> Result<Connection, Pop3Error> {
+        let name = format!("{}:{}", bracket(&target.host), target.port);
+        let tls = match target.security {
+            Security::Plaintext => None,
+            Security::Tls | Security::Starttls => {
+                let server_name = ServerName::try_from(target.host.clone()).map_err(|_| {
+                    Pop3Error::Tls(format!("{:?} is not a valid server name", target.host))
+                })?;
+                let config = tls_config(target.ca_file.as_deref())?;
+                Some((TlsConnector::from(config), server_name))
+            }
+        };
+        let addrs: Vec<std::net::SocketAddr> = within(
+            timeout,
+            tokio::net::lookup_host((target.host.as_str(), target.port)),
+        )
+        .await?
+        .map_err(|e| Pop3Error::Resolve {
+            host: target.host.clone(),
+            reason: e.to_string(),
+        })?
+        .collect();
+        let mut last = None;
+        let mut tcp = None;
+        for addr in addrs {
+            match within(timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => last = Some(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+            }
+        }
+        let Some(tcp) = tcp else {
+            return Err(match last {
+                Some(source) => Pop3Error::Connect {
+                    target: name,
+                    source,
+                },
+                None => Pop3Error::Resolve {
+                    host: target.host.clone(),
+                    reason: "no address".into(),
+                },
+            });
+        };
+        let _ = tcp.set_nodelay(true);
+        let mut conn = Connection {
+            stream: Stream::Plain(tcp),
+            session: ClientSession::new(),
+            out: Vec::new(),
+            buf: Vec::new(),
+            chunk: Vec::new(),
+            timeout,
+            apop_timestamp: None,
+            caps: Capabilities::default(),
+            target: name,
+        };
+        if let (Security::Tls, Some(tls)) = (target.security, &tls) {
+            conn.start_tls(tls).await?;
+        }
+        conn.greeting().await?;
+        conn.capa().await?;
+        if let (Security::Starttls, Some(tls)) = (target.security, &tls) {
+            let reply = conn.command(Command::Stls).await?;
+            if !reply.status.ok {
+                return Err(Pop3Error::NoStls(describe_status(&reply.status)));
+            }
+            conn.start_tls(tls).await?;
+            conn.capa().await?;
+        }
+        Ok(conn)
+    }
+
+    async fn start_tls(
+        &mut self,
+        (connector, name): &(TlsConnector, ServerName<'static>),
+    ) -> Result<(), Pop3Error> {
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Detached) else {
+            return Err(Pop3Error::Tls("TLS started twice".into()));
+        };
+        let tls = within(self.timeout, connector.connect(name.clone(), tcp))
+            .await?
+            .map_err(|e| Pop3Error::Tls(e.to_string()))?;
+        self.stream = Stream::Tls(Box::new(tls));
+        Ok(())
+    }
+
+    async fn greeting(&mut self) -> Result<(), Pop3Error> {
+        match self.next().await? {
+            Got::Greeting(status, apop) if status.ok => {
+                self.apop_timestamp = apop;
+                Ok(())
+            }
+            Got::Greeting(status, _) => Err(Pop3Error::Refused {
+                command: "the connection".into(),
+                status,
+            }),
+            other => Err(Pop3Error::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// CAPA; a server that answers `-ERR` is taken as a plain RFC 1939 server.
+    async fn capa(&mut self) -> Result<(), Pop3Error> {
+        let reply = self.command(Command::Capa).await?;
+        self.caps = if reply.status.ok {
+            Capabilities::from_listing(&self.listing().await?)
+        } else {
+            Capabilities::assumed()
+        };
+        Ok(())
+    }
+
+    /// The capabilities of the server, as of the last CAPA (after TLS, if any).
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// The APOP timestamp of the greeting, angle brackets included, if it had one.
+    pub fn apop_timestamp(&self) -> Option<&str> {
+        self.apop_timestamp.as_deref()
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream, Stream::Tls(_))
+    }
+
+    /// `host:port`, for messages.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Queue a command without sending it: [`flush`](Self::flush) sends all queued commands
+    /// in one write (PIPELINING). Replies are read in the order the commands were queued.
+    pub fn queue(&mut self, cmd: Command) {
+        self.session.send(cmd, &mut self.out);
+    }
+
+    /// Queue an answer to a SASL challenge: `data` is sent base64-encoded (an empty line for
+    /// no data, as RFC 5034 section 4 wants).
+    pub fn queue_sasl(&mut self, data: &[u8]) {
+        use base64::Engine as _;
+        let line = base64::engine::general_purpose::STANDARD.encode(data);
+        // Base64 never holds CR or LF.
+        let _ = self
+            .session
+            .send_sasl_response(line.as_bytes(), &mut self.out);
+    }
+
+    /// Queue `*`: the client gives up a SASL exchange (RFC 5034 section 4).
+    pub fn queue_sasl_cancel(&mut self) {
+        let _ = self.session.send_sasl_response(b"*", &mut self.out);
+    }
+
+    /// Send everything queued.
+    pub async fn flush(&mut self) -> Result<(), Pop3Error> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let out = std::mem::take(&mut self.out);
+        let result = match &mut self.stream {
+            Stream::Plain(s) => within(self.timeout, s.write_all(&out)).await?,
+            Stream::Tls(s) => {
+                within(self.timeout, async {
+                    s.write_all(&out).await?;
+                    s.flush().await
+                })
+                .await?
+            }
+            Stream::Detached => Err(std::io::Error::from(std::io::ErrorKind::NotConnected)),
+        };
+        self.out = out;
+        self.out.clear();
+        result.map_err(Pop3Error::Io)
+    }
+
+    /// Send one command and read its status line (`+OK` or `-ERR`: the caller decides).
+    pub async fn command(&mut self, cmd: Command) -> Result<Reply, Pop3Error> {
+        self.queue(cmd);
+        self.flush().await?;
+        self.reply().await
+    }
+
+    /// The status line of the oldest command not yet answered.
+    pub async fn reply(&mut self) -> Result<Reply, Pop3Error> {
+        match self.next().await? {
+            Got::Reply(r) => Ok(r),
+            other => Err(Pop3Error::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// The lines of a multi-line LIST, UIDL or CAPA reply whose `+OK` was read.
+    pub async fn listing(&mut self) -> Result<Vec<Listing>, Pop3Error> {
+        let mut lines = Vec::new();
+        loop {
+            match self.next().await? {
+                Got::Listing(l) => lines.push(l),
+                Got::End => return Ok(lines),
+                other => return Err(Pop3Error::Unexpected(format!("{other:?}"))),
+            }
+        }
+    }
+
+    /// The message of a RETR or TOP whose `+OK` was read, handed to `sink` in chunks as it
+    /// arrives (un-stuffed, CRLF line ends as sent). Returns the octets received. A sink error
+    /// stops reading at once; the connection is then in the middle of a reply and must be
+    /// dropped, not used again.
+    pub async fn body<E: From<Pop3Error>>(
+        &mut self,
+        mut sink: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        let mut total = 0u64;
+        loop {
+            match self.next().await? {
+                Got::Body => {
+                    total = total.saturating_add(self.chunk.len() as u64);
+                    sink(&self.chunk)?;
+                }
+                Got::End => return Ok(total),
+                other => return Err(Pop3Error::Unexpected(format!("{other:?}")).into()),
+            }
+        }
+    }
+
+    /// During AUTH: the next challenge, or the final reply.
+    pub async fn sasl_turn(&mut self) -> Result<SaslTurn, Pop3Error> {
+        match self.next().await? {
+            Got::Continuation(c) => Ok(SaslTurn::Challenge(c)),
+            Got::Reply(r) => Ok(SaslTurn::Done(r)),
+            other => Err(Pop3Error::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// QUIT and its reply: `+OK` means the deletions were applied (RFC 1939 section 6).
+    pub async fn quit(mut self) -> Result<(), Pop3Error> {
+        self.command(Command::Quit).await?.ok()?;
+        if let Stream::Tls(s) = &mut self.stream {
+            // close_notify, best effort: the server closes the connection anyway.
+            let _ = within(self.timeout, s.shutdown()).await;
+        }
+        Ok(())
+    }
+
+    /// The next event, reading from the socket as needed.
+    async fn next(&mut self) -> Result<Got, Pop3Error> {
+        loop {
+            match self.session.next_event()? {
+                Some(ClientEvent::Body(b)) => {
+                    self.chunk.clear();
+                    self.chunk.extend_from_slice(b);
+                    return Ok(Got::Body);
+                }
+                Some(ClientEvent::Greeting {
+                    status,
+                    apop_timestamp,
+                }) => return Ok(Got::Greeting(status, apop_timestamp)),
+                Some(ClientEvent::Reply {
+                    command,
+                    status,
+                    listing,
+                }) => {
+                    return Ok(Got::Reply(Reply {
+                        command,
+                        status,
+                        listing,
+                    }))
+                }
+                Some(ClientEvent::Listing(l)) => return Ok(Got::Listing(l)),
+                Some(ClientEvent::End) => return Ok(Got::End),
+                Some(ClientEvent::Continuation(c)) => return Ok(Got::Continuation(c)),
+                None => {}
+            }
+            if self.buf.is_empty() {
+                self.buf = vec![0; READ_BUFFER];
+            }
+            let n = match &mut self.stream {
+                Stream::Plain(s) => within(self.timeout, s.read(&mut self.buf)).await?,
+                Stream::Tls(s) => within(self.timeout, s.read(&mut self.buf)).await?,
+                Stream::Detached => return Err(Pop3Error::Closed),
+            };
+            let n = match n {
+                Ok(n) => n,
+                Err(e) if is_close(&e) => return Err(Pop3Error::Closed),
+                Err(e) => return Err(Pop3Error::Io(e)),
+            };
+            let Some(data) = self.buf.get(..n).filter(|d| !d.is_empty()) else {
+                return Err(Pop3Error::Closed);
+            };
+            self.session.feed(data);
+        }
+    }
+}
+
+/// A connection reset, or a TLS peer gone without close_notify: the server closed.
+fn is_close(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+    )
+}
+
+/// `f`, or [`Pop3Error::Timeout`] after `timeout`.
+async fn within<T>(
+    timeout: Duration,
+    f: impl std::future::Future<Output = T>,
+) -> Result<T, Pop3Error> {
+    tokio::time::timeout(timeout, f)
+        .await
+        .map_err(|_| Pop3Error::Timeout(timeout.as_secs()))
+}
+
+/// An IPv6 address in brackets, for `host:port`.
+pub(crate) fn bracket(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+/// A scripted POP3 server on 127.0.0.1 for the client's tests: it sends `greeting`, then
+/// answers each line the client sends with what `answer` returns for it; `None` closes the
+/// connection, and so does an answer ending in [`CLOSE`] (after the rest is sent). One
+/// connection, on a thread of its own.
+#[cfg(test)]
+pub(crate) fn fake_server(
+    greeting: &'static str,
+    mut answer: impl FnMut(&str) -> Option<Vec<u8>> + Send + 'static,
+) -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let Ok((mut tcp, _)) = listener.accept() else {
+            return;
+        };
+        let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
+        let _ = tcp.write_all(greeting.as_bytes());
+        let mut reader = BufReader::new(tcp.try_clone().unwrap());
+        let mut line = String::new();
+        while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+            match answer(line.trim_end()) {
+                Some(bytes) => match bytes.strip_suffix(CLOSE) {
+                    Some(last) => {
+                        let _ = tcp.write_all(last);
+                        return;
+                    }
+                    None => {
+                        let _ = tcp.write_all(&bytes);
+                    }
+                },
+                None => return,
+            }
+            line.clear();
+        }
+    });
+    addr
+}
+
+/// See [`fake_server`].
+#[cfg(test)]
+pub(crate) const CLOSE: &[u8] = b"\0close";
+
+/// A [`Target`] for a fake server, without TLS.
+#[cfg(test)]
+pub(crate) fn fake_target(addr: std::net::SocketAddr) -> Target {
+    Target {
+        host: addr.ip().to_string(),
+        port: addr.port(),
+        security: Security::Plaintext,
+        ca_file: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use facteur_proto::client::Capability;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn a_server_without_capa_is_taken_for_an_rfc1939_server() {
+        let addr = fake_server("+OK hello <1.2@fake>\r\n", |line| {
+            Some(match line {
+                "CAPA" => b"-ERR what?\r\n".to_vec(),
+                _ => b"+OK\r\n".to_vec(),
+            })
+        });
+        let conn = block_on(Connection::connect(
+            &fake_target(addr),
+            Duration::from_secs(10),
+        ))
+        .unwrap();
+        assert_eq!(conn.capabilities(), &Capabilities::assumed());
+        assert_eq!(conn.apop_timestamp(), Some("<1.2@fake>"));
+        assert!(!conn.is_tls());
+    }
+
+    #[test]
+    fn an_err_greeting_or_a_silent_close_is_an_error() {
+        let addr = fake_server("-ERR [SYS/TEMP] go away\r\n", |_| None);
+        let e = block_on(Connection::connect(
+            &fake_target(addr),
+            Duration::from_secs(10),
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("go away"), "{e}");
+        let addr = fake_server("", |_| None);
+        let e = block_on(Connection::connect(
+            &fake_target(addr),
+            Duration::from_secs(1),
+        ))
+        .unwrap_err();
+        assert!(
+            matches!(e, Pop3Error::Timeout(_) | Pop3Error::Closed),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn capabilities_from_capa() {
+        let lines: Vec<Listing> = [
+            ("TOP", vec![]),
+            ("UIDL", vec![]),
+            ("SASL", vec!["scram-sha-256", "PLAIN"]),
+            ("PIPELINING", vec![]),
+            ("STLS", vec![]),
+        ]
+        .into_iter()
+        .map(|(name, params)| {
+            Listing::Capability(Capability {
+                name: name.into(),
+                params: params.into_iter().map(String::from).collect(),
+            })
+        })
+        .collect();
+        let caps = Capabilities::from_listing(&lines);
+        assert!(caps.known && caps.pipelining && caps.uidl && caps.top && caps.stls);
+        assert!(!caps.user);
+        assert!(caps.has_sasl("SCRAM-SHA-256") && caps.has_sasl("plain"));
+        assert!(!caps.has_sasl("CRAM-MD5"));
+        let assumed = Capabilities::assumed();
+        assert!(!assumed.known && assumed.user && assumed.uidl && !assumed.pipelining);
+    }
+
+    #[test]
+    fn statuses_are_described_as_sent() {
+        let s = facteur_proto::response::parse_status(b"-ERR [IN-USE] locked").unwrap();
+        assert_eq!(describe_status(&s), "-ERR [IN-USE] locked");
+        let s = facteur_proto::response::parse_status(b"-ERR").unwrap();
+        assert_eq!(describe_status(&s), "-ERR");
+    }
+
+    #[test]
+    fn ipv6_hosts_are_bracketed() {
+        assert_eq!(bracket("::1"), "[::1]");
+        assert_eq!(bracket("mail.example.org"), "mail.example.org");
+    }
+}
