@@ -229,8 +229,9 @@ impl MaildirStore {
             .map(|name| base_name(name.as_bytes()))
             .filter(|&base| !seen.insert(base))
             .collect();
-        let mut buf = Vec::new();
         let mut entries = Vec::with_capacity(names.len());
+        // Positions in `entries` of the messages whose files must be read to be sized.
+        let mut to_size = Vec::new();
         for name in &names {
             let base = base_name(name.as_bytes());
             let cached = if shared_bases.contains(base) {
@@ -238,27 +239,31 @@ impl MaildirStore {
             } else {
                 known.get(base).copied()
             };
-            let wire_size = match cached.or_else(|| wire_size_field(base)) {
-                Some(size) => size,
-                None => {
-                    if buf.is_empty() {
-                        buf = vec![0u8; BLOCK_SIZE];
-                    }
-                    stats.files_read += 1;
-                    let path = cur.join(name);
-                    match File::open(&path).and_then(|mut f| count_wire_size(&mut f, &mut buf)) {
-                        Ok(size) => size,
-                        // Renamed or removed by another program since the listing: it will be
-                        // in the next snapshot under its new name, if it still exists.
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                        Err(e) => return Err(StoreError::io(path, e)),
-                    }
-                }
-            };
+            let wire_size = cached.or_else(|| wire_size_field(base));
+            if wire_size.is_none() {
+                to_size.push(entries.len());
+            }
             entries.push(Entry {
                 name: name.clone(),
-                wire_size,
+                wire_size: wire_size.unwrap_or(0),
             });
+        }
+        stats.files_read += to_size.len();
+        let sized = size_files(&cur, &entries, &to_size)?;
+        let mut vanished = Vec::new();
+        for (&pos, size) in to_size.iter().zip(sized) {
+            match (size, entries.get_mut(pos)) {
+                (Some(size), Some(entry)) => entry.wire_size = size,
+                (None, _) => vanished.push(pos),
+                (Some(_), None) => {}
+            }
+        }
+        // Renamed or removed by another program since the listing: it will be in the next
+        // snapshot under its new name, if it still exists.
+        for pos in vanished.into_iter().rev() {
+            if pos < entries.len() {
+                entries.remove(pos);
+            }
         }
 
         // Delivery order and unique-ids; a file whose unique-id is taken gets a fresh name.
@@ -656,6 +661,64 @@ fn sort_entries(mut entries: Vec<Entry>) -> Vec<Entry> {
 }
 
 /// The unique-id of each entry, and the positions whose unique-id an earlier entry already has.
+/// Size the files at `positions` of `entries` (in cur/) by reading them; `None` for a file that
+/// vanished meanwhile. A first open of a large maildrop is bound by these reads (open, read,
+/// close per file, mostly kernel time), so they are spread over a few threads.
+fn size_files(
+    cur: &Path,
+    entries: &[Entry],
+    positions: &[usize],
+) -> Result<Vec<Option<u64>>, StoreError> {
+    /// Below this many files, threads cost more than they save.
+    const PARALLEL_FROM: usize = 256;
+    /// Reads in flight at most: beyond a few, the disk or the kernel is the limit.
+    const MAX_THREADS: usize = 4;
+    let size_some = |chunk: &[usize]| -> Result<Vec<Option<u64>>, StoreError> {
+        let mut buf = vec![0u8; BLOCK_SIZE];
+        chunk
+            .iter()
+            .map(|&pos| {
+                let Some(entry) = entries.get(pos) else {
+                    return Ok(None);
+                };
+                let path = cur.join(&entry.name);
+                match File::open(&path).and_then(|mut f| count_wire_size(&mut f, &mut buf)) {
+                    Ok(size) => Ok(Some(size)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(StoreError::io(path, e)),
+                }
+            })
+            .collect()
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_THREADS);
+    if positions.len() < PARALLEL_FROM || threads < 2 {
+        return size_some(positions);
+    }
+    let per_thread = positions.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = positions
+            .chunks(per_thread)
+            .map(|chunk| scope.spawn(move || size_some(chunk)))
+            .collect();
+        let mut sizes = Vec::with_capacity(positions.len());
+        for handle in handles {
+            match handle.join() {
+                Ok(part) => sizes.extend(part?),
+                // A panic while sizing is a bug; treat the maildrop as unreadable for now.
+                Err(_) => {
+                    return Err(StoreError::io(
+                        cur,
+                        io::Error::other("a thread sizing messages failed"),
+                    ))
+                }
+            }
+        }
+        Ok(sizes)
+    })
+}
+
 fn unique_ids(entries: &[Entry]) -> (Vec<Uidl>, Vec<usize>) {
     let uids: Vec<Uidl> = entries
         .iter()
@@ -924,6 +987,19 @@ mod tests {
         let (m, stats) = f.open();
         assert_eq!(sizes(&m), vec![7, 7, 5, 999, 0]);
         assert_eq!(stats.files_read, 4);
+    }
+
+    #[test]
+    fn many_files_are_sized_in_parallel_exactly_and_in_order() {
+        let f = fixture();
+        // Enough files to take the threaded path; message i has i bare LF lines.
+        for i in 0..600u64 {
+            let body = "x\n".repeat(i as usize);
+            f.put("cur", &format!("{}.m{i}:2,", 1000 + i), body.as_bytes());
+        }
+        let (m, stats) = f.open();
+        assert_eq!(stats.files_read, 600);
+        assert_eq!(sizes(&m), (0..600u64).map(|i| 3 * i).collect::<Vec<_>>());
     }
 
     #[test]
