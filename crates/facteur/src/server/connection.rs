@@ -10,7 +10,7 @@ use super::transport::Transport;
 use super::{CutSignal, Shared};
 use crate::auth::{AuthOutcome, Mechanism, SaslContext, SaslExchange, SaslStep, MAX_SASL_LINE};
 use crate::config::defaults;
-use crate::store::{Maildrop, StoreError};
+use crate::store::{Maildrop, Store, StoreError};
 use crate::tls;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -246,10 +246,16 @@ impl Connection {
             Event::Authenticate { user, password } => {
                 let auth = self.shared.auth.clone();
                 let name = user.clone();
+                let store = self.shared.store.clone();
                 let outcome = self
                     .shared
                     .auth_pool
-                    .run(move || auth.verify_password(&name, password.expose()))
+                    .run(move || {
+                        open_on_success(
+                            store.as_ref(),
+                            auth.verify_password(&name, password.expose()),
+                        )
+                    })
                     .await;
                 self.finish_login(outcome, Some(&user)).await
             }
@@ -257,10 +263,13 @@ impl Connection {
                 let auth = self.shared.auth.clone();
                 let ts = self.apop_timestamp.clone().unwrap_or_default();
                 let name = user.clone();
+                let store = self.shared.store.clone();
                 let outcome = self
                     .shared
                     .auth_pool
-                    .run(move || auth.verify_apop(&name, &ts, &digest))
+                    .run(move || {
+                        open_on_success(store.as_ref(), auth.verify_apop(&name, &ts, &digest))
+                    })
                     .await;
                 self.finish_login(outcome, Some(&user)).await
             }
@@ -321,13 +330,14 @@ impl Connection {
             })
             .await;
         let Ok((mut exchange, mut step)) = started else {
-            return self.finish_login(Ok(AuthOutcome::Failure), None).await;
+            return self.finish_login(Ok(Verdict::Failure), None).await;
         };
         loop {
             match step {
                 SaslStep::Done(outcome) => {
                     let claimed = exchange.claimed_user().map(str::to_owned);
-                    return self.finish_login(Ok(outcome), claimed.as_deref()).await;
+                    let verdict = open_verdict(self.shared.store.clone(), outcome).await;
+                    return self.finish_login(Ok(verdict), claimed.as_deref()).await;
                 }
                 SaslStep::Malformed(text) => {
                     self.session
@@ -376,7 +386,7 @@ impl Connection {
                         })
                         .await;
                     let Ok((e, s)) = stepped else {
-                        return self.finish_login(Ok(AuthOutcome::Failure), None).await;
+                        return self.finish_login(Ok(Verdict::Failure), None).await;
                     };
                     exchange = e;
                     step = s;
@@ -437,38 +447,30 @@ impl Connection {
 
     /// Open the maildrop of an authenticated user and report to the session. `tried` is the
     /// user name the client gave, for the failed-login penalty.
+    /// Report a login to the session: the maildrop opened, or a failure (after its penalty).
+    /// `tried` is the user name the client gave, for the failed-login penalty.
     async fn finish_login(
         &mut self,
-        outcome: Result<AuthOutcome, super::auth_pool::PoolGone>,
+        outcome: Result<Verdict, super::auth_pool::PoolGone>,
         tried: Option<&str>,
     ) -> Step {
         let result = match outcome {
-            Ok(AuthOutcome::Success(account)) => {
-                self.shared.penalties.success(&account.user);
-                let store = self.shared.store.clone();
-                let user = account.user.clone();
-                let opened = tokio::task::spawn_blocking(move || {
-                    store.open(&account.user, account.home.as_deref())
-                })
-                .await;
-                match opened {
-                    Ok(Ok(maildrop)) => {
+            Ok(Verdict::Opened { user, maildrop }) => {
+                self.shared.penalties.success(&user);
+                match maildrop {
+                    Ok(maildrop) => {
                         let messages = maildrop.messages().to_vec();
                         self.maildrop = Some(maildrop);
                         AuthResult::Success { user, messages }
                     }
-                    Ok(Err(StoreError::InUse)) => AuthResult::InUse,
-                    Ok(Err(e)) => {
-                        tracing::error!(peer = %self.peer, user, error = %e, "cannot open maildrop");
-                        AuthResult::SystemError { permanent: false }
-                    }
+                    Err(StoreError::InUse) => AuthResult::InUse,
                     Err(e) => {
-                        tracing::error!(error = %e, "maildrop task failed");
+                        tracing::error!(peer = %self.peer, user, error = %e, "cannot open maildrop");
                         AuthResult::SystemError { permanent: false }
                     }
                 }
             }
-            Ok(AuthOutcome::Failure) => {
+            Ok(Verdict::Failure) => {
                 self.failed_logins += 1;
                 let delay = self.shared.penalties.failure(self.peer.ip(), tried);
                 tracing::info!(peer = %self.peer, delay_ms = delay.as_millis() as u64, "login failed");
@@ -607,6 +609,34 @@ impl Connection {
         self.session.update_result(result, &mut self.out);
         Step::End(End::Quit)
     }
+}
+
+/// A login's verdict, with the maildrop already opened on success.
+enum Verdict {
+    Failure,
+    Opened {
+        user: String,
+        maildrop: Result<Box<dyn Maildrop>, StoreError>,
+    },
+}
+
+/// Lock and open the maildrop of an authenticated user, in the same blocking job as the
+/// check: one trip off the async threads per login instead of two.
+fn open_on_success(store: &dyn Store, outcome: AuthOutcome) -> Verdict {
+    match outcome {
+        AuthOutcome::Success(account) => Verdict::Opened {
+            maildrop: store.open(&account.user, account.home.as_deref()),
+            user: account.user,
+        },
+        AuthOutcome::Failure => Verdict::Failure,
+    }
+}
+
+/// Open the maildrop after a SASL success (password checks open it in their own job).
+async fn open_verdict(store: Arc<dyn Store>, outcome: AuthOutcome) -> Verdict {
+    tokio::task::spawn_blocking(move || open_on_success(store.as_ref(), outcome))
+        .await
+        .unwrap_or(Verdict::Failure)
 }
 
 /// Read until `buf` is full or the end of the message: (octets read, end reached).
