@@ -134,6 +134,7 @@ impl Connection {
             apop_timestamp.clone(),
             stream.is_tls(),
             &peer,
+            stream.client_certificate().is_some(),
         ));
         Self {
             shared,

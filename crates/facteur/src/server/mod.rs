@@ -93,6 +93,7 @@ impl Shared {
         apop_timestamp: Option<String>,
         tls: bool,
         peer: &SocketAddr,
+        client_cert: bool,
     ) -> ServerConfig {
         ServerConfig {
             implementation: format!("facteur {}", env!("CARGO_PKG_VERSION")),
@@ -100,7 +101,7 @@ impl Shared {
             apop_timestamp,
             user_pass_allowed: self.plaintext_allowed(tls, peer),
             stls_available: !tls && self.tls.is_some(),
-            sasl_mechanisms: self.sasl_mechanisms(tls, peer, false),
+            sasl_mechanisms: self.sasl_mechanisms(tls, peer, client_cert),
             enable_last: self.config.server.enable_last,
             max_bad_commands: self.config.limits.max_bad_commands,
         }

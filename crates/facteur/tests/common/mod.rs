@@ -67,20 +67,53 @@ impl Fixture {
     /// An installation with this `[limits]` body, these extra `[auth]` lines, and a self-signed
     /// certificate (`[tls]`, STLS and a POP3S listener) if `tls`.
     pub fn build(limits: &str, auth: &str, tls: bool) -> Self {
+        Self::build_full(limits, auth, tls, "", None)
+    }
+
+    /// An installation with a self-signed certificate (as [`Fixture::with_tls`]), these extra
+    /// `[auth]` lines, these extra lines in the users file, and `client_ca_pem` written to
+    /// `client-ca.pem` as `[tls] client_ca`: client certificates from those CAs are verified
+    /// (for SASL EXTERNAL).
+    pub fn with_client_ca(auth: &str, extra_users: &str, client_ca_pem: &str) -> Self {
+        Self::build_full(DEFAULT_LIMITS, auth, true, extra_users, Some(client_ca_pem))
+    }
+
+    fn build_full(
+        limits: &str,
+        auth: &str,
+        tls: bool,
+        extra_users: &str,
+        client_ca_pem: Option<&str>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("create a temporary folder");
-        let users =
-            format!("{USER}:{{PLAIN}}{PASSWORD}\n{CRYPT_USER}:{{SHA512-CRYPT}}{CRYPT_HASH}\n");
+        let users = format!(
+            "{USER}:{{PLAIN}}{PASSWORD}\n{CRYPT_USER}:{{SHA512-CRYPT}}{CRYPT_HASH}\n{extra_users}"
+        );
         std::fs::write(dir.path().join("users"), users).expect("write the users file");
         let tls_files = tls.then(|| {
-            facteur::tls::write_self_signed(dir.path()).expect("write a self-signed certificate")
+            let mut files = facteur::tls::write_self_signed(dir.path())
+                .expect("write a self-signed certificate");
+            if let Some(pem) = client_ca_pem {
+                let path = dir.path().join("client-ca.pem");
+                std::fs::write(&path, pem).expect("write the client CA file");
+                files.client_ca = Some(path);
+            }
+            files
         });
+        let client_ca_line = if client_ca_pem.is_some() {
+            "client_ca = \"client-ca.pem\"\n"
+        } else {
+            ""
+        };
         let (listen_tls, tls_section) = if tls {
             (
                 "listen_tls = [\"127.0.0.1:0\"]\n",
-                "[tls]\ncertificate = \"cert.pem\"\nprivate_key = \"key.pem\"\n\n",
+                format!(
+                    "[tls]\ncertificate = \"cert.pem\"\nprivate_key = \"key.pem\"\n{client_ca_line}\n"
+                ),
             )
         } else {
-            ("", "")
+            ("", String::new())
         };
         let text = format!(
             "[server]\nlisten = [\"127.0.0.1:0\"]\n{listen_tls}hostname = \"test.invalid\"\n\n\
@@ -436,6 +469,29 @@ pub fn free_port() -> u16 {
 
 /// A rustls client configuration that trusts only the certificates in the PEM file `ca`.
 pub fn tls_client_config(ca: &Path) -> Arc<rustls::ClientConfig> {
+    Arc::new(tls_client_builder(ca).with_no_client_auth())
+}
+
+/// A rustls client configuration that trusts only the certificates in the PEM file `ca` and
+/// presents this client certificate chain (DER, leaf first) with its private key (PKCS#8 DER)
+/// when the server asks for one.
+pub fn tls_client_config_with_cert(
+    ca: &Path,
+    chain: Vec<Vec<u8>>,
+    key_pkcs8: Vec<u8>,
+) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let chain = chain.into_iter().map(CertificateDer::from).collect();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8));
+    let config = tls_client_builder(ca)
+        .with_client_auth_cert(chain, key)
+        .expect("a usable client certificate and key");
+    Arc::new(config)
+}
+
+fn tls_client_builder(
+    ca: &Path,
+) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
     let mut roots = rustls::RootCertStore::empty();
@@ -445,21 +501,29 @@ pub fn tls_client_config(ca: &Path) -> Arc<rustls::ClientConfig> {
             .expect("a usable CA certificate");
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("TLS versions")
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    Arc::new(config)
 }
 
 /// A TLS handshake as a client over `tcp`, verifying the server as `127.0.0.1` against `ca`.
 /// The error is the handshake's: `UnexpectedEof`/`ConnectionReset` if the server closed the
 /// connection, `InvalidData` if it sent something that is not TLS.
 pub fn tls_handshake(tcp: TcpStream, ca: &Path) -> std::io::Result<TlsStream> {
+    tls_handshake_with(tcp, tls_client_config(ca))
+}
+
+/// A TLS handshake as a client over `tcp` with this configuration, the server named
+/// `127.0.0.1`. Ends when the client side of the handshake is complete: in TLS 1.3 that is
+/// before the server has checked a client certificate (its verdict comes with the first read).
+pub fn tls_handshake_with(
+    tcp: TcpStream,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<TlsStream> {
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("a server name");
-    let mut conn = rustls::ClientConnection::new(tls_client_config(ca), name.to_owned())
-        .map_err(std::io::Error::other)?;
+    let mut conn =
+        rustls::ClientConnection::new(config, name.to_owned()).map_err(std::io::Error::other)?;
     let mut tcp = tcp;
     while conn.is_handshaking() {
         conn.complete_io(&mut tcp)?;
@@ -566,13 +630,36 @@ impl Client {
     /// Connect to a POP3S listener, verifying its certificate against `ca`, and read the
     /// greeting (which must be `+OK`).
     pub fn connect_tls(addr: SocketAddr, ca: &Path) -> Self {
-        let tcp = Self::tcp(addr);
-        let tls = tls_handshake(tcp.try_clone().expect("clone the stream"), ca)
+        Self::connect_tls_with(addr, tls_client_config(ca))
+    }
+
+    /// Connect to a POP3S listener with this TLS client configuration, and read the greeting
+    /// (which must be `+OK`).
+    pub fn connect_tls_with(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Self {
+        let mut c = Self::connect_tls_unchecked(addr, config)
             .expect("the TLS handshake with the POP3S listener");
-        let mut c = Self::over(Conn::Tls(Box::new(tls)), tcp);
         c.greeting = c.line();
         assert!(c.greeting.starts_with("+OK"), "greeting: {:?}", c.greeting);
         c
+    }
+
+    /// Connect to a POP3S listener with this TLS client configuration and complete the
+    /// client's side of the handshake; the greeting is not read.
+    pub fn connect_tls_unchecked(
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+    ) -> std::io::Result<Self> {
+        let tcp = Self::tcp(addr);
+        let tls = tls_handshake_with(tcp.try_clone().expect("clone the stream"), config)?;
+        Ok(Self::over(Conn::Tls(Box::new(tls)), tcp))
+    }
+
+    /// The first line, or the error that ended the read (a TLS alert is `InvalidData`);
+    /// `Ok(None)` at EOF.
+    pub fn try_line(&mut self) -> std::io::Result<Option<String>> {
+        let mut line = Vec::new();
+        let n = self.reader.read_until(b'\n', &mut line)?;
+        Ok((n > 0).then(|| String::from_utf8_lossy(&line).into_owned()))
     }
 
     /// STLS, which must be answered `+OK`, then the TLS handshake (verifying against `ca`).
@@ -585,6 +672,11 @@ impl Client {
     /// The TLS handshake on a plain connection, now (the STLS command was answered `+OK`).
     /// Panics if the server sent anything after that `+OK` before the handshake.
     pub fn start_tls(&mut self, ca: &Path) -> std::io::Result<()> {
+        self.start_tls_with(tls_client_config(ca))
+    }
+
+    /// As [`Client::start_tls`], with this TLS client configuration.
+    pub fn start_tls_with(&mut self, config: Arc<rustls::ClientConfig>) -> std::io::Result<()> {
         let old = std::mem::replace(&mut self.reader, BufReader::new(Conn::Detached));
         assert!(
             old.buffer().is_empty(),
@@ -594,7 +686,7 @@ impl Client {
         let Conn::Plain(tcp) = old.into_inner() else {
             panic!("start_tls on a connection that is not plain TCP");
         };
-        let tls = tls_handshake(tcp, ca)?;
+        let tls = tls_handshake_with(tcp, config)?;
         self.reader = BufReader::new(Conn::Tls(Box::new(tls)));
         Ok(())
     }
