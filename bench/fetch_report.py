@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Helpers of bench/fetch.sh (facteur fetch against fetchmail and mpop, from Dovecot).
+
+    fetch_report.py cpu PID
+        CPU seconds (user + system) used so far by the process PID and every descendant, those
+        that ended included (a reaped child's time is in its parent's cutime and cstime): for
+        Dovecot's master, the whole server.
+    fetch_report.py report RUNS.TSV OUT.JSON KEY=VALUE...
+        Read the runs (one line each: round client wall_s user_s sys_s max_rss_kib server_cpu_s
+        exit_status method check), print the Markdown table of medians, write OUT.JSON with the
+        runs, the medians and the KEY=VALUE facts (versions, command, machine).
+"""
+
+import json
+import os
+import platform
+import statistics
+import sys
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(root):
+    parent = {}
+    times = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        # After the name: state ppid ... utime(14) stime(15) cutime(16) cstime(17), 1-based.
+        pid = int(name)
+        parent[pid] = int(fields[1])
+        times[pid] = sum(int(x) for x in fields[11:15])
+    total = 0
+    for pid in times:
+        p = pid
+        while p not in (root, 0, 1) and p in parent:
+            p = parent[p]
+        if p == root:
+            total += times[pid]
+    return total / TICK
+
+
+def machine():
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    with open("/proc/meminfo") as f:
+        mem_kib = int(f.readline().split()[1])
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": round(mem_kib / 2**20, 1),
+        "kernel": platform.release(),
+    }
+
+
+def report(runs_path, out_path, facts):
+    runs = []
+    with open(runs_path) as f:
+        for line in f:
+            r = line.rstrip("\n").split("\t")
+            runs.append(
+                {
+                    "round": int(r[0]),
+                    "client": r[1],
+                    "wall_s": float(r[2]),
+                    "user_s": float(r[3]),
+                    "sys_s": float(r[4]),
+                    "max_rss_kib": int(r[5]),
+                    "server_cpu_s": float(r[6]),
+                    "exit_status": int(r[7]),
+                    "login": r[8],
+                    "check": r[9],
+                }
+            )
+    messages = int(facts["messages"])
+    clients = []
+    for r in runs:
+        if r["client"] not in clients:
+            clients.append(r["client"])
+    summary = {}
+    for c in clients:
+        rs = [r for r in runs if r["client"] == c]
+        ok = all(r["exit_status"] == 0 and r["check"].startswith("ok") for r in rs)
+        wall = statistics.median(r["wall_s"] for r in rs)
+        summary[c] = {
+            "runs": len(rs),
+            "all_runs_ok": ok,
+            "median_wall_s": round(wall, 3),
+            "messages_per_s": round(messages / wall, 1),
+            "median_client_cpu_s": round(statistics.median(r["user_s"] + r["sys_s"] for r in rs), 3),
+            "median_server_cpu_s": round(statistics.median(r["server_cpu_s"] for r in rs), 3),
+            "median_max_rss_kib": int(statistics.median(r["max_rss_kib"] for r in rs)),
+            "walls_s": [r["wall_s"] for r in rs],
+            "login": sorted({r["login"] for r in rs}),
+            "version": facts.get(f"{c}_version", "?"),
+        }
+    base = summary.get("facteur")
+    print(
+        f"| client | median wall time ({messages:,} messages) | messages/s | client CPU (user+sys) "
+        f"| Dovecot CPU | client max RSS | login | every message once, identical |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for c in clients:
+        s = summary[c]
+        ratio = ""
+        if base and c != "facteur":
+            ratio = f" ({s['median_wall_s'] / base['median_wall_s']:.1f}x facteur's)"
+        print(
+            f"| {c} {s['version']} | {s['median_wall_s']:.2f} s{ratio} "
+            f"| {s['messages_per_s']:,.0f} | {s['median_client_cpu_s']:.2f} s "
+            f"| {s['median_server_cpu_s']:.2f} s | {s['median_max_rss_kib'] / 1024:.1f} MiB "
+            f"| {', '.join(s['login'])} | {'yes, ' if s['all_runs_ok'] else 'NO, '}"
+            f"{len([r for r in runs if r['client'] == c])} runs |"
+        )
+    print()
+    print(
+        "Wall times of each run: "
+        + "; ".join(f"{c} " + ", ".join(f"{w:.2f}" for w in summary[c]["walls_s"]) for c in clients)
+        + " s."
+    )
+    out = {
+        "benchmark": "facteur fetch vs fetchmail vs mpop: fetch and delete over POP3S from Dovecot",
+        "facts": facts,
+        "machine": machine(),
+        "summary": summary,
+        "runs": runs,
+    }
+    with open(out_path, "w") as f:
+        json.dump(out, f, indent=2)
+        f.write("\n")
+    return 0 if all(s["all_runs_ok"] for s in summary.values()) else 1
+
+
+def main(argv):
+    if len(argv) == 3 and argv[1] == "cpu":
+        print(f"{tree_cpu(int(argv[2])):.3f}")
+        return 0
+    if len(argv) >= 4 and argv[1] == "report":
+        facts = dict(a.split("=", 1) for a in argv[4:])
+        return report(argv[2], argv[3], facts)
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
