@@ -329,6 +329,11 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl, ConfigError> {
 }
 
 fn percent_decode(s: &str) -> Option<String> {
+    String::from_utf8(percent_decode_bytes(s)?).ok()
+}
+
+/// Decode `%XX` escapes (URLs, and the fetcher's state files); `None` for a broken escape.
+pub(crate) fn percent_decode_bytes(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -342,7 +347,7 @@ fn percent_decode(s: &str) -> Option<String> {
             i += 1;
         }
     }
-    String::from_utf8(out).ok()
+    Some(out)
 }
 
 /// `~/x` under the home folder, a relative path under `base`, an absolute one as it is.

@@ -464,20 +464,7 @@ fn unescape(s: &str) -> Option<Vec<u8>> {
     if s == "%" {
         return Some(Vec::new());
     }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        if c == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(c);
-            i += 1;
-        }
-    }
-    Some(out)
+    super::config::percent_decode_bytes(s)
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
