@@ -42,7 +42,6 @@ use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::config::{DestinationSpec, MBOX_LOCK_WAIT, STALE_DOTLOCK};
@@ -55,9 +54,6 @@ const MAX_FIRST_LINE: usize = 1000;
 
 /// A line of only `>` this long is given up on as a candidate for mboxrd quoting.
 const MAX_QUOTE_PREFIX: usize = 1000;
-
-/// Unique names made by this process.
-static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Why a message could not be delivered locally.
 #[derive(Debug, thiserror::Error)]
@@ -1092,43 +1088,17 @@ fn asctime(t: SystemTime) -> String {
     )
 }
 
-/// This host's name for Maildir names, with `/`, `:`, `,`, `\` and anything outside
-/// 0x21..=0x7E written as `\ooo` octal, as delivery agents do.
+/// This host's name for Maildir names, escaped as the store's delivery does.
 fn hostname() -> String {
-    let raw = fs::read_to_string("/etc/hostname").unwrap_or_default();
-    let raw = raw.trim();
-    if raw.is_empty() {
-        return "localhost".into();
-    }
-    let mut out = String::with_capacity(raw.len());
-    for &b in raw.as_bytes() {
-        if (0x21..=0x7e).contains(&b) && !matches!(b, b'/' | b':' | b',' | b'\\') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("\\{b:03o}"));
-        }
-    }
-    out
+    crate::store::deliver::hostname()
 }
 
-/// A Maildir unique name: `<secs>.M<micros>P<pid>Q<counter>R<random>.<host>`.
+/// A Maildir unique name, made as the store's delivery makes them.
 fn unique_name(host: &str) -> Result<String, DestError> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let mut random = [0u8; 8];
-    getrandom::fill(&mut random).map_err(|e| DestError::Io {
+    crate::store::deliver::unique_name(host).map_err(|source| DestError::Io {
         path: PathBuf::from("getrandom"),
-        source: io::Error::other(e.to_string()),
-    })?;
-    Ok(format!(
-        "{}.M{}P{}Q{}R{:016x}.{host}",
-        now.as_secs(),
-        now.subsec_micros(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        u64::from_be_bytes(random),
-    ))
+        source,
+    })
 }
 
 /// Read a whole small file (for tests and recovery checks).

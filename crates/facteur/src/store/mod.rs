@@ -23,7 +23,7 @@
 //! - Delete or hide mail delivered after the snapshot was taken.
 //! - Panic on any file name, file content or user name.
 
-mod deliver;
+pub(crate) mod deliver;
 mod index;
 mod maildir;
 mod name;
