@@ -139,7 +139,7 @@ pub enum AuthError {
     NothingOffered,
     #[error("the server does not offer {0}")]
     NotOffered(AuthMethod),
-    #[error("the server refused the login ({method}): {status}")]
+    #[error("the server refused the login ({method}): {status}{}", refused_hint(*method))]
     Refused { method: AuthMethod, status: String },
     #[error("{method}: {reason}")]
     Mechanism {
@@ -235,6 +235,18 @@ pub async fn login(
         AuthMethod::Auto => return Err(AuthError::NothingOffered),
     }
     Ok(method)
+}
+
+/// For a refused challenge-response login: servers offer SCRAM-SHA-256 and CRAM-MD5 to every
+/// user, but only users whose password they store in a form those can use can log in with them.
+fn refused_hint(method: AuthMethod) -> &'static str {
+    match method {
+        AuthMethod::ScramSha256 | AuthMethod::CramMd5 | AuthMethod::Apop => {
+            " (if the password is right, the server may not store it in a form this method \
+             can use: try --auth plain over TLS)"
+        }
+        _ => "",
+    }
 }
 
 /// `-ERR` to a login: a refusal of the credentials (no code, or `[AUTH]`), or a state of the
