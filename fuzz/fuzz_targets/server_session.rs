@@ -133,6 +133,8 @@ fuzz_target!(|input: &[u8]| {
     };
     let count = usize::from(head[0] >> 5);
     let update_ok = head[1] & 32 == 0;
+    // The store deferred the sizes: the session gets zeros, then the real sizes when it asks.
+    let sizes_deferred = head[1] & 64 != 0;
     let budget = usize::from(head[3]) + 1;
 
     let mut session = ServerSession::new(config);
@@ -180,7 +182,15 @@ fuzz_target!(|input: &[u8]| {
                         },
                         _ => AuthResult::Success {
                             user: "fuzz".into(),
-                            messages: maildrop(count),
+                            messages: if sizes_deferred {
+                                maildrop(count)
+                                    .into_iter()
+                                    .map(|m| MessageMeta { size: 0, ..m })
+                                    .collect()
+                            } else {
+                                maildrop(count)
+                            },
+                            sizes_known: !sizes_deferred,
                         },
                     };
                     if matches!(result, AuthResult::Success { .. }) {
@@ -190,6 +200,10 @@ fuzz_target!(|input: &[u8]| {
                     }
                     logins += 1;
                     session.auth_result(result, &mut out)
+                }
+                Event::MessageSizes => {
+                    assert!(sizes_deferred, "sizes asked for though they were given");
+                    session.sizes_result(Some(maildrop(count).iter().map(|m| m.size).collect()), &mut out)
                 }
                 Event::Listing => {
                     listing = Some(Listing::Messages);

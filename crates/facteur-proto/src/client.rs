@@ -696,6 +696,7 @@ mod tests {
                             Login::Accept => AuthResult::Success {
                                 user,
                                 messages: self.metas(),
+                                sizes_known: true,
                             },
                             Login::InUse => AuthResult::InUse,
                         };

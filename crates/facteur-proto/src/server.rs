@@ -13,7 +13,6 @@
 use crate::command::{self, Command, ParseError};
 use crate::response::{self, Code};
 use crate::types::{MessageMeta, MsgNum, Secret};
-use std::fmt::Write as _;
 
 /// What the session needs to know of its server and of this connection.
 #[derive(Clone, Debug)]
@@ -80,6 +79,10 @@ pub enum Event {
     },
     /// A multi-line listing is pending: call `fill_listing` until it returns true.
     Listing,
+    /// STAT, LIST or RETR needs the messages' sizes, which were not known at login (see
+    /// `AuthResult::Success::sizes_known`): compute them and call `sizes_result`, which answers
+    /// the command (and may return `Retrieve` or `Listing`).
+    MessageSizes,
     /// QUIT in TRANSACTION: delete these messages (0-based, ascending) and call `update_result`.
     Update { deletions: Vec<usize> },
     /// STLS accepted (`+OK` is in the output): flush, discard every buffered input byte, and
@@ -101,6 +104,10 @@ pub enum AuthResult {
     Success {
         user: String,
         messages: Vec<MessageMeta>,
+        /// False when the sizes in `messages` are not known yet (0 placeholders): the store
+        /// defers reading message files until a command needs a size, so that a login and UIDL
+        /// on a large maildrop whose files carry no size cost no file reads.
+        sizes_known: bool,
     },
     /// Bad credentials (unknown user and wrong password alike).
     Failed,
@@ -141,12 +148,43 @@ pub struct ServerSession {
     closed_for_errors: bool,
     tls_active: bool,
     listing: Option<(ListingKind, usize)>,
+    /// False until the sizes in `messages` are real (see `Event::MessageSizes`).
+    sizes_known: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Awaiting {
     Auth,
     Update,
+    /// The sizes, to answer this command.
+    Sizes(SizedCommand),
+}
+
+/// A command that cannot be answered without the messages' sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SizedCommand {
+    Stat,
+    List(Option<MsgNum>),
+    Retr(MsgNum),
+}
+
+impl SizedCommand {
+    fn of(cmd: &Command) -> Option<Self> {
+        match *cmd {
+            Command::Stat => Some(Self::Stat),
+            Command::List(n) => Some(Self::List(n)),
+            Command::Retr(n) => Some(Self::Retr(n)),
+            _ => None,
+        }
+    }
+
+    fn command(self) -> Command {
+        match self {
+            Self::Stat => Command::Stat,
+            Self::List(n) => Command::List(n),
+            Self::Retr(n) => Command::Retr(n),
+        }
+    }
 }
 
 impl ServerSession {
@@ -167,6 +205,7 @@ impl ServerSession {
             closed_for_errors: false,
             tls_active: false,
             listing: None,
+            sizes_known: true,
         }
     }
 
@@ -423,18 +462,17 @@ impl ServerSession {
         }
         self.awaiting = None;
         match result {
-            AuthResult::Success { user, messages } => {
+            AuthResult::Success {
+                user,
+                messages,
+                sizes_known,
+            } => {
+                self.sizes_known = sizes_known;
                 self.total_octets = messages.iter().map(|m| m.size).sum();
                 self.deleted = vec![false; messages.len()];
-                response::ok(
-                    out,
-                    format_args!(
-                        "{user} has {} messages ({} octets)",
-                        messages.len(),
-                        self.total_octets
-                    ),
-                );
                 self.messages = messages;
+                let summary = self.summary(false);
+                response::ok(out, format_args!("{user} has {summary}"));
                 self.user = Some(user);
                 self.state = State::Transaction;
                 None
@@ -467,6 +505,58 @@ impl ServerSession {
         }
     }
 
+    /// "N messages (M octets)", the octets left out while the sizes are unknown; of the whole
+    /// snapshot, or (`live`) of the messages not marked deleted.
+    fn summary(&self, live: bool) -> String {
+        let (count, octets) = if live {
+            (
+                self.messages.len() - self.deleted_count,
+                self.total_octets - self.deleted_octets,
+            )
+        } else {
+            (self.messages.len(), self.total_octets)
+        };
+        if self.sizes_known {
+            format!("{count} messages ({octets} octets)")
+        } else {
+            format!("{count} messages")
+        }
+    }
+
+    /// Report the sizes asked for by `Event::MessageSizes` (`None`: they could not be read),
+    /// then answer the command that needed them.
+    pub fn sizes_result(&mut self, sizes: Option<Vec<u64>>, out: &mut Vec<u8>) -> Option<Event> {
+        let Some(Awaiting::Sizes(pending)) = self.awaiting else {
+            return None;
+        };
+        self.awaiting = None;
+        match sizes {
+            Some(sizes) if sizes.len() == self.messages.len() => {
+                for (meta, size) in self.messages.iter_mut().zip(sizes) {
+                    meta.size = size;
+                }
+                self.sizes_known = true;
+                self.total_octets = self.messages.iter().map(|m| m.size).sum();
+                self.deleted_octets = self
+                    .messages
+                    .iter()
+                    .zip(&self.deleted)
+                    .filter(|(_, &deleted)| deleted)
+                    .map(|(m, _)| m.size)
+                    .sum();
+                self.transaction(pending.command(), out)
+            }
+            _ => {
+                response::err(
+                    out,
+                    Some(Code::SysTemp),
+                    "cannot read the maildrop, try again later",
+                );
+                None
+            }
+        }
+    }
+
     /// Look up a message number that must exist and not be deleted.
     fn message(&self, n: MsgNum, out: &mut Vec<u8>) -> Option<usize> {
         let i = n.index();
@@ -488,6 +578,12 @@ impl ServerSession {
     }
 
     fn transaction(&mut self, cmd: Command, out: &mut Vec<u8>) -> Option<Event> {
+        if !self.sizes_known {
+            if let Some(pending) = SizedCommand::of(&cmd) {
+                self.awaiting = Some(Awaiting::Sizes(pending));
+                return Some(Event::MessageSizes);
+            }
+        }
         match cmd {
             Command::Capa => self.capa(out),
             Command::Noop => response::ok(out, ""),
@@ -508,14 +604,7 @@ impl ServerSession {
                 response::ok(out, format_args!("{n} {}", self.messages[i].uid));
             }
             Command::List(None) => {
-                response::ok(
-                    out,
-                    format_args!(
-                        "{} messages ({} octets)",
-                        self.messages.len() - self.deleted_count,
-                        self.total_octets - self.deleted_octets
-                    ),
-                );
+                response::ok(out, self.summary(true));
                 self.listing = Some((ListingKind::List, 0));
                 return Some(Event::Listing);
             }
@@ -554,14 +643,7 @@ impl ServerSession {
                 self.deleted_count = 0;
                 self.deleted_octets = 0;
                 self.last_accessed = 0;
-                response::ok(
-                    out,
-                    format_args!(
-                        "maildrop has {} messages ({} octets)",
-                        self.messages.len(),
-                        self.total_octets
-                    ),
-                );
+                response::ok(out, format_args!("maildrop has {}", self.summary(false)));
             }
             Command::Last if self.config.enable_last => {
                 response::ok(out, self.last_accessed);
@@ -594,17 +676,17 @@ impl ServerSession {
             return true;
         };
         let start = out.len();
-        let mut line = String::new();
+        out.reserve(budget.saturating_add(128));
         while next < self.messages.len() && out.len() - start < budget {
             if !self.deleted[next] {
-                line.clear();
-                let n = next + 1;
                 let m = &self.messages[next];
-                let _ = match kind {
-                    ListingKind::List => write!(line, "{n} {}\r\n", m.size),
-                    ListingKind::Uidl => write!(line, "{n} {}\r\n", m.uid),
-                };
-                out.extend_from_slice(line.as_bytes());
+                push_decimal(out, next as u64 + 1);
+                out.push(b' ');
+                match kind {
+                    ListingKind::List => push_decimal(out, m.size),
+                    ListingKind::Uidl => out.extend_from_slice(m.uid.as_bytes()),
+                }
+                out.extend_from_slice(b"\r\n");
             }
             next += 1;
         }
@@ -650,6 +732,22 @@ impl ServerSession {
     }
 }
 
+/// Appends `n` in decimal (a listing line is written this way rather than through `fmt`: a
+/// listing of 100,000 messages is 100,000 lines).
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    for slot in digits.iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        start -= 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(digits.get(start..).unwrap_or(&[]));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -679,7 +777,8 @@ mod tests {
             s.auth_result(
                 AuthResult::Success {
                     user: "mrose".into(),
-                    messages: msgs
+                    messages: msgs,
+                    sizes_known: true,
                 },
                 &mut out
             ),
@@ -1031,6 +1130,7 @@ mod tests {
             AuthResult::Success {
                 user: "a".into(),
                 messages: msgs,
+                sizes_known: true,
             },
             &mut Vec::new(),
         );
@@ -1070,6 +1170,137 @@ mod tests {
         assert_eq!(text(&mut s, "STAT"), "+OK 2 320\r\n");
     }
 
+    /// A session whose snapshot came without sizes (`sizes_known: false`): three messages.
+    fn unsized_session() -> ServerSession {
+        let mut s = ServerSession::new(ServerConfig::default());
+        text(&mut s, "USER a");
+        s.handle_line(b"PASS b", &mut Vec::new());
+        let msgs = vec![meta(0, "a"), meta(0, "b"), meta(0, "c")];
+        let mut out = Vec::new();
+        s.auth_result(
+            AuthResult::Success {
+                user: "a".into(),
+                messages: msgs,
+                sizes_known: false,
+            },
+            &mut out,
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), "+OK a has 3 messages\r\n");
+        s
+    }
+
+    #[test]
+    fn unknown_sizes_are_asked_for_only_by_commands_that_need_them() {
+        let mut s = unsized_session();
+        // UIDL, TOP, DELE, RSET and NOOP need no size.
+        assert_eq!(text(&mut s, "UIDL 2"), "+OK 2 b\r\n");
+        let (t, ev) = run(&mut s, "UIDL");
+        assert_eq!(
+            t,
+            "+OK unique-id listing follows\r\n1 a\r\n2 b\r\n3 c\r\n.\r\n"
+        );
+        assert_eq!(ev, None);
+        let (_, ev) = run(&mut s, "TOP 1 0");
+        assert!(matches!(ev, Some(Event::Retrieve { index: 0, .. })));
+        assert_eq!(text(&mut s, "DELE 3"), "+OK message 3 deleted\r\n");
+        assert_eq!(text(&mut s, "RSET"), "+OK maildrop has 3 messages\r\n");
+        assert_eq!(text(&mut s, "DELE 3"), "+OK message 3 deleted\r\n");
+
+        // STAT waits for the sizes, then is answered with them (message 3 still deleted).
+        let mut out = Vec::new();
+        assert_eq!(s.handle_line(b"STAT", &mut out), Some(Event::MessageSizes));
+        assert!(out.is_empty());
+        assert!(s.is_awaiting());
+        assert_eq!(s.sizes_result(Some(vec![10, 20, 40]), &mut out), None);
+        assert_eq!(String::from_utf8(out).unwrap(), "+OK 2 30\r\n");
+        // From now on nothing is asked again.
+        assert_eq!(text(&mut s, "LIST 2"), "+OK 2 20\r\n");
+        assert_eq!(
+            text(&mut s, "RSET"),
+            "+OK maildrop has 3 messages (70 octets)\r\n"
+        );
+    }
+
+    #[test]
+    fn a_deferred_retr_or_list_is_answered_after_the_sizes() {
+        let mut s = unsized_session();
+        let mut out = Vec::new();
+        assert_eq!(
+            s.handle_line(b"RETR 2", &mut out),
+            Some(Event::MessageSizes)
+        );
+        let ev = s.sizes_result(Some(vec![1, 22, 333]), &mut out);
+        assert_eq!(
+            ev,
+            Some(Event::Retrieve {
+                index: 1,
+                top_lines: None
+            })
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), "+OK 22 octets\r\n");
+
+        let mut s = unsized_session();
+        let mut out = Vec::new();
+        assert_eq!(s.handle_line(b"LIST", &mut out), Some(Event::MessageSizes));
+        assert_eq!(
+            s.sizes_result(Some(vec![1, 22, 333]), &mut out),
+            Some(Event::Listing)
+        );
+        while !s.fill_listing(&mut out, 10) {}
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "+OK 3 messages (356 octets)\r\n1 1\r\n2 22\r\n3 333\r\n.\r\n"
+        );
+
+        // A bad message number is still refused once the sizes are in.
+        let mut s = unsized_session();
+        let mut out = Vec::new();
+        assert_eq!(
+            s.handle_line(b"LIST 9", &mut out),
+            Some(Event::MessageSizes)
+        );
+        assert_eq!(s.sizes_result(Some(vec![1, 2, 3]), &mut out), None);
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .starts_with("-ERR no such message"));
+    }
+
+    #[test]
+    fn sizes_that_cannot_be_read_are_a_temporary_error_and_the_session_goes_on() {
+        let mut s = unsized_session();
+        let mut out = Vec::new();
+        assert_eq!(s.handle_line(b"STAT", &mut out), Some(Event::MessageSizes));
+        assert_eq!(s.sizes_result(None, &mut out), None);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "-ERR [SYS/TEMP] cannot read the maildrop, try again later\r\n"
+        );
+        // A wrong count is refused the same way, and the next STAT asks again.
+        let mut out = Vec::new();
+        assert_eq!(s.handle_line(b"STAT", &mut out), Some(Event::MessageSizes));
+        assert_eq!(s.sizes_result(Some(vec![1]), &mut out), None);
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .starts_with("-ERR [SYS/TEMP]"));
+        assert_eq!(
+            s.handle_line(b"STAT", &mut Vec::new()),
+            Some(Event::MessageSizes)
+        );
+        // A result nobody asked for is ignored.
+        let mut s = unsized_session();
+        assert_eq!(s.sizes_result(Some(vec![1, 2, 3]), &mut Vec::new()), None);
+        assert_eq!(text(&mut s, "NOOP"), "+OK\r\n");
+    }
+
+    #[test]
+    fn decimals_are_written_exactly() {
+        for n in [0, 7, 10, 99, 100, 4_294_967_295, u64::MAX] {
+            let mut out = b"x".to_vec();
+            push_decimal(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
+    }
+
     #[test]
     fn listing_in_small_steps_is_complete() {
         let mut s = ServerSession::new(ServerConfig::default());
@@ -1080,6 +1311,7 @@ mod tests {
             AuthResult::Success {
                 user: "a".into(),
                 messages: msgs,
+                sizes_known: true,
             },
             &mut Vec::new(),
         );

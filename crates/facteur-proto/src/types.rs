@@ -43,21 +43,35 @@ impl fmt::Display for MsgNum {
 }
 
 /// A unique-id (RFC 1939 section 7, UIDL): 1 to 70 octets, each in 0x21..=0x7E.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Uidl(String);
+///
+/// Stored inline (no heap allocation): a snapshot of 100,000 messages is one allocation, and
+/// copying it is a memory copy.
+#[derive(Clone)]
+pub struct Uidl {
+    len: u8,
+    bytes: [u8; UIDL_MAX_LEN],
+}
 
 /// The longest unique-id RFC 1939 allows.
 pub const UIDL_MAX_LEN: usize = 70;
 
 impl Uidl {
     /// `None` unless `s` is a valid unique-id.
-    pub fn new(s: impl Into<String>) -> Option<Self> {
-        let s = s.into();
-        if Self::is_valid(s.as_bytes()) {
-            Some(Self(s))
-        } else {
-            None
+    pub fn new(s: impl AsRef<str>) -> Option<Self> {
+        Self::from_bytes(s.as_ref().as_bytes())
+    }
+
+    /// `None` unless `b` is a valid unique-id.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        if !Self::is_valid(b) {
+            return None;
         }
+        let mut bytes = [0u8; UIDL_MAX_LEN];
+        bytes.get_mut(..b.len())?.copy_from_slice(b);
+        Some(Self {
+            len: u8::try_from(b.len()).ok()?,
+            bytes,
+        })
     }
 
     /// True if `b` may be sent as a unique-id as it is.
@@ -65,20 +79,52 @@ impl Uidl {
         !b.is_empty() && b.len() <= UIDL_MAX_LEN && b.iter().all(|&c| (0x21..=0x7e).contains(&c))
     }
 
+    /// The octets of the unique-id (all printable ASCII).
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..usize::from(self.len)).unwrap_or(&[])
+    }
+
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Always valid: only printable ASCII gets in.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+}
+
+impl PartialEq for Uidl {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Uidl {}
+
+impl PartialOrd for Uidl {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Uidl {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+impl std::hash::Hash for Uidl {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
     }
 }
 
 impl fmt::Debug for Uidl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Uidl({})", self.0)
+        write!(f, "Uidl({})", self.as_str())
     }
 }
 
 impl fmt::Display for Uidl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 

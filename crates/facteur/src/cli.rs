@@ -218,7 +218,8 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
         (Config::load(&path)?, None)
     };
     init_logging(&cfg.log.level);
-    let db = PasswdDb::open(&cfg.auth.passwd_file)?;
+    let db = PasswdDb::open(&cfg.auth.passwd_file)?
+        .with_verified_cache(cfg.auth.cache_ttl(), cfg.auth.cache_max_entries);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -142,12 +142,32 @@ pub struct AuthSection {
     /// `[tls] client_ca`. PLAIN and LOGIN follow `plaintext_auth`.
     #[serde(default = "defaults::sasl_mechanisms")]
     pub sasl: Vec<String>,
+    /// Seconds a successful USER/PASS, AUTH PLAIN or AUTH LOGIN verification is remembered, so
+    /// that a client polling every few minutes with the same password is not hashed each time
+    /// (like saslauthd's `-c`); 0 turns the cache off. What is kept is an HMAC, under a key drawn
+    /// at random at each start, of the user, the password field of the users file and the
+    /// password: never a password or a hash; a changed password or hash no longer matches.
+    /// Failures are never remembered, so a wrong password always costs the full hash.
+    ///
+    /// The trade-off: whoever gets a memory dump of the server can test guesses against the
+    /// remembered logins at the speed of an HMAC instead of the cost of the password scheme.
+    #[serde(default = "defaults::cache_ttl_secs")]
+    pub cache_ttl_secs: u64,
+    /// The most verifications remembered at once; when full, expired ones go first, then the
+    /// oldest half.
+    #[serde(default = "defaults::cache_max_entries")]
+    pub cache_max_entries: usize,
 }
 
 impl AuthSection {
     /// The configured mechanisms, upper-cased.
     pub fn sasl_mechanisms(&self) -> Vec<String> {
         self.sasl.iter().map(|m| m.to_ascii_uppercase()).collect()
+    }
+
+    /// How long a successful password verification is remembered (zero: not at all).
+    pub fn cache_ttl(&self) -> Duration {
+        Duration::from_secs(self.cache_ttl_secs)
     }
 }
 
@@ -187,6 +207,12 @@ pub mod defaults {
     pub const WRITE_HIGH_WATER: usize = 64 * 1024;
     /// Input read buffer per connection: commands are short, and an idle session must be cheap.
     pub const READ_BUFFER: usize = 1024;
+    /// The longest `[auth] cache_ttl_secs`, one day: a remembered login lasts at most that long
+    /// in memory, and a client that polls once a day pays one hash a day at most anyway.
+    pub const MAX_CACHE_TTL_SECS: u64 = 24 * 3600;
+    /// The largest `[auth] cache_max_entries`: an entry takes about 50 to 110 bytes (a 32-byte
+    /// tag, its time, the hash table's slack), so this is at most about 1 GB.
+    pub const MAX_CACHE_ENTRIES: usize = 10_000_000;
 
     pub fn listen() -> Vec<SocketAddr> {
         vec![
@@ -232,6 +258,15 @@ pub mod defaults {
     }
     pub fn plaintext_auth() -> super::PlaintextAuth {
         super::PlaintextAuth::Loopback
+    }
+    /// One hour, as Dovecot's `auth_cache_ttl`: a client polling every few minutes pays one
+    /// hash an hour, and a remembered login does not outlive the hour.
+    pub fn cache_ttl_secs() -> u64 {
+        3600
+    }
+    /// Many more than the users of most servers, and at most about 11 MB.
+    pub fn cache_max_entries() -> usize {
+        100_000
     }
     /// One per CPU (at least 2): hashing is CPU-bound, more threads only add memory.
     pub fn max_concurrent_logins() -> usize {
@@ -406,6 +441,21 @@ impl Config {
                 ));
             }
         }
+        if self.auth.cache_ttl_secs > defaults::MAX_CACHE_TTL_SECS {
+            return Err(format!(
+                "[auth] cache_ttl_secs = {}: at most {} (one day); 0 turns the cache off",
+                self.auth.cache_ttl_secs,
+                defaults::MAX_CACHE_TTL_SECS
+            ));
+        }
+        if !(1..=defaults::MAX_CACHE_ENTRIES).contains(&self.auth.cache_max_entries) {
+            return Err(format!(
+                "[auth] cache_max_entries = {}: expected 1 to {}; set cache_ttl_secs = 0 to turn \
+                 the cache off",
+                self.auth.cache_max_entries,
+                defaults::MAX_CACHE_ENTRIES
+            ));
+        }
         if self
             .auth
             .sasl
@@ -469,6 +519,40 @@ mod tests {
         assert_eq!(c.server.listen.len(), 2);
         assert!(!c.server.enable_last);
         assert!(!c.auth.apop);
+        assert_eq!(c.auth.cache_ttl(), Duration::from_secs(3600));
+        assert_eq!(c.auth.cache_max_entries, 100_000);
+    }
+
+    #[test]
+    fn verification_cache_bounds() {
+        let with = |keys: &str| MINIMAL.replace("[auth]\n", &format!("[auth]\n{keys}\n"));
+        let c = Config::parse(
+            &with("cache_ttl_secs = 0\ncache_max_entries = 1"),
+            Path::new("f.toml"),
+        )
+        .unwrap();
+        assert!(c.auth.cache_ttl().is_zero());
+        assert_eq!(c.auth.cache_max_entries, 1);
+        let c = Config::parse(
+            &with("cache_ttl_secs = 86400\ncache_max_entries = 10000000"),
+            Path::new("f.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.auth.cache_ttl_secs, 86_400);
+        for (keys, expected) in [
+            ("cache_ttl_secs = 86401", "cache_ttl_secs = 86401"),
+            ("cache_max_entries = 0", "cache_max_entries = 0"),
+            (
+                "cache_max_entries = 10000001",
+                "cache_max_entries = 10000001",
+            ),
+            ("cache_ttl_secs = -1", "cache_ttl_secs"),
+        ] {
+            let e = Config::parse(&with(keys), Path::new("f.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(expected), "{keys}: {e}");
+        }
     }
 
     #[test]

@@ -469,3 +469,65 @@ fn unique_ids_are_stable_and_distinct_across_sessions() {
     );
     c.quit();
 }
+
+/// A maildrop first seen with more files of unknown size (no `,W=`, as Postfix writes them)
+/// than an open reads: the login and UIDL read none; the first STAT, LIST or RETR sizes them
+/// all, exactly, even pipelined behind other commands.
+#[test]
+fn sizes_deferred_at_login_are_exact_when_first_needed() {
+    let fx = Fixture::new();
+    let cur = fx.maildir(USER).join("cur");
+    std::fs::create_dir_all(&cur).expect("create cur/");
+    std::fs::create_dir_all(fx.maildir(USER).join("new")).expect("create new/");
+    std::fs::create_dir_all(fx.maildir(USER).join("tmp")).expect("create tmp/");
+    let count = 400;
+    let mut total = 0u64;
+    let mut wire_sizes = Vec::new();
+    for i in 0..count {
+        // Message i has i % 7 bare LF lines more than the one before.
+        let body = format!("Subject: {i}\n\n{}", "line\n".repeat(1 + i % 7));
+        let wire = crlf(body.as_bytes()).len() as u64;
+        total += wire;
+        wire_sizes.push(wire);
+        std::fs::write(
+            cur.join(format!("{}.M{i}P1.example:2,", 1_600_000_000 + i)),
+            body,
+        )
+        .expect("write a message");
+    }
+    let server = fx.start();
+
+    let mut c = server.connect();
+    assert!(c.cmd("USER alice").starts_with("+OK"));
+    let r = c.cmd("PASS secret");
+    assert_eq!(
+        r,
+        format!("+OK alice has {count} messages\r\n"),
+        "no octets yet"
+    );
+    let (status, uidl) = c.cmd_multi("UIDL");
+    assert!(status.starts_with("+OK"));
+    assert_eq!(String::from_utf8_lossy(&uidl).lines().count(), count);
+    assert!(c.cmd("DELE 2").starts_with("+OK"));
+    // STAT, LIST and RETR pipelined: STAT waits for the sizes, the others follow in order.
+    c.send(b"STAT\r\nLIST 3\r\nRETR 1\r\nNOOP\r\n");
+    assert_eq!(
+        c.line(),
+        format!("+OK {} {}\r\n", count - 1, total - wire_sizes[1])
+    );
+    assert_eq!(c.line(), format!("+OK 3 {}\r\n", wire_sizes[2]));
+    assert_eq!(c.line(), format!("+OK {} octets\r\n", wire_sizes[0]));
+    assert_eq!(unstuff(&c.body()).len() as u64, wire_sizes[0]);
+    assert_eq!(c.line(), "+OK\r\n");
+    c.quit();
+
+    // The sizes were recorded: the next login knows them at once.
+    let mut c = server.login(USER, PASSWORD);
+    let (status, list) = c.cmd_multi("LIST");
+    assert!(
+        status.contains(&format!("({} octets)", total - wire_sizes[1])),
+        "{status:?}"
+    );
+    assert_eq!(String::from_utf8_lossy(&list).lines().count(), count - 1);
+    c.quit();
+}

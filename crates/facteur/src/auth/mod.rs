@@ -5,6 +5,8 @@
 //!   password hashing is slow on purpose: the server runs it in `spawn_blocking`.
 //! - `passwd_file`: [`PasswdFile`], a parsed Dovecot-style passwd-file, and [`PasswdDb`], the
 //!   [`Authenticator`] that reloads the file when it changes.
+//! - `cache`: the cache of successful password verifications that [`PasswdDb`] may keep, so
+//!   that a client polling with the same password is not hashed at every login.
 //! - `scheme`: [`Scheme`], [`StoredPassword`] and [`hash_password`].
 //! - `edit`: [`add_user`], [`del_user`], [`set_password`], [`list_users`] for `facteur user`:
 //!   atomic rewrites under a lock that keep every other line as it was.
@@ -17,6 +19,7 @@
 //! Put a password or a hash in an error, a log line or a `Debug` output; tell a client whether a
 //! user exists (an unknown user costs the same hash work as a known one); panic on any input.
 
+mod cache;
 mod cram_md5;
 mod edit;
 mod passwd_file;

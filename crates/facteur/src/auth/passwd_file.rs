@@ -19,9 +19,11 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use facteur_proto::Secret;
 
+use super::cache::VerifiedCache;
 use super::cram_md5::CramMd5Context;
 use super::scheme::{
     apop_digest, apop_digest_matches, random_token, CostKey, ScramSource, StoredPassword,
@@ -38,6 +40,8 @@ use super::{
 pub struct PasswdEntry {
     user: String,
     password: StoredPassword,
+    /// The password field exactly as in the file: what the cache of verifications is keyed on.
+    password_field: Secret<String>,
     uid: Option<String>,
     gid: Option<String>,
     gecos: Option<String>,
@@ -134,11 +138,12 @@ fn parse_line(line: &str, number: usize) -> Result<PasswdEntry, LineError> {
     let mut fields = line.splitn(8, ':');
     let user = fields.next().unwrap_or_default();
     validate_user_name(user).map_err(LineError::InvalidUserName)?;
-    let password = fields.next().ok_or(LineError::NoPasswordField)?;
-    let password = StoredPassword::parse(password)?;
+    let password_field = fields.next().ok_or(LineError::NoPasswordField)?;
+    let password = StoredPassword::parse(password_field)?;
     Ok(PasswdEntry {
         user: user.to_string(),
         password,
+        password_field: Secret::new(password_field.to_string()),
         uid: non_empty(fields.next()),
         gid: non_empty(fields.next()),
         gecos: non_empty(fields.next()),
@@ -373,6 +378,9 @@ struct Seen {
 /// The passwd-file as the server uses it: an [`Authenticator`] that checks, at each login,
 /// whether the file changed and reloads it if so. A file that fails to reload is reported in
 /// the log and the previous version stays in use.
+///
+/// [`PasswdDb::open`] gives a database that hashes the password at every USER/PASS and SASL
+/// PLAIN/LOGIN login; [`PasswdDb::with_verified_cache`] makes it remember successes for a while.
 pub struct PasswdDb {
     path: PathBuf,
     current: RwLock<Arc<Loaded>>,
@@ -382,6 +390,11 @@ pub struct PasswdDb {
     /// stays the same while the server runs, and changes when it restarts (for every user who
     /// has no stored SCRAM keys).
     scram_secret: Secret<[u8; 32]>,
+    /// Successful password verifications remembered for a while; `None`: every login hashes.
+    verified: Option<VerifiedCache>,
+    /// How many passwords were checked the slow way (the scheme's own check, or the dummy's).
+    #[cfg(test)]
+    slow_checks: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for PasswdDb {
@@ -389,12 +402,14 @@ impl std::fmt::Debug for PasswdDb {
         f.debug_struct("PasswdDb")
             .field("path", &self.path)
             .field("users", &self.snapshot().len())
+            .field("verified_cache", &self.verified)
             .finish()
     }
 }
 
 impl PasswdDb {
-    /// Loads the file; an error here should stop the server from starting.
+    /// Loads the file; an error here should stop the server from starting. The database has no
+    /// cache of verifications: see [`PasswdDb::with_verified_cache`].
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, AuthError> {
         let path = path.into();
         let (loaded, stamp) = Loaded::read(&path)?;
@@ -408,7 +423,24 @@ impl PasswdDb {
                 stat_failed: false,
             }),
             scram_secret: Secret::new(scram_secret),
+            verified: None,
+            #[cfg(test)]
+            slow_checks: std::sync::atomic::AtomicUsize::new(0),
         })
+    }
+
+    /// Remembers each successful USER/PASS or SASL PLAIN/LOGIN verification for `ttl`, at most
+    /// `max_entries` at once, so that the same user with the same password is not hashed again
+    /// meanwhile (APOP, CRAM-MD5 and SCRAM hash nothing slowly and are not cached). Only a keyed
+    /// HMAC of the user, the stored password and the password is kept, never either password;
+    /// failures are never remembered, so a wrong password always costs the full hash.
+    ///
+    /// The trade-off: a memory dump of the server lets an attacker test guesses against the
+    /// remembered successes at HMAC speed instead of the scheme's cost. A `ttl` or `max_entries`
+    /// of zero leaves the cache off, and so does a failure to get a random key (logged).
+    pub fn with_verified_cache(mut self, ttl: Duration, max_entries: usize) -> Self {
+        self.verified = VerifiedCache::new(ttl, max_entries);
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -476,21 +508,54 @@ impl PasswdDb {
         self.reload_if_changed();
         self.loaded()
     }
-}
 
-impl Authenticator for PasswdDb {
-    fn verify_password(&self, user: &str, password: &[u8]) -> AuthOutcome {
+    /// [`Authenticator::verify_password`] at the time `now`, for the cache of verifications.
+    fn verify_password_at(&self, user: &str, password: &[u8], now: Instant) -> AuthOutcome {
         let loaded = self.current();
-        match loaded.file.get(user) {
-            Some(entry) if entry.password.verify(password) => AuthOutcome::Success(entry.account()),
+        let entry = loaded.file.get(user);
+        // The tag is computed for unknown users too (against an empty field, which no user
+        // has, so it is never found): their login costs what a known user's costs.
+        let field = entry.map_or("", |e| e.password_field.expose().as_str());
+        let cached = self
+            .verified
+            .as_ref()
+            .map(|cache| (cache, cache.tag(user, field, password)));
+        if let Some((cache, tag)) = &cached {
+            if cache.is_fresh(tag, now) {
+                if let Some(entry) = entry {
+                    return AuthOutcome::Success(entry.account());
+                }
+            }
+        }
+        match entry {
+            Some(entry) if self.slow_check(&entry.password, password) => {
+                if let Some((cache, tag)) = cached {
+                    cache.insert(tag, now);
+                }
+                AuthOutcome::Success(entry.account())
+            }
             Some(_) => AuthOutcome::Failure,
             None => {
                 // The same work as for a user who exists, so that the time taken does not
                 // tell which user names are valid.
-                black_box(loaded.dummy.verify(password));
+                black_box(self.slow_check(&loaded.dummy, password));
                 AuthOutcome::Failure
             }
         }
+    }
+
+    /// The scheme's own check of `password`: slow on purpose.
+    fn slow_check(&self, stored: &StoredPassword, password: &[u8]) -> bool {
+        #[cfg(test)]
+        self.slow_checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stored.verify(password)
+    }
+}
+
+impl Authenticator for PasswdDb {
+    fn verify_password(&self, user: &str, password: &[u8]) -> AuthOutcome {
+        self.verify_password_at(user, password, Instant::now())
     }
 
     fn verify_apop(&self, user: &str, timestamp: &str, digest: &str) -> AuthOutcome {
@@ -1127,6 +1192,209 @@ h:{PLAIN}ph:::::
             AuthOutcome::Success(success_account("k", None))
         );
         assert_eq!(db.verify_password("k", b"y"), AuthOutcome::Failure);
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// A database that remembers verifications for an hour, at most `max` of them.
+    fn cached_db_with(text: &str, max: usize) -> (tempfile::TempDir, PathBuf, PasswdDb) {
+        let (dir, path, db) = db_with(text);
+        (dir, path, db.with_verified_cache(HOUR, max))
+    }
+
+    impl PasswdDb {
+        fn slow_checks(&self) -> usize {
+            self.slow_checks.load(std::sync::atomic::Ordering::Relaxed)
+        }
+
+        fn cached(&self) -> usize {
+            self.verified.as_ref().map_or(0, VerifiedCache::len)
+        }
+    }
+
+    #[test]
+    fn a_second_correct_login_is_served_from_the_cache() {
+        let (_dir, _path, db) = cached_db_with(&format!("alice:{SHA512}::::/home/alice\n"), 10);
+        let alice = success("alice", Some("/home/alice"));
+        assert_eq!(db.verify_password("alice", b"secret"), alice);
+        assert_eq!((db.slow_checks(), db.cached()), (1, 1));
+        for _ in 0..3 {
+            assert_eq!(db.verify_password("alice", b"secret"), alice);
+        }
+        assert_eq!((db.slow_checks(), db.cached()), (1, 1));
+    }
+
+    #[test]
+    fn every_password_login_is_cached_whatever_the_scheme() {
+        let text = format!(
+            "plain:{{PLAIN}}tanstaaf\nsha256:{SHA256}\nbcrypt:{{BLF-CRYPT}}{BCRYPT}\n\
+             argon:{{ARGON2ID}}{ARGON2}\nscram:{}",
+            scram_line("x", 4096).trim_start_matches("x:")
+        );
+        let (_dir, _path, db) = cached_db_with(&text, 10);
+        let cases: [(&str, &[u8]); 5] = [
+            ("plain", b"tanstaaf"),
+            ("sha256", b"secret"),
+            ("bcrypt", b"secret"),
+            ("argon", b"password"),
+            ("scram", b"pw"),
+        ];
+        for (user, password) in cases {
+            for _ in 0..2 {
+                assert_eq!(
+                    db.verify_password(user, password),
+                    success(user, None),
+                    "{user}"
+                );
+            }
+        }
+        assert_eq!((db.slow_checks(), db.cached()), (5, 5));
+    }
+
+    #[test]
+    fn a_wrong_password_after_a_cached_success_costs_a_full_check() {
+        let (_dir, _path, db) = cached_db_with(&format!("alice:{SHA256}\nbob:{SHA256}\n"), 10);
+        assert_eq!(
+            db.verify_password("alice", b"secret"),
+            success("alice", None)
+        );
+        let checks = db.slow_checks();
+        for (user, password) in [
+            ("alice", &b"wrong"[..]),
+            ("alice", b"secret "),
+            ("alice", b""),
+            ("Alice", b"secret"),
+            ("nobody", b"secret"),
+        ] {
+            assert_eq!(db.verify_password(user, password), AuthOutcome::Failure);
+        }
+        // Each failure hashed, and none was remembered or forgot the success.
+        assert_eq!(db.slow_checks(), checks + 5);
+        assert_eq!(db.cached(), 1);
+        assert_eq!(
+            db.verify_password("alice", b"secret"),
+            success("alice", None)
+        );
+        assert_eq!(db.slow_checks(), checks + 5);
+        // The same password is not remembered for another user who has the same hash.
+        assert_eq!(db.verify_password("bob", b"secret"), success("bob", None));
+        assert_eq!(db.slow_checks(), checks + 6);
+    }
+
+    #[test]
+    fn a_password_change_invalidates_the_cached_verification() {
+        let (_dir, path, db) = cached_db_with(&format!("alice:{SHA256}::::/home/a\n"), 10);
+        assert_eq!(
+            db.verify_password("alice", b"secret"),
+            success("alice", Some("/home/a"))
+        );
+        set_password(
+            &path,
+            "alice",
+            &hash_password(Scheme::Sha256Crypt, b"new").unwrap(),
+        )
+        .unwrap();
+        let checks = db.slow_checks();
+        assert_eq!(db.verify_password("alice", b"secret"), AuthOutcome::Failure);
+        assert_eq!(db.slow_checks(), checks + 1);
+        assert_eq!(
+            db.verify_password("alice", b"new"),
+            success("alice", Some("/home/a"))
+        );
+        // The same password under another scheme is a new entry too.
+        set_password(&path, "alice", "{PLAIN}new").unwrap();
+        assert_eq!(
+            db.verify_password("alice", b"new"),
+            success("alice", Some("/home/a"))
+        );
+        assert_eq!(db.slow_checks(), checks + 3);
+    }
+
+    #[test]
+    fn a_cached_login_gets_the_account_of_the_current_file() {
+        let (_dir, path, db) = cached_db_with(&format!("alice:{SHA256}::::/home/a\n"), 10);
+        assert_eq!(
+            db.verify_password("alice", b"secret"),
+            success("alice", Some("/home/a"))
+        );
+        // The home directory changes, the password field does not: still remembered.
+        fs::write(&path, format!("alice:{SHA256}::::/home/b\n")).unwrap();
+        assert_eq!(
+            db.verify_password("alice", b"secret"),
+            success("alice", Some("/home/b"))
+        );
+        assert_eq!(db.slow_checks(), 1);
+        // A user removed from the file cannot log in on a remembered success.
+        fs::write(&path, "bob:{PLAIN}b\n").unwrap();
+        assert_eq!(db.verify_password("alice", b"secret"), AuthOutcome::Failure);
+        assert_eq!(db.slow_checks(), 2);
+    }
+
+    #[test]
+    fn a_cached_verification_expires() {
+        let (_dir, _path, db) = db_with(&format!("alice:{SHA256}\n"));
+        let db = db.with_verified_cache(Duration::from_secs(60), 10);
+        let t0 = Instant::now();
+        let alice = success("alice", None);
+        assert_eq!(db.verify_password_at("alice", b"secret", t0), alice);
+        let at = |secs| t0 + Duration::from_secs(secs);
+        assert_eq!(db.verify_password_at("alice", b"secret", at(59)), alice);
+        assert_eq!(db.slow_checks(), 1);
+        // Expired: hashed again, and remembered from then on.
+        assert_eq!(db.verify_password_at("alice", b"secret", at(60)), alice);
+        assert_eq!(db.slow_checks(), 2);
+        assert_eq!(db.verify_password_at("alice", b"secret", at(119)), alice);
+        assert_eq!(db.slow_checks(), 2);
+        assert_eq!(db.verify_password_at("alice", b"secret", at(120)), alice);
+        assert_eq!(db.slow_checks(), 3);
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_bound() {
+        let text: String = (0..20).map(|n| format!("u{n}:{{PLAIN}}p{n}\n")).collect();
+        let (_dir, _path, db) = cached_db_with(&text, 8);
+        for round in 0..3 {
+            for n in 0..20 {
+                let user = format!("u{n}");
+                assert_eq!(
+                    db.verify_password(&user, format!("p{n}").as_bytes()),
+                    success(&user, None),
+                    "round {round}"
+                );
+                assert!(db.cached() <= 8, "{}", db.cached());
+            }
+        }
+    }
+
+    #[test]
+    fn without_a_cache_every_login_hashes() {
+        let (_dir, _path, db) = db_with(&format!("alice:{SHA256}\n"));
+        let (_dir2, _path2, zero_ttl) = db_with(&format!("alice:{SHA256}\n"));
+        let zero_ttl = zero_ttl.with_verified_cache(Duration::ZERO, 10);
+        let (_dir3, _path3, zero_entries) = db_with(&format!("alice:{SHA256}\n"));
+        let zero_entries = zero_entries.with_verified_cache(HOUR, 0);
+        for db in [&db, &zero_ttl, &zero_entries] {
+            assert!(db.verified.is_none());
+            for _ in 0..3 {
+                assert_eq!(
+                    db.verify_password("alice", b"secret"),
+                    success("alice", None)
+                );
+            }
+            assert_eq!(db.slow_checks(), 3);
+        }
+    }
+
+    #[test]
+    fn debug_of_a_cached_db_shows_no_secret() {
+        let (_dir, _path, db) = cached_db_with("alice:{PLAIN}tanstaaf\n", 10);
+        assert_eq!(
+            db.verify_password("alice", b"tanstaaf"),
+            success("alice", None)
+        );
+        let debug = format!("{db:?}");
+        assert!(debug.contains("len: 1"), "{debug}");
+        assert!(!debug.contains("tanstaaf"), "{debug}");
     }
 
     #[test]

@@ -123,6 +123,9 @@ struct Connection {
 
 enum Step {
     Continue,
+    /// Handle this event next (the session answered a deferred command with it); the `usize` is
+    /// the length of the output before that answer.
+    Then(Event, usize),
     End(End),
 }
 
@@ -170,9 +173,11 @@ impl Connection {
                     Some(Frame::Line(line)) => self.session.handle_line(line, &mut self.out),
                     Some(Frame::TooLong) => self.session.handle_too_long(&mut self.out),
                 };
-                if let Some(event) = event {
+                let mut next = event.map(|event| (event, before));
+                while let Some((event, before)) = next.take() {
                     match self.handle_event(event, before).await {
                         Step::Continue => {}
+                        Step::Then(event, before) => next = Some((event, before)),
                         Step::End(end) => {
                             let _ = self.flush().await;
                             return end;
@@ -278,6 +283,7 @@ impl Connection {
             Event::Retrieve { index, top_lines } => {
                 self.retrieve(index, top_lines, out_before).await
             }
+            Event::MessageSizes => self.message_sizes().await,
             Event::Listing => {
                 while !self
                     .session
@@ -461,8 +467,13 @@ impl Connection {
                 match maildrop {
                     Ok(maildrop) => {
                         let messages = maildrop.messages().to_vec();
+                        let sizes_known = maildrop.sizes_known();
                         self.maildrop = Some(maildrop);
-                        AuthResult::Success { user, messages }
+                        AuthResult::Success {
+                            user,
+                            messages,
+                            sizes_known,
+                        }
                     }
                     Err(StoreError::InUse) => AuthResult::InUse,
                     Err(e) => {
@@ -488,6 +499,36 @@ impl Connection {
             return Step::End(End::TooManyFailedLogins);
         }
         Step::Continue
+    }
+
+    /// STAT, LIST or RETR needs the sizes the open deferred: read the files (off the async
+    /// threads), then let the session answer the command.
+    async fn message_sizes(&mut self) -> Step {
+        let before = self.out.len();
+        let sizes = match self.maildrop.take() {
+            None => None,
+            Some(mut maildrop) => {
+                let peer = self.peer;
+                let done = tokio::task::spawn_blocking(move || {
+                    let sizes = maildrop.compute_sizes().map_err(|e| {
+                        tracing::warn!(peer = %peer, error = %e, "cannot size the messages");
+                    });
+                    (maildrop, sizes.ok())
+                })
+                .await;
+                match done {
+                    Ok((maildrop, sizes)) => {
+                        self.maildrop = Some(maildrop);
+                        sizes
+                    }
+                    Err(_) => return Step::End(End::IoError),
+                }
+            }
+        };
+        match self.session.sizes_result(sizes, &mut self.out) {
+            Some(event) => Step::Then(event, before),
+            None => Step::Continue,
+        }
     }
 
     /// Stream one message (RETR) or its top (TOP) through the dot encoder.

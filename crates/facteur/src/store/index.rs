@@ -9,12 +9,21 @@
 //! The format is text, one record a line, so an administrator can read it:
 //!
 //! ```text
-//! facteur-index 1
+//! facteur-index 2
 //! cur 1700000000123456789        (mtime of cur/ in ns, or "-": not trusted)
 //! new 1700000000123456789        (mtime of new/ when it was last seen empty, or "-")
 //! 1234 1700000000.M1P2.host:2,S  (wire size, then the file name in cur/, %XX-escaped)
-//! end 1                          (the number of message lines: a truncated file is caught)
+//! - 1700000001.M3P4.host:2,      (a message not sized yet: see `maildir`, deferred sizes)
+//! end 2 5d1c0a3b9e8f7a61         (the number of message lines, and a checksum of the lines
+//!                                 above it: a truncated, damaged or hand-edited file is caught)
 //! ```
+//!
+//! The index is written only by facteur, after it sorted the messages in delivery order and made
+//! sure no unique-id appears twice; the checksum proves the file is still exactly that, so an
+//! open on the fast path need not check either again.
+//!
+//! Version 1 (written before sizes could be deferred) has no "-" sizes and no checksum; it is
+//! read, and its order and unique-ids are checked as for a listing of the directory.
 //!
 //! In names, every octet outside 0x21..=0x7E and '%' itself is written `%XX` (upper-case hex), so
 //! any file name (spaces, newlines, non-UTF-8) fits on one line.
@@ -26,6 +35,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use super::fasthash::checksum;
 use super::name::{is_message_name, parse_decimal};
 use super::StoreError;
 
@@ -34,7 +44,9 @@ pub(crate) const INDEX_FILE: &str = "facteur-index";
 /// Where a new index is written before it is renamed over the old one.
 const INDEX_TMP_FILE: &str = "facteur-index.tmp";
 /// The first line; a different version is treated as corrupt and rebuilt.
-const HEADER: &[u8] = b"facteur-index 1";
+const HEADER: &[u8] = b"facteur-index 2";
+/// The first line of the previous version, still read.
+const HEADER_V1: &[u8] = b"facteur-index 1";
 /// An index larger than this is not read (it would be about ten million messages): treated as
 /// corrupt, so a garbage file cannot make a login allocate without bound.
 const MAX_INDEX_BYTES: u64 = 1 << 30;
@@ -49,13 +61,17 @@ pub(crate) struct Index {
     pub(crate) new_mtime: Option<u128>,
     /// The messages, in delivery order.
     pub(crate) entries: Vec<Entry>,
+    /// True when the file's checksum proved it is as facteur wrote it: in delivery order, and no
+    /// unique-id twice. Not written; set by `parse`.
+    pub(crate) sealed: bool,
 }
 
 /// One message file of `cur/`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Entry {
     pub(crate) name: OsString,
-    pub(crate) wire_size: u64,
+    /// `None` while nobody has read the file to size it.
+    pub(crate) wire_size: Option<u64>,
 }
 
 /// Why an index file was not accepted.
@@ -93,14 +109,13 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Index, Corrupt> {
             reason: "the file does not end with a newline",
         });
     };
-    let mut lines = body
-        .split(|&b| b == b'\n')
-        .enumerate()
-        .map(|(i, l)| (i + 1, l));
-    let mut next = |reason| lines.next().ok_or(Corrupt { line: 0, reason });
+    let mut lines = Lines(Some(body)).enumerate().map(|(i, l)| (i + 1, l));
+    let mut next_line = move || lines.next();
+    let mut next = |reason| next_line().ok_or(Corrupt { line: 0, reason });
 
     let (n, header) = next("the file is empty")?;
-    if header != HEADER {
+    let v1 = header == HEADER_V1;
+    if header != HEADER && !v1 {
         return Err(Corrupt {
             line: n,
             reason: "unknown header or version",
@@ -117,16 +132,33 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Index, Corrupt> {
         reason: "bad new line",
     })?;
 
-    let mut entries = Vec::new();
-    while let Some((n, line)) = lines.next() {
-        if let Some(count) = line.strip_prefix(b"end ") {
+    // Message lines are about 60 octets: reserve once rather than grow a 100,000-entry vector.
+    let mut entries = Vec::with_capacity(bytes.len() / 48);
+    loop {
+        let (n, line) = next("no end line (truncated file?)")?;
+        if let Some(end) = line.strip_prefix(b"end ") {
+            let (count, sum) = match end.iter().position(|&b| b == b' ') {
+                Some(space) if !v1 => (&end[..space], Some(&end[space + 1..])),
+                _ => (end, None),
+            };
             if parse_decimal(count) != Some(entries.len() as u64) {
                 return Err(Corrupt {
                     line: n,
                     reason: "the message count does not match",
                 });
             }
-            if lines.next().is_some() {
+            if !v1 {
+                // Everything before the end line.
+                let covered = body.len() - line.len();
+                let expected = format!("{:016x}", checksum(&body[..covered]));
+                if sum != Some(expected.as_bytes()) {
+                    return Err(Corrupt {
+                        line: n,
+                        reason: "the checksum does not match",
+                    });
+                }
+            }
+            if next_line().is_some() {
                 return Err(Corrupt {
                     line: n + 1,
                     reason: "text after the end line",
@@ -136,24 +168,42 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Index, Corrupt> {
                 cur_mtime,
                 new_mtime,
                 entries,
+                sealed: !v1,
             });
         }
         let corrupt = |reason| Corrupt { line: n, reason };
-        let space = line
-            .iter()
-            .position(|&b| b == b' ')
-            .ok_or(corrupt("no space in a message line"))?;
-        let wire_size = parse_decimal(&line[..space]).ok_or(corrupt("bad wire size"))?;
+        let space = memchr::memchr(b' ', line).ok_or(corrupt("no space in a message line"))?;
+        let size_field = &line[..space];
+        let wire_size = if size_field == b"-" && !v1 {
+            None
+        } else {
+            Some(parse_decimal(size_field).ok_or(corrupt("bad wire size"))?)
+        };
         let name = unescape(&line[space + 1..]).ok_or(corrupt("bad file name escape"))?;
         if !is_message_name(&name) {
             return Err(corrupt("not a message file name"));
         }
         entries.push(Entry { name, wire_size });
     }
-    Err(Corrupt {
-        line: 0,
-        reason: "no end line (truncated file?)",
-    })
+}
+
+/// The lines of a text, as `split(|&b| b == b'\n')` gives them, found with memchr.
+struct Lines<'a>(Option<&'a [u8]>);
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let rest = self.0.take()?;
+        match memchr::memchr(b'\n', rest) {
+            Some(i) => {
+                let (line, tail) = rest.split_at(i);
+                self.0 = tail.get(1..);
+                Some(line)
+            }
+            None => Some(rest),
+        }
+    }
 }
 
 fn parse_mtime(line: &[u8], prefix: &[u8]) -> Option<Option<u128>> {
@@ -181,12 +231,16 @@ pub(crate) fn serialize(index: &Index) -> Vec<u8> {
         out.push(b'\n');
     }
     for entry in &index.entries {
-        out.extend_from_slice(entry.wire_size.to_string().as_bytes());
+        match entry.wire_size {
+            Some(size) => out.extend_from_slice(size.to_string().as_bytes()),
+            None => out.push(b'-'),
+        }
         out.push(b' ');
         escape_into(entry.name.as_bytes(), &mut out);
         out.push(b'\n');
     }
-    out.extend_from_slice(format!("end {}\n", index.entries.len()).as_bytes());
+    let sum = checksum(&out);
+    out.extend_from_slice(format!("end {} {sum:016x}\n", index.entries.len()).as_bytes());
     out
 }
 
@@ -204,6 +258,13 @@ fn escape_into(name: &[u8], out: &mut Vec<u8>) {
 }
 
 fn unescape(escaped: &[u8]) -> Option<OsString> {
+    // Nearly every name has nothing escaped: check and copy it in one go.
+    if escaped
+        .iter()
+        .all(|&b| (0x21..=0x7e).contains(&b) && b != b'%')
+    {
+        return Some(OsString::from_vec(escaped.to_vec()));
+    }
     let mut out = Vec::with_capacity(escaped.len());
     let mut rest = escaped;
     while let Some((&b, tail)) = rest.split_first() {
@@ -272,13 +333,18 @@ mod tests {
             entries: vec![
                 Entry {
                     name: "1700000000.M1P2.host,S=3,W=4:2,S".into(),
-                    wire_size: 4,
+                    wire_size: Some(4),
+                },
+                Entry {
+                    name: "1700000001.M3P4.host:2,".into(),
+                    wire_size: None,
                 },
                 Entry {
                     name: OsString::from_vec(b"odd name\n%\xff:2,".to_vec()),
-                    wire_size: 0,
+                    wire_size: Some(0),
                 },
             ],
+            sealed: true,
         }
     }
 
@@ -286,11 +352,30 @@ mod tests {
     fn round_trip() {
         let index = sample();
         let bytes = serialize(&index);
-        assert!(bytes.starts_with(b"facteur-index 1\ncur 1700000000123456789\nnew -\n4 1700"));
-        assert!(bytes.ends_with(b"0 odd%20name%0A%25%FF:2,\nend 2\n"));
+        assert!(bytes.starts_with(b"facteur-index 2\ncur 1700000000123456789\nnew -\n4 1700"));
+        let end = bytes.len() - "end 3 0123456789abcdef\n".len();
+        assert!(bytes[..end].ends_with(b"\n- 1700000001.M3P4.host:2,\n0 odd%20name%0A%25%FF:2,\n"));
+        assert!(bytes[end..].starts_with(b"end 3 "));
         assert_eq!(parse(&bytes).unwrap(), index);
-        let empty = Index::default();
+        let empty = Index {
+            sealed: true,
+            ..Index::default()
+        };
         assert_eq!(parse(&serialize(&empty)).unwrap(), empty);
+    }
+
+    #[test]
+    fn version_1_is_still_read() {
+        let v1 = b"facteur-index 1\ncur 17\nnew -\n12 1.M1P1.h:2,\nend 1\n";
+        let index = parse(v1).unwrap();
+        assert!(
+            !index.sealed,
+            "no checksum: order and unique-ids must be checked"
+        );
+        assert_eq!(index.cur_mtime, Some(17));
+        assert_eq!(index.entries[0].wire_size, Some(12));
+        // A deferred size did not exist in version 1.
+        assert!(parse(b"facteur-index 1\ncur -\nnew -\n- a\nend 1\n").is_err());
     }
 
     #[test]
@@ -300,10 +385,10 @@ mod tests {
         for len in 0..good.len() {
             assert!(parse(&good[..len]).is_err(), "truncated to {len}");
         }
-        let cases: [&[u8]; 10] = [
+        let cases: [&[u8]; 11] = [
             b"",
             b"\x00\xff garbage \n",
-            b"facteur-index 2\ncur -\nnew -\nend 0\n",
+            b"facteur-index 3\ncur -\nnew -\nend 0\n",
             b"facteur-index 1\ncur x\nnew -\nend 0\n",
             b"facteur-index 1\ncur -\nnew -\nend 1\n",
             b"facteur-index 1\ncur -\nnew -\n12 .hidden\nend 1\n",
@@ -311,10 +396,24 @@ mod tests {
             b"facteur-index 1\ncur -\nnew -\n-1 a\nend 1\n",
             b"facteur-index 1\ncur -\nnew -\n1 a%zz\nend 1\n",
             b"facteur-index 1\ncur -\nnew -\nend 0\n1 a\n",
+            b"facteur-index 2\ncur -\nnew -\n-- a\nend 1\n",
         ];
         for case in cases {
             assert!(parse(case).is_err(), "{:?}", String::from_utf8_lossy(case));
         }
+        // Any change to a message line, even one that parses, breaks the checksum.
+        let text = String::from_utf8_lossy(&good).into_owned();
+        for (from, to) in [("\n4 ", "\n5 "), (":2,S", ":2,T"), ("\n- 1700", "\n7 1700")] {
+            let edited = text.replacen(from, to, 1);
+            assert_ne!(edited, text);
+            let err = parse(edited.as_bytes()).unwrap_err();
+            assert_eq!(err.reason, "the checksum does not match");
+        }
+        // Lines moved around: same checksum input? No: order counts too.
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.swap(3, 4);
+        let swapped = lines.join("\n") + "\n";
+        assert!(parse(swapped.as_bytes()).is_err());
     }
 
     #[test]

@@ -12,6 +12,15 @@
 //!    from a `,W=` field, or by reading the file; sort in delivery order; write the index if it
 //!    changed.
 //!
+//! ## Deferred sizes
+//! A file whose size neither the index nor a `,W=` field knows must be read whole to be sized
+//! (RETR sends every LF as CRLF). When more than [`EAGER_SIZING_MAX`] files are in that case (a
+//! large maildrop filled by a delivery agent that writes no `,W=`, seen for the first time), the
+//! open reads none of them: the snapshot is taken with those sizes unknown, a login and UIDL
+//! cost no file read, and the first command that needs a size (STAT, LIST, RETR) has them read
+//! through [`Maildrop::compute_sizes`], which also records them in the index. Fewer (the usual
+//! case: the mail delivered since the last login) are read at the open.
+//!
 //! ## Why the mtimes can be trusted
 //! Every change to a directory's entries (a delivery into `new/`, a flag change renaming a file
 //! of `cur/`, an unlink) sets the directory's mtime to the current time. A directory's mtime is
@@ -41,9 +50,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use facteur_proto::{MessageMeta, Uidl};
 
 use super::deliver::{deliver_into, hostname, unique_name};
+use super::fasthash::{FastMap, FastSet};
 use super::index::{self, sync_dir, Entry, Index};
 use super::name::{
-    base_name, compare, count_wire_size, cur_name_for_new, info_part, is_message_name,
+    base_name, compare, count_wire_size, cur_name_for_new, info_part, is_message_name, order_key,
     uid_for_base, wire_size_field, BLOCK_SIZE,
 };
 use super::{template, Delivered, Maildrop, Store, StoreError};
@@ -54,6 +64,11 @@ pub(crate) const LOCK_FILE: &str = "facteur.lock";
 /// How old a directory's mtime must be, when an open begins, for the index to trust it: more
 /// than the coarsest timestamp granularity in use (2 s on FAT, 1 s on ext3 and HFS+).
 pub(crate) const SETTLE_TIME: Duration = Duration::from_secs(2);
+
+/// At most this many message files of unknown size are read during an open (see "Deferred
+/// sizes"): reading 256 small files takes a few milliseconds, and it is the usual case (the mail
+/// delivered since the last login), so the login reply can give the maildrop's size at once.
+pub(crate) const EAGER_SIZING_MAX: usize = 256;
 
 /// How many rounds of "list `new/`, move what is there" one open does before giving up on seeing
 /// `new/` empty (a stream of deliveries); the next open moves the rest.
@@ -91,6 +106,8 @@ pub struct OpenStats {
     pub moved_from_new: usize,
     /// Message files opened to count their wire size (neither the index nor a `,W=` knew it).
     pub files_read: usize,
+    /// Messages whose size is left unknown until a command needs it (see "Deferred sizes").
+    pub sizes_deferred: usize,
     /// What became of the index.
     pub index: IndexOutcome,
     /// True if the index file was (re)written.
@@ -106,6 +123,10 @@ pub struct LockedMaildir {
     messages: Vec<MessageMeta>,
     /// The file name in `cur/` of each message of the snapshot; `None` once deleted.
     names: Vec<Option<OsString>>,
+    /// Positions (ascending) of the messages whose size is not known yet (0 in `messages`).
+    not_sized: Vec<usize>,
+    /// The `cur/` mtime the index recorded for this snapshot, if trusted.
+    cur_mtime: Option<u128>,
     /// The `new/` mtime the index recorded for this snapshot, kept when the index is rewritten.
     new_mtime: Option<u128>,
     /// Holds the flock; closing the file releases it.
@@ -180,12 +201,30 @@ impl MaildirStore {
                 && index.new_mtime.is_some()
                 && index.new_mtime == new_mtime;
             if unchanged {
-                let entries = sort_entries(std::mem::take(&mut index.entries));
-                let (uids, duplicates) = unique_ids(&entries);
+                let entries = std::mem::take(&mut index.entries);
+                // A sealed index is as facteur wrote it: sorted, no unique-id twice.
+                let (entries, uids, duplicates) = if index.sealed {
+                    let uids = entries
+                        .iter()
+                        .map(|e| uid_for_base(base_name(e.name.as_bytes())))
+                        .collect();
+                    (entries, uids, Vec::new())
+                } else {
+                    let entries = sort_entries(entries);
+                    let (uids, duplicates) = unique_ids(&entries);
+                    (entries, uids, duplicates)
+                };
                 if duplicates.is_empty() {
                     stats.fast_path = true;
                     stats.messages = entries.len();
-                    let maildrop = LockedMaildir::new(dir, entries, uids, index.new_mtime, lock);
+                    stats.sizes_deferred = entries.iter().filter(|e| e.wire_size.is_none()).count();
+                    let maildrop = LockedMaildir::new(
+                        dir,
+                        entries,
+                        uids,
+                        (index.cur_mtime, index.new_mtime),
+                        lock,
+                    );
                     return Ok((maildrop, stats));
                 }
                 tracing::warn!(maildir = %dir.display(),
@@ -216,47 +255,55 @@ impl MaildirStore {
         let cur_mtime = mtime_ns(&cur)?;
         let names = list_messages(&cur)?;
         stats.dir_listings += 1;
-        let known: HashMap<&[u8], u64> = old_index
+        let known: FastMap<&[u8], u64> = old_index
             .iter()
             .flat_map(|index| index.entries.iter())
-            .map(|e| (base_name(e.name.as_bytes()), e.wire_size))
+            .filter_map(|e| Some((base_name(e.name.as_bytes()), e.wire_size?)))
             .collect();
         // Two files with one base name (one is about to be renamed apart) may differ: the index
         // cannot tell which one it sized, so both are sized afresh.
-        let mut seen = HashSet::with_capacity(names.len());
-        let shared_bases: HashSet<&[u8]> = names
+        let mut seen = FastSet::with_capacity_and_hasher(names.len(), Default::default());
+        let shared_bases: HashSet<Vec<u8>> = names
             .iter()
             .map(|name| base_name(name.as_bytes()))
             .filter(|&base| !seen.insert(base))
+            .map(<[u8]>::to_vec)
             .collect();
+        drop(seen);
         let mut entries = Vec::with_capacity(names.len());
         // Positions in `entries` of the messages whose files must be read to be sized.
         let mut to_size = Vec::new();
-        for name in &names {
+        for name in names {
             let base = base_name(name.as_bytes());
-            let cached = if shared_bases.contains(base) {
-                None
-            } else {
+            let cached = if shared_bases.is_empty() || !shared_bases.contains(base) {
                 known.get(base).copied()
+            } else {
+                None
             };
             let wire_size = cached.or_else(|| wire_size_field(base));
             if wire_size.is_none() {
                 to_size.push(entries.len());
             }
-            entries.push(Entry {
-                name: name.clone(),
-                wire_size: wire_size.unwrap_or(0),
-            });
+            entries.push(Entry { name, wire_size });
         }
-        stats.files_read += to_size.len();
-        let sized = size_files(&cur, &entries, &to_size)?;
+        drop(known);
         let mut vanished = Vec::new();
-        for (&pos, size) in to_size.iter().zip(sized) {
-            match (size, entries.get_mut(pos)) {
-                (Some(size), Some(entry)) => entry.wire_size = size,
-                (None, _) => vanished.push(pos),
-                (Some(_), None) => {}
+        if to_size.len() <= EAGER_SIZING_MAX {
+            stats.files_read += to_size.len();
+            let targets: Vec<&OsStr> = to_size
+                .iter()
+                .filter_map(|&pos| entries.get(pos).map(|e| e.name.as_os_str()))
+                .collect();
+            let sized = size_files(&cur, &targets)?;
+            for (&pos, size) in to_size.iter().zip(sized) {
+                match (size, entries.get_mut(pos)) {
+                    (Some(size), Some(entry)) => entry.wire_size = Some(size),
+                    (None, _) => vanished.push(pos),
+                    (Some(_), None) => {}
+                }
             }
+        } else {
+            stats.sizes_deferred = to_size.len();
         }
         // Renamed or removed by another program since the listing: it will be in the next
         // snapshot under its new name, if it still exists.
@@ -323,6 +370,7 @@ impl MaildirStore {
             cur_mtime: settled(cur_mtime, started),
             new_mtime,
             entries,
+            sealed: false,
         };
         let bytes = index::serialize(&index);
         if old_bytes.as_deref() != Some(&bytes[..]) {
@@ -332,7 +380,8 @@ impl MaildirStore {
             }
         }
         stats.messages = index.entries.len();
-        let maildrop = LockedMaildir::new(dir, index.entries, uids, new_mtime, lock);
+        let maildrop =
+            LockedMaildir::new(dir, index.entries, uids, (index.cur_mtime, new_mtime), lock);
         Ok((maildrop, stats))
     }
 
@@ -391,18 +440,23 @@ impl Store for MaildirStore {
 }
 
 impl LockedMaildir {
+    /// `mtimes`: the `cur/` and `new/` mtimes the index records for this snapshot.
     fn new(
         dir: &Path,
         entries: Vec<Entry>,
         uids: Vec<Uidl>,
-        new_mtime: Option<u128>,
+        mtimes: (Option<u128>, Option<u128>),
         lock: File,
     ) -> Self {
         let mut messages = Vec::with_capacity(entries.len());
         let mut names = Vec::with_capacity(entries.len());
+        let mut not_sized = Vec::new();
         for (entry, uid) in entries.into_iter().zip(uids) {
+            if entry.wire_size.is_none() {
+                not_sized.push(messages.len());
+            }
             messages.push(MessageMeta {
-                size: entry.wire_size,
+                size: entry.wire_size.unwrap_or(0),
                 uid,
             });
             names.push(Some(entry.name));
@@ -412,9 +466,34 @@ impl LockedMaildir {
             cur: dir.join("cur"),
             messages,
             names,
-            new_mtime,
+            not_sized,
+            cur_mtime: mtimes.0,
+            new_mtime: mtimes.1,
             _lock: lock,
         }
+    }
+
+    /// The index entries of the snapshot as it is now: deleted messages left out, sizes not
+    /// known yet as `None`.
+    fn index_entries(&self) -> Vec<Entry> {
+        let mut not_sized = self.not_sized.iter().peekable();
+        self.names
+            .iter()
+            .zip(&self.messages)
+            .enumerate()
+            .filter_map(|(i, (name, meta))| {
+                let known = if not_sized.peek() == Some(&&i) {
+                    not_sized.next();
+                    false
+                } else {
+                    true
+                };
+                name.as_ref().map(|name| Entry {
+                    name: name.clone(),
+                    wire_size: known.then_some(meta.size),
+                })
+            })
+            .collect()
     }
 
     /// The maildir's directory.
@@ -470,22 +549,13 @@ impl LockedMaildir {
     /// Rewrites the index without the deleted messages. A failure only costs the next open a
     /// directory listing, so it is logged, not returned.
     fn rewrite_index(&self) {
-        let entries = self
-            .names
-            .iter()
-            .zip(&self.messages)
-            .filter_map(|(name, meta)| {
-                name.as_ref().map(|name| Entry {
-                    name: name.clone(),
-                    wire_size: meta.size,
-                })
-            })
-            .collect();
+        let entries = self.index_entries();
         let index = Index {
             // cur/ was just changed: its new mtime is too fresh to trust.
             cur_mtime: None,
             new_mtime: self.new_mtime,
             entries,
+            sealed: false,
         };
         if let Err(e) = index::write_atomic(&self.dir, &index::serialize(&index)) {
             tracing::warn!(error = %e, "cannot rewrite the maildrop index after UPDATE");
@@ -496,6 +566,71 @@ impl LockedMaildir {
 impl Maildrop for LockedMaildir {
     fn messages(&self) -> &[MessageMeta] {
         &self.messages
+    }
+
+    fn sizes_known(&self) -> bool {
+        self.not_sized.is_empty()
+    }
+
+    fn compute_sizes(&mut self) -> Result<Vec<u64>, StoreError> {
+        if !self.not_sized.is_empty() {
+            let targets: Vec<&OsStr> = self
+                .not_sized
+                .iter()
+                .map(|&pos| {
+                    self.names
+                        .get(pos)
+                        .and_then(Option::as_deref)
+                        .unwrap_or_default()
+                })
+                .collect();
+            let mut sized = size_files(&self.cur, &targets)?;
+            // Renamed by another program since the open (a flag change): found by base name,
+            // with one listing of cur/. Gone for good: it stays in the snapshot with size 0, and
+            // RETR will say it vanished.
+            if sized.iter().any(Option::is_none) {
+                let mut by_base = self.names_by_base()?;
+                for (&pos, size) in self.not_sized.iter().zip(sized.iter_mut()) {
+                    if size.is_some() {
+                        continue;
+                    }
+                    let Some(Some(old)) = self.names.get(pos) else {
+                        continue;
+                    };
+                    let Some(current) = by_base.remove(base_name(old.as_bytes())) else {
+                        continue;
+                    };
+                    *size = size_files(&self.cur, &[current.as_os_str()])?
+                        .first()
+                        .copied()
+                        .flatten();
+                    if size.is_some() {
+                        if let Some(slot) = self.names.get_mut(pos) {
+                            *slot = Some(current);
+                        }
+                    }
+                }
+            }
+            for (&pos, size) in self.not_sized.iter().zip(sized) {
+                if let Some(meta) = self.messages.get_mut(pos) {
+                    meta.size = size.unwrap_or(0);
+                }
+            }
+            self.not_sized.clear();
+            // Record the sizes, so that no later session reads these files again. The mtimes
+            // are those of the open's listing: if another program changed a directory since,
+            // the next open sees it and lists it again.
+            let index = Index {
+                cur_mtime: self.cur_mtime,
+                new_mtime: self.new_mtime,
+                entries: self.index_entries(),
+                sealed: false,
+            };
+            if let Err(e) = index::write_atomic(&self.dir, &index::serialize(&index)) {
+                tracing::warn!(error = %e, "cannot record message sizes in the maildrop index");
+            }
+        }
+        Ok(self.messages.iter().map(|m| m.size).collect())
     }
 
     fn open_message(&mut self, index: usize) -> Result<Box<dyn Read + Send>, StoreError> {
@@ -651,37 +786,39 @@ fn settled(mtime: Option<u128>, started_ns: u128) -> Option<u128> {
 }
 
 /// Sorts message files oldest first (see `name::compare`); an index is stored sorted, so on the
-/// fast path this is one pass that finds nothing to do.
-fn sort_entries(mut entries: Vec<Entry>) -> Vec<Entry> {
-    let order = |a: &Entry, b: &Entry| compare(a.name.as_bytes(), b.name.as_bytes());
-    if !entries.is_sorted_by(|a, b| order(a, b) != Ordering::Greater) {
-        entries.sort_by(order);
+/// fast path this is one pass that finds nothing to do. Each name's timestamp is parsed once
+/// (`name::order_key`); only names with the same timestamp are compared token by token.
+fn sort_entries(entries: Vec<Entry>) -> Vec<Entry> {
+    let mut keyed: Vec<((bool, u64), Entry)> = entries
+        .into_iter()
+        .map(|e| (order_key(e.name.as_bytes()), e))
+        .collect();
+    let order = |a: &((bool, u64), Entry), b: &((bool, u64), Entry)| {
+        a.0.cmp(&b.0)
+            .then_with(|| compare(a.1.name.as_bytes(), b.1.name.as_bytes()))
+    };
+    if !keyed.is_sorted_by(|a, b| order(a, b) != Ordering::Greater) {
+        // Unstable is enough: `compare` never finds two different names equal.
+        keyed.sort_unstable_by(order);
     }
-    entries
+    keyed.into_iter().map(|(_, e)| e).collect()
 }
 
 /// The unique-id of each entry, and the positions whose unique-id an earlier entry already has.
-/// Size the files at `positions` of `entries` (in cur/) by reading them; `None` for a file that
-/// vanished meanwhile. A first open of a large maildrop is bound by these reads (open, read,
-/// close per file, mostly kernel time), so they are spread over a few threads.
-fn size_files(
-    cur: &Path,
-    entries: &[Entry],
-    positions: &[usize],
-) -> Result<Vec<Option<u64>>, StoreError> {
+/// Sizes the files `names` of `cur` by reading them; `None` for a file that vanished meanwhile.
+/// Sizing a large maildrop is bound by these reads (open, read, close per file, mostly kernel
+/// time), so they are spread over a few threads.
+fn size_files(cur: &Path, names: &[&OsStr]) -> Result<Vec<Option<u64>>, StoreError> {
     /// Below this many files, threads cost more than they save.
     const PARALLEL_FROM: usize = 256;
     /// Reads in flight at most: beyond a few, the disk or the kernel is the limit.
     const MAX_THREADS: usize = 4;
-    let size_some = |chunk: &[usize]| -> Result<Vec<Option<u64>>, StoreError> {
+    let size_some = |chunk: &[&OsStr]| -> Result<Vec<Option<u64>>, StoreError> {
         let mut buf = vec![0u8; BLOCK_SIZE];
         chunk
             .iter()
-            .map(|&pos| {
-                let Some(entry) = entries.get(pos) else {
-                    return Ok(None);
-                };
-                let path = cur.join(&entry.name);
+            .map(|&name| {
+                let path = cur.join(name);
                 match File::open(&path).and_then(|mut f| count_wire_size(&mut f, &mut buf)) {
                     Ok(size) => Ok(Some(size)),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -693,16 +830,16 @@ fn size_files(
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(MAX_THREADS);
-    if positions.len() < PARALLEL_FROM || threads < 2 {
-        return size_some(positions);
+    if names.len() < PARALLEL_FROM || threads < 2 {
+        return size_some(names);
     }
-    let per_thread = positions.len().div_ceil(threads);
+    let per_thread = names.len().div_ceil(threads);
     std::thread::scope(|scope| {
-        let handles: Vec<_> = positions
+        let handles: Vec<_> = names
             .chunks(per_thread)
             .map(|chunk| scope.spawn(move || size_some(chunk)))
             .collect();
-        let mut sizes = Vec::with_capacity(positions.len());
+        let mut sizes = Vec::with_capacity(names.len());
         for handle in handles {
             match handle.join() {
                 Ok(part) => sizes.extend(part?),
@@ -724,11 +861,11 @@ fn unique_ids(entries: &[Entry]) -> (Vec<Uidl>, Vec<usize>) {
         .iter()
         .map(|e| uid_for_base(base_name(e.name.as_bytes())))
         .collect();
-    let mut seen = HashSet::with_capacity(uids.len());
+    let mut seen = FastSet::with_capacity_and_hasher(uids.len(), Default::default());
     let duplicates = uids
         .iter()
         .enumerate()
-        .filter(|(_, uid)| !seen.insert(*uid))
+        .filter(|(_, uid)| !seen.insert(uid.as_bytes()))
         .map(|(i, _)| i)
         .collect();
     (uids, duplicates)
@@ -990,16 +1127,95 @@ mod tests {
     }
 
     #[test]
-    fn many_files_are_sized_in_parallel_exactly_and_in_order() {
+    fn many_unsized_files_are_deferred_then_sized_in_parallel_exactly_and_in_order() {
         let f = fixture();
-        // Enough files to take the threaded path; message i has i bare LF lines.
+        // More than EAGER_SIZING_MAX, enough to take the threaded path; message i has i bare
+        // LF lines.
         for i in 0..600u64 {
             let body = "x\n".repeat(i as usize);
             f.put("cur", &format!("{}.m{i}:2,", 1000 + i), body.as_bytes());
         }
+        let expected: Vec<u64> = (0..600u64).map(|i| 3 * i).collect();
+        let (mut m, stats) = f.open();
+        assert_eq!(stats.files_read, 0);
+        assert_eq!(stats.sizes_deferred, 600);
+        assert!(!m.sizes_known());
+        assert_eq!(uids(&m)[599], "1599.m599");
+        assert_eq!(m.compute_sizes().unwrap(), expected);
+        assert!(m.sizes_known());
+        assert_eq!(sizes(&m), expected);
+        // Asking again reads nothing and answers the same.
+        assert_eq!(m.compute_sizes().unwrap(), expected);
+        drop(m);
+
+        // The index now has every size: no later open reads a file, listing cur/ or not.
         let (m, stats) = f.open();
-        assert_eq!(stats.files_read, 600);
-        assert_eq!(sizes(&m), (0..600u64).map(|i| 3 * i).collect::<Vec<_>>());
+        assert_eq!((stats.files_read, stats.sizes_deferred), (0, 0));
+        assert!(m.sizes_known());
+        assert_eq!(sizes(&m), expected);
+        drop(m);
+        f.age();
+        let (m, _) = f.open();
+        drop(m);
+        let (m, stats) = f.open();
+        assert!(stats.fast_path);
+        assert!(m.sizes_known());
+        assert_eq!(sizes(&m), expected);
+    }
+
+    #[test]
+    fn a_few_unsized_files_are_sized_at_the_open() {
+        let f = fixture();
+        for i in 0..EAGER_SIZING_MAX {
+            f.put("cur", &format!("{}.m{i}:2,", 1000 + i), b"a\nb\n");
+        }
+        let (m, stats) = f.open();
+        assert_eq!(
+            (stats.files_read, stats.sizes_deferred),
+            (EAGER_SIZING_MAX, 0)
+        );
+        assert!(m.sizes_known());
+        assert!(sizes(&m).iter().all(|&s| s == 6));
+        drop(m);
+        // New mail on a maildrop already sized: only the new files are read, at the open.
+        f.put("new", "5000.new1", b"x\n");
+        f.put("new", "5001.new2", b"y\r\n");
+        let (m, stats) = f.open();
+        assert_eq!((stats.files_read, stats.sizes_deferred), (2, 0));
+        assert_eq!(sizes(&m)[EAGER_SIZING_MAX..], [3, 3]);
+    }
+
+    #[test]
+    fn deferred_sizes_follow_renames_and_survive_deletions() {
+        let f = fixture();
+        for i in 0..300u64 {
+            f.put("cur", &format!("{}.m{i}:2,", 1000 + i), b"12345\n");
+        }
+        let (mut m, stats) = f.open();
+        assert_eq!(stats.sizes_deferred, 300);
+        // Another program marks message 1 Seen and removes message 2 before anything is sized.
+        fs::rename(f.dir.join("cur/1000.m0:2,"), f.dir.join("cur/1000.m0:2,S")).unwrap();
+        fs::remove_file(f.dir.join("cur/1001.m1:2,")).unwrap();
+        let got = m.compute_sizes().unwrap();
+        assert_eq!(got[0], 7, "found under its new name");
+        assert_eq!(got[1], 0, "gone: size 0, and RETR says it vanished");
+        assert!(got[2..].iter().all(|&s| s == 7));
+        assert!(matches!(m.open_message(1), Err(StoreError::Vanished(2))));
+        assert_eq!(read_message(&mut m, 0), b"12345\n");
+        drop(m);
+
+        // Deleting before any size is known keeps the others unknown, not wrong.
+        let f = fixture();
+        for i in 0..300u64 {
+            f.put("cur", &format!("{}.m{i}:2,", 1000 + i), b"12345\n");
+        }
+        let (mut m, _) = f.open();
+        m.apply_deletions(&[0, 5]).unwrap();
+        drop(m);
+        let (mut m, stats) = f.open();
+        assert_eq!(stats.messages, 298);
+        assert_eq!(stats.sizes_deferred, 298);
+        assert_eq!(m.compute_sizes().unwrap(), vec![7; 298]);
     }
 
     #[test]
@@ -1086,12 +1302,29 @@ mod tests {
         f.put("cur", "2.b:2,", b"b\n");
         f.age();
         drop(f.open());
-        // A damaged but well-formed index: message 2 listed as a second copy of message 1.
-        let mut bad = index::parse(&index::read(&f.dir).unwrap().unwrap()).unwrap();
-        assert!(bad.cur_mtime.is_some() && bad.new_mtime.is_some());
-        bad.entries[1].name = "1.a:2,S".into();
-        index::write_atomic(&f.dir, &index::serialize(&bad)).unwrap();
+        let good = index::read(&f.dir).unwrap().unwrap();
+        let parsed = index::parse(&good).unwrap();
+        assert!(parsed.sealed && parsed.cur_mtime.is_some() && parsed.new_mtime.is_some());
+        let text = String::from_utf8(good).unwrap();
+
+        // Damaged in place: message 2 listed as a second copy of message 1. The checksum no
+        // longer matches: the index is rebuilt.
+        let damaged = text.replacen(" 2.b:2,", " 1.a:2,S", 1);
+        index::write_atomic(&f.dir, damaged.as_bytes()).unwrap();
         let (m, stats) = f.open();
+        assert_eq!(stats.index, IndexOutcome::Corrupt);
+        assert_eq!(uids(&m), vec!["1.a", "2.b"]);
+        drop(m);
+
+        // A version-1 index (no checksum) saying the same: well-formed, so it is read, but its
+        // unique-ids are checked and the directory listed.
+        let mut lines: Vec<String> = damaged.lines().map(str::to_owned).collect();
+        lines[0] = "facteur-index 1".into();
+        let last = lines.len() - 1;
+        lines[last] = "end 2".into();
+        index::write_atomic(&f.dir, (lines.join("\n") + "\n").as_bytes()).unwrap();
+        let (m, stats) = f.open();
+        assert_eq!(stats.index, IndexOutcome::Used);
         assert!(!stats.fast_path);
         assert_eq!(uids(&m), vec!["1.a", "2.b"]);
     }

@@ -13,6 +13,7 @@
 //!   `,W=` wire size, delivery order; and counting the wire size of a message.
 //! - `index`: the per-maildrop cache file that lets a login on an unchanged maildrop cost one
 //!   file read.
+//! - `fasthash`: the hash behind the open's name sets and the index checksum.
 //! - `maildir`: [`MaildirStore`] and [`LockedMaildir`]: lock, snapshot, streaming, UPDATE.
 //! - `deliver`: writing a message into `tmp/`, then `new/`, the Maildir way.
 //!
@@ -24,6 +25,7 @@
 //! - Panic on any file name, file content or user name.
 
 pub(crate) mod deliver;
+mod fasthash;
 mod index;
 mod maildir;
 mod name;
@@ -116,6 +118,15 @@ pub struct Delivered {
 pub trait Maildrop: Send {
     /// The snapshot taken at open: message number n is `messages()[n-1]`.
     fn messages(&self) -> &[MessageMeta];
+
+    /// True when every size in `messages()` is exact. False when the store deferred sizing
+    /// (a first look at a large maildrop whose files carry no size): the sizes are 0 until
+    /// [`Maildrop::compute_sizes`].
+    fn sizes_known(&self) -> bool;
+
+    /// Learns every size not known yet (reading those files), records it for later sessions,
+    /// and returns the size of each message of the snapshot, in order. Cheap once they are known.
+    fn compute_sizes(&mut self) -> Result<Vec<u64>, StoreError>;
 
     /// Open message `index` (0-based) for streaming; never reads it whole.
     fn open_message(&mut self, index: usize) -> Result<Box<dyn Read + Send>, StoreError>;

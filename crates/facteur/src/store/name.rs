@@ -69,10 +69,8 @@ const HASHED_HEX_DIGITS: usize = 40;
 /// with the same 2^-160 odds. And any collision that does happen is caught when the snapshot is
 /// taken (the later file is renamed to a fresh unique name), so a unique-id is never shared.
 pub(crate) fn uid_for_base(base: &[u8]) -> Uidl {
-    if Uidl::is_valid(base) {
-        if let Some(uid) = std::str::from_utf8(base).ok().and_then(Uidl::new) {
-            return uid;
-        }
+    if let Some(uid) = Uidl::from_bytes(base) {
+        return uid;
     }
     let digest = Sha256::digest(base);
     let mut s = String::with_capacity(HASHED_PREFIX.len() + HASHED_HEX_DIGITS);
@@ -162,6 +160,29 @@ pub(crate) fn compare(a: &[u8], b: &[u8]) -> Ordering {
         .cmp(&no_timestamp(base_b))
         .then_with(|| Tokens(base_a).cmp(Tokens(base_b)))
         .then_with(|| a.cmp(b))
+}
+
+/// A coarse delivery-order key: whether the name lacks a leading timestamp, then the
+/// timestamp's value (`u64::MAX` if it does not fit). Where two keys differ, they order the names
+/// as [`compare`] does; where they are equal, only `compare` can tell. Sorting 100,000 names by
+/// this key first saves most of the token-by-token comparisons.
+pub(crate) fn order_key(name: &[u8]) -> (bool, u64) {
+    let base = base_name(name);
+    let digits = base.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return (true, 0);
+    }
+    let mut value: u64 = 0;
+    for &d in base.iter().take(digits) {
+        match value
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(u64::from(d - b'0')))
+        {
+            Some(v) => value = v,
+            None => return (false, u64::MAX),
+        }
+    }
+    (false, value)
 }
 
 /// Counts wire octets while a message streams by: every octet, plus one for each LF not preceded
@@ -345,6 +366,19 @@ mod tests {
             let ab = compare(a.as_bytes(), b.as_bytes());
             prop_assert_eq!(ab, compare(b.as_bytes(), a.as_bytes()).reverse());
             prop_assert_eq!(ab == Ordering::Equal, a == b);
+        }
+
+        /// Where the keys differ they agree with `compare`, so sorting by key first, then by
+        /// `compare`, is sorting by `compare` (timestamps past u64 included).
+        #[test]
+        fn order_key_refines_into_compare(
+            a in "(0{0,3}[0-9]{0,22}|x)[.M0-9a:]{0,8}",
+            b in "(0{0,3}[0-9]{0,22}|x)[.M0-9a:]{0,8}",
+        ) {
+            let (ka, kb) = (order_key(a.as_bytes()), order_key(b.as_bytes()));
+            if ka != kb {
+                prop_assert_eq!(ka.cmp(&kb), compare(a.as_bytes(), b.as_bytes()));
+            }
         }
     }
 }
