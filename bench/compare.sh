@@ -245,6 +245,8 @@ shutdown_grace_secs = 2
 [auth]
 passwd_file = "$SCRATCH/users"
 plaintext_auth = "always"
+# The default, spelled out: successful logins remembered for an hour (see the Dovecot side).
+cache_ttl_secs = 3600
 
 [tls]
 certificate = "$SCRATCH/cert.pem"
@@ -271,6 +273,11 @@ ssl_cert = <$SCRATCH/cert.pem
 ssl_key = <$SCRATCH/key.pem
 disable_plaintext_auth = no
 auth_mechanisms = plain login
+# Both servers with their authentication caches on, for an hour: facteur's default, and
+# Dovecot's auth cache (off by default) turned on. No negative caching on either side.
+auth_cache_size = 10M
+auth_cache_ttl = 1 hour
+auth_cache_negative_ttl = 0
 passdb {
   driver = passwd-file
   args = scheme=SHA512-CRYPT $SCRATCH/users
@@ -392,6 +399,21 @@ warm_cache "$SCRATCH/facteur-mail/"u[0-9] "$SCRATCH/facteur-mail/"u[0-9][0-9] \
     "$SCRATCH/dovecot-mail/"u[0-9] "$SCRATCH/dovecot-mail/"u[0-9][0-9]
 w12 1 plain $F_POP3 $D_POP3
 w12 2 pop3s $F_POP3S $D_POP3S --insecure
+
+# Workload 1 again with both authentication caches off: every login hashes its password.
+caches() { # on|off: set both servers' authentication caches, and restart both
+    local ttl=3600 size=10M
+    if [ "$1" = off ]; then ttl=0 size=0; fi
+    stop_facteur
+    stop_dovecot
+    sed -i "s/^cache_ttl_secs = .*/cache_ttl_secs = $ttl/" "$SCRATCH/facteur.toml"
+    sed -i "s/^auth_cache_size = .*/auth_cache_size = $size/" "$SCRATCH/dovecot.conf"
+    start_facteur
+    start_dovecot
+}
+caches off
+w12 1n plain $F_POP3 $D_POP3
+caches on
 
 # --- workload 3: RETR of one 64 MiB message, and the raw loopback copy ---------------------------
 

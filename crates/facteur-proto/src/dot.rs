@@ -82,6 +82,10 @@ impl DotEncoder {
     /// Returns true when no more input is wanted (TOP limit reached); further input is then
     /// ignored, so the caller can stop reading the message file.
     pub fn encode(&mut self, input: &[u8], out: &mut Vec<u8>) -> bool {
+        if self.body_lines_left.is_none() {
+            self.encode_whole(input, out);
+            return false;
+        }
         let mut rest = input;
         while !self.done && !rest.is_empty() {
             if self.line == LineSoFar::Start && rest.first() == Some(&b'.') {
@@ -104,6 +108,47 @@ impl DotEncoder {
             rest = rest.get(lf.saturating_add(1)..).unwrap_or_default();
         }
         self.done
+    }
+
+    /// RETR: no line limit, so lines need not be told apart, only the octets that change. The
+    /// bytes between two insertions (a CR before a bare LF, a '.' after a line end) are copied
+    /// in one run: a CRLF message without leading dots is one copy per chunk, an LF message one
+    /// copy per line, found by one pass of memchr over the chunk.
+    fn encode_whole(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        // Room for the chunk and a CR every 32 octets; `extend` grows it if lines are shorter.
+        out.reserve(input.len() + input.len() / 32 + 2);
+        if self.line == LineSoFar::Start && input.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+        let mut run = 0; // the first octet of `input` not copied yet
+        let mut saw_lf = false;
+        for lf in memchr::memchr_iter(b'\n', input) {
+            let cr_before = match lf.checked_sub(1).and_then(|i| input.get(i)) {
+                Some(&b) => b == b'\r',
+                // The LF opens the chunk: the line so far came with the previous chunk.
+                None => self.line.ends_cr(),
+            };
+            if !cr_before {
+                out.extend_from_slice(input.get(run..lf).unwrap_or_default());
+                out.push(b'\r');
+                run = lf;
+            }
+            saw_lf = true;
+            if input.get(lf + 1) == Some(&b'.') {
+                out.extend_from_slice(input.get(run..=lf).unwrap_or_default());
+                out.push(b'.');
+                run = lf + 1;
+            }
+        }
+        let tail = input.get(run..).unwrap_or_default();
+        out.extend_from_slice(tail);
+        // What the last, unfinished line holds so far: the octets after the last LF.
+        let last_line = match memchr::memrchr(b'\n', input) {
+            Some(lf) => input.get(lf + 1..).unwrap_or_default(),
+            None => input,
+        };
+        let before = if saw_lf { LineSoFar::Start } else { self.line };
+        self.line = before.after(last_line);
     }
 
     /// Count a finished line against the TOP limit.

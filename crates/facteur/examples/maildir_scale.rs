@@ -1,5 +1,6 @@
-//! How opening a large maildrop scales: the first open (no index: every message file is listed
-//! and read to count its wire size) against later ones (the index alone).
+//! How opening a large maildrop scales: the first open (no index: every message file is listed;
+//! with more than 256 files of unknown size, sizing them is deferred), the first STAT (which
+//! reads every file to count its wire size), and later opens (the index alone).
 //!
 //! Usage: `cargo run --release -p facteur --example maildir_scale -- [MESSAGES]` (default 100000).
 //!
@@ -10,7 +11,7 @@ use std::error::Error;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use facteur::store::{MaildirStore, Maildrop, OpenStats};
+use facteur::store::{LockedMaildir, MaildirStore, Maildrop, OpenStats};
 
 fn main() -> Result<(), Box<dyn Error>> {
     let count: usize = match std::env::args().nth(1) {
@@ -37,25 +38,36 @@ fn main() -> Result<(), Box<dyn Error>> {
     // out, as a real maildrop would between deliveries and logins.
     std::thread::sleep(Duration::from_millis(2100));
 
-    let report = |label: &str| -> Result<OpenStats, Box<dyn Error>> {
+    let open = |label: &str| -> Result<(LockedMaildir, OpenStats), Box<dyn Error>> {
         let started = Instant::now();
         let (maildrop, stats) = store.open_maildir("bench", None)?;
         let elapsed = started.elapsed();
         let total: u64 = maildrop.messages().iter().map(|m| m.size).sum();
         println!(
-            "{label:<34} {:>10.2?}  messages={} octets={total} files_read={} dir_listings={} \
-             fast_path={} index_written={}",
+            "{label:<34} {:>10.2?}  messages={} octets={total} files_read={} sizes_deferred={} \
+             dir_listings={} fast_path={} index_written={}",
             elapsed,
             stats.messages,
             stats.files_read,
+            stats.sizes_deferred,
             stats.dir_listings,
             stats.fast_path,
             stats.index_written
         );
-        Ok(stats)
+        Ok((maildrop, stats))
     };
+    let report = |label: &str| -> Result<OpenStats, Box<dyn Error>> { Ok(open(label)?.1) };
 
-    report("cold open (builds the index)")?;
+    let (mut first, _) = open("cold open (builds the index)")?;
+    let started = Instant::now();
+    let sizes = first.compute_sizes()?;
+    println!(
+        "{:<34} {:>10.2?}  octets={} (reads every file, records the sizes in the index)",
+        "first STAT (sizes every message)",
+        started.elapsed(),
+        sizes.iter().sum::<u64>()
+    );
+    drop(first);
     report("warm open (index only)")?;
     report("warm open again")?;
 

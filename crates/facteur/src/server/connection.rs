@@ -235,10 +235,16 @@ impl Connection {
         End::Shutdown
     }
 
+    /// Writes the output buffer out, keeping its memory for more (a message being streamed).
+    async fn send_out(&mut self) -> std::io::Result<()> {
+        self.stream.write_all(&self.out).await?;
+        self.out.clear();
+        Ok(())
+    }
+
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
-            self.out.clear();
+            self.send_out().await?;
             // After a large listing or message, give the memory back: idle sessions stay small.
             if self.out.capacity() > 4 * defaults::READ_BUFFER {
                 self.out = Vec::new();
@@ -559,7 +565,7 @@ impl Connection {
             (maildrop, r)
         })
         .await;
-        let (mut reader, mut buf, mut filled) = match opened {
+        let (mut reader, mut buf, filled) = match opened {
             Ok((maildrop, r)) => {
                 self.maildrop = Some(maildrop);
                 match r {
@@ -580,37 +586,51 @@ impl Connection {
             Err(_) => return Step::End(End::IoError),
         };
         let mut encoder = DotEncoder::new(top_lines);
-        let mut sent = 0u64;
-        loop {
-            let (n, eof) = match filled {
-                Ok(x) => x,
-                Err(e) => {
-                    // Part of the message may be on the wire: the only honest thing is to stop.
-                    tracing::error!(peer = %self.peer, error = %e, "read error in a message");
-                    return Step::End(End::IoError);
-                }
-            };
-            sent += n as u64;
-            let done = encoder.encode(buf.get(..n).unwrap_or_default(), &mut self.out);
-            if done || eof {
-                break;
-            }
-            if self.out.len() >= defaults::WRITE_HIGH_WATER && self.flush().await.is_err() {
+        let read_error = |peer: SocketAddr, e: std::io::Error| {
+            // Part of the message may be on the wire: the only honest thing is to stop.
+            tracing::error!(peer = %peer, error = %e, "read error in a message");
+            Step::End(End::IoError)
+        };
+        // The first block, read with the open, goes after the +OK line.
+        let (n, eof) = match filled {
+            Ok(x) => x,
+            Err(e) => return read_error(self.peer, e),
+        };
+        let mut sent = n as u64;
+        let mut done = encoder.encode(buf.get(..n).unwrap_or_default(), &mut self.out) || eof;
+        // A larger message: each next block is read and dot-encoded on the blocking pool while
+        // the one before goes out, so that reading, encoding and sending overlap. Two output
+        // buffers take turns.
+        let mut spare = Vec::new();
+        while !done {
+            let mut wire: Vec<u8> = std::mem::take(&mut spare);
+            let job = tokio::task::spawn_blocking(move || {
+                let filled = fill(reader.as_mut(), &mut buf);
+                let step = filled.map(|(n, eof)| {
+                    let done = encoder.encode(buf.get(..n).unwrap_or_default(), &mut wire);
+                    (n, done || eof)
+                });
+                (reader, buf, encoder, wire, step)
+            });
+            if self.send_out().await.is_err() {
                 return Step::End(End::IoError);
             }
-            let read = tokio::task::spawn_blocking(move || {
-                let filled = fill(reader.as_mut(), &mut buf);
-                (reader, buf, filled)
-            })
-            .await;
-            match read {
-                Ok((r, b, f)) => {
+            let (n, last) = match job.await {
+                Ok((r, b, e, w, step)) => {
                     reader = r;
                     buf = b;
-                    filled = f;
+                    encoder = e;
+                    // The sent buffer (empty now) is the next block's.
+                    spare = std::mem::replace(&mut self.out, w);
+                    match step {
+                        Ok(x) => x,
+                        Err(e) => return read_error(self.peer, e),
+                    }
                 }
                 Err(_) => return Step::End(End::IoError),
-            }
+            };
+            sent += n as u64;
+            done = last;
         }
         encoder.finish(&mut self.out);
         if top_lines.is_none() {

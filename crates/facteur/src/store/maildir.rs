@@ -641,7 +641,7 @@ impl Maildrop for LockedMaildir {
             Some(Some(name)) => name.clone(),
         };
         let path = self.cur.join(&name);
-        match File::open(&path) {
+        match open_message_file(&path) {
             Ok(file) => return Ok(Box::new(file)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(StoreError::io(path, e)),
@@ -650,7 +650,7 @@ impl Maildrop for LockedMaildir {
             return Err(StoreError::Vanished(number));
         };
         let path = self.cur.join(&current);
-        match File::open(&path) {
+        match open_message_file(&path) {
             Ok(file) => {
                 if let Some(slot) = self.names.get_mut(index) {
                     *slot = Some(current);
@@ -764,6 +764,31 @@ fn list_messages(dir: &Path) -> Result<Vec<OsString>, StoreError> {
     Ok(names)
 }
 
+/// Opens a message file for reading, refusing what is not a regular file as if it were gone
+/// (`NotFound`): never through a symbolic link (`O_NOFOLLOW`: a link planted in `cur/` would
+/// make RETR read whatever it points to, with the server's rights), and never a FIFO or a
+/// device (`O_NONBLOCK`, so that opening a FIFO does not wait for a writer; then refused). The
+/// listing of `cur/` leaves such files out already; this also covers a name the index gave.
+fn open_message_file(path: &Path) -> io::Result<File> {
+    let not_a_message = || io::Error::new(io::ErrorKind::NotFound, "not a regular file");
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                not_a_message()
+            } else {
+                e
+            }
+        })?;
+    if file.metadata()?.is_file() {
+        Ok(file)
+    } else {
+        Err(not_a_message())
+    }
+}
+
 /// A directory's mtime in ns since the epoch; `None` if the file system cannot say.
 fn mtime_ns(path: &Path) -> Result<Option<u128>, StoreError> {
     let meta = fs::metadata(path).map_err(|e| StoreError::io(path, e))?;
@@ -819,7 +844,7 @@ fn size_files(cur: &Path, names: &[&OsStr]) -> Result<Vec<Option<u64>>, StoreErr
             .iter()
             .map(|&name| {
                 let path = cur.join(name);
-                match File::open(&path).and_then(|mut f| count_wire_size(&mut f, &mut buf)) {
+                match open_message_file(&path).and_then(|mut f| count_wire_size(&mut f, &mut buf)) {
                     Ok(size) => Ok(Some(size)),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
                     Err(e) => Err(StoreError::io(path, e)),
@@ -1062,6 +1087,28 @@ mod tests {
         std::os::unix::fs::symlink(f.dir.join("cur/1.a:2,"), f.dir.join("cur/3.link:2,")).unwrap();
         let (m, _) = f.open();
         assert_eq!(uids(&m), vec!["1.a"]);
+    }
+
+    #[test]
+    fn a_message_swapped_for_a_link_or_a_fifo_is_never_followed() {
+        let f = fixture();
+        f.put("cur", "1.a:2,", b"x\n");
+        f.put("cur", "2.b:2,", b"y\n");
+        let secret = f.dir.join("secret");
+        fs::write(&secret, b"not mail\n").unwrap();
+        let (mut m, _) = f.open();
+        // After the snapshot, someone with write access to cur/ swaps the files.
+        fs::remove_file(f.dir.join("cur/1.a:2,")).unwrap();
+        std::os::unix::fs::symlink(&secret, f.dir.join("cur/1.a:2,")).unwrap();
+        fs::remove_file(f.dir.join("cur/2.b:2,")).unwrap();
+        let status = std::process::Command::new("mkfifo")
+            .arg(f.dir.join("cur/2.b:2,"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert!(matches!(m.open_message(0), Err(StoreError::Vanished(1))));
+        // Without O_NONBLOCK this open would wait forever for a writer.
+        assert!(matches!(m.open_message(1), Err(StoreError::Vanished(2))));
     }
 
     #[test]
