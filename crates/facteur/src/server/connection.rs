@@ -471,8 +471,8 @@ impl Connection {
             Ok(Verdict::Opened { user, maildrop }) => {
                 self.shared.penalties.success(&user);
                 match maildrop {
-                    Ok(maildrop) => {
-                        let messages = maildrop.messages().to_vec();
+                    Ok(mut maildrop) => {
+                        let messages = maildrop.take_messages();
                         let sizes_known = maildrop.sizes_known();
                         self.maildrop = Some(maildrop);
                         AuthResult::Success {
@@ -547,7 +547,7 @@ impl Connection {
         // A buffer just large enough for a small message to be read (and its end seen) in one
         // call; large messages get larger blocks, so that fewer trips to the blocking pool
         // move them.
-        let size = maildrop.messages().get(index).map_or(0, |m| m.size);
+        let size = maildrop.size(index).unwrap_or(0);
         let chunk = if size > defaults::LARGE_MESSAGE {
             defaults::LARGE_MESSAGE_CHUNK
         } else {

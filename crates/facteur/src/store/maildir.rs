@@ -120,7 +120,10 @@ pub struct OpenStats {
 pub struct LockedMaildir {
     dir: PathBuf,
     cur: PathBuf,
+    /// The snapshot, until the session takes it (`take_messages`).
     messages: Vec<MessageMeta>,
+    /// The wire size of each message of the snapshot (0 while not known).
+    sizes: Vec<u64>,
     /// The file name in `cur/` of each message of the snapshot; `None` once deleted.
     names: Vec<Option<OsString>>,
     /// Positions (ascending) of the messages whose size is not known yet (0 in `messages`).
@@ -204,15 +207,12 @@ impl MaildirStore {
                 let entries = std::mem::take(&mut index.entries);
                 // A sealed index is as facteur wrote it: sorted, no unique-id twice.
                 let (entries, uids, duplicates) = if index.sealed {
-                    let uids = entries
-                        .iter()
-                        .map(|e| uid_for_base(base_name(e.name.as_bytes())))
-                        .collect();
-                    (entries, uids, Vec::new())
+                    // Computed as the snapshot is built, below.
+                    (entries, None, Vec::new())
                 } else {
                     let entries = sort_entries(entries);
                     let (uids, duplicates) = unique_ids(&entries);
-                    (entries, uids, duplicates)
+                    (entries, Some(uids), duplicates)
                 };
                 if duplicates.is_empty() {
                     stats.fast_path = true;
@@ -380,8 +380,13 @@ impl MaildirStore {
             }
         }
         stats.messages = index.entries.len();
-        let maildrop =
-            LockedMaildir::new(dir, index.entries, uids, (index.cur_mtime, new_mtime), lock);
+        let maildrop = LockedMaildir::new(
+            dir,
+            index.entries,
+            Some(uids),
+            (index.cur_mtime, new_mtime),
+            lock,
+        );
         Ok((maildrop, stats))
     }
 
@@ -440,31 +445,42 @@ impl Store for MaildirStore {
 }
 
 impl LockedMaildir {
-    /// `mtimes`: the `cur/` and `new/` mtimes the index records for this snapshot.
+    /// `uids`: the unique-id of each entry, or `None` to derive them here (one pass, no
+    /// intermediate vector). `mtimes`: the `cur/` and `new/` mtimes the index records for this
+    /// snapshot.
     fn new(
         dir: &Path,
         entries: Vec<Entry>,
-        uids: Vec<Uidl>,
+        uids: Option<Vec<Uidl>>,
         mtimes: (Option<u128>, Option<u128>),
         lock: File,
     ) -> Self {
         let mut messages = Vec::with_capacity(entries.len());
+        let mut sizes = Vec::with_capacity(entries.len());
         let mut names = Vec::with_capacity(entries.len());
         let mut not_sized = Vec::new();
-        for (entry, uid) in entries.into_iter().zip(uids) {
+        let mut given = uids.map(Vec::into_iter);
+        for entry in entries {
+            let uid = match given.as_mut() {
+                Some(uids) => match uids.next() {
+                    Some(uid) => uid,
+                    None => break,
+                },
+                None => uid_for_base(base_name(entry.name.as_bytes())),
+            };
             if entry.wire_size.is_none() {
                 not_sized.push(messages.len());
             }
-            messages.push(MessageMeta {
-                size: entry.wire_size.unwrap_or(0),
-                uid,
-            });
+            let size = entry.wire_size.unwrap_or(0);
+            messages.push(MessageMeta { size, uid });
+            sizes.push(size);
             names.push(Some(entry.name));
         }
         Self {
             dir: dir.to_owned(),
             cur: dir.join("cur"),
             messages,
+            sizes,
             names,
             not_sized,
             cur_mtime: mtimes.0,
@@ -479,9 +495,9 @@ impl LockedMaildir {
         let mut not_sized = self.not_sized.iter().peekable();
         self.names
             .iter()
-            .zip(&self.messages)
+            .zip(&self.sizes)
             .enumerate()
-            .filter_map(|(i, (name, meta))| {
+            .filter_map(|(i, (name, &size))| {
                 let known = if not_sized.peek() == Some(&&i) {
                     not_sized.next();
                     false
@@ -490,7 +506,7 @@ impl LockedMaildir {
                 };
                 name.as_ref().map(|name| Entry {
                     name: name.clone(),
-                    wire_size: known.then_some(meta.size),
+                    wire_size: known.then_some(size),
                 })
             })
             .collect()
@@ -568,6 +584,14 @@ impl Maildrop for LockedMaildir {
         &self.messages
     }
 
+    fn take_messages(&mut self) -> Vec<MessageMeta> {
+        std::mem::take(&mut self.messages)
+    }
+
+    fn size(&self, index: usize) -> Option<u64> {
+        self.sizes.get(index).copied()
+    }
+
     fn sizes_known(&self) -> bool {
         self.not_sized.is_empty()
     }
@@ -612,8 +636,12 @@ impl Maildrop for LockedMaildir {
                 }
             }
             for (&pos, size) in self.not_sized.iter().zip(sized) {
+                let size = size.unwrap_or(0);
                 if let Some(meta) = self.messages.get_mut(pos) {
-                    meta.size = size.unwrap_or(0);
+                    meta.size = size;
+                }
+                if let Some(slot) = self.sizes.get_mut(pos) {
+                    *slot = size;
                 }
             }
             self.not_sized.clear();
@@ -630,7 +658,7 @@ impl Maildrop for LockedMaildir {
                 tracing::warn!(error = %e, "cannot record message sizes in the maildrop index");
             }
         }
-        Ok(self.messages.iter().map(|m| m.size).collect())
+        Ok(self.sizes.clone())
     }
 
     fn open_message(&mut self, index: usize) -> Result<Box<dyn Read + Send>, StoreError> {
@@ -700,7 +728,7 @@ impl fmt::Debug for LockedMaildir {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockedMaildir")
             .field("dir", &self.dir)
-            .field("messages", &self.messages.len())
+            .field("messages", &self.sizes.len())
             .finish_non_exhaustive()
     }
 }
@@ -1208,6 +1236,28 @@ mod tests {
         assert!(stats.fast_path);
         assert!(m.sizes_known());
         assert_eq!(sizes(&m), expected);
+    }
+
+    #[test]
+    fn the_snapshot_is_handed_over_and_sizes_stay_known() {
+        let f = fixture();
+        for i in 0..300u64 {
+            f.put("cur", &format!("{}.m{i}:2,", 1000 + i), b"ab\n");
+        }
+        let (mut m, _) = f.open();
+        let snapshot = m.take_messages();
+        assert_eq!(snapshot.len(), 300);
+        assert_eq!(snapshot[7].uid.as_str(), "1007.m7");
+        assert!(m.messages().is_empty());
+        assert_eq!(m.size(0), Some(0), "deferred");
+        assert_eq!(m.compute_sizes().unwrap(), vec![4; 300]);
+        assert_eq!((m.size(299), m.size(300)), (Some(4), None));
+        assert_eq!(read_message(&mut m, 299), b"ab\n");
+        m.apply_deletions(&[0]).unwrap();
+        drop(m);
+        let (m, stats) = f.open();
+        assert_eq!((stats.messages, stats.sizes_deferred), (299, 0));
+        assert_eq!(m.size(0), Some(4));
     }
 
     #[test]

@@ -116,8 +116,16 @@ pub struct Delivered {
 
 /// One locked maildrop; dropping it releases the lock.
 pub trait Maildrop: Send {
-    /// The snapshot taken at open: message number n is `messages()[n-1]`.
+    /// The snapshot taken at open: message number n is `messages()[n-1]`. Empty once
+    /// [`Maildrop::take_messages`] has handed it over.
     fn messages(&self) -> &[MessageMeta];
+
+    /// Hands the snapshot over to the session, which keeps it from then on, rather than have it
+    /// copied (100,000 messages are 8 MB); `messages()` is empty afterwards.
+    fn take_messages(&mut self) -> Vec<MessageMeta>;
+
+    /// The size of message `index` (0-based), as far as it is known (0 while deferred).
+    fn size(&self, index: usize) -> Option<u64>;
 
     /// True when every size in `messages()` is exact. False when the store deferred sizing
     /// (a first look at a large maildrop whose files carry no size): the sizes are 0 until
