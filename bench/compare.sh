@@ -9,7 +9,7 @@
 # the ratio facteur/Dovecot and the goals, and writes everything to bench/results/latest.json.
 #
 # Needs root: Dovecot's master process must start as root to switch users, and apt-get.
-# Takes about 3 minutes on 2 cores. Everything listens on 127.0.0.1; nothing outside SCRATCH
+# Takes about 5 minutes on 2 cores. Everything listens on 127.0.0.1; nothing outside SCRATCH
 # changes but the Dovecot packages and one system user (facteurbench, that owns Dovecot's mail).
 #
 # Environment (all optional):
