@@ -7,7 +7,7 @@
 //!
 //! ## Layout
 //! - [`types`]: values that cannot be invalid (message numbers, unique-ids, secrets).
-//! - [`line`]: bounded line framing (length cap, discard-to-LF after an overflow).
+//! - [`line`](mod@line): bounded line framing (length cap, discard-to-LF after an overflow).
 //! - [`command`]: the POP3 commands; strict parsing (server side) and encoding (client side).
 //! - [`response`]: `+OK` / `-ERR` lines with RFC 2449 / RFC 3206 response codes, and CAPA.
 //! - [`dot`]: streaming dot-stuffing, LF to CRLF, TOP line limits, wire sizes, un-stuffing.

@@ -9,7 +9,7 @@
 //! - [`auth`]: the passwd-file user database and password schemes, APOP.
 //! - [`server`]: listeners, the per-connection driver, limits and graceful shutdown.
 //! - [`cli`]: the `facteur` command line (serve, user, deliver, hash-password, check-config).
-//! - [`bench`]: `facteur bench`, a POP3 load generator driving `facteur_proto::client`.
+//! - [`bench`](mod@bench): `facteur bench`, a POP3 load generator driving `facteur_proto::client`.
 //! - [`client`]: the POP3 client and `facteur fetch`, the fetcher (Maildir, mbox or an MDA).
 #![forbid(unsafe_code)]
 
