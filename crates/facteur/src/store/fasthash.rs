@@ -1,11 +1,11 @@
-//! A fast, non-cryptographic hash for the maps an open builds and for the index checksum.
+//! A fast, non-cryptographic hash for the sets an open builds and for the index checksum.
 //!
 //! An open of a 100,000-message maildrop builds sets of 100,000 file names and unique-ids;
 //! SipHash (std's default, made to resist hash flooding from untrusted keys) would cost more than
 //! the rest of the open. The names come from the maildrop's own directory, written by the
 //! delivery agent, not from the network, so flooding is not a concern here.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// An odd constant with well-mixed bits (the golden ratio's fraction, 2^64 / phi).
@@ -49,7 +49,6 @@ impl Hasher for FastHasher {
     }
 }
 
-pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 pub(crate) type FastSet<T> = HashSet<T, BuildHasherDefault<FastHasher>>;
 
 /// A 64-bit checksum of `bytes`: catches a damaged or hand-edited file, not a forgery.

@@ -50,11 +50,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use facteur_proto::{MessageMeta, Uidl};
 
 use super::deliver::{deliver_into, hostname, unique_name};
-use super::fasthash::{FastMap, FastSet};
+use super::fasthash::FastSet;
 use super::index::{self, sync_dir, Entry, Index};
 use super::name::{
-    base_name, compare, count_wire_size, cur_name_for_new, info_part, is_message_name, order_key,
-    uid_for_base, wire_size_field, BLOCK_SIZE,
+    base_name, compare, compare_bases, count_wire_size, cur_name_for_new, info_part,
+    is_message_name, order_key, uid_for_base, wire_size_field, BLOCK_SIZE,
 };
 use super::{template, Delivered, Maildrop, Store, StoreError};
 
@@ -255,38 +255,38 @@ impl MaildirStore {
         let cur_mtime = mtime_ns(&cur)?;
         let names = list_messages(&cur)?;
         stats.dir_listings += 1;
-        let known: FastMap<&[u8], u64> = old_index
-            .iter()
-            .flat_map(|index| index.entries.iter())
-            .filter_map(|e| Some((base_name(e.name.as_bytes()), e.wire_size?)))
-            .collect();
+        // Delivery order first: the old index is in that order too, so the sizes it knows are
+        // found by walking both lists side by side (no hash map of 100,000 names).
+        let mut entries = sort_entries(
+            names
+                .into_iter()
+                .map(|name| Entry {
+                    name,
+                    wire_size: None,
+                })
+                .collect(),
+        );
         // Two files with one base name (one is about to be renamed apart) may differ: the index
         // cannot tell which one it sized, so both are sized afresh.
-        let mut seen = FastSet::with_capacity_and_hasher(names.len(), Default::default());
-        let shared_bases: HashSet<Vec<u8>> = names
-            .iter()
-            .map(|name| base_name(name.as_bytes()))
-            .filter(|&base| !seen.insert(base))
-            .map(<[u8]>::to_vec)
-            .collect();
-        drop(seen);
-        let mut entries = Vec::with_capacity(names.len());
+        let shared = shared_bases(&entries);
+        if let Some(old) = old_index.take() {
+            let old = if old.sealed {
+                old.entries
+            } else {
+                sort_entries(old.entries)
+            };
+            copy_known_sizes(&mut entries, &old, &shared);
+        }
         // Positions in `entries` of the messages whose files must be read to be sized.
         let mut to_size = Vec::new();
-        for name in names {
-            let base = base_name(name.as_bytes());
-            let cached = if shared_bases.is_empty() || !shared_bases.contains(base) {
-                known.get(base).copied()
-            } else {
-                None
-            };
-            let wire_size = cached.or_else(|| wire_size_field(base));
-            if wire_size.is_none() {
-                to_size.push(entries.len());
+        for (pos, entry) in entries.iter_mut().enumerate() {
+            if entry.wire_size.is_none() {
+                entry.wire_size = wire_size_field(base_name(entry.name.as_bytes()));
             }
-            entries.push(Entry { name, wire_size });
+            if entry.wire_size.is_none() {
+                to_size.push(pos);
+            }
         }
-        drop(known);
         let mut vanished = Vec::new();
         if to_size.len() <= EAGER_SIZING_MAX {
             stats.files_read += to_size.len();
@@ -313,8 +313,8 @@ impl MaildirStore {
             }
         }
 
-        // Delivery order and unique-ids; a file whose unique-id is taken gets a fresh name.
-        let mut entries = sort_entries(entries);
+        // Unique-ids (the entries are in delivery order already); a file whose unique-id is
+        // taken gets a fresh name.
         let (mut uids, duplicates) = unique_ids(&entries);
         if !duplicates.is_empty() {
             let mut gone = HashSet::new();
@@ -792,6 +792,70 @@ fn list_messages(dir: &Path) -> Result<Vec<OsString>, StoreError> {
     Ok(names)
 }
 
+/// Which entries (sorted with `name::compare`) share their base name with another: they fall
+/// within runs of names that `compare_bases` finds equal (nearly always runs of one).
+fn shared_bases(entries: &[Entry]) -> Vec<bool> {
+    let mut shared = vec![false; entries.len()];
+    let base = |i: usize| {
+        entries
+            .get(i)
+            .map_or(&[][..], |e| base_name(e.name.as_bytes()))
+    };
+    let mut start = 0;
+    while start < entries.len() {
+        let mut end = start + 1;
+        while end < entries.len() {
+            let (a, b) = (base(end - 1), base(end));
+            // The timestamps tell most neighbours apart before any token is compared.
+            if order_key(a) != order_key(b) || compare_bases(a, b) != Ordering::Equal {
+                break;
+            }
+            end += 1;
+        }
+        if end - start > 1 {
+            let mut run: Vec<(&[u8], usize)> = (start..end).map(|i| (base(i), i)).collect();
+            run.sort_unstable();
+            for pair in run.windows(2) {
+                if let [(a, i), (b, j)] = pair {
+                    if a == b {
+                        for k in [*i, *j] {
+                            if let Some(flag) = shared.get_mut(k) {
+                                *flag = true;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        start = end;
+    }
+    shared
+}
+
+/// Gives each entry (sorted with `name::compare`, as `old` is) the size `old` records for the
+/// same base name, walking both lists once. Only an identical base name gives a size; where the
+/// two orders could disagree (base names that differ only in leading zeros), a size is missed
+/// and the file read again, never misattributed. Entries marked `shared` are left unknown.
+fn copy_known_sizes(entries: &mut [Entry], old: &[Entry], shared: &[bool]) {
+    let mut j = 0;
+    for (i, entry) in entries.iter_mut().enumerate() {
+        let base = base_name(entry.name.as_bytes());
+        while let Some(o) = old.get(j) {
+            let old_base = base_name(o.name.as_bytes());
+            match compare_bases(old_base, base).then_with(|| old_base.cmp(base)) {
+                Ordering::Less => j += 1,
+                Ordering::Equal => {
+                    if !shared.get(i).copied().unwrap_or(true) {
+                        entry.wire_size = o.wire_size;
+                    }
+                    break;
+                }
+                Ordering::Greater => break,
+            }
+        }
+    }
+}
+
 /// Opens a message file for reading, refusing what is not a regular file as if it were gone
 /// (`NotFound`): never through a symbolic link (`O_NOFOLLOW`: a link planted in `cur/` would
 /// make RETR read whatever it points to, with the server's rights), and never a FIFO or a
@@ -1236,6 +1300,69 @@ mod tests {
         assert!(stats.fast_path);
         assert!(m.sizes_known());
         assert_eq!(sizes(&m), expected);
+    }
+
+    /// A name for the merge properties: a timestamp and a counter, with leading zeros or not,
+    /// and flags.
+    fn merge_name() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        (
+            "(0{0,2})?",
+            1u32..40,
+            prop_oneof![Just("M"), Just("M0"), Just("x")],
+            0u32..4,
+            prop_oneof![Just(""), Just(":2,"), Just(":2,S"), Just(":2,FS")],
+        )
+            .prop_map(|(zeros, secs, mid, n, flags)| format!("{zeros}{secs}.{mid}{n}{flags}"))
+    }
+
+    proptest::proptest! {
+        /// The side-by-side walk finds exactly the sizes a map by base name would, or misses one
+        /// (then the file is read again); it never gives a message another one's size, and the
+        /// files that share a base name are all found, and get no size.
+        #[test]
+        fn known_sizes_are_found_by_base_name_and_never_misattributed(
+            names in proptest::collection::btree_set(merge_name(), 0..40),
+            known in proptest::collection::btree_map(merge_name(), 1u64..1000, 0..40),
+        ) {
+            let entries: Vec<Entry> = names
+                .iter()
+                .map(|n| Entry { name: n.into(), wire_size: None })
+                .collect();
+            let mut entries = sort_entries(entries);
+            // The old index: one entry per base name, in delivery order.
+            let mut by_base = std::collections::BTreeMap::new();
+            for (name, size) in &known {
+                by_base.entry(base_name(name.as_bytes()).to_vec()).or_insert(*size);
+            }
+            let old = sort_entries(
+                by_base
+                    .iter()
+                    .map(|(base, size)| Entry {
+                        name: OsString::from_vec([&base[..], b":2,"].concat()),
+                        wire_size: Some(*size),
+                    })
+                    .collect(),
+            );
+            let shared = shared_bases(&entries);
+            copy_known_sizes(&mut entries, &old, &shared);
+            let mut count = std::collections::HashMap::new();
+            for e in &entries {
+                *count.entry(base_name(e.name.as_bytes()).to_vec()).or_insert(0) += 1;
+            }
+            let no_leading_zeros = names.iter().all(|n| !n.starts_with('0') && !n.contains(".M0"));
+            for (e, &is_shared) in entries.iter().zip(&shared) {
+                let base = base_name(e.name.as_bytes());
+                proptest::prop_assert_eq!(is_shared, count[base] > 1, "{:?}", e.name);
+                if is_shared {
+                    proptest::prop_assert_eq!(e.wire_size, None);
+                } else if let Some(size) = e.wire_size {
+                    proptest::prop_assert_eq!(Some(&size), by_base.get(base));
+                } else if no_leading_zeros {
+                    proptest::prop_assert_eq!(None, by_base.get(base), "missed {:?}", e.name);
+                }
+            }
+        }
     }
 
     #[test]

@@ -154,12 +154,17 @@ impl<'a> Iterator for Tokens<'a> {
 /// Each step is a lexicographic comparison of plain data, so this is a total order, as `sort`
 /// requires.
 pub(crate) fn compare(a: &[u8], b: &[u8]) -> Ordering {
-    let (base_a, base_b) = (base_name(a), base_name(b));
+    compare_bases(base_name(a), base_name(b)).then_with(|| a.cmp(b))
+}
+
+/// Steps 1 and 2 of [`compare`], on base names: `Equal` for identical base names, and also for
+/// base names that differ only in the leading zeros of a digit run. So in a list sorted with
+/// `compare`, the files that share a base name are within one run of names this finds equal.
+pub(crate) fn compare_bases(base_a: &[u8], base_b: &[u8]) -> Ordering {
     let no_timestamp = |base: &[u8]| !base.first().is_some_and(u8::is_ascii_digit);
     no_timestamp(base_a)
         .cmp(&no_timestamp(base_b))
         .then_with(|| Tokens(base_a).cmp(Tokens(base_b)))
-        .then_with(|| a.cmp(b))
 }
 
 /// A coarse delivery-order key: whether the name lacks a leading timestamp, then the
