@@ -6,6 +6,13 @@ a client retrieved against them.
     interop.py check DIR FORMAT PATH   compare what a client stored at PATH with DIR/*.eml
     interop.py transcript FILE DIR G   cut the RETR replies out of a raw POP3 transcript
                                        (G: 1 if it starts with the greeting, else 0)
+    interop.py unsized DIR CUR N       write DIR/*.eml and N-3 filler messages straight into
+                                       the Maildir folder CUR, with no ,W= size in their names
+                                       (as Postfix writes them), so that facteur must defer
+                                       sizing them when N is over 256
+    interop.py check DIR FORMAT PATH FILLERS
+                                       as check, with exactly FILLERS filler messages expected
+                                       besides the three
 
 FORMAT is one of:
     maildir  PATH is a Maildir: one message per file in PATH/new and PATH/cur
@@ -145,10 +152,36 @@ def read_retrieved(fmt, path):
     return found
 
 
-def check(folder, fmt, path):
+FILLER_FIELD = b"X-Interop-Filler: yes"
+
+
+def write_unsized(folder, cur, total):
+    """The three messages of `folder` and total-3 fillers, as files of the Maildir folder `cur`
+    named the way Postfix names them (no ,S= or ,W=), in delivery order."""
+    base = 1_700_000_000
+    for i in range(total):
+        if i < len(EXPECTED):
+            with open(os.path.join(folder, EXPECTED[i]), "rb") as f:
+                data = f.read()
+        else:
+            data = (
+                f"From: filler@example.org\nTo: interop@example.org\n"
+                f"Subject: filler {i}\nMessage-ID: <filler.{i}@example.org>\n"
+                f"X-Interop-Filler: yes\n\nfiller {i}\n.a line that starts with a dot\n"
+            ).encode()
+        name = f"{base + i}.M{i}P4242.interop:2,"
+        with open(os.path.join(cur, name), "wb") as f:
+            f.write(data)
+
+
+def check(folder, fmt, path, fillers=0):
     problems = []
     retrieved = read_retrieved(fmt, path)
     used = set()
+    filler_copies = [n for n, d in retrieved if FILLER_FIELD in d]
+    used.update(filler_copies)
+    if len(filler_copies) != fillers:
+        problems.append(f"{len(filler_copies)} filler messages retrieved, expected {fillers}")
     for name in EXPECTED:
         with open(os.path.join(folder, name), "rb") as f:
             want_fields, want_body = split_message(f.read())
@@ -247,8 +280,11 @@ def main(argv):
     if len(argv) == 4 and argv[1] == "messages":
         write_messages(argv[2], argv[3])
         return 0
-    if len(argv) == 5 and argv[1] == "check":
-        return check(argv[2], argv[3], argv[4])
+    if len(argv) in (5, 6) and argv[1] == "check":
+        return check(argv[2], argv[3], argv[4], int(argv[5]) if len(argv) == 6 else 0)
+    if len(argv) == 5 and argv[1] == "unsized":
+        write_unsized(argv[2], argv[3], int(argv[4]))
+        return 0
     if len(argv) == 5 and argv[1] == "transcript":
         return transcript(argv[2], argv[3], int(argv[4]))
     print(__doc__, file=sys.stderr)

@@ -7,6 +7,11 @@
 # what the client stored against the originals (interop.py check), and checks that the maildrop
 # is empty afterwards. It prints a table client x mode and exits non-zero on any FAIL.
 #
+# Then the clients that fetch whatever is there (not curl and openssl, scripted for three
+# messages) each make a first login to a maildrop of 300 messages written the way Postfix writes
+# them, with no size in their names: facteur reads none of them at login (its reply then has no
+# octet count) and sizes them all at the first STAT, LIST or RETR. Each must get all 300.
+#
 # Every connection goes to 127.0.0.1; every client call is bounded by `timeout`.
 #
 #   bash tests/interop/run.sh
@@ -16,6 +21,7 @@
 #   INTEROP_MODES     the modes to run (default: "plain stls pop3s")
 #   FACTEUR_BIN       a facteur binary to use instead of building one
 #   INTEROP_KEEP=1    keep the work folder even when everything passed
+#   INTEROP_UNSIZED=0 skip the maildrop of 300 messages without sizes
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -419,7 +425,8 @@ sessions_match_mode() {
 }
 
 run_case() {
-    local client=$1 mode=$2 c="$WORK/cases/$client-$mode" marker rc
+    local client=$1 mode=$2
+    local c="$WORK/cases/$client-$mode" marker rc
     mkdir -p "$c"
     marker="IOP-$client-$mode-$(openssl rand -hex 4)"
     rm -f "$MAILDIR"/new/* "$MAILDIR"/cur/* 2>/dev/null
@@ -473,6 +480,47 @@ run_case() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# 6. A first login to a maildrop of messages whose names carry no size (deferred sizes).
+
+UNSIZED_TOTAL=300
+UNSIZED_CLIENTS="poplib net-pop3 fetchmail mpop getmail6 s-nail"
+
+run_unsized_case() {
+    local client=$1 c="$WORK/cases/$1-unsized" key="$1/unsized" marker rc log_from opened
+    mkdir -p "$c"
+    marker="IOP-$client-unsized-$(openssl rand -hex 4)"
+    rm -f "$MAILDIR"/new/* "$MAILDIR"/cur/* "$MAILDIR/facteur-index" 2>/dev/null
+    python3 "$HERE/interop.py" messages "$c/expected" "$marker" || die "cannot write the messages"
+    python3 "$HERE/interop.py" unsized "$c/expected" "$MAILDIR/cur" "$UNSIZED_TOTAL" \
+        || die "cannot write the maildrop without sizes"
+    log_from=$(( $(wc -l < "$SERVER_LOG") + 1 ))
+    OUT_FORMAT="" OUT_PATH=""
+    "client_$client" plain "$c" >"$c/client.log" 2>&1
+    rc=$?
+    opened=$(tail -n +"$log_from" "$SERVER_LOG" | grep 'maildrop opened' | grep "user=\"$USER_NAME\"" | head -n 1)
+    if [ "$rc" -ne 0 ]; then
+        RESULT[$key]=FAIL REASON[$key]="client exited with status $rc"
+    elif ! python3 "$HERE/interop.py" check "$c/expected" "$OUT_FORMAT" "$OUT_PATH" \
+        $((UNSIZED_TOTAL - 3)) >"$c/check.log" 2>&1; then
+        RESULT[$key]=FAIL
+        REASON[$key]="retrieved messages differ: $(grep -m1 PROBLEM "$c/check.log" | sed 's/^ *PROBLEM //')"
+    elif [ "$(maildrop_count)" -ne 0 ]; then
+        RESULT[$key]=FAIL REASON[$key]="$(maildrop_count) message(s) left in the maildrop"
+    elif ! printf '%s' "$opened" | grep -q "sizes_deferred: $UNSIZED_TOTAL"; then
+        RESULT[$key]=FAIL REASON[$key]="the first login did not defer the sizes: ${opened:-no login}"
+    else
+        RESULT[$key]=PASS
+    fi
+    printf '  %-10s %-7s %s (%d messages)\n' "$client" unsized "${RESULT[$key]}" "$UNSIZED_TOTAL"
+    if [ "${RESULT[$key]}" = FAIL ]; then
+        ANY_FAIL=1
+        say "    ${REASON[$key]}"
+        say "    case folder: $c"
+        tail -n 15 "$c/client.log" | sed 's/^/    | /'
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
 # Main.
 
 say "==== interop: installing the clients"
@@ -492,6 +540,13 @@ for client in $CLIENTS; do
         fi
     done
 done
+
+if [ "${INTEROP_UNSIZED:-1}" != 0 ]; then
+    say "==== interop: a first login to $UNSIZED_TOTAL messages without sizes (plain POP3)"
+    for client in $CLIENTS; do
+        case " $UNSIZED_CLIENTS " in *" $client "*) run_unsized_case "$client" ;; esac
+    done
+fi
 
 if ! kill -0 "$SERVER_PID" 2>/dev/null; then
     ANY_FAIL=1
@@ -525,7 +580,7 @@ for key in "${!RESULT[@]}"; do
     case ${RESULT[$key]} in PASS) passed=$((passed + 1)) ;; FAIL) failed=$((failed + 1)) ;; esac
 done
 for client in $CLIENTS; do
-    for mode in $MODES; do
+    for mode in $MODES unsized; do
         key=$client/$mode
         [ "${RESULT[$key]:-}" = FAIL ] && say "FAIL $key: ${REASON[$key]}"
     done
