@@ -307,10 +307,15 @@ impl MaildirStore {
         }
         // Renamed or removed by another program since the listing: it will be in the next
         // snapshot under its new name, if it still exists.
-        for pos in vanished.into_iter().rev() {
-            if pos < entries.len() {
-                entries.remove(pos);
+        if !vanished.is_empty() {
+            let mut keep = vec![true; entries.len()];
+            for pos in vanished {
+                if let Some(k) = keep.get_mut(pos) {
+                    *k = false;
+                }
             }
+            let mut flags = keep.into_iter();
+            entries.retain(|_| flags.next().unwrap_or(true));
         }
 
         // Unique-ids (the entries are in delivery order already); a file whose unique-id is
