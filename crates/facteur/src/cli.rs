@@ -218,6 +218,7 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
         (Config::load(&path)?, None)
     };
     init_logging(&cfg.log.level);
+    server::rlimit::prepare_open_files(cfg.limits.max_connections);
     let db = PasswdDb::open(&cfg.auth.passwd_file)?
         .with_verified_cache(cfg.auth.cache_ttl(), cfg.auth.cache_max_entries);
     let runtime = tokio::runtime::Builder::new_multi_thread()

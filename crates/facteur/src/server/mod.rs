@@ -9,6 +9,7 @@ mod auth_pool;
 pub mod connection;
 mod limits;
 pub mod penalty;
+pub mod rlimit;
 pub mod transport;
 
 use crate::auth::Authenticator;
