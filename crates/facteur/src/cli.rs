@@ -181,18 +181,35 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::CheckConfig { config } => {
             let cfg = Config::load(&config.config)?;
             let db = PasswdDb::open(&cfg.auth.passwd_file)?;
+            // The certificate and key load as `serve` would load them, or this fails.
+            let tls = match &cfg.tls {
+                Some(t) => {
+                    TlsState::new(TlsFiles {
+                        certificate: t.certificate.clone(),
+                        private_key: t.private_key.clone(),
+                        client_ca: t.client_ca.clone(),
+                    })?;
+                    format!(", POP3S on {}", join(&cfg.listen_tls()))
+                }
+                None => ", no TLS".to_string(),
+            };
+            let users = db.snapshot().len();
             println!(
-                "{}: OK ({} users, maildir {}, listening on {})",
+                "{}: OK ({users} user{}, maildir {}, listening on {}{tls})",
                 config.config.display(),
-                db.snapshot().len(),
+                if users == 1 { "" } else { "s" },
                 cfg.store.maildir,
-                cfg.server
-                    .listen
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                join(&cfg.server.listen)
             );
+            let needed = server::rlimit::descriptors_needed(cfg.limits.max_connections);
+            if let Some(hard) = server::rlimit::hard_open_files().filter(|&h| h < needed) {
+                eprintln!(
+                    "warning: the open-file limit is {hard}, and max_connections = {} needs \
+                     about {needed}: raise the hard limit (systemd: LimitNOFILE={needed}; shell: \
+                     ulimit -Hn) or lower max_connections",
+                    cfg.limits.max_connections
+                );
+            }
             Ok(())
         }
     }
@@ -261,6 +278,15 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
         server::run_with_tls(shared, plain, implicit, server::shutdown_signal()).await;
         Ok(())
     })
+}
+
+/// Addresses as "a, b, c".
+fn join(addresses: &[std::net::SocketAddr]) -> String {
+    addresses
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Bind every listen address; IPv6 sockets are IPv6-only so that `0.0.0.0:110` and `[::]:110`

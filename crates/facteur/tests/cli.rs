@@ -156,6 +156,40 @@ fn check_config_names_an_unknown_key() {
 }
 
 #[test]
+fn check_config_loads_the_certificate_and_key_as_serve_would() {
+    let fx = Fixture::with_tls();
+    let check = || {
+        run_with_input(
+            facteur()
+                .args(["check-config", "--config"])
+                .arg(&fx.config_path),
+            b"",
+        )
+    };
+    let (code, stdout, stderr) = check();
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(": OK (") && stdout.contains("POP3S on"),
+        "{stdout}"
+    );
+
+    // A key that does not load fails the check, naming the file.
+    let files = fx.tls.clone().expect("a TLS fixture has certificate files");
+    std::fs::write(
+        &files.private_key,
+        "-----BEGIN PRIVATE KEY-----\nnot a key\n",
+    )
+    .expect("damage the key");
+    let (code, stdout, stderr) = check();
+    assert_ne!(code, Some(0), "{stdout}");
+    let key = files.private_key.display().to_string();
+    assert!(
+        stderr.contains(&key),
+        "the error names the key file: {stderr}"
+    );
+}
+
+#[test]
 fn user_add_passwd_del_then_log_in() {
     let fx = Fixture::new();
     let user = |args: &[&str], stdin: &[u8]| {

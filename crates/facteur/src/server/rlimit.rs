@@ -19,6 +19,11 @@ pub fn descriptors_needed(max_connections: usize) -> u64 {
         .saturating_add(BASE_DESCRIPTORS)
 }
 
+/// The hard limit on open files (`None`: unlimited): what the soft limit can be raised to.
+pub fn hard_open_files() -> Option<u64> {
+    getrlimit(Resource::Nofile).maximum
+}
+
 /// What [`raise_open_files`] found and did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OpenFiles {
