@@ -508,6 +508,10 @@ fn sizes_deferred_at_login_are_exact_when_first_needed() {
     let (status, uidl) = c.cmd_multi("UIDL");
     assert!(status.starts_with("+OK"));
     assert_eq!(String::from_utf8_lossy(&uidl).lines().count(), count);
+    // TOP needs no size: it is answered before any is known, from the whole file.
+    c.send(b"TOP 4 1\r\n");
+    assert_eq!(c.line(), "+OK top of message follows\r\n");
+    assert_eq!(c.body(), b"Subject: 3\r\n\r\nline\r\n");
     assert!(c.cmd("DELE 2").starts_with("+OK"));
     // STAT, LIST and RETR pipelined: STAT waits for the sizes, the others follow in order.
     c.send(b"STAT\r\nLIST 3\r\nRETR 1\r\nNOOP\r\n");

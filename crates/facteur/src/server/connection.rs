@@ -547,13 +547,16 @@ impl Connection {
         // A buffer just large enough for a small message to be read (and its end seen) in one
         // call; large messages get larger blocks, so that fewer trips to the blocking pool
         // move them.
-        let size = maildrop.size(index).unwrap_or(0);
-        let chunk = if size > defaults::LARGE_MESSAGE {
+        // A size not known yet (TOP on a maildrop whose sizes are deferred): ordinary blocks.
+        let size = maildrop.size(index);
+        let chunk = if size.is_some_and(|s| s > defaults::LARGE_MESSAGE) {
             defaults::LARGE_MESSAGE_CHUNK
         } else {
             defaults::MESSAGE_CHUNK
         };
-        let len = usize::try_from(size.saturating_add(1)).map_or(chunk, |s| s.min(chunk));
+        let len = size.map_or(chunk, |size| {
+            usize::try_from(size.saturating_add(1)).map_or(chunk, |s| s.min(chunk))
+        });
         let buf = vec![0u8; len];
         // Opening the file and reading its first block make one trip to the blocking pool.
         let opened = tokio::task::spawn_blocking(move || {

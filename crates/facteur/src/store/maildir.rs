@@ -594,6 +594,9 @@ impl Maildrop for LockedMaildir {
     }
 
     fn size(&self, index: usize) -> Option<u64> {
+        if self.not_sized.binary_search(&index).is_ok() {
+            return None;
+        }
         self.sizes.get(index).copied()
     }
 
@@ -1381,7 +1384,7 @@ mod tests {
         assert_eq!(snapshot.len(), 300);
         assert_eq!(snapshot[7].uid.as_str(), "1007.m7");
         assert!(m.messages().is_empty());
-        assert_eq!(m.size(0), Some(0), "deferred");
+        assert_eq!(m.size(0), None, "deferred: not known yet");
         assert_eq!(m.compute_sizes().unwrap(), vec![4; 300]);
         assert_eq!((m.size(299), m.size(300)), (Some(4), None));
         assert_eq!(read_message(&mut m, 299), b"ab\n");

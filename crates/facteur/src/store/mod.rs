@@ -124,7 +124,8 @@ pub trait Maildrop: Send {
     /// copied (100,000 messages are 8 MB); `messages()` is empty afterwards.
     fn take_messages(&mut self) -> Vec<MessageMeta>;
 
-    /// The size of message `index` (0-based), as far as it is known (0 while deferred).
+    /// The size of message `index` (0-based); `None` if there is no such message, or while its
+    /// size is deferred.
     fn size(&self, index: usize) -> Option<u64>;
 
     /// True when every size in `messages()` is exact. False when the store deferred sizing
