@@ -110,8 +110,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Index, Corrupt> {
         });
     };
     let mut lines = Lines(Some(body)).enumerate().map(|(i, l)| (i + 1, l));
-    let mut next_line = move || lines.next();
-    let mut next = |reason| next_line().ok_or(Corrupt { line: 0, reason });
+    let mut next = |reason| lines.next().ok_or(Corrupt { line: 0, reason });
 
     let (n, header) = next("the file is empty")?;
     let v1 = header == HEADER_V1;
@@ -158,7 +157,8 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Index, Corrupt> {
                     });
                 }
             }
-            if next_line().is_some() {
+            // Any line at all after the end line.
+            if next("").is_ok() {
                 return Err(Corrupt {
                     line: n + 1,
                     reason: "text after the end line",

@@ -217,7 +217,6 @@ impl MaildirStore {
                 if duplicates.is_empty() {
                     stats.fast_path = true;
                     stats.messages = entries.len();
-                    stats.sizes_deferred = entries.iter().filter(|e| e.wire_size.is_none()).count();
                     let maildrop = LockedMaildir::new(
                         dir,
                         entries,
@@ -225,6 +224,7 @@ impl MaildirStore {
                         (index.cur_mtime, index.new_mtime),
                         lock,
                     );
+                    stats.sizes_deferred = maildrop.not_sized.len();
                     return Ok((maildrop, stats));
                 }
                 tracing::warn!(maildir = %dir.display(),
@@ -570,16 +570,22 @@ impl LockedMaildir {
     /// Rewrites the index without the deleted messages. A failure only costs the next open a
     /// directory listing, so it is logged, not returned.
     fn rewrite_index(&self) {
-        let entries = self.index_entries();
+        // cur/ was just changed: its new mtime is too fresh to trust.
+        self.write_index(None, "cannot rewrite the maildrop index after UPDATE");
+    }
+
+    /// Writes the index of the snapshot as it is now, recording `cur_mtime` for `cur/`. A
+    /// failure only costs a later open a directory listing, so it is logged (`failure`), not
+    /// returned.
+    fn write_index(&self, cur_mtime: Option<u128>, failure: &str) {
         let index = Index {
-            // cur/ was just changed: its new mtime is too fresh to trust.
-            cur_mtime: None,
+            cur_mtime,
             new_mtime: self.new_mtime,
-            entries,
+            entries: self.index_entries(),
             sealed: false,
         };
         if let Err(e) = index::write_atomic(&self.dir, &index::serialize(&index)) {
-            tracing::warn!(error = %e, "cannot rewrite the maildrop index after UPDATE");
+            tracing::warn!(error = %e, "{failure}");
         }
     }
 }
@@ -656,15 +662,10 @@ impl Maildrop for LockedMaildir {
             // Record the sizes, so that no later session reads these files again. The mtimes
             // are those of the open's listing: if another program changed a directory since,
             // the next open sees it and lists it again.
-            let index = Index {
-                cur_mtime: self.cur_mtime,
-                new_mtime: self.new_mtime,
-                entries: self.index_entries(),
-                sealed: false,
-            };
-            if let Err(e) = index::write_atomic(&self.dir, &index::serialize(&index)) {
-                tracing::warn!(error = %e, "cannot record message sizes in the maildrop index");
-            }
+            self.write_index(
+                self.cur_mtime,
+                "cannot record message sizes in the maildrop index",
+            );
         }
         Ok(self.sizes.clone())
     }
