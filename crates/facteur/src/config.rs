@@ -89,12 +89,21 @@ pub struct Limits {
     /// one host to take the whole server.
     #[serde(default = "defaults::max_connections_per_ip")]
     pub max_connections_per_ip: usize,
-    /// Seconds a client may stay idle before logging in: a login needs only a few round trips.
+    /// Seconds from the accept to a successful login, TLS handshake included: a deadline, not an
+    /// idle timer, so a client that sends a byte (or a NOOP) every few seconds is cut all the
+    /// same. A login needs only a few round trips.
     #[serde(default = "defaults::login_timeout_secs")]
     pub login_timeout_secs: u64,
     /// Seconds a logged-in client may stay idle. RFC 1939 section 3 requires at least 10 minutes.
     #[serde(default = "defaults::idle_timeout_secs")]
     pub idle_timeout_secs: u64,
+    /// Seconds one write to a client may wait for the client to read (a block of a message, a
+    /// listing, a reply). A client that stops reading is cut after this, without UPDATE, and its
+    /// maildrop lock is released; the same value is the socket's TCP_USER_TIMEOUT, so a peer
+    /// that vanished is found as fast. Sixty seconds is far more than any living client needs to
+    /// take one block.
+    #[serde(default = "defaults::write_timeout_secs")]
+    pub write_timeout_secs: u64,
     /// Milliseconds before the first failed login of a source or user name is answered; each
     /// further failure doubles it (per source address and per user name), up to the cap below.
     #[serde(default = "defaults::failed_login_delay_ms")]
@@ -209,6 +218,13 @@ pub mod defaults {
     pub const WRITE_HIGH_WATER: usize = 64 * 1024;
     /// Input read buffer per connection: commands are short, and an idle session must be cheap.
     pub const READ_BUFFER: usize = 1024;
+    /// Silence on a connection before the kernel's first keepalive probe: far below the idle
+    /// timeout, so a peer that vanished is found while its session still waits on it.
+    pub const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+    /// Between keepalive probes.
+    pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+    /// Unanswered probes before the kernel drops the connection (60 s + 6 x 10 s: two minutes).
+    pub const KEEPALIVE_PROBES: u32 = 6;
     /// The longest `[auth] cache_ttl_secs`, one day: a remembered login lasts at most that long
     /// in memory, and a client that polls once a day pays one hash a day at most anyway.
     pub const MAX_CACHE_TTL_SECS: u64 = 24 * 3600;
@@ -236,6 +252,9 @@ pub mod defaults {
     }
     pub fn idle_timeout_secs() -> u64 {
         600
+    }
+    pub fn write_timeout_secs() -> u64 {
+        60
     }
     pub fn failed_login_delay_ms() -> u64 {
         500
@@ -307,6 +326,7 @@ impl Default for Limits {
             max_connections_per_ip: defaults::max_connections_per_ip(),
             login_timeout_secs: defaults::login_timeout_secs(),
             idle_timeout_secs: defaults::idle_timeout_secs(),
+            write_timeout_secs: defaults::write_timeout_secs(),
             failed_login_delay_ms: defaults::failed_login_delay_ms(),
             max_failed_login_delay_ms: defaults::max_failed_login_delay_ms(),
             failed_login_forget_secs: defaults::failed_login_forget_secs(),
@@ -332,6 +352,9 @@ impl Limits {
     }
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
+    }
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_timeout_secs)
     }
     pub fn failed_login_delay(&self) -> Duration {
         Duration::from_millis(self.failed_login_delay_ms)

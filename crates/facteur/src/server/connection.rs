@@ -3,8 +3,17 @@
 //! message, UPDATE) off the async threads.
 //!
 //! It must never: run a command before the previous one is answered (pipelining keeps order),
-//! hold a whole message in memory, apply deletions without a committed QUIT, or keep any byte
-//! received before a TLS handshake.
+//! hold a whole message in memory, apply deletions without a committed QUIT, keep any byte
+//! received before a TLS handshake, or wait on the peer without a deadline.
+//!
+//! ## Deadlines
+//! - Before login, one deadline from the accept (`limits.login_timeout_secs`) covers the TLS
+//!   handshake, STLS and every read: bytes trickled in do not extend it.
+//! - After login, each read waits at most `limits.idle_timeout_secs` (RFC 1939's autologout).
+//! - Each write waits at most `limits.write_timeout_secs` for the peer to read, and no longer
+//!   than the server's shutdown cut. A session cut that way ends without UPDATE, and its
+//!   maildrop lock is released before anything else is tried on the socket.
+//! - TCP keepalive and TCP_USER_TIMEOUT find peers that vanished without a word.
 
 use super::transport::Transport;
 use super::{CutSignal, Shared};
@@ -19,10 +28,11 @@ use facteur_proto::line::{Frame, LineFramer};
 use facteur_proto::response::{self, Code};
 use facteur_proto::server::{AuthResult, Event, ServerSession, State};
 use facteur_proto::Secret;
+use std::future::Future;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -34,11 +44,16 @@ pub async fn refuse(mut stream: TcpStream, why: &str) {
 }
 
 /// How a session ended, for the log line.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
     Quit,
     ClientClosed,
+    /// Idle for too long after login (RFC 1939's autologout timer).
     Timeout,
+    /// Not logged in by the login deadline.
+    LoginTimeout,
+    /// The client did not read what was sent to it within the write deadline.
+    WriteTimeout,
     Shutdown,
     TooManyErrors,
     TooManyFailedLogins,
@@ -63,13 +78,15 @@ pub async fn serve(
     cut: CutSignal,
 ) {
     let _ = stream.set_nodelay(true);
+    tune_socket(&stream, shared.config.limits.write_timeout());
     let started = Instant::now();
+    let login_deadline = tokio::time::Instant::now() + shared.config.limits.login_timeout();
     let transport = if implicit_tls {
         let Some(tls) = &shared.tls else {
             return;
         };
         let handshake = tls.acceptor().accept(stream);
-        match tokio::time::timeout(shared.config.limits.login_timeout(), handshake).await {
+        match tokio::time::timeout_at(login_deadline, handshake).await {
             Ok(Ok(s)) => Transport::Tls(Box::new(s)),
             Ok(Err(e)) => {
                 tracing::info!(%peer, error = %e, "TLS handshake failed");
@@ -83,11 +100,18 @@ pub async fn serve(
     } else {
         Transport::Plain(stream)
     };
-    let mut conn = Connection::new(shared, transport, peer, cut);
+    let mut conn = Connection::new(shared, transport, peer, cut, login_deadline);
     let end = conn.run().await;
+    // Whatever happens on the socket from here, the maildrop is unlocked now (without UPDATE,
+    // unless QUIT already applied it).
+    conn.maildrop = None;
     // A TLS session ends with close_notify, so the client can tell a complete answer from a
-    // truncated one; a plain one with a FIN. A peer that stopped reading gets a few seconds.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.stream.shutdown()).await;
+    // truncated one; a plain one with a FIN. A peer that stopped reading gets a second.
+    let grace = match end {
+        End::WriteTimeout | End::Shutdown | End::IoError => Duration::from_secs(1),
+        _ => Duration::from_secs(5),
+    };
+    let _ = tokio::time::timeout(grace, conn.stream.shutdown()).await;
     let t = &conn.tally;
     tracing::info!(
         peer = %peer,
@@ -107,6 +131,10 @@ struct Connection {
     stream: Transport,
     peer: SocketAddr,
     cut: CutSignal,
+    /// The end of the AUTHORIZATION state's time, counted from the accept.
+    login_deadline: tokio::time::Instant,
+    /// How long one write may wait for the peer to read.
+    write_timeout: Duration,
     session: ServerSession,
     framer: LineFramer,
     /// Bytes read but not yet framed: `rbuf[rpos..rend]`.
@@ -130,7 +158,13 @@ enum Step {
 }
 
 impl Connection {
-    fn new(shared: Arc<Shared>, stream: Transport, peer: SocketAddr, cut: CutSignal) -> Self {
+    fn new(
+        shared: Arc<Shared>,
+        stream: Transport,
+        peer: SocketAddr,
+        cut: CutSignal,
+        login_deadline: tokio::time::Instant,
+    ) -> Self {
         let apop_timestamp = (shared.config.auth.apop && shared.auth.apop_possible())
             .then(|| apop_timestamp(&shared.hostname));
         let session = ServerSession::new(shared.session_config(
@@ -140,10 +174,12 @@ impl Connection {
             stream.client_certificate().is_some(),
         ));
         Self {
+            write_timeout: shared.config.limits.write_timeout(),
             shared,
             stream,
             peer,
             cut,
+            login_deadline,
             session,
             framer: LineFramer::new(defaults::MAX_COMMAND_LINE),
             rbuf: vec![0u8; defaults::READ_BUFFER].into_boxed_slice(),
@@ -159,8 +195,8 @@ impl Connection {
 
     async fn run(&mut self) -> End {
         self.session.greeting(&mut self.out);
-        if self.flush().await.is_err() {
-            return End::IoError;
+        if let Err(end) = self.flush().await {
+            return end;
         }
         loop {
             // Answer every complete command already received, in order.
@@ -179,14 +215,21 @@ impl Connection {
                         Step::Continue => {}
                         Step::Then(event, before) => next = Some((event, before)),
                         Step::End(end) => {
-                            let _ = self.flush().await;
+                            // The last answer (QUIT's, or why the session is closed) goes out,
+                            // unless the socket is what failed.
+                            if matches!(
+                                end,
+                                End::Quit | End::TooManyErrors | End::TooManyFailedLogins
+                            ) {
+                                let _ = self.flush().await;
+                            }
                             return end;
                         }
                     }
                 }
             }
-            if self.flush().await.is_err() {
-                return End::IoError;
+            if let Err(end) = self.flush().await {
+                return end;
             }
             match self.read_more().await {
                 Ok(()) => {}
@@ -195,19 +238,30 @@ impl Connection {
         }
     }
 
-    /// Wait for more input, the idle timeout, or the end of the shutdown grace period.
+    /// Wait for more input until the login deadline (before login) or the idle timeout (after),
+    /// or until the server cuts sessions.
     async fn read_more(&mut self) -> Result<(), End> {
         self.rpos = 0;
         self.rend = 0;
-        let timeout = match self.session.state() {
-            State::Authorization => self.shared.config.limits.login_timeout(),
-            _ => self.shared.config.limits.idle_timeout(),
+        let (deadline, end, why) = match self.session.state() {
+            State::Authorization => (
+                self.login_deadline,
+                End::LoginTimeout,
+                "login took too long, closing connection",
+            ),
+            // RFC 1939 section 3: an autologout timer ends the session without UPDATE.
+            _ => (
+                tokio::time::Instant::now() + self.shared.config.limits.idle_timeout(),
+                End::Timeout,
+                "idle for too long, closing connection",
+            ),
         };
         if *self.cut.borrow() {
             return Err(self.say_shutdown().await);
         }
+        let read = tokio::time::timeout_at(deadline, self.stream.read(&mut self.rbuf));
         tokio::select! {
-            r = tokio::time::timeout(timeout, self.stream.read(&mut self.rbuf)) => match r {
+            r = read => match r {
                 Ok(Ok(0)) => Err(End::ClientClosed),
                 Ok(Ok(n)) => {
                     self.rend = n;
@@ -215,34 +269,46 @@ impl Connection {
                 }
                 Ok(Err(_)) => Err(End::IoError),
                 Err(_) => {
-                    // RFC 1939 section 3: an autologout timer ends the session without UPDATE.
-                    response::err(&mut self.out, None, "idle for too long, closing connection");
+                    response::err(&mut self.out, None, why);
                     let _ = self.flush().await;
-                    Err(End::Timeout)
+                    Err(end)
                 }
             },
-            _ = self.cut.changed() => Err(self.say_shutdown().await),
+            () = cut_now(&mut self.cut) => Err(self.say_shutdown().await),
         }
     }
 
+    /// The last word to a session the server cuts: one try, for a second at most (the server is
+    /// stopping, and this peer may be one that does not read).
     async fn say_shutdown(&mut self) -> End {
         response::err(
             &mut self.out,
             Some(Code::SysTemp),
             "server shutting down, try again later",
         );
-        let _ = self.flush().await;
+        let send = async {
+            self.stream.write_all(&self.out).await?;
+            self.stream.flush().await
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
+        self.out.clear();
         End::Shutdown
     }
 
-    /// Writes the output buffer out, keeping its memory for more (a message being streamed).
-    async fn send_out(&mut self) -> std::io::Result<()> {
-        self.stream.write_all(&self.out).await?;
+    /// Writes the output buffer out, keeping its memory for more (a message being streamed),
+    /// within the write deadline.
+    async fn send_out(&mut self) -> Result<(), End> {
+        within(
+            self.stream.write_all(&self.out),
+            self.write_timeout,
+            &mut self.cut,
+        )
+        .await?;
         self.out.clear();
         Ok(())
     }
 
-    async fn flush(&mut self) -> std::io::Result<()> {
+    async fn flush(&mut self) -> Result<(), End> {
         if !self.out.is_empty() {
             self.send_out().await?;
             // After a large listing or message, give the memory back: idle sessions stay small.
@@ -250,7 +316,7 @@ impl Connection {
                 self.out = Vec::new();
             }
         }
-        self.stream.flush().await
+        within(self.stream.flush(), self.write_timeout, &mut self.cut).await
     }
 
     async fn handle_event(&mut self, event: Event, out_before: usize) -> Step {
@@ -295,8 +361,8 @@ impl Connection {
                     .session
                     .fill_listing(&mut self.out, defaults::WRITE_HIGH_WATER)
                 {
-                    if self.flush().await.is_err() {
-                        return Step::End(End::IoError);
+                    if let Err(end) = self.flush().await {
+                        return Step::End(end);
                     }
                 }
                 Step::Continue
@@ -431,8 +497,8 @@ impl Connection {
     async fn start_tls(&mut self) -> Step {
         self.rpos = self.rend;
         self.framer.clear();
-        if self.flush().await.is_err() {
-            return Step::End(End::IoError);
+        if let Err(end) = self.flush().await {
+            return Step::End(end);
         }
         let Some(tls) = &self.shared.tls else {
             return Step::End(End::IoError);
@@ -441,8 +507,7 @@ impl Connection {
         let Transport::Plain(tcp) = std::mem::replace(&mut self.stream, Transport::Detached) else {
             return Step::End(End::IoError);
         };
-        let timeout = self.shared.config.limits.login_timeout();
-        match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        match tokio::time::timeout_at(self.login_deadline, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => {
                 self.stream = Transport::Tls(Box::new(tls));
                 let client_cert = self.stream.client_certificate().is_some();
@@ -615,8 +680,8 @@ impl Connection {
                 });
                 (reader, buf, encoder, wire, step)
             });
-            if self.send_out().await.is_err() {
-                return Step::End(End::IoError);
+            if let Err(end) = self.send_out().await {
+                return Step::End(end);
             }
             let (n, last) = match job.await {
                 Ok((r, b, e, w, step)) => {
@@ -702,6 +767,48 @@ async fn open_verdict(store: Arc<dyn Store>, outcome: AuthOutcome) -> Verdict {
     tokio::task::spawn_blocking(move || open_on_success(store.as_ref(), outcome))
         .await
         .unwrap_or(Verdict::Failure)
+}
+
+/// Run one write (or flush) to the peer within `limit`, and no longer than the server's cut.
+async fn within<T>(
+    write: impl Future<Output = std::io::Result<T>>,
+    limit: Duration,
+    cut: &mut CutSignal,
+) -> Result<T, End> {
+    tokio::select! {
+        r = tokio::time::timeout(limit, write) => match r {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(_)) => Err(End::IoError),
+            Err(_) => Err(End::WriteTimeout),
+        },
+        () = cut_now(cut) => Err(End::Shutdown),
+    }
+}
+
+/// Resolves once the server cuts its sessions (at once if it already has); never if the server
+/// is gone without cutting.
+async fn cut_now(cut: &mut CutSignal) {
+    loop {
+        if *cut.borrow_and_update() {
+            return;
+        }
+        if cut.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// Keepalive probes after a minute of silence, and TCP_USER_TIMEOUT at the write deadline: a
+/// peer that vanished (power cut, NAT forgot it) is found by the kernel, even while a write is
+/// waiting on it. Best effort: a socket that refuses an option is served all the same.
+pub fn tune_socket(stream: &TcpStream, write_timeout: Duration) {
+    let sock = socket2::SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(defaults::KEEPALIVE_IDLE)
+        .with_interval(defaults::KEEPALIVE_INTERVAL)
+        .with_retries(defaults::KEEPALIVE_PROBES);
+    let _ = sock.set_tcp_keepalive(&keepalive);
+    let _ = sock.set_tcp_user_timeout(Some(write_timeout));
 }
 
 /// Read until `buf` is full or the end of the message: (octets read, end reached).

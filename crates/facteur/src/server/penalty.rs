@@ -100,7 +100,7 @@ impl Penalties {
 }
 
 /// The unit a source is counted in: the address for IPv4, the /64 for IPv6.
-fn source_block(ip: IpAddr) -> IpAddr {
+pub(super) fn source_block(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let mut s = v6.segments();
