@@ -317,14 +317,13 @@ impl Connection {
     }
 
     /// A SASL exchange (RFC 5034): each challenge goes out as `+ base64`, each client line
-    /// comes back to the mechanism, until a verdict; `*` cancels.
+    /// comes back to the mechanism, until a verdict; `*` cancels. An exchange that ends without
+    /// a verdict (cancelled, malformed) is a bad command for the session, and a failed login
+    /// too once the client gave a user name.
     async fn sasl(&mut self, mechanism: &str, initial: Option<Secret<String>>) -> Step {
         let Ok(mechanism) = mechanism.parse::<Mechanism>() else {
-            self.session.auth_result(
-                AuthResult::Aborted("unsupported SASL mechanism"),
-                &mut self.out,
-            );
-            return Step::Continue;
+            let aborted = Verdict::Aborted("unsupported SASL mechanism");
+            return self.finish_login(Ok(aborted), None).await;
         };
         let ctx = SaslContext {
             hostname: self.shared.hostname.clone(),
@@ -346,17 +345,18 @@ impl Connection {
             return self.finish_login(Ok(Verdict::Failure), None).await;
         };
         loop {
-            match step {
+            let claimed = exchange.claimed_user().map(str::to_owned);
+            let aborted = match step {
                 SaslStep::Done(outcome) => {
-                    let claimed = exchange.claimed_user().map(str::to_owned);
                     let verdict = open_verdict(self.shared.store.clone(), outcome).await;
                     return self.finish_login(Ok(verdict), claimed.as_deref()).await;
                 }
-                SaslStep::Malformed(text) => {
-                    self.session
-                        .auth_result(AuthResult::Aborted(text), &mut self.out);
-                    return Step::Continue;
+                SaslStep::Refused(text) => {
+                    return self
+                        .finish_login(Ok(Verdict::Refused(text)), claimed.as_deref())
+                        .await;
                 }
+                SaslStep::Malformed(text) => text,
                 SaslStep::Challenge(data) => {
                     self.out.extend_from_slice(b"+ ");
                     self.out.extend_from_slice(BASE64.encode(data).as_bytes());
@@ -364,47 +364,36 @@ impl Connection {
                     if self.flush().await.is_err() {
                         return Step::End(End::IoError);
                     }
-                    let line = match self.next_line().await {
-                        Ok(Some(line)) => line,
-                        Ok(None) => {
-                            self.session.auth_result(
-                                AuthResult::Aborted("SASL response too long"),
-                                &mut self.out,
-                            );
-                            return Step::Continue;
-                        }
+                    match self.next_line().await {
+                        Ok(Some(line)) if line == b"*" => "authentication cancelled",
+                        Ok(Some(line)) => match String::from_utf8(line) {
+                            Ok(line) => {
+                                let auth = self.shared.auth.clone();
+                                let stepped = self
+                                    .shared
+                                    .auth_pool
+                                    .run(move || {
+                                        let step = exchange.step(&line, auth.as_ref());
+                                        (exchange, step)
+                                    })
+                                    .await;
+                                let Ok((e, s)) = stepped else {
+                                    return self.finish_login(Ok(Verdict::Failure), None).await;
+                                };
+                                exchange = e;
+                                step = s;
+                                continue;
+                            }
+                            Err(_) => "the line is not valid base64",
+                        },
+                        Ok(None) => "SASL response too long",
                         Err(end) => return Step::End(end),
-                    };
-                    if line == b"*" {
-                        self.session.auth_result(
-                            AuthResult::Aborted("authentication cancelled"),
-                            &mut self.out,
-                        );
-                        return Step::Continue;
                     }
-                    let Ok(line) = String::from_utf8(line) else {
-                        self.session.auth_result(
-                            AuthResult::Aborted("the line is not valid base64"),
-                            &mut self.out,
-                        );
-                        return Step::Continue;
-                    };
-                    let auth = self.shared.auth.clone();
-                    let stepped = self
-                        .shared
-                        .auth_pool
-                        .run(move || {
-                            let step = exchange.step(&line, auth.as_ref());
-                            (exchange, step)
-                        })
-                        .await;
-                    let Ok((e, s)) = stepped else {
-                        return self.finish_login(Ok(Verdict::Failure), None).await;
-                    };
-                    exchange = e;
-                    step = s;
                 }
-            }
+            };
+            return self
+                .finish_login(Ok(Verdict::Aborted(aborted)), claimed.as_deref())
+                .await;
         }
     }
 
@@ -458,10 +447,9 @@ impl Connection {
         }
     }
 
-    /// Open the maildrop of an authenticated user and report to the session. `tried` is the
-    /// user name the client gave, for the failed-login penalty.
     /// Report a login to the session: the maildrop opened, or a failure (after its penalty).
-    /// `tried` is the user name the client gave, for the failed-login penalty.
+    /// `tried` is the user name the client gave, for the failed-login penalty; an exchange
+    /// aborted before any was given is no failed login.
     async fn finish_login(
         &mut self,
         outcome: Result<Verdict, super::auth_pool::PoolGone>,
@@ -488,23 +476,31 @@ impl Connection {
                     }
                 }
             }
-            Ok(Verdict::Failure) => {
+            Ok(Verdict::Aborted(text)) if tried.is_none() => AuthResult::Aborted(text),
+            Ok(failure @ (Verdict::Failure | Verdict::Aborted(_) | Verdict::Refused(_))) => {
                 self.failed_logins += 1;
                 let delay = self.shared.penalties.failure(self.peer.ip(), tried);
                 tracing::info!(peer = %self.peer, delay_ms = delay.as_millis() as u64, "login failed");
                 tokio::time::sleep(delay).await;
-                AuthResult::Failed
+                match failure {
+                    Verdict::Aborted(text) => AuthResult::Aborted(text),
+                    Verdict::Refused(text) => AuthResult::Refused(text),
+                    _ => AuthResult::Failed,
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "authentication task failed");
                 AuthResult::SystemError { permanent: false }
             }
         };
-        self.session.auth_result(result, &mut self.out);
+        let closing = self.session.auth_result(result, &mut self.out);
         if self.failed_logins >= self.shared.config.limits.max_failed_logins {
             return Step::End(End::TooManyFailedLogins);
         }
-        Step::Continue
+        match closing {
+            Some(event) => Step::Then(event, self.out.len()),
+            None => Step::Continue,
+        }
     }
 
     /// STAT, LIST or RETR needs the sizes the open deferred: read the files (off the async
@@ -679,6 +675,10 @@ impl Connection {
 /// A login's verdict, with the maildrop already opened on success.
 enum Verdict {
     Failure,
+    /// A SASL exchange ended without a verdict (cancelled, malformed): `-ERR` with this text.
+    Aborted(&'static str),
+    /// Credentials refused for their shape before any check (too long): `-ERR [AUTH]`.
+    Refused(&'static str),
     Opened {
         user: String,
         maildrop: Result<Box<dyn Maildrop>, StoreError>,
