@@ -324,15 +324,17 @@ impl ServerSession {
     fn capa(&self, out: &mut Vec<u8>) {
         response::ok(out, "capability list follows");
         let mut caps: Vec<String> = vec!["TOP".into(), "UIDL".into()];
-        // The same list in every state: RFC 2449 section 5 wants the capabilities announced
-        // before login announced after it too (the policy cannot change after login).
+        // USER and SASL in every state: RFC 2449 section 5 wants the capabilities announced
+        // before login announced after it too (the policy cannot change after login). STLS
+        // is the exception clients expect: RFC 2595 section 4 permits it in AUTHORIZATION
+        // only, and a client that sees it after login would try a command bound to fail.
         if self.config.user_pass_allowed {
             caps.push("USER".into());
         }
         if !self.config.sasl_mechanisms.is_empty() {
             caps.push(format!("SASL {}", self.config.sasl_mechanisms.join(" ")));
         }
-        if self.config.stls_available && !self.tls_active {
+        if self.state == State::Authorization && self.config.stls_available && !self.tls_active {
             caps.push("STLS".into());
         }
         caps.extend([
@@ -1204,12 +1206,14 @@ mod tests {
         assert!(t.contains("TOP\r\n") && !t.contains("STLS"));
     }
 
-    /// RFC 2449 section 5: what CAPA announced before login, it announces after it.
+    /// RFC 2449 section 5: what CAPA announced before login, it announces after it, but STLS
+    /// (RFC 2595 section 4: AUTHORIZATION only).
     #[test]
     fn capa_after_login_keeps_user_and_sasl() {
         let cfg = ServerConfig {
             implementation: "facteur".into(),
             sasl_mechanisms: vec!["PLAIN".into(), "SCRAM-SHA-256".into()],
+            stls_available: true,
             ..ServerConfig::default()
         };
         let mut s = ServerSession::new(cfg);
@@ -1227,7 +1231,8 @@ mod tests {
         };
         s.auth_result(success, &mut Vec::new());
         assert_eq!(s.state(), State::Transaction);
-        assert_eq!(text(&mut s, "CAPA"), before);
+        assert_eq!(text(&mut s, "CAPA"), before.replace("STLS\r\n", ""));
+        assert!(before.contains("\r\nSTLS\r\n"), "{before}");
     }
 
     #[test]
