@@ -345,18 +345,18 @@ impl Connection {
             return self.finish_login(Ok(Verdict::Failure), None).await;
         };
         loop {
-            let claimed = exchange.claimed_user().map(str::to_owned);
-            let aborted = match step {
+            match step {
                 SaslStep::Done(outcome) => {
+                    let claimed = exchange.claimed_user().map(str::to_owned);
                     let verdict = open_verdict(self.shared.store.clone(), outcome).await;
                     return self.finish_login(Ok(verdict), claimed.as_deref()).await;
                 }
-                SaslStep::Refused(text) => {
-                    return self
-                        .finish_login(Ok(Verdict::Refused(text)), claimed.as_deref())
-                        .await;
+                SaslStep::Malformed(text) => {
+                    return self.abort_sasl(Verdict::Aborted(text), &exchange).await;
                 }
-                SaslStep::Malformed(text) => text,
+                SaslStep::Refused(text) => {
+                    return self.abort_sasl(Verdict::Refused(text), &exchange).await;
+                }
                 SaslStep::Challenge(data) => {
                     self.out.extend_from_slice(b"+ ");
                     self.out.extend_from_slice(BASE64.encode(data).as_bytes());
@@ -364,37 +364,46 @@ impl Connection {
                     if self.flush().await.is_err() {
                         return Step::End(End::IoError);
                     }
-                    match self.next_line().await {
-                        Ok(Some(line)) if line == b"*" => "authentication cancelled",
-                        Ok(Some(line)) => match String::from_utf8(line) {
-                            Ok(line) => {
-                                let auth = self.shared.auth.clone();
-                                let stepped = self
-                                    .shared
-                                    .auth_pool
-                                    .run(move || {
-                                        let step = exchange.step(&line, auth.as_ref());
-                                        (exchange, step)
-                                    })
-                                    .await;
-                                let Ok((e, s)) = stepped else {
-                                    return self.finish_login(Ok(Verdict::Failure), None).await;
-                                };
-                                exchange = e;
-                                step = s;
-                                continue;
-                            }
-                            Err(_) => "the line is not valid base64",
-                        },
-                        Ok(None) => "SASL response too long",
+                    let line = match self.next_line().await {
+                        Ok(Some(line)) => line,
+                        Ok(None) => {
+                            let aborted = Verdict::Aborted("SASL response too long");
+                            return self.abort_sasl(aborted, &exchange).await;
+                        }
                         Err(end) => return Step::End(end),
+                    };
+                    if line == b"*" {
+                        let aborted = Verdict::Aborted("authentication cancelled");
+                        return self.abort_sasl(aborted, &exchange).await;
                     }
+                    let Ok(line) = String::from_utf8(line) else {
+                        let aborted = Verdict::Aborted("the line is not valid base64");
+                        return self.abort_sasl(aborted, &exchange).await;
+                    };
+                    let auth = self.shared.auth.clone();
+                    let stepped = self
+                        .shared
+                        .auth_pool
+                        .run(move || {
+                            let step = exchange.step(&line, auth.as_ref());
+                            (exchange, step)
+                        })
+                        .await;
+                    let Ok((e, s)) = stepped else {
+                        return self.finish_login(Ok(Verdict::Failure), None).await;
+                    };
+                    exchange = e;
+                    step = s;
                 }
-            };
-            return self
-                .finish_login(Ok(Verdict::Aborted(aborted)), claimed.as_deref())
-                .await;
+            }
         }
+    }
+
+    /// End a SASL exchange without a verdict (cancelled, malformed) or with its credentials
+    /// refused: a failed login if the client gave a user name, else only a bad command.
+    async fn abort_sasl(&mut self, verdict: Verdict, exchange: &SaslExchange) -> Step {
+        let claimed = exchange.claimed_user().map(str::to_owned);
+        self.finish_login(Ok(verdict), claimed.as_deref()).await
     }
 
     /// The next complete line from the client (owned), reading as needed; `Ok(None)` for a
