@@ -330,8 +330,8 @@ struct ScramModel {
     /// The iteration count most used by `{SCRAM-SHA-256}` users (4096 if there are none); the
     /// keys of `{PLAIN}` users are derived with it too.
     iterations: u32,
-    /// `{PLAIN}` users, whose keys cost a PBKDF2 at each exchange, outnumber the users with
-    /// stored keys: made-up keys cost a PBKDF2 too.
+    /// `{PLAIN}` users, whose keys cost a PBKDF2 at each proof checked, outnumber the users
+    /// with stored keys: made-up keys cost a PBKDF2 at the proof too.
     derive: bool,
 }
 

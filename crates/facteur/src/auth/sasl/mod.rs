@@ -26,9 +26,15 @@
 //! driver send `+OK` (the DIGEST-MD5 example of RFC 5034 section 6 does exactly that with
 //! `rspauth`).
 //!
+//! A user name over 255 octets or a password over 1,024 is [`SaslStep::Refused`] before any
+//! lookup or hash, in every mechanism: no user has one, and a long password makes some hashes
+//! cost more. [`SaslExchange::claimed_user`] is known from the first message that names a user
+//! on, so that the driver can count an exchange abandoned after it as a failed login.
+//!
 //! What this module must never do: panic on anything a client sends; tell a client whether a
 //! user exists (unknown users go through the same steps and the same work, and fail at the same
-//! point); print a password, a key or a proof in a `Debug` output.
+//! point); print a password, a key or a proof in a `Debug` output; hash credentials over those
+//! lengths.
 
 mod scram;
 
@@ -374,16 +380,20 @@ impl SaslExchange {
 
     fn login_user(&mut self, data: &[u8]) -> SaslStep {
         match std::str::from_utf8(data) {
-            Ok(user) if user.len() > USER_NAME_MAX_LEN => {
+            Ok(user) if !user.is_empty() => {
+                // Claimed from now on: an exchange cancelled at the password prompt is a
+                // failed login for this name.
                 self.claimed_user = Some(user.to_string());
-                SaslStep::Refused(USER_NAME_TOO_LONG)
+                if let Some(refused) = refuse_long_name(user) {
+                    return refused;
+                }
+                self.challenge(
+                    State::LoginPassword {
+                        user: user.to_string(),
+                    },
+                    LOGIN_PASSWORD_CHALLENGE.to_vec(),
+                )
             }
-            Ok(user) if !user.is_empty() => self.challenge(
-                State::LoginPassword {
-                    user: user.to_string(),
-                },
-                LOGIN_PASSWORD_CHALLENGE.to_vec(),
-            ),
             _ => SaslStep::Malformed("the LOGIN user name is empty or not UTF-8"),
         }
     }

@@ -929,10 +929,11 @@ fn the_claimed_user_is_known_after_a_failure() {
     let (ex, step) = SaslExchange::start(Mechanism::Plain, ctx(), Some(&b64("\0tim\0wrong")), &db);
     assert_eq!(step, SaslStep::Done(AuthOutcome::Failure));
     assert_eq!(ex.claimed_user(), Some("tim"));
-    // LOGIN, in two steps.
+    // LOGIN, in two steps: claimed from the user name on.
     let (mut ex, _) = SaslExchange::start(Mechanism::Login, ctx(), None, &db);
     assert_eq!(ex.claimed_user(), None);
     ex.step(&b64("nobody"), &db);
+    assert_eq!(ex.claimed_user(), Some("nobody"));
     assert_eq!(
         ex.step(&b64("x"), &db),
         SaslStep::Done(AuthOutcome::Failure)
