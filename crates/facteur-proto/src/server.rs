@@ -32,8 +32,13 @@ pub struct ServerConfig {
     /// Answer the obsolete LAST command (RFC 1460); off by default.
     pub enable_last: bool,
     /// After this many bad commands (unknown, malformed, out of state, too long) the session
-    /// closes: a client that speaks nonsense is not a POP3 client.
+    /// closes: a client that speaks nonsense is not a POP3 client. A SASL exchange that ends
+    /// without a verdict (cancelled with `*`, or malformed) counts as one.
     pub max_bad_commands: u32,
+    /// After this many login attempts (PASS, APOP, or AUTH with a mechanism), whatever their
+    /// outcome, a session still in AUTHORIZATION closes: a client that knows its password needs
+    /// one, and each attempt may cost the server a password hash.
+    pub max_auth_attempts: u32,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +52,7 @@ impl Default for ServerConfig {
             sasl_mechanisms: Vec::new(),
             enable_last: false,
             max_bad_commands: 20,
+            max_auth_attempts: 10,
         }
     }
 }
@@ -116,8 +122,12 @@ pub enum AuthResult {
     /// A server-side failure; `permanent` selects `[SYS/PERM]` over `[SYS/TEMP]`.
     SystemError { permanent: bool },
     /// A SASL exchange ended without a verdict (cancelled with `*`, or malformed data):
-    /// `-ERR` with this text, no response code; the client may try again.
+    /// `-ERR` with this text, no response code; it counts as a bad command, and the client may
+    /// try again.
     Aborted(&'static str),
+    /// The credentials were refused before any check, for their shape (a user name or a
+    /// password over the length limit): `-ERR [AUTH]` with this text.
+    Refused(&'static str),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +154,9 @@ pub struct ServerSession {
     /// Highest message number accessed, for LAST (RFC 1460).
     last_accessed: u32,
     bad_commands: u32,
-    /// The session was closed because of `max_bad_commands`.
+    /// Login attempts so far (PASS, APOP, AUTH with a mechanism), against `max_auth_attempts`.
+    auth_attempts: u32,
+    /// The session was closed because of `max_bad_commands` or `max_auth_attempts`.
     closed_for_errors: bool,
     tls_active: bool,
     listing: Option<(ListingKind, usize)>,
@@ -202,6 +214,7 @@ impl ServerSession {
             total_octets: 0,
             last_accessed: 0,
             bad_commands: 0,
+            auth_attempts: 0,
             closed_for_errors: false,
             tls_active: false,
             listing: None,
@@ -294,7 +307,7 @@ impl ServerSession {
         None
     }
 
-    /// True if the session closed itself after too many bad commands.
+    /// True if the session closed itself after too many bad commands or login attempts.
     pub fn closed_for_errors(&self) -> bool {
         self.closed_for_errors
     }
@@ -311,14 +324,17 @@ impl ServerSession {
     fn capa(&self, out: &mut Vec<u8>) {
         response::ok(out, "capability list follows");
         let mut caps: Vec<String> = vec!["TOP".into(), "UIDL".into()];
-        let before_login = self.state == State::Authorization;
-        if before_login && self.config.user_pass_allowed {
+        // USER and SASL in every state: RFC 2449 section 5 wants the capabilities announced
+        // before login announced after it too (the policy cannot change after login). STLS
+        // is the exception clients expect: RFC 2595 section 4 permits it in AUTHORIZATION
+        // only, and a client that sees it after login would try a command bound to fail.
+        if self.config.user_pass_allowed {
             caps.push("USER".into());
         }
-        if before_login && !self.config.sasl_mechanisms.is_empty() {
+        if !self.config.sasl_mechanisms.is_empty() {
             caps.push(format!("SASL {}", self.config.sasl_mechanisms.join(" ")));
         }
-        if before_login && self.config.stls_available && !self.tls_active {
+        if self.state == State::Authorization && self.config.stls_available && !self.tls_active {
             caps.push("STLS".into());
         }
         caps.extend([
@@ -368,6 +384,7 @@ impl ServerSession {
                 }
                 match self.pending_user.take() {
                     Some(user) => {
+                        self.auth_attempts = self.auth_attempts.saturating_add(1);
                         self.awaiting = Some(Awaiting::Auth);
                         Some(Event::Authenticate { user, password })
                     }
@@ -386,6 +403,7 @@ impl ServerSession {
                 if !self.config.user_pass_allowed {
                     return self.plaintext_refused(out);
                 }
+                self.auth_attempts = self.auth_attempts.saturating_add(1);
                 self.awaiting = Some(Awaiting::Auth);
                 Some(Event::Apop { user: name, digest })
             }
@@ -423,6 +441,7 @@ impl ServerSession {
                         None
                     }
                     Some(m) if offered.iter().any(|o| o.eq_ignore_ascii_case(&m)) => {
+                        self.auth_attempts = self.auth_attempts.saturating_add(1);
                         self.awaiting = Some(Awaiting::Auth);
                         Some(Event::Sasl {
                             mechanism: m,
@@ -455,7 +474,8 @@ impl ServerSession {
         self.bad_command(out)
     }
 
-    /// Report how the authentication event ended; writes the answer.
+    /// Report how the authentication event ended; writes the answer. `Some(Event::Close)` when
+    /// the session closes because of it (too many bad commands or login attempts).
     pub fn auth_result(&mut self, result: AuthResult, out: &mut Vec<u8>) -> Option<Event> {
         if self.awaiting != Some(Awaiting::Auth) {
             return None;
@@ -475,11 +495,10 @@ impl ServerSession {
                 response::ok(out, format_args!("{user} has {summary}"));
                 self.user = Some(user);
                 self.state = State::Transaction;
-                None
+                return None;
             }
             AuthResult::Failed => {
                 response::err(out, Some(Code::Auth), "invalid user name or password");
-                None
             }
             AuthResult::InUse => {
                 response::err(
@@ -487,11 +506,15 @@ impl ServerSession {
                     Some(Code::InUse),
                     "maildrop is locked by another session",
                 );
-                None
             }
             AuthResult::Aborted(text) => {
                 response::err(out, None, text);
-                None
+                if let Some(close) = self.bad_command(out) {
+                    return Some(close);
+                }
+            }
+            AuthResult::Refused(text) => {
+                response::err(out, Some(Code::Auth), text);
             }
             AuthResult::SystemError { permanent } => {
                 let code = if permanent {
@@ -500,9 +523,19 @@ impl ServerSession {
                     Code::SysTemp
                 };
                 response::err(out, Some(code), "cannot open the maildrop, try again later");
-                None
             }
         }
+        if self.auth_attempts >= self.config.max_auth_attempts {
+            response::err(
+                out,
+                None,
+                "too many authentication attempts, closing connection",
+            );
+            self.state = State::Closed;
+            self.closed_for_errors = true;
+            return Some(Event::Close);
+        }
+        None
     }
 
     /// "N messages (M octets)", the octets left out while the sizes are unknown; of the whole
@@ -1047,6 +1080,85 @@ mod tests {
         assert!(!s.is_awaiting());
     }
 
+    /// An AUTH exchange that ends without a verdict is a bad command: 200 of them cannot go on
+    /// in one session.
+    #[test]
+    fn aborted_sasl_counts_as_a_bad_command() {
+        let cfg = ServerConfig {
+            sasl_mechanisms: vec!["SCRAM-SHA-256".into()],
+            max_bad_commands: 4,
+            max_auth_attempts: 100,
+            ..ServerConfig::default()
+        };
+        let mut s = ServerSession::new(cfg);
+        run(&mut s, "FOO");
+        for i in 0..3 {
+            assert!(matches!(
+                run(&mut s, "AUTH SCRAM-SHA-256").1,
+                Some(Event::Sasl { .. })
+            ));
+            let mut out = Vec::new();
+            let ev = s.auth_result(AuthResult::Aborted("authentication cancelled"), &mut out);
+            if i < 2 {
+                assert_eq!(ev, None);
+                assert_eq!(out, b"-ERR authentication cancelled\r\n");
+            } else {
+                assert_eq!(ev, Some(Event::Close));
+                assert_eq!(
+                    out,
+                    b"-ERR authentication cancelled\r\n-ERR too many bad commands, closing connection\r\n"
+                );
+            }
+        }
+        assert_eq!(s.state(), State::Closed);
+        assert!(s.closed_for_errors());
+    }
+
+    /// Login attempts of any kind count against `max_auth_attempts`; a failed or refused login
+    /// is no bad command.
+    #[test]
+    fn login_attempts_are_capped() {
+        let cfg = ServerConfig {
+            sasl_mechanisms: vec!["PLAIN".into()],
+            apop_timestamp: Some("<1.2@host>".into()),
+            max_bad_commands: 2,
+            max_auth_attempts: 4,
+            ..ServerConfig::default()
+        };
+        let mut s = ServerSession::new(cfg);
+        let fail = |s: &mut ServerSession, result: AuthResult| {
+            let mut out = Vec::new();
+            let ev = s.auth_result(result, &mut out);
+            (String::from_utf8(out).unwrap(), ev)
+        };
+        text(&mut s, "USER a");
+        run(&mut s, "PASS b");
+        assert_eq!(
+            fail(&mut s, AuthResult::Failed),
+            ("-ERR [AUTH] invalid user name or password\r\n".into(), None)
+        );
+        run(&mut s, "APOP a c4c9334bac560ecc979e58001b3e22fb");
+        assert_eq!(fail(&mut s, AuthResult::Failed).1, None);
+        run(&mut s, "AUTH PLAIN");
+        assert_eq!(
+            fail(
+                &mut s,
+                AuthResult::Refused("the password is longer than 1024 octets")
+            ),
+            (
+                "-ERR [AUTH] the password is longer than 1024 octets\r\n".into(),
+                None
+            )
+        );
+        assert_eq!(s.state(), State::Authorization);
+        run(&mut s, "AUTH PLAIN");
+        let (t, ev) = fail(&mut s, AuthResult::InUse);
+        assert_eq!(ev, Some(Event::Close));
+        assert!(t.ends_with("-ERR too many authentication attempts, closing connection\r\n"));
+        assert_eq!(s.state(), State::Closed);
+        assert!(s.closed_for_errors());
+    }
+
     #[test]
     fn update_failure_is_sys_temp() {
         let mut s = logged_in();
@@ -1091,7 +1203,36 @@ mod tests {
         assert!(text(&mut s, "USER a").starts_with("-ERR [AUTH] plaintext login is disabled"));
         let mut s = logged_in();
         let t = text(&mut s, "CAPA");
-        assert!(t.contains("TOP\r\n") && !t.contains("USER") && !t.contains("STLS"));
+        assert!(t.contains("TOP\r\n") && !t.contains("STLS"));
+    }
+
+    /// RFC 2449 section 5: what CAPA announced before login, it announces after it, but STLS
+    /// (RFC 2595 section 4: AUTHORIZATION only).
+    #[test]
+    fn capa_after_login_keeps_user_and_sasl() {
+        let cfg = ServerConfig {
+            implementation: "facteur".into(),
+            sasl_mechanisms: vec!["PLAIN".into(), "SCRAM-SHA-256".into()],
+            stls_available: true,
+            ..ServerConfig::default()
+        };
+        let mut s = ServerSession::new(cfg);
+        let before = text(&mut s, "CAPA");
+        assert!(
+            before.contains("\r\nUSER\r\nSASL PLAIN SCRAM-SHA-256\r\n"),
+            "{before}"
+        );
+        text(&mut s, "USER mrose");
+        run(&mut s, "PASS secret");
+        let success = AuthResult::Success {
+            user: "mrose".into(),
+            messages: Vec::new(),
+            sizes_known: true,
+        };
+        s.auth_result(success, &mut Vec::new());
+        assert_eq!(s.state(), State::Transaction);
+        assert_eq!(text(&mut s, "CAPA"), before.replace("STLS\r\n", ""));
+        assert!(before.contains("\r\nSTLS\r\n"), "{before}");
     }
 
     #[test]

@@ -126,6 +126,13 @@ pub struct Limits {
     /// Bad commands (unknown, malformed, out of state, too long) before the connection is closed.
     #[serde(default = "defaults::max_bad_commands")]
     pub max_bad_commands: u32,
+    /// Login attempts (PASS, APOP, or AUTH with a mechanism) in one connection before it is
+    /// closed, whatever their outcome: a client that knows its password needs one or two, and
+    /// each attempt may cost a password hash, so one connection cannot buy unbounded hash work.
+    /// Failed logins meet `max_failed_logins` first; this one bounds the rest (cancelled or
+    /// malformed SASL exchanges, refused credentials).
+    #[serde(default = "defaults::max_auth_attempts")]
+    pub max_auth_attempts: u32,
     /// Seconds that sessions get to finish after SIGTERM/SIGINT before they are cut (without
     /// applying their deletions).
     #[serde(default = "defaults::shutdown_grace_secs")]
@@ -299,6 +306,9 @@ pub mod defaults {
     pub fn max_bad_commands() -> u32 {
         20
     }
+    pub fn max_auth_attempts() -> u32 {
+        10
+    }
     pub fn shutdown_grace_secs() -> u64 {
         30
     }
@@ -333,6 +343,7 @@ impl Default for Limits {
             max_failed_logins: defaults::max_failed_logins(),
             max_concurrent_logins: defaults::max_concurrent_logins(),
             max_bad_commands: defaults::max_bad_commands(),
+            max_auth_attempts: defaults::max_auth_attempts(),
             shutdown_grace_secs: defaults::shutdown_grace_secs(),
         }
     }

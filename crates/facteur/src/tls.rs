@@ -84,6 +84,10 @@ pub fn load(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         }
     };
     let mut config = builder.with_single_cert(chain, key)?;
+    // The server's order of cipher suites, strongest first, not whatever a client lists first:
+    // a client (or someone who tampers with its hello, for TLS 1.2) cannot steer the session to
+    // the weakest suite both sides accept.
+    config.ignore_client_order = true;
     // POP3 has no ALPN identifier of its own in common use; accept clients that send none.
     config.alpn_protocols = Vec::new();
     Ok(Arc::new(config))
@@ -336,6 +340,63 @@ mod tests {
             flipped[i] ^= 0xff;
         }
         assert_eq!(client_identity(&[]), None);
+    }
+
+    /// A client that lists the server's least preferred suite first still gets the server's
+    /// first choice.
+    #[test]
+    fn the_server_chooses_the_cipher_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_self_signed(dir.path()).unwrap();
+        let server_config = load(&files).unwrap();
+        let ours: Vec<_> = server_config
+            .crypto_provider()
+            .cipher_suites
+            .iter()
+            .copied()
+            .filter(|s| s.version() == &rustls::version::TLS13)
+            .collect();
+        assert!(ours.len() >= 2, "{ours:?}");
+        let mut reversed = ours.clone();
+        reversed.reverse();
+        let provider = rustls::crypto::CryptoProvider {
+            cipher_suites: reversed,
+            ..rustls::crypto::aws_lc_rs::default_provider()
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&files.certificate).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut client = rustls::Connection::Client(
+            rustls::ClientConnection::new(Arc::new(client_config), name).unwrap(),
+        );
+        let mut server =
+            rustls::Connection::Server(rustls::ServerConnection::new(server_config).unwrap());
+        fn transfer(from: &mut rustls::Connection, to: &mut rustls::Connection) {
+            let mut wire = Vec::new();
+            while from.wants_write() {
+                from.write_tls(&mut wire).unwrap();
+            }
+            let mut rest = &wire[..];
+            while !rest.is_empty() {
+                to.read_tls(&mut rest).unwrap();
+                to.process_new_packets().unwrap();
+            }
+        }
+        for _ in 0..10 {
+            transfer(&mut client, &mut server);
+            transfer(&mut server, &mut client);
+        }
+        assert!(!client.is_handshaking() && !server.is_handshaking());
+        let chosen = server.negotiated_cipher_suite().unwrap().suite();
+        assert_eq!(chosen, ours[0].suite());
+        assert_eq!(client.negotiated_cipher_suite().unwrap().suite(), chosen);
     }
 
     #[test]

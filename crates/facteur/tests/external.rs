@@ -234,8 +234,12 @@ fn auth_external_with_an_empty_authzid_logs_in_as_the_certificate_identity() {
         assert!(r.starts_with("+OK"), "{via:?}: AUTH EXTERNAL =: {r:?}");
         assert!(r.contains(ALICE), "{via:?}: logged in as whom? {r:?}");
         assert_eq!(c.stat(), (1, d.wire_size), "{via:?}");
-        // PLAIN and EXTERNAL are for before the login only.
-        assert_eq!(sasl_line(&capa(&mut c)), None, "{via:?}");
+        // RFC 2449 section 5: what was announced before login is announced after it.
+        assert_eq!(
+            sasl_line(&capa(&mut c)),
+            Some("SASL PLAIN EXTERNAL"),
+            "{via:?}"
+        );
         c.quit();
     }
 }

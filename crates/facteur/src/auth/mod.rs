@@ -41,8 +41,15 @@ pub use scram::{
     ScramCredentials, SCRAM_DEFAULT_ITERATIONS, SCRAM_MAX_ITERATIONS, SCRAM_MIN_ITERATIONS,
 };
 
-/// The longest user name accepted, in bytes.
+/// The longest user name accepted, in bytes. A longer one, from any login command, is refused
+/// before any lookup or hashing.
 pub const USER_NAME_MAX_LEN: usize = 255;
+
+/// The longest password accepted at login, in bytes: longer than any password manager makes,
+/// and short enough that no password makes a hash cost much more than usual (SHA-crypt's cost
+/// grows with the length: a 3,000-octet password costs ten times a short one). A longer one is
+/// refused before any hashing.
+pub const PASSWORD_MAX_LEN: usize = 1024;
 
 /// A user who has proved who they are.
 #[derive(Clone, Debug, PartialEq, Eq)]

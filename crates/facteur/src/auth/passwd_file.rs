@@ -28,9 +28,10 @@ use super::cram_md5::CramMd5Context;
 use super::scheme::{
     apop_digest, apop_digest_matches, random_token, CostKey, ScramSource, StoredPassword,
 };
-use super::scram::{fake_keys, plain_user_salt, ScramKeys, SCRAM_DEFAULT_ITERATIONS};
+use super::scram::{fake_keys, plain_user_salt, SCRAM_DEFAULT_ITERATIONS};
 use super::{
-    validate_user_name, Account, AuthError, AuthOutcome, Authenticator, LineError, ScramCredentials,
+    validate_user_name, Account, AuthError, AuthOutcome, Authenticator, LineError,
+    ScramCredentials, PASSWORD_MAX_LEN, USER_NAME_MAX_LEN,
 };
 
 /// One user of the passwd-file.
@@ -281,17 +282,21 @@ impl PasswdFile {
         }
     }
 
-    /// The scheme and cost most used in the file (the first seen wins a tie); ARGON2ID with
-    /// default parameters for a file with no users.
-    pub(crate) fn most_common_cost(&self) -> CostKey {
-        let mut counts: HashMap<CostKey, (usize, usize)> = HashMap::new();
-        for (i, entry) in self.entries.iter().enumerate() {
-            counts.entry(entry.password.cost_key()).or_insert((0, i)).0 += 1;
+    /// The slowest scheme and cost in the file (by [`CostKey::estimated_work`]; the first seen
+    /// wins a tie); ARGON2ID with default parameters for a file with no users. Unknown users
+    /// are checked against a dummy hash of this cost: a login for a name that does not exist
+    /// then takes as long as one for the users with the slowest hash, and is never the fastest
+    /// answer of all. (Users of faster schemes still answer faster: only one scheme for every
+    /// user makes every login cost the same.)
+    pub(crate) fn slowest_cost(&self) -> CostKey {
+        let mut slowest: Option<CostKey> = None;
+        for entry in &self.entries {
+            let key = entry.password.cost_key();
+            if slowest.is_none_or(|s| key.estimated_work() > s.estimated_work()) {
+                slowest = Some(key);
+            }
         }
-        counts
-            .into_iter()
-            .max_by_key(|&(_, (count, first))| (count, std::cmp::Reverse(first)))
-            .map_or_else(CostKey::default, |(key, _)| key)
+        slowest.unwrap_or_default()
     }
 }
 
@@ -325,15 +330,15 @@ struct ScramModel {
     /// The iteration count most used by `{SCRAM-SHA-256}` users (4096 if there are none); the
     /// keys of `{PLAIN}` users are derived with it too.
     iterations: u32,
-    /// `{PLAIN}` users, whose keys cost a PBKDF2 at each exchange, outnumber the users with
-    /// stored keys: made-up keys cost a PBKDF2 too.
+    /// `{PLAIN}` users, whose keys cost a PBKDF2 at each proof checked, outnumber the users
+    /// with stored keys: made-up keys cost a PBKDF2 at the proof too.
     derive: bool,
 }
 
 /// One loaded version of the file, with what unknown users are checked against.
 struct Loaded {
     file: Arc<PasswdFile>,
-    /// A hash of a random password with the scheme and cost most used in the file.
+    /// A hash of a random password with the slowest scheme and cost of the file.
     dummy: StoredPassword,
     /// A random secret for APOP and CRAM-MD5 attempts that cannot succeed.
     dummy_apop_secret: Secret<String>,
@@ -342,7 +347,7 @@ struct Loaded {
 
 impl Loaded {
     fn new(file: PasswdFile) -> Result<Self, AuthError> {
-        let dummy = StoredPassword::dummy(file.most_common_cost())?;
+        let dummy = StoredPassword::dummy(file.slowest_cost())?;
         let scram = file.scram_model();
         Ok(Self {
             file: Arc::new(file),
@@ -511,6 +516,11 @@ impl PasswdDb {
 
     /// [`Authenticator::verify_password`] at the time `now`, for the cache of verifications.
     fn verify_password_at(&self, user: &str, password: &[u8], now: Instant) -> AuthOutcome {
+        // Whatever path led here: no lookup and no hash for credentials no user can have. The
+        // login commands refuse them first with a clearer answer.
+        if user.len() > USER_NAME_MAX_LEN || password.len() > PASSWORD_MAX_LEN {
+            return AuthOutcome::Failure;
+        }
         let loaded = self.current();
         let entry = loaded.file.get(user);
         // The tag is computed for unknown users too (against an empty field, which no user
@@ -621,16 +631,10 @@ impl Authenticator for PasswdDb {
                 Some(entry.account()),
             ),
             None => {
+                // No PBKDF2 here: the keys of a {PLAIN} user are derived only when the proof
+                // arrives, and made-up keys cost the same then if {PLAIN} users are the rule.
                 let keys = fake_keys(secret, user, loaded.scram.iterations);
-                if loaded.scram.derive {
-                    // The cost of deriving a {PLAIN} user's keys.
-                    black_box(ScramKeys::derive(
-                        &keys.server_key,
-                        &keys.salt,
-                        keys.iterations,
-                    ));
-                }
-                ScramCredentials::from_keys(keys, None)
+                ScramCredentials::made_up(keys, loaded.scram.derive)
             }
         }
     }
@@ -647,6 +651,7 @@ impl Authenticator for PasswdDb {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::scram::ScramKeys;
     use crate::auth::{add_user, hash_password, set_password, Scheme};
     use proptest::prelude::*;
 
@@ -841,17 +846,41 @@ h:{PLAIN}ph:::::
     }
 
     #[test]
-    fn most_common_cost_picks_the_majority() {
-        let text = format!("a:{SHA256}\nb:{{PLAIN}}x\nc:{{PLAIN}}y\nd:{SHA512}\n");
-        assert_eq!(parse(&text).unwrap().most_common_cost(), CostKey::Plain);
-        let text = format!("a:{SHA256}\nb:{{PLAIN}}x\nc:{SHA256}\n");
-        let sha256 = StoredPassword::parse(SHA256).unwrap().cost_key();
-        assert_eq!(parse(&text).unwrap().most_common_cost(), sha256);
+    fn the_dummy_cost_is_the_slowest_of_the_file() {
+        let cost = |text: &str| parse(text).unwrap().slowest_cost();
+        let key = |field: &str| StoredPassword::parse(field).unwrap().cost_key();
+        let sha256 = key(SHA256);
+        let sha512 = key(SHA512);
+        let bcrypt5 = key(BCRYPT);
+        let argon2 = key(ARGON2);
+        let scram = key(&format!(
+            "{{SCRAM-SHA-256}}{}",
+            ScramKeys::derive(b"pw", b"0123456789abcdef", 4096).format()
+        ));
+        // Many {PLAIN} users and one SHA-crypt user: the dummy is the SHA-crypt hash, not the
+        // most common (an unknown user would otherwise answer at once, unlike that user).
+        let text = format!(
+            "a:{{PLAIN}}x\nb:{{PLAIN}}y\nc:{{CRAM-MD5}}{}\nd:{SHA256}\n",
+            "0".repeat(64)
+        );
+        assert_eq!(cost(&text), sha256);
+        // SHA-crypt's 5000 rounds (about 5 ms) over bcrypt at cost 5 (2^5 rounds, about 2 ms),
+        // over argon2id with m=256 KiB and t=2 (about 0.5 ms), whatever their number.
+        let text = format!("a:{BCRYPT}\nb:{SHA512}\nc:{ARGON2}\nd:{BCRYPT}\n");
+        assert_eq!(cost(&text), sha512);
+        assert!(sha512.estimated_work() > bcrypt5.estimated_work());
+        assert!(bcrypt5.estimated_work() > argon2.estimated_work());
+        assert!(scram.estimated_work() > argon2.estimated_work());
+        assert!(scram.estimated_work() < sha256.estimated_work());
         // A tie goes to the first seen.
-        let text = format!("a:{SHA512}\nb:{{PLAIN}}x\n");
-        let sha512 = StoredPassword::parse(SHA512).unwrap().cost_key();
-        assert_eq!(parse(&text).unwrap().most_common_cost(), sha512);
-        assert_eq!(parse("").unwrap().most_common_cost(), CostKey::default());
+        let text = format!("a:{SHA256}\nb:{SHA512}\n");
+        assert_eq!(cost(&text), sha256);
+        // A cost-12 bcrypt hash (about 0.3 s) beats the default argon2id.
+        let bcrypt12 = BCRYPT.replacen("$05$", "$12$", 1);
+        let text = format!("a:{SHA512}\nb:{{PLAIN}}x\nc:{bcrypt12}\n");
+        assert_eq!(cost(&text), key(&bcrypt12));
+        assert!(key(&bcrypt12).estimated_work() > CostKey::default().estimated_work());
+        assert_eq!(cost(""), CostKey::default());
     }
 
     fn db_with(text: &str) -> (tempfile::TempDir, PathBuf, PasswdDb) {
@@ -961,6 +990,9 @@ h:{PLAIN}ph:::::
     fn the_dummy_follows_the_file() {
         let (_dir, _path, db) = db_with(&format!("a:{SHA256}\nb:{SHA256}\nc:{{PLAIN}}x\n"));
         let sha256 = StoredPassword::parse(SHA256).unwrap().cost_key();
+        assert_eq!(db.loaded().dummy.cost_key(), sha256);
+        // Mostly {PLAIN} users: the dummy is still the one slow hash of the file.
+        let (_dir, _path, db) = db_with(&format!("a:{{PLAIN}}x\nb:{{PLAIN}}y\nc:{SHA256}\n"));
         assert_eq!(db.loaded().dummy.cost_key(), sha256);
     }
 
@@ -1157,6 +1189,41 @@ h:{PLAIN}ph:::::
         assert_eq!(db.scram_credentials("p").salt(), &plain_before[..]);
     }
 
+    /// Looking up SCRAM credentials (the first client message) costs no PBKDF2, whoever the
+    /// user; the keys of a {PLAIN} user, and made-up keys that must cost the same, are derived
+    /// only for the proof.
+    #[test]
+    fn scram_credentials_derive_nothing_before_the_proof() {
+        use crate::auth::scram::derivations;
+        // {PLAIN} users outnumber those with stored keys: made-up keys cost a derivation.
+        let text = format!("{}p:{{PLAIN}}x\nq:{{PLAIN}}y\n", scram_line("a", 4096));
+        let (_dir, _path, db) = db_with(&text);
+        let before = derivations();
+        let plain = db.scram_credentials("p");
+        let unknown = db.scram_credentials("nobody");
+        let stored = db.scram_credentials("a");
+        for _ in 0..50 {
+            db.scram_credentials("nobody");
+            db.scram_credentials("p");
+        }
+        assert_eq!(derivations(), before);
+        assert_eq!(
+            plain.keys().stored_key,
+            ScramKeys::derive(b"x", plain.salt(), 4096).stored_key
+        );
+        assert_eq!(derivations(), before + 2);
+        let _ = unknown.keys();
+        assert_eq!(derivations(), before + 3);
+        let _ = stored.keys();
+        assert_eq!(derivations(), before + 3);
+        // Stored keys the rule: made-up keys cost nothing more either.
+        let text = format!("{}p:{{PLAIN}}x\n", scram_line("a", 4096));
+        let (_dir, _path, db) = db_with(&text);
+        let before = derivations();
+        let _ = db.scram_credentials("nobody").keys();
+        assert_eq!(derivations(), before);
+    }
+
     fn success_account(user: &str, home: Option<&str>) -> Account {
         Account {
             user: user.to_string(),
@@ -1203,7 +1270,7 @@ h:{PLAIN}ph:::::
     }
 
     impl PasswdDb {
-        fn slow_checks(&self) -> usize {
+        pub(crate) fn slow_checks(&self) -> usize {
             self.slow_checks.load(std::sync::atomic::Ordering::Relaxed)
         }
 

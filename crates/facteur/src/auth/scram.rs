@@ -78,6 +78,19 @@ fn sha256(data: &[u8]) -> [u8; KEY_LEN] {
     Sha256::digest(data).into()
 }
 
+#[cfg(test)]
+thread_local! {
+    /// PBKDF2 derivations run by this thread, for the tests that count the hash work a peer
+    /// can make the server do.
+    static DERIVATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The PBKDF2 derivations run by this thread so far.
+#[cfg(test)]
+pub(crate) fn derivations() -> usize {
+    DERIVATIONS.with(std::cell::Cell::get)
+}
+
 /// The parts of a SCRAM-SHA-256 secret that a server keeps. Deliberately not `Debug`.
 #[derive(Clone)]
 pub(crate) struct ScramKeys {
@@ -90,6 +103,8 @@ pub(crate) struct ScramKeys {
 impl ScramKeys {
     /// Derives the keys from a password (RFC 5802 section 3).
     pub(crate) fn derive(password: &[u8], salt: &[u8], iterations: u32) -> Self {
+        #[cfg(test)]
+        DERIVATIONS.with(|d| d.set(d.get() + 1));
         let salted: [u8; KEY_LEN] =
             pbkdf2::pbkdf2_hmac_array::<Sha256, KEY_LEN>(password, salt, iterations);
         let client_key = hmac_sha256(&salted, &[b"Client Key"]);
@@ -168,16 +183,34 @@ impl ScramKeys {
 /// For a user who cannot log in with SCRAM (unknown, or whose stored password cannot give the
 /// keys) the authenticator returns made-up keys and no account: the exchange then looks the same
 /// to the client until the proof fails. `Debug` shows the iteration count only.
+///
+/// The salt and the iteration count, which the server-first message carries, are at hand
+/// without any hashing. The keys of a `{PLAIN}` user are derived (PBKDF2, thousands of rounds)
+/// only when the client's proof is checked, in [`ScramCredentials::keys`]: a peer that sends a
+/// client-first message and goes no further, or a malformed client-final one, buys no hash work.
 #[derive(Clone)]
 pub struct ScramCredentials {
-    keys: Secret<ScramKeys>,
+    iterations: u32,
+    salt: Vec<u8>,
+    keys: Secret<KeySource>,
     account: Option<Account>,
+}
+
+/// Where the keys come from. Holds a password for `{PLAIN}` users: never printed.
+#[derive(Clone)]
+enum KeySource {
+    /// Stored keys, or made-up keys that cost nothing more to check.
+    Ready(ScramKeys),
+    /// A `{PLAIN}` user's password, the keys derived from it when the proof arrives.
+    Password(Vec<u8>),
+    /// Made-up keys that cost what a `{PLAIN}` user's cost: a PBKDF2 when the proof arrives.
+    MadeUpWithDerivation(ScramKeys),
 }
 
 impl fmt::Debug for ScramCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ScramCredentials")
-            .field("iterations", &self.keys.expose().iterations)
+            .field("iterations", &self.iterations)
             .finish_non_exhaustive()
     }
 }
@@ -192,44 +225,86 @@ impl ScramCredentials {
         server_key: [u8; 32],
         account: Option<Account>,
     ) -> Self {
-        Self {
-            keys: Secret::new(ScramKeys {
+        Self::from_keys(
+            ScramKeys {
                 iterations,
                 salt,
                 stored_key,
                 server_key,
-            }),
+            },
             account,
-        }
+        )
     }
 
-    /// Credentials derived from a password: PBKDF2 with `iterations` rounds, so this is slow.
+    /// Credentials from a password: the keys are derived with PBKDF2 and `iterations` rounds,
+    /// which is slow, but only when [`ScramCredentials::keys`] is first called for the proof.
     pub fn from_password(
         password: &[u8],
         salt: &[u8],
         iterations: u32,
         account: Option<Account>,
     ) -> Self {
-        Self::from_keys(ScramKeys::derive(password, salt, iterations), account)
-    }
-
-    pub(crate) fn from_keys(keys: ScramKeys, account: Option<Account>) -> Self {
         Self {
-            keys: Secret::new(keys),
+            iterations,
+            salt: salt.to_vec(),
+            keys: Secret::new(KeySource::Password(password.to_vec())),
             account,
         }
     }
 
+    pub(crate) fn from_keys(keys: ScramKeys, account: Option<Account>) -> Self {
+        Self {
+            iterations: keys.iterations,
+            salt: keys.salt.clone(),
+            keys: Secret::new(KeySource::Ready(keys)),
+            account,
+        }
+    }
+
+    /// Made-up credentials (no account) whose proof check costs a PBKDF2 as a `{PLAIN}` user's
+    /// does (`derivation_cost`), or nothing more than stored keys.
+    pub(crate) fn made_up(keys: ScramKeys, derivation_cost: bool) -> Self {
+        let iterations = keys.iterations;
+        let salt = keys.salt.clone();
+        let source = if derivation_cost {
+            KeySource::MadeUpWithDerivation(keys)
+        } else {
+            KeySource::Ready(keys)
+        };
+        Self {
+            iterations,
+            salt,
+            keys: Secret::new(source),
+            account: None,
+        }
+    }
+
     pub fn iterations(&self) -> u32 {
-        self.keys.expose().iterations
+        self.iterations
     }
 
     pub fn salt(&self) -> &[u8] {
-        &self.keys.expose().salt
+        &self.salt
     }
 
-    pub(crate) fn keys(&self) -> &ScramKeys {
-        self.keys.expose()
+    /// The keys the proof is checked against. Slow (PBKDF2) for credentials from a password,
+    /// and for made-up ones that must cost the same: call it once, for the client's proof.
+    pub(crate) fn keys(&self) -> std::borrow::Cow<'_, ScramKeys> {
+        match self.keys.expose() {
+            KeySource::Ready(keys) => std::borrow::Cow::Borrowed(keys),
+            KeySource::Password(password) => {
+                std::borrow::Cow::Owned(ScramKeys::derive(password, &self.salt, self.iterations))
+            }
+            KeySource::MadeUpWithDerivation(keys) => {
+                // The cost of deriving a {PLAIN} user's keys, from a value nobody knows.
+                std::hint::black_box(ScramKeys::derive(
+                    &keys.server_key,
+                    &keys.salt,
+                    keys.iterations,
+                ));
+                std::borrow::Cow::Borrowed(keys)
+            }
+        }
     }
 
     pub(crate) fn account(&self) -> Option<&Account> {

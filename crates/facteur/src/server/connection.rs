@@ -383,14 +383,13 @@ impl Connection {
     }
 
     /// A SASL exchange (RFC 5034): each challenge goes out as `+ base64`, each client line
-    /// comes back to the mechanism, until a verdict; `*` cancels.
+    /// comes back to the mechanism, until a verdict; `*` cancels. An exchange that ends without
+    /// a verdict (cancelled, malformed) is a bad command for the session, and a failed login
+    /// too once the client gave a user name.
     async fn sasl(&mut self, mechanism: &str, initial: Option<Secret<String>>) -> Step {
         let Ok(mechanism) = mechanism.parse::<Mechanism>() else {
-            self.session.auth_result(
-                AuthResult::Aborted("unsupported SASL mechanism"),
-                &mut self.out,
-            );
-            return Step::Continue;
+            let aborted = Verdict::Aborted("unsupported SASL mechanism");
+            return self.finish_login(Ok(aborted), None).await;
         };
         let ctx = SaslContext {
             hostname: self.shared.hostname.clone(),
@@ -419,9 +418,10 @@ impl Connection {
                     return self.finish_login(Ok(verdict), claimed.as_deref()).await;
                 }
                 SaslStep::Malformed(text) => {
-                    self.session
-                        .auth_result(AuthResult::Aborted(text), &mut self.out);
-                    return Step::Continue;
+                    return self.abort_sasl(Verdict::Aborted(text), &exchange).await;
+                }
+                SaslStep::Refused(text) => {
+                    return self.abort_sasl(Verdict::Refused(text), &exchange).await;
                 }
                 SaslStep::Challenge(data) => {
                     self.out.extend_from_slice(b"+ ");
@@ -433,27 +433,18 @@ impl Connection {
                     let line = match self.next_line().await {
                         Ok(Some(line)) => line,
                         Ok(None) => {
-                            self.session.auth_result(
-                                AuthResult::Aborted("SASL response too long"),
-                                &mut self.out,
-                            );
-                            return Step::Continue;
+                            let aborted = Verdict::Aborted("SASL response too long");
+                            return self.abort_sasl(aborted, &exchange).await;
                         }
                         Err(end) => return Step::End(end),
                     };
                     if line == b"*" {
-                        self.session.auth_result(
-                            AuthResult::Aborted("authentication cancelled"),
-                            &mut self.out,
-                        );
-                        return Step::Continue;
+                        let aborted = Verdict::Aborted("authentication cancelled");
+                        return self.abort_sasl(aborted, &exchange).await;
                     }
                     let Ok(line) = String::from_utf8(line) else {
-                        self.session.auth_result(
-                            AuthResult::Aborted("the line is not valid base64"),
-                            &mut self.out,
-                        );
-                        return Step::Continue;
+                        let aborted = Verdict::Aborted("the line is not valid base64");
+                        return self.abort_sasl(aborted, &exchange).await;
                     };
                     let auth = self.shared.auth.clone();
                     let stepped = self
@@ -472,6 +463,13 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// End a SASL exchange without a verdict (cancelled, malformed) or with its credentials
+    /// refused: a failed login if the client gave a user name, else only a bad command.
+    async fn abort_sasl(&mut self, verdict: Verdict, exchange: &SaslExchange) -> Step {
+        let claimed = exchange.claimed_user().map(str::to_owned);
+        self.finish_login(Ok(verdict), claimed.as_deref()).await
     }
 
     /// The next complete line from the client (owned), reading as needed; `Ok(None)` for a
@@ -523,10 +521,9 @@ impl Connection {
         }
     }
 
-    /// Open the maildrop of an authenticated user and report to the session. `tried` is the
-    /// user name the client gave, for the failed-login penalty.
     /// Report a login to the session: the maildrop opened, or a failure (after its penalty).
-    /// `tried` is the user name the client gave, for the failed-login penalty.
+    /// `tried` is the user name the client gave, for the failed-login penalty; an exchange
+    /// aborted before any was given is no failed login.
     async fn finish_login(
         &mut self,
         outcome: Result<Verdict, super::auth_pool::PoolGone>,
@@ -553,23 +550,31 @@ impl Connection {
                     }
                 }
             }
-            Ok(Verdict::Failure) => {
+            Ok(Verdict::Aborted(text)) if tried.is_none() => AuthResult::Aborted(text),
+            Ok(failure @ (Verdict::Failure | Verdict::Aborted(_) | Verdict::Refused(_))) => {
                 self.failed_logins += 1;
                 let delay = self.shared.penalties.failure(self.peer.ip(), tried);
                 tracing::info!(peer = %self.peer, delay_ms = delay.as_millis() as u64, "login failed");
                 tokio::time::sleep(delay).await;
-                AuthResult::Failed
+                match failure {
+                    Verdict::Aborted(text) => AuthResult::Aborted(text),
+                    Verdict::Refused(text) => AuthResult::Refused(text),
+                    _ => AuthResult::Failed,
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "authentication task failed");
                 AuthResult::SystemError { permanent: false }
             }
         };
-        self.session.auth_result(result, &mut self.out);
+        let closing = self.session.auth_result(result, &mut self.out);
         if self.failed_logins >= self.shared.config.limits.max_failed_logins {
             return Step::End(End::TooManyFailedLogins);
         }
-        Step::Continue
+        match closing {
+            Some(event) => Step::Then(event, self.out.len()),
+            None => Step::Continue,
+        }
     }
 
     /// STAT, LIST or RETR needs the sizes the open deferred: read the files (off the async
@@ -744,6 +749,10 @@ impl Connection {
 /// A login's verdict, with the maildrop already opened on success.
 enum Verdict {
     Failure,
+    /// A SASL exchange ended without a verdict (cancelled, malformed): `-ERR` with this text.
+    Aborted(&'static str),
+    /// Credentials refused for their shape before any check (too long): `-ERR [AUTH]`.
+    Refused(&'static str),
     Opened {
         user: String,
         maildrop: Result<Box<dyn Maildrop>, StoreError>,

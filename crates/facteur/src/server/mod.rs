@@ -105,6 +105,7 @@ impl Shared {
             sasl_mechanisms: self.sasl_mechanisms(tls, peer, client_cert),
             enable_last: self.config.server.enable_last,
             max_bad_commands: self.config.limits.max_bad_commands,
+            max_auth_attempts: self.config.limits.max_auth_attempts,
         }
     }
 }

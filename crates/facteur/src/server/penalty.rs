@@ -5,21 +5,39 @@
 //! are delayed: a user who logs in correctly is never slowed down by an attacker guessing their
 //! password, and one attacker's penalty never touches other sessions. Failures are forgotten
 //! after `forget_after` without a new one. IPv6 sources count per /64, the block one host gets.
+//!
+//! User names are not kept: the table holds a keyed hash of each (HMAC-SHA-256 under a key
+//! drawn at random for the process, truncated to 128 bits), so an entry has the same small
+//! size whatever name a client sent, and the table's memory is bounded by its entry cap. The
+//! key is secret so that nobody can pick names whose hashes collide with a victim's.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use hmac::digest::KeyInit;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
 /// Entries kept at most: past this, forgotten entries are swept, then the oldest dropped, so an
 /// attacker rotating addresses or names cannot grow the table without bound.
 const MAX_ENTRIES: usize = 100_000;
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// What failures are counted against. `Copy`: it owns no memory beyond its own few bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Key {
     Source(IpAddr),
-    User(String),
+    /// The keyed hash of a user name (see the module documentation).
+    User([u8; USER_KEY_LEN]),
 }
+
+/// Bytes kept of the keyed hash of a user name: 128 bits, no collision in practice.
+const USER_KEY_LEN: usize = 16;
+
+/// The HMAC key for user names: one SHA-256 block.
+const HASH_KEY_LEN: usize = 64;
 
 #[derive(Clone, Copy, Debug)]
 struct Entry {
@@ -31,6 +49,8 @@ pub struct Penalties {
     base: Duration,
     cap: Duration,
     forget_after: Duration,
+    /// Random for each process: the key of the user names' hashes.
+    hash_key: [u8; HASH_KEY_LEN],
     table: Mutex<HashMap<Key, Entry>>,
 }
 
@@ -40,8 +60,25 @@ impl Penalties {
             base,
             cap,
             forget_after,
+            hash_key: random_hash_key(),
             table: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The table's key for a user name.
+    fn user_key(&self, user: &str) -> Key {
+        let mut block = hmac::digest::generic_array::GenericArray::default();
+        for (b, &k) in block.iter_mut().zip(&self.hash_key) {
+            *b = k;
+        }
+        let mut mac = <Hmac<Sha256> as KeyInit>::new(&block);
+        mac.update(user.as_bytes());
+        let tag = mac.finalize().into_bytes();
+        let mut key = [0u8; USER_KEY_LEN];
+        for (k, &t) in key.iter_mut().zip(tag.iter()) {
+            *k = t;
+        }
+        Key::User(key)
     }
 
     /// Record a failed login and return how long to wait before answering it.
@@ -56,7 +93,7 @@ impl Penalties {
         }
         let mut worst = 0;
         let keys = std::iter::once(Key::Source(source_block(source)))
-            .chain(user.map(|u| Key::User(u.to_string())));
+            .chain(user.map(|u| self.user_key(u)));
         for key in keys {
             let e = table.entry(key).or_insert(Entry {
                 failures: 0,
@@ -75,7 +112,7 @@ impl Penalties {
     /// A successful login forgets the failures of that user name (not of the source).
     pub fn success(&self, user: &str) {
         let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        table.remove(&Key::User(user.to_string()));
+        table.remove(&self.user_key(user));
     }
 
     fn delay_for(&self, failures: u32) -> Duration {
@@ -97,6 +134,22 @@ impl Penalties {
             }
         }
     }
+}
+
+/// A random key from the operating system; should it give none, one from the random keys of
+/// the standard library's hash maps (a weaker source, but still unknown to a client).
+fn random_hash_key() -> [u8; HASH_KEY_LEN] {
+    let mut key = [0u8; HASH_KEY_LEN];
+    if getrandom::fill(&mut key).is_err() {
+        for chunk in key.chunks_mut(8) {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u8(0);
+            for (k, b) in chunk.iter_mut().zip(h.finish().to_le_bytes()) {
+                *k = b;
+            }
+        }
+    }
+    key
 }
 
 /// The unit a source is counted in: the address for IPv4, the /64 for IPv6.
@@ -160,6 +213,46 @@ mod tests {
         assert_eq!(p.failure_at(b, None, t).as_millis(), 1000);
         let later = t + Duration::from_secs(601);
         assert_eq!(p.failure_at(a, None, later).as_millis(), 500);
+    }
+
+    /// A user name of any length takes the same few bytes in the table: its memory is bounded
+    /// by the entry cap, whatever names clients send.
+    #[test]
+    fn user_names_are_kept_as_fixed_size_keyed_hashes() {
+        fn owns_no_heap_memory<T: Copy>() {}
+        owns_no_heap_memory::<Key>();
+        assert!(
+            std::mem::size_of::<Key>() <= 24,
+            "{}",
+            std::mem::size_of::<Key>()
+        );
+
+        let p = p();
+        let t = Instant::now();
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let long = "x".repeat(3000);
+        let mut other = long.clone();
+        other.push('y');
+        for i in 0..1000 {
+            let name = format!("{long}{i}");
+            p.failure_at(ip, Some(&name), t);
+        }
+        let table = p.table.lock().unwrap();
+        assert_eq!(table.len(), 1001);
+        drop(table);
+        // Still counted per name: the same long name twice doubles its delay; a name that
+        // differs in its last octet is another user.
+        let fresh: IpAddr = "192.0.2.10".parse().unwrap();
+        let fresh2: IpAddr = "192.0.2.11".parse().unwrap();
+        let fresh3: IpAddr = "192.0.2.12".parse().unwrap();
+        assert_eq!(p.failure_at(fresh, Some(&long), t).as_millis(), 500);
+        assert_eq!(p.failure_at(fresh2, Some(&long), t).as_millis(), 1000);
+        assert_eq!(p.failure_at(fresh3, Some(&other), t).as_millis(), 500);
+        p.success(&long);
+        assert!(!p.table.lock().unwrap().contains_key(&p.user_key(&long)));
+        // Each process has its own key.
+        assert_ne!(p.user_key(&long), self::p().user_key(&long));
+        assert_eq!(p.user_key("bob"), p.user_key("bob"));
     }
 
     #[test]

@@ -26,9 +26,15 @@
 //! driver send `+OK` (the DIGEST-MD5 example of RFC 5034 section 6 does exactly that with
 //! `rspauth`).
 //!
+//! A user name over 255 octets or a password over 1,024 is [`SaslStep::Refused`] before any
+//! lookup or hash, in every mechanism: no user has one, and a long password makes some hashes
+//! cost more. [`SaslExchange::claimed_user`] is known from the first message that names a user
+//! on, so that the driver can count an exchange abandoned after it as a failed login.
+//!
 //! What this module must never do: panic on anything a client sends; tell a client whether a
 //! user exists (unknown users go through the same steps and the same work, and fail at the same
-//! point); print a password, a key or a proof in a `Debug` output.
+//! point); print a password, a key or a proof in a `Debug` output; hash credentials over those
+//! lengths.
 
 mod scram;
 
@@ -39,7 +45,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
-use super::{Account, AuthOutcome, Authenticator};
+use super::{Account, AuthOutcome, Authenticator, PASSWORD_MAX_LEN, USER_NAME_MAX_LEN};
 
 /// The longest SASL continuation line accepted, in octets, CRLF included (the way
 /// `facteur_proto::LineFramer` counts). RFC 5034 section 4 lifts POP3's 255-octet limit for these
@@ -140,6 +146,24 @@ pub enum SaslStep {
     /// The client's data was malformed (bad base64, wrong shape): answer `-ERR` with this text;
     /// the exchange is over.
     Malformed(&'static str),
+    /// The client's credentials were refused for their length (a user name over
+    /// [`USER_NAME_MAX_LEN`], a password over [`PASSWORD_MAX_LEN`]) before any lookup or
+    /// hashing: answer `-ERR [AUTH]` with this text; a failed login. The exchange is over.
+    Refused(&'static str),
+}
+
+/// The answers to credentials too long to be checked.
+const USER_NAME_TOO_LONG: &str = "the user name is longer than 255 octets";
+const PASSWORD_TOO_LONG: &str = "the password is longer than 1024 octets";
+
+/// `Some(Refused)` if a user name (or authorization identity) is too long to be checked.
+fn refuse_long_name(name: &str) -> Option<SaslStep> {
+    (name.len() > USER_NAME_MAX_LEN).then_some(SaslStep::Refused(USER_NAME_TOO_LONG))
+}
+
+/// `Some(Refused)` if a password is too long to be hashed.
+fn refuse_long_password(password: &[u8]) -> Option<SaslStep> {
+    (password.len() > PASSWORD_MAX_LEN).then_some(SaslStep::Refused(PASSWORD_TOO_LONG))
 }
 
 /// Where an exchange stands. Holds no password.
@@ -253,7 +277,6 @@ impl SaslExchange {
         self.mechanism
     }
 
-    /// True once the exchange has ended (a `Done` or a `Malformed` was returned).
     /// The user name the client claimed (PLAIN's authcid, LOGIN's user, CRAM-MD5's, SCRAM's
     /// `n=`), once the exchange got that far, verified or not: failed-login penalties count
     /// per user name.
@@ -261,6 +284,7 @@ impl SaslExchange {
         self.claimed_user.as_deref()
     }
 
+    /// True once the exchange has ended (a `Done`, `Malformed` or `Refused` was returned).
     pub fn is_over(&self) -> bool {
         matches!(self.state, State::Over)
     }
@@ -282,9 +306,11 @@ impl SaslExchange {
             State::Plain => plain(&data, auth, &mut self.claimed_user),
             State::LoginUser => self.login_user(&data),
             State::LoginPassword { user } => {
-                let outcome = auth.verify_password(&user, &data);
+                let refused = refuse_long_password(&data);
+                let step =
+                    refused.unwrap_or_else(|| SaslStep::Done(auth.verify_password(&user, &data)));
                 self.claimed_user = Some(user);
-                SaslStep::Done(outcome)
+                step
             }
             State::CramMd5 { challenge } => {
                 cram_md5(&challenge, &data, auth, &mut self.claimed_user)
@@ -354,12 +380,20 @@ impl SaslExchange {
 
     fn login_user(&mut self, data: &[u8]) -> SaslStep {
         match std::str::from_utf8(data) {
-            Ok(user) if !user.is_empty() => self.challenge(
-                State::LoginPassword {
-                    user: user.to_string(),
-                },
-                LOGIN_PASSWORD_CHALLENGE.to_vec(),
-            ),
+            Ok(user) if !user.is_empty() => {
+                // Claimed from now on: an exchange cancelled at the password prompt is a
+                // failed login for this name.
+                self.claimed_user = Some(user.to_string());
+                if let Some(refused) = refuse_long_name(user) {
+                    return refused;
+                }
+                self.challenge(
+                    State::LoginPassword {
+                        user: user.to_string(),
+                    },
+                    LOGIN_PASSWORD_CHALLENGE.to_vec(),
+                )
+            }
             _ => SaslStep::Malformed("the LOGIN user name is empty or not UTF-8"),
         }
     }
@@ -368,6 +402,9 @@ impl SaslExchange {
         let Ok(authzid) = std::str::from_utf8(data) else {
             return SaslStep::Malformed("the EXTERNAL authorization identity is not UTF-8");
         };
+        if let Some(refused) = refuse_long_name(authzid) {
+            return refused;
+        }
         let Some(identity) = self.ctx.tls_client_identity.as_deref() else {
             return SaslStep::Done(AuthOutcome::Failure);
         };
@@ -388,6 +425,11 @@ impl SaslExchange {
             Ok(client) => client,
             Err(reject) => return rejected(reject),
         };
+        self.claimed_user = Some(client.user.clone());
+        let names = std::iter::once(&client.user).chain(client.authzid.as_ref());
+        if let Some(refused) = names.filter_map(|name| refuse_long_name(name)).next() {
+            return refused;
+        }
         // Nobody logs in as somebody else.
         if client.authzid.as_ref().is_some_and(|a| *a != client.user) {
             return SaslStep::Done(AuthOutcome::Failure);
@@ -402,7 +444,6 @@ impl SaslExchange {
                 BASE64.encode(raw)
             }
         };
-        self.claimed_user = Some(client.user.clone());
         let credentials = auth.scram_credentials(&client.user);
         let (message, pending) = scram::server_first(&client, &server_nonce, credentials);
         self.challenge(State::ScramFinal(Box::new(pending)), message.into_bytes())
@@ -452,6 +493,12 @@ fn plain(data: &[u8], auth: &dyn Authenticator, claimed: &mut Option<String>) ->
         return SaslStep::Malformed("the PLAIN identities are not UTF-8");
     };
     *claimed = Some(authcid.to_string());
+    if let Some(refused) = refuse_long_name(authcid)
+        .or_else(|| refuse_long_name(authzid))
+        .or_else(|| refuse_long_password(password))
+    {
+        return refused;
+    }
     // Nobody logs in as somebody else.
     if !authzid.is_empty() && authzid != authcid {
         return SaslStep::Done(AuthOutcome::Failure);
@@ -477,6 +524,9 @@ fn cram_md5(
                 && digest.bytes().all(|b| b.is_ascii_hexdigit()) =>
         {
             *claimed = Some(user.to_string());
+            if let Some(refused) = refuse_long_name(user) {
+                return refused;
+            }
             SaslStep::Done(auth.verify_cram_md5(user, challenge.as_bytes(), digest))
         }
         _ => SaslStep::Malformed(shape),

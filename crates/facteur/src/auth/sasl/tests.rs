@@ -929,10 +929,11 @@ fn the_claimed_user_is_known_after_a_failure() {
     let (ex, step) = SaslExchange::start(Mechanism::Plain, ctx(), Some(&b64("\0tim\0wrong")), &db);
     assert_eq!(step, SaslStep::Done(AuthOutcome::Failure));
     assert_eq!(ex.claimed_user(), Some("tim"));
-    // LOGIN, in two steps.
+    // LOGIN, in two steps: claimed from the user name on.
     let (mut ex, _) = SaslExchange::start(Mechanism::Login, ctx(), None, &db);
     assert_eq!(ex.claimed_user(), None);
     ex.step(&b64("nobody"), &db);
+    assert_eq!(ex.claimed_user(), Some("nobody"));
     assert_eq!(
         ex.step(&b64("x"), &db),
         SaslStep::Done(AuthOutcome::Failure)
@@ -946,4 +947,115 @@ fn the_claimed_user_is_known_after_a_failure() {
     let (mut ex, _) = SaslExchange::start(Mechanism::ScramSha256, ctx(), None, &db);
     ex.step(&b64(RFC7677_CLIENT_FIRST), &db);
     assert_eq!(ex.claimed_user(), Some("user"));
+}
+
+/// Over-long credentials are refused before any lookup or hashing, in every mechanism, with
+/// the user name known for the failed-login penalty.
+#[test]
+fn over_long_credentials_are_refused_without_hashing() {
+    let (_dir, db) = standard_db();
+    let long_user = "u".repeat(USER_NAME_MAX_LEN + 1);
+    let long_password = "p".repeat(PASSWORD_MAX_LEN + 1);
+    let ok_user = "u".repeat(USER_NAME_MAX_LEN);
+    let refused_user = SaslStep::Refused("the user name is longer than 255 octets");
+    let refused_password = SaslStep::Refused("the password is longer than 1024 octets");
+    let derived = crate::auth::scram::derivations();
+
+    let (ex, step) = start(
+        Mechanism::Plain,
+        Some(&b64(format!("\0tim\0{long_password}"))),
+        &db,
+    );
+    assert_eq!(step, refused_password);
+    assert_eq!(ex.claimed_user(), Some("tim"));
+    let (ex, step) = start(
+        Mechanism::Plain,
+        Some(&b64(format!("\0{long_user}\0x"))),
+        &db,
+    );
+    assert_eq!(step, refused_user);
+    assert_eq!(ex.claimed_user(), Some(long_user.as_str()));
+    let (_, step) = start(
+        Mechanism::Plain,
+        Some(&b64(format!("{long_user}\0tim\0x"))),
+        &db,
+    );
+    assert_eq!(step, refused_user);
+    // At the limits, an ordinary failure.
+    let at_limit = format!("\0{ok_user}\0{}", "p".repeat(PASSWORD_MAX_LEN));
+    assert_eq!(
+        start(Mechanism::Plain, Some(&b64(at_limit)), &db).1,
+        FAILURE
+    );
+
+    let (mut ex, _) = start(Mechanism::Login, None, &db);
+    assert_eq!(ex.step(&b64(&long_user), &db), refused_user);
+    assert!(ex.is_over());
+    let (mut ex, _) = start(Mechanism::Login, Some(&b64("tim")), &db);
+    assert_eq!(ex.step(&b64(&long_password), &db), refused_password);
+    assert_eq!(ex.claimed_user(), Some("tim"));
+
+    let (mut ex, _) = start(Mechanism::CramMd5, None, &db);
+    let answer = format!("{long_user} {}", "0".repeat(32));
+    assert_eq!(ex.step(&b64(answer), &db), refused_user);
+
+    let first = format!("n,,n={long_user},r=abc");
+    let (ex, step) = start(Mechanism::ScramSha256, Some(&b64(first)), &db);
+    assert_eq!(step, refused_user);
+    assert_eq!(ex.claimed_user(), Some(long_user.as_str()));
+    let first = format!("n,a={long_user},n=tim,r=abc");
+    assert_eq!(
+        start(Mechanism::ScramSha256, Some(&b64(first)), &db).1,
+        refused_user
+    );
+
+    let with_cert = SaslContext {
+        tls_client_identity: Some("tim".into()),
+        ..ctx()
+    };
+    let (_, step) =
+        SaslExchange::start(Mechanism::External, with_cert, Some(&b64(&long_user)), &db);
+    assert_eq!(step, refused_user);
+
+    assert_eq!(crate::auth::scram::derivations(), derived);
+    // And the database itself hashes nothing for them, whoever calls it.
+    let checks = db.slow_checks();
+    assert_eq!(
+        db.verify_password("tim", long_password.as_bytes()),
+        AuthOutcome::Failure
+    );
+    assert_eq!(db.verify_password(&long_user, b"x"), AuthOutcome::Failure);
+    assert_eq!(db.slow_checks(), checks);
+}
+
+/// A SCRAM exchange that stops after the client-first message, or sends a malformed or
+/// mismatched client-final one, makes the server derive nothing, even for a {PLAIN} user or an
+/// unknown one in a file of {PLAIN} users; only a well-formed proof costs a PBKDF2.
+#[test]
+fn scram_derives_only_for_a_proof() {
+    let (_dir, db) = db("tim:{PLAIN}tanstaaf\nann:{PLAIN}other\n");
+    let derived = crate::auth::scram::derivations;
+    let before = derived();
+    for user in ["tim", "nobody"] {
+        for _ in 0..20 {
+            let first = format!("n,,n={user},r=clientnonce");
+            let (mut ex, step) = start(Mechanism::ScramSha256, Some(&b64(first)), &db);
+            assert!(matches!(step, SaslStep::Challenge(_)));
+            assert!(is_malformed(&ex.step(&b64("c=biws,r=x,p=garbage"), &db)));
+        }
+        let first = format!("n,,n={user},r=clientnonce");
+        let (mut ex, _) = start(Mechanism::ScramSha256, Some(&b64(first)), &db);
+        let wrong_nonce = format!("c=biws,r=clientnonceX,p={}", b64([0u8; 32]));
+        assert_eq!(ex.step(&b64(wrong_nonce), &db), FAILURE);
+    }
+    assert_eq!(derived(), before);
+    // A proof costs one derivation, for the {PLAIN} user and for the unknown one alike.
+    assert_eq!(scram_login(&db, "n,,", "tim", b"wrong"), FAILURE);
+    assert_eq!(derived() - before, 1);
+    assert_eq!(scram_login(&db, "n,,", "nobody", b"wrong"), FAILURE);
+    assert_eq!(derived() - before, 2);
+    assert_eq!(
+        scram_login(&db, "n,,", "tim", b"tanstaaf"),
+        success("tim", None)
+    );
 }
