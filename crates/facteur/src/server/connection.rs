@@ -427,8 +427,8 @@ impl Connection {
                     self.out.extend_from_slice(b"+ ");
                     self.out.extend_from_slice(BASE64.encode(data).as_bytes());
                     self.out.extend_from_slice(b"\r\n");
-                    if self.flush().await.is_err() {
-                        return Step::End(End::IoError);
+                    if let Err(end) = self.flush().await {
+                        return Step::End(end);
                     }
                     let line = match self.next_line().await {
                         Ok(Some(line)) => line,
