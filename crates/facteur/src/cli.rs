@@ -31,6 +31,10 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the POP3 server.
+    ///
+    /// It binds its listeners and reads its certificate first, then runs as `[server] user`
+    /// (every id, group and capability of root given up); started as root without that key it
+    /// refuses to run, unless `[server] allow_root = true`.
     Serve(ServeArgs),
     /// Manage the users of the passwd-file.
     #[command(subcommand)]
@@ -71,7 +75,8 @@ struct ServeArgs {
     #[arg(long, short, conflicts_with = "dev")]
     config: Option<PathBuf>,
     /// First-run mode: create a data folder with a demo user and a welcome message, and
-    /// listen on 127.0.0.1 only.
+    /// listen on 127.0.0.1 only. Started as root, it runs as root, with a warning: for a first
+    /// look only, never for real mail.
     #[arg(long)]
     dev: bool,
     /// The data folder of --dev.

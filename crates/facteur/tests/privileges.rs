@@ -159,6 +159,11 @@ impl Started {
         }
         let mut child = cmd.spawn().expect("start facteur");
         let stderr = child.stderr.take().expect("the child's stderr");
+        Self::from_child(child, stderr)
+    }
+
+    /// Follow a child started elsewhere, whose stderr is `stderr`.
+    fn from_child(child: Child, stderr: std::process::ChildStderr) -> Self {
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, lines) = mpsc::channel();
         let keep = log.clone();
@@ -454,4 +459,107 @@ fn dev_mode_as_root_serves_with_a_loud_warning() {
     assert_eq!(addr.port(), port);
     let warned = server.log().contains("RUNNING AS ROOT");
     assert_eq!(warned, is_root(), "{}", server.log());
+}
+
+/// A key only root may read is read before the switch, so POP3S works as nobody; the log says at
+/// start that a SIGHUP reload, which runs as nobody, cannot read it, and such a reload keeps the
+/// certificate in use.
+#[test]
+fn a_root_only_key_serves_and_a_reload_as_nobody_keeps_it() {
+    let fx = Fixture::with_tls();
+    let key = fx.path().join("key.pem");
+    chmod(&key, 0o600);
+    if !is_root() {
+        // Nothing to switch to: the refusal to switch without root is checked above; here the
+        // key is ours, so it loads, and check-config agrees.
+        let (code, stdout, stderr) = check_config(&fx.config_path);
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(stdout.contains("POP3S on"), "{stdout}");
+        return;
+    }
+    let (uid, gid) = account("nobody");
+    set_server_keys(&fx, "user = \"nobody\"");
+    fx.deliver(USER, &message(1));
+    open_up(&fx);
+    chmod(&fx.path().join("mail"), 0o755);
+    chown_tree(&fx.path().join("mail").join(USER), uid, gid);
+
+    let server = BinServer::start(&fx.config_path);
+    let log = server.log();
+    assert!(
+        log.contains("cannot read this file") && log.contains("SIGHUP reload will fail"),
+        "{log}"
+    );
+    assert!(log.contains(&key.display().to_string()), "{log}");
+    let mut c = Client::connect_tls(server.pop3s(), fx.cert());
+    assert!(c.cmd(&format!("USER {USER}")).starts_with("+OK"));
+    assert!(c.cmd(&format!("PASS {PASSWORD}")).starts_with("+OK"));
+    c.quit();
+
+    server.signal("HUP");
+    server.wait_for_log("TLS certificate NOT reloaded", 1);
+    let mut c = Client::connect_tls(server.pop3s(), fx.cert());
+    assert!(c.cmd(&format!("USER {USER}")).starts_with("+OK"));
+    assert!(c.cmd(&format!("PASS {PASSWORD}")).starts_with("+OK"));
+    c.quit();
+    assert_runs_as(server.child.id(), uid, gid);
+}
+
+/// As under systemd's User= with AmbientCapabilities=CAP_NET_BIND_SERVICE: the capability binds
+/// a port below 1024, then facteur gives it up (setpriv sets the process up as systemd would).
+#[test]
+fn a_capability_given_for_binding_is_given_up_once_bound() {
+    if !is_root() {
+        // No capability to give: started as ourselves, none is left and no_new_privs is set.
+        let fx = Fixture::new();
+        set_server_keys(&fx, "");
+        let server = BinServer::start(&fx.config_path);
+        for s in thread_statuses(server.child.id()) {
+            for cap in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+                assert_eq!(status_field(&s, cap), "0000000000000000", "{cap}: {s}");
+            }
+            assert_eq!(status_field(&s, "NoNewPrivs"), "1", "{s}");
+        }
+        return;
+    }
+    let (uid, gid) = account("nobody");
+    // A free port below 1024 (bound and released by root here).
+    let port = (900..1024)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port below 1024");
+    let fx = Fixture::new();
+    set_server_keys(&fx, "");
+    let text = std::fs::read_to_string(&fx.config_path).expect("read the configuration");
+    let text = text.replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(&fx.config_path, text).expect("write the configuration");
+    fx.deliver(USER, &message(1));
+    open_up(&fx);
+    chmod(&fx.path().join("mail"), 0o755);
+    chown_tree(&fx.path().join("mail").join(USER), uid, gid);
+
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .args([
+            "--clear-groups",
+            "--inh-caps=+net_bind_service",
+            "--ambient-caps=+net_bind_service",
+        ])
+        .arg(env!("CARGO_BIN_EXE_facteur"))
+        .args(["serve", "--config"])
+        .arg(&fx.config_path)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("run setpriv (util-linux)");
+    let stderr = child.stderr.take().expect("the child's stderr");
+    let server = Started::from_child(child, stderr);
+    let addr = server
+        .listening()
+        .unwrap_or_else(|| panic!("facteur ended:\n{}", server.log()));
+    assert_eq!(addr.port(), port);
+    // setpriv exec()s facteur: same process.
+    assert_runs_as(server.child.id(), uid, gid);
+    Client::login(addr, USER, PASSWORD).quit();
 }
