@@ -330,7 +330,13 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
             return Err(fail(ROOT_REFUSED));
         }
     }
-    let db = PasswdDb::open(&cfg.auth.passwd_file)?
+    let db = PasswdDb::open(&cfg.auth.passwd_file)
+        .map_err(|e| match &target {
+            Some(t) if dropped.switched => fail(format!(
+                "{e} (read as {t}, who must be able to read it: it is re-read when it changes)"
+            )),
+            _ => e.into(),
+        })?
         .with_verified_cache(cfg.auth.cache_ttl(), cfg.auth.cache_max_entries);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -264,6 +264,27 @@ fn serve_as_nobody_gives_up_every_id_group_and_capability_and_serves_a_maildrop(
     );
 }
 
+/// The passwd-file is read after the switch, as the user that will re-read it: one that user
+/// cannot read stops the server at start, with the reason.
+#[test]
+fn a_passwd_file_the_user_cannot_read_stops_the_server_at_start() {
+    let fx = Fixture::new();
+    set_server_keys(&fx, "user = \"nobody\"");
+    if !is_root() {
+        let (code, stderr) = serve_exits(&fx.config_path);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains("that needs root"), "{stderr}");
+        return;
+    }
+    open_up(&fx);
+    chmod(&fx.path().join("users"), 0o600);
+    let (code, stderr) = serve_exits(&fx.config_path);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("running as user nobody"), "{stderr}");
+    assert!(stderr.contains("who must be able to read it"), "{stderr}");
+    assert!(!stderr.contains("listening"), "{stderr}");
+}
+
 #[test]
 fn root_is_refused_without_user_unless_allow_root() {
     let fx = Fixture::new();
