@@ -6,6 +6,7 @@
 
 use crate::auth::{self, PasswdDb, Scheme};
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::privileges;
 use crate::server::{self, Shared};
 use crate::store::{MaildirStore, Store};
 use crate::tls::{self, TlsFiles, TlsState};
@@ -30,6 +31,10 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the POP3 server.
+    ///
+    /// It binds its listeners and reads its certificate first, then runs as `[server] user`
+    /// (every id, group and capability of root given up); started as root without that key it
+    /// refuses to run, unless `[server] allow_root = true`.
     Serve(ServeArgs),
     /// Manage the users of the passwd-file.
     #[command(subcommand)]
@@ -70,7 +75,8 @@ struct ServeArgs {
     #[arg(long, short, conflicts_with = "dev")]
     config: Option<PathBuf>,
     /// First-run mode: create a data folder with a demo user and a welcome message, and
-    /// listen on 127.0.0.1 only.
+    /// listen on 127.0.0.1 only. Started as root, it runs as root, with a warning: for a first
+    /// look only, never for real mail.
     #[arg(long)]
     dev: bool,
     /// The data folder of --dev.
@@ -194,8 +200,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 None => ", no TLS".to_string(),
             };
             let users = db.snapshot().len();
+            let runs_as = check_run_as(&cfg)?;
             println!(
-                "{}: OK ({users} user{}, maildir {}, listening on {}{tls})",
+                "{}: OK ({users} user{}, maildir {}, listening on {}{tls}, {runs_as})",
                 config.config.display(),
                 if users == 1 { "" } else { "s" },
                 cfg.store.maildir,
@@ -215,6 +222,40 @@ fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+/// check-config: who `serve` will run as, and whether it can; fails when `[server] user` or
+/// `group` does not exist, or names root without `allow_root`. Only warns about how it is
+/// started, since check-config may run as another user than the service.
+fn check_run_as(cfg: &Config) -> Result<String, CliError> {
+    let now = privileges::current()?;
+    match run_as(cfg)? {
+        Some(t) if t.uid == 0 && !cfg.server.allow_root => Err(fail(ROOT_REFUSED)),
+        Some(t) => {
+            if now.uid[1] != 0 && !now.is(&t) {
+                eprintln!(
+                    "warning: to switch to {t}, `facteur serve` must be started as root or as \
+                     that user and group; this check runs as uid {}",
+                    now.uid[1]
+                );
+            }
+            Ok(format!("runs as {t}"))
+        }
+        None => {
+            if now.is_root() && !cfg.server.allow_root {
+                eprintln!(
+                    "warning: [server] user is not set: `facteur serve` started as root (as \
+                     now) will refuse to run; start it as the account that owns the maildrops \
+                     (systemd: User=), or set [server] user"
+                );
+            }
+            Ok(if cfg.server.allow_root {
+                "runs as the user that starts it, root allowed".to_string()
+            } else {
+                "runs as the user that starts it, never root".to_string()
+            })
+        }
+    }
+}
+
 fn init_logging(level: &str) {
     let level = level.parse().unwrap_or(tracing::Level::INFO);
     let _ = tracing_subscriber::fmt()
@@ -225,8 +266,13 @@ fn init_logging(level: &str) {
         .try_init();
 }
 
+/// `facteur serve`. Everything that may need root happens first, while the process has one
+/// thread: bind the listeners, read the certificate, then give up root
+/// ([`privileges::drop_privileges`]). Only then are the runtime and its threads created, and the
+/// passwd-file opened (as the user who will re-read it when it changes).
 fn serve(args: ServeArgs) -> Result<(), CliError> {
-    let (cfg, banner) = if args.dev {
+    let dev = args.dev;
+    let (cfg, banner) = if dev {
         dev_setup(&args.data_dir, args.port, args.tls_port)?
     } else {
         let path = args
@@ -236,12 +282,15 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
     };
     init_logging(&cfg.log.level);
     server::rlimit::prepare_open_files(cfg.limits.max_connections);
-    let db = PasswdDb::open(&cfg.auth.passwd_file)?
-        .with_verified_cache(cfg.auth.cache_ttl(), cfg.auth.cache_max_entries);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| fail(format!("cannot start the runtime: {e}")))?;
+    let target = run_as(&cfg)?;
+    // Refused before binding anything, so that nothing listens for a moment as root.
+    let root_now = privileges::current()?.is_root();
+    let root_after = target.as_ref().map_or(root_now, |t| t.uid == 0);
+    if root_after && !cfg.server.allow_root && !dev {
+        return Err(fail(ROOT_REFUSED));
+    }
+    let plain = bind_all(&cfg.server.listen)?;
+    let implicit = bind_all(&cfg.listen_tls())?;
     let tls = cfg
         .tls
         .as_ref()
@@ -253,9 +302,49 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
             })
         })
         .transpose()?;
+    let dropped = privileges::drop_privileges(target.as_ref())?;
+    match &target {
+        Some(t) if dropped.switched => {
+            tracing::info!("running as {t}, supplementary groups cleared");
+            warn_unreadable_tls(&cfg, t);
+        }
+        Some(t) => tracing::info!("running as {t} already"),
+        None => tracing::info!(
+            uid = dropped.now.uid[1],
+            gid = dropped.now.gid[1],
+            "running as the user that started facteur ([server] user is not set)"
+        ),
+    }
+    if dropped.now.is_root() {
+        if cfg.server.allow_root {
+            tracing::warn!(
+                "serving mail as root ([server] allow_root = true): a flaw in the server or a \
+                 link planted in a maildrop reaches every file of this system"
+            );
+        } else if dev {
+            tracing::warn!(
+                "RUNNING AS ROOT: --dev allows it for a first look at facteur, never for real \
+                 mail; `facteur serve --config` refuses root unless [server] user is set"
+            );
+        } else {
+            return Err(fail(ROOT_REFUSED));
+        }
+    }
+    let db = PasswdDb::open(&cfg.auth.passwd_file)
+        .map_err(|e| match &target {
+            Some(t) if dropped.switched => fail(format!(
+                "{e} (read as {t}, who must be able to read it: it is re-read when it changes)"
+            )),
+            _ => e.into(),
+        })?
+        .with_verified_cache(cfg.auth.cache_ttl(), cfg.auth.cache_max_entries);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async move {
-        let plain = bind_all(&cfg.server.listen)?;
-        let implicit = bind_all(&cfg.listen_tls())?;
+        let plain = into_tokio(plain)?;
+        let implicit = into_tokio(implicit)?;
         for (l, kind) in plain
             .iter()
             .map(|l| (l, if tls.is_some() { "pop3 (STLS)" } else { "pop3" }))
@@ -280,6 +369,41 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
     })
 }
 
+/// Why `facteur serve` does not start as root.
+const ROOT_REFUSED: &str = "refusing to serve mail as root: set [server] user (and group) to the \
+     unprivileged account that owns the maildrops, or start facteur as that account (systemd: \
+     User=); [server] allow_root = true forces it, which is dangerous";
+
+/// The account of `[server] user` and `group`, checked against /etc/passwd and /etc/group.
+fn run_as(cfg: &Config) -> Result<Option<privileges::Target>, CliError> {
+    cfg.server
+        .user
+        .as_deref()
+        .map(|u| privileges::resolve(u, cfg.server.group.as_deref()))
+        .transpose()
+        .map_err(CliError::from)
+}
+
+/// The TLS files were read as root; a SIGHUP reload reads them as `target`. Say now, not at the
+/// next renewal, when that will fail (the reload then keeps the certificate it has).
+fn warn_unreadable_tls(cfg: &Config, target: &privileges::Target) {
+    let Some(t) = &cfg.tls else { return };
+    for path in [&t.certificate, &t.private_key]
+        .into_iter()
+        .chain(t.client_ca.as_ref())
+    {
+        if let Err(e) = std::fs::File::open(path) {
+            tracing::warn!(
+                path = %path.display(),
+                error = %e,
+                "{target} cannot read this file: it was read at start, but a SIGHUP reload will \
+                 fail and keep the old certificate; make it readable by that user or group \
+                 (chgrp, chmod 640), or restart instead of reloading"
+            );
+        }
+    }
+}
+
 /// Addresses as "a, b, c".
 fn join(addresses: &[std::net::SocketAddr]) -> String {
     addresses
@@ -289,26 +413,40 @@ fn join(addresses: &[std::net::SocketAddr]) -> String {
         .join(", ")
 }
 
-/// Bind every listen address; IPv6 sockets are IPv6-only so that `0.0.0.0:110` and `[::]:110`
-/// can both be listed.
-pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<tokio::net::TcpListener>, CliError> {
+/// Bind every listen address, with std sockets, before any runtime exists (binding may need
+/// root, which is given up before the runtime's threads start). IPv6 sockets are IPv6-only so
+/// that `0.0.0.0:110` and `[::]:110` can both be listed.
+pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<std::net::TcpListener>, CliError> {
     addrs
         .iter()
         .map(|a| bind(*a).map_err(|e| fail(format!("cannot listen on {a}: {e}"))))
         .collect()
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
     socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
-    tokio::net::TcpListener::from_std(socket.into())
+    Ok(socket.into())
+}
+
+/// Hand listeners from [`bind_all`] to tokio (inside the runtime).
+fn into_tokio(
+    listeners: Vec<std::net::TcpListener>,
+) -> Result<Vec<tokio::net::TcpListener>, CliError> {
+    listeners
+        .into_iter()
+        .map(|l| {
+            l.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(l)
+        })
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| fail(format!("cannot serve a listener: {e}")))
 }
 
 /// Create (or reuse) the --dev data folder; returns its configuration and what to print.

@@ -75,6 +75,23 @@ pub struct ServerSection {
     /// still send it fall back to UIDL when it is refused.
     #[serde(default)]
     pub enable_last: bool,
+    /// The user `facteur serve` runs as once its listeners are bound and its certificate is read:
+    /// a name from /etc/passwd, or a uid. Unset: the user that started it, which must not be root
+    /// (see `allow_root`); under systemd, `User=` does the same. This user must be able to read
+    /// and write the maildrops and to read the passwd-file (which is loaded after the switch);
+    /// the TLS files are read before it, but a SIGHUP reload reads them as this user.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The group to run as: a name from /etc/group, or a gid. Unset: the primary group of `user`.
+    /// Supplementary groups are always cleared.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Serve mail as root. Off (the default), `facteur serve` started as root without `user`
+    /// refuses to start: as root, one flaw in the server, or a link planted in a maildrop, reaches
+    /// every file of the system and every user's mail at once. Only for a system where root is
+    /// confined anyway (some containers), and even there `user` is better.
+    #[serde(default)]
+    pub allow_root: bool,
 }
 
 /// `[limits]`: every limit of the server, with its unit in its name.
@@ -325,6 +342,9 @@ impl Default for ServerSection {
             hostname: None,
             greeting: defaults::greeting(),
             enable_last: false,
+            user: None,
+            group: None,
+            allow_root: false,
         }
     }
 }
@@ -513,6 +533,19 @@ impl Config {
         if self.server.greeting.contains(['\r', '\n']) {
             return Err("[server] greeting must be one line".into());
         }
+        for (key, value) in [("user", &self.server.user), ("group", &self.server.group)] {
+            if value
+                .as_deref()
+                .is_some_and(|v| v.is_empty() || v.contains([':', '\n']))
+            {
+                return Err(format!(
+                    "[server] {key} = {value:?}: not a {key} name or id"
+                ));
+            }
+        }
+        if self.server.group.is_some() && self.server.user.is_none() {
+            return Err("[server] group needs [server] user".into());
+        }
         Ok(())
     }
 
@@ -639,6 +672,34 @@ mod tests {
         assert!(e.contains("[tls]"), "{e}");
         let text = MINIMAL.replace("[auth]\n", "[auth]\nplaintext_auth = \"sometimes\"\n");
         assert!(Config::parse(&text, Path::new("f.toml")).is_err());
+    }
+
+    #[test]
+    fn user_and_group_keys() {
+        let c = Config::parse(MINIMAL, Path::new("f.toml")).unwrap();
+        assert_eq!((c.server.user, c.server.group), (None, None));
+        assert!(!c.server.allow_root);
+        let with = |keys: &str| MINIMAL.replace("[auth]", &format!("[server]\n{keys}\n[auth]"));
+        let c = Config::parse(
+            &with("user = \"vmail\"\ngroup = \"5000\"\nallow_root = true"),
+            Path::new("f.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.server.user.as_deref(), Some("vmail"));
+        assert_eq!(c.server.group.as_deref(), Some("5000"));
+        assert!(c.server.allow_root);
+        for (keys, expected) in [
+            ("group = \"mail\"", "group needs [server] user"),
+            ("user = \"\"", "[server] user"),
+            ("user = \"a:b\"", "[server] user"),
+            ("user = \"vmail\"\ngroup = \"\"", "[server] group"),
+            ("user = 5000", "user"),
+        ] {
+            let e = Config::parse(&with(keys), Path::new("f.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(expected), "{keys}: {e}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`config`]: the TOML configuration, and every limit and default in one place.
 //! - [`store`]: maildrops (Maildir by default): snapshot, lock, unique-ids, UPDATE, delivery.
 //! - [`auth`]: the passwd-file user database and password schemes, APOP.
+//! - [`privileges`]: giving up root after binding; refusing to serve mail as root.
 //! - [`server`]: listeners, the per-connection driver, limits and graceful shutdown.
 //! - [`cli`]: the `facteur` command line (serve, user, deliver, hash-password, check-config).
 //! - [`bench`](mod@bench): `facteur bench`, a POP3 load generator driving `facteur_proto::client`.
@@ -18,6 +19,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod privileges;
 pub mod server;
 pub mod store;
 pub mod tls;
