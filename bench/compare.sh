@@ -228,7 +228,7 @@ say "seeding the maildrops ($IDLE_SESSIONS users x 10 x 4 KiB, 1 x 64 MiB, 1 x $
 "$PY" "$HERE/seed.py" "$SCRATCH/facteur-mail" "$SCRATCH/wire.bin" \
     --users "$IDLE_SESSIONS" --huge "$HUGE" --big-mib 64 >&2
 cp -a "$SCRATCH/facteur-mail" "$SCRATCH/dovecot-mail"
-chown -R "$BENCH_USER:$BENCH_USER" "$SCRATCH/dovecot-mail"
+chown -R "$BENCH_USER:$BENCH_USER" "$SCRATCH/dovecot-mail" "$SCRATCH/facteur-mail"
 
 cat >"$SCRATCH/facteur.toml" <<EOF
 # facteur for the comparison with Dovecot: loopback only.
@@ -236,6 +236,8 @@ cat >"$SCRATCH/facteur.toml" <<EOF
 listen = ["127.0.0.1:$F_POP3"]
 listen_tls = ["127.0.0.1:$F_POP3S"]
 hostname = "localhost"
+# As Dovecot's mail processes: bind as root, then serve as the bench user.
+user = "$BENCH_USER"
 
 [limits]
 max_connections = 20000

@@ -116,7 +116,7 @@ impl Fixture {
             ("", String::new())
         };
         let text = format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\n{listen_tls}hostname = \"test.invalid\"\n\n\
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n{listen_tls}hostname = \"test.invalid\"\nallow_root = true\n\n\
              [limits]\n{limits}\n\
              [auth]\npasswd_file = \"users\"\n{auth}\n\
              [store]\nmaildir = \"mail/%u/Maildir\"\n\n\
