@@ -5,6 +5,9 @@
 //! Every login here has a hard deadline of its own (a few seconds), far below the harness's
 //! read timeout: a server that hangs fails the test instead of stalling it.
 
+// The helpers below are test code too: a failed unwrap there is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;
