@@ -210,6 +210,17 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     cfg.limits.max_connections
                 );
             }
+            // A uid or gid field facteur cannot use: that user's logins and deliveries fail.
+            for entry in db.snapshot().entries() {
+                if let Err(e) = Owner::from_fields(entry.uid(), entry.gid()) {
+                    eprintln!(
+                        "warning: {}:{}: user {}: {e}",
+                        cfg.auth.passwd_file.display(),
+                        entry.line(),
+                        entry.user()
+                    );
+                }
+            }
             Ok(())
         }
     }

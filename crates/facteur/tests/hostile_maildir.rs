@@ -290,6 +290,21 @@ fn a_maildrop_owned_by_another_uid_or_with_a_bad_uid_is_refused() {
     let mut c = login_in_time(server.addr, "fay", "secret");
     assert_eq!(c.stat().0, 1);
     c.quit();
+
+    // check-config names the user whose uid field facteur cannot use.
+    let out = Command::new(env!("CARGO_BIN_EXE_facteur"))
+        .args(["check-config", "--config"])
+        .arg(&fx.config_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("not a number"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0].contains("user gus"), "{stderr}");
 }
 
 /// Runs the real binary's `serve` as `nobody` when this test runs as root (root reads any
