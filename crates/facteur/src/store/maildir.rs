@@ -206,15 +206,12 @@ impl MaildirStore {
     }
 
     fn open_dir(&self, dir: &Path, owner: Owner) -> Result<(LockedMaildir, OpenStats), StoreError> {
-        let root = open_root(dir, owner)?;
+        let (root, root_id) = open_root(dir, owner)?;
         let cur = dir.join("cur");
         let new = dir.join("new");
         let cur_dir = handle::subdir(&root, "cur", owner).map_err(|e| StoreError::io(&cur, e))?;
         let new_dir = handle::subdir(&root, "new", owner).map_err(|e| StoreError::io(&new, e))?;
         let lock = lock(&root, dir, owner)?;
-        let root_id = handle::identity(&root)
-            .map_err(|e| StoreError::io(dir, e))?
-            .1;
         let started = now_ns();
         let mut stats = OpenStats::default();
 
@@ -542,7 +539,7 @@ impl Store for MaildirStore {
         message: &mut dyn Read,
     ) -> Result<Delivered, StoreError> {
         let dir = self.maildir_path(user, home)?;
-        let root = open_root(&dir, owner)?;
+        let (root, _) = open_root(&dir, owner)?;
         deliver_into(&root, &dir, self.hostname(), owner, message)
     }
 }
@@ -875,7 +872,8 @@ impl fmt::Debug for LockedMaildir {
 /// if missing. Its last component is never followed if it is a link (the parts above it come
 /// from the administrator's template). With a uid for the account, a directory owned by another
 /// uid is refused; a directory created here is given to the owner (when running as root).
-pub(crate) fn open_root(dir: &Path, owner: Owner) -> Result<File, StoreError> {
+/// Returns the handle and the directory's device and inode.
+pub(crate) fn open_root(dir: &Path, owner: Owner) -> Result<(File, (u64, u64)), StoreError> {
     // O_DIRECTORY | O_NOFOLLOW on a link fails with ENOTDIR (or ELOOP): say what it is.
     let is_link = || {
         std::fs::symlink_metadata(dir)
@@ -915,10 +913,8 @@ pub(crate) fn open_root(dir: &Path, owner: Owner) -> Result<File, StoreError> {
         }
         Err(e) => return Err(explain(e)),
     };
+    let (found, id) = handle::identity(&root).map_err(|e| StoreError::io(dir, e))?;
     if let Some(expected) = owner.uid {
-        let found = handle::identity(&root)
-            .map_err(|e| StoreError::io(dir, e))?
-            .0;
         if found != expected {
             return Err(StoreError::WrongOwner {
                 path: dir.to_owned(),
@@ -927,7 +923,7 @@ pub(crate) fn open_root(dir: &Path, owner: Owner) -> Result<File, StoreError> {
             });
         }
     }
-    Ok(root)
+    Ok((root, id))
 }
 
 /// Opens the lock file (a regular file, never through a link) and takes the exclusive lock
