@@ -138,7 +138,9 @@ pub(crate) fn create_new(dir: &File, name: &OsStr, owner: Owner) -> io::Result<F
 pub(crate) fn open_lock_file(dir: &File, name: &str, owner: Owner) -> io::Result<File> {
     let name = OsStr::new(name);
     let flags = OFlags::RDWR | OFlags::NONBLOCK;
-    loop {
+    // Open, else create, else open what another session created meanwhile: bounded, so that a
+    // name that keeps appearing and vanishing cannot keep a login spinning.
+    for _ in 0..3 {
         match open_at(dir, name, flags, 0) {
             Ok(fd) => {
                 let file = File::from(fd);
@@ -167,6 +169,9 @@ pub(crate) fn open_lock_file(dir: &File, name: &str, owner: Owner) -> io::Result
             Err(e) => return Err(e),
         }
     }
+    Err(io::Error::other(
+        "the lock file keeps appearing and vanishing",
+    ))
 }
 
 /// Renames `from` in `from_dir` to `to` in `to_dir` unless `to` exists (`AlreadyExists` then).
