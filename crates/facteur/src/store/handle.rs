@@ -191,6 +191,14 @@ pub(crate) fn rename_noreplace(
         Err(Errno::INVAL | Errno::NOSYS | Errno::NOTSUP) => {}
         other => return other.map_err(io::Error::from),
     }
+    rename_by_link(from_dir, from, to_dir, to)
+}
+
+/// The fallbacks of [`rename_noreplace`]: link then unlink (`linkat` without
+/// `AT_SYMLINK_FOLLOW` never follows a link), or, on a file system without hard links, a check
+/// then a rename.
+fn rename_by_link(from_dir: &File, from: &OsStr, to_dir: &File, to: &OsStr) -> io::Result<()> {
+    let (fd, td) = (from_dir.as_fd(), to_dir.as_fd());
     match rfs::linkat(fd, from, td, to, AtFlags::empty()) {
         Ok(()) => return unlink(from_dir, from),
         Err(Errno::PERM | Errno::NOTSUP | Errno::MLINK) => {}
@@ -362,6 +370,43 @@ mod tests {
         rename_noreplace(&d, OsStr::new("a"), &d, OsStr::new("c")).unwrap();
         assert_eq!(fs::read(tmp.path().join("c")).unwrap(), b"a");
         assert!(!tmp.path().join("a").exists());
+    }
+
+    #[test]
+    fn the_fallbacks_refuse_links_and_never_replace_either() {
+        let (tmp, d) = dir();
+        // As on a kernel without openat2 (each test runs in a process of its own under
+        // nextest; elsewhere, other tests merely take the fallback too).
+        NO_OPENAT2.store(true, Ordering::Relaxed);
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        symlink(outside.path(), tmp.path().join("link")).unwrap();
+        assert!(matches!(
+            open_regular(&d, OsStr::new("link")).unwrap(),
+            Opened::NotRegular
+        ));
+        assert!(create_new(&d, OsStr::new("link"), Owner::default()).is_err());
+        assert!(open_lock_file(&d, "link", Owner::default()).is_err());
+        assert!(open_regular(&d, OsStr::new("../x")).is_err());
+        fs::create_dir(tmp.path().join("sub")).unwrap();
+        symlink(tmp.path().join("sub"), tmp.path().join("sublink")).unwrap();
+        assert!(subdir(&d, "sublink", Owner::default()).is_err());
+        assert!(subdir(&d, "sub", Owner::default()).is_ok());
+
+        // Link and unlink, where renameat2 is refused.
+        fs::write(tmp.path().join("a"), b"a").unwrap();
+        fs::write(tmp.path().join("b"), b"b").unwrap();
+        let err = rename_by_link(&d, OsStr::new("a"), &d, OsStr::new("b")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(tmp.path().join("b")).unwrap(), b"b");
+        rename_by_link(&d, OsStr::new("a"), &d, OsStr::new("c")).unwrap();
+        assert_eq!(fs::read(tmp.path().join("c")).unwrap(), b"a");
+        assert!(!tmp.path().join("a").exists());
+        // A link moved by the fallback is moved itself, never what it points to.
+        rename_by_link(&d, OsStr::new("link"), &d, OsStr::new("moved")).unwrap();
+        assert!(fs::symlink_metadata(tmp.path().join("moved"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 
     #[test]
