@@ -133,7 +133,8 @@ pub struct OpenStats {
     pub renamed_duplicates: usize,
     /// Messages left out of the snapshot because they could not be moved or read (logged).
     pub skipped: usize,
-    /// Files removed from `tmp/` because they were older than [`TMP_MAX_AGE`].
+    /// Files removed from `tmp/` because they were older than 36 hours (left by a killed
+    /// delivery).
     pub tmp_removed: usize,
 }
 
