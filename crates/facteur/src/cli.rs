@@ -8,7 +8,7 @@ use crate::auth::{self, PasswdDb, Scheme};
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::privileges;
 use crate::server::{self, Shared};
-use crate::store::{MaildirStore, Store};
+use crate::store::{MaildirStore, Owner, Store};
 use crate::tls::{self, TlsFiles, TlsState};
 use clap::{Args, Parser, Subcommand};
 use std::io::{BufRead, Write};
@@ -216,6 +216,17 @@ fn run(cli: Cli) -> Result<(), CliError> {
                      ulimit -Hn) or lower max_connections",
                     cfg.limits.max_connections
                 );
+            }
+            // A uid or gid field facteur cannot use: that user's logins and deliveries fail.
+            for entry in db.snapshot().entries() {
+                if let Err(e) = Owner::from_fields(entry.uid(), entry.gid()) {
+                    eprintln!(
+                        "warning: {}:{}: user {}: {e}",
+                        cfg.auth.passwd_file.display(),
+                        entry.line(),
+                        entry.user()
+                    );
+                }
             }
             Ok(())
         }
@@ -616,16 +627,18 @@ fn deliver(user: &str, config_path: &Path) -> Result<(), CliError> {
     let cfg = Config::load(config_path).map_err(|e| temp(&e))?;
     let db = PasswdDb::open(&cfg.auth.passwd_file).map_err(|e| temp(&e))?;
     let users = db.snapshot();
-    let Some(home) = users.get(user).map(|e| e.home().map(str::to_owned)) else {
+    let Some(entry) = users.get(user) else {
         return Err(CliError {
             message: format!("no such user: {user}"),
             status: EX_NOUSER,
         });
     };
+    // Run as root (from an MTA), the files are given to the maildrop's owner.
+    let owner = Owner::from_fields(entry.uid(), entry.gid()).map_err(|e| temp(&e))?;
     let store = MaildirStore::new(cfg.store.maildir.clone());
     let mut stdin = std::io::stdin().lock();
     let d = store
-        .deliver(user, home.as_deref(), &mut stdin)
+        .deliver_as(user, entry.home(), owner, &mut stdin)
         .map_err(|e| temp(&e))?;
     eprintln!("delivered {} octets to {}", d.size, d.path.display());
     Ok(())

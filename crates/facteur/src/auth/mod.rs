@@ -30,6 +30,8 @@ mod scram;
 use std::io;
 use std::path::PathBuf;
 
+use crate::store::{BadOwner, Owner};
+
 pub use edit::{add_user, del_user, list_users, set_password, validate_user_name};
 pub use passwd_file::{PasswdDb, PasswdEntry, PasswdFile};
 pub use sasl::{Mechanism, SaslContext, SaslExchange, SaslStep, UnknownMechanism, MAX_SASL_LINE};
@@ -58,6 +60,9 @@ pub struct Account {
     pub user: String,
     /// The home directory (the passwd-file's sixth field), if it is set.
     pub home: Option<String>,
+    /// Who must own the maildrop (the passwd-file's uid and gid fields), or why those fields
+    /// cannot be used (not numbers): the maildrop is then refused.
+    pub owner: Result<Owner, BadOwner>,
 }
 
 /// The result of a login attempt.

@@ -33,6 +33,7 @@ use super::{
     validate_user_name, Account, AuthError, AuthOutcome, Authenticator, LineError,
     ScramCredentials, PASSWORD_MAX_LEN, USER_NAME_MAX_LEN,
 };
+use crate::store::Owner;
 
 /// One user of the passwd-file.
 ///
@@ -101,6 +102,7 @@ impl PasswdEntry {
         Account {
             user: self.user.clone(),
             home: self.home.clone(),
+            owner: Owner::from_fields(self.uid(), self.gid()),
         }
     }
 }
@@ -895,6 +897,7 @@ h:{PLAIN}ph:::::
         AuthOutcome::Success(Account {
             user: user.to_string(),
             home: home.map(str::to_string),
+            owner: Ok(Owner::default()),
         })
     }
 
@@ -916,11 +919,17 @@ h:{PLAIN}ph:::::
             ("argon", b"password", None),
         ];
         for (user, password, home) in cases {
-            assert_eq!(
-                db.verify_password(user, password),
-                success(user, home),
-                "{user}"
-            );
+            let mut expected = success(user, home);
+            if let AuthOutcome::Success(account) = &mut expected {
+                if user == "sha256" {
+                    // The line's uid and gid fields.
+                    account.owner = Ok(Owner {
+                        uid: Some(1),
+                        gid: Some(1),
+                    });
+                }
+            }
+            assert_eq!(db.verify_password(user, password), expected, "{user}");
             assert_eq!(
                 db.verify_password(user, b"wrong"),
                 AuthOutcome::Failure,
@@ -1228,13 +1237,19 @@ h:{PLAIN}ph:::::
         Account {
             user: user.to_string(),
             home: home.map(str::to_string),
+            owner: Ok(Owner::default()),
         }
     }
 
     #[test]
     fn account_and_possibilities() {
         let (_dir, path, db) = db_with(&format!("s:{SHA256}:1:1::/home/s\n"));
-        assert_eq!(db.account("s"), Some(success_account("s", Some("/home/s"))));
+        let mut s = success_account("s", Some("/home/s"));
+        s.owner = Ok(Owner {
+            uid: Some(1),
+            gid: Some(1),
+        });
+        assert_eq!(db.account("s"), Some(s));
         assert_eq!(db.account("S"), None);
         assert_eq!(db.account("nobody"), None);
         assert!(!db.cram_md5_possible());

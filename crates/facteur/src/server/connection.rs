@@ -764,7 +764,10 @@ enum Verdict {
 fn open_on_success(store: &dyn Store, outcome: AuthOutcome) -> Verdict {
     match outcome {
         AuthOutcome::Success(account) => Verdict::Opened {
-            maildrop: store.open(&account.user, account.home.as_deref()),
+            maildrop: account
+                .owner
+                .map_err(StoreError::from)
+                .and_then(|owner| store.open_as(&account.user, account.home.as_deref(), owner)),
             user: account.user,
         },
         AuthOutcome::Failure => Verdict::Failure,

@@ -1,7 +1,8 @@
 //! The process's limit on open files, raised at start to what `max_connections` needs.
 //!
-//! Each session holds a socket, and a message file while it streams one, so 10,000 sessions
-//! (the default `max_connections`) need about 20,000 descriptors. Many systems start processes
+//! Each session holds a socket, its maildrop's lock file and `cur/` directory, and a message file
+//! while it streams one, so 10,000 sessions (the default `max_connections`) need about 40,000
+//! descriptors. Many systems start processes
 //! with a soft limit of 1,024 and a much higher hard limit: the server raises its soft limit
 //! itself (any process may, up to the hard limit), and says so in the log when even the hard
 //! limit is too low, with the setting that fixes it. Past the limit, `accept` fails with EMFILE
@@ -12,10 +13,11 @@ use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 /// Descriptors for what is not a session: listeners, the log, the users file, index files.
 const BASE_DESCRIPTORS: u64 = 64;
 
-/// The descriptors `max_connections` sessions may need: a socket and a message file each.
+/// The descriptors `max_connections` sessions may need: a socket, a lock file, a directory
+/// handle and a message file each.
 pub fn descriptors_needed(max_connections: usize) -> u64 {
     (max_connections as u64)
-        .saturating_mul(2)
+        .saturating_mul(4)
         .saturating_add(BASE_DESCRIPTORS)
 }
 
@@ -105,7 +107,7 @@ mod tests {
 
     #[test]
     fn sessions_need_a_socket_and_a_file_each() {
-        assert_eq!(descriptors_needed(10_000), 20_064);
+        assert_eq!(descriptors_needed(10_000), 40_064);
         assert_eq!(descriptors_needed(usize::MAX), u64::MAX);
     }
 

@@ -4,16 +4,16 @@
 //! are on disk. Delivery takes no lock: a session holding the maildrop only ever reads `new/` when
 //! it opens, so mail delivered during a session waits in `new/` for the next one.
 
-use std::fs::{self, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::index::sync_dir;
+use super::handle;
 use super::name::{WireCounter, BLOCK_SIZE};
-use super::{Delivered, StoreError};
+use super::{Delivered, Owner, StoreError};
 
 /// Counts the unique names made by this process, so two deliveries in the same microsecond
 /// still differ.
@@ -67,31 +67,37 @@ pub(crate) fn unique_name(host: &str) -> io::Result<String> {
     ))
 }
 
-/// Delivers `message` into the maildir `dir` (whose `tmp/` and `new/` exist).
+/// Delivers `message` into the maildir whose top directory is `root` (opened by `open_root`;
+/// `dir` is its path, for errors), creating `cur/`, `new/` and `tmp/` if missing. Every file and
+/// directory is created relative to a handle, exclusively, never through a link, and given to
+/// `owner` when running as root.
 pub(crate) fn deliver_into(
+    root: &File,
     dir: &Path,
     host: &str,
+    owner: Owner,
     message: &mut dyn Read,
 ) -> Result<Delivered, StoreError> {
-    let tmp_dir = dir.join("tmp");
-    let new_dir = dir.join("new");
+    let sub = |name: &str| {
+        handle::subdir(root, name, owner).map_err(|e| StoreError::io(dir.join(name), e))
+    };
+    let tmp_dir = sub("tmp")?;
+    let new_dir = sub("new")?;
+    // Not written to here, but a maildir has all three.
+    sub("cur")?;
+    let tmp_path = dir.join("tmp");
     let mut attempt = 0;
-    let (unique, tmp_path, mut file) = loop {
-        let unique = unique_name(host).map_err(|e| StoreError::io(&tmp_dir, e))?;
-        let tmp_path = tmp_dir.join(&unique);
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp_path)
-        {
-            Ok(file) => break (unique, tmp_path, file),
+    let (unique, mut file) = loop {
+        let unique = unique_name(host).map_err(|e| StoreError::io(&tmp_path, e))?;
+        match handle::create_new(&tmp_dir, OsStr::new(&unique), owner) {
+            Ok(file) => break (unique, file),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt + 1 < CREATE_ATTEMPTS => {
                 attempt += 1;
             }
-            Err(e) => return Err(StoreError::io(&tmp_path, e)),
+            Err(e) => return Err(StoreError::io(tmp_path.join(&unique), e)),
         }
     };
+    let tmp_path = tmp_path.join(&unique);
 
     let written = (|| {
         let mut counter = WireCounter::default();
@@ -109,12 +115,15 @@ pub(crate) fn deliver_into(
                 .map_err(|e| StoreError::io(&tmp_path, e))?;
         }
         file.sync_all().map_err(|e| StoreError::io(&tmp_path, e))?;
-        let final_path = new_dir.join(format!(
-            "{unique},S={},W={}",
-            counter.size(),
-            counter.wire_size()
-        ));
-        fs::rename(&tmp_path, &final_path).map_err(|e| StoreError::io(&final_path, e))?;
+        let final_name = format!("{unique},S={},W={}", counter.size(), counter.wire_size());
+        let final_path = dir.join("new").join(&final_name);
+        handle::rename_noreplace(
+            &tmp_dir,
+            OsStr::new(&unique),
+            &new_dir,
+            OsStr::new(&final_name),
+        )
+        .map_err(|e| StoreError::io(&final_path, e))?;
         Ok(Delivered {
             path: final_path,
             size: counter.size(),
@@ -126,13 +135,15 @@ pub(crate) fn deliver_into(
         Ok(d) => d,
         Err(e) => {
             // Best effort: a failed delivery leaves nothing behind.
-            let _ = fs::remove_file(&tmp_path);
+            let _ = handle::unlink(&tmp_dir, OsStr::new(&unique));
             return Err(e);
         }
     };
     // If this fails the message is in new/ but perhaps not durable: report the failure so the
     // sender retries. A duplicate is better than a loss.
-    sync_dir(&new_dir)?;
+    new_dir
+        .sync_all()
+        .map_err(|e| StoreError::io(dir.join("new"), e))?;
     Ok(delivered)
 }
 
@@ -176,7 +187,9 @@ mod tests {
         for sub in ["tmp", "new", "cur"] {
             fs::create_dir(dir.path().join(sub)).unwrap();
         }
-        let err = deliver_into(dir.path(), "h", &mut Failing(3)).unwrap_err();
+        let root = handle::open_dir_path(dir.path()).unwrap();
+        let err =
+            deliver_into(&root, dir.path(), "h", Owner::default(), &mut Failing(3)).unwrap_err();
         assert!(matches!(err, StoreError::Source(_)), "{err}");
         for sub in ["tmp", "new", "cur"] {
             assert_eq!(

@@ -6,6 +6,11 @@
 //! unique-id changes. It is written atomically (temporary file, fsync, rename, directory fsync),
 //! and only by the session that holds the maildrop's lock.
 //!
+//! The file lives in the maildrop, so it is a claim like any other: it is opened without
+//! following a link and read only if it is a regular file no larger than [`MAX_INDEX_BYTES`];
+//! anything else is ignored and replaced. The temporary file is created exclusively, never
+//! through a link.
+//!
 //! The format is text, one record a line, so an administrator can read it:
 //!
 //! ```text
@@ -28,16 +33,15 @@
 //! In names, every octet outside 0x21..=0x7E and '%' itself is written `%XX` (upper-case hex), so
 //! any file name (spaces, newlines, non-UTF-8) fits on one line.
 
-use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 
 use super::fasthash::checksum;
+use super::handle::{self, Opened};
 use super::name::{is_message_name, parse_decimal};
-use super::StoreError;
+use super::Owner;
 
 /// The index file, in the maildir's top directory (beside `cur/`, `new/` and `tmp/`).
 pub(crate) const INDEX_FILE: &str = "facteur-index";
@@ -47,9 +51,15 @@ const INDEX_TMP_FILE: &str = "facteur-index.tmp";
 const HEADER: &[u8] = b"facteur-index 2";
 /// The first line of the previous version, still read.
 const HEADER_V1: &[u8] = b"facteur-index 1";
-/// An index larger than this is not read (it would be about ten million messages): treated as
-/// corrupt, so a garbage file cannot make a login allocate without bound.
-const MAX_INDEX_BYTES: u64 = 1 << 30;
+/// The most messages an index describes; a maildrop with more still opens, by listing its
+/// directories, at every login.
+pub(crate) const MAX_INDEX_MESSAGES: u64 = 1_000_000;
+/// Octets allowed per message line: a size and a typical name take about 70; this leaves room
+/// for long names and a few escaped octets.
+const BYTES_PER_MESSAGE: u64 = 256;
+/// An index larger than this (256 MB) is neither read nor written: treated as corrupt and
+/// rebuilt, so a file planted in the maildrop cannot make a login allocate without bound.
+pub(crate) const MAX_INDEX_BYTES: u64 = 4096 + MAX_INDEX_MESSAGES * BYTES_PER_MESSAGE;
 
 /// The index as read or about to be written.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -82,22 +92,27 @@ pub(crate) struct Corrupt {
     reason: &'static str,
 }
 
-/// Reads the index file of the maildir `dir`; `None` if there is none.
-pub(crate) fn read(dir: &Path) -> io::Result<Option<Vec<u8>>> {
-    let file = match File::open(dir.join(INDEX_FILE)) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+/// Reads the index file of the maildir whose top directory is `dir`; `None` if there is none.
+/// A link, a FIFO, a device or a file larger than [`MAX_INDEX_BYTES`] is an error (rebuilt by
+/// the caller), and is never read.
+pub(crate) fn read(dir: &File) -> io::Result<Option<Vec<u8>>> {
+    let name = OsStr::new(INDEX_FILE);
+    let invalid = |what| io::Error::new(io::ErrorKind::InvalidData, what);
+    let file = match handle::open_regular(dir, name)? {
+        Opened::File(f) => f,
+        Opened::Missing => return Ok(None),
+        Opened::NotRegular => return Err(invalid("the index is not a regular file")),
     };
     let len = file.metadata()?.len();
     if len > MAX_INDEX_BYTES {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "the index file is too large",
-        ));
+        return Err(invalid("the index file is too large"));
     }
     let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    file.take(MAX_INDEX_BYTES).read_to_end(&mut bytes)?;
+    // The file may grow after fstat: never read past the cap.
+    file.take(MAX_INDEX_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_INDEX_BYTES {
+        return Err(invalid("the index file is too large"));
+    }
     Ok(Some(bytes))
 }
 
@@ -291,35 +306,37 @@ fn hex_value(c: u8) -> Option<u8> {
     }
 }
 
-/// Replaces the index of the maildir `dir` with `bytes`, atomically and durably.
-pub(crate) fn write_atomic(dir: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let tmp = dir.join(INDEX_TMP_FILE);
+/// Replaces the index of the maildir whose top directory is `dir` with `bytes`, atomically and
+/// durably. The temporary file is created exclusively (never through a link); a leftover one
+/// (a crash, or anything planted under that name) is unlinked first: only the session holding
+/// the maildrop's lock writes here, so nobody else is using it. The new file is given to
+/// `owner` (when running as root).
+pub(crate) fn write_atomic(dir: &File, bytes: &[u8], owner: Owner) -> io::Result<()> {
+    if bytes.len() as u64 > MAX_INDEX_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the index would be too large to be read back",
+        ));
+    }
+    let tmp = OsStr::new(INDEX_TMP_FILE);
+    let mut file = match handle::create_new(dir, tmp, owner) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            handle::unlink(dir, tmp)?;
+            handle::create_new(dir, tmp, owner)?
+        }
+        other => other?,
+    };
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| StoreError::io(&tmp, e))?;
-        file.write_all(bytes).map_err(|e| StoreError::io(&tmp, e))?;
-        file.sync_all().map_err(|e| StoreError::io(&tmp, e))?;
-        let target = dir.join(INDEX_FILE);
-        fs::rename(&tmp, &target).map_err(|e| StoreError::io(&target, e))?;
-        sync_dir(dir)
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        handle::rename_replace(dir, tmp, OsStr::new(INDEX_FILE))?;
+        dir.sync_all()
     })();
     if result.is_err() {
-        // Best effort: a leftover temporary file is harmless (truncated at the next write).
-        let _ = fs::remove_file(&tmp);
+        // Best effort: a leftover temporary file is removed by the next write anyway.
+        let _ = handle::unlink(dir, tmp);
     }
     result
-}
-
-/// Makes the entries of directory `dir` durable (creations, renames, unlinks).
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StoreError::io(dir, e))
 }
 
 #[cfg(test)]
@@ -419,11 +436,55 @@ mod tests {
     #[test]
     fn atomic_write_and_read() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(read(dir.path()).unwrap(), None);
-        write_atomic(dir.path(), b"one").unwrap();
-        write_atomic(dir.path(), b"two").unwrap();
-        assert_eq!(read(dir.path()).unwrap().as_deref(), Some(&b"two"[..]));
+        let d = handle::open_dir_path(dir.path()).unwrap();
+        assert_eq!(read(&d).unwrap(), None);
+        write_atomic(&d, b"one", Owner::default()).unwrap();
+        write_atomic(&d, b"two", Owner::default()).unwrap();
+        assert_eq!(read(&d).unwrap().as_deref(), Some(&b"two"[..]));
         assert!(!dir.path().join(INDEX_TMP_FILE).exists());
+    }
+
+    #[test]
+    fn links_fifos_and_huge_files_are_never_read_or_written_through() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let d = handle::open_dir_path(dir.path()).unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(outside.path(), b"precious").unwrap();
+
+        // The temporary file a link to somewhere else: the link is replaced, never written
+        // through.
+        symlink(outside.path(), dir.path().join(INDEX_TMP_FILE)).unwrap();
+        write_atomic(&d, b"one", Owner::default()).unwrap();
+        assert_eq!(std::fs::read(outside.path()).unwrap(), b"precious");
+        assert_eq!(read(&d).unwrap().as_deref(), Some(&b"one"[..]));
+
+        // The index a link (to a file, or to /dev/zero): an error, nothing read.
+        std::fs::remove_file(dir.path().join(INDEX_FILE)).unwrap();
+        symlink(outside.path(), dir.path().join(INDEX_FILE)).unwrap();
+        assert!(read(&d).is_err());
+        std::fs::remove_file(dir.path().join(INDEX_FILE)).unwrap();
+        symlink("/dev/zero", dir.path().join(INDEX_FILE)).unwrap();
+        assert!(read(&d).is_err());
+        // Replaced by the next write, the target untouched.
+        write_atomic(&d, b"two", Owner::default()).unwrap();
+        assert_eq!(read(&d).unwrap().as_deref(), Some(&b"two"[..]));
+        assert_eq!(std::fs::read(outside.path()).unwrap(), b"precious");
+
+        // A FIFO: refused at once, without waiting for a writer.
+        std::fs::remove_file(dir.path().join(INDEX_FILE)).unwrap();
+        let status = std::process::Command::new("mkfifo")
+            .arg(dir.path().join(INDEX_FILE))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert!(read(&d).is_err());
+
+        // Larger than the cap: refused from its size alone (a sparse file, nothing allocated).
+        std::fs::remove_file(dir.path().join(INDEX_FILE)).unwrap();
+        let big = File::create(dir.path().join(INDEX_FILE)).unwrap();
+        big.set_len(MAX_INDEX_BYTES + 1).unwrap();
+        assert!(read(&d).is_err());
     }
 
     fn entry() -> impl proptest::strategy::Strategy<Value = Entry> {

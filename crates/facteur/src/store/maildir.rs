@@ -1,16 +1,25 @@
 //! The Maildir store: lock a maildrop, take its snapshot, stream its messages, apply UPDATE.
 //!
 //! ## Opening a maildrop
-//! 1. Create `cur/`, `new/`, `tmp/` (mode 0700) if missing.
-//! 2. Take an exclusive, non-blocking `flock` on `<maildir>/facteur.lock`. The lock lives in the
-//!    open file, so the kernel drops it when the session ends or the process dies: there is never
-//!    a stale lock to clean up. Held already: [`StoreError::InUse`].
+//! 1. Open the maildir's directory (creating it if missing), never through a link at its last
+//!    component; when the account has a uid, refuse the maildrop unless the directory is that
+//!    uid's. Open `cur/` and `new/` (mode 0700, created if missing) relative to it: every later
+//!    call goes through these handles (see `handle`), so a link planted in the maildrop is never
+//!    followed.
+//! 2. Take an exclusive, non-blocking `flock` on `<maildir>/facteur.lock` (a regular file, never
+//!    through a link). The lock lives in the open file, so the kernel drops it when the session
+//!    ends or the process dies: there is never a stale lock to clean up. Held already:
+//!    [`StoreError::InUse`].
 //! 3. Fast path: if the index records the mtimes of `cur/` and `new/`, both unchanged, the index
 //!    is the snapshot. No directory is listed and no message file is opened.
-//! 4. Otherwise: move every file of `new/` into `cur/` (adding the `:2,` info), list `cur/`, take
-//!    each message's wire size from the index (by base name, so a flag change costs nothing), or
-//!    from a `,W=` field, or by reading the file; sort in delivery order; write the index if it
-//!    changed.
+//! 4. Otherwise: remove the files of `tmp/` older than [`TMP_MAX_AGE`] (left by a killed
+//!    delivery); move every file of `new/` into `cur/` (adding the `:2,` info, never replacing a
+//!    file), list `cur/`, take each message's wire size from the index (by base name, so a flag
+//!    change costs nothing), or from a `,W=` field, or by reading the file; sort in delivery
+//!    order; write the index if it changed.
+//!
+//! A message that cannot be moved or read (an over-long name, a file its owner made unreadable)
+//! is logged and left out of the snapshot; the others are served.
 //!
 //! ## Deferred sizes
 //! A file whose size neither the index nor a `,W=` field knows must be read whole to be sized
@@ -39,10 +48,10 @@ use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fmt;
-use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
+use std::fs::{DirBuilder, File, TryLockError};
 use std::io::{self, Read};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -51,12 +60,13 @@ use facteur_proto::{MessageMeta, Uidl};
 
 use super::deliver::{deliver_into, hostname, unique_name};
 use super::fasthash::FastSet;
-use super::index::{self, sync_dir, Entry, Index};
+use super::handle::{self, escaped, Kind, Opened};
+use super::index::{self, Entry, Index};
 use super::name::{
     base_name, compare, compare_bases, count_wire_size, cur_name_for_new, info_part,
     is_message_name, order_key, uid_for_base, wire_size_field, BLOCK_SIZE,
 };
-use super::{template, Delivered, Maildrop, Store, StoreError};
+use super::{template, Delivered, Maildrop, Owner, Store, StoreError};
 
 /// The lock file, in the maildir's top directory.
 pub(crate) const LOCK_FILE: &str = "facteur.lock";
@@ -73,6 +83,13 @@ pub(crate) const EAGER_SIZING_MAX: usize = 256;
 /// How many rounds of "list `new/`, move what is there" one open does before giving up on seeing
 /// `new/` empty (a stream of deliveries); the next open moves the rest.
 const NEW_ROUNDS: usize = 4;
+
+/// A file of `tmp/` older than this was left by a delivery that died: the Maildir convention
+/// (maildir(5)) is to remove it after 36 hours.
+pub(crate) const TMP_MAX_AGE: Duration = Duration::from_secs(36 * 3600);
+
+/// How many fresh names a move into `cur/` tries when the name it wants is taken.
+const MOVE_ATTEMPTS: usize = 3;
 
 /// A store of one Maildir per user, found by a path template.
 #[derive(Debug)]
@@ -114,12 +131,25 @@ pub struct OpenStats {
     pub index_written: bool,
     /// Files renamed because another file already had their unique-id.
     pub renamed_duplicates: usize,
+    /// Messages left out of the snapshot because they could not be moved or read (logged).
+    pub skipped: usize,
+    /// Files removed from `tmp/` because they were older than 36 hours (left by a killed
+    /// delivery).
+    pub tmp_removed: usize,
 }
 
 /// One locked Maildir maildrop and its snapshot. Dropping it releases the lock.
 pub struct LockedMaildir {
     dir: PathBuf,
+    /// `cur/`, for logs and errors.
     cur: PathBuf,
+    /// The handle every message file is opened, listed and unlinked through.
+    cur_dir: File,
+    /// The device and inode of the maildir's directory: the index is written only into the
+    /// same directory the snapshot was taken from.
+    root_id: (u64, u64),
+    /// Who the files written during the session are given to (when running as root).
+    owner: Owner,
     /// The snapshot, until the session takes it (`take_messages`).
     messages: Vec<MessageMeta>,
     /// The wire size of each message of the snapshot (0 while not known).
@@ -158,23 +188,35 @@ impl MaildirStore {
         user: &str,
         home: Option<&str>,
     ) -> Result<(LockedMaildir, OpenStats), StoreError> {
+        self.open_maildir_as(user, home, Owner::default())
+    }
+
+    /// [`Store::open_as`], with the cost of the open.
+    pub fn open_maildir_as(
+        &self,
+        user: &str,
+        home: Option<&str>,
+        owner: Owner,
+    ) -> Result<(LockedMaildir, OpenStats), StoreError> {
         let dir = self.maildir_path(user, home)?;
-        self.open_dir(&dir)
+        self.open_dir(&dir, owner)
     }
 
     fn hostname(&self) -> &str {
         self.hostname.get_or_init(hostname)
     }
 
-    fn open_dir(&self, dir: &Path) -> Result<(LockedMaildir, OpenStats), StoreError> {
-        ensure_dirs(dir)?;
-        let lock = lock(dir)?;
+    fn open_dir(&self, dir: &Path, owner: Owner) -> Result<(LockedMaildir, OpenStats), StoreError> {
+        let (root, root_id) = open_root(dir, owner)?;
         let cur = dir.join("cur");
         let new = dir.join("new");
+        let cur_dir = handle::subdir(&root, "cur", owner).map_err(|e| StoreError::io(&cur, e))?;
+        let new_dir = handle::subdir(&root, "new", owner).map_err(|e| StoreError::io(&new, e))?;
+        let lock = lock(&root, dir, owner)?;
         let started = now_ns();
         let mut stats = OpenStats::default();
 
-        let (mut old_index, old_bytes) = match index::read(dir) {
+        let (mut old_index, old_bytes) = match index::read(&root) {
             Ok(None) => (None, None),
             Ok(Some(bytes)) => match index::parse(&bytes) {
                 Ok(index) => {
@@ -197,8 +239,8 @@ impl MaildirStore {
         };
 
         if let Some(index) = &mut old_index {
-            let cur_mtime = mtime_ns(&cur)?;
-            let new_mtime = mtime_ns(&new)?;
+            let cur_mtime = mtime_ns(&cur_dir, &cur)?;
+            let new_mtime = mtime_ns(&new_dir, &new)?;
             let unchanged = index.cur_mtime.is_some()
                 && index.cur_mtime == cur_mtime
                 && index.new_mtime.is_some()
@@ -218,11 +260,16 @@ impl MaildirStore {
                     stats.fast_path = true;
                     stats.messages = entries.len();
                     let maildrop = LockedMaildir::new(
-                        dir,
+                        Handles {
+                            dir,
+                            cur_dir,
+                            root_id,
+                            owner,
+                            lock,
+                        },
                         entries,
                         uids,
                         (index.cur_mtime, index.new_mtime),
-                        lock,
                     );
                     stats.sizes_deferred = maildrop.not_sized.len();
                     return Ok((maildrop, stats));
@@ -234,26 +281,44 @@ impl MaildirStore {
             }
         }
 
-        // new/ -> cur/, until new/ is seen empty.
+        // What a killed delivery left in tmp/. Only here, not on the fast path: a login on an
+        // unchanged maildrop lists no directory, and any delivery since makes the next open come
+        // here.
+        match handle::subdir(&root, "tmp", owner) {
+            Ok(tmp) => stats.tmp_removed = clean_tmp(&tmp, dir),
+            Err(e) => tracing::warn!(maildir = %dir.display(), error = %e,
+                "cannot open tmp/; not cleaning it"),
+        }
+
+        // new/ -> cur/, until new/ is seen empty (but for the files that cannot be moved).
         let mut new_mtime = None;
+        let mut stuck = HashSet::new();
         for _ in 0..NEW_ROUNDS {
-            let mtime = mtime_ns(&new)?;
-            let waiting = list_messages(&new)?;
+            let mtime = mtime_ns(&new_dir, &new)?;
+            let mut waiting = list_messages(&new_dir, &new)?;
+            waiting.retain(|name| !stuck.contains(name));
             stats.dir_listings += 1;
             if waiting.is_empty() {
                 new_mtime = settled(mtime, started);
                 break;
             }
             for name in waiting {
-                if self.move_to_cur(&new, &cur, &name)? {
-                    stats.moved_from_new += 1;
+                match self.move_to_cur(&new_dir, &cur_dir, &name) {
+                    Ok(true) => stats.moved_from_new += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(maildir = %dir.display(), file = %escaped(&name),
+                            error = %e, "cannot move a message from new/ to cur/; skipping it");
+                        stats.skipped += 1;
+                        stuck.insert(name);
+                    }
                 }
             }
         }
 
         // List cur/ and size every message, reading only the files nobody has sized before.
-        let cur_mtime = mtime_ns(&cur)?;
-        let names = list_messages(&cur)?;
+        let cur_mtime = mtime_ns(&cur_dir, &cur)?;
+        let names = list_messages(&cur_dir, &cur)?;
         stats.dir_listings += 1;
         // Delivery order first: the old index is in that order too, so the sizes it knows are
         // found by walking both lists side by side (no hash map of 100,000 names).
@@ -294,11 +359,14 @@ impl MaildirStore {
                 .iter()
                 .filter_map(|&pos| entries.get(pos).map(|e| e.name.as_os_str()))
                 .collect();
-            let sized = size_files(&cur, &targets)?;
+            let sized = size_files(&cur_dir, &cur, &targets)?;
             for (&pos, size) in to_size.iter().zip(sized) {
                 match (size, entries.get_mut(pos)) {
                     (Some(size), Some(entry)) => entry.wire_size = Some(size),
-                    (None, _) => vanished.push(pos),
+                    (None, _) => {
+                        stats.skipped += 1;
+                        vanished.push(pos);
+                    }
                     (Some(_), None) => {}
                 }
             }
@@ -306,7 +374,7 @@ impl MaildirStore {
             stats.sizes_deferred = to_size.len();
         }
         // Renamed or removed by another program since the listing: it will be in the next
-        // snapshot under its new name, if it still exists.
+        // snapshot under its new name, if it still exists. Unreadable: logged by size_files.
         if !vanished.is_empty() {
             let mut keep = vec![true; entries.len()];
             for pos in vanished {
@@ -327,15 +395,22 @@ impl MaildirStore {
                 let Some(entry) = entries.get_mut(i) else {
                     continue;
                 };
-                match self.rename_duplicate(&cur, &entry.name)? {
-                    Some(fresh) => {
+                match self.rename_duplicate(&cur_dir, &entry.name) {
+                    Err(e) => {
+                        tracing::warn!(maildir = %dir.display(), file = %escaped(&entry.name),
+                            error = %e, "cannot rename a message whose unique-id is taken; \
+                            skipping it");
+                        stats.skipped += 1;
+                        gone.insert(i);
+                    }
+                    Ok(Some(fresh)) => {
                         tracing::warn!(maildir = %dir.display(),
                             old = %entry.name.to_string_lossy(), new = %fresh.to_string_lossy(),
                             "two messages had one unique-id; renamed one");
                         entry.name = fresh;
                         stats.renamed_duplicates += 1;
                     }
-                    None => {
+                    Ok(None) => {
                         gone.insert(i);
                     }
                 }
@@ -379,51 +454,66 @@ impl MaildirStore {
         };
         let bytes = index::serialize(&index);
         if old_bytes.as_deref() != Some(&bytes[..]) {
-            match index::write_atomic(dir, &bytes) {
+            match index::write_atomic(&root, &bytes, owner) {
                 Ok(()) => stats.index_written = true,
-                Err(e) => tracing::warn!(error = %e, "cannot write the maildrop index"),
+                Err(e) => tracing::warn!(maildir = %dir.display(), error = %e,
+                    "cannot write the maildrop index"),
             }
         }
         stats.messages = index.entries.len();
         let maildrop = LockedMaildir::new(
-            dir,
+            Handles {
+                dir,
+                cur_dir,
+                root_id,
+                owner,
+                lock,
+            },
             index.entries,
             Some(uids),
             (index.cur_mtime, new_mtime),
-            lock,
         );
         Ok((maildrop, stats))
     }
 
-    /// Moves `new/<name>` to `cur/`. False if it was gone already (another reader moved it).
-    fn move_to_cur(&self, new: &Path, cur: &Path, name: &OsStr) -> Result<bool, StoreError> {
-        let from = new.join(name);
-        let mut to = cur.join(cur_name_for_new(name));
-        // rename(2) would replace an existing file: never let a name clash lose a message.
-        if fs::symlink_metadata(&to).is_ok() {
-            let fresh = self.fresh_name(cur, name.as_bytes())?;
-            to = cur.join(cur_name_for_new(&fresh));
+    /// Moves `new/<name>` to `cur/`, never replacing a file there (a name clash, or a name too
+    /// long for the `:2,` it needs, gets a fresh name). False if it was gone already (another
+    /// reader moved it).
+    fn move_to_cur(&self, new: &File, cur: &File, name: &OsStr) -> io::Result<bool> {
+        let mut to = cur_name_for_new(name);
+        for _ in 0..MOVE_ATTEMPTS {
+            match handle::rename_noreplace(new, name, cur, &to) {
+                Ok(()) => return Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(e)
+                    if e.kind() == io::ErrorKind::AlreadyExists
+                        || e.raw_os_error() == Some(libc::ENAMETOOLONG) =>
+                {
+                    // Never seen by a client (it is in new/): a fresh unique-id costs nothing.
+                    to = cur_name_for_new(&self.fresh_name(name.as_bytes())?);
+                }
+                Err(e) => return Err(e),
+            }
         }
-        match fs::rename(&from, &to) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(StoreError::io(from, e)),
-        }
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "no free name in cur/",
+        ))
     }
 
     /// Renames `cur/<name>` to a fresh unique name with the same info part; `None` if it is gone.
-    fn rename_duplicate(&self, cur: &Path, name: &OsStr) -> Result<Option<OsString>, StoreError> {
-        let fresh = self.fresh_name(cur, name.as_bytes())?;
-        match fs::rename(cur.join(name), cur.join(&fresh)) {
+    fn rename_duplicate(&self, cur: &File, name: &OsStr) -> io::Result<Option<OsString>> {
+        let fresh = self.fresh_name(name.as_bytes())?;
+        match handle::rename_noreplace(cur, name, cur, &fresh) {
             Ok(()) => Ok(Some(fresh)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::io(cur.join(name), e)),
+            Err(e) => Err(e),
         }
     }
 
     /// A new unique base name followed by the info part of `old`.
-    fn fresh_name(&self, cur: &Path, old: &[u8]) -> Result<OsString, StoreError> {
-        let unique = unique_name(self.hostname()).map_err(|e| StoreError::io(cur, e))?;
+    fn fresh_name(&self, old: &[u8]) -> io::Result<OsString> {
+        let unique = unique_name(self.hostname())?;
         let mut name = unique.into_bytes();
         name.extend_from_slice(info_part(old));
         Ok(OsString::from_vec(name))
@@ -431,22 +521,37 @@ impl MaildirStore {
 }
 
 impl Store for MaildirStore {
-    fn open(&self, user: &str, home: Option<&str>) -> Result<Box<dyn Maildrop>, StoreError> {
-        let (maildrop, stats) = self.open_maildir(user, home)?;
+    fn open_as(
+        &self,
+        user: &str,
+        home: Option<&str>,
+        owner: Owner,
+    ) -> Result<Box<dyn Maildrop>, StoreError> {
+        let (maildrop, stats) = self.open_maildir_as(user, home, owner)?;
         tracing::debug!(user, ?stats, "maildrop opened");
         Ok(Box::new(maildrop))
     }
 
-    fn deliver(
+    fn deliver_as(
         &self,
         user: &str,
         home: Option<&str>,
+        owner: Owner,
         message: &mut dyn Read,
     ) -> Result<Delivered, StoreError> {
         let dir = self.maildir_path(user, home)?;
-        ensure_dirs(&dir)?;
-        deliver_into(&dir, self.hostname(), message)
+        let (root, _) = open_root(&dir, owner)?;
+        deliver_into(&root, &dir, self.hostname(), owner, message)
     }
+}
+
+/// What a [`LockedMaildir`] holds open, besides its snapshot.
+struct Handles<'a> {
+    dir: &'a Path,
+    cur_dir: File,
+    root_id: (u64, u64),
+    owner: Owner,
+    lock: File,
 }
 
 impl LockedMaildir {
@@ -454,11 +559,10 @@ impl LockedMaildir {
     /// intermediate vector). `mtimes`: the `cur/` and `new/` mtimes the index records for this
     /// snapshot.
     fn new(
-        dir: &Path,
+        handles: Handles<'_>,
         entries: Vec<Entry>,
         uids: Option<Vec<Uidl>>,
         mtimes: (Option<u128>, Option<u128>),
-        lock: File,
     ) -> Self {
         let mut messages = Vec::with_capacity(entries.len());
         let mut sizes = Vec::with_capacity(entries.len());
@@ -482,15 +586,18 @@ impl LockedMaildir {
             names.push(Some(entry.name));
         }
         Self {
-            dir: dir.to_owned(),
-            cur: dir.join("cur"),
+            dir: handles.dir.to_owned(),
+            cur: handles.dir.join("cur"),
+            cur_dir: handles.cur_dir,
+            root_id: handles.root_id,
+            owner: handles.owner,
             messages,
             sizes,
             names,
             not_sized,
             cur_mtime: mtimes.0,
             new_mtime: mtimes.1,
-            _lock: lock,
+            _lock: handles.lock,
         }
     }
 
@@ -530,7 +637,7 @@ impl LockedMaildir {
 
     /// Every message file of `cur/`, by base name.
     fn names_by_base(&self) -> Result<HashMap<Vec<u8>, OsString>, StoreError> {
-        Ok(list_messages(&self.cur)?
+        Ok(list_messages(&self.cur_dir, &self.cur)?
             .into_iter()
             .map(|name| (base_name(name.as_bytes()).to_vec(), name))
             .collect())
@@ -542,11 +649,10 @@ impl LockedMaildir {
         name: &OsStr,
         by_base: &mut Option<HashMap<Vec<u8>, OsString>>,
     ) -> Result<(), StoreError> {
-        let path = self.cur.join(name);
-        match fs::remove_file(&path) {
+        match handle::unlink(&self.cur_dir, name) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::io(path, e)),
+            Err(e) => return Err(StoreError::io(self.cur.join(name), e)),
         }
         let base = base_name(name.as_bytes());
         // The listing is made once per UPDATE, and made again only if it proved stale.
@@ -557,11 +663,10 @@ impl LockedMaildir {
             let Some(current) = by_base.as_ref().and_then(|m| m.get(base)) else {
                 return Ok(());
             };
-            let path = self.cur.join(current);
-            match fs::remove_file(&path) {
+            match handle::unlink(&self.cur_dir, current) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StoreError::io(path, e)),
+                Err(e) => return Err(StoreError::io(self.cur.join(current), e)),
             }
         }
         Ok(())
@@ -584,9 +689,24 @@ impl LockedMaildir {
             entries: self.index_entries(),
             sealed: false,
         };
-        if let Err(e) = index::write_atomic(&self.dir, &index::serialize(&index)) {
-            tracing::warn!(error = %e, "{failure}");
+        let written = self
+            .reopen_root()
+            .and_then(|root| index::write_atomic(&root, &index::serialize(&index), self.owner));
+        if let Err(e) = written {
+            tracing::warn!(maildir = %self.dir.display(), error = %e, "{failure}");
         }
+    }
+
+    /// The maildir's directory again (the session holds only `cur/` open), refused unless it
+    /// is the one the snapshot was taken from.
+    fn reopen_root(&self) -> io::Result<File> {
+        let root = handle::open_dir_path(&self.dir)?;
+        if handle::identity(&root)?.1 != self.root_id {
+            return Err(io::Error::other(
+                "the maildir's directory was replaced during the session",
+            ));
+        }
+        Ok(root)
     }
 }
 
@@ -622,7 +742,7 @@ impl Maildrop for LockedMaildir {
                         .unwrap_or_default()
                 })
                 .collect();
-            let mut sized = size_files(&self.cur, &targets)?;
+            let mut sized = size_files(&self.cur_dir, &self.cur, &targets)?;
             // Renamed by another program since the open (a flag change): found by base name,
             // with one listing of cur/. Gone for good: it stays in the snapshot with size 0, and
             // RETR will say it vanished.
@@ -638,7 +758,7 @@ impl Maildrop for LockedMaildir {
                     let Some(current) = by_base.remove(base_name(old.as_bytes())) else {
                         continue;
                     };
-                    *size = size_files(&self.cur, &[current.as_os_str()])?
+                    *size = size_files(&self.cur_dir, &self.cur, &[current.as_os_str()])?
                         .first()
                         .copied()
                         .flatten();
@@ -650,6 +770,12 @@ impl Maildrop for LockedMaildir {
                 }
             }
             for (&pos, size) in self.not_sized.iter().zip(sized) {
+                if size.is_none() {
+                    // Gone or unreadable: RETR and DELE will say it vanished.
+                    if let Some(slot) = self.names.get_mut(pos) {
+                        *slot = None;
+                    }
+                }
                 let size = size.unwrap_or(0);
                 if let Some(meta) = self.messages.get_mut(pos) {
                     meta.size = size;
@@ -677,25 +803,23 @@ impl Maildrop for LockedMaildir {
             Some(None) => return Err(StoreError::Vanished(number)),
             Some(Some(name)) => name.clone(),
         };
-        let path = self.cur.join(&name);
-        match open_message_file(&path) {
-            Ok(file) => return Ok(Box::new(file)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::io(path, e)),
+        match handle::open_regular(&self.cur_dir, &name) {
+            Ok(Opened::File(file)) => return Ok(Box::new(file)),
+            Ok(Opened::Missing | Opened::NotRegular) => {}
+            Err(e) => return Err(StoreError::io(self.cur.join(&name), e)),
         }
         let Some(current) = self.find_by_base(base_name(name.as_bytes()))? else {
             return Err(StoreError::Vanished(number));
         };
-        let path = self.cur.join(&current);
-        match open_message_file(&path) {
-            Ok(file) => {
+        match handle::open_regular(&self.cur_dir, &current) {
+            Ok(Opened::File(file)) => {
                 if let Some(slot) = self.names.get_mut(index) {
                     *slot = Some(current);
                 }
                 Ok(Box::new(file))
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::Vanished(number)),
-            Err(e) => Err(StoreError::io(path, e)),
+            Ok(Opened::Missing | Opened::NotRegular) => Err(StoreError::Vanished(number)),
+            Err(e) => Err(StoreError::io(self.cur.join(&current), e)),
         }
     }
 
@@ -723,7 +847,10 @@ impl Maildrop for LockedMaildir {
             return failure.map_or(Ok(()), Err);
         }
         // Make the unlinks that were done durable, even when a later one failed.
-        let synced = sync_dir(&self.cur);
+        let synced = self
+            .cur_dir
+            .sync_all()
+            .map_err(|e| StoreError::io(&self.cur, e));
         if let Some(e) = failure {
             return Err(e);
         }
@@ -742,35 +869,70 @@ impl fmt::Debug for LockedMaildir {
     }
 }
 
-/// Creates the maildir and its `cur/`, `new/`, `tmp/` (mode 0700) where missing.
-pub(crate) fn ensure_dirs(dir: &Path) -> Result<(), StoreError> {
-    for sub in ["cur", "new", "tmp"] {
-        let path = dir.join(sub);
-        match DirBuilder::new().mode(0o700).create(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&path)
-                .map_err(|e| StoreError::io(&path, e))?,
-            Err(e) => return Err(StoreError::io(path, e)),
+/// Opens the maildir's directory `dir`, creating it (and, mode 0700, the directories above it)
+/// if missing. Its last component is never followed if it is a link (the parts above it come
+/// from the administrator's template). With a uid for the account, a directory owned by another
+/// uid is refused; a directory created here is given to the owner (when running as root).
+/// Returns the handle and the directory's device and inode.
+pub(crate) fn open_root(dir: &Path, owner: Owner) -> Result<(File, (u64, u64)), StoreError> {
+    // O_DIRECTORY | O_NOFOLLOW on a link fails with ENOTDIR (or ELOOP): say what it is.
+    let is_link = || {
+        std::fs::symlink_metadata(dir)
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false)
+    };
+    let explain = |e: io::Error| match e.raw_os_error() {
+        Some(libc::ELOOP | libc::ENOTDIR) if is_link() => StoreError::io(
+            dir,
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the maildir is a symbolic link (refused: it is the maildrop's own)",
+            ),
+        ),
+        _ => StoreError::io(dir, e),
+    };
+    let root = match handle::open_dir_path(dir) {
+        Ok(root) => root,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(parent) = dir.parent() {
+                DirBuilder::new()
+                    .recursive(true)
+                    .mode(handle::DIR_MODE)
+                    .create(parent)
+                    .map_err(|e| StoreError::io(parent, e))?;
+            }
+            let created = match DirBuilder::new().mode(handle::DIR_MODE).create(dir) {
+                Ok(()) => true,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+                Err(e) => return Err(StoreError::io(dir, e)),
+            };
+            let root = handle::open_dir_path(dir).map_err(explain)?;
+            if created {
+                handle::give_to(&root, owner).map_err(|e| StoreError::io(dir, e))?;
+            }
+            root
+        }
+        Err(e) => return Err(explain(e)),
+    };
+    let (found, id) = handle::identity(&root).map_err(|e| StoreError::io(dir, e))?;
+    if let Some(expected) = owner.uid {
+        if found != expected {
+            return Err(StoreError::WrongOwner {
+                path: dir.to_owned(),
+                expected,
+                found,
+            });
         }
     }
-    Ok(())
+    Ok((root, id))
 }
 
-/// Opens the lock file and takes the exclusive lock without waiting.
-fn lock(dir: &Path) -> Result<File, StoreError> {
+/// Opens the lock file (a regular file, never through a link) and takes the exclusive lock
+/// without waiting.
+fn lock(root: &File, dir: &Path, owner: Owner) -> Result<File, StoreError> {
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| StoreError::io(&path, e))?;
+    let file =
+        handle::open_lock_file(root, LOCK_FILE, owner).map_err(|e| StoreError::io(&path, e))?;
     // flock: per open file, released when the file is closed or the process dies.
     let locked = file.try_lock();
     match locked {
@@ -780,25 +942,65 @@ fn lock(dir: &Path) -> Result<File, StoreError> {
     }
 }
 
-/// The message files of a directory: regular files (not followed through symlinks) whose names
-/// are not dotfiles.
-fn list_messages(dir: &Path) -> Result<Vec<OsString>, StoreError> {
-    let mut names = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|e| StoreError::io(dir, e))? {
-        let entry = entry.map_err(|e| StoreError::io(dir, e))?;
-        let name = entry.file_name();
-        if !is_message_name(&name) {
+/// The message files of a directory: regular files (never followed through links) whose names
+/// are not dotfiles. `path` names the directory in errors and logs.
+fn list_messages(dir: &File, path: &Path) -> Result<Vec<OsString>, StoreError> {
+    let found = handle::list(dir, is_message_name, |name, e| {
+        tracing::warn!(dir = %path.display(), file = %escaped(name), error = %e,
+            "cannot tell what a maildrop entry is; skipping it");
+    })
+    .map_err(|e| StoreError::io(path, e))?;
+    Ok(found
+        .into_iter()
+        .filter(|(_, kind)| *kind == Kind::Regular)
+        .map(|(name, _)| name)
+        .collect())
+}
+
+/// Removes the regular files of `tmp/` older than [`TMP_MAX_AGE`]: what a delivery killed half
+/// way left behind. Never fatal: a failure is logged, and the next open tries again. Returns how
+/// many were removed.
+fn clean_tmp(tmp: &File, dir: &Path) -> usize {
+    let skip = |name: &OsStr, e: io::Error| {
+        tracing::warn!(maildir = %dir.display(), file = %escaped(name), error = %e,
+            "cannot look at a file of tmp/");
+    };
+    let entries = match handle::list(tmp, |n| n != "." && n != "..", skip) {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::warn!(maildir = %dir.display(), error = %e, "cannot list tmp/");
+            return 0;
+        }
+    };
+    let mut removed = 0;
+    for (name, kind) in entries {
+        if kind != Kind::Regular {
             continue;
         }
-        match entry.file_type() {
-            Ok(t) if t.is_file() => names.push(name),
-            Ok(_) => {}
-            // Gone between readdir and lstat (when the file system gives no type in readdir).
+        let stale = match handle::open_regular(tmp, &name) {
+            Ok(Opened::File(f)) => f
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= TMP_MAX_AGE),
+            Ok(Opened::Missing | Opened::NotRegular) | Err(_) => false,
+        };
+        if !stale {
+            continue;
+        }
+        match handle::unlink(tmp, &name) {
+            Ok(()) => {
+                removed += 1;
+                tracing::info!(maildir = %dir.display(), file = %escaped(&name),
+                    "removed a file left in tmp/ by an interrupted delivery");
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::io(dir.join(name), e)),
+            Err(e) => tracing::warn!(maildir = %dir.display(), file = %escaped(&name),
+                error = %e, "cannot remove an old file of tmp/"),
         }
     }
-    Ok(names)
+    removed
 }
 
 /// Which entries (sorted with `name::compare`) share their base name with another: they fall
@@ -865,34 +1067,9 @@ fn copy_known_sizes(entries: &mut [Entry], old: &[Entry], shared: &[bool]) {
     }
 }
 
-/// Opens a message file for reading, refusing what is not a regular file as if it were gone
-/// (`NotFound`): never through a symbolic link (`O_NOFOLLOW`: a link planted in `cur/` would
-/// make RETR read whatever it points to, with the server's rights), and never a FIFO or a
-/// device (`O_NONBLOCK`, so that opening a FIFO does not wait for a writer; then refused). The
-/// listing of `cur/` leaves such files out already; this also covers a name the index gave.
-fn open_message_file(path: &Path) -> io::Result<File> {
-    let not_a_message = || io::Error::new(io::ErrorKind::NotFound, "not a regular file");
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                not_a_message()
-            } else {
-                e
-            }
-        })?;
-    if file.metadata()?.is_file() {
-        Ok(file)
-    } else {
-        Err(not_a_message())
-    }
-}
-
 /// A directory's mtime in ns since the epoch; `None` if the file system cannot say.
-fn mtime_ns(path: &Path) -> Result<Option<u128>, StoreError> {
-    let meta = fs::metadata(path).map_err(|e| StoreError::io(path, e))?;
+fn mtime_ns(dir: &File, path: &Path) -> Result<Option<u128>, StoreError> {
+    let meta = dir.metadata().map_err(|e| StoreError::io(path, e))?;
     Ok(meta
         .modified()
         .ok()
@@ -931,10 +1108,11 @@ fn sort_entries(entries: Vec<Entry>) -> Vec<Entry> {
 }
 
 /// The unique-id of each entry, and the positions whose unique-id an earlier entry already has.
-/// Sizes the files `names` of `cur` by reading them; `None` for a file that vanished meanwhile.
-/// Sizing a large maildrop is bound by these reads (open, read, close per file, mostly kernel
-/// time), so they are spread over a few threads.
-fn size_files(cur: &Path, names: &[&OsStr]) -> Result<Vec<Option<u64>>, StoreError> {
+/// Sizes the files `names` of `cur` by reading them; `None` for a file that vanished meanwhile,
+/// is no longer a regular file, or cannot be read (logged). Sizing a large maildrop is bound by
+/// these reads (open, read, close per file, mostly kernel time), so they are spread over a few
+/// threads. `path` names `cur/` in logs.
+fn size_files(cur: &File, path: &Path, names: &[&OsStr]) -> Result<Vec<Option<u64>>, StoreError> {
     /// Below this many files, threads cost more than they save.
     const PARALLEL_FROM: usize = 256;
     /// Reads in flight at most: beyond a few, the disk or the kernel is the limit.
@@ -944,11 +1122,17 @@ fn size_files(cur: &Path, names: &[&OsStr]) -> Result<Vec<Option<u64>>, StoreErr
         chunk
             .iter()
             .map(|&name| {
-                let path = cur.join(name);
-                match open_message_file(&path).and_then(|mut f| count_wire_size(&mut f, &mut buf)) {
-                    Ok(size) => Ok(Some(size)),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(StoreError::io(path, e)),
+                let counted = handle::open_regular(cur, name).and_then(|opened| match opened {
+                    Opened::File(mut f) => count_wire_size(&mut f, &mut buf).map(Some),
+                    Opened::Missing | Opened::NotRegular => Ok(None),
+                });
+                match counted {
+                    Ok(size) => Ok(size),
+                    Err(e) => {
+                        tracing::warn!(dir = %path.display(), file = %escaped(name), error = %e,
+                            "cannot read a message; skipping it");
+                        Ok(None)
+                    }
                 }
             })
             .collect()
@@ -972,7 +1156,7 @@ fn size_files(cur: &Path, names: &[&OsStr]) -> Result<Vec<Option<u64>>, StoreErr
                 // A panic while sizing is a bug; treat the maildrop as unreadable for now.
                 Err(_) => {
                     return Err(StoreError::io(
-                        cur,
+                        path,
                         io::Error::other("a thread sizing messages failed"),
                     ))
                 }
@@ -1000,8 +1184,9 @@ fn unique_ids(entries: &[Entry]) -> (Vec<Uidl>, Vec<usize>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::{self, OpenOptions};
     use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     struct Fixture {
         _tmp: tempfile::TempDir,
@@ -1041,7 +1226,9 @@ mod tests {
 
         /// Makes cur/ and new/ look untouched for a while, as if time had passed.
         fn age(&self) {
-            ensure_dirs(&self.dir).unwrap();
+            for sub in ["cur", "new", "tmp"] {
+                fs::create_dir_all(self.dir.join(sub)).unwrap();
+            }
             let past = SystemTime::now() - Duration::from_secs(10);
             for sub in ["cur", "new"] {
                 File::open(self.dir.join(sub))
@@ -1049,6 +1236,11 @@ mod tests {
                     .set_modified(past)
                     .unwrap();
             }
+        }
+
+        /// A handle on the maildir's directory, for the index functions.
+        fn root(&self) -> File {
+            handle::open_dir_path(&self.dir).unwrap()
         }
 
         fn deliver(&self, content: &[u8]) -> Delivered {
@@ -1516,7 +1708,7 @@ mod tests {
         f.age();
         let (mut m, _) = f.open();
         m.apply_deletions(&[1]).unwrap();
-        let bytes = index::read(&f.dir).unwrap().unwrap();
+        let bytes = index::read(&f.root()).unwrap().unwrap();
         let written = index::parse(&bytes).unwrap();
         let names: Vec<_> = written.entries.iter().map(|e| e.name.clone()).collect();
         assert_eq!(
@@ -1535,7 +1727,7 @@ mod tests {
         f.put("cur", "2.b:2,", b"b\n");
         f.age();
         drop(f.open());
-        let good = index::read(&f.dir).unwrap().unwrap();
+        let good = index::read(&f.root()).unwrap().unwrap();
         let parsed = index::parse(&good).unwrap();
         assert!(parsed.sealed && parsed.cur_mtime.is_some() && parsed.new_mtime.is_some());
         let text = String::from_utf8(good).unwrap();
@@ -1543,7 +1735,7 @@ mod tests {
         // Damaged in place: message 2 listed as a second copy of message 1. The checksum no
         // longer matches: the index is rebuilt.
         let damaged = text.replacen(" 2.b:2,", " 1.a:2,S", 1);
-        index::write_atomic(&f.dir, damaged.as_bytes()).unwrap();
+        index::write_atomic(&f.root(), damaged.as_bytes(), Owner::default()).unwrap();
         let (m, stats) = f.open();
         assert_eq!(stats.index, IndexOutcome::Corrupt);
         assert_eq!(uids(&m), vec!["1.a", "2.b"]);
@@ -1555,7 +1747,12 @@ mod tests {
         lines[0] = "facteur-index 1".into();
         let last = lines.len() - 1;
         lines[last] = "end 2".into();
-        index::write_atomic(&f.dir, (lines.join("\n") + "\n").as_bytes()).unwrap();
+        index::write_atomic(
+            &f.root(),
+            (lines.join("\n") + "\n").as_bytes(),
+            Owner::default(),
+        )
+        .unwrap();
         let (m, stats) = f.open();
         assert_eq!(stats.index, IndexOutcome::Used);
         assert!(!stats.fast_path);
@@ -1791,5 +1988,269 @@ mod tests {
         let (_, stats) = f.open();
         assert_eq!(stats.index, IndexOutcome::Corrupt);
         assert!(stats.index_written);
+    }
+
+    /// A file outside the maildrop, and its content.
+    fn outside(f: &Fixture) -> (PathBuf, &'static [u8]) {
+        let path = f._tmp.path().join("outside");
+        fs::write(&path, b"outside, precious\n").unwrap();
+        (path, b"outside, precious\n")
+    }
+
+    #[test]
+    fn linked_subdirectories_are_never_followed() {
+        for sub in ["cur", "new", "tmp"] {
+            let f = fixture();
+            let (secret, content) = outside(&f);
+            let elsewhere = f._tmp.path().join("elsewhere");
+            fs::create_dir_all(&elsewhere).unwrap();
+            fs::copy(&secret, elsewhere.join("1.a:2,")).unwrap();
+            fs::create_dir_all(&f.dir).unwrap();
+            std::os::unix::fs::symlink(&elsewhere, f.dir.join(sub)).unwrap();
+            match f.store.open_maildir("bob@example.org", None) {
+                // tmp/ is only needed to clean it: the session goes on without.
+                Ok((mut m, _)) => {
+                    assert_eq!(sub, "tmp");
+                    assert!(m.messages().is_empty());
+                    m.apply_deletions(&[]).unwrap();
+                }
+                Err(e) => assert!(matches!(e, StoreError::Io { .. }), "{sub}: {e}"),
+            }
+            assert!(
+                f.store
+                    .deliver("bob@example.org", None, &mut &b"x"[..])
+                    .is_err(),
+                "{sub}"
+            );
+            assert_eq!(
+                fs::read(elsewhere.join("1.a:2,")).unwrap(),
+                content,
+                "{sub}"
+            );
+            assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 1, "{sub}");
+        }
+    }
+
+    #[test]
+    fn a_linked_maildir_is_refused() {
+        let f = fixture();
+        let elsewhere = f._tmp.path().join("elsewhere");
+        for sub in ["cur", "new", "tmp"] {
+            fs::create_dir_all(elsewhere.join(sub)).unwrap();
+        }
+        fs::write(elsewhere.join("cur/1.a:2,"), b"x\n").unwrap();
+        fs::create_dir_all(f.dir.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &f.dir).unwrap();
+        let err = f.store.open_maildir("bob@example.org", None).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert!(f
+            .store
+            .deliver("bob@example.org", None, &mut &b"x"[..])
+            .is_err());
+        assert_eq!(fs::read_dir(elsewhere.join("new")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn linked_index_temporary_and_lock_files_are_never_written_through() {
+        let f = fixture();
+        let (secret, content) = outside(&f);
+        fs::create_dir_all(&f.dir).unwrap();
+        std::os::unix::fs::symlink(&secret, f.dir.join("facteur-index.tmp")).unwrap();
+        f.put("cur", "1.a:2,", b"a\n");
+        let (m, stats) = f.open();
+        assert!(stats.index_written);
+        assert_eq!(m.messages().len(), 1);
+        drop(m);
+        assert_eq!(fs::read(&secret).unwrap(), content);
+
+        // The lock file a link: refused (never created, truncated or written through).
+        fs::remove_file(f.dir.join(LOCK_FILE)).unwrap();
+        std::os::unix::fs::symlink(&secret, f.dir.join(LOCK_FILE)).unwrap();
+        let err = f.store.open_maildir("bob@example.org", None).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(fs::read(&secret).unwrap(), content);
+        // A link to a file that does not exist yet is not created either.
+        fs::remove_file(f.dir.join(LOCK_FILE)).unwrap();
+        let missing = f._tmp.path().join("created-through-a-link");
+        std::os::unix::fs::symlink(&missing, f.dir.join(LOCK_FILE)).unwrap();
+        assert!(f.store.open_maildir("bob@example.org", None).is_err());
+        assert!(!missing.exists());
+    }
+
+    #[test]
+    fn an_index_that_is_a_fifo_or_a_device_is_rebuilt_without_reading_it() {
+        let f = fixture();
+        f.put("cur", "1.a:2,", b"a\n");
+        fs::create_dir_all(&f.dir).unwrap();
+        let status = std::process::Command::new("mkfifo")
+            .arg(f.dir.join(index::INDEX_FILE))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        // Without O_NONBLOCK and the fstat check, this open would wait forever for a writer.
+        let (m, stats) = f.open();
+        assert_eq!(stats.index, IndexOutcome::Corrupt);
+        assert!(stats.index_written);
+        assert_eq!(uids(&m), vec!["1.a"]);
+        drop(m);
+        assert!(fs::symlink_metadata(f.dir.join(index::INDEX_FILE))
+            .unwrap()
+            .is_file());
+
+        fs::remove_file(f.dir.join(index::INDEX_FILE)).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", f.dir.join(index::INDEX_FILE)).unwrap();
+        let (m, stats) = f.open();
+        assert_eq!(stats.index, IndexOutcome::Corrupt);
+        assert_eq!(uids(&m), vec!["1.a"]);
+        drop(m);
+        assert!(fs::symlink_metadata(f.dir.join(index::INDEX_FILE))
+            .unwrap()
+            .is_file());
+    }
+
+    #[test]
+    fn a_name_too_long_for_cur_is_moved_under_a_fresh_name() {
+        let f = fixture();
+        let long = format!("1000.{}", "x".repeat(249));
+        assert_eq!(long.len(), 254);
+        f.put("new", &long, b"long\n");
+        f.put("new", "2000.b", b"b\n");
+        let (mut m, stats) = f.open();
+        assert_eq!(stats.moved_from_new, 2);
+        assert_eq!(m.messages().len(), 2);
+        let mut bodies = vec![read_message(&mut m, 0), read_message(&mut m, 1)];
+        bodies.sort();
+        assert_eq!(bodies, vec![b"b\n".to_vec(), b"long\n".to_vec()]);
+        assert!(f.files("new").is_empty());
+    }
+
+    #[test]
+    fn a_message_that_cannot_be_moved_is_skipped_and_new_is_not_listed_forever() {
+        let f = fixture();
+        // Its name is taken in cur/, and a fresh base name with its 252-octet info part would
+        // be too long: it cannot be moved at all.
+        let long = format!("1:{}", "S".repeat(252));
+        f.put("cur", &long, b"in cur\n");
+        f.put("new", &long, b"stuck\n");
+        f.put("new", "2000.b", b"b\n");
+        let (mut m, stats) = f.open();
+        assert_eq!(stats.skipped, 1);
+        assert_eq!(stats.moved_from_new, 1);
+        assert_eq!(uids(&m), vec!["1", "2000.b"]);
+        assert_eq!(read_message(&mut m, 0), b"in cur\n");
+        assert_eq!(read_message(&mut m, 1), b"b\n");
+        drop(m);
+        assert_eq!(f.files("new"), vec![long.clone()]);
+        // Once the mtimes settle, the fast path is taken again despite the stuck file.
+        f.age();
+        drop(f.open());
+        let (_, stats) = f.open();
+        assert!(stats.fast_path);
+    }
+
+    #[test]
+    fn old_files_of_tmp_are_removed_fresh_ones_kept() {
+        let f = fixture();
+        f.put("tmp", "stale", b"half a message");
+        f.put("tmp", "fresh", b"being written");
+        f.put("tmp", "nearly", b"35 hours old");
+        let set_age = |name: &str, age: Duration| {
+            File::options()
+                .write(true)
+                .open(f.dir.join("tmp").join(name))
+                .unwrap()
+                .set_modified(SystemTime::now() - age)
+                .unwrap();
+        };
+        set_age("stale", TMP_MAX_AGE + Duration::from_secs(60));
+        set_age("nearly", Duration::from_secs(35 * 3600));
+        // A link to an old file outside, and an old directory: neither is touched.
+        let (secret, content) = outside(&f);
+        File::options()
+            .write(true)
+            .open(&secret)
+            .unwrap()
+            .set_modified(SystemTime::now() - TMP_MAX_AGE * 2)
+            .unwrap();
+        std::os::unix::fs::symlink(&secret, f.dir.join("tmp/link")).unwrap();
+        fs::create_dir(f.dir.join("tmp/dir")).unwrap();
+        let (_, stats) = f.open();
+        assert_eq!(stats.tmp_removed, 1);
+        assert_eq!(f.files("tmp"), vec!["dir", "fresh", "link", "nearly"]);
+        assert_eq!(fs::read(&secret).unwrap(), content);
+    }
+
+    #[test]
+    fn a_maildrop_owned_by_another_uid_is_refused() {
+        let f = fixture();
+        f.put("cur", "1.a:2,", b"a\n");
+        let mine = fs::metadata(&f.dir).unwrap().uid();
+        let other = Owner {
+            uid: Some(mine.wrapping_add(1)),
+            gid: None,
+        };
+        let err = f
+            .store
+            .open_maildir_as("bob@example.org", None, other)
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::WrongOwner { expected, found, .. }
+                if expected == mine.wrapping_add(1) && found == mine),
+            "{err}"
+        );
+        assert!(err.to_string().contains("owned by uid"), "{err}");
+        assert!(matches!(
+            f.store
+                .deliver_as("bob@example.org", None, other, &mut &b"x"[..]),
+            Err(StoreError::WrongOwner { .. })
+        ));
+        let me = Owner {
+            uid: Some(mine),
+            gid: None,
+        };
+        let (m, _) = f
+            .store
+            .open_maildir_as("bob@example.org", None, me)
+            .unwrap();
+        assert_eq!(uids(&m), vec!["1.a"]);
+    }
+
+    #[test]
+    fn delivery_as_root_gives_the_files_to_the_owner() {
+        let f = fixture();
+        let root = rustix::process::geteuid().is_root();
+        // nobody/nogroup on Debian; any ids other than root's do.
+        let owner = Owner {
+            uid: Some(65534),
+            gid: Some(65534),
+        };
+        let d = f
+            .store
+            .deliver_as("bob@example.org", None, owner, &mut &b"hello\n"[..])
+            .unwrap();
+        let expected = if root {
+            65534
+        } else {
+            fs::metadata(f._tmp.path()).unwrap().uid()
+        };
+        for path in [
+            d.path.clone(),
+            f.dir.clone(),
+            f.dir.join("new"),
+            f.dir.join("cur"),
+            f.dir.join("tmp"),
+        ] {
+            let meta = fs::metadata(&path).unwrap();
+            assert_eq!(meta.uid(), expected, "{}", path.display());
+            if root {
+                assert_eq!(meta.gid(), 65534, "{}", path.display());
+            }
+        }
+        // The server, given the same owner, opens it.
+        let (m, _) = f
+            .store
+            .open_maildir_as("bob@example.org", None, owner)
+            .unwrap();
+        assert_eq!(m.messages().len(), 1);
     }
 }

@@ -16,6 +16,7 @@
 //! - `fasthash`: the hash behind the open's name sets and the index checksum.
 //! - `maildir`: [`MaildirStore`] and [`LockedMaildir`]: lock, snapshot, streaming, UPDATE.
 //! - `deliver`: writing a message into `tmp/`, then `new/`, the Maildir way.
+//! - `handle`: every file system call, relative to a directory handle and never through a link.
 //!
 //! ## What this module must never do
 //! - Read a whole message into memory: messages are counted and streamed in blocks.
@@ -23,9 +24,13 @@
 //!   derived from the Maildir base name alone, so losing every cache file changes none of them.
 //! - Delete or hide mail delivered after the snapshot was taken.
 //! - Panic on any file name, file content or user name.
+//! - Trust the maildrop: its owner can put links, FIFOs, devices, huge or unreadable files and
+//!   over-long names in it. None of them may make the server read, write or remove anything
+//!   outside the maildrop, or wait; one bad message is skipped, never fatal to the session.
 
 pub(crate) mod deliver;
 mod fasthash;
+mod handle;
 mod index;
 mod maildir;
 mod name;
@@ -74,6 +79,68 @@ pub enum StoreError {
     /// There is no message with this 1-based message number in the snapshot (a caller's bug).
     #[error("message {0} is not in the maildrop snapshot")]
     NoSuchMessage(usize),
+    /// The user database gives the account an owner that cannot be used.
+    #[error(transparent)]
+    BadOwner(#[from] BadOwner),
+    /// The maildrop's directory belongs to another uid than the account's: refused, so that a
+    /// wrong template or a planted directory never serves one user's mail to another.
+    #[error(
+        "maildrop {} is owned by uid {found}, but the account's uid is {expected}: refusing \
+         it (chown the maildir to the user, or fix the uid field of the user database)",
+        path.display()
+    )]
+    WrongOwner {
+        path: PathBuf,
+        expected: u32,
+        found: u32,
+    },
+}
+
+/// Who owns a maildrop, as the user database says (the passwd-file's uid and gid fields).
+///
+/// With a uid, a maildrop whose directory belongs to another uid is refused. A process running
+/// as root (`facteur deliver` from an MTA) gives the files and directories it creates to this
+/// uid and gid.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+/// A uid or gid field of the user database that is not a number.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the {field} field of the user database is {value:?}, not a number: refusing the maildrop \
+     (facteur takes numeric ids only)"
+)]
+pub struct BadOwner {
+    /// "uid" or "gid".
+    pub field: &'static str,
+    pub value: String,
+}
+
+impl Owner {
+    /// From the uid and gid fields of the user database (absent or empty: not known). Only
+    /// plain decimal numbers are accepted: no sign, no name to look up.
+    pub fn from_fields(uid: Option<&str>, gid: Option<&str>) -> Result<Self, BadOwner> {
+        let parse = |field: &'static str, value: Option<&str>| match value {
+            None | Some("") => Ok(None),
+            Some(v) if v.bytes().all(|b| b.is_ascii_digit()) => {
+                v.parse::<u32>().map(Some).map_err(|_| BadOwner {
+                    field,
+                    value: v.to_owned(),
+                })
+            }
+            Some(v) => Err(BadOwner {
+                field,
+                value: v.to_owned(),
+            }),
+        };
+        Ok(Self {
+            uid: parse("uid", uid)?,
+            gid: parse("gid", gid)?,
+        })
+    }
 }
 
 impl StoreError {
@@ -90,17 +157,40 @@ impl StoreError {
 pub trait Store: Send + Sync + 'static {
     /// Lock and open the user's maildrop, taking the snapshot the session will see.
     ///
-    /// `home` is the user's home directory if the user database knows it (for `%h`).
-    fn open(&self, user: &str, home: Option<&str>) -> Result<Box<dyn Maildrop>, StoreError>;
+    /// `home` is the user's home directory if the user database knows it (for `%h`); `owner`
+    /// who must own the maildrop, if the user database says.
+    fn open_as(
+        &self,
+        user: &str,
+        home: Option<&str>,
+        owner: Owner,
+    ) -> Result<Box<dyn Maildrop>, StoreError>;
+
+    /// [`Store::open_as`] with no owner known.
+    fn open(&self, user: &str, home: Option<&str>) -> Result<Box<dyn Maildrop>, StoreError> {
+        self.open_as(user, home, Owner::default())
+    }
 
     /// Deliver one message (read to EOF) into the user's maildrop; safe while a session holds the
-    /// lock (the message joins the next session's snapshot, never the current one).
+    /// lock (the message joins the next session's snapshot, never the current one). Run as
+    /// root, the files and directories it creates are given to `owner`.
+    fn deliver_as(
+        &self,
+        user: &str,
+        home: Option<&str>,
+        owner: Owner,
+        message: &mut dyn Read,
+    ) -> Result<Delivered, StoreError>;
+
+    /// [`Store::deliver_as`] with no owner known.
     fn deliver(
         &self,
         user: &str,
         home: Option<&str>,
         message: &mut dyn Read,
-    ) -> Result<Delivered, StoreError>;
+    ) -> Result<Delivered, StoreError> {
+        self.deliver_as(user, home, Owner::default(), message)
+    }
 }
 
 /// Where a delivered message went, and how big it is.
@@ -144,4 +234,30 @@ pub trait Maildrop: Send {
     /// durable (directory fsync). On the first failure it stops, deletes nothing more, and returns
     /// the error. An index out of the snapshot fails the whole call before anything is deleted.
     fn apply_deletions(&mut self, indices: &[usize]) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_are_numbers_or_nothing() {
+        assert_eq!(Owner::from_fields(None, Some("")), Ok(Owner::default()));
+        assert_eq!(
+            Owner::from_fields(Some("1000"), Some("100")),
+            Ok(Owner {
+                uid: Some(1000),
+                gid: Some(100)
+            })
+        );
+        for bad in ["alice", "+5", "-1", "4294967296", " 1"] {
+            let err = Owner::from_fields(Some(bad), None).unwrap_err();
+            assert_eq!(err.field, "uid");
+            assert!(err.to_string().contains("not a number"), "{err}");
+        }
+        assert_eq!(
+            Owner::from_fields(None, Some("x")).unwrap_err().field,
+            "gid"
+        );
+    }
 }

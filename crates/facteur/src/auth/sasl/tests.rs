@@ -6,6 +6,7 @@ use super::*;
 use crate::auth::cram_md5::CramMd5Context;
 use crate::auth::scram::{hmac_sha256, ScramKeys};
 use crate::auth::{hash_password, PasswdDb, Scheme};
+use crate::store::Owner;
 
 const RFC2195_CHALLENGE: &str = "<1896.697170952@postoffice.reston.mci.net>";
 const RFC2195_DIGEST: &str = "b913a602c7eda7a495b4e6e7334d3890";
@@ -62,6 +63,7 @@ fn success(user: &str, home: Option<&str>) -> SaslStep {
     SaslStep::Done(AuthOutcome::Success(Account {
         user: user.to_string(),
         home: home.map(str::to_string),
+        owner: Ok(Owner::default()),
     }))
 }
 
@@ -244,14 +246,16 @@ fn cram_md5_rfc2195_through_the_db() {
         db.verify_cram_md5("tim", challenge, RFC2195_DIGEST),
         AuthOutcome::Success(Account {
             user: "tim".to_string(),
-            home: Some("/home/tim".to_string())
+            home: Some("/home/tim".to_string()),
+            owner: Ok(Owner::default()),
         })
     );
     assert_eq!(
         db.verify_cram_md5("cram", challenge, RFC2195_DIGEST),
         AuthOutcome::Success(Account {
             user: "cram".to_string(),
-            home: None
+            home: None,
+            owner: Ok(Owner::default()),
         })
     );
     for (user, digest) in [
@@ -569,7 +573,8 @@ fn scram_for_plain_users_and_hash_password_output() {
         db.verify_password("new", "pâté".as_bytes()),
         AuthOutcome::Success(Account {
             user: "new".to_string(),
-            home: None
+            home: None,
+            owner: Ok(Owner::default()),
         })
     );
     // A user whose hash SCRAM cannot use fails even with the right password.
@@ -857,6 +862,7 @@ fn matching_made_up_keys_never_logs_in() {
     let account = Account {
         user: "nobody".to_string(),
         home: None,
+        owner: Ok(Owner::default()),
     };
     let (_, pending) = pending_for(Some(account.clone()));
     assert_eq!(
