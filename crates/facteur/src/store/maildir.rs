@@ -11,7 +11,8 @@
 //!    ends or the process dies: there is never a stale lock to clean up. Held already:
 //!    [`StoreError::InUse`].
 //! 3. Fast path: if the index records the mtimes of `cur/` and `new/`, both unchanged, the index
-//!    is the snapshot. No directory is listed and no message file is opened.
+//!    is the snapshot. No directory is listed and no message file is opened; `tmp/` is listed
+//!    (and cleaned, as below) only if its own mtime is older than [`TMP_MAX_AGE`].
 //! 4. Otherwise: remove the files of `tmp/` older than [`TMP_MAX_AGE`] (left by a killed
 //!    delivery); move every file of `new/` into `cur/` (adding the `:2,` info, never replacing a
 //!    file), list `cur/`, take each message's wire size from the index (by base name, so a flag
@@ -272,6 +273,12 @@ impl MaildirStore {
                         (index.cur_mtime, index.new_mtime),
                     );
                     stats.sizes_deferred = maildrop.not_sized.len();
+                    // A delivery killed after creating its file in tmp/, and no delivery since:
+                    // tmp/ itself tells, by an mtime older than the age at which its files are
+                    // stale (one stat, no listing, while tmp/ changes).
+                    if tmp_may_hold_stale_files(&root) {
+                        stats.tmp_removed = clean_tmp_dir(&root, dir, owner);
+                    }
                     return Ok((maildrop, stats));
                 }
                 tracing::warn!(maildir = %dir.display(),
@@ -284,11 +291,7 @@ impl MaildirStore {
         // What a killed delivery left in tmp/. Only here, not on the fast path: a login on an
         // unchanged maildrop lists no directory, and any delivery since makes the next open come
         // here.
-        match handle::subdir(&root, "tmp", owner) {
-            Ok(tmp) => stats.tmp_removed = clean_tmp(&tmp, dir),
-            Err(e) => tracing::warn!(maildir = %dir.display(), error = %e,
-                "cannot open tmp/; not cleaning it"),
-        }
+        stats.tmp_removed = clean_tmp_dir(&root, dir, owner);
 
         // new/ -> cur/, until new/ is seen empty (but for the files that cannot be moved).
         let mut new_mtime = None;
@@ -955,6 +958,37 @@ fn list_messages(dir: &File, path: &Path) -> Result<Vec<OsString>, StoreError> {
         .filter(|(_, kind)| *kind == Kind::Regular)
         .map(|(name, _)| name)
         .collect())
+}
+
+/// Whether `tmp/` may hold a file older than [`TMP_MAX_AGE`] that the fast path should remove:
+/// every file created in (or removed from) `tmp/` sets its mtime, so files that are all younger
+/// than that age leave it younger too. An old `tmp/` that is empty costs one short listing.
+fn tmp_may_hold_stale_files(root: &File) -> bool {
+    use rustix::fs::{statat, AtFlags, FileType};
+    let Ok(st) = statat(root, "tmp", AtFlags::SYMLINK_NOFOLLOW) else {
+        return false;
+    };
+    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+        return false;
+    }
+    // The fields' types differ between targets (i64/u64, i64/c_long).
+    #[allow(clippy::useless_conversion)]
+    let mtime = UNIX_EPOCH
+        + Duration::from_secs(u64::try_from(st.st_mtime).unwrap_or(0))
+        + Duration::from_nanos(u64::try_from(st.st_mtime_nsec).unwrap_or(0));
+    mtime.elapsed().is_ok_and(|age| age >= TMP_MAX_AGE)
+}
+
+/// [`clean_tmp`] on the maildrop's `tmp/`, opened without following a link.
+fn clean_tmp_dir(root: &File, dir: &Path, owner: Owner) -> usize {
+    match handle::subdir(root, "tmp", owner) {
+        Ok(tmp) => clean_tmp(&tmp, dir),
+        Err(e) => {
+            tracing::warn!(maildir = %dir.display(), error = %e,
+                "cannot open tmp/; not cleaning it");
+            0
+        }
+    }
 }
 
 /// Removes the regular files of `tmp/` older than [`TMP_MAX_AGE`]: what a delivery killed half
@@ -2178,6 +2212,40 @@ mod tests {
         assert_eq!(stats.tmp_removed, 1);
         assert_eq!(f.files("tmp"), vec!["dir", "fresh", "link", "nearly"]);
         assert_eq!(fs::read(&secret).unwrap(), content);
+    }
+
+    #[test]
+    fn a_killed_delivery_with_no_delivery_since_is_cleaned_on_the_fast_path() {
+        let f = fixture();
+        f.deliver(b"one\n");
+        drop(f.open());
+        f.age();
+        drop(f.open());
+        let (_, stats) = f.open();
+        assert!(stats.fast_path);
+        // A delivery killed after writing tmp/, long ago; nothing delivered since.
+        f.put("tmp", "killed", b"half a message");
+        let old = SystemTime::now() - TMP_MAX_AGE - Duration::from_secs(60);
+        File::options()
+            .write(true)
+            .open(f.dir.join("tmp/killed"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        // tmp/ changed recently (the file was just created): not looked at yet.
+        let (_, stats) = f.open();
+        assert!(stats.fast_path);
+        assert_eq!(stats.tmp_removed, 0);
+        // Once tmp/ itself is as old as its stale file, the fast path cleans it.
+        File::open(f.dir.join("tmp"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let (m, stats) = f.open();
+        assert!(stats.fast_path);
+        assert_eq!(stats.tmp_removed, 1);
+        assert!(f.files("tmp").is_empty());
+        assert_eq!(m.messages().len(), 1);
     }
 
     #[test]
