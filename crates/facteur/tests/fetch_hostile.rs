@@ -43,6 +43,8 @@ enum Endless {
     Uidl,
     /// The greeting, one octet every 50 ms.
     Greeting,
+    /// Not a listing: a server without UIDL (`-ERR` to it, not in CAPA).
+    NoUidl,
 }
 
 #[derive(Clone)]
@@ -156,8 +158,14 @@ fn connection(
             }
             "CAPA" => {
                 let pipe = if pipelining { "PIPELINING\r\n" } else { "" };
-                format!("+OK\r\nUSER\r\nUIDL\r\n{pipe}.\r\n").into_bytes()
+                let uidl = if endless_part == Endless::NoUidl {
+                    ""
+                } else {
+                    "UIDL\r\n"
+                };
+                format!("+OK\r\nUSER\r\n{uidl}{pipe}.\r\n").into_bytes()
             }
+            "UIDL" if endless_part == Endless::NoUidl => b"-ERR unknown command\r\n".to_vec(),
             "LIST" if endless_part == Endless::List => {
                 let _ = tcp.write_all(b"+OK\r\n");
                 endless(&mut tcp, b"1 100\r\n", None, started);
@@ -526,4 +534,35 @@ fn endless_listings_are_cut_at_the_cap() {
         assert_eq!(e.exit_code(), EXIT_SERVER);
         assert_eq!(fake.count("DELE 1"), 0);
     }
+}
+
+#[test]
+fn without_uidl_a_cut_message_ends_the_run_without_a_second_connection() {
+    // Without unique-ids, a new connection could not tell the messages this run committed
+    // from new ones: the run stops at the cut, and deletes nothing.
+    let dir = tempfile::tempdir().expect("the test works");
+    let fake = serve(
+        vec![
+            message(GOOD),
+            Message {
+                listed: 100,
+                uid: "-",
+                body: Body::Endless,
+            },
+            message(GOOD),
+        ],
+        Endless::NoUidl,
+        true,
+    );
+    let r = fetch(&account(&fake, dir.path()), dir.path()).expect("the test works");
+    assert_eq!((r.fetched, r.errors.len()), (1, 1), "{:?}", r.errors);
+    let commands = fake.commands();
+    assert_eq!(fake.count("USER u"), 1, "{commands:?}");
+    assert!(
+        !commands.iter().any(|c| c.starts_with("DELE")),
+        "{commands:?}"
+    );
+    assert!(!commands.iter().any(|c| c == "QUIT"), "{commands:?}");
+    assert_eq!(files(dir.path(), "new").len(), 1);
+    assert!(files(dir.path(), "tmp").is_empty());
 }
