@@ -43,7 +43,8 @@ fi
 # Build once, then run exactly what was built (`cargo fuzz run` would rebuild first).
 triple=$(rustc -vV | sed -n 's/^host: //p')
 echo "smoke: building (sanitizer: $sanitizer, target $triple)"
-cargo fuzz build -s "$sanitizer" --target "$triple"
+# -a (--debug-assertions): overflow checks too; Cargo.toml sets both for this profile as well.
+cargo fuzz build -s "$sanitizer" -a --target "$triple"
 bin_dir=target/$triple/release
 if [[ $sanitizer == address ]]; then
     export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_odr_violation=0 # as cargo fuzz run

@@ -333,6 +333,20 @@ impl ClientSession {
         self.pending.len()
     }
 
+    /// Octets fed and not yet turned into events, nor held as the start of a line (which the
+    /// line framer caps at [`MAX_RESPONSE_LINE`]). Zero whenever
+    /// [`next_event`](Self::next_event) has returned `Ok(None)`: the session keeps no more than
+    /// one `feed` and one line, whatever the server sends.
+    pub fn unread(&self) -> usize {
+        let input = self.input.len().saturating_sub(self.pos);
+        match self.phase {
+            Phase::Listing { .. } => {
+                input.saturating_add(self.scratch.len().saturating_sub(self.scratch_pos))
+            }
+            Phase::Greeting | Phase::Status | Phase::Body { .. } => input,
+        }
+    }
+
     /// True until the greeting has been read.
     pub fn awaiting_greeting(&self) -> bool {
         matches!(self.phase, Phase::Greeting)
@@ -1582,7 +1596,10 @@ mod tests {
                     match c.next_event() {
                         Ok(Some(ClientEvent::Body(b))) => prop_assert!(b.len() <= BODY_CHUNK),
                         Ok(Some(_)) => {}
-                        Ok(None) => break,
+                        Ok(None) => {
+                            prop_assert_eq!(c.unread(), 0);
+                            break;
+                        }
                         Err(e) => {
                             failed = Some(e);
                             break;

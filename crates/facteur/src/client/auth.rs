@@ -667,6 +667,7 @@ mod tests {
             let mut conn = Connection::connect(
                 &crate::client::fake_target(addr),
                 std::time::Duration::from_secs(10),
+                None,
             )
             .await?;
             login(

@@ -19,8 +19,18 @@
 //! max_messages = 1000                     # per run
 //! max_bytes = 100000000                   # per run
 //! max_message_size = 20000000             # larger messages stay on the server, untouched
-//! timeout_secs = 60
+//! timeout_secs = 60                       # silence: the longest wait for any answer
+//! message_timeout_secs = 900              # the longest one message may take to arrive
+//! run_timeout_secs = 3600                 # the longest a run of this account may take
+//! max_listing_lines = 1000000             # LIST/UIDL lines accepted from the server
 //! ```
+//!
+//! What a server says is a claim. A message is read up to its LIST size plus
+//! [`retr_limit`]'s slack (and never past `max_message_size`); one that goes on is cut off,
+//! left on the server (never deleted), and reported as an error. A message that takes longer
+//! than `message_timeout_secs` is cut off the same way, and a run that takes longer than
+//! `run_timeout_secs` stops (what it committed stays committed). `timeout_secs` alone only
+//! bounds silence: a server that sends one octet a minute would never trip it.
 //!
 //! A file that holds a password (`password = ...`) must not be readable by anyone but its
 //! owner (mode 600 or stricter): facteur refuses it otherwise. Relative paths are relative to
@@ -38,6 +48,46 @@ use std::time::Duration;
 /// RFC 1939's servers wait 10 minutes for a client; a client waiting a minute for a server
 /// that said nothing has waited long enough.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long one message (its RETR, from the command to the final `.`) may take. At 1 Mbit/s,
+/// 15 minutes carry about 110 MB: more than any provider lets a message be. A server that
+/// trickles a message is cut off here, with the message left on the server.
+pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// How long a run of one account may take, from connecting to QUIT. A run holds the account's
+/// lock, so a server that keeps it alive forever would block every later run; an hour fetches
+/// gigabytes on any real link, and a run cut here loses nothing: what it committed stays, and
+/// the next run goes on from there.
+pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+
+/// Lines of a LIST or UIDL listing accepted from a server: one per message, and a maildrop of
+/// a million messages is far beyond what POP3 servers serve (Gmail's POP3 lists a few hundred
+/// at a time). Each line costs about 150 octets of memory here, so this bounds a listing that
+/// never ends to some 150 MB, and the time to read it to seconds.
+pub const DEFAULT_MAX_LISTING_LINES: u64 = 1_000_000;
+
+/// Lines of a CAPA reply accepted: real servers send fewer than 20 (RFC 2449 defines 11
+/// capabilities), so a CAPA this long is a server that never stops.
+pub const MAX_CAPA_LINES: u64 = 1000;
+
+/// Octets a message's RETR may carry past its LIST size, at least: servers that round sizes
+/// (HP OpenMail rounded them to the nearest 1024) or approximate them (Exchange's "fast
+/// message retrieval") are a few hundred octets off on small messages.
+pub const RETR_SLACK_MIN: u64 = 4 * 1024;
+
+/// ... and at least this fraction of the LIST size (1/8): a server that counts its stored
+/// message with LF line ends instead of CRLF (RFC 1939 section 11 warns of it) lists one octet
+/// too few per line, 1.3% for base64 (76-octet lines) and more for text of short lines.
+pub const RETR_SLACK_DIVISOR: u64 = 8;
+
+/// The most octets read for a message that LIST said was `listed` octets long: `listed` plus
+/// the larger of [`RETR_SLACK_MIN`] and `listed /` [`RETR_SLACK_DIVISOR`], and never more than
+/// `max_message_size`. A RETR that goes past it is cut off.
+pub fn retr_limit(listed: u64, max_message_size: Option<u64>) -> u64 {
+    let slack = (listed / RETR_SLACK_DIVISOR).max(RETR_SLACK_MIN);
+    let limit = listed.saturating_add(slack);
+    max_message_size.map_or(limit, |max| limit.min(max))
+}
 
 /// Messages fetched between two commits: each commit costs an fsync of the journal and of the
 /// destination's folder (or file), and a crash costs at most one batch fetched again.
@@ -198,7 +248,7 @@ pub enum DeletePolicy {
 }
 
 /// Per-run limits; `None` is no limit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Messages fetched in one run; the rest wait for the next run.
     pub max_messages: Option<u64>,
@@ -206,6 +256,25 @@ pub struct Limits {
     pub max_bytes: Option<u64>,
     /// Messages larger than this are not fetched (nor deleted): they stay on the server.
     pub max_message_size: Option<u64>,
+    /// The longest one message may take to arrive ([`DEFAULT_MESSAGE_TIMEOUT`]).
+    pub message_timeout: Duration,
+    /// The longest a run of the account may take ([`DEFAULT_RUN_TIMEOUT`]).
+    pub run_timeout: Duration,
+    /// Lines of a LIST or UIDL listing accepted ([`DEFAULT_MAX_LISTING_LINES`]).
+    pub max_listing_lines: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_messages: None,
+            max_bytes: None,
+            max_message_size: None,
+            message_timeout: DEFAULT_MESSAGE_TIMEOUT,
+            run_timeout: DEFAULT_RUN_TIMEOUT,
+            max_listing_lines: DEFAULT_MAX_LISTING_LINES,
+        }
+    }
 }
 
 /// One account to fetch from.
@@ -398,6 +467,9 @@ struct RawAccount {
     max_bytes: Option<u64>,
     max_message_size: Option<u64>,
     timeout_secs: Option<u64>,
+    message_timeout_secs: Option<u64>,
+    run_timeout_secs: Option<u64>,
+    max_listing_lines: Option<u64>,
 }
 
 /// Read a configuration file; refused if it holds a password and others may read it.
@@ -520,6 +592,21 @@ fn account(a: RawAccount, base: Option<&Path>) -> Result<Account, String> {
         Some(0) => return Err("timeout_secs must be at least 1".into()),
         Some(s) => Duration::from_secs(s),
     };
+    let secs = |key: &str, value: Option<u64>, default: Duration| match value {
+        None => Ok(default),
+        Some(0) => Err(format!("{key} must be at least 1")),
+        Some(s) => Ok(Duration::from_secs(s)),
+    };
+    let message_timeout = secs(
+        "message_timeout_secs",
+        a.message_timeout_secs,
+        DEFAULT_MESSAGE_TIMEOUT,
+    )?;
+    let run_timeout = secs("run_timeout_secs", a.run_timeout_secs, DEFAULT_RUN_TIMEOUT)?;
+    let max_listing_lines = match a.max_listing_lines {
+        Some(0) => return Err("max_listing_lines must be at least 1".into()),
+        n => n.unwrap_or(DEFAULT_MAX_LISTING_LINES),
+    };
     Ok(Account {
         name: a
             .name
@@ -539,6 +626,9 @@ fn account(a: RawAccount, base: Option<&Path>) -> Result<Account, String> {
             max_messages: a.max_messages,
             max_bytes: a.max_bytes,
             max_message_size: a.max_message_size,
+            message_timeout,
+            run_timeout,
+            max_listing_lines,
         },
         timeout,
     })
@@ -623,6 +713,9 @@ mod tests {
             password_env = "BOB_PW"
             mbox = "/var/mail/bob"
             timeout_secs = 5
+            message_timeout_secs = 7
+            run_timeout_secs = 8
+            max_listing_lines = 9
         "#;
         let c = parse(text, Path::new("/etc/f/fetch.toml")).unwrap();
         assert_eq!(c.state_dir, Some(PathBuf::from("/etc/f/state")));
@@ -644,6 +737,12 @@ mod tests {
         assert_eq!(b.target.port, 1110);
         assert_eq!(b.policy, DeletePolicy::Delete);
         assert_eq!(b.timeout, Duration::from_secs(5));
+        assert_eq!(b.limits.message_timeout, Duration::from_secs(7));
+        assert_eq!(b.limits.run_timeout, Duration::from_secs(8));
+        assert_eq!(b.limits.max_listing_lines, 9);
+        assert_eq!(w.limits.run_timeout, DEFAULT_RUN_TIMEOUT);
+        assert_eq!(w.limits.message_timeout, DEFAULT_MESSAGE_TIMEOUT);
+        assert_eq!(w.limits.max_listing_lines, DEFAULT_MAX_LISTING_LINES);
     }
 
     #[test]
@@ -660,6 +759,9 @@ mod tests {
             ("[[account]]\nurl = \"pop3s://a@b\"\nmaildir = \"m\"\nauth = \"login\"\n", "unknown login method"),
             ("[[account]]\nurl = \"pop3s://a@b\"\nmaildir = \"m\"\n[[account]]\nurl = \"pop3s://a@b\"\nmaildir = \"n\"\n", "two accounts"),
             ("", "no [[account]]"),
+            ("[[account]]\nurl = \"pop3s://a@b\"\nmaildir = \"m\"\nrun_timeout_secs = 0\n", "run_timeout_secs must be at least 1"),
+            ("[[account]]\nurl = \"pop3s://a@b\"\nmaildir = \"m\"\nmessage_timeout_secs = 0\n", "message_timeout_secs must be at least 1"),
+            ("[[account]]\nurl = \"pop3s://a@b\"\nmaildir = \"m\"\nmax_listing_lines = 0\n", "max_listing_lines must be at least 1"),
         ];
         for (text, why) in cases {
             let e = parse(text, Path::new("f.toml")).unwrap_err().to_string();
@@ -708,6 +810,19 @@ mod tests {
         assert!(unset.resolve("a").is_err());
         let inline = PasswordSource::Inline(Secret::new("p".into()));
         assert_eq!(inline.resolve("a").unwrap().expose(), "p");
+    }
+
+    #[test]
+    fn a_retr_may_pass_its_list_size_by_a_bounded_slack() {
+        assert_eq!(retr_limit(0, None), RETR_SLACK_MIN);
+        assert_eq!(retr_limit(1000, None), 1000 + RETR_SLACK_MIN);
+        assert_eq!(retr_limit(8_000_000, None), 9_000_000);
+        assert_eq!(retr_limit(8_000_000, Some(8_500_000)), 8_500_000);
+        assert_eq!(retr_limit(u64::MAX, None), u64::MAX);
+        // A server that counts LF line ends lists one octet less per line: base64 bodies
+        // (78 octets a line on the wire) stay well inside.
+        let lines = 100_000u64;
+        assert!(lines * 77 + lines <= retr_limit(lines * 77, None));
     }
 
     #[test]

@@ -21,7 +21,7 @@
 //!
 //! Exit status: 0 something was fetched (or, with `--dry-run`, would be), 1 nothing new,
 //! 2 usage or configuration error, 3 another `facteur fetch` holds an account's lock, 4 a
-//! connection, TLS or POP3 error, 5 login refused, 6 local delivery or state error (the
+//! connection, TLS or POP3 error (a message cut off, or a deadline passed), 5 login refused, 6 local delivery or state error (the
 //! messages stay on the server). With several accounts, the highest error status wins; with
 //! no error, 0 if any account fetched something.
 
@@ -68,7 +68,13 @@ pub const FAULT_ENV: &str = "FACTEUR_FETCH_FAULT";
 #[command(
     after_help = "Exit status: 0 fetched, 1 nothing new, 2 usage or configuration error, \
 3 another fetch holds an account's lock, 4 connection/TLS/POP3 error, 5 login refused, \
-6 local delivery or state error (messages stay on the server)."
+6 local delivery or state error (messages stay on the server).
+
+What the server says is a claim: a message is read up to its LIST size plus 1/8 (at least \
+4 KiB more), and never past --max-message-size; one that goes on, or that takes longer than \
+--message-timeout, is cut off, left on the server (never deleted) and reported (status 4), \
+and the run goes on with the other messages. LIST and UIDL listings longer than \
+max_listing_lines (configuration file; default 1000000) are refused."
 )]
 pub struct FetchArgs {
     /// One account: pop3s://user@host (TLS, port 995) or pop3://user@host (STLS, or no TLS
@@ -104,7 +110,8 @@ pub struct FetchArgs {
     /// Fetch at most this many octets in this run (at least one message is fetched).
     #[arg(long, value_name = "OCTETS")]
     pub max_bytes: Option<u64>,
-    /// Leave messages larger than this on the server.
+    /// Leave messages larger than this on the server (by LIST size), and cut off any message
+    /// that turns out to be larger while it is read.
     #[arg(long, value_name = "OCTETS")]
     pub max_message_size: Option<u64>,
     /// The login method: auto (the strongest offered), scram-sha-256, cram-md5, apop, plain,
@@ -127,9 +134,18 @@ pub struct FetchArgs {
     /// [default: ~/.local/state/facteur/fetch].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Seconds to wait for the server at each step.
+    /// Seconds to wait for the server at each step (silence only: see the next two)
+    /// [default: 60].
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
+    /// Seconds one message may take to arrive; a slower one is cut off and left on the
+    /// server [default: 900].
+    #[arg(long, value_name = "SECS")]
+    pub message_timeout: Option<u64>,
+    /// Seconds a run of one account may take; then it stops, keeping what it committed
+    /// [default: 3600].
+    #[arg(long, value_name = "SECS")]
+    pub run_timeout: Option<u64>,
     /// List what would be fetched and deleted; change nothing.
     #[arg(long, short = 'n')]
     pub dry_run: bool,
@@ -137,6 +153,10 @@ pub struct FetchArgs {
     #[arg(long, short)]
     pub quiet: bool,
 }
+
+/// Messages cut off in one run before it gives up and leaves the rest for the next run: each
+/// costs a new connection and login, and a server that cuts every message is not worth more.
+pub const MAX_CUT_MESSAGES: usize = 5;
 
 /// A point of the commit sequence where a crash can be simulated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -222,6 +242,14 @@ pub enum FetchError {
     NoUidl,
     #[error("the server's LIST and UIDL disagree about message {0}")]
     Inconsistent(u32),
+    #[error("message {msg} goes past {limit} octets though LIST said {listed}: cut off, left on the server")]
+    TooLarge {
+        msg: MsgNum,
+        listed: u64,
+        limit: u64,
+    },
+    #[error("message {msg} took longer than {secs} s (message_timeout_secs): cut off, left on the server")]
+    TooSlow { msg: MsgNum, secs: u64 },
 }
 
 impl FetchError {
@@ -232,7 +260,11 @@ impl FetchError {
             FetchError::State(_) | FetchError::Dest(_) => EXIT_LOCAL,
             FetchError::Auth(AuthError::Pop3(_)) => EXIT_SERVER,
             FetchError::Auth(_) => EXIT_AUTH,
-            FetchError::Pop3(_) | FetchError::NoUidl | FetchError::Inconsistent(_) => EXIT_SERVER,
+            FetchError::Pop3(_)
+            | FetchError::NoUidl
+            | FetchError::Inconsistent(_)
+            | FetchError::TooLarge { .. }
+            | FetchError::TooSlow { .. } => EXIT_SERVER,
         }
     }
 }
@@ -345,6 +377,9 @@ pub struct Report {
     /// The plan (for `--dry-run`, what would be done).
     pub plan: Plan,
     pub warnings: Vec<String>,
+    /// Messages cut off (larger than listed, or too slow) and left on the server: the run
+    /// went on without them, but fails ([`EXIT_SERVER`]).
+    pub errors: Vec<String>,
     pub elapsed: Duration,
 }
 
@@ -395,6 +430,11 @@ impl Faults {
 }
 
 /// Run one account: see the module documentation for the steps.
+///
+/// A message cut off (larger than LIST said, or slower than `message_timeout_secs`) ends its
+/// connection, as a RETR cannot be abandoned half-way in POP3: the messages of its batch that
+/// did arrive are committed, then the run connects again and goes on without it, up to
+/// [`MAX_CUT_MESSAGES`] times. The cut messages stay on the server and are reported as errors.
 pub async fn fetch_account(
     account: &Account,
     password: &Secret<String>,
@@ -402,6 +442,7 @@ pub async fn fetch_account(
     progress: &ProgressBar,
 ) -> Result<Report, FetchError> {
     let started = Instant::now();
+    let run_deadline = super::Deadline::after(account.limits.run_timeout);
     let now = opts.now.unwrap_or_else(unix_now);
     let key = account.state_key();
     let mut report = Report::default();
@@ -421,125 +462,247 @@ pub async fn fetch_account(
             &account.file_tag(),
         )?);
     }
-
-    progress.set_message("connecting");
-    let mut conn = Connection::connect(&account.target, account.timeout).await?;
-    let method = auth::login(&mut conn, &account.user, password, account.auth).await?;
-    report.method = Some(method);
-    let pipelining = conn.capabilities().pipelining;
-    let (messages, uidl) = scan(&mut conn, pipelining).await?;
-    report.on_server = messages.len();
-    let plan = plan(
-        &messages,
-        uidl,
-        |u| state.fetched_at(u),
-        account.policy,
-        account.limits,
+    let mut run = Run {
+        account,
+        password,
+        opts,
+        progress,
+        state: &mut state,
+        dest: dest.as_mut(),
+        run_deadline,
         now,
-    )?;
-    report.plan = plan.clone();
-    let Some(dest) = dest.as_mut() else {
-        // --dry-run: the plan is the report.
-        let _ = conn.quit().await;
-        report.elapsed = started.elapsed();
-        return Ok(report);
+        skip: HashSet::new(),
+        report: &mut report,
     };
-
-    let total = plan.fetch.len();
-    progress.set_length(plan.fetch.iter().map(|m| m.size).sum());
-    progress.set_message(format!("0/{total} messages"));
-    let delete_at_once = matches!(
-        account.policy,
-        DeletePolicy::Delete | DeletePolicy::DeleteAfterDays(0)
-    );
-    let mut faults = Faults {
-        fault: opts.fault,
-        written: 0,
-    };
-    let mut deles = Deletions::default();
-    for m in &plan.delete {
-        deles.queue(&mut conn, m);
-        if !pipelining {
-            conn.flush().await?;
-            deles.read_replies(&mut conn, &mut report).await?;
+    loop {
+        match run.session().await? {
+            None => break,
+            Some(cut) => {
+                run.report.errors.push(cut.error.to_string());
+                let again = run.report.errors.len() < MAX_CUT_MESSAGES;
+                match cut.uid {
+                    // The next connection's plan leaves it out.
+                    Some(uid) if again => {
+                        run.skip.insert(uid);
+                    }
+                    // Without a unique-id it cannot be told apart after a reconnection: the
+                    // rest waits for the next run.
+                    _ => break,
+                }
+            }
         }
     }
-    for batch in batches(&plan.fetch) {
-        if pipelining {
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+/// One run of one account, across its connections.
+struct Run<'a> {
+    account: &'a Account,
+    password: &'a Secret<String>,
+    opts: &'a RunOptions,
+    progress: &'a ProgressBar,
+    state: &'a mut AccountState,
+    /// `None` for `--dry-run`.
+    dest: Option<&'a mut Destination>,
+    run_deadline: Option<super::Deadline>,
+    now: u64,
+    /// Unique-ids of the messages cut off in this run: not tried again.
+    skip: HashSet<Uidl>,
+    report: &'a mut Report,
+}
+
+/// A message cut off: the connection was dropped in the middle of its RETR.
+struct Cut {
+    uid: Option<Uidl>,
+    error: FetchError,
+}
+
+impl Run<'_> {
+    /// One connection: log in, plan, fetch, delete, QUIT. `Some` if a message was cut off,
+    /// after the messages before it were committed; the connection is then dropped with no
+    /// QUIT, so the server deletes nothing (the state remembers what is due).
+    async fn session(&mut self) -> Result<Option<Cut>, FetchError> {
+        let (account, progress, now) = (self.account, self.progress, self.now);
+        let report = &mut *self.report;
+        let state = &mut *self.state;
+        progress.set_message("connecting");
+        let mut conn =
+            Connection::connect(&account.target, account.timeout, self.run_deadline).await?;
+        let method = auth::login(&mut conn, &account.user, self.password, account.auth).await?;
+        report.method = Some(method);
+        let pipelining = conn.capabilities().pipelining;
+        let (messages, uidl) =
+            scan(&mut conn, pipelining, account.limits.max_listing_lines).await?;
+        report.on_server = messages.len();
+        let candidates: Vec<ServerMessage> = messages
+            .iter()
+            .filter(|m| !m.uid.as_ref().is_some_and(|u| self.skip.contains(u)))
+            .cloned()
+            .collect();
+        let plan = plan(
+            &candidates,
+            uidl,
+            |u| state.fetched_at(u),
+            account.policy,
+            account.limits,
+            now,
+        )?;
+        report.plan = plan.clone();
+        let Some(dest) = self.dest.as_deref_mut() else {
+            // --dry-run: the plan is the report.
+            let _ = conn.quit().await;
+            return Ok(None);
+        };
+
+        let total = plan.fetch.len();
+        progress.set_length(
+            plan.fetch
+                .iter()
+                .fold(0u64, |sum, m| sum.saturating_add(m.size)),
+        );
+        progress.set_message(format!("0/{total} messages"));
+        let delete_at_once = matches!(
+            account.policy,
+            DeletePolicy::Delete | DeletePolicy::DeleteAfterDays(0)
+        );
+        let mut faults = Faults {
+            fault: self.opts.fault,
+            written: 0,
+        };
+        let mut deles = Deletions::default();
+        for m in &plan.delete {
+            deles.queue(&mut conn, m);
+            if !pipelining {
+                conn.flush().await?;
+                deles.read_replies(&mut conn, report).await?;
+            }
+        }
+        let mut fetched = 0u64;
+        for batch in batches(&plan.fetch) {
+            if pipelining {
+                for m in batch {
+                    conn.queue(Command::Retr(m.msg));
+                }
+            }
+            conn.flush().await?;
+            deles.read_replies(&mut conn, report).await?;
+            let mut staged = Vec::with_capacity(batch.len());
+            let mut committed = Vec::with_capacity(batch.len());
+            let mut cut = None;
             for m in batch {
-                conn.queue(Command::Retr(m.msg));
+                conn.set_message_deadline(super::Deadline::after(account.limits.message_timeout));
+                if !pipelining {
+                    conn.queue(Command::Retr(m.msg));
+                    conn.flush().await?;
+                }
+                let reply = match conn.reply().await {
+                    Err(Pop3Error::MessageDeadline(secs)) => {
+                        cut = Some(Cut {
+                            uid: m.uid.clone(),
+                            error: FetchError::TooSlow { msg: m.msg, secs },
+                        });
+                        break;
+                    }
+                    reply => reply?,
+                };
+                if !reply.status.ok {
+                    report.warnings.push(format!(
+                        "message {} is not retrievable ({}); it stays on the server",
+                        m.msg,
+                        super::describe_status(&reply.status)
+                    ));
+                    continue;
+                }
+                let limit = config::retr_limit(m.size, account.limits.max_message_size);
+                let mut writer = dest.begin()?;
+                let mut received = 0u64;
+                let body = conn
+                    .body(|chunk| -> Result<(), FetchError> {
+                        received = received.saturating_add(chunk.len() as u64);
+                        if received > limit {
+                            return Err(FetchError::TooLarge {
+                                msg: m.msg,
+                                listed: m.size,
+                                limit,
+                            });
+                        }
+                        writer.write(chunk)?;
+                        progress.inc(chunk.len() as u64);
+                        Ok(())
+                    })
+                    .await;
+                let octets = match body {
+                    Ok(octets) => octets,
+                    Err(e @ FetchError::TooLarge { .. }) => {
+                        // Dropping the writer removes what was written of the message.
+                        drop(writer);
+                        cut = Some(Cut {
+                            uid: m.uid.clone(),
+                            error: e,
+                        });
+                        break;
+                    }
+                    Err(FetchError::Pop3(Pop3Error::MessageDeadline(secs))) => {
+                        drop(writer);
+                        cut = Some(Cut {
+                            uid: m.uid.clone(),
+                            error: FetchError::TooSlow { msg: m.msg, secs },
+                        });
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let s = writer.finish()?;
+                faults.written += 1;
+                report.octets = report.octets.saturating_add(octets);
+                staged.push(StagedMessage {
+                    uid: m.uid.clone(),
+                    staged: s,
+                });
+                committed.push(m);
+                faults.check(FaultPoint::AfterWrite)?;
+            }
+            conn.set_message_deadline(None);
+            dest.commit(staged, state, now, &mut |p| faults.check(p))?;
+            fetched += committed.len() as u64;
+            report.fetched += committed.len() as u64;
+            progress.set_message(format!("{fetched}/{total} messages"));
+            faults.check(FaultPoint::AfterDone)?;
+            if cut.is_some() {
+                // The connection is in the middle of a reply: drop it, with no QUIT.
+                return Ok(cut);
+            }
+            if delete_at_once {
+                for m in committed {
+                    deles.queue(&mut conn, m);
+                }
+                if !pipelining {
+                    conn.flush().await?;
+                    deles.read_replies(&mut conn, report).await?;
+                }
             }
         }
         conn.flush().await?;
-        deles.read_replies(&mut conn, &mut report).await?;
-        let mut staged = Vec::with_capacity(batch.len());
-        let mut committed = Vec::with_capacity(batch.len());
-        for m in batch {
-            if !pipelining {
-                conn.queue(Command::Retr(m.msg));
-                conn.flush().await?;
-            }
-            let reply = conn.reply().await?;
-            if !reply.status.ok {
-                report.warnings.push(format!(
-                    "message {} is not retrievable ({}); it stays on the server",
-                    m.msg,
-                    super::describe_status(&reply.status)
-                ));
-                continue;
-            }
-            let mut writer = dest.begin()?;
-            let octets = conn
-                .body(|chunk| -> Result<(), FetchError> {
-                    writer.write(chunk)?;
-                    progress.inc(chunk.len() as u64);
-                    Ok(())
-                })
-                .await?;
-            let s = writer.finish()?;
-            faults.written += 1;
-            report.octets += octets;
-            staged.push(StagedMessage {
-                uid: m.uid.clone(),
-                staged: s,
-            });
-            committed.push(m);
-            faults.check(FaultPoint::AfterWrite)?;
-        }
-        dest.commit(staged, &mut state, now, &mut |p| faults.check(p))?;
-        report.fetched += committed.len() as u64;
-        progress.set_message(format!("{}/{total} messages", report.fetched));
-        faults.check(FaultPoint::AfterDone)?;
-        if delete_at_once {
-            for m in committed {
-                deles.queue(&mut conn, m);
-            }
-            if !pipelining {
-                conn.flush().await?;
-                deles.read_replies(&mut conn, &mut report).await?;
-            }
-        }
-    }
-    conn.flush().await?;
-    deles.read_replies(&mut conn, &mut report).await?;
-    faults.check(FaultPoint::BeforeQuit)?;
+        deles.read_replies(&mut conn, report).await?;
+        faults.check(FaultPoint::BeforeQuit)?;
 
-    let on_server: HashSet<Uidl> = messages.iter().filter_map(|m| m.uid.clone()).collect();
-    let mut gone: HashSet<Uidl> = HashSet::new();
-    match conn.quit().await {
-        Ok(()) => {
-            report.deleted = deles.accepted.len() as u64;
-            gone.extend(deles.accepted.into_iter().flatten());
+        let on_server: HashSet<Uidl> = messages.iter().filter_map(|m| m.uid.clone()).collect();
+        let mut gone: HashSet<Uidl> = HashSet::new();
+        match conn.quit().await {
+            Ok(()) => {
+                report.deleted = deles.accepted.len() as u64;
+                gone.extend(deles.accepted.into_iter().flatten());
+            }
+            Err(e) if !deles.accepted.is_empty() => report.warnings.push(format!(
+                "QUIT failed ({e}): the server did not delete the {} messages marked for deletion; the next run deletes them",
+                deles.accepted.len()
+            )),
+            Err(e) => report.warnings.push(format!("QUIT failed: {e}")),
         }
-        Err(e) if !deles.accepted.is_empty() => report.warnings.push(format!(
-            "QUIT failed ({e}): the server did not delete the {} messages marked for deletion; the next run deletes them",
-            deles.accepted.len()
-        )),
-        Err(e) => report.warnings.push(format!("QUIT failed: {e}")),
+        state.compact(|u| on_server.contains(u) && !gone.contains(u))?;
+        Ok(None)
     }
-    state.compact(|u| on_server.contains(u) && !gone.contains(u))?;
-    report.elapsed = started.elapsed();
-    Ok(report)
 }
 
 /// DELEs sent and not yet answered, and those the server accepted.
@@ -597,10 +760,12 @@ fn batches(messages: &[ServerMessage]) -> Vec<&[ServerMessage]> {
     out
 }
 
-/// LIST and UIDL (in one write with PIPELINING): the messages, and whether UIDL worked.
+/// LIST and UIDL (in one write with PIPELINING): the messages, and whether UIDL worked. Each
+/// listing may have at most `max_lines` lines.
 async fn scan(
     conn: &mut Connection,
     pipelining: bool,
+    max_lines: u64,
 ) -> Result<(Vec<ServerMessage>, bool), FetchError> {
     conn.queue(Command::List(None));
     if pipelining {
@@ -608,7 +773,7 @@ async fn scan(
     }
     conn.flush().await?;
     conn.reply().await?.ok()?;
-    let list = conn.listing().await?;
+    let list = conn.listing(max_lines).await?;
     if !pipelining {
         conn.queue(Command::Uidl(None));
         conn.flush().await?;
@@ -616,7 +781,7 @@ async fn scan(
     let uidl_reply = conn.reply().await?;
     let uids: Option<HashMap<MsgNum, Uidl>> = if uidl_reply.status.ok {
         Some(
-            conn.listing()
+            conn.listing(max_lines)
                 .await?
                 .into_iter()
                 .filter_map(|l| match l {
@@ -729,6 +894,18 @@ fn prepare(args: &FetchArgs) -> Result<(Accounts, RunOptions), ConfigError> {
         l.max_messages = args.max_messages.or(l.max_messages);
         l.max_bytes = args.max_bytes.or(l.max_bytes);
         l.max_message_size = args.max_message_size.or(l.max_message_size);
+        if let Some(t) = args.message_timeout {
+            if t == 0 {
+                return Err(invalid("--message-timeout must be at least 1"));
+            }
+            l.message_timeout = Duration::from_secs(t);
+        }
+        if let Some(t) = args.run_timeout {
+            if t == 0 {
+                return Err(invalid("--run-timeout must be at least 1"));
+            }
+            l.run_timeout = Duration::from_secs(t);
+        }
         if let Some(m) = args.auth {
             a.auth = m;
         }
@@ -893,8 +1070,12 @@ pub fn run_accounts(accounts: &[(Account, Secret<String>)], opts: &RunOptions, q
         match result {
             Some(Ok(report)) => {
                 got_something |= report.got_something(opts.dry_run);
-                totals.0 += report.fetched;
-                totals.1 += report.octets;
+                totals.0 = totals.0.saturating_add(report.fetched);
+                totals.1 = totals.1.saturating_add(report.octets);
+                for e in &report.errors {
+                    eprintln!("facteur fetch: {}: {e}", account.name);
+                    worst_error = worst_error.max(Some(EXIT_SERVER));
+                }
                 if !quiet {
                     for w in &report.warnings {
                         eprintln!("facteur fetch: {}: warning: {w}", account.name);
@@ -973,7 +1154,11 @@ fn summary(account: &Account, r: &Report, dry_run: bool) -> String {
         s.push_str(&format!(
             "{name}: dry run: {} messages to fetch ({}), {} to delete on the server, {} on the server{extras}\n",
             p.fetch.len(),
-            human_bytes(p.fetch.iter().map(|m| m.size).sum()),
+            human_bytes(
+                p.fetch
+                    .iter()
+                    .fold(0u64, |sum, m| sum.saturating_add(m.size))
+            ),
             p.delete.len(),
             r.on_server
         ));
@@ -1066,6 +1251,7 @@ mod tests {
             max_messages: mm,
             max_bytes: mb,
             max_message_size: ms,
+            ..Limits::default()
         };
         let p = plan(&msgs, false, never, policy, lim(Some(2), None, None), 0).unwrap();
         assert_eq!((nums(&p.fetch), p.deferred), (vec![1, 2], 3));

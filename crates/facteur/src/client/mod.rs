@@ -108,6 +108,12 @@ pub enum Pop3Error {
     NoStls(String),
     #[error("the connection timed out ({0} s without an answer)")]
     Timeout(u64),
+    #[error("the run took longer than its deadline ({0} s, run_timeout_secs): stopped")]
+    RunDeadline(u64),
+    #[error("the message took longer than its deadline ({0} s, message_timeout_secs)")]
+    MessageDeadline(u64),
+    #[error("the server's {command} listing goes past {max} lines: refusing to read more")]
+    TooManyLines { command: CommandKind, max: u64 },
     #[error("the server closed the connection")]
     Closed,
     #[error("network error: {0}")]
@@ -245,6 +251,54 @@ enum Stream {
     Detached,
 }
 
+/// A moment after which every wait fails, and the limit it stands for (for the message).
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    at: tokio::time::Instant,
+    limit: Duration,
+}
+
+impl Deadline {
+    /// `limit` from now; `None` if that is too far to be told apart from never.
+    pub fn after(limit: Duration) -> Option<Deadline> {
+        tokio::time::Instant::now()
+            .checked_add(limit)
+            .map(|at| Deadline { at, limit })
+    }
+}
+
+/// What bounds a wait: the silence allowed, and the run's and the message's deadlines.
+#[derive(Clone, Copy, Debug)]
+struct Bounds {
+    silence: Duration,
+    run: Option<Deadline>,
+    message: Option<Deadline>,
+}
+
+impl Bounds {
+    /// `f`, or the error of the first bound it reaches.
+    async fn wait<T>(self, f: impl std::future::Future<Output = T>) -> Result<T, Pop3Error> {
+        let mut until = tokio::time::Instant::now()
+            .checked_add(self.silence)
+            .map(|at| (at, Pop3Error::Timeout(self.silence.as_secs())));
+        let deadlines = [
+            self.run
+                .map(|d| (d, Pop3Error::RunDeadline(d.limit.as_secs()))),
+            self.message
+                .map(|d| (d, Pop3Error::MessageDeadline(d.limit.as_secs()))),
+        ];
+        for (d, e) in deadlines.into_iter().flatten() {
+            if until.as_ref().is_none_or(|(at, _)| d.at <= *at) {
+                until = Some((d.at, e));
+            }
+        }
+        match until {
+            Some((at, e)) => tokio::time::timeout_at(at, f).await.map_err(|_| e),
+            None => Ok(f.await),
+        }
+    }
+}
+
 /// One POP3 connection: the socket and the client state machine.
 pub struct Connection {
     stream: Stream,
@@ -253,6 +307,8 @@ pub struct Connection {
     buf: Vec<u8>,
     chunk: Vec<u8>,
     timeout: Duration,
+    run_deadline: Option<Deadline>,
+    message_deadline: Option<Deadline>,
     apop_timestamp: Option<String>,
     caps: Capabilities,
     target: String,
@@ -310,8 +366,18 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, P
 impl Connection {
     /// Connect to `target`, read the greeting, ask for the capabilities, and for STLS, start
     /// TLS and ask for them again (RFC 2595 section 4: they may differ under TLS). Every wait
-    /// for the network is bounded by `timeout`.
-    pub async fn connect(target: &Target, timeout: Duration) -> Result<Connection, Pop3Error> {
+    /// for the network is bounded by `timeout`, and all of them together by `run_deadline`,
+    /// which bounds every later wait on this connection too.
+    pub async fn connect(
+        target: &Target,
+        timeout: Duration,
+        run_deadline: Option<Deadline>,
+    ) -> Result<Connection, Pop3Error> {
+        let bounds = Bounds {
+            silence: timeout,
+            run: run_deadline,
+            message: None,
+        };
         let name = format!("{}:{}", bracket(&target.host), target.port);
         let tls = match target.security {
             Security::Plaintext => None,
@@ -323,25 +389,24 @@ impl Connection {
                 Some((TlsConnector::from(config), server_name))
             }
         };
-        let addrs: Vec<std::net::SocketAddr> = within(
-            timeout,
-            tokio::net::lookup_host((target.host.as_str(), target.port)),
-        )
-        .await?
-        .map_err(|e| Pop3Error::Resolve {
-            host: target.host.clone(),
-            reason: e.to_string(),
-        })?
-        .collect();
+        let addrs: Vec<std::net::SocketAddr> = bounds
+            .wait(tokio::net::lookup_host((target.host.as_str(), target.port)))
+            .await?
+            .map_err(|e| Pop3Error::Resolve {
+                host: target.host.clone(),
+                reason: e.to_string(),
+            })?
+            .collect();
         let mut last = None;
         let mut tcp = None;
         for addr in addrs {
-            match within(timeout, TcpStream::connect(addr)).await {
+            match bounds.wait(TcpStream::connect(addr)).await {
                 Ok(Ok(s)) => {
                     tcp = Some(s);
                     break;
                 }
                 Ok(Err(e)) => last = Some(e),
+                Err(e @ Pop3Error::RunDeadline(_)) => return Err(e),
                 Err(_) => last = Some(std::io::Error::from(std::io::ErrorKind::TimedOut)),
             }
         }
@@ -365,6 +430,8 @@ impl Connection {
             buf: Vec::new(),
             chunk: Vec::new(),
             timeout,
+            run_deadline,
+            message_deadline: None,
             apop_timestamp: None,
             caps: Capabilities::default(),
             target: name,
@@ -392,7 +459,9 @@ impl Connection {
         let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Detached) else {
             return Err(Pop3Error::Tls("TLS started twice".into()));
         };
-        let tls = within(self.timeout, connector.connect(name.clone(), tcp))
+        let tls = self
+            .bounds()
+            .wait(connector.connect(name.clone(), tcp))
             .await?
             .map_err(|e| Pop3Error::Tls(e.to_string()))?;
         self.stream = Stream::Tls(Box::new(tls));
@@ -417,11 +486,24 @@ impl Connection {
     async fn capa(&mut self) -> Result<(), Pop3Error> {
         let reply = self.command(Command::Capa).await?;
         self.caps = if reply.status.ok {
-            Capabilities::from_listing(&self.listing().await?)
+            Capabilities::from_listing(&self.listing(config::MAX_CAPA_LINES).await?)
         } else {
             Capabilities::assumed()
         };
         Ok(())
+    }
+
+    /// Bound every wait from now on by `deadline` too (one message's), or no longer.
+    pub fn set_message_deadline(&mut self, deadline: Option<Deadline>) {
+        self.message_deadline = deadline;
+    }
+
+    fn bounds(&self) -> Bounds {
+        Bounds {
+            silence: self.timeout,
+            run: self.run_deadline,
+            message: self.message_deadline,
+        }
     }
 
     /// The capabilities of the server, as of the last CAPA (after TLS, if any).
@@ -471,14 +553,16 @@ impl Connection {
             return Ok(());
         }
         let out = std::mem::take(&mut self.out);
+        let bounds = self.bounds();
         let result = match &mut self.stream {
-            Stream::Plain(s) => within(self.timeout, s.write_all(&out)).await?,
+            Stream::Plain(s) => bounds.wait(s.write_all(&out)).await?,
             Stream::Tls(s) => {
-                within(self.timeout, async {
-                    s.write_all(&out).await?;
-                    s.flush().await
-                })
-                .await?
+                bounds
+                    .wait(async {
+                        s.write_all(&out).await?;
+                        s.flush().await
+                    })
+                    .await?
             }
             Stream::Detached => Err(std::io::Error::from(std::io::ErrorKind::NotConnected)),
         };
@@ -502,12 +586,26 @@ impl Connection {
         }
     }
 
-    /// The lines of a multi-line LIST, UIDL or CAPA reply whose `+OK` was read.
-    pub async fn listing(&mut self) -> Result<Vec<Listing>, Pop3Error> {
+    /// The lines of a multi-line LIST, UIDL or CAPA reply whose `+OK` was read: at most
+    /// `max` of them, or an error (a server that never ends its listing would fill memory).
+    pub async fn listing(&mut self, max: u64) -> Result<Vec<Listing>, Pop3Error> {
         let mut lines = Vec::new();
+        let mut count = 0u64;
         loop {
             match self.next().await? {
-                Got::Listing(l) => lines.push(l),
+                Got::Listing(l) => {
+                    count = count.saturating_add(1);
+                    if count > max {
+                        let command = match l {
+                            Listing::Capability(_) => CommandKind::Capa,
+                            Listing::UniqueId { .. } => CommandKind::Uidl,
+                            Listing::Mechanism(_) => CommandKind::Auth,
+                            Listing::Scan { .. } | Listing::Drop { .. } => CommandKind::List,
+                        };
+                        return Err(Pop3Error::TooManyLines { command, max });
+                    }
+                    lines.push(l);
+                }
                 Got::End => return Ok(lines),
                 other => return Err(Pop3Error::Unexpected(format!("{other:?}"))),
             }
@@ -547,9 +645,10 @@ impl Connection {
     /// QUIT and its reply: `+OK` means the deletions were applied (RFC 1939 section 6).
     pub async fn quit(mut self) -> Result<(), Pop3Error> {
         self.command(Command::Quit).await?.ok()?;
+        let bounds = self.bounds();
         if let Stream::Tls(s) = &mut self.stream {
             // close_notify, best effort: the server closes the connection anyway.
-            let _ = within(self.timeout, s.shutdown()).await;
+            let _ = bounds.wait(s.shutdown()).await;
         }
         Ok(())
     }
@@ -586,9 +685,10 @@ impl Connection {
             if self.buf.is_empty() {
                 self.buf = vec![0; READ_BUFFER];
             }
+            let bounds = self.bounds();
             let n = match &mut self.stream {
-                Stream::Plain(s) => within(self.timeout, s.read(&mut self.buf)).await?,
-                Stream::Tls(s) => within(self.timeout, s.read(&mut self.buf)).await?,
+                Stream::Plain(s) => bounds.wait(s.read(&mut self.buf)).await?,
+                Stream::Tls(s) => bounds.wait(s.read(&mut self.buf)).await?,
                 Stream::Detached => return Err(Pop3Error::Closed),
             };
             let n = match n {
@@ -610,16 +710,6 @@ fn is_close(e: &std::io::Error) -> bool {
         e.kind(),
         std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
     )
-}
-
-/// `f`, or [`Pop3Error::Timeout`] after `timeout`.
-async fn within<T>(
-    timeout: Duration,
-    f: impl std::future::Future<Output = T>,
-) -> Result<T, Pop3Error> {
-    tokio::time::timeout(timeout, f)
-        .await
-        .map_err(|_| Pop3Error::Timeout(timeout.as_secs()))
 }
 
 /// An IPv6 address in brackets, for `host:port`.
@@ -709,6 +799,7 @@ mod tests {
         let conn = block_on(Connection::connect(
             &fake_target(addr),
             Duration::from_secs(10),
+            None,
         ))
         .unwrap();
         assert_eq!(conn.capabilities(), &Capabilities::assumed());
@@ -722,6 +813,7 @@ mod tests {
         let e = block_on(Connection::connect(
             &fake_target(addr),
             Duration::from_secs(10),
+            None,
         ))
         .unwrap_err();
         assert!(e.to_string().contains("go away"), "{e}");
@@ -729,6 +821,7 @@ mod tests {
         let e = block_on(Connection::connect(
             &fake_target(addr),
             Duration::from_secs(1),
+            None,
         ))
         .unwrap_err();
         assert!(
