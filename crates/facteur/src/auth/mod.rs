@@ -2,7 +2,9 @@
 //!
 //! # Layout
 //! - [`Authenticator`]: what the server calls to check USER/PASS and APOP. Blocking, since
-//!   password hashing is slow on purpose: the server runs it in `spawn_blocking`.
+//!   password hashing is slow on purpose: the server runs it in `spawn_blocking`. Its `check_*`
+//!   methods give a failure's [`FailureReason`] for the server's log (never for the client);
+//!   the `verify_*` ones, the verdict alone.
 //! - `passwd_file`: [`PasswdFile`], a parsed Dovecot-style passwd-file, and [`PasswdDb`], the
 //!   [`Authenticator`] that reloads the file when it changes.
 //! - `cache`: the cache of successful password verifications that [`PasswdDb`] may keep, so

@@ -14,6 +14,12 @@
 //!   than the server's shutdown cut. A session cut that way ends without UPDATE, and its
 //!   maildrop lock is released before anything else is tried on the socket.
 //! - TCP keepalive and TCP_USER_TIMEOUT find peers that vanished without a word.
+//!
+//! ## Logs
+//! One `login` line per login attempt that named a user: peer, user (escaped and cut, see
+//! [`super::log::Sanitized`]), method, outcome, and for a failure the reason and the delay
+//! applied. The reason is the administrator's only: the client's answer is the same for all.
+//! One `session ended` line per session.
 
 use super::log::Sanitized;
 use super::transport::Transport;
