@@ -220,6 +220,11 @@ pub struct LogSection {
     /// One of error, warn, info, debug, trace.
     #[serde(default = "defaults::log_level")]
     pub level: String,
+    /// Seconds: refused connections (the global or per-address cap) are logged one by one only
+    /// at the start of a burst; the rest are counted and summed up in one line per this many
+    /// seconds, so that a flood cannot fill the disk with log lines. 0 logs every refusal.
+    #[serde(default = "defaults::refusal_summary_secs")]
+    pub refusal_summary_secs: u64,
 }
 
 /// The defaults, each with its reason at its field above.
@@ -332,6 +337,9 @@ pub mod defaults {
     pub fn log_level() -> String {
         "info".into()
     }
+    pub fn refusal_summary_secs() -> u64 {
+        10
+    }
 }
 
 impl Default for ServerSection {
@@ -373,6 +381,7 @@ impl Default for LogSection {
     fn default() -> Self {
         Self {
             level: defaults::log_level(),
+            refusal_summary_secs: defaults::refusal_summary_secs(),
         }
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! # Layout
 //! - [`Authenticator`]: what the server calls to check USER/PASS and APOP. Blocking, since
-//!   password hashing is slow on purpose: the server runs it in `spawn_blocking`.
+//!   password hashing is slow on purpose: the server runs it in `spawn_blocking`. Its `check_*`
+//!   methods give a failure's [`FailureReason`] for the server's log (never for the client);
+//!   the `verify_*` ones, the verdict alone.
 //! - `passwd_file`: [`PasswdFile`], a parsed Dovecot-style passwd-file, and [`PasswdDb`], the
 //!   [`Authenticator`] that reloads the file when it changes.
 //! - `cache`: the cache of successful password verifications that [`PasswdDb`] may keep, so
@@ -27,6 +29,7 @@ mod sasl;
 mod scheme;
 mod scram;
 
+use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
@@ -74,6 +77,85 @@ pub enum AuthOutcome {
     Failure,
 }
 
+impl AuthOutcome {
+    /// The outcome as a [`Checked`], with no reason known for a failure
+    /// ([`FailureReason::Unspecified`]).
+    pub fn checked(self) -> Checked {
+        match self {
+            AuthOutcome::Success(account) => Ok(account),
+            AuthOutcome::Failure => Err(FailureReason::Unspecified),
+        }
+    }
+}
+
+/// A login's verdict with, for a failure, why: the account, or the reason for the server's log.
+pub type Checked = Result<Account, FailureReason>;
+
+impl From<Checked> for AuthOutcome {
+    /// Forgets the reason: what the client may be told.
+    fn from(checked: Checked) -> Self {
+        match checked {
+            Ok(account) => AuthOutcome::Success(account),
+            Err(_) => AuthOutcome::Failure,
+        }
+    }
+}
+
+/// Why a login failed, for the administrator's log only: the client gets the same answer
+/// whatever the reason, and finding the reason costs no work that would tell them apart (it is
+/// known at the point where the check already took one branch or the other, after the same
+/// hash work).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureReason {
+    /// No such user in the passwd-file.
+    UnknownUser,
+    /// The user exists; the password (or digest, or proof) is wrong.
+    WrongPassword,
+    /// The user's password is stored with a scheme this method cannot work from: CRAM-MD5,
+    /// SCRAM-SHA-256 or APOP for a one-way hash. No password can succeed.
+    MethodImpossible(Scheme),
+    /// A user name over [`USER_NAME_MAX_LEN`] or a password over [`PASSWORD_MAX_LEN`], refused
+    /// before any lookup.
+    TooLong,
+    /// An authorization identity other than the user (PLAIN, SCRAM, EXTERNAL): nobody logs in
+    /// as somebody else.
+    OtherIdentity,
+    /// SASL EXTERNAL on a connection whose client certificate names no user.
+    NoCertificateIdentity,
+    /// A SCRAM client-final message whose nonce or channel binding is not the one of this
+    /// exchange.
+    ExchangeMismatch,
+    /// No random bytes for a challenge: a server fault, not the client's.
+    NoRandomness,
+    /// The authenticator did not say (one that implements only the verdict methods).
+    Unspecified,
+}
+
+impl fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FailureReason::UnknownUser => f.write_str("unknown user"),
+            FailureReason::WrongPassword => f.write_str("wrong password"),
+            FailureReason::MethodImpossible(scheme) => write!(
+                f,
+                "method impossible: the password is stored as {scheme}, which this method cannot use"
+            ),
+            FailureReason::TooLong => f.write_str("credentials too long"),
+            FailureReason::OtherIdentity => {
+                f.write_str("authorization identity is not the user's own")
+            }
+            FailureReason::NoCertificateIdentity => {
+                f.write_str("the client certificate names no user")
+            }
+            FailureReason::ExchangeMismatch => {
+                f.write_str("exchange malformed: nonce or channel binding does not match")
+            }
+            FailureReason::NoRandomness => f.write_str("no random bytes for the challenge"),
+            FailureReason::Unspecified => f.write_str("refused by the authenticator"),
+        }
+    }
+}
+
 /// Checks credentials. Every method is blocking and may take tens of milliseconds.
 ///
 /// Whatever the method, an unknown user costs the same work as a known one and gets the same
@@ -82,9 +164,20 @@ pub trait Authenticator: Send + Sync + 'static {
     /// USER/PASS, and SASL PLAIN and LOGIN.
     fn verify_password(&self, user: &str, password: &[u8]) -> AuthOutcome;
 
+    /// As [`Authenticator::verify_password`], with the reason of a failure for the log. The
+    /// default knows no reason; an authenticator that can tell should, at no extra cost.
+    fn check_password(&self, user: &str, password: &[u8]) -> Checked {
+        self.verify_password(user, password).checked()
+    }
+
     /// APOP (RFC 1939 section 7): `digest` is the client's 32 lowercase hex digits of
     /// MD5(`timestamp` + secret), `timestamp` the one from our greeting, angle brackets included.
     fn verify_apop(&self, user: &str, timestamp: &str, digest: &str) -> AuthOutcome;
+
+    /// As [`Authenticator::verify_apop`], with the reason of a failure for the log.
+    fn check_apop(&self, user: &str, timestamp: &str, digest: &str) -> Checked {
+        self.verify_apop(user, timestamp, digest).checked()
+    }
 
     /// True if any user could use APOP (some stored secret is `{PLAIN}`); the server offers
     /// APOP only then.
@@ -95,13 +188,18 @@ pub trait Authenticator: Send + Sync + 'static {
     /// brackets included). Only users stored as `{PLAIN}` or `{CRAM-MD5}` can succeed.
     fn verify_cram_md5(&self, user: &str, challenge: &[u8], digest_hex: &str) -> AuthOutcome;
 
+    /// As [`Authenticator::verify_cram_md5`], with the reason of a failure for the log.
+    fn check_cram_md5(&self, user: &str, challenge: &[u8], digest_hex: &str) -> Checked {
+        self.verify_cram_md5(user, challenge, digest_hex).checked()
+    }
+
     /// True if any user could use CRAM-MD5 (some stored secret is `{PLAIN}` or `{CRAM-MD5}`).
     fn cram_md5_possible(&self) -> bool;
 
     /// SASL SCRAM-SHA-256: the keys of `user`. A user who cannot use SCRAM (unknown, or stored
     /// with another scheme than `{SCRAM-SHA-256}` or `{PLAIN}`) gets made-up keys that are the
     /// same at every attempt and an account of `None`, so that the exchange looks the same
-    /// until the client's proof fails.
+    /// until the client's proof fails; [`ScramCredentials::because`] tells the log why.
     fn scram_credentials(&self, user: &str) -> ScramCredentials;
 
     /// True if any user could use SCRAM-SHA-256 (some stored secret is `{SCRAM-SHA-256}` or

@@ -30,8 +30,8 @@ use super::scheme::{
 };
 use super::scram::{fake_keys, plain_user_salt, SCRAM_DEFAULT_ITERATIONS};
 use super::{
-    validate_user_name, Account, AuthError, AuthOutcome, Authenticator, LineError,
-    ScramCredentials, PASSWORD_MAX_LEN, USER_NAME_MAX_LEN,
+    validate_user_name, Account, AuthError, AuthOutcome, Authenticator, Checked, FailureReason,
+    LineError, ScramCredentials, PASSWORD_MAX_LEN, USER_NAME_MAX_LEN,
 };
 use crate::store::Owner;
 
@@ -517,11 +517,11 @@ impl PasswdDb {
     }
 
     /// [`Authenticator::verify_password`] at the time `now`, for the cache of verifications.
-    fn verify_password_at(&self, user: &str, password: &[u8], now: Instant) -> AuthOutcome {
+    fn check_password_at(&self, user: &str, password: &[u8], now: Instant) -> Checked {
         // Whatever path led here: no lookup and no hash for credentials no user can have. The
         // login commands refuse them first with a clearer answer.
         if user.len() > USER_NAME_MAX_LEN || password.len() > PASSWORD_MAX_LEN {
-            return AuthOutcome::Failure;
+            return Err(FailureReason::TooLong);
         }
         let loaded = self.current();
         let entry = loaded.file.get(user);
@@ -535,7 +535,7 @@ impl PasswdDb {
         if let Some((cache, tag)) = &cached {
             if cache.is_fresh(tag, now) {
                 if let Some(entry) = entry {
-                    return AuthOutcome::Success(entry.account());
+                    return Ok(entry.account());
                 }
             }
         }
@@ -544,14 +544,14 @@ impl PasswdDb {
                 if let Some((cache, tag)) = cached {
                     cache.insert(tag, now);
                 }
-                AuthOutcome::Success(entry.account())
+                Ok(entry.account())
             }
-            Some(_) => AuthOutcome::Failure,
+            Some(_) => Err(FailureReason::WrongPassword),
             None => {
                 // The same work as for a user who exists, so that the time taken does not
                 // tell which user names are valid.
                 black_box(self.slow_check(&loaded.dummy, password));
-                AuthOutcome::Failure
+                Err(FailureReason::UnknownUser)
             }
         }
     }
@@ -567,25 +567,33 @@ impl PasswdDb {
 
 impl Authenticator for PasswdDb {
     fn verify_password(&self, user: &str, password: &[u8]) -> AuthOutcome {
-        self.verify_password_at(user, password, Instant::now())
+        self.check_password(user, password).into()
+    }
+
+    fn check_password(&self, user: &str, password: &[u8]) -> Checked {
+        self.check_password_at(user, password, Instant::now())
     }
 
     fn verify_apop(&self, user: &str, timestamp: &str, digest: &str) -> AuthOutcome {
+        self.check_apop(user, timestamp, digest).into()
+    }
+
+    fn check_apop(&self, user: &str, timestamp: &str, digest: &str) -> Checked {
         let loaded = self.current();
         let entry = loaded.file.get(user);
         match entry.and_then(|e| e.password.apop_secret().map(|secret| (e, secret))) {
             Some((entry, secret)) => {
                 if apop_digest_matches(&apop_digest(timestamp, secret), digest) {
-                    AuthOutcome::Success(entry.account())
+                    Ok(entry.account())
                 } else {
-                    AuthOutcome::Failure
+                    Err(FailureReason::WrongPassword)
                 }
             }
             None => {
                 // Unknown user, or a hashed password (no shared secret): an MD5 all the same.
                 let ours = apop_digest(timestamp, loaded.dummy_apop_secret.expose().as_bytes());
                 black_box(apop_digest_matches(&ours, digest));
-                AuthOutcome::Failure
+                Err(impossible_or_unknown(entry))
             }
         }
     }
@@ -595,21 +603,25 @@ impl Authenticator for PasswdDb {
     }
 
     fn verify_cram_md5(&self, user: &str, challenge: &[u8], digest_hex: &str) -> AuthOutcome {
+        self.check_cram_md5(user, challenge, digest_hex).into()
+    }
+
+    fn check_cram_md5(&self, user: &str, challenge: &[u8], digest_hex: &str) -> Checked {
         let loaded = self.current();
         let entry = loaded.file.get(user);
         match entry.and_then(|e| e.password.cram_md5_context().map(|ctx| (e, ctx))) {
             Some((entry, ctx)) => {
                 if ctx.digest_matches(challenge, digest_hex) {
-                    AuthOutcome::Success(entry.account())
+                    Ok(entry.account())
                 } else {
-                    AuthOutcome::Failure
+                    Err(FailureReason::WrongPassword)
                 }
             }
             None => {
                 // Unknown user, or no secret CRAM-MD5 can use: the work of a {PLAIN} user.
                 let ctx = CramMd5Context::from_secret(loaded.dummy_apop_secret.expose().as_bytes());
                 black_box(ctx.digest_matches(challenge, digest_hex));
-                AuthOutcome::Failure
+                Err(impossible_or_unknown(entry))
             }
         }
     }
@@ -637,6 +649,7 @@ impl Authenticator for PasswdDb {
                 // arrives, and made-up keys cost the same then if {PLAIN} users are the rule.
                 let keys = fake_keys(secret, user, loaded.scram.iterations);
                 ScramCredentials::made_up(keys, loaded.scram.derive)
+                    .because(impossible_or_unknown(entry))
             }
         }
     }
@@ -648,6 +661,14 @@ impl Authenticator for PasswdDb {
     fn account(&self, user: &str) -> Option<Account> {
         self.current().file.get(user).map(PasswdEntry::account)
     }
+}
+
+/// Why a user the method could not serve failed: unknown, or stored with a scheme the method
+/// cannot work from. Read after the same work was done for both.
+fn impossible_or_unknown(entry: Option<&PasswdEntry>) -> FailureReason {
+    entry.map_or(FailureReason::UnknownUser, |e| {
+        FailureReason::MethodImpossible(e.password.scheme())
+    })
 }
 
 #[cfg(test)]
@@ -955,6 +976,66 @@ h:{PLAIN}ph:::::
             db.verify_password("alice", b"secret"),
             success("alice", None)
         );
+    }
+
+    /// Each failure says why, for the log; the verdict the client gets is the same, and the
+    /// hash work too (one slow check for an unknown user as for a known one).
+    #[test]
+    fn failures_carry_their_reason_at_the_same_cost() {
+        use FailureReason::*;
+        let (_dir, _path, db) = db_with(&format!(
+            "carol:{{SHA512-CRYPT}}{SHA512}\nalice:{{PLAIN}}secret\n"
+        ));
+        assert_eq!(db.check_password("carol", b"wrong"), Err(WrongPassword));
+        assert_eq!(db.slow_checks(), 1);
+        assert_eq!(db.check_password("bob", b"wrong"), Err(UnknownUser));
+        assert_eq!(db.slow_checks(), 2);
+        assert_eq!(db.verify_password("bob", b"wrong"), AuthOutcome::Failure);
+        let long_user = "u".repeat(USER_NAME_MAX_LEN + 1);
+        assert_eq!(db.check_password(&long_user, b"x"), Err(TooLong));
+        let long_password = vec![b'p'; PASSWORD_MAX_LEN + 1];
+        assert_eq!(db.check_password("carol", &long_password), Err(TooLong));
+        assert_eq!(db.slow_checks(), 3, "no hash for credentials too long");
+        assert_eq!(
+            db.check_password("carol", b"secret"),
+            Ok(db.account("carol").unwrap())
+        );
+
+        let ts = "<1.2@example.org>";
+        let digest = apop_digest(ts, b"secret");
+        assert_eq!(
+            db.check_apop("alice", ts, &digest),
+            Ok(db.account("alice").unwrap())
+        );
+        assert_eq!(
+            db.check_apop("alice", ts, &"0".repeat(32)),
+            Err(WrongPassword)
+        );
+        assert_eq!(
+            db.check_apop("carol", ts, &digest),
+            Err(MethodImpossible(Scheme::Sha512Crypt))
+        );
+        assert_eq!(db.check_apop("bob", ts, &digest), Err(UnknownUser));
+        assert_eq!(db.verify_apop("carol", ts, &digest), AuthOutcome::Failure);
+
+        let zeros = "0".repeat(32);
+        assert_eq!(
+            db.check_cram_md5("alice", ts.as_bytes(), &zeros),
+            Err(WrongPassword)
+        );
+        assert_eq!(
+            db.check_cram_md5("carol", ts.as_bytes(), &zeros),
+            Err(MethodImpossible(Scheme::Sha512Crypt))
+        );
+        assert_eq!(
+            db.check_cram_md5("bob", ts.as_bytes(), &zeros),
+            Err(UnknownUser)
+        );
+        assert_eq!(
+            db.scram_credentials("carol").no_account_reason(),
+            MethodImpossible(Scheme::Sha512Crypt)
+        );
+        assert_eq!(db.scram_credentials("bob").no_account_reason(), UnknownUser);
     }
 
     #[test]
@@ -1418,16 +1499,31 @@ h:{PLAIN}ph:::::
         let db = db.with_verified_cache(Duration::from_secs(60), 10);
         let t0 = Instant::now();
         let alice = success("alice", None);
-        assert_eq!(db.verify_password_at("alice", b"secret", t0), alice);
+        assert_eq!(
+            AuthOutcome::from(db.check_password_at("alice", b"secret", t0)),
+            alice
+        );
         let at = |secs| t0 + Duration::from_secs(secs);
-        assert_eq!(db.verify_password_at("alice", b"secret", at(59)), alice);
+        assert_eq!(
+            AuthOutcome::from(db.check_password_at("alice", b"secret", at(59))),
+            alice
+        );
         assert_eq!(db.slow_checks(), 1);
         // Expired: hashed again, and remembered from then on.
-        assert_eq!(db.verify_password_at("alice", b"secret", at(60)), alice);
+        assert_eq!(
+            AuthOutcome::from(db.check_password_at("alice", b"secret", at(60))),
+            alice
+        );
         assert_eq!(db.slow_checks(), 2);
-        assert_eq!(db.verify_password_at("alice", b"secret", at(119)), alice);
+        assert_eq!(
+            AuthOutcome::from(db.check_password_at("alice", b"secret", at(119))),
+            alice
+        );
         assert_eq!(db.slow_checks(), 2);
-        assert_eq!(db.verify_password_at("alice", b"secret", at(120)), alice);
+        assert_eq!(
+            AuthOutcome::from(db.check_password_at("alice", b"secret", at(120))),
+            alice
+        );
         assert_eq!(db.slow_checks(), 3);
     }
 

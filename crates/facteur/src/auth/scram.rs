@@ -28,7 +28,7 @@ use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use super::Account;
+use super::{Account, FailureReason};
 
 /// The iteration count of new SCRAM-SHA-256 hashes: RFC 7677's minimum, and Dovecot's default.
 pub const SCRAM_DEFAULT_ITERATIONS: u32 = 4096;
@@ -194,6 +194,8 @@ pub struct ScramCredentials {
     salt: Vec<u8>,
     keys: Secret<KeySource>,
     account: Option<Account>,
+    /// Why there is no account, for the log.
+    no_account: FailureReason,
 }
 
 /// Where the keys come from. Holds a password for `{PLAIN}` users: never printed.
@@ -249,6 +251,7 @@ impl ScramCredentials {
             salt: salt.to_vec(),
             keys: Secret::new(KeySource::Password(password.to_vec())),
             account,
+            no_account: FailureReason::Unspecified,
         }
     }
 
@@ -258,6 +261,7 @@ impl ScramCredentials {
             salt: keys.salt.clone(),
             keys: Secret::new(KeySource::Ready(keys)),
             account,
+            no_account: FailureReason::Unspecified,
         }
     }
 
@@ -276,7 +280,15 @@ impl ScramCredentials {
             salt,
             keys: Secret::new(source),
             account: None,
+            no_account: FailureReason::UnknownUser,
         }
+    }
+
+    /// Says why credentials without an account have none (an unknown user, a scheme SCRAM
+    /// cannot use), for the log line of the failed login. Changes nothing else.
+    pub fn because(mut self, reason: FailureReason) -> Self {
+        self.no_account = reason;
+        self
     }
 
     pub fn iterations(&self) -> u32 {
@@ -309,6 +321,11 @@ impl ScramCredentials {
 
     pub(crate) fn account(&self) -> Option<&Account> {
         self.account.as_ref()
+    }
+
+    /// Why [`ScramCredentials::account`] is `None`.
+    pub(crate) fn no_account_reason(&self) -> FailureReason {
+        self.no_account
     }
 }
 

@@ -14,10 +14,20 @@
 //!   than the server's shutdown cut. A session cut that way ends without UPDATE, and its
 //!   maildrop lock is released before anything else is tried on the socket.
 //! - TCP keepalive and TCP_USER_TIMEOUT find peers that vanished without a word.
+//!
+//! ## Logs
+//! One `login` line per login attempt that named a user: peer, user (escaped and cut, see
+//! [`super::log::Sanitized`]), method, outcome, and for a failure the reason and the delay
+//! applied. The reason is the administrator's only: the client's answer is the same for all.
+//! One `session ended` line per session.
 
+use super::log::Sanitized;
 use super::transport::Transport;
 use super::{CutSignal, Shared};
-use crate::auth::{AuthOutcome, Mechanism, SaslContext, SaslExchange, SaslStep, MAX_SASL_LINE};
+use crate::auth::{
+    AuthOutcome, Checked, FailureReason, Mechanism, SaslContext, SaslExchange, SaslStep,
+    MAX_SASL_LINE,
+};
 use crate::config::defaults;
 use crate::store::{Maildrop, Store, StoreError};
 use crate::tls;
@@ -331,11 +341,12 @@ impl Connection {
                     .run(move || {
                         open_on_success(
                             store.as_ref(),
-                            auth.verify_password(&name, password.expose()),
+                            auth.check_password(&name, password.expose()),
                         )
                     })
                     .await;
-                self.finish_login(outcome, Some(&user)).await
+                self.finish_login(outcome, LoginMethod::UserPass, Some(&user))
+                    .await
             }
             Event::Apop { user, digest } => {
                 let auth = self.shared.auth.clone();
@@ -346,10 +357,11 @@ impl Connection {
                     .shared
                     .auth_pool
                     .run(move || {
-                        open_on_success(store.as_ref(), auth.verify_apop(&name, &ts, &digest))
+                        open_on_success(store.as_ref(), auth.check_apop(&name, &ts, &digest))
                     })
                     .await;
-                self.finish_login(outcome, Some(&user)).await
+                self.finish_login(outcome, LoginMethod::Apop, Some(&user))
+                    .await
             }
             Event::StartTls => self.start_tls().await,
             Event::Retrieve { index, top_lines } => {
@@ -389,8 +401,11 @@ impl Connection {
     async fn sasl(&mut self, mechanism: &str, initial: Option<Secret<String>>) -> Step {
         let Ok(mechanism) = mechanism.parse::<Mechanism>() else {
             let aborted = Verdict::Aborted("unsupported SASL mechanism");
-            return self.finish_login(Ok(aborted), None).await;
+            return self
+                .finish_login(Ok(aborted), LoginMethod::Sasl(None), None)
+                .await;
         };
+        let method = LoginMethod::Sasl(Some(mechanism));
         let ctx = SaslContext {
             hostname: self.shared.hostname.clone(),
             tls_client_identity: self
@@ -408,14 +423,24 @@ impl Connection {
             })
             .await;
         let Ok((mut exchange, mut step)) = started else {
-            return self.finish_login(Ok(Verdict::Failure), None).await;
+            return self
+                .finish_login(Ok(Verdict::Failure(None)), method, None)
+                .await;
         };
         loop {
             match step {
                 SaslStep::Done(outcome) => {
                     let claimed = exchange.claimed_user().map(str::to_owned);
-                    let verdict = open_verdict(self.shared.store.clone(), outcome).await;
-                    return self.finish_login(Ok(verdict), claimed.as_deref()).await;
+                    let checked = match outcome {
+                        AuthOutcome::Success(account) => Ok(account),
+                        AuthOutcome::Failure => Err(exchange
+                            .failure_reason()
+                            .unwrap_or(FailureReason::Unspecified)),
+                    };
+                    let verdict = open_verdict(self.shared.store.clone(), checked).await;
+                    return self
+                        .finish_login(Ok(verdict), method, claimed.as_deref())
+                        .await;
                 }
                 SaslStep::Malformed(text) => {
                     return self.abort_sasl(Verdict::Aborted(text), &exchange).await;
@@ -456,7 +481,9 @@ impl Connection {
                         })
                         .await;
                     let Ok((e, s)) = stepped else {
-                        return self.finish_login(Ok(Verdict::Failure), None).await;
+                        return self
+                            .finish_login(Ok(Verdict::Failure(None)), method, None)
+                            .await;
                     };
                     exchange = e;
                     step = s;
@@ -469,7 +496,9 @@ impl Connection {
     /// refused: a failed login if the client gave a user name, else only a bad command.
     async fn abort_sasl(&mut self, verdict: Verdict, exchange: &SaslExchange) -> Step {
         let claimed = exchange.claimed_user().map(str::to_owned);
-        self.finish_login(Ok(verdict), claimed.as_deref()).await
+        let method = LoginMethod::Sasl(Some(exchange.mechanism()));
+        self.finish_login(Ok(verdict), method, claimed.as_deref())
+            .await
     }
 
     /// The next complete line from the client (owned), reading as needed; `Ok(None)` for a
@@ -524,9 +553,14 @@ impl Connection {
     /// Report a login to the session: the maildrop opened, or a failure (after its penalty).
     /// `tried` is the user name the client gave, for the failed-login penalty; an exchange
     /// aborted before any was given is no failed login.
+    ///
+    /// Each login is logged in one line with the peer, the user, the method and the outcome; a
+    /// failure with its reason and the delay applied. The client's answer never depends on the
+    /// reason.
     async fn finish_login(
         &mut self,
         outcome: Result<Verdict, super::auth_pool::PoolGone>,
+        method: LoginMethod,
         tried: Option<&str>,
     ) -> Step {
         let result = match outcome {
@@ -534,6 +568,13 @@ impl Connection {
                 self.shared.penalties.success(&user);
                 match maildrop {
                     Ok(mut maildrop) => {
+                        tracing::info!(
+                            peer = %self.peer,
+                            user = %Sanitized(&user),
+                            method = %method,
+                            outcome = %"ok",
+                            "login"
+                        );
                         let messages = maildrop.take_messages();
                         let sizes_known = maildrop.sizes_known();
                         self.maildrop = Some(maildrop);
@@ -543,24 +584,53 @@ impl Connection {
                             sizes_known,
                         }
                     }
-                    Err(StoreError::InUse) => AuthResult::InUse,
+                    Err(StoreError::InUse) => {
+                        self.log_failed_login(
+                            method,
+                            Some(&user),
+                            "maildrop in use",
+                            Duration::ZERO,
+                        );
+                        AuthResult::InUse
+                    }
                     Err(e) => {
                         tracing::error!(peer = %self.peer, user, error = %e, "cannot open maildrop");
+                        self.log_failed_login(
+                            method,
+                            Some(&user),
+                            "maildrop could not be opened",
+                            Duration::ZERO,
+                        );
                         AuthResult::SystemError { permanent: false }
                     }
                 }
             }
-            Ok(Verdict::Aborted(text)) if tried.is_none() => AuthResult::Aborted(text),
-            Ok(failure @ (Verdict::Failure | Verdict::Aborted(_) | Verdict::Refused(_))) => {
+            Ok(Verdict::Aborted(text)) if tried.is_none() => {
+                // A bad command, not a login: no user name was given.
+                tracing::debug!(peer = %self.peer, method = %method, why = text, "SASL exchange aborted");
+                AuthResult::Aborted(text)
+            }
+            Ok(failure) => {
+                let (reason, result) = match failure {
+                    Verdict::Aborted(text) => (
+                        format!("exchange aborted: {text}"),
+                        AuthResult::Aborted(text),
+                    ),
+                    Verdict::Refused(text) => (
+                        format!("credentials too long: {text}"),
+                        AuthResult::Refused(text),
+                    ),
+                    Verdict::Failure(Some(reason)) => (reason.to_string(), AuthResult::Failed),
+                    Verdict::Failure(None) | Verdict::Opened { .. } => (
+                        "the authentication task failed".to_string(),
+                        AuthResult::Failed,
+                    ),
+                };
                 self.failed_logins += 1;
                 let delay = self.shared.penalties.failure(self.peer.ip(), tried);
-                tracing::info!(peer = %self.peer, delay_ms = delay.as_millis() as u64, "login failed");
+                self.log_failed_login(method, tried, &reason, delay);
                 tokio::time::sleep(delay).await;
-                match failure {
-                    Verdict::Aborted(text) => AuthResult::Aborted(text),
-                    Verdict::Refused(text) => AuthResult::Refused(text),
-                    _ => AuthResult::Failed,
-                }
+                result
             }
             Err(e) => {
                 tracing::error!(error = %e, "authentication task failed");
@@ -575,6 +645,27 @@ impl Connection {
             Some(event) => Step::Then(event, self.out.len()),
             None => Step::Continue,
         }
+    }
+
+    /// The log line of a failed login: for the administrator, who may see the reason the
+    /// client is never told.
+    fn log_failed_login(
+        &self,
+        method: LoginMethod,
+        user: Option<&str>,
+        reason: &str,
+        delay: Duration,
+    ) {
+        let user = user.map(Sanitized);
+        tracing::info!(
+            peer = %self.peer,
+            user = %DisplayOr(user.as_ref(), "-"),
+            method = %method,
+            outcome = %"failed",
+            reason,
+            delay_ms = delay.as_millis() as u64,
+            "login"
+        );
     }
 
     /// STAT, LIST or RETR needs the sizes the open deferred: read the files (off the async
@@ -746,9 +837,42 @@ impl Connection {
     }
 }
 
+/// How a client tried to log in, for the log line: `USER/PASS`, `APOP`, `SASL/PLAIN`,
+/// `SASL/SCRAM-SHA-256`... (`SASL/?` for a mechanism facteur does not know).
+#[derive(Clone, Copy, Debug)]
+enum LoginMethod {
+    UserPass,
+    Apop,
+    Sasl(Option<Mechanism>),
+}
+
+impl std::fmt::Display for LoginMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoginMethod::UserPass => f.write_str("USER/PASS"),
+            LoginMethod::Apop => f.write_str("APOP"),
+            LoginMethod::Sasl(Some(m)) => write!(f, "SASL/{m}"),
+            LoginMethod::Sasl(None) => f.write_str("SASL/?"),
+        }
+    }
+}
+
+/// A value, or a placeholder when there is none.
+struct DisplayOr<'a, T>(Option<&'a T>, &'static str);
+
+impl<T: std::fmt::Display> std::fmt::Display for DisplayOr<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(value) => value.fmt(f),
+            None => f.write_str(self.1),
+        }
+    }
+}
+
 /// A login's verdict, with the maildrop already opened on success.
 enum Verdict {
-    Failure,
+    /// Wrong credentials, with the authenticator's reason (`None`: the check itself failed).
+    Failure(Option<FailureReason>),
     /// A SASL exchange ended without a verdict (cancelled, malformed): `-ERR` with this text.
     Aborted(&'static str),
     /// Credentials refused for their shape before any check (too long): `-ERR [AUTH]`.
@@ -761,24 +885,24 @@ enum Verdict {
 
 /// Lock and open the maildrop of an authenticated user, in the same blocking job as the
 /// check: one trip off the async threads per login instead of two.
-fn open_on_success(store: &dyn Store, outcome: AuthOutcome) -> Verdict {
-    match outcome {
-        AuthOutcome::Success(account) => Verdict::Opened {
+fn open_on_success(store: &dyn Store, checked: Checked) -> Verdict {
+    match checked {
+        Ok(account) => Verdict::Opened {
             maildrop: account
                 .owner
                 .map_err(StoreError::from)
                 .and_then(|owner| store.open_as(&account.user, account.home.as_deref(), owner)),
             user: account.user,
         },
-        AuthOutcome::Failure => Verdict::Failure,
+        Err(reason) => Verdict::Failure(Some(reason)),
     }
 }
 
 /// Open the maildrop after a SASL success (password checks open it in their own job).
-async fn open_verdict(store: Arc<dyn Store>, outcome: AuthOutcome) -> Verdict {
-    tokio::task::spawn_blocking(move || open_on_success(store.as_ref(), outcome))
+async fn open_verdict(store: Arc<dyn Store>, checked: Checked) -> Verdict {
+    tokio::task::spawn_blocking(move || open_on_success(store.as_ref(), checked))
         .await
-        .unwrap_or(Verdict::Failure)
+        .unwrap_or(Verdict::Failure(None))
 }
 
 /// Run one write (or flush) to the peer within `limit`, and no longer than the server's cut.

@@ -2,12 +2,14 @@
 //! driver in [`connection`].
 //!
 //! One tokio task per connection. A global semaphore and a per-IP counter cap connections;
-//! refused connections get one `-ERR [SYS/TEMP]` line. On shutdown the listeners stop at once;
+//! refused connections get one `-ERR [SYS/TEMP]` line, and are logged as [`log::RefusalLog`]
+//! says: the first of a burst at once, the rest summed up. On shutdown the listeners stop at once;
 //! sessions get `limits.shutdown_grace_secs` to finish, then are cut without their deletions.
 
 mod auth_pool;
 pub mod connection;
 mod limits;
+pub mod log;
 pub mod penalty;
 pub mod rlimit;
 pub mod transport;
@@ -134,6 +136,9 @@ pub async fn run_with_tls(
     let limits = &shared.config.limits;
     let global = Arc::new(Semaphore::new(limits.max_connections));
     let per_ip = Arc::new(PerIpLimiter::new(limits.max_connections_per_ip));
+    let refusals = log::RefusalLog::new(std::time::Duration::from_secs(
+        shared.config.log.refusal_summary_secs,
+    ));
     let (cut_tx, cut_rx) = watch::channel(false);
     // Each session holds a clone of `done_tx`; `done_rx.recv()` returns None once all are gone.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -148,6 +153,7 @@ pub async fn run_with_tls(
         let shared = shared.clone();
         let global = global.clone();
         let per_ip = per_ip.clone();
+        let refusals = refusals.clone();
         let cut_rx = cut_rx.clone();
         let done_tx = done_tx.clone();
         let mut stop = stop_tx.subscribe();
@@ -171,22 +177,28 @@ pub async fn run_with_tls(
                 let shared = shared.clone();
                 let cut = cut_rx.clone();
                 let done = done_tx.clone();
+                let (permit, ip_guard) = match (permit, ip_guard) {
+                    (Some(permit), Some(ip_guard)) => (permit, ip_guard),
+                    (permit, ip_guard) => {
+                        let refusal = if permit.is_none() {
+                            log::Refusal::ServerFull
+                        } else {
+                            log::Refusal::AddressFull(peer.ip())
+                        };
+                        refusals.refused(peer, refusal);
+                        tokio::spawn(async move {
+                            // Held while the answer goes out, as a session's would be.
+                            let _held = (done, permit, ip_guard);
+                            connection::refuse(stream, refusal.answer()).await;
+                        });
+                        continue;
+                    }
+                };
                 tokio::spawn(async move {
                     let _done = done;
-                    match (permit, ip_guard) {
-                        (Some(_permit), Some(_ip)) => {
-                            connection::serve(shared, stream, peer, implicit, cut).await;
-                        }
-                        (permit, _) => {
-                            let why = if permit.is_none() {
-                                "too many connections"
-                            } else {
-                                "too many connections from your address"
-                            };
-                            tracing::info!(%peer, why, "connection refused");
-                            connection::refuse(stream, why).await;
-                        }
-                    }
+                    let _permit = permit;
+                    let _ip = ip_guard;
+                    connection::serve(shared, stream, peer, implicit, cut).await;
                 });
             }
         }));
@@ -202,6 +214,8 @@ pub async fn run_with_tls(
     for t in accept_tasks {
         let _ = t.await;
     }
+    // No refusal comes after this: what is counted goes to the log now.
+    refusals.flush();
     if tokio::time::timeout(limits.shutdown_grace(), done_rx.recv())
         .await
         .is_err()

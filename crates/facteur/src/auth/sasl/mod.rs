@@ -45,7 +45,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
-use super::{Account, AuthOutcome, Authenticator, PASSWORD_MAX_LEN, USER_NAME_MAX_LEN};
+use super::{
+    Account, AuthOutcome, Authenticator, Checked, FailureReason, PASSWORD_MAX_LEN,
+    USER_NAME_MAX_LEN,
+};
 
 /// The longest SASL continuation line accepted, in octets, CRLF included (the way
 /// `facteur_proto::LineFramer` counts). RFC 5034 section 4 lifts POP3's 255-octet limit for these
@@ -211,6 +214,8 @@ pub struct SaslExchange {
     fixed_challenge: Option<String>,
     /// The user name the client claimed, once known (for failed-login penalties).
     claimed_user: Option<String>,
+    /// Why the exchange ended in a failure, for the log (never for the client).
+    failure: Option<FailureReason>,
 }
 
 impl fmt::Debug for SaslExchange {
@@ -268,6 +273,7 @@ impl SaslExchange {
             state: State::Over,
             fixed_challenge,
             claimed_user: None,
+            failure: None,
         };
         let step = exchange.begin(initial_response, auth);
         (exchange, step)
@@ -282,6 +288,12 @@ impl SaslExchange {
     /// per user name.
     pub fn claimed_user(&self) -> Option<&str> {
         self.claimed_user.as_deref()
+    }
+
+    /// Why the exchange ended in `Done(Failure)`, for the server's log; `None` before that, and
+    /// after a success. (A `Refused` step needs no reason: its credentials were too long.)
+    pub fn failure_reason(&self) -> Option<FailureReason> {
+        self.failure
     }
 
     /// True once the exchange has ended (a `Done`, `Malformed` or `Refused` was returned).
@@ -303,18 +315,23 @@ impl SaslExchange {
             return SaslStep::Malformed("the line is not valid base64");
         };
         match state {
-            State::Plain => plain(&data, auth, &mut self.claimed_user),
+            State::Plain => plain(&data, auth, &mut self.claimed_user, &mut self.failure),
             State::LoginUser => self.login_user(&data),
             State::LoginPassword { user } => {
                 let refused = refuse_long_password(&data);
-                let step =
-                    refused.unwrap_or_else(|| SaslStep::Done(auth.verify_password(&user, &data)));
+                let step = refused.unwrap_or_else(|| {
+                    verdict(auth.check_password(&user, &data), &mut self.failure)
+                });
                 self.claimed_user = Some(user);
                 step
             }
-            State::CramMd5 { challenge } => {
-                cram_md5(&challenge, &data, auth, &mut self.claimed_user)
-            }
+            State::CramMd5 { challenge } => cram_md5(
+                &challenge,
+                &data,
+                auth,
+                &mut self.claimed_user,
+                &mut self.failure,
+            ),
             State::External => self.external(&data, auth),
             State::ScramFirst => self.scram_first(&data, auth),
             State::ScramFinal(pending) => self.scram_final(&pending, &data),
@@ -346,7 +363,9 @@ impl SaslExchange {
             },
         };
         match (self.mechanism, initial) {
-            (Mechanism::Plain, Some(data)) => plain(&data, auth, &mut self.claimed_user),
+            (Mechanism::Plain, Some(data)) => {
+                plain(&data, auth, &mut self.claimed_user, &mut self.failure)
+            }
             (Mechanism::Plain, None) => self.challenge(State::Plain, Vec::new()),
             (Mechanism::Login, Some(data)) => self.login_user(&data),
             (Mechanism::Login, None) => {
@@ -360,7 +379,7 @@ impl SaslExchange {
                     Some(fixed) => fixed,
                     None => match cram_md5_challenge(&self.ctx.hostname) {
                         Ok(challenge) => challenge,
-                        Err(error) => return no_randomness(error),
+                        Err(error) => return self.no_randomness(error),
                     },
                 };
                 let data = challenge.as_bytes().to_vec();
@@ -398,7 +417,7 @@ impl SaslExchange {
         }
     }
 
-    fn external(&self, data: &[u8], auth: &dyn Authenticator) -> SaslStep {
+    fn external(&mut self, data: &[u8], auth: &dyn Authenticator) -> SaslStep {
         let Ok(authzid) = std::str::from_utf8(data) else {
             return SaslStep::Malformed("the EXTERNAL authorization identity is not UTF-8");
         };
@@ -406,15 +425,13 @@ impl SaslExchange {
             return refused;
         }
         let Some(identity) = self.ctx.tls_client_identity.as_deref() else {
-            return SaslStep::Done(AuthOutcome::Failure);
+            return verdict(Err(FailureReason::NoCertificateIdentity), &mut self.failure);
         };
         if !authzid.is_empty() && authzid != identity {
-            return SaslStep::Done(AuthOutcome::Failure);
+            return verdict(Err(FailureReason::OtherIdentity), &mut self.failure);
         }
-        match auth.account(identity) {
-            Some(account) => SaslStep::Done(AuthOutcome::Success(account)),
-            None => SaslStep::Done(AuthOutcome::Failure),
-        }
+        let account = auth.account(identity).ok_or(FailureReason::UnknownUser);
+        verdict(account, &mut self.failure)
     }
 
     fn scram_first(&mut self, data: &[u8], auth: &dyn Authenticator) -> SaslStep {
@@ -423,7 +440,7 @@ impl SaslExchange {
         };
         let client = match scram::parse_client_first(msg) {
             Ok(client) => client,
-            Err(reject) => return rejected(reject),
+            Err(reject) => return self.rejected(reject),
         };
         self.claimed_user = Some(client.user.clone());
         let names = std::iter::once(&client.user).chain(client.authzid.as_ref());
@@ -432,14 +449,14 @@ impl SaslExchange {
         }
         // Nobody logs in as somebody else.
         if client.authzid.as_ref().is_some_and(|a| *a != client.user) {
-            return SaslStep::Done(AuthOutcome::Failure);
+            return verdict(Err(FailureReason::OtherIdentity), &mut self.failure);
         }
         let server_nonce = match self.fixed_challenge.take() {
             Some(fixed) => fixed,
             None => {
                 let mut raw = [0u8; SCRAM_NONCE_BYTES];
                 if let Err(error) = getrandom::fill(&mut raw) {
-                    return no_randomness(error);
+                    return self.no_randomness(error);
                 }
                 BASE64.encode(raw)
             }
@@ -457,28 +474,42 @@ impl SaslExchange {
             Ok((server_final, account)) => {
                 self.challenge(State::ScramEnd(account), server_final.into_bytes())
             }
-            Err(reject) => rejected(reject),
+            Err(reject) => self.rejected(reject),
         }
     }
-}
 
-fn rejected(reject: scram::Reject) -> SaslStep {
-    match reject {
-        scram::Reject::Malformed(text) => SaslStep::Malformed(text),
-        scram::Reject::Failure => SaslStep::Done(AuthOutcome::Failure),
+    fn rejected(&mut self, reject: scram::Reject) -> SaslStep {
+        match reject {
+            scram::Reject::Malformed(text) => SaslStep::Malformed(text),
+            scram::Reject::Failure(reason) => verdict(Err(reason), &mut self.failure),
+        }
+    }
+
+    /// The operating system gave no random bytes: fail the exchange rather than send a
+    /// guessable challenge.
+    fn no_randomness(&mut self, error: getrandom::Error) -> SaslStep {
+        tracing::error!(%error, "cannot get random bytes for a SASL challenge");
+        verdict(Err(FailureReason::NoRandomness), &mut self.failure)
     }
 }
 
-/// The operating system gave no random bytes: fail the exchange rather than send a guessable
-/// challenge.
-fn no_randomness(error: getrandom::Error) -> SaslStep {
-    tracing::error!(%error, "cannot get random bytes for a SASL challenge");
-    SaslStep::Done(AuthOutcome::Failure)
+/// The step that ends an exchange with this verdict; a failure's reason is kept in `failure`
+/// for the log.
+fn verdict(checked: Checked, failure: &mut Option<FailureReason>) -> SaslStep {
+    if let Err(reason) = checked {
+        *failure = Some(reason);
+    }
+    SaslStep::Done(checked.into())
 }
 
 /// PLAIN (RFC 4616 section 2): `[authzid] NUL authcid NUL passwd`. The identities must be
 /// UTF-8; the password is passed on as bytes, as PASS's is.
-fn plain(data: &[u8], auth: &dyn Authenticator, claimed: &mut Option<String>) -> SaslStep {
+fn plain(
+    data: &[u8],
+    auth: &dyn Authenticator,
+    claimed: &mut Option<String>,
+    failure: &mut Option<FailureReason>,
+) -> SaslStep {
     let mut parts = data.split(|&b| b == 0);
     let (Some(authzid), Some(authcid), Some(password), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -501,9 +532,9 @@ fn plain(data: &[u8], auth: &dyn Authenticator, claimed: &mut Option<String>) ->
     }
     // Nobody logs in as somebody else.
     if !authzid.is_empty() && authzid != authcid {
-        return SaslStep::Done(AuthOutcome::Failure);
+        return verdict(Err(FailureReason::OtherIdentity), failure);
     }
-    SaslStep::Done(auth.verify_password(authcid, password))
+    verdict(auth.check_password(authcid, password), failure)
 }
 
 /// CRAM-MD5 (RFC 2195 section 2): the answer is the user name, a space, and 32 hex digits.
@@ -512,6 +543,7 @@ fn cram_md5(
     data: &[u8],
     auth: &dyn Authenticator,
     claimed: &mut Option<String>,
+    failure: &mut Option<FailureReason>,
 ) -> SaslStep {
     let shape = "CRAM-MD5 expects a user name, a space and 32 hex digits";
     let Ok(text) = std::str::from_utf8(data) else {
@@ -527,7 +559,10 @@ fn cram_md5(
             if let Some(refused) = refuse_long_name(user) {
                 return refused;
             }
-            SaslStep::Done(auth.verify_cram_md5(user, challenge.as_bytes(), digest))
+            verdict(
+                auth.check_cram_md5(user, challenge.as_bytes(), digest),
+                failure,
+            )
         }
         _ => SaslStep::Malformed(shape),
     }

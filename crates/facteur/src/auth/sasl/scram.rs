@@ -28,15 +28,16 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::auth::scram::{hmac_sha256, KEY_LEN};
-use crate::auth::{Account, ScramCredentials};
+use crate::auth::{Account, FailureReason, ScramCredentials};
 
 /// Why a SCRAM message was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Reject {
     /// It does not follow the grammar (or asks for what we do not do): `-ERR` with this text.
     Malformed(&'static str),
-    /// It parses but does not authenticate: the same answer as a wrong password.
-    Failure,
+    /// It parses but does not authenticate: the same answer as a wrong password; the reason is
+    /// for the log.
+    Failure(FailureReason),
 }
 
 /// What the server keeps of a client-first message.
@@ -184,7 +185,7 @@ pub(super) fn client_final(pending: &Pending, msg: &str) -> Result<(String, Acco
     // Without channel binding, c= carries the GS2 header back; a different one means the
     // client-first message was tampered with. The nonce must be the one we sent.
     if binding != pending.gs2_header.as_bytes() || nonce != pending.nonce {
-        return Err(Reject::Failure);
+        return Err(Reject::Failure(FailureReason::ExchangeMismatch));
     }
     // Everything before ",p=<proof>", the last attribute.
     let without_proof = msg
@@ -210,7 +211,8 @@ pub(super) fn client_final(pending: &Pending, msg: &str) -> Result<(String, Acco
                 account.clone(),
             ))
         }
-        _ => Err(Reject::Failure),
+        Some(_) => Err(Reject::Failure(FailureReason::WrongPassword)),
+        None => Err(Reject::Failure(pending.credentials.no_account_reason())),
     }
 }
 

@@ -857,7 +857,9 @@ fn matching_made_up_keys_never_logs_in() {
     let (client_final, _) = scram_client_final(b"guess", "n,,", "n=nobody,r=abc", &server_first);
     assert_eq!(
         scram::client_final(&pending, &client_final),
-        Err(scram::Reject::Failure)
+        Err(scram::Reject::Failure(
+            crate::auth::FailureReason::Unspecified
+        ))
     );
     let account = Account {
         user: "nobody".to_string(),
@@ -1064,4 +1066,124 @@ fn scram_derives_only_for_a_proof() {
         scram_login(&db, "n,,", "tim", b"tanstaaf"),
         success("tim", None)
     );
+}
+
+/// Each way an exchange fails leaves its reason for the log, and the client's step is the same
+/// `Done(Failure)` whatever the reason.
+#[test]
+fn failures_say_why_for_the_log() {
+    use crate::auth::FailureReason::*;
+    let (_dir, db) = standard_db();
+    let reason = |mechanism: Mechanism, ctx: SaslContext, ir: Option<&str>, next: Option<&str>| {
+        let (mut ex, mut step) = SaslExchange::start(mechanism, ctx, ir, &db);
+        if let Some(line) = next {
+            step = ex.step(line, &db);
+        }
+        assert_eq!(step, FAILURE, "{mechanism}");
+        ex.failure_reason()
+    };
+    let plain = |authz: &str, user: &str, pw: &str| b64(format!("{authz}\0{user}\0{pw}"));
+    assert_eq!(
+        reason(Mechanism::Plain, ctx(), Some(&plain("", "tim", "x")), None),
+        Some(WrongPassword)
+    );
+    assert_eq!(
+        reason(
+            Mechanism::Plain,
+            ctx(),
+            Some(&plain("", "nobody", "x")),
+            None
+        ),
+        Some(UnknownUser)
+    );
+    assert_eq!(
+        reason(
+            Mechanism::Plain,
+            ctx(),
+            Some(&plain("tim", "sha", "x")),
+            None
+        ),
+        Some(OtherIdentity)
+    );
+    assert_eq!(
+        reason(
+            Mechanism::Login,
+            ctx(),
+            Some(&b64("nobody")),
+            Some(&b64("x"))
+        ),
+        Some(UnknownUser)
+    );
+    let cram = |user: &str| b64(format!("{user} {}", "0".repeat(32)));
+    assert_eq!(
+        reason(Mechanism::CramMd5, ctx(), None, Some(&cram("sha"))),
+        Some(MethodImpossible(Scheme::Sha256Crypt))
+    );
+    assert_eq!(
+        reason(Mechanism::CramMd5, ctx(), None, Some(&cram("user"))),
+        Some(MethodImpossible(Scheme::ScramSha256))
+    );
+    assert_eq!(
+        reason(Mechanism::CramMd5, ctx(), None, Some(&cram("tim"))),
+        Some(WrongPassword)
+    );
+    assert_eq!(
+        reason(Mechanism::CramMd5, ctx(), None, Some(&cram("nobody"))),
+        Some(UnknownUser)
+    );
+    let identity = |id: Option<&str>| SaslContext {
+        hostname: "pop.example.org".to_string(),
+        tls_client_identity: id.map(str::to_string),
+    };
+    assert_eq!(
+        reason(Mechanism::External, identity(None), Some("="), None),
+        Some(NoCertificateIdentity)
+    );
+    assert_eq!(
+        reason(
+            Mechanism::External,
+            identity(Some("nobody")),
+            Some("="),
+            None
+        ),
+        Some(UnknownUser)
+    );
+    assert_eq!(
+        reason(
+            Mechanism::External,
+            identity(Some("tim")),
+            Some(&b64("cram")),
+            None
+        ),
+        Some(OtherIdentity)
+    );
+    // SCRAM: the reason is known only at the proof, like the verdict.
+    let scram = |user: &str, password: &[u8]| {
+        let bare = format!("n={user},r=clientnonce123");
+        let (mut ex, step) = SaslExchange::start(
+            Mechanism::ScramSha256,
+            ctx(),
+            Some(&b64(format!("n,,{bare}"))),
+            &db,
+        );
+        let server_first = challenge_text(step);
+        assert_eq!(ex.failure_reason(), None);
+        let (client_final, _) = scram_client_final(password, "n,,", &bare, &server_first);
+        assert_eq!(ex.step(&b64(client_final), &db), FAILURE);
+        ex.failure_reason()
+    };
+    assert_eq!(scram("user", b"wrong"), Some(WrongPassword));
+    assert_eq!(scram("nobody", b"pencil"), Some(UnknownUser));
+    assert_eq!(
+        scram("sha", b"secret"),
+        Some(MethodImpossible(Scheme::Sha256Crypt))
+    );
+    // A success leaves no reason.
+    let (ex, step) = start(
+        Mechanism::Plain,
+        Some(&plain("", "tim", "tanstaaftanstaaf")),
+        &db,
+    );
+    assert_eq!(step, success("tim", Some("/home/tim")));
+    assert_eq!(ex.failure_reason(), None);
 }
