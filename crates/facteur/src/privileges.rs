@@ -259,7 +259,7 @@ impl ProcessIds {
     }
 }
 
-/// Parse /proc/<pid>/status (or task/<tid>/status) for the lines [`ProcessIds`] holds; a line
+/// Parse `/proc/PID/status` (or `task/TID/status`) for the lines [`ProcessIds`] holds; a line
 /// that is missing or malformed is an error (the checks must never pass by default).
 pub fn parse_status(text: &str) -> Result<ProcessIds, String> {
     let field = |name: &str| {

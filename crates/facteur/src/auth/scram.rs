@@ -186,7 +186,7 @@ impl ScramKeys {
 ///
 /// The salt and the iteration count, which the server-first message carries, are at hand
 /// without any hashing. The keys of a `{PLAIN}` user are derived (PBKDF2, thousands of rounds)
-/// only when the client's proof is checked, in [`ScramCredentials::keys`]: a peer that sends a
+/// only when the client's proof is checked, in `ScramCredentials::keys`: a peer that sends a
 /// client-first message and goes no further, or a malformed client-final one, buys no hash work.
 #[derive(Clone)]
 pub struct ScramCredentials {
@@ -239,7 +239,7 @@ impl ScramCredentials {
     }
 
     /// Credentials from a password: the keys are derived with PBKDF2 and `iterations` rounds,
-    /// which is slow, but only when [`ScramCredentials::keys`] is first called for the proof.
+    /// which is slow, but only when `ScramCredentials::keys` is first called for the proof.
     pub fn from_password(
         password: &[u8],
         salt: &[u8],
