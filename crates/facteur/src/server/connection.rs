@@ -546,7 +546,10 @@ impl Connection {
                     Err(StoreError::InUse) => AuthResult::InUse,
                     Err(e) => {
                         tracing::error!(peer = %self.peer, user, error = %e, "cannot open maildrop");
-                        AuthResult::SystemError { permanent: false }
+                        // RFC 3206: [SYS/PERM] when trying again cannot help.
+                        AuthResult::SystemError {
+                            permanent: e.is_permanent(),
+                        }
                     }
                 }
             }

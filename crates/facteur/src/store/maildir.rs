@@ -902,7 +902,7 @@ pub(crate) fn open_root(dir: &Path, owner: Owner) -> Result<(File, (u64, u64)), 
                     .recursive(true)
                     .mode(handle::DIR_MODE)
                     .create(parent)
-                    .map_err(|e| StoreError::io(parent, e))?;
+                    .map_err(|e| StoreError::io(first_missing(parent), e))?;
             }
             let created = match DirBuilder::new().mode(handle::DIR_MODE).create(dir) {
                 Ok(()) => true,
@@ -928,6 +928,15 @@ pub(crate) fn open_root(dir: &Path, owner: Owner) -> Result<(File, (u64, u64)), 
         }
     }
     Ok((root, id))
+}
+
+/// The directory a recursive creation of `dir` failed on: the highest one of `dir` and its
+/// parents that does not exist (the first one it had to make), rather than `dir` itself.
+fn first_missing(dir: &Path) -> &Path {
+    dir.ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && std::fs::symlink_metadata(a).is_err())
+        .last()
+        .unwrap_or(dir)
 }
 
 /// Opens the lock file (a regular file, never through a link) and takes the exclusive lock

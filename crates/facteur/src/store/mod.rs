@@ -143,6 +143,56 @@ impl Owner {
     }
 }
 
+/// How lasting a [`StoreError`] is: whether trying again later can succeed, and if not, whose
+/// fix it needs. `facteur deliver` turns it into a sysexits status, the server into
+/// `[SYS/TEMP]` or `[SYS/PERM]` (RFC 3206).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lasting {
+    /// It may go away by itself (a lock, a full disk, an I/O error): try again later.
+    Temporary,
+    /// The user name can never be turned into a maildrop (it would leave the template).
+    NoUser,
+    /// The system refuses the operation (permissions, a read-only file system, a maildrop owned
+    /// by another uid): it stays so until the administrator changes it.
+    NoPermission,
+    /// The configuration is wrong (the template, a missing home, a path through a regular file
+    /// or a link): it stays so until the administrator changes it.
+    Config,
+}
+
+impl StoreError {
+    /// Whether this failure will last, and why; see [`Lasting`].
+    pub fn lasting(&self) -> Lasting {
+        match self {
+            Self::BadUser(_) => Lasting::NoUser,
+            Self::BadTemplate { .. } | Self::NoHome(_) | Self::BadOwner(_) => Lasting::Config,
+            Self::WrongOwner { .. } => Lasting::NoPermission,
+            Self::Io { source, .. } => io_lasting(source),
+            Self::InUse | Self::Source(_) | Self::Vanished(_) | Self::NoSuchMessage(_) => {
+                Lasting::Temporary
+            }
+        }
+    }
+
+    /// True when trying again later cannot help.
+    pub fn is_permanent(&self) -> bool {
+        self.lasting() != Lasting::Temporary
+    }
+}
+
+/// Errors of the file system that stay until someone changes the system: permissions, a
+/// read-only file system, a path that goes through a file or a link. Everything else (a full
+/// disk, a quota, an I/O error, a directory removed meanwhile) may pass.
+fn io_lasting(e: &std::io::Error) -> Lasting {
+    match e.raw_os_error() {
+        Some(libc::EACCES | libc::EPERM | libc::EROFS) => Lasting::NoPermission,
+        Some(libc::ENOTDIR | libc::ELOOP | libc::ENAMETOOLONG) => Lasting::Config,
+        // The refusal of a maildir that is a symbolic link (see `maildir::open_root`).
+        None if e.kind() == std::io::ErrorKind::InvalidData => Lasting::Config,
+        _ => Lasting::Temporary,
+    }
+}
+
 impl StoreError {
     /// Wraps an I/O error with the path it happened on.
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
