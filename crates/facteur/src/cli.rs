@@ -8,7 +8,7 @@ use crate::auth::{self, PasswdDb, Scheme};
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::privileges;
 use crate::server::{self, Shared};
-use crate::store::{MaildirStore, Owner, Store};
+use crate::store::{Lasting, MaildirStore, Owner, Store, StoreError};
 use crate::tls::{self, TlsFiles, TlsState};
 use clap::{Args, Parser, Subcommand};
 use std::io::{BufRead, Write};
@@ -41,8 +41,12 @@ enum Command {
     User(UserCommand),
     /// Deliver one message, read from standard input, to a user's maildrop (for an MTA).
     ///
-    /// Exit status follows sysexits: 67 for an unknown user, 75 for a temporary failure
-    /// (the MTA keeps the message and tries again).
+    /// Exit status follows sysexits. Permanent (the MTA bounces the message): 67 for an unknown
+    /// user or a name the maildir template cannot use, 65 for empty input, 77 when the system
+    /// refuses (permissions, a read-only file system, a maildrop owned by another uid), 78 for a
+    /// configuration error (the template, a missing home, a path through a file or a link).
+    /// Temporary: 75 (the MTA keeps the message and tries again: a lock, a full disk, an
+    /// unreadable configuration).
     Deliver {
         /// The user, as named in the passwd-file.
         user: String,
@@ -104,7 +108,12 @@ struct PasswordArgs {
 #[derive(Subcommand, Debug)]
 enum UserCommand {
     /// Add a user.
+    ///
+    /// The name must be one the maildir template can turn into a maildrop: with a `%d` in the
+    /// template, a `user@domain`; never one with '/', '\\', a control character, or that is
+    /// "." or "..".
     Add {
+        /// The user name clients log in with (`bob`, or `bob@example.org`).
         name: String,
         #[command(flatten)]
         password: PasswordArgs,
@@ -113,6 +122,7 @@ enum UserCommand {
     },
     /// Remove a user (their maildrop is left as it is).
     Del {
+        /// The user name, as in the passwd-file.
         name: String,
         #[command(flatten)]
         config: ConfigArg,
@@ -124,6 +134,7 @@ enum UserCommand {
     },
     /// Change a user's password.
     Passwd {
+        /// The user name, as in the passwd-file.
         name: String,
         #[command(flatten)]
         password: PasswordArgs,
@@ -156,8 +167,22 @@ fn fail(message: impl Into<String>) -> CliError {
 }
 
 /// sysexits.h values that MTAs understand.
+const EX_DATAERR: u8 = 65;
 const EX_NOUSER: u8 = 67;
 const EX_TEMPFAIL: u8 = 75;
+const EX_NOPERM: u8 = 77;
+const EX_CONFIG: u8 = 78;
+
+/// The exit status of `facteur deliver` for a store failure: permanent ones make the MTA bounce
+/// the message at once instead of retrying it for days.
+fn delivery_status(e: &StoreError) -> u8 {
+    match e.lasting() {
+        Lasting::Temporary => EX_TEMPFAIL,
+        Lasting::NoUser => EX_NOUSER,
+        Lasting::NoPermission => EX_NOPERM,
+        Lasting::Config => EX_CONFIG,
+    }
+}
 
 /// Parse the command line and run it.
 pub fn main() -> ExitCode {
@@ -559,6 +584,7 @@ fn user(cmd: UserCommand) -> Result<(), CliError> {
             config,
         } => {
             let cfg = Config::load(&config.config)?;
+            check_new_user(&cfg, &name)?;
             let hash = hash_from_input(&password)?;
             auth::add_user(&cfg.auth.passwd_file, &name, &hash)?;
             println!("added {name}");
@@ -586,6 +612,42 @@ fn user(cmd: UserCommand) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// `user add` refuses a name the maildir template cannot turn into a maildrop (every delivery
+/// and login of that user would fail), and says when the template needs a home directory, which
+/// `user add` does not write.
+fn check_new_user(cfg: &Config, name: &str) -> Result<(), CliError> {
+    let store = MaildirStore::new(cfg.store.maildir.clone());
+    let checked = match store.maildir_path(name, None) {
+        Err(StoreError::NoHome(_)) => {
+            eprintln!(
+                "note: the maildir template {:?} uses %h: add {name}'s home directory (the 6th \
+                 field) to {}, or its deliveries and logins fail",
+                cfg.store.maildir,
+                cfg.auth.passwd_file.display()
+            );
+            store.maildir_path(name, Some("/"))
+        }
+        other => other,
+    };
+    match checked {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let hint = if matches!(e, StoreError::BadUser(_))
+                && cfg.store.maildir.contains("%d")
+                && !name.contains(['@', '/', '\\'])
+            {
+                " (the template uses %d, the domain: names must be user@domain)"
+            } else {
+                ""
+            };
+            Err(fail(format!(
+                "refusing to add {name:?}: {e}{hint}; the maildir template is {:?}",
+                cfg.store.maildir
+            )))
+        }
+    }
 }
 
 /// Read a password (prompt twice, or one line of stdin) and hash it.
@@ -633,13 +695,29 @@ fn deliver(user: &str, config_path: &Path) -> Result<(), CliError> {
             status: EX_NOUSER,
         });
     };
+    let store_error = |e: StoreError| CliError {
+        status: delivery_status(&e),
+        message: e.to_string(),
+    };
     // Run as root (from an MTA), the files are given to the maildrop's owner.
-    let owner = Owner::from_fields(entry.uid(), entry.gid()).map_err(|e| temp(&e))?;
+    let owner = Owner::from_fields(entry.uid(), entry.gid())
+        .map_err(|e| store_error(StoreError::from(e)))?;
     let store = MaildirStore::new(cfg.store.maildir.clone());
     let mut stdin = std::io::stdin().lock();
+    // Nothing at all is no message: refused before any file is made.
+    match stdin.fill_buf() {
+        Ok([]) => {
+            return Err(CliError {
+                message: "empty input: no message to deliver".to_string(),
+                status: EX_DATAERR,
+            })
+        }
+        Ok(_) => {}
+        Err(e) => return Err(temp(&format!("cannot read the message: {e}"))),
+    }
     let d = store
         .deliver_as(user, entry.home(), owner, &mut stdin)
-        .map_err(|e| temp(&e))?;
+        .map_err(store_error)?;
     eprintln!("delivered {} octets to {}", d.size, d.path.display());
     Ok(())
 }
