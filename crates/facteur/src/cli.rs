@@ -225,7 +225,30 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 None => ", no TLS".to_string(),
             };
             let users = db.snapshot().len();
-            let runs_as = check_run_as(&cfg)?;
+            let (runs_as, server) = check_run_as(&cfg)?;
+            let snapshot = db.snapshot();
+            let found = crate::store::check::check_maildirs(
+                &cfg.store.maildir,
+                snapshot.entries().iter().map(|e| (e.user(), e.home())),
+                server,
+            );
+            for w in &found.warnings {
+                eprintln!("warning: {w}");
+            }
+            for w in login_method_warnings(&cfg, &snapshot) {
+                eprintln!("warning: {w}");
+            }
+            if !found.errors.is_empty() {
+                for e in &found.errors {
+                    eprintln!("error: {e}");
+                }
+                return Err(fail(format!(
+                    "{}: {} problem{} with the maildirs: deliveries or logins would fail",
+                    config.config.display(),
+                    found.errors.len(),
+                    if found.errors.len() == 1 { "" } else { "s" }
+                )));
+            }
             println!(
                 "{}: OK ({users} user{}, maildir {}, listening on {}{tls}, {runs_as})",
                 config.config.display(),
@@ -258,11 +281,85 @@ fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+/// check-config: login methods offered to users whose stored scheme can never serve them. A
+/// client that picks the strongest method advertised (many do, and do not fall back) then fails
+/// every time, is penalised, and may be cut off. (APOP is not advertised when no user can use
+/// it; SASL mechanisms are.)
+fn login_method_warnings(cfg: &Config, users: &auth::PasswdFile) -> Vec<String> {
+    let mut methods = cfg.auth.sasl_mechanisms();
+    methods.retain(|m| m == "CRAM-MD5" || m == "SCRAM-SHA-256");
+    if cfg.auth.apop {
+        methods.push("APOP".to_string());
+    }
+    let total = users.len();
+    let mut warnings = Vec::new();
+    for method in methods {
+        let mut schemes: std::collections::BTreeMap<&str, usize> = Default::default();
+        for entry in users.entries() {
+            let scheme = entry.password().scheme();
+            if !scheme.serves(&method) {
+                *schemes.entry(scheme.name()).or_default() += 1;
+            }
+        }
+        let cannot: usize = schemes.values().sum();
+        if cannot == 0 {
+            continue;
+        }
+        let needs = auth::Scheme::ALL
+            .iter()
+            .filter(|s| s.serves(&method))
+            .map(|s| format!("{{{s}}}"))
+            .collect::<Vec<_>>()
+            .join(" or ");
+        let listed = schemes
+            .iter()
+            .map(|(s, n)| format!("{n} {s}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let setting = if method == "APOP" {
+            "set [auth] apop = false".to_string()
+        } else {
+            format!("remove {method} from [auth] sasl")
+        };
+        warnings.push(if cannot == total && method == "APOP" {
+            format!(
+                "APOP is enabled but no user can use it (it needs {needs} passwords; they are \
+                 {listed}): it is not offered; {setting}"
+            )
+        } else {
+            format!(
+                "{method} is offered, but {cannot} of {total} users cannot log in with it \
+                 (stored as {listed}; it needs {needs}): clients that pick the strongest method \
+                 advertised fail and are penalised; {setting}, or store those users' passwords \
+                 with a scheme it can use"
+            )
+        });
+    }
+    warnings
+}
+
 /// check-config: who `serve` will run as, and whether it can; fails when `[server] user` or
 /// `group` does not exist, or names root without `allow_root`. Only warns about how it is
 /// started, since check-config may run as another user than the service.
-fn check_run_as(cfg: &Config) -> Result<String, CliError> {
+fn check_run_as(cfg: &Config) -> Result<(String, crate::store::check::Server), CliError> {
     let now = privileges::current()?;
+    // Who will make and write the maildirs: `[server] user`, or whoever starts the server
+    // (taken to be who runs this check).
+    let server = match run_as(cfg)? {
+        Some(t) => crate::store::check::Server {
+            uid: t.uid,
+            gid: t.gid,
+        },
+        None => crate::store::check::Server {
+            uid: now.uid[1],
+            gid: now.gid[1],
+        },
+    };
+    let text = check_run_as_text(cfg, &now)?;
+    Ok((text, server))
+}
+
+fn check_run_as_text(cfg: &Config, now: &privileges::ProcessIds) -> Result<String, CliError> {
     match run_as(cfg)? {
         Some(t) if t.uid == 0 && !cfg.server.allow_root => Err(fail(ROOT_REFUSED)),
         Some(t) => {

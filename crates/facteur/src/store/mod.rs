@@ -15,6 +15,8 @@
 //!   file read.
 //! - `fasthash`: the hash behind the open's name sets and the index checksum.
 //! - `maildir`: [`MaildirStore`] and [`LockedMaildir`]: lock, snapshot, streaming, UPDATE.
+//! - `check`: what `check-config` asks: does the template give each user a maildrop the
+//!   serving user can make and write.
 //! - `deliver`: writing a message into `tmp/`, then `new/`, the Maildir way.
 //! - `handle`: every file system call, relative to a directory handle and never through a link.
 //!
@@ -28,6 +30,7 @@
 //!   over-long names in it. None of them may make the server read, write or remove anything
 //!   outside the maildrop, or wait; one bad message is skipped, never fatal to the session.
 
+pub mod check;
 pub(crate) mod deliver;
 mod fasthash;
 mod handle;
