@@ -12,13 +12,13 @@ use std::process::{Output, Stdio};
 /// The default fixture with another maildir template (and extra `[auth]` lines).
 fn fixture_with(template: &str, auth: &str) -> Fixture {
     let f = Fixture::build(DEFAULT_LIMITS, auth, false);
-    let text = std::fs::read_to_string(&f.config_path).unwrap();
+    let text = std::fs::read_to_string(&f.config_path).expect("read the configuration");
     let text = text.replace(
         "maildir = \"mail/%u/Maildir\"",
         &format!("maildir = {template:?}"),
     );
     assert!(text.contains(&format!("maildir = {template:?}")), "{text}");
-    std::fs::write(&f.config_path, text).unwrap();
+    std::fs::write(&f.config_path, text).expect("write the configuration");
     f
 }
 
@@ -32,10 +32,10 @@ fn run(f: &Fixture, args: &[&str], input: &[u8]) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .expect("start facteur");
     // The command may exit before it reads its input (a refusal): a broken pipe is fine.
-    let _ = child.stdin.take().unwrap().write_all(input);
-    child.wait_with_output().unwrap()
+    let _ = child.stdin.take().expect("its stdin").write_all(input);
+    child.wait_with_output().expect("wait for facteur")
 }
 
 fn stderr(o: &Output) -> String {
@@ -222,13 +222,13 @@ fn check_config_finds_maildir_templates_that_will_fail() {
 #[test]
 fn check_config_finds_a_maildir_root_the_serving_user_cannot_write() {
     let f = Fixture::new();
-    let text = std::fs::read_to_string(&f.config_path).unwrap();
+    let text = std::fs::read_to_string(&f.config_path).expect("read the configuration");
     // Served as nobody (65534), the maildirs go into a folder only root may write.
     let text = text.replace(
         "allow_root = true\n",
         "user = \"65534\"\ngroup = \"65534\"\n",
     );
-    std::fs::write(&f.config_path, text).unwrap();
+    std::fs::write(&f.config_path, text).expect("write the configuration");
     std::fs::create_dir(f.path().join("mail")).unwrap();
     let (ok, err) = check(&f);
     if !ok && err.contains("does not exist") {
