@@ -86,12 +86,14 @@ struct ServeArgs {
     /// The data folder of --dev.
     #[arg(long, default_value = "facteur-dev", requires = "dev")]
     data_dir: PathBuf,
-    /// The POP3 port of --dev (with STLS).
-    #[arg(long, default_value_t = 11110, requires = "dev")]
-    port: u16,
-    /// The POP3S port of --dev (implicit TLS).
-    #[arg(long, default_value_t = 11995, requires = "dev")]
-    tls_port: u16,
+    /// The POP3 port of --dev (with STLS); default 11110. Given, it replaces the one saved in
+    /// the data folder.
+    #[arg(long, requires = "dev")]
+    port: Option<u16>,
+    /// The POP3S port of --dev (implicit TLS); default 11995. Given, it replaces the one saved
+    /// in the data folder.
+    #[arg(long, requires = "dev")]
+    tls_port: Option<u16>,
 }
 
 #[derive(Args, Debug)]
@@ -405,8 +407,18 @@ fn init_logging(level: &str) {
 /// passwd-file opened (as the user who will re-read it when it changes).
 fn serve(args: ServeArgs) -> Result<(), CliError> {
     let dev = args.dev;
-    let (cfg, banner) = if dev {
-        dev_setup(&args.data_dir, args.port, args.tls_port)?
+    // A --dev data folder made by this run, removed again if the run fails before it serves
+    // (a port in use): otherwise the retry would find it and reuse what failed.
+    let mut fresh_dev_dir = None;
+    let (mut cfg, banner) = if dev {
+        if !args.data_dir.exists() {
+            fresh_dev_dir = Some(args.data_dir.clone());
+        }
+        let setup = dev_setup(&args.data_dir, args.port, args.tls_port);
+        if setup.is_err() {
+            remove_fresh_dev_dir(fresh_dev_dir.as_deref());
+        }
+        setup?
     } else {
         let path = args
             .config
@@ -414,7 +426,31 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
         (Config::load(&path)?, None)
     };
     init_logging(&cfg.log.level);
+    if dev {
+        // A first look needs few sessions: as many as the machine's open-file limit carries,
+        // rather than a warning about a limit nobody asked for.
+        let fits = server::rlimit::sessions_within(server::rlimit::hard_open_files());
+        cfg.limits.max_connections = cfg.limits.max_connections.min(fits).max(1);
+    }
     server::rlimit::prepare_open_files(cfg.limits.max_connections);
+    let served = serve_with(cfg, dev, banner);
+    if served.is_err() {
+        remove_fresh_dev_dir(fresh_dev_dir.as_deref());
+    }
+    served
+}
+
+/// Removes the --dev data folder this run made, when it failed before serving.
+fn remove_fresh_dev_dir(dir: Option<&Path>) {
+    if let Some(dir) = dir {
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            eprintln!("facteur: cannot remove {}: {e}", dir.display());
+        }
+    }
+}
+
+/// The rest of [`serve`], once the configuration is known.
+fn serve_with(cfg: Config, dev: bool, banner: Option<String>) -> Result<(), CliError> {
     let target = run_as(&cfg)?;
     // Refused before binding anything, so that nothing listens for a moment as root.
     let root_now = privileges::current()?.is_root();
@@ -498,9 +534,17 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
         let shared = Arc::new(shared);
         server::reload_tls_on_sighup(shared.clone());
         server::run_with_tls(shared, plain, implicit, server::shutdown_signal()).await;
-        Ok(())
-    })
+        Ok::<(), CliError>(())
+    })?;
+    // Blocking jobs still running (a maildrop being opened or updated) get a bounded time to
+    // end; only then is the last line written, so that it is the last thing the process does.
+    runtime.shutdown_timeout(SHUTDOWN_BLOCKING_WAIT);
+    tracing::info!("stopped");
+    Ok(())
 }
+
+/// How long the end of `serve` waits for blocking jobs after the sessions are gone.
+const SHUTDOWN_BLOCKING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why `facteur serve` does not start as root.
 const ROOT_REFUSED: &str = "refusing to serve mail as root: set [server] user (and group) to the \
@@ -582,8 +626,19 @@ fn into_tokio(
         .map_err(|e| fail(format!("cannot serve a listener: {e}")))
 }
 
-/// Create (or reuse) the --dev data folder; returns its configuration and what to print.
-fn dev_setup(dir: &Path, port: u16, tls_port: u16) -> Result<(Config, Option<String>), CliError> {
+/// The ports of --dev when none are given.
+const DEV_PORT: u16 = 11110;
+const DEV_TLS_PORT: u16 = 11995;
+
+/// Create (or reuse) the --dev data folder; returns its configuration and what to print. Ports
+/// given on the command line replace those of a folder made before.
+fn dev_setup(
+    dir: &Path,
+    port_arg: Option<u16>,
+    tls_port_arg: Option<u16>,
+) -> Result<(Config, Option<String>), CliError> {
+    let port = port_arg.unwrap_or(DEV_PORT);
+    let tls_port = tls_port_arg.unwrap_or(DEV_TLS_PORT);
     let config_path = dir.join("facteur.toml");
     let password_path = dir.join("demo-password");
     if !config_path.exists() {
@@ -618,7 +673,13 @@ fn dev_setup(dir: &Path, port: u16, tls_port: u16) -> Result<(Config, Option<Str
         );
         store.deliver("demo", None, &mut welcome.as_bytes())?;
     }
-    let cfg = Config::load(&config_path)?;
+    let mut cfg = Config::load(&config_path)?;
+    if let Some(p) = port_arg {
+        cfg.server.listen = vec![SocketAddr::from(([127, 0, 0, 1], p))];
+    }
+    if let Some(p) = tls_port_arg {
+        cfg.server.listen_tls = Some(vec![SocketAddr::from(([127, 0, 0, 1], p))]);
+    }
     let password = std::fs::read_to_string(&password_path)
         .map_err(|e| fail(format!("cannot read {}: {e}", password_path.display())))?;
     let addr = cfg
