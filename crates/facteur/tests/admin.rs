@@ -286,3 +286,140 @@ fn check_config_names_the_files_of_a_key_that_does_not_match() {
     let (ok, err) = check(&f);
     assert!(!ok && err.contains("holds a certificate"), "{err}");
 }
+
+/// Run `facteur serve ARGS` (under `sh -c` with `prefix` before it, e.g. a ulimit), wait for
+/// `lines` lines that say "listening", then stop it with SIGTERM and return its whole stderr.
+fn serve_log(prefix: &str, args: &[&str], listeners: usize) -> (String, std::process::ExitStatus) {
+    use std::io::{BufRead, BufReader};
+    let script = format!("{prefix} exec \"$0\" serve \"$@\"");
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg(env!("CARGO_BIN_EXE_facteur"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start facteur serve");
+    let stderr = child.stderr.take().expect("its stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = String::new();
+    let mut seen = 0;
+    while seen < listeners {
+        match rx.recv_timeout(READ_TIMEOUT) {
+            Ok(line) => {
+                seen += usize::from(line.contains("listening"));
+                log.push_str(&line);
+                log.push('\n');
+            }
+            Err(_) => break, // exited (or hung): the log says which
+        }
+    }
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    while let Ok(line) = rx.recv_timeout(READ_TIMEOUT) {
+        log.push_str(&line);
+        log.push('\n');
+    }
+    let status = child.wait().expect("wait for facteur serve");
+    (log, status)
+}
+
+#[test]
+fn check_config_and_serve_count_four_descriptors_per_session() {
+    // 300 sessions need 4 * 300 + 64 = 1264 descriptors: more than 1000, though 2 per session
+    // (664) would fit.
+    let f = Fixture::with_limits(&format!("{DEFAULT_LIMITS}max_connections = 300\n"));
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 1000 && ulimit -Hn 1000 && exec \"$0\" check-config --config \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_facteur"))
+        .arg(&f.config_path)
+        .output()
+        .expect("run check-config");
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("the open-file limit is 1000, and max_connections = 300 needs about 1264"),
+        "{err}"
+    );
+    let config = f.config_path.to_string_lossy().into_owned();
+    let (log, _) = serve_log(
+        "ulimit -n 1000 && ulimit -Hn 1000 &&",
+        &["--config", &config],
+        1,
+    );
+    assert!(log.contains("needed=1264"), "{log}");
+    assert!(log.contains("open-file limit is too low"), "{log}");
+}
+
+#[test]
+fn serve_dev_fits_its_limits_to_the_machine_and_honours_given_ports() {
+    let tmp = tempfile::tempdir().expect("a temporary folder");
+    let dir = tmp.path().join("dev");
+    let dir_arg = dir.to_string_lossy().into_owned();
+    // A port that is taken: the first run fails, and leaves no folder behind.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let taken_port = taken.local_addr().expect("its address").port().to_string();
+    let tls_port = free_port().to_string();
+    let (log, status) = serve_log(
+        "",
+        &[
+            "--dev",
+            "--data-dir",
+            &dir_arg,
+            "--port",
+            &taken_port,
+            "--tls-port",
+            &tls_port,
+        ],
+        2,
+    );
+    assert!(!status.success(), "{log}");
+    assert!(!dir.exists(), "the failed first run left {}", dir.display());
+    // The retry on free ports serves, with a hard limit too low for the default 10,000
+    // sessions, and no warning about it.
+    let (port, tls_port) = (free_port().to_string(), free_port().to_string());
+    let dev = [
+        "--dev",
+        "--data-dir",
+        &dir_arg,
+        "--port",
+        &port,
+        "--tls-port",
+        &tls_port,
+    ];
+    let (log, _) = serve_log("ulimit -n 4096 && ulimit -Hn 4096 &&", &dev, 2);
+    assert!(log.contains(&format!("address=127.0.0.1:{port}")), "{log}");
+    assert!(!log.contains("open-file limit"), "{log}");
+    // The folder exists now: other ports given on the command line are used all the same.
+    let (port, tls_port) = (free_port().to_string(), free_port().to_string());
+    let again = [
+        "--dev",
+        "--data-dir",
+        &dir_arg,
+        "--port",
+        &port,
+        "--tls-port",
+        &tls_port,
+    ];
+    let (log, _) = serve_log("", &again, 2);
+    assert!(log.contains(&format!("address=127.0.0.1:{port}")), "{log}");
+    assert!(
+        log.contains(&format!("address=127.0.0.1:{tls_port}")),
+        "{log}"
+    );
+    // The last line is the last word.
+    let last = log.lines().last().unwrap_or_default();
+    assert!(last.ends_with("stopped"), "{log}");
+}
