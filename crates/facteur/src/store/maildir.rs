@@ -1980,6 +1980,23 @@ mod tests {
     }
 
     #[test]
+    fn the_directory_that_could_not_be_made_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a/b/c");
+        assert_eq!(first_missing(&deep), dir.path().join("a"));
+        fs::create_dir(dir.path().join("a")).unwrap();
+        assert_eq!(first_missing(&deep), dir.path().join("a/b"));
+        // Under a regular file: the first name below it.
+        fs::write(dir.path().join("a/f"), "").unwrap();
+        assert_eq!(
+            first_missing(&dir.path().join("a/f/x/y")),
+            dir.path().join("a/f/x")
+        );
+        // Nothing missing: the directory itself.
+        assert_eq!(first_missing(dir.path()), dir.path());
+    }
+
+    #[test]
     fn deliver_rejects_escaping_names() {
         let f = fixture();
         let err = f.store.deliver("../x@example.org", None, &mut &b"x"[..]);

@@ -294,6 +294,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn what_lasts_and_what_may_pass() {
+        let io = |errno| StoreError::io("/x", std::io::Error::from_raw_os_error(errno));
+        assert_eq!(io(libc::EACCES).lasting(), Lasting::NoPermission);
+        assert_eq!(io(libc::EPERM).lasting(), Lasting::NoPermission);
+        assert_eq!(io(libc::EROFS).lasting(), Lasting::NoPermission);
+        assert_eq!(io(libc::ENOTDIR).lasting(), Lasting::Config);
+        assert_eq!(io(libc::ELOOP).lasting(), Lasting::Config);
+        for errno in [
+            libc::ENOSPC,
+            libc::EDQUOT,
+            libc::EIO,
+            libc::ENOENT,
+            libc::EMFILE,
+        ] {
+            assert_eq!(io(errno).lasting(), Lasting::Temporary, "{errno}");
+            assert!(!io(errno).is_permanent());
+        }
+        assert_eq!(StoreError::BadUser("a/b".into()).lasting(), Lasting::NoUser);
+        assert_eq!(StoreError::NoHome("a".into()).lasting(), Lasting::Config);
+        let bad = StoreError::BadTemplate {
+            template: "%x".into(),
+            reason: "r",
+        };
+        assert_eq!(bad.lasting(), Lasting::Config);
+        assert!(bad.is_permanent());
+        assert!(!StoreError::InUse.is_permanent());
+        let wrong = StoreError::WrongOwner {
+            path: "/x".into(),
+            expected: 1,
+            found: 2,
+        };
+        assert_eq!(wrong.lasting(), Lasting::NoPermission);
+    }
+
+    #[test]
     fn owners_are_numbers_or_nothing() {
         assert_eq!(Owner::from_fields(None, Some("")), Ok(Owner::default()));
         assert_eq!(
