@@ -112,7 +112,7 @@ enum UserCommand {
     /// Add a user.
     ///
     /// The name must be one the maildir template can turn into a maildrop: with a `%d` in the
-    /// template, a `user@domain`; never one with '/', '\\', a control character, or that is
+    /// template, a `user@domain`; never one with '/', '\', a control character, or that is
     /// "." or "..".
     Add {
         /// The user name clients log in with (`bob`, or `bob@example.org`).
