@@ -514,9 +514,20 @@ fn serve_with(cfg: Config, dev: bool, banner: Option<String>) -> Result<(), CliE
     runtime.block_on(async move {
         let plain = into_tokio(plain)?;
         let implicit = into_tokio(implicit)?;
+        let stls = tls.is_some();
+        let store = Arc::new(MaildirStore::new(cfg.store.maildir.clone()));
+        let mut shared = Shared::new(cfg, Arc::new(db), store);
+        if let Some(tls) = tls {
+            shared = shared.with_tls(tls);
+        }
+        let shared = Arc::new(shared);
+        // Every signal is handled before the log says "listening": a SIGTERM or SIGHUP sent as
+        // soon as it does is a clean shutdown or a reload, never the default sudden death.
+        server::reload_tls_on_sighup(shared.clone());
+        let shutdown = shutdown_signals()?;
         for (l, kind) in plain
             .iter()
-            .map(|l| (l, if tls.is_some() { "pop3 (STLS)" } else { "pop3" }))
+            .map(|l| (l, if stls { "pop3 (STLS)" } else { "pop3" }))
             .chain(implicit.iter().map(|l| (l, "pop3s")))
         {
             if let Ok(a) = l.local_addr() {
@@ -526,14 +537,7 @@ fn serve_with(cfg: Config, dev: bool, banner: Option<String>) -> Result<(), CliE
         if let Some(b) = banner {
             println!("{b}");
         }
-        let store = Arc::new(MaildirStore::new(cfg.store.maildir.clone()));
-        let mut shared = Shared::new(cfg, Arc::new(db), store);
-        if let Some(tls) = tls {
-            shared = shared.with_tls(tls);
-        }
-        let shared = Arc::new(shared);
-        server::reload_tls_on_sighup(shared.clone());
-        server::run_with_tls(shared, plain, implicit, server::shutdown_signal()).await;
+        server::run_with_tls(shared, plain, implicit, shutdown).await;
         Ok::<(), CliError>(())
     })?;
     // Blocking jobs still running (a maildrop being opened or updated) get a bounded time to
@@ -541,6 +545,23 @@ fn serve_with(cfg: Config, dev: bool, banner: Option<String>) -> Result<(), CliE
     runtime.shutdown_timeout(SHUTDOWN_BLOCKING_WAIT);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Resolves at the first SIGTERM or SIGINT; the handlers are installed when this is called
+/// (inside the runtime), not when the future is first polled.
+fn shutdown_signals() -> Result<impl std::future::Future<Output = ()>, CliError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let handler = |kind: SignalKind, name: &str| {
+        signal(kind).map_err(|e| fail(format!("cannot handle {name}: {e}")))
+    };
+    let mut term = handler(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = handler(SignalKind::interrupt(), "SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 /// How long the end of `serve` waits for blocking jobs after the sessions are gone.
