@@ -1042,7 +1042,7 @@ mod tests {
             exchange(&mut c, &mut s, vec![Command::Quit]),
             [reply(
                 CommandKind::Quit,
-                "signing off (1 messages deleted, 2 left)"
+                "signing off (1 message deleted, 2 left)"
             )]
         );
         assert_eq!(s.deletions, Some(vec![0]));

@@ -522,7 +522,12 @@ impl ServerSession {
                 } else {
                     Code::SysTemp
                 };
-                response::err(out, Some(code), "cannot open the maildrop, try again later");
+                let text = if permanent {
+                    "cannot open the maildrop: the server is misconfigured, tell its administrator"
+                } else {
+                    "cannot open the maildrop, try again later"
+                };
+                response::err(out, Some(code), text);
             }
         }
         if self.auth_attempts >= self.config.max_auth_attempts {
@@ -549,10 +554,14 @@ impl ServerSession {
         } else {
             (self.messages.len(), self.total_octets)
         };
+        let messages = plural(count, "message", "messages");
         if self.sizes_known {
-            format!("{count} messages ({octets} octets)")
+            format!(
+                "{messages} ({octets} {})",
+                if octets == 1 { "octet" } else { "octets" }
+            )
         } else {
-            format!("{count} messages")
+            messages
         }
     }
 
@@ -744,13 +753,16 @@ impl ServerSession {
             Ok(()) => {
                 let left = self.messages.len() - self.deleted_count;
                 if self.deleted_count == 0 {
-                    response::ok(out, format_args!("signing off ({left} messages left)"));
+                    response::ok(
+                        out,
+                        format_args!("signing off ({} left)", plural(left, "message", "messages")),
+                    );
                 } else {
                     response::ok(
                         out,
                         format_args!(
-                            "signing off ({} messages deleted, {left} left)",
-                            self.deleted_count
+                            "signing off ({} deleted, {left} left)",
+                            plural(self.deleted_count, "message", "messages")
                         ),
                     );
                 }
@@ -779,6 +791,11 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
         }
     }
     out.extend_from_slice(digits.get(start..).unwrap_or(&[]));
+}
+
+/// "1 message", "2 messages": a count with its noun.
+fn plural(count: usize, one: &str, many: &str) -> String {
+    format!("{count} {}", if count == 1 { one } else { many })
 }
 
 #[cfg(test)]
@@ -880,6 +897,34 @@ mod tests {
     }
 
     #[test]
+    fn one_message_is_singular() {
+        let mut s = logged_in();
+        text(&mut s, "DELE 1");
+        assert_eq!(
+            text(&mut s, "RSET"),
+            "+OK maildrop has 2 messages (320 octets)\r\n"
+        );
+        text(&mut s, "DELE 2");
+        s.handle_line(b"QUIT", &mut Vec::new());
+        let mut out = Vec::new();
+        s.update_result(Ok(()), &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "+OK signing off (1 message deleted, 1 left)\r\n"
+        );
+        let mut s = logged_in();
+        s.handle_line(b"QUIT", &mut Vec::new());
+        let mut out = Vec::new();
+        s.update_result(Ok(()), &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "+OK signing off (2 messages left)\r\n"
+        );
+        assert_eq!(plural(1, "message", "messages"), "1 message");
+        assert_eq!(plural(0, "message", "messages"), "0 messages");
+    }
+
+    #[test]
     fn greeting_carries_apop_timestamp_only_when_enabled() {
         let mut out = Vec::new();
         ServerSession::new(ServerConfig::default()).greeting(&mut out);
@@ -923,7 +968,7 @@ mod tests {
         assert_eq!(text(&mut s, "STAT"), "+OK 1 200\r\n");
         assert_eq!(
             text(&mut s, "LIST"),
-            "+OK 1 messages (200 octets)\r\n2 200\r\n.\r\n"
+            "+OK 1 message (200 octets)\r\n2 200\r\n.\r\n"
         );
         assert_eq!(
             text(&mut s, "UIDL"),
@@ -1058,7 +1103,10 @@ mod tests {
             s.handle_line(b"PASS b", &mut Vec::new());
             let mut out = Vec::new();
             s.auth_result(r, &mut out);
-            assert!(String::from_utf8(out).unwrap().starts_with(want));
+            let out = String::from_utf8(out).unwrap();
+            assert!(out.starts_with(want));
+            // A permanent failure does not invite the user to try again.
+            assert_eq!(out.contains("try again"), want.contains("TEMP"), "{out}");
         }
     }
 

@@ -8,7 +8,7 @@ use crate::auth::{self, PasswdDb, Scheme};
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::privileges;
 use crate::server::{self, Shared};
-use crate::store::{MaildirStore, Owner, Store};
+use crate::store::{Lasting, MaildirStore, Owner, Store, StoreError};
 use crate::tls::{self, TlsFiles, TlsState};
 use clap::{Args, Parser, Subcommand};
 use std::io::{BufRead, Write};
@@ -41,8 +41,12 @@ enum Command {
     User(UserCommand),
     /// Deliver one message, read from standard input, to a user's maildrop (for an MTA).
     ///
-    /// Exit status follows sysexits: 67 for an unknown user, 75 for a temporary failure
-    /// (the MTA keeps the message and tries again).
+    /// Exit status follows sysexits. Permanent (the MTA bounces the message): 67 for an unknown
+    /// user or a name the maildir template cannot use, 65 for empty input, 77 when the system
+    /// refuses (permissions, a read-only file system, a maildrop owned by another uid), 78 for a
+    /// configuration error (the template, a missing home, a path through a file or a link).
+    /// Temporary: 75 (the MTA keeps the message and tries again: a lock, a full disk, an
+    /// unreadable configuration).
     Deliver {
         /// The user, as named in the passwd-file.
         user: String,
@@ -82,12 +86,14 @@ struct ServeArgs {
     /// The data folder of --dev.
     #[arg(long, default_value = "facteur-dev", requires = "dev")]
     data_dir: PathBuf,
-    /// The POP3 port of --dev (with STLS).
-    #[arg(long, default_value_t = 11110, requires = "dev")]
-    port: u16,
-    /// The POP3S port of --dev (implicit TLS).
-    #[arg(long, default_value_t = 11995, requires = "dev")]
-    tls_port: u16,
+    /// The POP3 port of --dev (with STLS); default 11110. Given, it replaces the one saved in
+    /// the data folder.
+    #[arg(long, requires = "dev")]
+    port: Option<u16>,
+    /// The POP3S port of --dev (implicit TLS); default 11995. Given, it replaces the one saved
+    /// in the data folder.
+    #[arg(long, requires = "dev")]
+    tls_port: Option<u16>,
 }
 
 #[derive(Args, Debug)]
@@ -104,7 +110,12 @@ struct PasswordArgs {
 #[derive(Subcommand, Debug)]
 enum UserCommand {
     /// Add a user.
+    ///
+    /// The name must be one the maildir template can turn into a maildrop: with a `%d` in the
+    /// template, a `user@domain`; never one with '/', '\', a control character, or that is
+    /// "." or "..".
     Add {
+        /// The user name clients log in with (`bob`, or `bob@example.org`).
         name: String,
         #[command(flatten)]
         password: PasswordArgs,
@@ -113,6 +124,7 @@ enum UserCommand {
     },
     /// Remove a user (their maildrop is left as it is).
     Del {
+        /// The user name, as in the passwd-file.
         name: String,
         #[command(flatten)]
         config: ConfigArg,
@@ -124,6 +136,7 @@ enum UserCommand {
     },
     /// Change a user's password.
     Passwd {
+        /// The user name, as in the passwd-file.
         name: String,
         #[command(flatten)]
         password: PasswordArgs,
@@ -156,8 +169,22 @@ fn fail(message: impl Into<String>) -> CliError {
 }
 
 /// sysexits.h values that MTAs understand.
+const EX_DATAERR: u8 = 65;
 const EX_NOUSER: u8 = 67;
 const EX_TEMPFAIL: u8 = 75;
+const EX_NOPERM: u8 = 77;
+const EX_CONFIG: u8 = 78;
+
+/// The exit status of `facteur deliver` for a store failure: permanent ones make the MTA bounce
+/// the message at once instead of retrying it for days.
+fn delivery_status(e: &StoreError) -> u8 {
+    match e.lasting() {
+        Lasting::Temporary => EX_TEMPFAIL,
+        Lasting::NoUser => EX_NOUSER,
+        Lasting::NoPermission => EX_NOPERM,
+        Lasting::Config => EX_CONFIG,
+    }
+}
 
 /// Parse the command line and run it.
 pub fn main() -> ExitCode {
@@ -200,7 +227,30 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 None => ", no TLS".to_string(),
             };
             let users = db.snapshot().len();
-            let runs_as = check_run_as(&cfg)?;
+            let (runs_as, server) = check_run_as(&cfg)?;
+            let snapshot = db.snapshot();
+            let found = crate::store::check::check_maildirs(
+                &cfg.store.maildir,
+                snapshot.entries().iter().map(|e| (e.user(), e.home())),
+                server,
+            );
+            for w in &found.warnings {
+                eprintln!("warning: {w}");
+            }
+            for w in login_method_warnings(&cfg, &snapshot) {
+                eprintln!("warning: {w}");
+            }
+            if !found.errors.is_empty() {
+                for e in &found.errors {
+                    eprintln!("error: {e}");
+                }
+                return Err(fail(format!(
+                    "{}: {} problem{} with the maildirs: deliveries or logins would fail",
+                    config.config.display(),
+                    found.errors.len(),
+                    if found.errors.len() == 1 { "" } else { "s" }
+                )));
+            }
             println!(
                 "{}: OK ({users} user{}, maildir {}, listening on {}{tls}, {runs_as})",
                 config.config.display(),
@@ -233,11 +283,85 @@ fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+/// check-config: login methods offered to users whose stored scheme can never serve them. A
+/// client that picks the strongest method advertised (many do, and do not fall back) then fails
+/// every time, is penalised, and may be cut off. (APOP is not advertised when no user can use
+/// it; SASL mechanisms are.)
+fn login_method_warnings(cfg: &Config, users: &auth::PasswdFile) -> Vec<String> {
+    let mut methods = cfg.auth.sasl_mechanisms();
+    methods.retain(|m| m == "CRAM-MD5" || m == "SCRAM-SHA-256");
+    if cfg.auth.apop {
+        methods.push("APOP".to_string());
+    }
+    let total = users.len();
+    let mut warnings = Vec::new();
+    for method in methods {
+        let mut schemes: std::collections::BTreeMap<&str, usize> = Default::default();
+        for entry in users.entries() {
+            let scheme = entry.password().scheme();
+            if !scheme.serves(&method) {
+                *schemes.entry(scheme.name()).or_default() += 1;
+            }
+        }
+        let cannot: usize = schemes.values().sum();
+        if cannot == 0 {
+            continue;
+        }
+        let needs = auth::Scheme::ALL
+            .iter()
+            .filter(|s| s.serves(&method))
+            .map(|s| format!("{{{s}}}"))
+            .collect::<Vec<_>>()
+            .join(" or ");
+        let listed = schemes
+            .iter()
+            .map(|(s, n)| format!("{n} {s}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let setting = if method == "APOP" {
+            "set [auth] apop = false".to_string()
+        } else {
+            format!("remove {method} from [auth] sasl")
+        };
+        warnings.push(if cannot == total && method == "APOP" {
+            format!(
+                "APOP is enabled but no user can use it (it needs {needs} passwords; they are \
+                 {listed}): it is not offered; {setting}"
+            )
+        } else {
+            format!(
+                "{method} is offered, but {cannot} of {total} users cannot log in with it \
+                 (stored as {listed}; it needs {needs}): clients that pick the strongest method \
+                 advertised fail and are penalised; {setting}, or store those users' passwords \
+                 with a scheme it can use"
+            )
+        });
+    }
+    warnings
+}
+
 /// check-config: who `serve` will run as, and whether it can; fails when `[server] user` or
 /// `group` does not exist, or names root without `allow_root`. Only warns about how it is
 /// started, since check-config may run as another user than the service.
-fn check_run_as(cfg: &Config) -> Result<String, CliError> {
+fn check_run_as(cfg: &Config) -> Result<(String, crate::store::check::Server), CliError> {
     let now = privileges::current()?;
+    // Who will make and write the maildirs: `[server] user`, or whoever starts the server
+    // (taken to be who runs this check).
+    let server = match run_as(cfg)? {
+        Some(t) => crate::store::check::Server {
+            uid: t.uid,
+            gid: t.gid,
+        },
+        None => crate::store::check::Server {
+            uid: now.uid[1],
+            gid: now.gid[1],
+        },
+    };
+    let text = check_run_as_text(cfg, &now)?;
+    Ok((text, server))
+}
+
+fn check_run_as_text(cfg: &Config, now: &privileges::ProcessIds) -> Result<String, CliError> {
     match run_as(cfg)? {
         Some(t) if t.uid == 0 && !cfg.server.allow_root => Err(fail(ROOT_REFUSED)),
         Some(t) => {
@@ -283,8 +407,18 @@ fn init_logging(level: &str) {
 /// passwd-file opened (as the user who will re-read it when it changes).
 fn serve(args: ServeArgs) -> Result<(), CliError> {
     let dev = args.dev;
-    let (cfg, banner) = if dev {
-        dev_setup(&args.data_dir, args.port, args.tls_port)?
+    // A --dev data folder made by this run, removed again if the run fails before it serves
+    // (a port in use): otherwise the retry would find it and reuse what failed.
+    let mut fresh_dev_dir = None;
+    let (mut cfg, banner) = if dev {
+        if !args.data_dir.exists() {
+            fresh_dev_dir = Some(args.data_dir.clone());
+        }
+        let setup = dev_setup(&args.data_dir, args.port, args.tls_port);
+        if setup.is_err() {
+            remove_fresh_dev_dir(fresh_dev_dir.as_deref());
+        }
+        setup?
     } else {
         let path = args
             .config
@@ -292,7 +426,31 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
         (Config::load(&path)?, None)
     };
     init_logging(&cfg.log.level);
+    if dev {
+        // A first look needs few sessions: as many as the machine's open-file limit carries,
+        // rather than a warning about a limit nobody asked for.
+        let fits = server::rlimit::sessions_within(server::rlimit::hard_open_files());
+        cfg.limits.max_connections = cfg.limits.max_connections.min(fits).max(1);
+    }
     server::rlimit::prepare_open_files(cfg.limits.max_connections);
+    let served = serve_with(cfg, dev, banner);
+    if served.is_err() {
+        remove_fresh_dev_dir(fresh_dev_dir.as_deref());
+    }
+    served
+}
+
+/// Removes the --dev data folder this run made, when it failed before serving.
+fn remove_fresh_dev_dir(dir: Option<&Path>) {
+    if let Some(dir) = dir {
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            eprintln!("facteur: cannot remove {}: {e}", dir.display());
+        }
+    }
+}
+
+/// The rest of [`serve`], once the configuration is known.
+fn serve_with(cfg: Config, dev: bool, banner: Option<String>) -> Result<(), CliError> {
     let target = run_as(&cfg)?;
     // Refused before binding anything, so that nothing listens for a moment as root.
     let root_now = privileges::current()?.is_root();
@@ -356,9 +514,20 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
     runtime.block_on(async move {
         let plain = into_tokio(plain)?;
         let implicit = into_tokio(implicit)?;
+        let stls = tls.is_some();
+        let store = Arc::new(MaildirStore::new(cfg.store.maildir.clone()));
+        let mut shared = Shared::new(cfg, Arc::new(db), store);
+        if let Some(tls) = tls {
+            shared = shared.with_tls(tls);
+        }
+        let shared = Arc::new(shared);
+        // Every signal is handled before the log says "listening": a SIGTERM or SIGHUP sent as
+        // soon as it does is a clean shutdown or a reload, never the default sudden death.
+        server::reload_tls_on_sighup(shared.clone());
+        let shutdown = shutdown_signals()?;
         for (l, kind) in plain
             .iter()
-            .map(|l| (l, if tls.is_some() { "pop3 (STLS)" } else { "pop3" }))
+            .map(|l| (l, if stls { "pop3 (STLS)" } else { "pop3" }))
             .chain(implicit.iter().map(|l| (l, "pop3s")))
         {
             if let Ok(a) = l.local_addr() {
@@ -368,17 +537,35 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
         if let Some(b) = banner {
             println!("{b}");
         }
-        let store = Arc::new(MaildirStore::new(cfg.store.maildir.clone()));
-        let mut shared = Shared::new(cfg, Arc::new(db), store);
-        if let Some(tls) = tls {
-            shared = shared.with_tls(tls);
+        server::run_with_tls(shared, plain, implicit, shutdown).await;
+        Ok::<(), CliError>(())
+    })?;
+    // Blocking jobs still running (a maildrop being opened or updated) get a bounded time to
+    // end; only then is the last line written, so that it is the last thing the process does.
+    runtime.shutdown_timeout(SHUTDOWN_BLOCKING_WAIT);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves at the first SIGTERM or SIGINT; the handlers are installed when this is called
+/// (inside the runtime), not when the future is first polled.
+fn shutdown_signals() -> Result<impl std::future::Future<Output = ()>, CliError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let handler = |kind: SignalKind, name: &str| {
+        signal(kind).map_err(|e| fail(format!("cannot handle {name}: {e}")))
+    };
+    let mut term = handler(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = handler(SignalKind::interrupt(), "SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-        let shared = Arc::new(shared);
-        server::reload_tls_on_sighup(shared.clone());
-        server::run_with_tls(shared, plain, implicit, server::shutdown_signal()).await;
-        Ok(())
     })
 }
+
+/// How long the end of `serve` waits for blocking jobs after the sessions are gone.
+const SHUTDOWN_BLOCKING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why `facteur serve` does not start as root.
 const ROOT_REFUSED: &str = "refusing to serve mail as root: set [server] user (and group) to the \
@@ -460,8 +647,19 @@ fn into_tokio(
         .map_err(|e| fail(format!("cannot serve a listener: {e}")))
 }
 
-/// Create (or reuse) the --dev data folder; returns its configuration and what to print.
-fn dev_setup(dir: &Path, port: u16, tls_port: u16) -> Result<(Config, Option<String>), CliError> {
+/// The ports of --dev when none are given.
+const DEV_PORT: u16 = 11110;
+const DEV_TLS_PORT: u16 = 11995;
+
+/// Create (or reuse) the --dev data folder; returns its configuration and what to print. Ports
+/// given on the command line replace those of a folder made before.
+fn dev_setup(
+    dir: &Path,
+    port_arg: Option<u16>,
+    tls_port_arg: Option<u16>,
+) -> Result<(Config, Option<String>), CliError> {
+    let port = port_arg.unwrap_or(DEV_PORT);
+    let tls_port = tls_port_arg.unwrap_or(DEV_TLS_PORT);
     let config_path = dir.join("facteur.toml");
     let password_path = dir.join("demo-password");
     if !config_path.exists() {
@@ -496,7 +694,13 @@ fn dev_setup(dir: &Path, port: u16, tls_port: u16) -> Result<(Config, Option<Str
         );
         store.deliver("demo", None, &mut welcome.as_bytes())?;
     }
-    let cfg = Config::load(&config_path)?;
+    let mut cfg = Config::load(&config_path)?;
+    if let Some(p) = port_arg {
+        cfg.server.listen = vec![SocketAddr::from(([127, 0, 0, 1], p))];
+    }
+    if let Some(p) = tls_port_arg {
+        cfg.server.listen_tls = Some(vec![SocketAddr::from(([127, 0, 0, 1], p))]);
+    }
     let password = std::fs::read_to_string(&password_path)
         .map_err(|e| fail(format!("cannot read {}: {e}", password_path.display())))?;
     let addr = cfg
@@ -559,6 +763,7 @@ fn user(cmd: UserCommand) -> Result<(), CliError> {
             config,
         } => {
             let cfg = Config::load(&config.config)?;
+            check_new_user(&cfg, &name)?;
             let hash = hash_from_input(&password)?;
             auth::add_user(&cfg.auth.passwd_file, &name, &hash)?;
             println!("added {name}");
@@ -586,6 +791,42 @@ fn user(cmd: UserCommand) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// `user add` refuses a name the maildir template cannot turn into a maildrop (every delivery
+/// and login of that user would fail), and says when the template needs a home directory, which
+/// `user add` does not write.
+fn check_new_user(cfg: &Config, name: &str) -> Result<(), CliError> {
+    let store = MaildirStore::new(cfg.store.maildir.clone());
+    let checked = match store.maildir_path(name, None) {
+        Err(StoreError::NoHome(_)) => {
+            eprintln!(
+                "note: the maildir template {:?} uses %h: add {name}'s home directory (the 6th \
+                 field) to {}, or its deliveries and logins fail",
+                cfg.store.maildir,
+                cfg.auth.passwd_file.display()
+            );
+            store.maildir_path(name, Some("/"))
+        }
+        other => other,
+    };
+    match checked {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let hint = if matches!(e, StoreError::BadUser(_))
+                && cfg.store.maildir.contains("%d")
+                && !name.contains(['@', '/', '\\'])
+            {
+                " (the template uses %d, the domain: names must be user@domain)"
+            } else {
+                ""
+            };
+            Err(fail(format!(
+                "refusing to add {name:?}: {e}{hint}; the maildir template is {:?}",
+                cfg.store.maildir
+            )))
+        }
+    }
 }
 
 /// Read a password (prompt twice, or one line of stdin) and hash it.
@@ -633,13 +874,29 @@ fn deliver(user: &str, config_path: &Path) -> Result<(), CliError> {
             status: EX_NOUSER,
         });
     };
+    let store_error = |e: StoreError| CliError {
+        status: delivery_status(&e),
+        message: e.to_string(),
+    };
     // Run as root (from an MTA), the files are given to the maildrop's owner.
-    let owner = Owner::from_fields(entry.uid(), entry.gid()).map_err(|e| temp(&e))?;
+    let owner = Owner::from_fields(entry.uid(), entry.gid())
+        .map_err(|e| store_error(StoreError::from(e)))?;
     let store = MaildirStore::new(cfg.store.maildir.clone());
     let mut stdin = std::io::stdin().lock();
+    // Nothing at all is no message: refused before any file is made.
+    match stdin.fill_buf() {
+        Ok([]) => {
+            return Err(CliError {
+                message: "empty input: no message to deliver".to_string(),
+                status: EX_DATAERR,
+            })
+        }
+        Ok(_) => {}
+        Err(e) => return Err(temp(&format!("cannot read the message: {e}"))),
+    }
     let d = store
         .deliver_as(user, entry.home(), owner, &mut stdin)
-        .map_err(|e| temp(&e))?;
+        .map_err(store_error)?;
     eprintln!("delivered {} octets to {}", d.size, d.path.display());
     Ok(())
 }

@@ -21,6 +21,12 @@ pub enum TlsError {
     Key { path: PathBuf, reason: String },
     #[error("cannot read the client CA file {path}: {reason}")]
     ClientCa { path: PathBuf, reason: String },
+    #[error(
+        "the private key {} does not match the certificate {}: the key must be the pair of the \
+         first certificate of the chain (the server's own, before any intermediate)",
+        key.display(), certificate.display()
+    )]
+    Mismatch { certificate: PathBuf, key: PathBuf },
     #[error("invalid TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("cannot create a self-signed certificate: {0}")]
@@ -51,14 +57,35 @@ pub fn load(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
             reason: e.to_string(),
         })?;
     if chain.is_empty() {
+        let swapped = holds(&files.certificate, "PRIVATE KEY-----");
         return Err(TlsError::Certificate {
             path: files.certificate.clone(),
-            reason: "no CERTIFICATE in the file".into(),
+            reason: if swapped {
+                "no CERTIFICATE in the file, which holds a private key (are certificate and \
+                 private_key swapped?)"
+            } else {
+                "no CERTIFICATE in the file"
+            }
+            .into(),
         });
     }
     let key = PrivateKeyDer::from_pem_file(&files.private_key).map_err(|e| TlsError::Key {
         path: files.private_key.clone(),
-        reason: e.to_string(),
+        reason: match e {
+            rustls::pki_types::pem::Error::NoItemsFound
+                if holds(&files.private_key, "BEGIN CERTIFICATE-----") =>
+            {
+                "no PRIVATE KEY in the file, which holds a certificate (are certificate and \
+                 private_key swapped?)"
+                    .into()
+            }
+            rustls::pki_types::pem::Error::NoItemsFound => {
+                "no PRIVATE KEY in the file (expected a PEM block \
+                 -----BEGIN PRIVATE KEY-----, RSA PRIVATE KEY or EC PRIVATE KEY)"
+                    .into()
+            }
+            e => e.to_string(),
+        },
     })?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -83,7 +110,13 @@ pub fn load(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder.with_single_cert(chain, key)?;
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => TlsError::Mismatch {
+            certificate: files.certificate.clone(),
+            key: files.private_key.clone(),
+        },
+        e => TlsError::Rustls(e),
+    })?;
     // The server's order of cipher suites, strongest first, not whatever a client lists first:
     // a client (or someone who tampers with its hello, for TLS 1.2) cannot steer the session to
     // the weakest suite both sides accept.
@@ -91,6 +124,11 @@ pub fn load(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     // POP3 has no ALPN identifier of its own in common use; accept clients that send none.
     config.alpn_protocols = Vec::new();
     Ok(Arc::new(config))
+}
+
+/// True if the file at `path` holds `marker` (to explain a file that parsed to nothing).
+fn holds(path: &Path, marker: &str) -> bool {
+    std::fs::read(path).is_ok_and(|b| b.windows(marker.len()).any(|w| w == marker.as_bytes()))
 }
 
 /// The current TLS configuration, replaceable while the server runs (SIGHUP).
@@ -416,5 +454,37 @@ mod tests {
         };
         let e = load(&files).unwrap_err().to_string();
         assert!(e.contains("no CERTIFICATE"), "{e}");
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_or_swapped_files_are_named() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let fa = write_self_signed(a.path()).unwrap();
+        let fb = write_self_signed(b.path()).unwrap();
+        let mismatched = TlsFiles {
+            certificate: fa.certificate.clone(),
+            private_key: fb.private_key.clone(),
+            client_ca: None,
+        };
+        let e = load(&mismatched).unwrap_err().to_string();
+        assert!(e.contains("does not match"), "{e}");
+        assert!(e.contains(&*fa.certificate.to_string_lossy()), "{e}");
+        assert!(e.contains(&*fb.private_key.to_string_lossy()), "{e}");
+        let swapped = TlsFiles {
+            certificate: fa.certificate.clone(),
+            private_key: fa.certificate.clone(),
+            client_ca: None,
+        };
+        let e = load(&swapped).unwrap_err().to_string();
+        assert!(e.contains("holds a certificate"), "{e}");
+        let swapped = TlsFiles {
+            certificate: fa.private_key.clone(),
+            private_key: fa.private_key.clone(),
+            client_ca: None,
+        };
+        let e = load(&swapped).unwrap_err().to_string();
+        assert!(e.contains("holds a private key"), "{e}");
+        assert!(load(&fa).is_ok());
     }
 }

@@ -391,7 +391,16 @@ fn unknown_users_and_groups_are_refused_at_start_and_by_check_config() {
 
 #[test]
 fn check_config_names_the_account_it_will_run_as() {
+    // check-config checks that the serving account can make the maildirs: let it.
+    let usable_by_nobody = |fx: &Fixture| {
+        use std::os::unix::fs::PermissionsExt;
+        let mail = fx.path().join("mail");
+        std::fs::create_dir_all(&mail).unwrap();
+        std::fs::set_permissions(fx.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&mail, std::fs::Permissions::from_mode(0o777)).unwrap();
+    };
     let fx = Fixture::new();
+    usable_by_nobody(&fx);
     let (uid, gid) = account("nobody");
     set_server_keys(&fx, "user = \"nobody\"");
     let (code, stdout, stderr) = check_config(&fx.config_path);
@@ -405,6 +414,7 @@ fn check_config_names_the_account_it_will_run_as() {
     );
     // By number, with a group by number.
     let fx = Fixture::new();
+    usable_by_nobody(&fx);
     set_server_keys(&fx, &format!("user = \"{uid}\"\ngroup = \"{gid}\""));
     let (code, stdout, stderr) = check_config(&fx.config_path);
     assert_eq!(code, Some(0), "{stderr}");

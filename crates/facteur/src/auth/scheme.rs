@@ -66,6 +66,20 @@ impl Scheme {
             Scheme::Plain => "PLAIN",
         }
     }
+
+    /// True if a password stored in this scheme can serve the login method `method` (a SASL
+    /// mechanism name, or "APOP"; upper case). CRAM-MD5 needs the HMAC-MD5 context
+    /// ({CRAM-MD5}, or {PLAIN} to compute it); SCRAM-SHA-256 needs its keys ({SCRAM-SHA-256},
+    /// or {PLAIN}); APOP needs the password itself ({PLAIN}). USER/PASS, PLAIN, LOGIN and
+    /// EXTERNAL (a client certificate) work with every scheme.
+    pub fn serves(self, method: &str) -> bool {
+        match method {
+            "CRAM-MD5" => matches!(self, Scheme::CramMd5 | Scheme::Plain),
+            "SCRAM-SHA-256" => matches!(self, Scheme::ScramSha256 | Scheme::Plain),
+            "APOP" => self == Scheme::Plain,
+            _ => true,
+        }
+    }
 }
 
 impl fmt::Display for Scheme {
@@ -862,6 +876,20 @@ pub(crate) fn apop_digest_matches(ours: &str, theirs: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::Scheme as S;
+
+    #[test]
+    fn which_schemes_serve_which_methods() {
+        let serving =
+            |method: &str| -> Vec<S> { S::ALL.into_iter().filter(|s| s.serves(method)).collect() };
+        assert_eq!(serving("CRAM-MD5"), [S::CramMd5, S::Plain]);
+        assert_eq!(serving("SCRAM-SHA-256"), [S::ScramSha256, S::Plain]);
+        assert_eq!(serving("APOP"), [S::Plain]);
+        for method in ["PLAIN", "LOGIN", "EXTERNAL", "USER"] {
+            assert_eq!(serving(method), S::ALL, "{method}");
+        }
+    }
+
     use super::*;
     use base64::Engine as _;
 

@@ -601,7 +601,10 @@ impl Connection {
                             "maildrop could not be opened",
                             Duration::ZERO,
                         );
-                        AuthResult::SystemError { permanent: false }
+                        // RFC 3206: [SYS/PERM] when trying again cannot help.
+                        AuthResult::SystemError {
+                            permanent: e.is_permanent(),
+                        }
                     }
                 }
             }

@@ -225,7 +225,8 @@ pub async fn run_with_tls(
         // Sessions close within one write; a stuck peer is given a few more seconds at most.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), done_rx.recv()).await;
     }
-    tracing::info!("stopped");
+    // `facteur serve` logs "stopped" once the process is about to exit.
+    tracing::info!("all sessions closed");
 }
 
 /// Reload the TLS certificate on every SIGHUP, for as long as the process runs.

@@ -13,12 +13,27 @@ use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 /// Descriptors for what is not a session: listeners, the log, the users file, index files.
 const BASE_DESCRIPTORS: u64 = 64;
 
+/// Descriptors one session may hold at once: a socket, a lock file, the `cur/` directory
+/// handle and a message file (during RETR or TOP).
+const PER_SESSION: u64 = 4;
+
 /// The descriptors `max_connections` sessions may need: a socket, a lock file, a directory
 /// handle and a message file each.
 pub fn descriptors_needed(max_connections: usize) -> u64 {
     (max_connections as u64)
-        .saturating_mul(4)
+        .saturating_mul(PER_SESSION)
         .saturating_add(BASE_DESCRIPTORS)
+}
+
+/// The most sessions an open-file limit of `limit` descriptors can carry (`None`: unlimited):
+/// the inverse of [`descriptors_needed`].
+pub fn sessions_within(limit: Option<u64>) -> usize {
+    match limit {
+        None => usize::MAX,
+        Some(l) => {
+            usize::try_from(l.saturating_sub(BASE_DESCRIPTORS) / PER_SESSION).unwrap_or(usize::MAX)
+        }
+    }
 }
 
 /// The hard limit on open files (`None`: unlimited): what the soft limit can be raised to.
@@ -109,6 +124,18 @@ mod tests {
     fn sessions_need_a_socket_and_a_file_each() {
         assert_eq!(descriptors_needed(10_000), 40_064);
         assert_eq!(descriptors_needed(usize::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn the_sessions_a_limit_carries() {
+        assert_eq!(sessions_within(Some(40_064)), 10_000);
+        assert_eq!(sessions_within(Some(40_067)), 10_000);
+        assert_eq!(sessions_within(Some(20_000)), 4_984);
+        assert_eq!(sessions_within(Some(10)), 0);
+        assert_eq!(sessions_within(None), usize::MAX);
+        for n in [0, 1, 255, 4_984, 10_000] {
+            assert_eq!(sessions_within(Some(descriptors_needed(n))), n);
+        }
     }
 
     #[test]

@@ -902,7 +902,7 @@ pub(crate) fn open_root(dir: &Path, owner: Owner) -> Result<(File, (u64, u64)), 
                     .recursive(true)
                     .mode(handle::DIR_MODE)
                     .create(parent)
-                    .map_err(|e| StoreError::io(parent, e))?;
+                    .map_err(|e| StoreError::io(first_missing(parent), e))?;
             }
             let created = match DirBuilder::new().mode(handle::DIR_MODE).create(dir) {
                 Ok(()) => true,
@@ -928,6 +928,15 @@ pub(crate) fn open_root(dir: &Path, owner: Owner) -> Result<(File, (u64, u64)), 
         }
     }
     Ok((root, id))
+}
+
+/// The directory a recursive creation of `dir` failed on: the highest one of `dir` and its
+/// parents that does not exist (the first one it had to make), rather than `dir` itself.
+fn first_missing(dir: &Path) -> &Path {
+    dir.ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && std::fs::symlink_metadata(a).is_err())
+        .last()
+        .unwrap_or(dir)
 }
 
 /// Opens the lock file (a regular file, never through a link) and takes the exclusive lock
@@ -1968,6 +1977,23 @@ mod tests {
         let d = f.deliver(&content);
         assert_eq!(d.size, content.len() as u64);
         assert_eq!(d.wire_size, content.len() as u64 + 1);
+    }
+
+    #[test]
+    fn the_directory_that_could_not_be_made_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a/b/c");
+        assert_eq!(first_missing(&deep), dir.path().join("a"));
+        fs::create_dir(dir.path().join("a")).unwrap();
+        assert_eq!(first_missing(&deep), dir.path().join("a/b"));
+        // Under a regular file: the first name below it.
+        fs::write(dir.path().join("a/f"), "").unwrap();
+        assert_eq!(
+            first_missing(&dir.path().join("a/f/x/y")),
+            dir.path().join("a/f/x")
+        );
+        // Nothing missing: the directory itself.
+        assert_eq!(first_missing(dir.path()), dir.path());
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //!   file read.
 //! - `fasthash`: the hash behind the open's name sets and the index checksum.
 //! - `maildir`: [`MaildirStore`] and [`LockedMaildir`]: lock, snapshot, streaming, UPDATE.
+//! - `check`: what `check-config` asks: does the template give each user a maildrop the
+//!   serving user can make and write.
 //! - `deliver`: writing a message into `tmp/`, then `new/`, the Maildir way.
 //! - `handle`: every file system call, relative to a directory handle and never through a link.
 //!
@@ -28,6 +30,7 @@
 //!   over-long names in it. None of them may make the server read, write or remove anything
 //!   outside the maildrop, or wait; one bad message is skipped, never fatal to the session.
 
+pub mod check;
 pub(crate) mod deliver;
 mod fasthash;
 mod handle;
@@ -143,6 +146,56 @@ impl Owner {
     }
 }
 
+/// How lasting a [`StoreError`] is: whether trying again later can succeed, and if not, whose
+/// fix it needs. `facteur deliver` turns it into a sysexits status, the server into
+/// `[SYS/TEMP]` or `[SYS/PERM]` (RFC 3206).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lasting {
+    /// It may go away by itself (a lock, a full disk, an I/O error): try again later.
+    Temporary,
+    /// The user name can never be turned into a maildrop (it would leave the template).
+    NoUser,
+    /// The system refuses the operation (permissions, a read-only file system, a maildrop owned
+    /// by another uid): it stays so until the administrator changes it.
+    NoPermission,
+    /// The configuration is wrong (the template, a missing home, a path through a regular file
+    /// or a link): it stays so until the administrator changes it.
+    Config,
+}
+
+impl StoreError {
+    /// Whether this failure will last, and why; see [`Lasting`].
+    pub fn lasting(&self) -> Lasting {
+        match self {
+            Self::BadUser(_) => Lasting::NoUser,
+            Self::BadTemplate { .. } | Self::NoHome(_) | Self::BadOwner(_) => Lasting::Config,
+            Self::WrongOwner { .. } => Lasting::NoPermission,
+            Self::Io { source, .. } => io_lasting(source),
+            Self::InUse | Self::Source(_) | Self::Vanished(_) | Self::NoSuchMessage(_) => {
+                Lasting::Temporary
+            }
+        }
+    }
+
+    /// True when trying again later cannot help.
+    pub fn is_permanent(&self) -> bool {
+        self.lasting() != Lasting::Temporary
+    }
+}
+
+/// Errors of the file system that stay until someone changes the system: permissions, a
+/// read-only file system, a path that goes through a file or a link. Everything else (a full
+/// disk, a quota, an I/O error, a directory removed meanwhile) may pass.
+fn io_lasting(e: &std::io::Error) -> Lasting {
+    match e.raw_os_error() {
+        Some(libc::EACCES | libc::EPERM | libc::EROFS) => Lasting::NoPermission,
+        Some(libc::ENOTDIR | libc::ELOOP | libc::ENAMETOOLONG) => Lasting::Config,
+        // The refusal of a maildir that is a symbolic link (see `maildir::open_root`).
+        None if e.kind() == std::io::ErrorKind::InvalidData => Lasting::Config,
+        _ => Lasting::Temporary,
+    }
+}
+
 impl StoreError {
     /// Wraps an I/O error with the path it happened on.
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
@@ -239,6 +292,41 @@ pub trait Maildrop: Send {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_lasts_and_what_may_pass() {
+        let io = |errno| StoreError::io("/x", std::io::Error::from_raw_os_error(errno));
+        assert_eq!(io(libc::EACCES).lasting(), Lasting::NoPermission);
+        assert_eq!(io(libc::EPERM).lasting(), Lasting::NoPermission);
+        assert_eq!(io(libc::EROFS).lasting(), Lasting::NoPermission);
+        assert_eq!(io(libc::ENOTDIR).lasting(), Lasting::Config);
+        assert_eq!(io(libc::ELOOP).lasting(), Lasting::Config);
+        for errno in [
+            libc::ENOSPC,
+            libc::EDQUOT,
+            libc::EIO,
+            libc::ENOENT,
+            libc::EMFILE,
+        ] {
+            assert_eq!(io(errno).lasting(), Lasting::Temporary, "{errno}");
+            assert!(!io(errno).is_permanent());
+        }
+        assert_eq!(StoreError::BadUser("a/b".into()).lasting(), Lasting::NoUser);
+        assert_eq!(StoreError::NoHome("a".into()).lasting(), Lasting::Config);
+        let bad = StoreError::BadTemplate {
+            template: "%x".into(),
+            reason: "r",
+        };
+        assert_eq!(bad.lasting(), Lasting::Config);
+        assert!(bad.is_permanent());
+        assert!(!StoreError::InUse.is_permanent());
+        let wrong = StoreError::WrongOwner {
+            path: "/x".into(),
+            expected: 1,
+            found: 2,
+        };
+        assert_eq!(wrong.lasting(), Lasting::NoPermission);
+    }
 
     #[test]
     fn owners_are_numbers_or_nothing() {

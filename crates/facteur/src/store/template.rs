@@ -91,6 +91,22 @@ pub(crate) fn expand(
     Ok(PathBuf::from(path.join("/")))
 }
 
+/// True if the template gives each user a place of their own: it holds `%u`, `%n` or `%h`.
+/// Without one (`/var/mail/shared`, or `/var/mail/%d` alone) several users share a maildrop.
+pub(crate) fn per_user(template: &str) -> bool {
+    let mut chars = template.chars();
+    while let Some(c) = chars.next() {
+        if c == '%' {
+            match chars.next() {
+                Some('u' | 'n' | 'h') => return true,
+                Some(_) => {} // "%%", "%d", or an error expand() reports
+                None => break,
+            }
+        }
+    }
+    false
+}
+
 /// The checks on the whole user name, whatever the template uses.
 fn check_user(user: &str) -> Result<(), StoreError> {
     let bad = user.is_empty()
@@ -192,6 +208,22 @@ mod tests {
                     proptest::prop_assert_eq!(path.components().count(), depth + 1);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_template_without_a_user_part_is_shared() {
+        for t in ["/var/mail/%u", "/m/%d/%n", "%h/Maildir", "/m/%n.%d"] {
+            assert!(per_user(t), "{t}");
+        }
+        for t in [
+            "/var/mail/shared",
+            "/m/%d/Maildir",
+            "/m/%%u",
+            "/m/100%%",
+            "/m/%",
+        ] {
+            assert!(!per_user(t), "{t}");
         }
     }
 
