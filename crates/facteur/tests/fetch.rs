@@ -102,6 +102,7 @@ fn account(
     destination: DestinationSpec,
 ) -> Account {
     Account {
+        identity: None,
         name: "test".into(),
         target: Target {
             host: addr.ip().to_string(),
@@ -627,9 +628,7 @@ fn exit_statuses_summary_and_quiet() {
     assert_eq!(code, Some(1), "{err}");
 
     // Another run holds the account's lock.
-    let lock_path = env
-        .state_dir()
-        .join(format!("{USER}@127.0.0.1_{}.lock", env.server.addr.port()));
+    let lock_path = env.state_dir().join(format!("{USER}@localhost.lock"));
     let lock = std::fs::File::open(&lock_path).unwrap();
     lock.try_lock().unwrap();
     let (code, _, err) = run_fetch_cmd(|| fetch_cmd(&env, &["--maildir", md]));

@@ -456,6 +456,9 @@ pub async fn fetch_account(
         let arrived = dest::recover(state.pending(), &state.spool_path())?;
         report.recovered = arrived.len() as u64;
         state.finish_recovery(&arrived, now)?;
+    }
+    report.recovered += adopt_legacy_states(account, opts, &mut state, now)?;
+    if !opts.dry_run {
         dest = Some(Destination::open(
             &account.destination,
             &state.spool_path(),
@@ -494,6 +497,48 @@ pub async fn fetch_account(
     }
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// Fold into `state` the states that facteur wrote for this maildrop before identities (keyed
+/// by user, host and port: one per port and host name used), settling what an interrupted run
+/// of theirs left, then remove them. With `--dry-run`, they are only read. Returns the messages
+/// found to have arrived in their recovery.
+fn adopt_legacy_states(
+    account: &Account,
+    opts: &RunOptions,
+    state: &mut AccountState,
+    now: u64,
+) -> Result<u64, FetchError> {
+    let identity = account.identity();
+    let keys = super::state::legacy_keys(&opts.state_dir, |user, host, port| {
+        match &account.identity {
+            // A pinned identity takes only the state of its very user, host and port.
+            Some(_) => {
+                user == account.user && host == account.target.host && port == account.target.port
+            }
+            None => config::mailbox_identity(user, host) == identity,
+        }
+    })?;
+    let mut recovered = 0u64;
+    for key in keys {
+        if opts.dry_run {
+            state.absorb(&AccountState::open_read_only(&opts.state_dir, &key)?)?;
+            continue;
+        }
+        let mut old = AccountState::open(&opts.state_dir, &key)?;
+        let arrived = dest::recover(old.pending(), &old.spool_path())?;
+        recovered += arrived.len() as u64;
+        old.finish_recovery(&arrived, now)?;
+        // What the old key's runs left unrecorded in a Maildir's tmp/ goes, as its own would.
+        drop(Destination::open(
+            &account.destination,
+            &old.spool_path(),
+            &config::file_tag_of(&key),
+        )?);
+        state.absorb(&old)?;
+        old.remove_files()?;
+    }
+    Ok(recovered)
 }
 
 /// One run of one account, across its connections.
@@ -994,6 +1039,7 @@ fn url_account(url: &str, args: &FetchArgs) -> Result<Account, ConfigError> {
         (None, None) => PasswordSource::Prompt,
     };
     Ok(Account {
+        identity: None,
         name: format!("{}@{}", u.user, super::bracket(&u.host)),
         target: Target {
             host: u.host,
@@ -1362,6 +1408,7 @@ mod tests {
 
     fn fake_account(addr: std::net::SocketAddr, dir: &std::path::Path) -> Account {
         Account {
+            identity: None,
             name: "fake".into(),
             target: crate::client::fake_target(addr),
             user: "u".into(),
