@@ -751,7 +751,7 @@ fn a_config_file_with_a_password_must_be_private() {
     assert_eq!(code, Some(0), "{err}");
     // Two accounts, fetched at the same time, each to its own destination.
     assert!(out.contains("local: 2 messages fetched"), "{out}");
-    assert!(out.contains("carol: 1 messages fetched"), "{out}");
+    assert!(out.contains("carol: 1 message fetched"), "{out}");
     assert!(out.contains("3 messages"), "{out}");
     assert_eq!(maildir_messages(&env.maildir()), sorted(sent));
     assert_eq!(

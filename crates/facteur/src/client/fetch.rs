@@ -21,8 +21,8 @@
 //!
 //! Exit status: 0 something was fetched (or, with `--dry-run`, would be), 1 nothing new,
 //! 2 usage or configuration error, 3 another `facteur fetch` holds an account's lock, 4 a
-//! connection, TLS or POP3 error (a message cut off, or a deadline passed), 5 login refused, 6 local delivery or state error (the
-//! messages stay on the server). With several accounts, the highest error status wins; with
+//! connection, TLS or POP3 error (a message cut off or refused by the server, or a deadline
+//! passed), 5 login refused, 6 local delivery or state error (the messages stay on the server). With several accounts, the highest error status wins; with
 //! no error, 0 if any account fetched something.
 
 use super::auth::{self, AuthError, AuthMethod};
@@ -67,7 +67,8 @@ pub const FAULT_ENV: &str = "FACTEUR_FETCH_FAULT";
 #[derive(clap::Args, Debug, Clone, Default)]
 #[command(
     after_help = "Exit status: 0 fetched, 1 nothing new, 2 usage or configuration error, \
-3 another fetch holds an account's lock, 4 connection/TLS/POP3 error, 5 login refused, \
+3 another fetch holds an account's lock, 4 connection/TLS/POP3 error (also: a message the \
+server refused to send, or cut off), 5 login refused, \
 6 local delivery or state error (messages stay on the server).
 
 What the server says is a claim: a message is read up to its LIST size plus 1/8 (at least \
@@ -250,6 +251,12 @@ pub enum FetchError {
     },
     #[error("message {msg} took longer than {secs} s (message_timeout_secs): cut off, left on the server")]
     TooSlow { msg: MsgNum, secs: u64 },
+    #[error("the server refused to send message {msg} ({size} octets): {reply}; it stays on the server and the next run tries again")]
+    RetrRefused {
+        msg: MsgNum,
+        size: u64,
+        reply: String,
+    },
 }
 
 impl FetchError {
@@ -264,7 +271,8 @@ impl FetchError {
             | FetchError::NoUidl
             | FetchError::Inconsistent(_)
             | FetchError::TooLarge { .. }
-            | FetchError::TooSlow { .. } => EXIT_SERVER,
+            | FetchError::TooSlow { .. }
+            | FetchError::RetrRefused { .. } => EXIT_SERVER,
         }
     }
 }
@@ -377,8 +385,9 @@ pub struct Report {
     /// The plan (for `--dry-run`, what would be done).
     pub plan: Plan,
     pub warnings: Vec<String>,
-    /// Messages cut off (larger than listed, or too slow) and left on the server: the run
-    /// went on without them, but fails ([`EXIT_SERVER`]).
+    /// Messages cut off (larger than listed, or too slow) or refused by the server (`-ERR` to
+    /// RETR) and left on the server: the run went on without them, but fails
+    /// ([`EXIT_SERVER`]), and says so even with `--quiet`.
     pub errors: Vec<String>,
     pub elapsed: Duration,
 }
@@ -477,12 +486,14 @@ pub async fn fetch_account(
         skip: HashSet::new(),
         report: &mut report,
     };
+    let mut cuts = 0usize;
     loop {
         match run.session().await? {
             None => break,
             Some(cut) => {
                 run.report.errors.push(cut.error.to_string());
-                let again = run.report.errors.len() < MAX_CUT_MESSAGES;
+                cuts += 1;
+                let again = cuts < MAX_CUT_MESSAGES;
                 match cut.uid {
                     // The next connection's plan leaves it out.
                     Some(uid) if again => {
@@ -606,7 +617,7 @@ impl Run<'_> {
                 .iter()
                 .fold(0u64, |sum, m| sum.saturating_add(m.size)),
         );
-        progress.set_message(format!("0/{total} messages"));
+        progress.set_message(format!("0/{}", count(total as u64, "message")));
         let delete_at_once = matches!(
             account.policy,
             DeletePolicy::Delete | DeletePolicy::DeleteAfterDays(0)
@@ -652,11 +663,16 @@ impl Run<'_> {
                     reply => reply?,
                 };
                 if !reply.status.ok {
-                    report.warnings.push(format!(
-                        "message {} is not retrievable ({}); it stays on the server",
-                        m.msg,
-                        super::describe_status(&reply.status)
-                    ));
+                    // Not "nothing new": a message the server would not send is an error,
+                    // printed even with --quiet (exit status 4).
+                    report.errors.push(
+                        FetchError::RetrRefused {
+                            msg: m.msg,
+                            size: m.size,
+                            reply: super::describe_status(&reply.status),
+                        }
+                        .to_string(),
+                    );
                     continue;
                 }
                 let limit = config::retr_limit(m.size, account.limits.max_message_size);
@@ -712,7 +728,7 @@ impl Run<'_> {
             dest.commit(staged, state, now, &mut |p| faults.check(p))?;
             fetched += committed.len() as u64;
             report.fetched += committed.len() as u64;
-            progress.set_message(format!("{fetched}/{total} messages"));
+            progress.set_message(format!("{fetched}/{}", count(total as u64, "message")));
             faults.check(FaultPoint::AfterDone)?;
             if cut.is_some() {
                 // The connection is in the middle of a reply: drop it, with no QUIT.
@@ -740,8 +756,8 @@ impl Run<'_> {
                 gone.extend(deles.accepted.into_iter().flatten());
             }
             Err(e) if !deles.accepted.is_empty() => report.warnings.push(format!(
-                "QUIT failed ({e}): the server did not delete the {} messages marked for deletion; the next run deletes them",
-                deles.accepted.len()
+                "QUIT failed ({e}): the server did not delete the {} marked for deletion; the next run deletes them",
+                count(deles.accepted.len() as u64, "message")
             )),
             Err(e) => report.warnings.push(format!("QUIT failed: {e}")),
         }
@@ -1142,10 +1158,10 @@ pub fn run_accounts(accounts: &[(Account, Secret<String>)], opts: &RunOptions, q
     if !quiet && accounts.len() > 1 && !opts.dry_run {
         let _ = writeln!(
             out,
-            "facteur fetch: {} messages ({}) from {} accounts",
-            totals.0,
+            "facteur fetch: {} ({}) from {}",
+            count(totals.0, "message"),
             human_bytes(totals.1),
-            accounts.len()
+            count(accounts.len() as u64, "account")
         );
     }
     match worst_error {
@@ -1198,8 +1214,8 @@ fn summary(account: &Account, r: &Report, dry_run: bool) -> String {
             ));
         }
         s.push_str(&format!(
-            "{name}: dry run: {} messages to fetch ({}), {} to delete on the server, {} on the server{extras}\n",
-            p.fetch.len(),
+            "{name}: dry run: {} to fetch ({}), {} to delete on the server, {} on the server{extras}\n",
+            count(p.fetch.len() as u64, "message"),
             human_bytes(
                 p.fetch
                     .iter()
@@ -1224,13 +1240,22 @@ fn summary(account: &Account, r: &Report, dry_run: bool) -> String {
             String::new()
         };
         s.push_str(&format!(
-            "{name}: {} messages fetched ({}) in {secs:.1} s{rate}{method}; {} deleted on the server{extras}\n",
-            r.fetched,
+            "{name}: {} fetched ({}) in {secs:.1} s{rate}{method}; {} deleted on the server{extras}\n",
+            count(r.fetched, "message"),
             human_bytes(r.octets),
             r.deleted
         ));
     }
     s
+}
+
+/// `1 message`, `2 messages`: a count and its noun, singular for one.
+fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 fn human_bytes(n: u64) -> String {
@@ -1503,6 +1528,32 @@ mod tests {
         }
         let state = AccountState::open(&dir.path().join("state"), &a.state_key()).unwrap();
         assert!(state.is_empty());
+    }
+
+    #[test]
+    fn one_message_is_singular() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = fake_account("127.0.0.1:1".parse().unwrap(), dir.path());
+        let one = ServerMessage {
+            msg: MsgNum::new(1).unwrap(),
+            size: 10,
+            uid: None,
+        };
+        let mut r = Report {
+            fetched: 1,
+            octets: 10,
+            ..Report::default()
+        };
+        let s = summary(&a, &r, false);
+        assert!(s.contains("fake: 1 message fetched (10 B)"), "{s}");
+        r.plan.fetch = vec![one.clone()];
+        let s = summary(&a, &r, true);
+        assert!(s.contains("dry run: 1 message to fetch"), "{s}");
+        r.plan.fetch = vec![one.clone(), one];
+        r.fetched = 2;
+        assert!(summary(&a, &r, true).contains("dry run: 2 messages to fetch"));
+        assert!(summary(&a, &r, false).contains("2 messages fetched"));
+        assert_eq!(count(0, "account"), "0 accounts");
     }
 
     #[test]
