@@ -239,6 +239,40 @@ fn states_of_older_versions_are_adopted() {
 }
 
 #[test]
+fn an_interrupted_commit_of_an_older_version_is_settled_when_adopted() {
+    let env = Env::new();
+    env.deliver(2);
+    let mut c = Client::login(env.server.addr, USER, PASSWORD);
+    let uids: Vec<String> = c.uidl().into_iter().map(|(_, u)| u).collect();
+    c.quit();
+    // The older version had written message 1 whole into tmp/ and its P line, then crashed.
+    for sub in ["tmp", "new", "cur"] {
+        std::fs::create_dir_all(env.maildir().join(sub)).unwrap();
+    }
+    std::fs::write(env.maildir().join("tmp/old.1"), "Subject: m0\n\nbody 0\n").unwrap();
+    let dir = env.state_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(format!(
+            "{USER}@127.0.0.1_{}.journal",
+            env.server.addr.port()
+        )),
+        format!(
+            "P {} maildir {} old.1 old.1,S=20\n",
+            uids[0],
+            env.maildir().display()
+        ),
+    )
+    .unwrap();
+    let a = env.account("localhost", Security::Plaintext, None);
+    let r = fetch(&a, &env.opts()).unwrap();
+    assert_eq!((r.recovered, r.fetched), (1, 1));
+    assert!(env.maildir().join("new/old.1,S=20").exists());
+    assert_eq!(env.local_count(), 2);
+    assert_eq!(fetched(&a, &env.opts()), 0);
+}
+
+#[test]
 fn the_lock_is_per_maildrop() {
     let env = Env::new();
     env.deliver(1);

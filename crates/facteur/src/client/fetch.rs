@@ -119,7 +119,9 @@ pub struct FetchArgs {
     /// user.
     #[arg(long, value_name = "METHOD")]
     pub auth: Option<AuthMethod>,
-    /// Trust the certificates of this PEM file instead of the system's store.
+    /// Trust the certificates of this PEM file instead of the system's store. A certificate
+    /// of the file that the server presents as it is, is accepted even if it is an
+    /// authority's (CA:TRUE, as openssl req -x509 makes them); its name and dates are checked.
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
     /// With a pop3:// URL: no TLS at all (passwords and mail in clear).
@@ -131,8 +133,9 @@ pub struct FetchArgs {
     /// With a URL: run this command (sh -c) and use the first line it prints as the password.
     #[arg(long, value_name = "COMMAND")]
     pub password_command: Option<String>,
-    /// Where each account's state (what was fetched) is kept
-    /// [default: ~/.local/state/facteur/fetch].
+    /// Where each account's state (what was fetched) is kept, one per maildrop: user and
+    /// server, whatever the port, the TLS mode or the name (localhost, 127.0.0.1 and ::1 are
+    /// one) [default: ~/.local/state/facteur/fetch].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Seconds to wait for the server at each step (silence only: see the next two)
