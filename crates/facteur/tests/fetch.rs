@@ -102,6 +102,7 @@ fn account(
     destination: DestinationSpec,
 ) -> Account {
     Account {
+        identity: None,
         name: "test".into(),
         target: Target {
             host: addr.ip().to_string(),
@@ -627,9 +628,7 @@ fn exit_statuses_summary_and_quiet() {
     assert_eq!(code, Some(1), "{err}");
 
     // Another run holds the account's lock.
-    let lock_path = env
-        .state_dir()
-        .join(format!("{USER}@127.0.0.1_{}.lock", env.server.addr.port()));
+    let lock_path = env.state_dir().join(format!("{USER}@localhost.lock"));
     let lock = std::fs::File::open(&lock_path).unwrap();
     lock.try_lock().unwrap();
     let (code, _, err) = run_fetch_cmd(|| fetch_cmd(&env, &["--maildir", md]));
@@ -752,7 +751,7 @@ fn a_config_file_with_a_password_must_be_private() {
     assert_eq!(code, Some(0), "{err}");
     // Two accounts, fetched at the same time, each to its own destination.
     assert!(out.contains("local: 2 messages fetched"), "{out}");
-    assert!(out.contains("carol: 1 messages fetched"), "{out}");
+    assert!(out.contains("carol: 1 message fetched"), "{out}");
     assert!(out.contains("3 messages"), "{out}");
     assert_eq!(maildir_messages(&env.maildir()), sorted(sent));
     assert_eq!(

@@ -237,6 +237,7 @@ fn connection(
 
 fn account(fake: &Fake, dir: &Path) -> Account {
     Account {
+        identity: None,
         name: "hostile".into(),
         target: Target {
             host: fake.addr.ip().to_string(),

@@ -9,6 +9,7 @@
 //!
 //! [[account]]
 //! name = "work"                          # optional; default: user@host
+//! identity = "alice@example.org"          # optional: pins the maildrop's identity (below)
 //! url = "pop3s://alice@mail.example.org"  # or host, port, user and security, one by one
 //! ca_file = "/etc/ssl/work-ca.pem"        # optional; default: the system's certificate store
 //! auth = "auto"                           # auto, scram-sha-256, cram-md5, apop, plain, user
@@ -31,6 +32,13 @@
 //! than `message_timeout_secs` is cut off the same way, and a run that takes longer than
 //! `run_timeout_secs` stops (what it committed stays committed). `timeout_secs` alone only
 //! bounds silence: a server that sends one octet a minute would never trip it.
+//!
+//! What was fetched is remembered per maildrop identity (see [`mailbox_identity`]): the user
+//! and the server, not the port nor the kind of TLS, so that switching from `pop3s://` to
+//! `pop3://`, changing the port or writing `127.0.0.1` for `localhost` fetches nothing again.
+//! `identity` pins it by hand: to join two names of one server, or to keep apart two servers
+//! reached through one name (SSH tunnels on two ports of localhost). Two accounts of one file
+//! with the same identity are refused.
 //!
 //! A file that holds a password (`password = ...`) must not be readable by anyone but its
 //! owner (mode 600 or stricter): facteur refuses it otherwise. Relative paths are relative to
@@ -282,6 +290,9 @@ impl Default for Limits {
 pub struct Account {
     /// For messages and the progress bar.
     pub name: String,
+    /// The identity of the maildrop, when the configuration pins it (`identity = "..."`):
+    /// see [`Account::identity`].
+    pub identity: Option<String>,
     pub target: Target,
     pub user: String,
     pub auth: AuthMethod,
@@ -293,32 +304,138 @@ pub struct Account {
 }
 
 impl Account {
-    /// The key of this account's state files: the user, host and port, which identify a
-    /// maildrop (renaming the account does not make it fetch everything again).
-    pub fn state_key(&self) -> String {
-        let raw = format!("{}@{}_{}", self.user, self.target.host, self.target.port);
-        let mut key = String::with_capacity(raw.len());
-        for b in raw.bytes() {
-            if b.is_ascii_alphanumeric() || matches!(b, b'@' | b'.' | b'_' | b'-') {
-                key.push(char::from(b));
-            } else {
-                key.push_str(&format!("%{b:02X}"));
-            }
+    /// The identity of this account's maildrop, which keys its state (what was fetched) and
+    /// its lock: `identity` if the configuration pins one, else [`mailbox_identity`] of the user
+    /// and the host. The port and the kind of TLS are not part of it: the same maildrop
+    /// reached over POP3S, STLS or another port is the same maildrop.
+    pub fn identity(&self) -> String {
+        match &self.identity {
+            Some(pinned) => pinned.clone(),
+            None => mailbox_identity(&self.user, &self.target.host),
         }
-        key
+    }
+
+    /// The key of this account's state files: its [`identity`](Self::identity), as a file name.
+    pub fn state_key(&self) -> String {
+        state_key_of(&self.identity())
+    }
+
+    /// A short tag of this account for file names: 8 hex digits of SHA-256 of the state key.
+    pub fn file_tag(&self) -> String {
+        file_tag_of(&self.state_key())
     }
 }
 
-impl Account {
-    /// A short tag of this account for file names: 8 hex digits of SHA-256 of the state key.
-    pub fn file_tag(&self) -> String {
-        use sha2::{Digest, Sha256};
-        Sha256::digest(self.state_key().as_bytes())
-            .iter()
-            .take(4)
-            .map(|b| format!("{b:02x}"))
-            .collect()
+/// The identity of the maildrop of `user` on `host`: `user@server`, where
+/// - the user is kept as it is, except the part after its last `@` (a mail domain), which is
+///   lowercased: a server may well tell `Alice` from `alice`, and taking two maildrops for one
+///   could delete mail that was never fetched, while the opposite mistake only fetches twice;
+/// - the server is the host name lowercased, without a trailing dot; an IP address in its
+///   canonical form (`::ffff:127.0.0.1` is `127.0.0.1`); and `localhost`, `127.0.0.1` and `::1`
+///   are all `localhost`. Other names are not resolved: two names of one server are two
+///   identities (pin one with `identity` in the configuration).
+pub fn mailbox_identity(user: &str, host: &str) -> String {
+    let user = match user.rsplit_once('@') {
+        Some((local, domain)) => format!("{local}@{}", domain.to_ascii_lowercase()),
+        None => user.to_string(),
+    };
+    format!("{user}@{}", server_identity(host))
+}
+
+/// The server part of [`mailbox_identity`].
+pub fn server_identity(host: &str) -> String {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        let ip = ip.to_canonical();
+        let loopback = match ip {
+            std::net::IpAddr::V4(v4) => v4 == std::net::Ipv4Addr::LOCALHOST,
+            std::net::IpAddr::V6(v6) => v6 == std::net::Ipv6Addr::LOCALHOST,
+        };
+        return if loopback {
+            "localhost".into()
+        } else {
+            ip.to_string()
+        };
     }
+    let host = host.strip_suffix('.').unwrap_or(host);
+    host.to_ascii_lowercase()
+}
+
+/// The longest state key kept readable; a longer one is cut and ends with a hash of the whole,
+/// so that `<key>.state.tmp` stays within the 255 octets of a file name.
+const MAX_STATE_KEY: usize = 200;
+
+/// An identity as a file name: `%XX` for every octet but letters, digits, `@`, `.` and `-`
+/// (so never `/`, and never `_`, which every key of facteur 0.x before identities had, before
+/// its port: the two kinds of names cannot be taken for each other).
+pub fn state_key_of(identity: &str) -> String {
+    let mut key = String::with_capacity(identity.len());
+    for b in identity.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'@' | b'.' | b'-') {
+            key.push(char::from(b));
+        } else {
+            key.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if key.len() > MAX_STATE_KEY {
+        use sha2::{Digest, Sha256};
+        let hash: String = Sha256::digest(key.as_bytes())
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut cut = MAX_STATE_KEY - 20;
+        // Never in the middle of a %XX escape.
+        if let Some(i) = key.get(..cut).and_then(|k| k.rfind('%')) {
+            if i + 3 > cut {
+                cut = i;
+            }
+        }
+        key.truncate(cut);
+        key.push('-');
+        key.push_str(&hash);
+    }
+    key
+}
+
+/// 8 hex digits of SHA-256 of `key`.
+pub fn file_tag_of(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The user, the host and the port of a state key of facteur before identities
+/// (`<user>@<host>_<port>`, escaped), if `key` is one.
+pub fn parse_legacy_state_key(key: &str) -> Option<(String, String, u16)> {
+    let raw = String::from_utf8(percent_decode_bytes(key)?).ok()?;
+    let (rest, port) = raw.rsplit_once('_')?;
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let port = port.parse::<u16>().ok()?;
+    let (user, host) = rest.rsplit_once('@')?;
+    if user.is_empty() || host.is_empty() {
+        return None;
+    }
+    Some((user.to_string(), host.to_string(), port))
+}
+
+/// The state key facteur gave this account before identities: user, host and port.
+pub fn legacy_state_key(user: &str, host: &str, port: u16) -> String {
+    let raw = format!("{user}@{host}_{port}");
+    let mut key = String::with_capacity(raw.len());
+    for b in raw.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'@' | b'.' | b'_' | b'-') {
+            key.push(char::from(b));
+        } else {
+            key.push_str(&format!("%{b:02X}"));
+        }
+    }
+    key
 }
 
 /// A parsed configuration file.
@@ -448,6 +565,7 @@ struct RawFile {
 #[serde(deny_unknown_fields)]
 struct RawAccount {
     name: Option<String>,
+    identity: Option<String>,
     url: Option<String>,
     host: Option<String>,
     port: Option<u16>,
@@ -518,6 +636,19 @@ pub fn parse(text: &str, path: &Path) -> Result<FetchConfig, ConfigError> {
             return Err(ConfigError::Parse {
                 path: path.to_path_buf(),
                 message: format!("two accounts are named {:?}", account.name),
+            });
+        }
+        let identity = account.identity();
+        if let Some(other) = accounts
+            .iter()
+            .find(|o: &&Account| o.identity() == identity)
+        {
+            return Err(ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: format!(
+                    "accounts {:?} and {:?} are the same maildrop ({identity}): what one fetches, the other would skip; remove one, or if they really are two maildrops, give one of them its own identity = \"...\"",
+                    other.name, account.name
+                ),
             });
         }
         accounts.push(account);
@@ -607,7 +738,13 @@ fn account(a: RawAccount, base: Option<&Path>) -> Result<Account, String> {
         Some(0) => return Err("max_listing_lines must be at least 1".into()),
         n => n.unwrap_or(DEFAULT_MAX_LISTING_LINES),
     };
+    if let Some(id) = &a.identity {
+        if id.is_empty() || id.chars().any(|c| c.is_control()) {
+            return Err("identity is empty or holds a control character".into());
+        }
+    }
     Ok(Account {
+        identity: a.identity,
         name: a
             .name
             .unwrap_or_else(|| format!("{user}@{}", super::bracket(&host))),
@@ -730,7 +867,7 @@ mod tests {
         );
         assert_eq!(w.policy, DeletePolicy::DeleteAfterDays(7));
         assert_eq!(w.limits.max_messages, Some(10));
-        assert_eq!(w.state_key(), "alice@mail.example.org_995");
+        assert_eq!(w.state_key(), "alice@mail.example.org");
         let b = &c.accounts[1];
         assert_eq!(b.name, "bob@127.0.0.1");
         assert_eq!(b.target.security, Security::Plaintext);
@@ -834,8 +971,82 @@ mod tests {
         .unwrap()
         .accounts
         .remove(0);
-        assert_eq!(a.state_key(), "a%2Fb@%3A%3A1_995");
+        assert_eq!(a.state_key(), "a%2Fb@localhost");
         a.user = "../x".into();
         assert!(!a.state_key().contains('/'));
+        a.user = "x".repeat(400);
+        let long = a.state_key();
+        assert!(long.len() <= MAX_STATE_KEY, "{long}");
+        a.user = "%".repeat(400);
+        let long = a.state_key();
+        assert!(long.len() <= MAX_STATE_KEY, "{long}");
+        assert!(percent_decode_bytes(long.rsplit_once('-').unwrap().0).is_some());
+        assert_ne!(long, {
+            a.user.push('x');
+            a.state_key()
+        });
+    }
+
+    #[test]
+    fn the_identity_ignores_port_tls_case_and_loopback_aliases() {
+        let id = mailbox_identity;
+        for host in [
+            "localhost",
+            "LocalHost.",
+            "127.0.0.1",
+            "::1",
+            "[::1]",
+            "0:0:0:0:0:0:0:1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert_eq!(id("alice", host), "alice@localhost", "{host}");
+        }
+        assert_eq!(id("alice", "Mail.Example.ORG."), "alice@mail.example.org");
+        assert_eq!(
+            id("Alice@Example.ORG", "pop.example.org"),
+            "Alice@example.org@pop.example.org"
+        );
+        // Kept apart: the local part's case, other loopback addresses, names not resolved.
+        assert_ne!(id("Alice", "h"), id("alice", "h"));
+        assert_ne!(id("a", "127.0.0.2"), id("a", "localhost"));
+        assert_ne!(id("a", "mail.localhost"), id("a", "localhost"));
+        assert_eq!(id("a", "2001:DB8::0:1"), "a@2001:db8::1");
+        let parse = |text: &str| parse(text, Path::new("f"));
+        let a = &parse("[[account]]\nurl = \"pop3s://alice@localhost\"\nmaildir = \"m\"\n")
+            .unwrap()
+            .accounts[0];
+        let b = &parse("[[account]]\nurl = \"pop3://alice@127.0.0.1:11110\"\nsecurity = \"plaintext\"\nmaildir = \"m\"\n").unwrap().accounts[0];
+        assert_eq!(a.state_key(), b.state_key());
+        assert_eq!(a.file_tag(), b.file_tag());
+        let pinned = &parse("[[account]]\nurl = \"pop3s://alice@localhost\"\nidentity = \"tunnel one\"\nmaildir = \"m\"\n").unwrap().accounts[0];
+        assert_eq!(pinned.state_key(), "tunnel%20one");
+    }
+
+    #[test]
+    fn two_accounts_of_one_maildrop_are_refused() {
+        let text = "[[account]]\nname = \"tls\"\nurl = \"pop3s://alice@localhost\"\nmaildir = \"m\"\n\
+                    [[account]]\nname = \"plain\"\nurl = \"pop3://alice@127.0.0.1:110\"\nmaildir = \"n\"\n";
+        let e = parse(text, Path::new("f")).unwrap_err().to_string();
+        assert!(
+            e.contains("same maildrop") && e.contains("\"tls\"") && e.contains("identity"),
+            "{e}"
+        );
+        let apart = text.replace("name = \"plain\"", "name = \"plain\"\nidentity = \"other\"");
+        assert_eq!(parse(&apart, Path::new("f")).unwrap().accounts.len(), 2);
+    }
+
+    #[test]
+    fn legacy_keys_are_recognised() {
+        let k = legacy_state_key("a_b@x", "::1", 995);
+        assert_eq!(k, "a_b@x@%3A%3A1_995");
+        assert_eq!(
+            parse_legacy_state_key(&k),
+            Some(("a_b@x".into(), "::1".into(), 995))
+        );
+        assert_eq!(parse_legacy_state_key("alice@localhost"), None);
+        assert_eq!(parse_legacy_state_key("alice@h_99999"), None);
+        assert_eq!(parse_legacy_state_key("@h_1"), None);
+        // New keys never hold '_'.
+        assert!(!state_key_of("a_b@c_1").contains('_'));
     }
 }

@@ -21,8 +21,8 @@
 //!
 //! Exit status: 0 something was fetched (or, with `--dry-run`, would be), 1 nothing new,
 //! 2 usage or configuration error, 3 another `facteur fetch` holds an account's lock, 4 a
-//! connection, TLS or POP3 error (a message cut off, or a deadline passed), 5 login refused, 6 local delivery or state error (the
-//! messages stay on the server). With several accounts, the highest error status wins; with
+//! connection, TLS or POP3 error (a message cut off or refused by the server, or a deadline
+//! passed), 5 login refused, 6 local delivery or state error (the messages stay on the server). With several accounts, the highest error status wins; with
 //! no error, 0 if any account fetched something.
 
 use super::auth::{self, AuthError, AuthMethod};
@@ -67,7 +67,8 @@ pub const FAULT_ENV: &str = "FACTEUR_FETCH_FAULT";
 #[derive(clap::Args, Debug, Clone, Default)]
 #[command(
     after_help = "Exit status: 0 fetched, 1 nothing new, 2 usage or configuration error, \
-3 another fetch holds an account's lock, 4 connection/TLS/POP3 error, 5 login refused, \
+3 another fetch holds an account's lock, 4 connection/TLS/POP3 error (also: a message the \
+server refused to send, or cut off), 5 login refused, \
 6 local delivery or state error (messages stay on the server).
 
 What the server says is a claim: a message is read up to its LIST size plus 1/8 (at least \
@@ -118,7 +119,9 @@ pub struct FetchArgs {
     /// user.
     #[arg(long, value_name = "METHOD")]
     pub auth: Option<AuthMethod>,
-    /// Trust the certificates of this PEM file instead of the system's store.
+    /// Trust the certificates of this PEM file instead of the system's store. A certificate
+    /// of the file that the server presents as it is, is accepted even if it is an
+    /// authority's (CA:TRUE, as openssl req -x509 makes them); its name and dates are checked.
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
     /// With a pop3:// URL: no TLS at all (passwords and mail in clear).
@@ -130,8 +133,9 @@ pub struct FetchArgs {
     /// With a URL: run this command (sh -c) and use the first line it prints as the password.
     #[arg(long, value_name = "COMMAND")]
     pub password_command: Option<String>,
-    /// Where each account's state (what was fetched) is kept
-    /// [default: ~/.local/state/facteur/fetch].
+    /// Where each account's state (what was fetched) is kept, one per maildrop: user and
+    /// server, whatever the port, the TLS mode or the name (localhost, 127.0.0.1 and ::1 are
+    /// one) [default: ~/.local/state/facteur/fetch].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Seconds to wait for the server at each step (silence only: see the next two)
@@ -250,6 +254,12 @@ pub enum FetchError {
     },
     #[error("message {msg} took longer than {secs} s (message_timeout_secs): cut off, left on the server")]
     TooSlow { msg: MsgNum, secs: u64 },
+    #[error("the server refused to send message {msg} ({size} octets): {reply}; it stays on the server and the next run tries again")]
+    RetrRefused {
+        msg: MsgNum,
+        size: u64,
+        reply: String,
+    },
 }
 
 impl FetchError {
@@ -264,7 +274,8 @@ impl FetchError {
             | FetchError::NoUidl
             | FetchError::Inconsistent(_)
             | FetchError::TooLarge { .. }
-            | FetchError::TooSlow { .. } => EXIT_SERVER,
+            | FetchError::TooSlow { .. }
+            | FetchError::RetrRefused { .. } => EXIT_SERVER,
         }
     }
 }
@@ -377,8 +388,9 @@ pub struct Report {
     /// The plan (for `--dry-run`, what would be done).
     pub plan: Plan,
     pub warnings: Vec<String>,
-    /// Messages cut off (larger than listed, or too slow) and left on the server: the run
-    /// went on without them, but fails ([`EXIT_SERVER`]).
+    /// Messages cut off (larger than listed, or too slow) or refused by the server (`-ERR` to
+    /// RETR) and left on the server: the run went on without them, but fails
+    /// ([`EXIT_SERVER`]), and says so even with `--quiet`.
     pub errors: Vec<String>,
     pub elapsed: Duration,
 }
@@ -456,6 +468,9 @@ pub async fn fetch_account(
         let arrived = dest::recover(state.pending(), &state.spool_path())?;
         report.recovered = arrived.len() as u64;
         state.finish_recovery(&arrived, now)?;
+    }
+    report.recovered += adopt_legacy_states(account, opts, &mut state, now)?;
+    if !opts.dry_run {
         dest = Some(Destination::open(
             &account.destination,
             &state.spool_path(),
@@ -474,12 +489,14 @@ pub async fn fetch_account(
         skip: HashSet::new(),
         report: &mut report,
     };
+    let mut cuts = 0usize;
     loop {
         match run.session().await? {
             None => break,
             Some(cut) => {
                 run.report.errors.push(cut.error.to_string());
-                let again = run.report.errors.len() < MAX_CUT_MESSAGES;
+                cuts += 1;
+                let again = cuts < MAX_CUT_MESSAGES;
                 match cut.uid {
                     // The next connection's plan leaves it out.
                     Some(uid) if again => {
@@ -494,6 +511,48 @@ pub async fn fetch_account(
     }
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// Fold into `state` the states that facteur wrote for this maildrop before identities (keyed
+/// by user, host and port: one per port and host name used), settling what an interrupted run
+/// of theirs left, then remove them. With `--dry-run`, they are only read. Returns the messages
+/// found to have arrived in their recovery.
+fn adopt_legacy_states(
+    account: &Account,
+    opts: &RunOptions,
+    state: &mut AccountState,
+    now: u64,
+) -> Result<u64, FetchError> {
+    let identity = account.identity();
+    let keys = super::state::legacy_keys(&opts.state_dir, |user, host, port| {
+        match &account.identity {
+            // A pinned identity takes only the state of its very user, host and port.
+            Some(_) => {
+                user == account.user && host == account.target.host && port == account.target.port
+            }
+            None => config::mailbox_identity(user, host) == identity,
+        }
+    })?;
+    let mut recovered = 0u64;
+    for key in keys {
+        if opts.dry_run {
+            state.absorb(&AccountState::open_read_only(&opts.state_dir, &key)?)?;
+            continue;
+        }
+        let mut old = AccountState::open(&opts.state_dir, &key)?;
+        let arrived = dest::recover(old.pending(), &old.spool_path())?;
+        recovered += arrived.len() as u64;
+        old.finish_recovery(&arrived, now)?;
+        // What the old key's runs left unrecorded in a Maildir's tmp/ goes, as its own would.
+        drop(Destination::open(
+            &account.destination,
+            &old.spool_path(),
+            &config::file_tag_of(&key),
+        )?);
+        state.absorb(&old)?;
+        old.remove_files()?;
+    }
+    Ok(recovered)
 }
 
 /// One run of one account, across its connections.
@@ -561,7 +620,7 @@ impl Run<'_> {
                 .iter()
                 .fold(0u64, |sum, m| sum.saturating_add(m.size)),
         );
-        progress.set_message(format!("0/{total} messages"));
+        progress.set_message(format!("0/{}", count(total as u64, "message")));
         let delete_at_once = matches!(
             account.policy,
             DeletePolicy::Delete | DeletePolicy::DeleteAfterDays(0)
@@ -607,11 +666,16 @@ impl Run<'_> {
                     reply => reply?,
                 };
                 if !reply.status.ok {
-                    report.warnings.push(format!(
-                        "message {} is not retrievable ({}); it stays on the server",
-                        m.msg,
-                        super::describe_status(&reply.status)
-                    ));
+                    // Not "nothing new": a message the server would not send is an error,
+                    // printed even with --quiet (exit status 4).
+                    report.errors.push(
+                        FetchError::RetrRefused {
+                            msg: m.msg,
+                            size: m.size,
+                            reply: super::describe_status(&reply.status),
+                        }
+                        .to_string(),
+                    );
                     continue;
                 }
                 let limit = config::retr_limit(m.size, account.limits.max_message_size);
@@ -667,7 +731,7 @@ impl Run<'_> {
             dest.commit(staged, state, now, &mut |p| faults.check(p))?;
             fetched += committed.len() as u64;
             report.fetched += committed.len() as u64;
-            progress.set_message(format!("{fetched}/{total} messages"));
+            progress.set_message(format!("{fetched}/{}", count(total as u64, "message")));
             faults.check(FaultPoint::AfterDone)?;
             if cut.is_some() {
                 // The connection is in the middle of a reply: drop it, with no QUIT.
@@ -695,8 +759,8 @@ impl Run<'_> {
                 gone.extend(deles.accepted.into_iter().flatten());
             }
             Err(e) if !deles.accepted.is_empty() => report.warnings.push(format!(
-                "QUIT failed ({e}): the server did not delete the {} messages marked for deletion; the next run deletes them",
-                deles.accepted.len()
+                "QUIT failed ({e}): the server did not delete the {} marked for deletion; the next run deletes them",
+                count(deles.accepted.len() as u64, "message")
             )),
             Err(e) => report.warnings.push(format!("QUIT failed: {e}")),
         }
@@ -994,6 +1058,7 @@ fn url_account(url: &str, args: &FetchArgs) -> Result<Account, ConfigError> {
         (None, None) => PasswordSource::Prompt,
     };
     Ok(Account {
+        identity: None,
         name: format!("{}@{}", u.user, super::bracket(&u.host)),
         target: Target {
             host: u.host,
@@ -1096,10 +1161,10 @@ pub fn run_accounts(accounts: &[(Account, Secret<String>)], opts: &RunOptions, q
     if !quiet && accounts.len() > 1 && !opts.dry_run {
         let _ = writeln!(
             out,
-            "facteur fetch: {} messages ({}) from {} accounts",
-            totals.0,
+            "facteur fetch: {} ({}) from {}",
+            count(totals.0, "message"),
             human_bytes(totals.1),
-            accounts.len()
+            count(accounts.len() as u64, "account")
         );
     }
     match worst_error {
@@ -1152,8 +1217,8 @@ fn summary(account: &Account, r: &Report, dry_run: bool) -> String {
             ));
         }
         s.push_str(&format!(
-            "{name}: dry run: {} messages to fetch ({}), {} to delete on the server, {} on the server{extras}\n",
-            p.fetch.len(),
+            "{name}: dry run: {} to fetch ({}), {} to delete on the server, {} on the server{extras}\n",
+            count(p.fetch.len() as u64, "message"),
             human_bytes(
                 p.fetch
                     .iter()
@@ -1178,13 +1243,22 @@ fn summary(account: &Account, r: &Report, dry_run: bool) -> String {
             String::new()
         };
         s.push_str(&format!(
-            "{name}: {} messages fetched ({}) in {secs:.1} s{rate}{method}; {} deleted on the server{extras}\n",
-            r.fetched,
+            "{name}: {} fetched ({}) in {secs:.1} s{rate}{method}; {} deleted on the server{extras}\n",
+            count(r.fetched, "message"),
             human_bytes(r.octets),
             r.deleted
         ));
     }
     s
+}
+
+/// `1 message`, `2 messages`: a count and its noun, singular for one.
+fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 fn human_bytes(n: u64) -> String {
@@ -1362,6 +1436,7 @@ mod tests {
 
     fn fake_account(addr: std::net::SocketAddr, dir: &std::path::Path) -> Account {
         Account {
+            identity: None,
             name: "fake".into(),
             target: crate::client::fake_target(addr),
             user: "u".into(),
@@ -1456,6 +1531,32 @@ mod tests {
         }
         let state = AccountState::open(&dir.path().join("state"), &a.state_key()).unwrap();
         assert!(state.is_empty());
+    }
+
+    #[test]
+    fn one_message_is_singular() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = fake_account("127.0.0.1:1".parse().unwrap(), dir.path());
+        let one = ServerMessage {
+            msg: MsgNum::new(1).unwrap(),
+            size: 10,
+            uid: None,
+        };
+        let mut r = Report {
+            fetched: 1,
+            octets: 10,
+            ..Report::default()
+        };
+        let s = summary(&a, &r, false);
+        assert!(s.contains("fake: 1 message fetched (10 B)"), "{s}");
+        r.plan.fetch = vec![one.clone()];
+        let s = summary(&a, &r, true);
+        assert!(s.contains("dry run: 1 message to fetch"), "{s}");
+        r.plan.fetch = vec![one.clone(), one];
+        r.fetched = 2;
+        assert!(summary(&a, &r, true).contains("dry run: 2 messages to fetch"));
+        assert!(summary(&a, &r, false).contains("2 messages fetched"));
+        assert_eq!(count(0, "account"), "0 accounts");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! - [`dest`]: where fetched messages go: a Maildir, an mbox file, or an MDA command.
 //! - [`state`]: what was fetched from each account (a snapshot and a journal), and the recovery
 //!   that makes a rerun after a crash lose nothing and duplicate nothing.
+//! - [`tls`]: the certificates trusted (with `ca_file`'s pinned), and TLS errors in words.
 //! - [`fetch`]: `facteur fetch` itself: the plan of a run, batches, deletion, limits, progress
 //!   bars, the summary and the exit status.
 //!
@@ -28,17 +29,16 @@ pub mod config;
 pub mod dest;
 pub mod fetch;
 pub mod state;
+pub mod tls;
 
 pub use fetch::{run, FetchArgs};
 
 use facteur_proto::client::{ClientError, ClientEvent, ClientSession, CommandKind, Listing};
 use facteur_proto::command::Command;
 use facteur_proto::response::Status;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -323,45 +323,7 @@ impl fmt::Debug for Connection {
     }
 }
 
-/// A rustls client configuration: TLS 1.2 and 1.3 with aws-lc-rs, trusting the certificates
-/// of `ca_file`, or the system's store (`SSL_CERT_FILE` and `SSL_CERT_DIR` are honoured).
-pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, Pop3Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let bad = |reason: String| Pop3Error::Tls(format!("{}: {reason}", path.display()));
-            for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
-                roots
-                    .add(cert.map_err(|e| bad(e.to_string()))?)
-                    .map_err(|e| bad(e.to_string()))?;
-            }
-            if roots.is_empty() {
-                return Err(bad("no CERTIFICATE in the file".into()));
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                let why = found
-                    .errors
-                    .first()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default();
-                return Err(Pop3Error::Tls(format!(
-                    "no trusted certificate in the system's store{why}; give a CA file (--ca-file, or ca_file in the configuration)"
-                )));
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| Pop3Error::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
+pub use tls::client_config as tls_config;
 
 impl Connection {
     /// Connect to `target`, read the greeting, ask for the capabilities, and for STLS, start
@@ -437,7 +399,7 @@ impl Connection {
             target: name,
         };
         if let (Security::Tls, Some(tls)) = (target.security, &tls) {
-            conn.start_tls(tls).await?;
+            conn.start_tls(tls, target).await?;
         }
         conn.greeting().await?;
         conn.capa().await?;
@@ -446,7 +408,7 @@ impl Connection {
             if !reply.status.ok {
                 return Err(Pop3Error::NoStls(describe_status(&reply.status)));
             }
-            conn.start_tls(tls).await?;
+            conn.start_tls(tls, target).await?;
             conn.capa().await?;
         }
         Ok(conn)
@@ -455,6 +417,7 @@ impl Connection {
     async fn start_tls(
         &mut self,
         (connector, name): &(TlsConnector, ServerName<'static>),
+        target: &Target,
     ) -> Result<(), Pop3Error> {
         let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Detached) else {
             return Err(Pop3Error::Tls("TLS started twice".into()));
@@ -463,7 +426,7 @@ impl Connection {
             .bounds()
             .wait(connector.connect(name.clone(), tcp))
             .await?
-            .map_err(|e| Pop3Error::Tls(e.to_string()))?;
+            .map_err(|e| Pop3Error::Tls(tls::explain(&e, target)))?;
         self.stream = Stream::Tls(Box::new(tls));
         Ok(())
     }

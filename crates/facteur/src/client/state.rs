@@ -2,7 +2,8 @@
 //! safe locally, when each was first fetched, and the journal that closes the window between
 //! "written locally" and "recorded".
 //!
-//! Files, in the state folder (mode 700), for an account whose key is `K`:
+//! Files, in the state folder (mode 700), for an account whose key is `K` (its maildrop's
+//! identity as a file name: see [`super::config::mailbox_identity`]):
 //! - `K.state`: the snapshot, replaced atomically (written to `K.state.tmp`, fsync, rename,
 //!   fsync of the folder): a first line `facteur-fetch-state 1`, then `<unique-id> <unix time>`
 //!   per line.
@@ -24,6 +25,10 @@
 //! two; [`super::dest::recover`] looks at the destination to tell whether that message arrived
 //! (then it counts as fetched) or not (then what was left of it is removed, and it is fetched
 //! again). Either way, nothing is lost and nothing is there twice.
+//!
+//! facteur before maildrop identities keyed the files by user, host and port
+//! (`alice@127.0.0.1_995`); such files are found by [`legacy_keys`], folded into the state of
+//! their identity and removed, on the first run of the account (see `fetch`).
 //!
 //! What this module must never do: forget a unique-id whose `D` was written, or write the
 //! snapshot in place (a crash would leave half a file).
@@ -439,6 +444,76 @@ impl AccountState {
     }
 }
 
+impl AccountState {
+    /// Take in what `other` (another key's state, see [`legacy_keys`]) knows: a unique-id
+    /// fetched in either counts as fetched, since the earlier of the two times. The snapshot is
+    /// written at once (unless read-only), so `other`'s files may then be removed.
+    pub fn absorb(&mut self, other: &AccountState) -> Result<(), StateError> {
+        for (uid, time) in &other.fetched {
+            let t = self.fetched.entry(uid.clone()).or_insert(*time);
+            *t = (*t).min(*time);
+        }
+        self.compact(|_| true)
+    }
+
+    /// Remove this state's files, once [`absorb`](Self::absorb)ed by another state; the lock
+    /// goes last.
+    pub fn remove_files(self) -> Result<(), StateError> {
+        if self.read_only {
+            return Ok(());
+        }
+        let tmp = self.dir.join(format!("{}.state.tmp", self.key));
+        let lock = self.dir.join(format!("{}.lock", self.key));
+        for path in [
+            self.snapshot_path(),
+            self.journal_path(),
+            self.spool_path(),
+            tmp,
+            lock,
+        ] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path)(e)),
+            }
+        }
+        sync_dir(&self.dir).map_err(io_err(&self.dir))
+    }
+}
+
+/// The keys of the states in `dir` that facteur wrote before maildrop identities
+/// (`<user>@<host>_<port>`), for which `wanted(user, host, port)` is true: the states to
+/// [`absorb`](AccountState::absorb) so that an upgrade fetches nothing again. A missing folder
+/// has none.
+pub fn legacy_keys(
+    dir: &Path,
+    wanted: impl Fn(&str, &str, u16) -> bool,
+) -> Result<Vec<String>, StateError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    let mut keys = std::collections::BTreeSet::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(key) = name
+            .strip_suffix(".state")
+            .or_else(|| name.strip_suffix(".journal"))
+        else {
+            continue;
+        };
+        if let Some((user, host, port)) = super::config::parse_legacy_state_key(key) {
+            if wanted(&user, &host, port) {
+                keys.insert(key.to_string());
+            }
+        }
+    }
+    Ok(keys.into_iter().collect())
+}
+
 /// fsync a folder, so that the names created or renamed in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -572,6 +647,46 @@ mod tests {
         .unwrap();
         let e = AccountState::open(dir.path(), "k").unwrap_err().to_string();
         assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn legacy_states_are_absorbed_then_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = AccountState::open(dir.path(), "alice@127.0.0.1_995").unwrap();
+        old.record_done(&[uid("a"), uid("b")], 50).unwrap();
+        drop(old);
+        std::fs::write(dir.path().join("bob@127.0.0.1_995.state"), "x").unwrap();
+        std::fs::write(
+            dir.path().join("alice@localhost.state"),
+            format!("{SNAPSHOT_HEADER}\nb 10\nc 20\n"),
+        )
+        .unwrap();
+        let keys = legacy_keys(dir.path(), |u, h, _| u == "alice" && h == "127.0.0.1").unwrap();
+        assert_eq!(keys, ["alice@127.0.0.1_995"]);
+        let mut new = AccountState::open(dir.path(), "alice@localhost").unwrap();
+        let old = AccountState::open(dir.path(), &keys[0]).unwrap();
+        new.absorb(&old).unwrap();
+        old.remove_files().unwrap();
+        drop(new);
+        let new = AccountState::open(dir.path(), "alice@localhost").unwrap();
+        assert_eq!(
+            (
+                new.fetched_at(&uid("a")),
+                new.fetched_at(&uid("b")),
+                new.fetched_at(&uid("c"))
+            ),
+            (Some(50), Some(10), Some(20))
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("alice@127"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        assert!(dir.path().join("bob@127.0.0.1_995.state").exists());
+        assert!(legacy_keys(&dir.path().join("none"), |_, _, _| true)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
