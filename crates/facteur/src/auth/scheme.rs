@@ -18,6 +18,7 @@ use subtle::ConstantTimeEq;
 use super::cram_md5::CramMd5Context;
 use super::scram::{ScramKeys, SCRAM_DEFAULT_ITERATIONS, SCRAM_SALT_LEN};
 use super::AuthError;
+use crate::encoding::hex;
 
 /// A password scheme, named as Dovecot names it in the `{SCHEME}` prefix.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -846,16 +847,6 @@ pub(crate) fn random_token() -> Result<String, AuthError> {
     let mut raw = [0u8; 16];
     getrandom::fill(&mut raw)?;
     Ok(hex(&raw))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    out
 }
 
 /// The APOP digest (RFC 1939 section 7): MD5 of the greeting's timestamp followed by the

@@ -21,6 +21,7 @@
 //! whoever sits in the middle, and cost the user a failed-login penalty per try).
 
 use super::{describe_status, Connection, Pop3Error, SaslTurn};
+use crate::encoding::hex;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use facteur_proto::command::Command;
@@ -523,16 +524,6 @@ pub fn plain_message(user: &str, password: &[u8]) -> Secret<Vec<u8>> {
     m.push(0);
     m.extend_from_slice(password);
     Secret::new(m)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    out
 }
 
 #[cfg(test)]

@@ -46,6 +46,7 @@
 
 use super::auth::AuthMethod;
 use super::{Security, Target};
+use crate::encoding::hex;
 use facteur_proto::Secret;
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -379,11 +380,7 @@ pub fn state_key_of(identity: &str) -> String {
     }
     if key.len() > MAX_STATE_KEY {
         use sha2::{Digest, Sha256};
-        let hash: String = Sha256::digest(key.as_bytes())
-            .iter()
-            .take(8)
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hash = hex(&Sha256::digest(key.as_bytes())[..8]);
         let mut cut = MAX_STATE_KEY - 20;
         // Never in the middle of a %XX escape.
         if let Some(i) = key.get(..cut).and_then(|k| k.rfind('%')) {
@@ -401,11 +398,7 @@ pub fn state_key_of(identity: &str) -> String {
 /// 8 hex digits of SHA-256 of `key`.
 pub fn file_tag_of(key: &str) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .take(4)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(key.as_bytes())[..4])
 }
 
 /// The user, the host and the port of a state key of facteur before identities

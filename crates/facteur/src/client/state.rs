@@ -34,6 +34,7 @@
 //! snapshot in place (a crash would leave half a file).
 
 use super::config::STATE_LOCK_WAIT;
+use crate::encoding::{decode_hex, hex};
 use facteur_proto::Uidl;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -142,7 +143,7 @@ impl Pending {
                 path: PathBuf::from(OsString::from_vec(unescape(path)?)),
                 start: start.parse().ok()?,
                 end: end.parse().ok()?,
-                sha256: unhex(sha)?,
+                sha256: decode_hex(sha)?,
                 spool_offset: spool.parse().ok()?,
             }),
             _ => None,
@@ -542,21 +543,6 @@ fn unescape(s: &str) -> Option<Vec<u8>> {
     super::config::percent_decode_bytes(s)
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if s.len() != 64 {
-        return None;
-    }
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -572,8 +558,8 @@ mod tests {
             assert!(!escape(raw).contains([' ', '\n']));
         }
         let sha = [7u8; 32];
-        assert_eq!(unhex(&hex(&sha)), Some(sha));
-        assert_eq!(unhex("zz"), None);
+        assert_eq!(decode_hex(&hex(&sha)), Some(sha));
+        assert_eq!(decode_hex::<32>("zz"), None);
     }
 
     #[test]
