@@ -34,7 +34,7 @@
 //! snapshot in place (a crash would leave half a file).
 
 use super::config::STATE_LOCK_WAIT;
-use crate::encoding::{decode_hex, hex};
+use crate::encoding::{decode_hex, hex, percent_decode, percent_encode};
 use facteur_proto::Uidl;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -522,14 +522,7 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// `%XX` for '%', controls, space and non-ASCII: a path as one word of a journal line.
 pub(crate) fn escape(b: &[u8]) -> String {
-    let mut out = String::with_capacity(b.len());
-    for &c in b {
-        if (0x21..=0x7e).contains(&c) && c != b'%' {
-            out.push(char::from(c));
-        } else {
-            out.push_str(&format!("%{c:02X}"));
-        }
-    }
+    let mut out = percent_encode(b, |c| (0x21..=0x7e).contains(&c));
     if out.is_empty() {
         out.push('%');
     }
@@ -540,7 +533,7 @@ fn unescape(s: &str) -> Option<Vec<u8>> {
     if s == "%" {
         return Some(Vec::new());
     }
-    super::config::percent_decode_bytes(s)
+    percent_decode(s.as_bytes())
 }
 
 #[cfg(test)]
