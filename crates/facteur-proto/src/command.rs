@@ -7,7 +7,7 @@
 //! known to be sloppy and nothing is at stake: runs of spaces and trailing spaces are accepted.
 //! This module never allocates more than the line it is given.
 
-use crate::types::{MsgNum, Secret};
+use crate::types::{parse_decimal, MsgNum, Secret};
 use std::fmt;
 
 /// One POP3 command with its arguments, already validated for shape (not for state).
@@ -212,18 +212,8 @@ fn utf8(b: &[u8], why: &'static str) -> Result<String, ParseError> {
     String::from_utf8(b.to_vec()).map_err(|_| ParseError::BadArguments(why))
 }
 
-/// Strict decimal: digits only, no sign, no wrap. Returns None on overflow.
-fn decimal(b: &[u8]) -> Option<u64> {
-    if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    b.iter().try_fold(0u64, |acc, &d| {
-        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
-}
-
 fn msg_num(b: &[u8]) -> Result<MsgNum, ParseError> {
-    let n = decimal(b).ok_or(ParseError::BadArguments("invalid message number"))?;
+    let n = parse_decimal(b).ok_or(ParseError::BadArguments("invalid message number"))?;
     u32::try_from(n)
         .ok()
         .and_then(MsgNum::new)
@@ -231,7 +221,7 @@ fn msg_num(b: &[u8]) -> Result<MsgNum, ParseError> {
 }
 
 fn line_count(b: &[u8]) -> Result<u64, ParseError> {
-    decimal(b).ok_or(ParseError::BadArguments("invalid line count"))
+    parse_decimal(b).ok_or(ParseError::BadArguments("invalid line count"))
 }
 
 impl Command {

@@ -1,5 +1,6 @@
 //! Value types that cannot hold an invalid POP3 value: a message number is never 0, a
-//! unique-id is 1 to 70 octets of 0x21..=0x7E, and a secret never shows in Debug output.
+//! unique-id is 1 to 70 octets of 0x21..=0x7E, and a secret never shows in Debug output; and
+//! the one strict decimal parser that every number from a peer or a file goes through.
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -160,6 +161,18 @@ pub struct MessageMeta {
     pub size: u64,
     /// The message's unique-id, stable across sessions.
     pub uid: Uidl,
+}
+
+/// Strict decimal: ASCII digits only (at least one), no sign, no space, no wrap; `None` on
+/// overflow. `LIST 4294967297` must be an error, never message 1 (popa3d's rule), and the same
+/// holds for a size in a LIST line, a `,W=` field of a file name or a count in an index.
+pub fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |acc, &d| {
+        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 #[cfg(test)]

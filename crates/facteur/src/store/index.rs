@@ -40,9 +40,10 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use super::fasthash::checksum;
 use super::handle::{self, Opened};
-use super::name::{is_message_name, parse_decimal};
+use super::name::is_message_name;
 use super::Owner;
 use crate::encoding::{percent_decode, percent_encode_into};
+use facteur_proto::types::parse_decimal;
 
 /// The index file, in the maildir's top directory (beside `cur/`, `new/` and `tmp/`).
 pub(crate) const INDEX_FILE: &str = "facteur-index";
