@@ -13,6 +13,7 @@
 //! - [`bench`](mod@bench): `facteur bench`, a POP3 load generator driving `facteur_proto::client`.
 //! - [`client`]: the POP3 client and `facteur fetch`, the fetcher (Maildir, mbox or an MDA).
 //! - `encoding`: hex and `%XX` escapes, one copy for every writer and reader.
+//! - `durable`: syncing a folder after a rename.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -20,6 +21,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+mod durable;
 mod encoding;
 pub mod privileges;
 pub mod server;

@@ -34,7 +34,8 @@
 //! (at-least-once), and so does a command that delivered but then failed.
 
 use super::fetch::FaultPoint;
-use super::state::{sync_dir, AccountState, Pending, StateError};
+use super::state::{AccountState, Pending, StateError};
+use crate::durable::sync_dir;
 use facteur_proto::Uidl;
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};

@@ -34,6 +34,7 @@
 //! snapshot in place (a crash would leave half a file).
 
 use super::config::STATE_LOCK_WAIT;
+use crate::durable::sync_dir;
 use crate::encoding::{decode_hex, hex, percent_decode, percent_encode};
 use facteur_proto::Uidl;
 use std::collections::BTreeMap;
@@ -513,11 +514,6 @@ pub fn legacy_keys(
         }
     }
     Ok(keys.into_iter().collect())
-}
-
-/// fsync a folder, so that the names created or renamed in it are durable.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// `%XX` for '%', controls, space and non-ASCII: a path as one word of a journal line.
