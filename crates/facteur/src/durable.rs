@@ -1,5 +1,5 @@
 //! Making changes to the file system durable: the one helper that the password-file editor and
-//! the fetcher's state and destinations share. (The store syncs through the directory handles
+//! the fetcher's state and destinations share. (The store syncs through the directory handles it
 //! already holds, never by path.)
 
 use std::fs::File;

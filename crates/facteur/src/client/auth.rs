@@ -25,6 +25,8 @@ use crate::encoding::hex;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use facteur_proto::command::Command;
+// An initial response goes on the AUTH line only if the line fits (RFC 5034 section 4).
+use facteur_proto::line::MAX_COMMAND_LINE;
 use facteur_proto::Secret;
 use hmac::{Hmac, Mac};
 use md5::Md5;
@@ -32,10 +34,6 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 use std::str::FromStr;
 use subtle::ConstantTimeEq;
-
-/// A POP3 command line may be 255 octets, CRLF included (RFC 2449 section 4); an initial
-/// response goes on the AUTH line only if the line fits (RFC 5034 section 4).
-const MAX_COMMAND_LINE: usize = 255;
 
 /// Random bytes in a SCRAM client nonce: 192 bits, 32 base64 characters.
 const SCRAM_NONCE_BYTES: usize = 24;
