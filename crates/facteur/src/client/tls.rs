@@ -13,9 +13,9 @@
 //! a trusted one, or skip the name or the validity period of a pinned one.
 
 use super::{Pop3Error, Security, Target};
+use crate::tls::{client_builder, read_certificates};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use std::path::Path;
@@ -30,11 +30,11 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
     match ca_file {
         Some(path) => {
             let bad = |reason: String| Pop3Error::Tls(format!("{}: {reason}", path.display()));
-            for (i, cert) in CertificateDer::pem_file_iter(path)
-                .map_err(|e| bad(e.to_string()))?
+            for (i, cert) in read_certificates(path)
+                .map_err(bad)?
+                .into_iter()
                 .enumerate()
             {
-                let cert = cert.map_err(|e| bad(e.to_string()))?;
                 roots.add(cert.clone()).map_err(|e| {
                     bad(format!(
                         "certificate {} cannot be trusted: {}",
@@ -43,11 +43,6 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
                     ))
                 })?;
                 pinned.push(cert);
-            }
-            if roots.is_empty() {
-                return Err(bad(
-                    "no CERTIFICATE in the file (a PEM file is expected)".into()
-                ));
             }
         }
         None => {
@@ -65,12 +60,11 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
             }
         }
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = crate::tls::provider();
     let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| Pop3Error::Tls(e.to_string()))?;
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    let config = client_builder(provider)
         .map_err(|e| Pop3Error::Tls(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinningVerifier { inner, pinned }))
