@@ -130,7 +130,16 @@ impl fmt::Display for Uidl {
 }
 
 /// A value that must never be logged: its `Debug` prints `<redacted>`.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// No `PartialEq`: comparing secrets with `==` stops at the first octet that differs, and the time
+/// it takes tells an attacker how much of a guess was right. Compare the exposed values in
+/// constant time (`subtle::ConstantTimeEq`) instead; tests compare `.expose()` explicitly.
+///
+/// ```compile_fail
+/// let guess = facteur_proto::Secret::new(b"hunter2".to_vec());
+/// let _ = guess == facteur_proto::Secret::new(b"hunter3".to_vec());
+/// ```
+#[derive(Clone)]
 pub struct Secret<T>(T);
 
 impl<T> Secret<T> {
@@ -145,6 +154,24 @@ impl<T> Secret<T> {
 
     pub fn into_inner(self) -> T {
         self.0
+    }
+}
+
+/// Constant time for secrets of the same length (the length itself may show).
+impl<T: AsRef<[u8]>> subtle::ConstantTimeEq for Secret<T> {
+    fn ct_eq(&self, other: &Self) -> subtle::Choice {
+        self.0.as_ref().ct_eq(other.0.as_ref())
+    }
+}
+
+/// `a` and `b` hold the same secret (or both none), compared in constant time: for the
+/// `PartialEq` of the commands and events that carry secrets.
+pub(crate) fn same_secret<T: AsRef<[u8]>>(a: Option<&Secret<T>>, b: Option<&Secret<T>>) -> bool {
+    use subtle::ConstantTimeEq;
+    match (a, b) {
+        (Some(a), Some(b)) => a.ct_eq(b).into(),
+        (None, None) => true,
+        _ => false,
     }
 }
 
@@ -201,5 +228,24 @@ mod tests {
     fn secret_debug_is_redacted() {
         let s = Secret::new("hunter2".to_string());
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn secrets_compare_by_value() {
+        let a = Secret::new(b"hunter2".to_vec());
+        assert!(same_secret(
+            Some(&a),
+            Some(&Secret::new(b"hunter2".to_vec()))
+        ));
+        assert!(!same_secret(
+            Some(&a),
+            Some(&Secret::new(b"hunter3".to_vec()))
+        ));
+        assert!(!same_secret(
+            Some(&a),
+            Some(&Secret::new(b"hunter".to_vec()))
+        ));
+        assert!(!same_secret(Some(&a), None));
+        assert!(same_secret::<Vec<u8>>(None, None));
     }
 }
