@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::num::NonZeroU32;
+use zeroize::Zeroize;
 
 /// A message number as the client sends it: 1-based, never 0 (RFC 1939 section 4).
 ///
@@ -129,7 +130,9 @@ impl fmt::Display for Uidl {
     }
 }
 
-/// A value that must never be logged: its `Debug` prints `<redacted>`.
+/// A value that must never be logged: its `Debug` prints `<redacted>`, and it is wiped
+/// ([`zeroize::Zeroize`]) when dropped, so that a password does not stay in freed memory.
+/// (Copies the holder makes, as `expose().clone()` does, are its own to wipe.)
 ///
 /// No `PartialEq`: comparing secrets with `==` stops at the first octet that differs, and the time
 /// it takes tells an attacker how much of a guess was right. Compare the exposed values in
@@ -140,9 +143,15 @@ impl fmt::Display for Uidl {
 /// let _ = guess == facteur_proto::Secret::new(b"hunter3".to_vec());
 /// ```
 #[derive(Clone)]
-pub struct Secret<T>(T);
+pub struct Secret<T: Zeroize>(T);
 
-impl<T> Secret<T> {
+impl<T: Zeroize> Drop for Secret<T> {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl<T: Zeroize> Secret<T> {
     pub fn new(value: T) -> Self {
         Self(value)
     }
@@ -151,14 +160,10 @@ impl<T> Secret<T> {
     pub fn expose(&self) -> &T {
         &self.0
     }
-
-    pub fn into_inner(self) -> T {
-        self.0
-    }
 }
 
 /// Constant time for secrets of the same length (the length itself may show).
-impl<T: AsRef<[u8]>> subtle::ConstantTimeEq for Secret<T> {
+impl<T: AsRef<[u8]> + Zeroize> subtle::ConstantTimeEq for Secret<T> {
     fn ct_eq(&self, other: &Self) -> subtle::Choice {
         self.0.as_ref().ct_eq(other.0.as_ref())
     }
@@ -166,7 +171,10 @@ impl<T: AsRef<[u8]>> subtle::ConstantTimeEq for Secret<T> {
 
 /// `a` and `b` hold the same secret (or both none), compared in constant time: for the
 /// `PartialEq` of the commands and events that carry secrets.
-pub(crate) fn same_secret<T: AsRef<[u8]>>(a: Option<&Secret<T>>, b: Option<&Secret<T>>) -> bool {
+pub(crate) fn same_secret<T: AsRef<[u8]> + Zeroize>(
+    a: Option<&Secret<T>>,
+    b: Option<&Secret<T>>,
+) -> bool {
     use subtle::ConstantTimeEq;
     match (a, b) {
         (Some(a), Some(b)) => a.ct_eq(b).into(),
@@ -175,7 +183,7 @@ pub(crate) fn same_secret<T: AsRef<[u8]>>(a: Option<&Secret<T>>, b: Option<&Secr
     }
 }
 
-impl<T> fmt::Debug for Secret<T> {
+impl<T: Zeroize> fmt::Debug for Secret<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")
     }
@@ -228,6 +236,23 @@ mod tests {
     fn secret_debug_is_redacted() {
         let s = Secret::new("hunter2".to_string());
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_dropped_secret_is_wiped() {
+        use std::cell::Cell;
+        use std::rc::Rc;
+        struct Probe(Rc<Cell<bool>>);
+        impl Zeroize for Probe {
+            fn zeroize(&mut self) {
+                self.0.set(true);
+            }
+        }
+        let wiped = Rc::new(Cell::new(false));
+        let secret = Secret::new(Probe(wiped.clone()));
+        assert!(!wiped.get());
+        drop(secret);
+        assert!(wiped.get());
     }
 
     #[test]

@@ -182,6 +182,13 @@ pub(crate) struct CramMd5Context {
     inner: [u32; 4],
 }
 
+impl zeroize::Zeroize for CramMd5Context {
+    fn zeroize(&mut self) {
+        self.outer.zeroize();
+        self.inner.zeroize();
+    }
+}
+
 impl CramMd5Context {
     /// The context of the secret `key`, as HMAC (RFC 2104 section 2) prepares it: a key longer
     /// than a block is replaced by its MD5, then the key is padded with zeros to a block.

@@ -237,6 +237,23 @@ enum Inner {
     Plain(Vec<u8>),
 }
 
+impl zeroize::Zeroize for Inner {
+    fn zeroize(&mut self) {
+        match self {
+            // PasswordHashString gives no mutable access to its text (a hash, not a password).
+            Inner::Argon2id(_) => {}
+            Inner::ShaCrypt { salt, digest, .. } => {
+                salt.zeroize();
+                digest.zeroize();
+            }
+            Inner::Bcrypt { full, .. } => full.zeroize(),
+            Inner::Scram(keys) => keys.zeroize(),
+            Inner::CramMd5(context) => context.zeroize(),
+            Inner::Plain(password) => password.zeroize(),
+        }
+    }
+}
+
 /// A password as stored in the passwd-file, parsed and checked for its format.
 ///
 /// Its `Debug` shows the scheme only.
