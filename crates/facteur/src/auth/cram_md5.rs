@@ -175,8 +175,8 @@ fn md5_finish(mut state: [u32; 4], prefix_len: u64, data: &[u8]) -> [u8; 16] {
 }
 
 /// The HMAC-MD5 context of a secret: MD5's state after the first block of the outer and of the
-/// inner hash. Deliberately not `Debug`.
-#[derive(Clone, PartialEq, Eq)]
+/// inner hash. Deliberately not `Debug`, nor `PartialEq`: compare with [`Self::ct_eq`].
+#[derive(Clone)]
 pub(crate) struct CramMd5Context {
     outer: [u32; 4],
     inner: [u32; 4],
