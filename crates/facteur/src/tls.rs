@@ -199,8 +199,22 @@ impl TlsState {
     }
 }
 
+/// Why [`write_self_signed`] cannot work in a build without the `dev-cert` feature.
+pub const NO_DEV_CERT: &str = "this facteur was built without the dev-cert feature, so it cannot \
+     make the self-signed certificate of --dev: build it with default features, or run `serve` \
+     with a configuration that names a certificate and a private key";
+
+/// Write a self-signed certificate for `localhost`, 127.0.0.1 and ::1 into `dir` (for `--dev`
+/// and tests); returns the files. The key file is created with mode 0600. Without the
+/// `dev-cert` feature, always [`TlsError::SelfSigned`] with [`NO_DEV_CERT`].
+#[cfg(not(feature = "dev-cert"))]
+pub fn write_self_signed(_dir: &Path) -> Result<TlsFiles, TlsError> {
+    Err(TlsError::SelfSigned(NO_DEV_CERT.into()))
+}
+
 /// Write a self-signed certificate for `localhost`, 127.0.0.1 and ::1 into `dir` (for `--dev`
 /// and tests); returns the files. The key file is created with mode 0600.
+#[cfg(feature = "dev-cert")]
 pub fn write_self_signed(dir: &Path) -> Result<TlsFiles, TlsError> {
     let names = vec![
         "localhost".to_string(),
@@ -224,6 +238,7 @@ pub fn write_self_signed(dir: &Path) -> Result<TlsFiles, TlsError> {
     })
 }
 
+#[cfg(feature = "dev-cert")]
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -351,6 +366,7 @@ fn der_read(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "dev-cert")]
     #[test]
     fn self_signed_loads_and_reloads() {
         let dir = tempfile::tempdir().unwrap();
@@ -412,6 +428,7 @@ mod tests {
 
     /// A client that lists the server's least preferred suite first still gets the server's
     /// first choice.
+    #[cfg(feature = "dev-cert")]
     #[test]
     fn the_server_chooses_the_cipher_suite() {
         let dir = tempfile::tempdir().unwrap();
@@ -486,6 +503,7 @@ mod tests {
         assert!(e.contains("no CERTIFICATE"), "{e}");
     }
 
+    #[cfg(feature = "dev-cert")]
     #[test]
     fn a_key_of_another_certificate_or_swapped_files_are_named() {
         let a = tempfile::tempdir().unwrap();
