@@ -14,6 +14,7 @@
 //! - [`client`]: the POP3 client and `facteur fetch`, the fetcher (Maildir, mbox or an MDA).
 //! - `encoding`: hex and `%XX` escapes, one copy for every writer and reader.
 //! - `durable`: syncing a folder after a rename.
+//! - `date`: UTC calendar dates from UNIX time.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+mod date;
 mod durable;
 mod encoding;
 pub mod privileges;
