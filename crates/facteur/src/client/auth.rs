@@ -25,6 +25,7 @@ use crate::encoding::hex;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use facteur_proto::command::Command;
+use facteur_proto::types::parse_decimal;
 // An initial response goes on the AUTH line only if the line fits (RFC 5034 section 4).
 use facteur_proto::line::MAX_COMMAND_LINE;
 use facteur_proto::Secret;
@@ -458,8 +459,8 @@ impl ScramClient {
         let iterations: u32 = attrs
             .next()
             .and_then(|a| a.strip_prefix("i="))
-            .filter(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|i| i.parse().ok())
+            .and_then(|i| parse_decimal(i.as_bytes()))
+            .and_then(|i| u32::try_from(i).ok())
             .ok_or("the SCRAM server-first message has no valid iteration count (i=)")?;
         if !(crate::auth::SCRAM_MIN_ITERATIONS..=crate::auth::SCRAM_MAX_ITERATIONS)
             .contains(&iterations)

@@ -47,6 +47,7 @@
 use super::auth::AuthMethod;
 use super::{Security, Target};
 use crate::encoding::{hex, percent_decode, percent_encode};
+use facteur_proto::types::parse_decimal;
 use facteur_proto::Secret;
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -402,10 +403,7 @@ pub fn file_tag_of(key: &str) -> String {
 pub fn parse_legacy_state_key(key: &str) -> Option<(String, String, u16)> {
     let raw = percent_decode_text(key)?;
     let (rest, port) = raw.rsplit_once('_')?;
-    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let port = port.parse::<u16>().ok()?;
+    let port = u16::try_from(parse_decimal(port.as_bytes())?).ok()?;
     let (user, host) = rest.rsplit_once('@')?;
     if user.is_empty() || host.is_empty() {
         return None;
@@ -484,9 +482,8 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl, ConfigError> {
     }
     let port = match port {
         None => security.default_port(),
-        Some(p) => Some(p)
-            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|p| p.parse::<u16>().ok())
+        Some(p) => parse_decimal(p.as_bytes())
+            .and_then(|p| u16::try_from(p).ok())
             .filter(|p| *p != 0)
             .ok_or_else(|| bad("the port must be a number from 1 to 65535"))?,
     };
