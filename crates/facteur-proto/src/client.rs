@@ -22,7 +22,7 @@ use crate::command::Command;
 use crate::dot::DotDecoder;
 use crate::line::{Frame, LineFramer};
 use crate::response::{parse_status, Status};
-use crate::types::{MsgNum, Uidl};
+use crate::types::{parse_decimal, MsgNum, Uidl};
 use std::collections::VecDeque;
 use std::fmt;
 
@@ -559,18 +559,8 @@ fn words(line: &[u8]) -> impl Iterator<Item = &[u8]> {
     line.split(|&b| b == b' ').filter(|w| !w.is_empty())
 }
 
-/// Strict decimal: digits only, no sign, no wrap.
-fn decimal(b: &[u8]) -> Option<u64> {
-    if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    b.iter().try_fold(0u64, |acc, &d| {
-        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
-}
-
 fn msg_num(b: &[u8]) -> Option<MsgNum> {
-    decimal(b)
+    parse_decimal(b)
         .and_then(|n| u32::try_from(n).ok())
         .and_then(MsgNum::new)
 }
@@ -579,8 +569,8 @@ fn msg_num(b: &[u8]) -> Option<MsgNum> {
 /// ignored (the RFC discourages them but allows them).
 pub fn parse_drop_listing(text: &[u8]) -> Option<(u32, u64)> {
     let mut w = words(text);
-    let count = decimal(w.next()?).and_then(|n| u32::try_from(n).ok())?;
-    let octets = decimal(w.next()?)?;
+    let count = parse_decimal(w.next()?).and_then(|n| u32::try_from(n).ok())?;
+    let octets = parse_decimal(w.next()?)?;
     Some((count, octets))
 }
 
@@ -589,7 +579,7 @@ pub fn parse_drop_listing(text: &[u8]) -> Option<(u32, u64)> {
 pub fn parse_scan_listing(line: &[u8]) -> Option<(MsgNum, u64)> {
     let mut w = words(line);
     let msg = msg_num(w.next()?)?;
-    let octets = decimal(w.next()?)?;
+    let octets = parse_decimal(w.next()?)?;
     Some((msg, octets))
 }
 

@@ -7,11 +7,12 @@
 //! known to be sloppy and nothing is at stake: runs of spaces and trailing spaces are accepted.
 //! This module never allocates more than the line it is given.
 
-use crate::types::{MsgNum, Secret};
+use crate::types::{parse_decimal, same_secret, MsgNum, Secret};
 use std::fmt;
 
 /// One POP3 command with its arguments, already validated for shape (not for state).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Equality compares the secrets (PASS, an initial response) in constant time.
+#[derive(Clone, Debug)]
 pub enum Command {
     /// `USER name` (RFC 1939 section 7).
     User(String),
@@ -46,6 +47,39 @@ pub enum Command {
     /// `LAST` (RFC 1460, obsolete): the highest message number accessed.
     Last,
 }
+
+impl PartialEq for Command {
+    fn eq(&self, other: &Self) -> bool {
+        use Command as C;
+        // A match on `self` alone, so that a new variant cannot be forgotten here.
+        match self {
+            C::User(a) => matches!(other, C::User(b) if a == b),
+            C::Pass(a) => matches!(other, C::Pass(b) if same_secret(Some(a), Some(b))),
+            C::Apop { name, digest } => {
+                matches!(other, C::Apop { name: n, digest: d } if name == n && digest == d)
+            }
+            C::Auth {
+                mechanism,
+                initial_response,
+            } => matches!(other, C::Auth { mechanism: m, initial_response: r }
+                if mechanism == m && same_secret(initial_response.as_ref(), r.as_ref())),
+            C::List(a) => matches!(other, C::List(b) if a == b),
+            C::Uidl(a) => matches!(other, C::Uidl(b) if a == b),
+            C::Retr(a) => matches!(other, C::Retr(b) if a == b),
+            C::Dele(a) => matches!(other, C::Dele(b) if a == b),
+            C::Top(a, n) => matches!(other, C::Top(b, m) if a == b && n == m),
+            C::Stls => matches!(other, C::Stls),
+            C::Capa => matches!(other, C::Capa),
+            C::Quit => matches!(other, C::Quit),
+            C::Stat => matches!(other, C::Stat),
+            C::Noop => matches!(other, C::Noop),
+            C::Rset => matches!(other, C::Rset),
+            C::Last => matches!(other, C::Last),
+        }
+    }
+}
+
+impl Eq for Command {}
 
 /// Why a command line could not be parsed. The text is safe to send to the client after `-ERR `.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -212,18 +246,8 @@ fn utf8(b: &[u8], why: &'static str) -> Result<String, ParseError> {
     String::from_utf8(b.to_vec()).map_err(|_| ParseError::BadArguments(why))
 }
 
-/// Strict decimal: digits only, no sign, no wrap. Returns None on overflow.
-fn decimal(b: &[u8]) -> Option<u64> {
-    if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    b.iter().try_fold(0u64, |acc, &d| {
-        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
-}
-
 fn msg_num(b: &[u8]) -> Result<MsgNum, ParseError> {
-    let n = decimal(b).ok_or(ParseError::BadArguments("invalid message number"))?;
+    let n = parse_decimal(b).ok_or(ParseError::BadArguments("invalid message number"))?;
     u32::try_from(n)
         .ok()
         .and_then(MsgNum::new)
@@ -231,7 +255,7 @@ fn msg_num(b: &[u8]) -> Result<MsgNum, ParseError> {
 }
 
 fn line_count(b: &[u8]) -> Result<u64, ParseError> {
-    decimal(b).ok_or(ParseError::BadArguments("invalid line count"))
+    parse_decimal(b).ok_or(ParseError::BadArguments("invalid line count"))
 }
 
 impl Command {

@@ -12,7 +12,7 @@
 
 use crate::command::{self, Command, ParseError};
 use crate::response::{self, Code};
-use crate::types::{MessageMeta, MsgNum, Secret};
+use crate::types::{same_secret, MessageMeta, MsgNum, Secret};
 
 /// What the session needs to know of its server and of this connection.
 #[derive(Clone, Debug)]
@@ -67,8 +67,8 @@ pub enum State {
     Closed,
 }
 
-/// Work the driver must do for the session.
-#[derive(Debug, PartialEq, Eq)]
+/// Work the driver must do for the session. Equality compares the secrets in constant time.
+#[derive(Debug)]
 pub enum Event {
     /// Check USER/PASS credentials, then lock and open the maildrop, and call `auth_result`.
     Authenticate {
@@ -102,6 +102,39 @@ pub enum Event {
     /// Flush the output and close the connection.
     Close,
 }
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        use Event as E;
+        // A match on `self` alone, so that a new variant cannot be forgotten here.
+        match self {
+            E::Authenticate { user, password } => {
+                matches!(other, E::Authenticate { user: u, password: p }
+                    if user == u && same_secret(Some(password), Some(p)))
+            }
+            E::Apop { user, digest } => {
+                matches!(other, E::Apop { user: u, digest: d } if user == u && digest == d)
+            }
+            E::Retrieve { index, top_lines } => {
+                matches!(other, E::Retrieve { index: i, top_lines: t } if index == i && top_lines == t)
+            }
+            E::Update { deletions } => {
+                matches!(other, E::Update { deletions: d } if deletions == d)
+            }
+            E::Sasl {
+                mechanism,
+                initial_response,
+            } => matches!(other, E::Sasl { mechanism: m, initial_response: r }
+                if mechanism == m && same_secret(initial_response.as_ref(), r.as_ref())),
+            E::Listing => matches!(other, E::Listing),
+            E::MessageSizes => matches!(other, E::MessageSizes),
+            E::StartTls => matches!(other, E::StartTls),
+            E::Close => matches!(other, E::Close),
+        }
+    }
+}
+
+impl Eq for Event {}
 
 /// How the driver's authentication and maildrop opening ended.
 #[derive(Debug)]

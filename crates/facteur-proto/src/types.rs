@@ -1,8 +1,10 @@
 //! Value types that cannot hold an invalid POP3 value: a message number is never 0, a
-//! unique-id is 1 to 70 octets of 0x21..=0x7E, and a secret never shows in Debug output.
+//! unique-id is 1 to 70 octets of 0x21..=0x7E, and a secret never shows in Debug output; and
+//! the one strict decimal parser that every number from a peer or a file goes through.
 
 use std::fmt;
 use std::num::NonZeroU32;
+use zeroize::Zeroize;
 
 /// A message number as the client sends it: 1-based, never 0 (RFC 1939 section 4).
 ///
@@ -128,11 +130,28 @@ impl fmt::Display for Uidl {
     }
 }
 
-/// A value that must never be logged: its `Debug` prints `<redacted>`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret<T>(T);
+/// A value that must never be logged: its `Debug` prints `<redacted>`, and it is wiped
+/// ([`zeroize::Zeroize`]) when dropped, so that a password does not stay in freed memory.
+/// (Copies the holder makes, as `expose().clone()` does, are its own to wipe.)
+///
+/// No `PartialEq`: comparing secrets with `==` stops at the first octet that differs, and the time
+/// it takes tells an attacker how much of a guess was right. Compare the exposed values in
+/// constant time (`subtle::ConstantTimeEq`) instead; tests compare `.expose()` explicitly.
+///
+/// ```compile_fail
+/// let guess = facteur_proto::Secret::new(b"hunter2".to_vec());
+/// let _ = guess == facteur_proto::Secret::new(b"hunter3".to_vec());
+/// ```
+#[derive(Clone)]
+pub struct Secret<T: Zeroize>(T);
 
-impl<T> Secret<T> {
+impl<T: Zeroize> Drop for Secret<T> {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl<T: Zeroize> Secret<T> {
     pub fn new(value: T) -> Self {
         Self(value)
     }
@@ -141,13 +160,30 @@ impl<T> Secret<T> {
     pub fn expose(&self) -> &T {
         &self.0
     }
+}
 
-    pub fn into_inner(self) -> T {
-        self.0
+/// Constant time for secrets of the same length (the length itself may show).
+impl<T: AsRef<[u8]> + Zeroize> subtle::ConstantTimeEq for Secret<T> {
+    fn ct_eq(&self, other: &Self) -> subtle::Choice {
+        self.0.as_ref().ct_eq(other.0.as_ref())
     }
 }
 
-impl<T> fmt::Debug for Secret<T> {
+/// `a` and `b` hold the same secret (or both none), compared in constant time: for the
+/// `PartialEq` of the commands and events that carry secrets.
+pub(crate) fn same_secret<T: AsRef<[u8]> + Zeroize>(
+    a: Option<&Secret<T>>,
+    b: Option<&Secret<T>>,
+) -> bool {
+    use subtle::ConstantTimeEq;
+    match (a, b) {
+        (Some(a), Some(b)) => a.ct_eq(b).into(),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+impl<T: Zeroize> fmt::Debug for Secret<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")
     }
@@ -160,6 +196,18 @@ pub struct MessageMeta {
     pub size: u64,
     /// The message's unique-id, stable across sessions.
     pub uid: Uidl,
+}
+
+/// Strict decimal: ASCII digits only (at least one), no sign, no space, no wrap; `None` on
+/// overflow. `LIST 4294967297` must be an error, never message 1 (popa3d's rule), and the same
+/// holds for a size in a LIST line, a `,W=` field of a file name or a count in an index.
+pub fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |acc, &d| {
+        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 #[cfg(test)]
@@ -188,5 +236,41 @@ mod tests {
     fn secret_debug_is_redacted() {
         let s = Secret::new("hunter2".to_string());
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_dropped_secret_is_wiped() {
+        use std::cell::Cell;
+        use std::rc::Rc;
+        struct Probe(Rc<Cell<bool>>);
+        impl Zeroize for Probe {
+            fn zeroize(&mut self) {
+                self.0.set(true);
+            }
+        }
+        let wiped = Rc::new(Cell::new(false));
+        let secret = Secret::new(Probe(wiped.clone()));
+        assert!(!wiped.get());
+        drop(secret);
+        assert!(wiped.get());
+    }
+
+    #[test]
+    fn secrets_compare_by_value() {
+        let a = Secret::new(b"hunter2".to_vec());
+        assert!(same_secret(
+            Some(&a),
+            Some(&Secret::new(b"hunter2".to_vec()))
+        ));
+        assert!(!same_secret(
+            Some(&a),
+            Some(&Secret::new(b"hunter3".to_vec()))
+        ));
+        assert!(!same_secret(
+            Some(&a),
+            Some(&Secret::new(b"hunter".to_vec()))
+        ));
+        assert!(!same_secret(Some(&a), None));
+        assert!(same_secret::<Vec<u8>>(None, None));
     }
 }

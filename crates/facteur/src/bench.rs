@@ -18,7 +18,6 @@ use facteur_proto::response::{Code, Status};
 use facteur_proto::{MsgNum, Secret};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::collections::BTreeMap;
@@ -314,10 +313,9 @@ impl Plan {
 /// A rustls client configuration: TLS 1.2 and 1.3 with aws-lc-rs, trusting `--cafile`, or
 /// anything with `--insecure`.
 fn tls_connector(args: &BenchArgs) -> Result<TlsConnector, BenchError> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| BenchError::Tls(e.to_string()))?;
+    let provider = crate::tls::provider();
+    let builder =
+        crate::tls::client_builder(provider.clone()).map_err(|e| BenchError::Tls(e.to_string()))?;
     let mut config = if args.insecure {
         builder
             .dangerous()
@@ -331,13 +329,8 @@ fn tls_connector(args: &BenchArgs) -> Result<TlsConnector, BenchError> {
         };
         let bad = |reason: String| BenchError::Tls(format!("{}: {reason}", cafile.display()));
         let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(cafile).map_err(|e| bad(e.to_string()))? {
-            roots
-                .add(cert.map_err(|e| bad(e.to_string()))?)
-                .map_err(|e| bad(e.to_string()))?;
-        }
-        if roots.is_empty() {
-            return Err(bad("no CERTIFICATE in the file".into()));
+        for cert in crate::tls::read_certificates(cafile).map_err(bad)? {
+            roots.add(cert).map_err(|e| bad(e.to_string()))?;
         }
         builder.with_root_certificates(roots).with_no_client_auth()
     };

@@ -443,8 +443,11 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
 /// Removes the --dev data folder this run made, when it failed before serving.
 fn remove_fresh_dev_dir(dir: Option<&Path>) {
     if let Some(dir) = dir {
-        if let Err(e) = std::fs::remove_dir_all(dir) {
-            eprintln!("facteur: cannot remove {}: {e}", dir.display());
+        match std::fs::remove_dir_all(dir) {
+            // Not made after all (a setup that failed before writing anything).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => eprintln!("facteur: cannot remove {}: {e}", dir.display()),
+            Ok(()) => {}
         }
     }
 }
@@ -662,6 +665,10 @@ fn dev_setup(
     let tls_port = tls_port_arg.unwrap_or(DEV_TLS_PORT);
     let config_path = dir.join("facteur.toml");
     let password_path = dir.join("demo-password");
+    if !config_path.exists() && !cfg!(feature = "dev-cert") {
+        // Before anything is written: no half-made folder.
+        return Err(fail(format!("serve --dev: {}", tls::NO_DEV_CERT)));
+    }
     if !config_path.exists() {
         std::fs::create_dir_all(dir)
             .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
@@ -916,5 +923,20 @@ mod tests {
         let p = random_password();
         assert_eq!(p.len(), 16);
         assert_ne!(p, random_password());
+    }
+
+    /// Without the feature, `serve --dev` says why it cannot go on, and writes nothing.
+    #[cfg(not(feature = "dev-cert"))]
+    #[test]
+    fn dev_without_the_dev_cert_feature_fails_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("dev");
+        let e = dev_setup(&folder, None, None).unwrap_err();
+        assert!(
+            e.message.contains("without the dev-cert feature"),
+            "{}",
+            e.message
+        );
+        assert!(!folder.exists());
     }
 }

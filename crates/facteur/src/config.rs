@@ -231,8 +231,9 @@ pub struct LogSection {
 pub mod defaults {
     use std::net::SocketAddr;
 
-    /// The longest command line: 255 octets including CRLF (RFC 2449 section 4).
-    pub const MAX_COMMAND_LINE: usize = 255;
+    /// The longest command line: 255 octets including CRLF (RFC 2449 section 4). A rule of
+    /// POP3, so defined once in the protocol crate; named here to stand with the other limits.
+    pub use facteur_proto::line::MAX_COMMAND_LINE;
     /// Octets read from a message file at a time while streaming RETR/TOP: large enough for few
     /// system calls, small enough that thousands of concurrent RETRs stay in memory.
     pub const MESSAGE_CHUNK: usize = 64 * 1024;

@@ -12,6 +12,9 @@
 //! - [`cli`]: the `facteur` command line (serve, user, deliver, hash-password, check-config).
 //! - [`bench`](mod@bench): `facteur bench`, a POP3 load generator driving `facteur_proto::client`.
 //! - [`client`]: the POP3 client and `facteur fetch`, the fetcher (Maildir, mbox or an MDA).
+//! - `encoding`: hex and `%XX` escapes, one copy for every writer and reader.
+//! - `durable`: syncing a folder after a rename.
+//! - `date`: UTC calendar dates from UNIX time.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -19,6 +22,9 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+mod date;
+mod durable;
+mod encoding;
 pub mod privileges;
 pub mod server;
 pub mod store;

@@ -21,6 +21,7 @@
 use std::fmt;
 use std::io;
 
+use facteur_proto::types::parse_decimal;
 use rustix::process::{Gid, Uid};
 use rustix::thread::{self as kernel, CapabilitySet, CapabilitySets};
 
@@ -91,10 +92,9 @@ pub struct GroupEntry {
 /// A user or group id as written in /etc/passwd, /etc/group or the configuration: decimal
 /// digits only (no sign, no space), below 2^32 - 1, which the kernel reads as "unchanged".
 fn parse_id(s: &str) -> Option<u32> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse::<u32>().ok().filter(|&n| n != u32::MAX)
+    parse_decimal(s.as_bytes())
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|&n| n != u32::MAX)
 }
 
 /// The lines of an /etc file that may hold an entry: not empty, not a comment, and not a NIS

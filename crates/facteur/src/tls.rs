@@ -1,10 +1,13 @@
 //! TLS: loading the certificate chain and key from PEM files, the rustls server configuration
 //! (TLS 1.2 and 1.3 only, aws-lc-rs), reloading on SIGHUP, and the self-signed certificate of
-//! `--dev`.
+//! `--dev`. Also what every TLS endpoint of facteur shares (the server, the fetcher and the
+//! load generator): the crypto provider, the protocol versions, reading a file of trusted
+//! certificates.
 //!
 //! A reload builds a whole new configuration first and swaps it in only if it loaded: a bad
 //! file on disk never takes the server down, and sessions already under TLS keep theirs.
 
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -36,6 +39,35 @@ pub enum TlsError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// TLS 1.3 and 1.2, nothing older, for every TLS endpoint of facteur.
+pub(crate) const PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// The crypto provider of every TLS endpoint of facteur: aws-lc-rs.
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Where every rustls client configuration of facteur starts: `provider`, [`PROTOCOL_VERSIONS`].
+/// The caller chooses how server certificates are verified.
+pub(crate) fn client_builder(
+    provider: Arc<CryptoProvider>,
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>, rustls::Error> {
+    rustls::ClientConfig::builder_with_provider(provider).with_protocol_versions(PROTOCOL_VERSIONS)
+}
+
+/// The certificates of a PEM file of trusted certificates (a CA file), in order. The error is
+/// the reason only: the caller names the file and the setting.
+pub(crate) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("no CERTIFICATE in the file (a PEM file is expected)".into());
+    }
+    Ok(certs)
 }
 
 /// The files of a TLS setup.
@@ -87,9 +119,9 @@ pub fn load(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
             e => e.to_string(),
         },
     })?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = provider();
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+        .with_protocol_versions(PROTOCOL_VERSIONS)?;
     let builder = match &files.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
@@ -98,10 +130,8 @@ pub fn load(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
                 reason,
             };
             let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| ca_error(e.to_string()))? {
-                roots
-                    .add(cert.map_err(|e| ca_error(e.to_string()))?)
-                    .map_err(|e| ca_error(e.to_string()))?;
+            for cert in read_certificates(ca).map_err(ca_error)? {
+                roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .allow_unauthenticated()
@@ -169,8 +199,22 @@ impl TlsState {
     }
 }
 
+/// Why [`write_self_signed`] cannot work in a build without the `dev-cert` feature.
+pub const NO_DEV_CERT: &str = "this facteur was built without the dev-cert feature, so it cannot \
+     make the self-signed certificate of --dev: build it with default features, or run `serve` \
+     with a configuration that names a certificate and a private key";
+
+/// Write a self-signed certificate for `localhost`, 127.0.0.1 and ::1 into `dir` (for `--dev`
+/// and tests); returns the files. The key file is created with mode 0600. Without the
+/// `dev-cert` feature, always [`TlsError::SelfSigned`] with [`NO_DEV_CERT`].
+#[cfg(not(feature = "dev-cert"))]
+pub fn write_self_signed(_dir: &Path) -> Result<TlsFiles, TlsError> {
+    Err(TlsError::SelfSigned(NO_DEV_CERT.into()))
+}
+
 /// Write a self-signed certificate for `localhost`, 127.0.0.1 and ::1 into `dir` (for `--dev`
 /// and tests); returns the files. The key file is created with mode 0600.
+#[cfg(feature = "dev-cert")]
 pub fn write_self_signed(dir: &Path) -> Result<TlsFiles, TlsError> {
     let names = vec![
         "localhost".to_string(),
@@ -194,6 +238,7 @@ pub fn write_self_signed(dir: &Path) -> Result<TlsFiles, TlsError> {
     })
 }
 
+#[cfg(feature = "dev-cert")]
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -321,6 +366,7 @@ fn der_read(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "dev-cert")]
     #[test]
     fn self_signed_loads_and_reloads() {
         let dir = tempfile::tempdir().unwrap();
@@ -382,6 +428,7 @@ mod tests {
 
     /// A client that lists the server's least preferred suite first still gets the server's
     /// first choice.
+    #[cfg(feature = "dev-cert")]
     #[test]
     fn the_server_chooses_the_cipher_suite() {
         let dir = tempfile::tempdir().unwrap();
@@ -456,6 +503,7 @@ mod tests {
         assert!(e.contains("no CERTIFICATE"), "{e}");
     }
 
+    #[cfg(feature = "dev-cert")]
     #[test]
     fn a_key_of_another_certificate_or_swapped_files_are_named() {
         let a = tempfile::tempdir().unwrap();

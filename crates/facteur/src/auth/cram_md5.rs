@@ -14,6 +14,7 @@
 //! This module never panics; every index below is into a fixed-size array with a bound the
 //! compiler can see.
 
+use crate::encoding::{decode_hex, hex};
 use md5::{Digest, Md5};
 use subtle::ConstantTimeEq;
 
@@ -174,11 +175,18 @@ fn md5_finish(mut state: [u32; 4], prefix_len: u64, data: &[u8]) -> [u8; 16] {
 }
 
 /// The HMAC-MD5 context of a secret: MD5's state after the first block of the outer and of the
-/// inner hash. Deliberately not `Debug`.
-#[derive(Clone, PartialEq, Eq)]
+/// inner hash. Deliberately not `Debug`, nor `PartialEq`: compare with [`Self::ct_eq`].
+#[derive(Clone)]
 pub(crate) struct CramMd5Context {
     outer: [u32; 4],
     inner: [u32; 4],
+}
+
+impl zeroize::Zeroize for CramMd5Context {
+    fn zeroize(&mut self) {
+        self.outer.zeroize();
+        self.inner.zeroize();
+    }
 }
 
 impl CramMd5Context {
@@ -218,13 +226,11 @@ impl CramMd5Context {
 
     /// Dovecot's form: 64 lowercase hex digits.
     pub(crate) fn to_hex(&self) -> String {
-        let mut out = String::with_capacity(64);
+        let mut bytes = Vec::with_capacity(32);
         for word in self.outer.iter().chain(self.inner.iter()) {
-            for b in word.to_le_bytes() {
-                out.push_str(&format!("{b:02x}"));
-            }
+            bytes.extend_from_slice(&word.to_le_bytes());
         }
-        out
+        hex(&bytes)
     }
 
     /// HMAC-MD5(secret, `message`).
@@ -257,32 +263,10 @@ impl CramMd5Context {
     }
 }
 
-/// Exactly `2 * N` hex digits, either case.
-fn decode_hex<const N: usize>(hex: &str) -> Option<[u8; N]> {
-    let digits = hex.as_bytes();
-    if digits.len() != 2 * N {
-        return None;
-    }
-    let value = |c: u8| {
-        char::from(c)
-            .to_digit(16)
-            .and_then(|v| u8::try_from(v).ok())
-    };
-    let mut out = [0u8; N];
-    for (o, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
-        *o = (value(pair[0])? << 4) | value(pair[1])?; // ok: chunks of 2
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use hmac::{Hmac, Mac};
-
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
 
     #[test]
     fn sine_table_is_rfc1321s() {

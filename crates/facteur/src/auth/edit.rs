@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use super::passwd_file::{line_user, PasswdFile};
 use super::scheme::random_token;
 use super::{AuthError, InvalidUserName, StoredPassword, USER_NAME_MAX_LEN};
+use crate::durable::sync_dir;
 
 /// Checks a user name for the passwd-file: not empty, at most 255 bytes, no `:`, whitespace or
 /// control character, and not starting with `#` (the line would read as a comment).
@@ -308,7 +309,7 @@ fn write_and_rename(
     f.sync_all()?;
     drop(f);
     fs::rename(tmp, target)?;
-    File::open(dir)?.sync_all()
+    sync_dir(dir)
 }
 
 #[cfg(test)]

@@ -1057,11 +1057,8 @@ h:{PLAIN}ph:::::
         let digest = apop_digest(ts, b"guess");
         assert_eq!(db.verify_apop("bob", ts, &digest), AuthOutcome::Failure);
         assert_eq!(db.verify_apop("alice", ts, &digest), AuthOutcome::Failure);
-        let digest: String = CramMd5Context::from_secret(b"guess")
-            .hmac(ts.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let digest =
+            crate::encoding::hex(&CramMd5Context::from_secret(b"guess").hmac(ts.as_bytes()));
         assert_eq!(
             db.verify_cram_md5("bob", ts.as_bytes(), &digest),
             AuthOutcome::Failure

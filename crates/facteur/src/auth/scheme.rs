@@ -18,6 +18,7 @@ use subtle::ConstantTimeEq;
 use super::cram_md5::CramMd5Context;
 use super::scram::{ScramKeys, SCRAM_DEFAULT_ITERATIONS, SCRAM_SALT_LEN};
 use super::AuthError;
+use crate::encoding::hex;
 
 /// A password scheme, named as Dovecot names it in the `{SCHEME}` prefix.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -172,7 +173,8 @@ const SHA_CRYPT_MAX_ROUNDS: u32 = 999_999_999;
 /// glibc uses at most 16 characters of salt.
 const SHA_CRYPT_MAX_SALT: usize = 16;
 
-/// The alphabet of crypt(3)'s base64, used by SHA-crypt (in this order).
+/// The alphabet of crypt(3)'s base64, used by SHA-crypt (in this order): for making and checking
+/// salts and checking stored hashes. sha-crypt encodes digests itself but keeps its table private.
 const CRYPT_B64: &[u8; 64] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 /// The alphabet of bcrypt's base64 (a different order from crypt's).
 const BCRYPT_B64: &[u8; 64] = b"./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -233,6 +235,23 @@ enum Inner {
     Scram(ScramKeys),
     CramMd5(CramMd5Context),
     Plain(Vec<u8>),
+}
+
+impl zeroize::Zeroize for Inner {
+    fn zeroize(&mut self) {
+        match self {
+            // PasswordHashString gives no mutable access to its text (a hash, not a password).
+            Inner::Argon2id(_) => {}
+            Inner::ShaCrypt { salt, digest, .. } => {
+                salt.zeroize();
+                digest.zeroize();
+            }
+            Inner::Bcrypt { full, .. } => full.zeroize(),
+            Inner::Scram(keys) => keys.zeroize(),
+            Inner::CramMd5(context) => context.zeroize(),
+            Inner::Plain(password) => password.zeroize(),
+        }
+    }
 }
 
 /// A password as stored in the passwd-file, parsed and checked for its format.
@@ -784,61 +803,20 @@ fn sha_crypt_hash(bits: ShaBits, password: &[u8], rounds: u32) -> Result<String,
     Ok(out)
 }
 
-/// The encoded digest part of a SHA-crypt string; `None` if the rounds are out of range.
+/// The encoded digest part of a SHA-crypt string (sha-crypt's own crypt(3) base64, with the
+/// byte order of Drepper's specification); `None` if the rounds are out of range.
 fn sha_crypt_digest(bits: ShaBits, password: &[u8], salt: &[u8], rounds: u32) -> Option<String> {
     let rounds = usize::try_from(rounds).ok()?;
     match bits {
         ShaBits::Sha512 => {
             let params = sha_crypt::Sha512Params::new(rounds).ok()?;
-            let raw = sha_crypt::sha512_crypt(password, salt, &params).ok()?;
-            Some(encode_sha512_crypt(&raw))
+            sha_crypt::sha512_crypt_b64(password, salt, &params).ok()
         }
         ShaBits::Sha256 => {
             let params = sha_crypt::Sha256Params::new(rounds).ok()?;
-            let raw = sha_crypt::sha256_crypt(password, salt, &params).ok()?;
-            Some(encode_sha256_crypt(&raw))
+            sha_crypt::sha256_crypt_b64(password, salt, &params).ok()
         }
     }
-}
-
-/// crypt(3)'s base64 of three bytes (`b2` most significant), low 6 bits first, `n` characters.
-fn push_crypt_b64(out: &mut String, b2: u8, b1: u8, b0: u8, n: usize) {
-    let mut w = (u32::from(b2) << 16) | (u32::from(b1) << 8) | u32::from(b0);
-    for _ in 0..n {
-        out.push(char::from(CRYPT_B64[(w & 0x3f) as usize]));
-        w >>= 6;
-    }
-}
-
-/// SHA-crypt encodes the digest bytes in a shuffled order (Drepper's SHA-crypt specification,
-/// step 22): triples of bytes `i`, `i + 21`, `i + 42` for SHA-512, rotated by `i mod 3`.
-fn encode_sha512_crypt(d: &[u8; 64]) -> String {
-    let mut out = String::with_capacity(86);
-    for i in 0..21 {
-        let (a, b, c) = (d[i], d[i + 21], d[i + 42]);
-        match i % 3 {
-            0 => push_crypt_b64(&mut out, a, b, c, 4),
-            1 => push_crypt_b64(&mut out, b, c, a, 4),
-            _ => push_crypt_b64(&mut out, c, a, b, 4),
-        }
-    }
-    push_crypt_b64(&mut out, 0, 0, d[63], 2);
-    out
-}
-
-/// As [`encode_sha512_crypt`], with triples `i`, `i + 10`, `i + 20` for SHA-256.
-fn encode_sha256_crypt(d: &[u8; 32]) -> String {
-    let mut out = String::with_capacity(43);
-    for i in 0..10 {
-        let (a, b, c) = (d[i], d[i + 10], d[i + 20]);
-        match i % 3 {
-            0 => push_crypt_b64(&mut out, a, b, c, 4),
-            1 => push_crypt_b64(&mut out, c, a, b, 4),
-            _ => push_crypt_b64(&mut out, b, c, a, 4),
-        }
-    }
-    push_crypt_b64(&mut out, 0, d[31], d[30], 3);
-    out
 }
 
 /// 32 random lowercase hex digits.
@@ -846,16 +824,6 @@ pub(crate) fn random_token() -> Result<String, AuthError> {
     let mut raw = [0u8; 16];
     getrandom::fill(&mut raw)?;
     Ok(hex(&raw))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    out
 }
 
 /// The APOP digest (RFC 1939 section 7): MD5 of the greeting's timestamp followed by the

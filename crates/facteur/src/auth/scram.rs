@@ -100,6 +100,14 @@ pub(crate) struct ScramKeys {
     pub(crate) server_key: [u8; KEY_LEN],
 }
 
+impl zeroize::Zeroize for ScramKeys {
+    fn zeroize(&mut self) {
+        self.salt.zeroize();
+        self.stored_key.zeroize();
+        self.server_key.zeroize();
+    }
+}
+
 impl ScramKeys {
     /// Derives the keys from a password (RFC 5802 section 3).
     pub(crate) fn derive(password: &[u8], salt: &[u8], iterations: u32) -> Self {
@@ -207,6 +215,15 @@ enum KeySource {
     Password(Vec<u8>),
     /// Made-up keys that cost what a `{PLAIN}` user's cost: a PBKDF2 when the proof arrives.
     MadeUpWithDerivation(ScramKeys),
+}
+
+impl zeroize::Zeroize for KeySource {
+    fn zeroize(&mut self) {
+        match self {
+            KeySource::Ready(keys) | KeySource::MadeUpWithDerivation(keys) => keys.zeroize(),
+            KeySource::Password(password) => password.zeroize(),
+        }
+    }
 }
 
 impl fmt::Debug for ScramCredentials {
@@ -352,6 +369,21 @@ pub(crate) fn plain_user_salt(secret: &[u8], user: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zeroize_wipes_the_keys() {
+        use zeroize::Zeroize as _;
+        let mut keys = ScramKeys::derive(b"pencil", b"salt", 4096);
+        keys.zeroize();
+        assert!(keys.salt.is_empty());
+        assert_eq!(
+            (keys.stored_key, keys.server_key),
+            ([0; KEY_LEN], [0; KEY_LEN])
+        );
+        let mut source = KeySource::Password(b"pencil".to_vec());
+        source.zeroize();
+        assert!(matches!(source, KeySource::Password(p) if p.is_empty()));
+    }
 
     #[test]
     fn hmac_matches_the_hmac_crate() {

@@ -21,9 +21,13 @@
 //! whoever sits in the middle, and cost the user a failed-login penalty per try).
 
 use super::{describe_status, Connection, Pop3Error, SaslTurn};
+use crate::encoding::hex;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use facteur_proto::command::Command;
+use facteur_proto::types::parse_decimal;
+// An initial response goes on the AUTH line only if the line fits (RFC 5034 section 4).
+use facteur_proto::line::MAX_COMMAND_LINE;
 use facteur_proto::Secret;
 use hmac::{Hmac, Mac};
 use md5::Md5;
@@ -31,10 +35,6 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 use std::str::FromStr;
 use subtle::ConstantTimeEq;
-
-/// A POP3 command line may be 255 octets, CRLF included (RFC 2449 section 4); an initial
-/// response goes on the AUTH line only if the line fits (RFC 5034 section 4).
-const MAX_COMMAND_LINE: usize = 255;
 
 /// Random bytes in a SCRAM client nonce: 192 bits, 32 base64 characters.
 const SCRAM_NONCE_BYTES: usize = 24;
@@ -459,8 +459,8 @@ impl ScramClient {
         let iterations: u32 = attrs
             .next()
             .and_then(|a| a.strip_prefix("i="))
-            .filter(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|i| i.parse().ok())
+            .and_then(|i| parse_decimal(i.as_bytes()))
+            .and_then(|i| u32::try_from(i).ok())
             .ok_or("the SCRAM server-first message has no valid iteration count (i=)")?;
         if !(crate::auth::SCRAM_MIN_ITERATIONS..=crate::auth::SCRAM_MAX_ITERATIONS)
             .contains(&iterations)
@@ -523,16 +523,6 @@ pub fn plain_message(user: &str, password: &[u8]) -> Secret<Vec<u8>> {
     m.push(0);
     m.extend_from_slice(password);
     Secret::new(m)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    out
 }
 
 #[cfg(test)]

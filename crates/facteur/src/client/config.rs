@@ -46,6 +46,8 @@
 
 use super::auth::AuthMethod;
 use super::{Security, Target};
+use crate::encoding::{hex, percent_decode, percent_encode};
+use facteur_proto::types::parse_decimal;
 use facteur_proto::Secret;
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -163,8 +165,9 @@ pub enum ConfigError {
     Password { account: String, reason: String },
 }
 
-/// Where an account's password comes from. `Debug` never shows an inline password.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where an account's password comes from. `Debug` never shows an inline password; no
+/// `PartialEq`, as for [`Secret`].
+#[derive(Clone, Debug)]
 pub enum PasswordSource {
     /// Asked on the terminal.
     Prompt,
@@ -369,21 +372,12 @@ const MAX_STATE_KEY: usize = 200;
 /// (so never `/`, and never `_`, which every key of facteur 0.x before identities had, before
 /// its port: the two kinds of names cannot be taken for each other).
 pub fn state_key_of(identity: &str) -> String {
-    let mut key = String::with_capacity(identity.len());
-    for b in identity.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'@' | b'.' | b'-') {
-            key.push(char::from(b));
-        } else {
-            key.push_str(&format!("%{b:02X}"));
-        }
-    }
+    let mut key = percent_encode(identity.as_bytes(), |b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'@' | b'.' | b'-')
+    });
     if key.len() > MAX_STATE_KEY {
         use sha2::{Digest, Sha256};
-        let hash: String = Sha256::digest(key.as_bytes())
-            .iter()
-            .take(8)
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hash = hex(&Sha256::digest(key.as_bytes())[..8]);
         let mut cut = MAX_STATE_KEY - 20;
         // Never in the middle of a %XX escape.
         if let Some(i) = key.get(..cut).and_then(|k| k.rfind('%')) {
@@ -401,22 +395,15 @@ pub fn state_key_of(identity: &str) -> String {
 /// 8 hex digits of SHA-256 of `key`.
 pub fn file_tag_of(key: &str) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .take(4)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(key.as_bytes())[..4])
 }
 
 /// The user, the host and the port of a state key of facteur before identities
 /// (`<user>@<host>_<port>`, escaped), if `key` is one.
 pub fn parse_legacy_state_key(key: &str) -> Option<(String, String, u16)> {
-    let raw = String::from_utf8(percent_decode_bytes(key)?).ok()?;
+    let raw = percent_decode_text(key)?;
     let (rest, port) = raw.rsplit_once('_')?;
-    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let port = port.parse::<u16>().ok()?;
+    let port = u16::try_from(parse_decimal(port.as_bytes())?).ok()?;
     let (user, host) = rest.rsplit_once('@')?;
     if user.is_empty() || host.is_empty() {
         return None;
@@ -427,15 +414,9 @@ pub fn parse_legacy_state_key(key: &str) -> Option<(String, String, u16)> {
 /// The state key facteur gave this account before identities: user, host and port.
 pub fn legacy_state_key(user: &str, host: &str, port: u16) -> String {
     let raw = format!("{user}@{host}_{port}");
-    let mut key = String::with_capacity(raw.len());
-    for b in raw.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'@' | b'.' | b'_' | b'-') {
-            key.push(char::from(b));
-        } else {
-            key.push_str(&format!("%{b:02X}"));
-        }
-    }
-    key
+    percent_encode(raw.as_bytes(), |b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'@' | b'.' | b'_' | b'-')
+    })
 }
 
 /// A parsed configuration file.
@@ -480,7 +461,8 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl, ConfigError> {
             "a password in the URL is refused (anyone could read it in ps or the shell history); use --password-env or --password-command",
         ));
     }
-    let user = percent_decode(userinfo).ok_or_else(|| bad("malformed %-escape in the user"))?;
+    let user =
+        percent_decode_text(userinfo).ok_or_else(|| bad("malformed %-escape in the user"))?;
     if user.is_empty() || user.chars().any(|c| c.is_control() || c == ' ') {
         return Err(bad(
             "the user name is empty or holds a space or control character",
@@ -500,9 +482,8 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl, ConfigError> {
     }
     let port = match port {
         None => security.default_port(),
-        Some(p) => Some(p)
-            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|p| p.parse::<u16>().ok())
+        Some(p) => parse_decimal(p.as_bytes())
+            .and_then(|p| u16::try_from(p).ok())
             .filter(|p| *p != 0)
             .ok_or_else(|| bad("the port must be a number from 1 to 65535"))?,
     };
@@ -514,26 +495,9 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl, ConfigError> {
     })
 }
 
-fn percent_decode(s: &str) -> Option<String> {
-    String::from_utf8(percent_decode_bytes(s)?).ok()
-}
-
-/// Decode `%XX` escapes (URLs, and the fetcher's state files); `None` for a broken escape.
-pub(crate) fn percent_decode_bytes(s: &str) -> Option<Vec<u8>> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        if c == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(c);
-            i += 1;
-        }
-    }
-    Some(out)
+/// A `%XX`-escaped URL part as text; `None` for a broken escape or a result that is not UTF-8.
+fn percent_decode_text(s: &str) -> Option<String> {
+    String::from_utf8(percent_decode(s.as_bytes())?).ok()
 }
 
 /// `~/x` under the home folder, a relative path under `base`, an absolute one as it is.
@@ -860,7 +824,7 @@ mod tests {
         assert_eq!(w.name, "work");
         assert_eq!(w.target.ca_file, Some(PathBuf::from("/etc/f/ca.pem")));
         assert_eq!(w.auth, AuthMethod::CramMd5);
-        assert_eq!(w.password, PasswordSource::Command("echo x".into()));
+        assert!(matches!(&w.password, PasswordSource::Command(c) if c == "echo x"));
         assert_eq!(
             w.destination,
             DestinationSpec::Maildir("/etc/f/Mail".into())
@@ -980,7 +944,7 @@ mod tests {
         a.user = "%".repeat(400);
         let long = a.state_key();
         assert!(long.len() <= MAX_STATE_KEY, "{long}");
-        assert!(percent_decode_bytes(long.rsplit_once('-').unwrap().0).is_some());
+        assert!(percent_decode(long.rsplit_once('-').unwrap().0.as_bytes()).is_some());
         assert_ne!(long, {
             a.user.push('x');
             a.state_key()

@@ -34,7 +34,8 @@
 //! (at-least-once), and so does a command that delivered but then failed.
 
 use super::fetch::FaultPoint;
-use super::state::{sync_dir, AccountState, Pending, StateError};
+use super::state::{AccountState, Pending, StateError};
+use crate::durable::sync_dir;
 use facteur_proto::Uidl;
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
@@ -1116,21 +1117,12 @@ fn asctime(t: SystemTime) -> String {
         .unwrap_or(0);
     let days = secs / 86_400;
     let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = crate::date::civil_from_days(days);
     format!(
         "{} {} {:>2} {:02}:{:02}:{:02} {}",
         DAYS.get((days % 7) as usize).unwrap_or(&"Thu"),
         MONTHS
-            .get(usize::try_from(month - 1).unwrap_or(0))
+            .get(usize::try_from(month.saturating_sub(1)).unwrap_or(0))
             .unwrap_or(&"Jan"),
         day,
         rem / 3600,

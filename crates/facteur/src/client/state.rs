@@ -34,6 +34,8 @@
 //! snapshot in place (a crash would leave half a file).
 
 use super::config::STATE_LOCK_WAIT;
+use crate::durable::sync_dir;
+use crate::encoding::{decode_hex, hex, percent_decode, percent_encode};
 use facteur_proto::Uidl;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -142,7 +144,7 @@ impl Pending {
                 path: PathBuf::from(OsString::from_vec(unescape(path)?)),
                 start: start.parse().ok()?,
                 end: end.parse().ok()?,
-                sha256: unhex(sha)?,
+                sha256: decode_hex(sha)?,
                 spool_offset: spool.parse().ok()?,
             }),
             _ => None,
@@ -514,21 +516,9 @@ pub fn legacy_keys(
     Ok(keys.into_iter().collect())
 }
 
-/// fsync a folder, so that the names created or renamed in it are durable.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// `%XX` for '%', controls, space and non-ASCII: a path as one word of a journal line.
 pub(crate) fn escape(b: &[u8]) -> String {
-    let mut out = String::with_capacity(b.len());
-    for &c in b {
-        if (0x21..=0x7e).contains(&c) && c != b'%' {
-            out.push(char::from(c));
-        } else {
-            out.push_str(&format!("%{c:02X}"));
-        }
-    }
+    let mut out = percent_encode(b, |c| (0x21..=0x7e).contains(&c));
     if out.is_empty() {
         out.push('%');
     }
@@ -539,22 +529,7 @@ fn unescape(s: &str) -> Option<Vec<u8>> {
     if s == "%" {
         return Some(Vec::new());
     }
-    super::config::percent_decode_bytes(s)
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if s.len() != 64 {
-        return None;
-    }
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    percent_decode(s.as_bytes())
 }
 
 #[cfg(test)]
@@ -572,8 +547,8 @@ mod tests {
             assert!(!escape(raw).contains([' ', '\n']));
         }
         let sha = [7u8; 32];
-        assert_eq!(unhex(&hex(&sha)), Some(sha));
-        assert_eq!(unhex("zz"), None);
+        assert_eq!(decode_hex(&hex(&sha)), Some(sha));
+        assert_eq!(decode_hex::<32>("zz"), None);
     }
 
     #[test]

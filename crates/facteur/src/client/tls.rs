@@ -13,9 +13,9 @@
 //! a trusted one, or skip the name or the validity period of a pinned one.
 
 use super::{Pop3Error, Security, Target};
+use crate::tls::{client_builder, read_certificates};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use std::path::Path;
@@ -30,11 +30,11 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
     match ca_file {
         Some(path) => {
             let bad = |reason: String| Pop3Error::Tls(format!("{}: {reason}", path.display()));
-            for (i, cert) in CertificateDer::pem_file_iter(path)
-                .map_err(|e| bad(e.to_string()))?
+            for (i, cert) in read_certificates(path)
+                .map_err(bad)?
+                .into_iter()
                 .enumerate()
             {
-                let cert = cert.map_err(|e| bad(e.to_string()))?;
                 roots.add(cert.clone()).map_err(|e| {
                     bad(format!(
                         "certificate {} cannot be trusted: {}",
@@ -43,11 +43,6 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
                     ))
                 })?;
                 pinned.push(cert);
-            }
-            if roots.is_empty() {
-                return Err(bad(
-                    "no CERTIFICATE in the file (a PEM file is expected)".into()
-                ));
             }
         }
         None => {
@@ -65,12 +60,11 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
             }
         }
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = crate::tls::provider();
     let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| Pop3Error::Tls(e.to_string()))?;
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    let config = client_builder(provider)
         .map_err(|e| Pop3Error::Tls(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinningVerifier { inner, pinned }))
@@ -392,16 +386,7 @@ fn utc(t: UnixTime) -> String {
     let secs = t.as_secs();
     let days = secs / 86_400;
     let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (never negative here).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
+    let (year, month, day) = crate::date::civil_from_days(days);
     format!(
         "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
         rem / 3600,

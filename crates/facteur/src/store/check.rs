@@ -197,7 +197,7 @@ fn nearest_existing(path: &Path) -> Result<PathBuf, String> {
             Ok(_) => return Ok(dir.to_owned()),
             Err(e)
                 if e.kind() == io::ErrorKind::NotFound
-                    || e.raw_os_error() == Some(libc::ENOTDIR) => {}
+                    || rustix::io::Errno::from_io_error(&e) == Some(rustix::io::Errno::NOTDIR) => {}
             Err(e) => return Err(format!("cannot look at {}: {e}", dir.display())),
         }
     }

@@ -112,7 +112,7 @@ pub(crate) fn open_regular(dir: &File, name: &OsStr) -> io::Result<Opened> {
         Ok(fd) => File::from(fd),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Opened::Missing),
         // ELOOP: a symbolic link (with openat2, a link on the way); ENXIO: a socket.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENXIO)) => {
+        Err(e) if matches!(Errno::from_io_error(&e), Some(Errno::LOOP | Errno::NXIO)) => {
             return Ok(Opened::NotRegular)
         }
         Err(e) => return Err(e),
@@ -153,7 +153,7 @@ pub(crate) fn open_lock_file(dir: &File, name: &str, owner: Owner) -> io::Result
                 return Ok(file);
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            Err(e) if Errno::from_io_error(&e) == Some(Errno::LOOP) => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "the lock file is a symbolic link",

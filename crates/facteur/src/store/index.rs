@@ -40,8 +40,10 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use super::fasthash::checksum;
 use super::handle::{self, Opened};
-use super::name::{is_message_name, parse_decimal};
+use super::name::is_message_name;
 use super::Owner;
+use crate::encoding::{percent_decode, percent_encode_into};
+use facteur_proto::types::parse_decimal;
 
 /// The index file, in the maildir's top directory (beside `cur/`, `new/` and `tmp/`).
 pub(crate) const INDEX_FILE: &str = "facteur-index";
@@ -259,51 +261,24 @@ pub(crate) fn serialize(index: &Index) -> Vec<u8> {
     out
 }
 
+/// An octet that stands for itself in the index: printable ASCII but space (and '%').
+fn plain(b: u8) -> bool {
+    (0x21..=0x7e).contains(&b)
+}
+
 fn escape_into(name: &[u8], out: &mut Vec<u8>) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in name {
-        if (0x21..=0x7e).contains(&b) && b != b'%' {
-            out.push(b);
-        } else {
-            out.push(b'%');
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 0x0f)]);
-        }
-    }
+    percent_encode_into(out, name, plain);
 }
 
 fn unescape(escaped: &[u8]) -> Option<OsString> {
     // Nearly every name has nothing escaped: check and copy it in one go.
-    if escaped
-        .iter()
-        .all(|&b| (0x21..=0x7e).contains(&b) && b != b'%')
-    {
+    if escaped.iter().all(|&b| plain(b) && b != b'%') {
         return Some(OsString::from_vec(escaped.to_vec()));
     }
-    let mut out = Vec::with_capacity(escaped.len());
-    let mut rest = escaped;
-    while let Some((&b, tail)) = rest.split_first() {
-        if b == b'%' {
-            let (&hi, tail) = tail.split_first()?;
-            let (&lo, tail) = tail.split_first()?;
-            out.push(hex_value(hi)? << 4 | hex_value(lo)?);
-            rest = tail;
-        } else if (0x21..=0x7e).contains(&b) {
-            out.push(b);
-            rest = tail;
-        } else {
-            return None;
-        }
+    if !escaped.iter().all(|&b| plain(b)) {
+        return None;
     }
-    Some(OsString::from_vec(out))
-}
-
-fn hex_value(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
+    percent_decode(escaped).map(OsString::from_vec)
 }
 
 /// Replaces the index of the maildir whose top directory is `dir` with `bytes`, atomically and

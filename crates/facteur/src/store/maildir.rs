@@ -45,6 +45,7 @@
 //! fsyncs `cur/`, then rewrites the index; a crash at any point leaves each message present or
 //! gone, and the next open reconciles the index with the directory (its `cur/` mtime differs).
 
+use rustix::io::Errno;
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -490,7 +491,7 @@ impl MaildirStore {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
                 Err(e)
                     if e.kind() == io::ErrorKind::AlreadyExists
-                        || e.raw_os_error() == Some(libc::ENAMETOOLONG) =>
+                        || Errno::from_io_error(&e) == Some(Errno::NAMETOOLONG) =>
                 {
                     // Never seen by a client (it is in new/): a fresh unique-id costs nothing.
                     to = cur_name_for_new(&self.fresh_name(name.as_bytes())?);
@@ -884,8 +885,8 @@ pub(crate) fn open_root(dir: &Path, owner: Owner) -> Result<(File, (u64, u64)), 
             .map(|m| m.file_type().is_symlink())
             .unwrap_or(false)
     };
-    let explain = |e: io::Error| match e.raw_os_error() {
-        Some(libc::ELOOP | libc::ENOTDIR) if is_link() => StoreError::io(
+    let explain = |e: io::Error| match Errno::from_io_error(&e) {
+        Some(Errno::LOOP | Errno::NOTDIR) if is_link() => StoreError::io(
             dir,
             io::Error::new(
                 io::ErrorKind::InvalidData,

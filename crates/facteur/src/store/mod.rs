@@ -187,9 +187,10 @@ impl StoreError {
 /// read-only file system, a path that goes through a file or a link. Everything else (a full
 /// disk, a quota, an I/O error, a directory removed meanwhile) may pass.
 fn io_lasting(e: &std::io::Error) -> Lasting {
-    match e.raw_os_error() {
-        Some(libc::EACCES | libc::EPERM | libc::EROFS) => Lasting::NoPermission,
-        Some(libc::ENOTDIR | libc::ELOOP | libc::ENAMETOOLONG) => Lasting::Config,
+    use rustix::io::Errno;
+    match Errno::from_io_error(e) {
+        Some(Errno::ACCESS | Errno::PERM | Errno::ROFS) => Lasting::NoPermission,
+        Some(Errno::NOTDIR | Errno::LOOP | Errno::NAMETOOLONG) => Lasting::Config,
         // The refusal of a maildir that is a symbolic link (see `maildir::open_root`).
         None if e.kind() == std::io::ErrorKind::InvalidData => Lasting::Config,
         _ => Lasting::Temporary,
@@ -295,18 +296,25 @@ mod tests {
 
     #[test]
     fn what_lasts_and_what_may_pass() {
-        let io = |errno| StoreError::io("/x", std::io::Error::from_raw_os_error(errno));
-        assert_eq!(io(libc::EACCES).lasting(), Lasting::NoPermission);
-        assert_eq!(io(libc::EPERM).lasting(), Lasting::NoPermission);
-        assert_eq!(io(libc::EROFS).lasting(), Lasting::NoPermission);
-        assert_eq!(io(libc::ENOTDIR).lasting(), Lasting::Config);
-        assert_eq!(io(libc::ELOOP).lasting(), Lasting::Config);
+        use rustix::io::Errno;
+        let io = |errno: Errno| {
+            StoreError::io(
+                "/x",
+                std::io::Error::from_raw_os_error(errno.raw_os_error()),
+            )
+        };
+        assert_eq!(io(Errno::ACCESS).lasting(), Lasting::NoPermission);
+        assert_eq!(io(Errno::PERM).lasting(), Lasting::NoPermission);
+        assert_eq!(io(Errno::ROFS).lasting(), Lasting::NoPermission);
+        assert_eq!(io(Errno::NOTDIR).lasting(), Lasting::Config);
+        assert_eq!(io(Errno::LOOP).lasting(), Lasting::Config);
+        assert_eq!(io(Errno::NAMETOOLONG).lasting(), Lasting::Config);
         for errno in [
-            libc::ENOSPC,
-            libc::EDQUOT,
-            libc::EIO,
-            libc::ENOENT,
-            libc::EMFILE,
+            Errno::NOSPC,
+            Errno::DQUOT,
+            Errno::IO,
+            Errno::NOENT,
+            Errno::MFILE,
         ] {
             assert_eq!(io(errno).lasting(), Lasting::Temporary, "{errno}");
             assert!(!io(errno).is_permanent());

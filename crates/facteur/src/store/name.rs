@@ -11,6 +11,7 @@ use std::ffi::{OsStr, OsString};
 use std::io::{self, Read};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
+use facteur_proto::types::parse_decimal;
 use facteur_proto::Uidl;
 use sha2::{Digest, Sha256};
 
@@ -93,14 +94,6 @@ pub(crate) fn wire_size_field(base: &[u8]) -> Option<u64> {
         .skip(1)
         .find_map(|field| field.strip_prefix(b"W="))
         .and_then(parse_decimal)
-}
-
-/// Strict decimal: 1 to 20 ASCII digits that fit in a u64; no sign, no space.
-pub(crate) fn parse_decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// One piece of a name for the delivery-order comparison: runs of digits compare as numbers,
