@@ -3,8 +3,8 @@
 #
 #   sudo bash bench/compare.sh
 #
-# Installs Dovecot's POP3 server from Debian's packages if it is missing, builds facteur in
-# release mode, configures both servers in a scratch folder (loopback high ports only), seeds
+# Installs Dovecot's POP3 server from Debian's packages if it is missing, builds facteur and
+# facteur-bench (the load generator) in release mode, configures both servers in a scratch folder (loopback high ports only), seeds
 # identical maildrops for each, runs the same five workloads against each, prints a table with
 # the ratio facteur/Dovecot and the goals, and writes everything to bench/results/latest.json.
 #
@@ -15,6 +15,7 @@
 # Environment (all optional):
 #   FACTEUR_BENCH_DIR   the scratch folder            [/tmp/facteur-bench]; emptied first
 #   FACTEUR_BIN         a facteur binary to use instead of building target/release/facteur
+#   FACTEUR_BENCH_BIN   a facteur-bench binary to use instead of target/release/facteur-bench
 #   BENCH_DURATION      seconds per server of workloads 1 and 2 [15], in 3 alternating turns,
 #                       after a 2 s warm-up
 #   BENCH_IDLE          idle sessions of workload 5   [2000]
@@ -27,8 +28,8 @@
 #
 # Fairness, in short (details in the printed notes): one passwd-file ({SHA512-CRYPT}, 5000
 # rounds, the default of `openssl passwd -6`) read by both servers; one seeded Maildir tree
-# copied into two roots; one certificate (ECDSA P-256); the same load generator (`facteur
-# bench`, which speaks POP3 through facteur-proto's client) and the same Python probes for
+# copied into two roots; one certificate (ECDSA P-256); the same load generator (`facteur-bench`,
+# which speaks POP3 through facteur-proto's client) and the same Python probes for
 # both; each server logs one or two lines per session at level info. Dovecot gets its own
 # documented performance settings: login processes in high-performance mode, pop3 processes
 # reused (service_count = 100, same uid for every user), pop3_no_flag_updates.
@@ -91,7 +92,15 @@ else
     BUILT=$REPO/target/release/facteur
     FACTEUR_REV=$(cd "$REPO" && git describe --always --dirty 2>/dev/null || echo unknown)
 fi
-"$BUILT" bench --help >/dev/null 2>&1 || die "$BUILT has no bench subcommand"
+# The load generator is a binary of its own, never part of facteur's.
+if [ -n "${FACTEUR_BENCH_BIN:-}" ]; then
+    BUILT_BENCH=$FACTEUR_BENCH_BIN
+else
+    say "building facteur-bench (release)"
+    (cd "$REPO" && cargo build --release -p facteur-bench --quiet) >&2
+    BUILT_BENCH=$REPO/target/release/facteur-bench
+fi
+"$BUILT_BENCH" --help >/dev/null 2>&1 || die "$BUILT_BENCH does not run"
 
 # Workload 5 needs thousands of descriptors in the bench and in each server.
 hard=$(ulimit -Hn)
@@ -195,6 +204,8 @@ mkdir -p "$SCRATCH" "$RESULTS"
 # A copy, so that a rebuild during the run cannot swap the binary under the benchmark.
 FACTEUR=$SCRATCH/facteur
 cp "$BUILT" "$FACTEUR"
+BENCH=$SCRATCH/facteur-bench
+cp "$BUILT_BENCH" "$BENCH"
 # Dovecot's login and internal users must traverse it.
 chmod 755 "$SCRATCH"
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -338,11 +349,11 @@ warm_cache() { # dir...: read every file so that the page cache holds them
     find "$@" -type f -print0 | xargs -0 cat >/dev/null
 }
 
-bench() { # out-file, then facteur bench arguments
+bench() { # out-file, then facteur-bench arguments
     local out=$1
     shift
-    "$FACTEUR" bench --host 127.0.0.1 --password "$PASSWORD" --json "$@" >"$out" \
-        2>>"$RESULTS/bench-stderr.txt" || echo "compare.sh: facteur bench failed: $*" >&2
+    "$BENCH" --host 127.0.0.1 --password "$PASSWORD" --json "$@" >"$out" \
+        2>>"$RESULTS/bench-stderr.txt" || echo "compare.sh: facteur-bench failed: $*" >&2
 }
 
 # --- workload 4: login + UIDL on a maildrop of $HUGE messages, cold and warm ------------------
@@ -436,7 +447,7 @@ w5() { # name port server-pid
     local err=$RESULTS/w5-$name-bench-stderr.txt
     sleep 1
     "${PROBE[@]}" uss "$pid" >"$RESULTS/w5-$name-before.json"
-    "$FACTEUR" bench --host 127.0.0.1 --port "$port" --user 'u%d' --password "$PASSWORD" \
+    "$BENCH" --host 127.0.0.1 --port "$port" --user 'u%d' --password "$PASSWORD" \
         --user-count "$IDLE_SESSIONS" --concurrency "$IDLE_SESSIONS" \
         --sessions "$IDLE_SESSIONS" --idle 90 --json >"$RESULTS/w5-$name-bench.json" 2>"$err" &
     BPID=$!

@@ -1,5 +1,5 @@
 //! The `facteur` command line: `serve`, `user`, `deliver`, `hash-password`, `check-config`,
-//! `bench`, `fetch`.
+//! `fetch`.
 //!
 //! Every failure is a one-line message on stderr and a non-zero exit; passwords are read from a
 //! terminal prompt or standard input, never from the command line (where `ps` would show them).
@@ -60,10 +60,8 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Load-test a POP3 server: N concurrent sessions of login, STAT, RETR..., QUIT.
-    Bench(crate::bench::BenchArgs),
     /// Fetch mail from POP3 accounts into a Maildir, an mbox or an MDA (the fetcher).
-    Fetch(crate::client::FetchArgs),
+    Fetch(Box<crate::client::FetchArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -208,9 +206,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
             println!("{hash}");
             Ok(())
         }
-        Command::Bench(args) => Ok(crate::bench::run(args)?),
         // The fetcher has exit statuses of its own (1 is "nothing new", not an error).
-        Command::Fetch(args) => std::process::exit(i32::from(crate::client::run(args))),
+        Command::Fetch(args) => std::process::exit(i32::from(crate::client::run(*args))),
         Command::CheckConfig { config } => {
             let cfg = Config::load(&config.config)?;
             let db = PasswdDb::open(&cfg.auth.passwd_file)?;

@@ -10,7 +10,6 @@
 //! - [`privileges`]: giving up root after binding; refusing to serve mail as root.
 //! - [`server`]: listeners, the per-connection driver, limits and graceful shutdown.
 //! - [`cli`]: the `facteur` command line (serve, user, deliver, hash-password, check-config).
-//! - [`bench`](mod@bench): `facteur bench`, a POP3 load generator driving `facteur_proto::client`.
 //! - [`client`]: the POP3 client and `facteur fetch`, the fetcher (Maildir, mbox or an MDA).
 //! - `encoding`: hex and `%XX` escapes, one copy for every writer and reader.
 //! - `durable`: syncing a folder after a rename.
@@ -18,7 +17,6 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
-pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

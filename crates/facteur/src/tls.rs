@@ -42,17 +42,17 @@ pub enum TlsError {
 }
 
 /// TLS 1.3 and 1.2, nothing older, for every TLS endpoint of facteur.
-pub(crate) const PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] =
+pub const PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
 /// The crypto provider of every TLS endpoint of facteur: aws-lc-rs.
-pub(crate) fn provider() -> Arc<CryptoProvider> {
+pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// Where every rustls client configuration of facteur starts: `provider`, [`PROTOCOL_VERSIONS`].
 /// The caller chooses how server certificates are verified.
-pub(crate) fn client_builder(
+pub fn client_builder(
     provider: Arc<CryptoProvider>,
 ) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>, rustls::Error> {
     rustls::ClientConfig::builder_with_provider(provider).with_protocol_versions(PROTOCOL_VERSIONS)
@@ -60,7 +60,7 @@ pub(crate) fn client_builder(
 
 /// The certificates of a PEM file of trusted certificates (a CA file), in order. The error is
 /// the reason only: the caller names the file and the setting.
-pub(crate) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| e.to_string())?;

@@ -1,4 +1,4 @@
-//! `facteur bench`: a POP3 load generator.
+//! # facteur-bench: a POP3 load generator
 //!
 //! N concurrent sessions against any POP3 server (plain, STLS or POP3S), each running the same
 //! script: greeting, login, STAT, optionally UIDL, RETR of the first K messages (bodies read and
@@ -11,6 +11,21 @@
 //! speaks POP3 with the same rules as everything else in facteur. It never holds a message in
 //! memory, never panics on what a server sends (a broken reply is counted as a `protocol`
 //! error), and keeps a session's memory to one read buffer while it idles.
+//!
+//! # Contract: what this crate must never do
+//! - be part of the production binary: it is a test tool, built on its own as
+//!   `facteur-bench`; `facteur` does not depend on it (its `--insecure` certificate verifier
+//!   that accepts any certificate must never be one flag away in a mail server);
+//! - talk to anything but the address it is given (`--host`, `--port`): no discovery, no
+//!   other connection; its own tests talk to 127.0.0.1 only;
+//! - make a certificate or touch a maildrop: it is a POP3 client, nothing else.
+//!
+//! # Layout
+//! - this file: the options ([`BenchArgs`]), the plan, the TLS setup (a CA file, or
+//!   `--insecure`), one connection and its session script, the workers, and the report (a
+//!   table or one JSON object); [`run`] is the entry point.
+//! - `main.rs`: the `facteur-bench` binary: parse the options, run, print the error if any.
+//! - `tests/bench.rs`: the binary against a facteur server running in the test's process.
 
 use facteur_proto::client::{ClientError, ClientEvent, ClientSession, CommandKind, Listing};
 use facteur_proto::command::Command;
@@ -62,7 +77,7 @@ impl Mode {
     }
 }
 
-/// `facteur bench`: the options of the load generator.
+/// `facteur-bench`: the options of the load generator.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// The server: a host name or an address.
@@ -313,9 +328,9 @@ impl Plan {
 /// A rustls client configuration: TLS 1.2 and 1.3 with aws-lc-rs, trusting `--cafile`, or
 /// anything with `--insecure`.
 fn tls_connector(args: &BenchArgs) -> Result<TlsConnector, BenchError> {
-    let provider = crate::tls::provider();
-    let builder =
-        crate::tls::client_builder(provider.clone()).map_err(|e| BenchError::Tls(e.to_string()))?;
+    let provider = facteur::tls::provider();
+    let builder = facteur::tls::client_builder(provider.clone())
+        .map_err(|e| BenchError::Tls(e.to_string()))?;
     let mut config = if args.insecure {
         builder
             .dangerous()
@@ -329,7 +344,7 @@ fn tls_connector(args: &BenchArgs) -> Result<TlsConnector, BenchError> {
         };
         let bad = |reason: String| BenchError::Tls(format!("{}: {reason}", cafile.display()));
         let mut roots = rustls::RootCertStore::empty();
-        for cert in crate::tls::read_certificates(cafile).map_err(bad)? {
+        for cert in facteur::tls::read_certificates(cafile).map_err(bad)? {
             roots.add(cert).map_err(|e| bad(e.to_string()))?;
         }
         builder.with_root_certificates(roots).with_no_client_auth()
@@ -747,7 +762,7 @@ async fn script(
         conn.buf = Vec::new();
         let now = idle.now.fetch_add(1, Ordering::Relaxed) + 1;
         if now == idle.all {
-            eprintln!("facteur bench: {now} sessions logged in and idle");
+            eprintln!("facteur-bench: {now} sessions logged in and idle");
         }
         tokio::time::sleep(plan.idle).await;
         idle.now.fetch_sub(1, Ordering::Relaxed);
@@ -872,7 +887,7 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "facteur bench: {} ({}), concurrency {}, RETR {} per session",
+            "facteur-bench: {} ({}), concurrency {}, RETR {} per session",
             self.target,
             self.mode.as_str(),
             self.concurrency,
@@ -1034,7 +1049,7 @@ async fn bench(plan: Plan) -> Report {
     }
 }
 
-/// Run `facteur bench` and print its report on standard output.
+/// Run the bench and print its report on standard output.
 pub fn run(args: BenchArgs) -> Result<(), BenchError> {
     let threads = args.threads.max(1);
     let json = args.json;
