@@ -8,8 +8,8 @@
 use facteur::auth::{Authenticator, PasswdDb};
 use facteur::config::Config;
 use facteur::server::{run_with_tls, Shared};
-use facteur::store::{MaildirStore, Store};
 use facteur::tls::{TlsFiles, TlsState};
+use facteur_store::{MaildirStore, Store};
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -12,7 +12,7 @@ mod common;
 use common::*;
 use facteur::auth::{Account, AuthOutcome, Authenticator, PasswdDb, ScramCredentials};
 use facteur::server::{run_with_tls, Shared};
-use facteur::store::Store;
+use facteur_store::Store;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use super::passwd_file::{line_user, PasswdFile};
 use super::scheme::random_token;
 use super::{AuthError, InvalidUserName, StoredPassword, USER_NAME_MAX_LEN};
-use crate::durable::sync_dir;
+use facteur_store::durable::sync_dir;
 
 /// Checks a user name for the passwd-file: not empty, at most 255 bytes, no `:`, whitespace or
 /// control character, and not starting with `#` (the line would read as a comment).

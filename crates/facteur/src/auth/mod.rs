@@ -33,7 +33,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-use crate::store::{BadOwner, Owner};
+use facteur_store::{BadOwner, Owner};
 
 pub use edit::{add_user, del_user, list_users, set_password, validate_user_name};
 pub use passwd_file::{PasswdDb, PasswdEntry, PasswdFile};

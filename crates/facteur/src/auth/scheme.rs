@@ -18,7 +18,7 @@ use subtle::ConstantTimeEq;
 use super::cram_md5::CramMd5Context;
 use super::scram::{ScramKeys, SCRAM_DEFAULT_ITERATIONS, SCRAM_SALT_LEN};
 use super::AuthError;
-use crate::encoding::hex;
+use facteur_proto::encoding::hex;
 
 /// A password scheme, named as Dovecot names it in the `{SCHEME}` prefix.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

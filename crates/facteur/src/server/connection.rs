@@ -29,7 +29,6 @@ use crate::auth::{
     MAX_SASL_LINE,
 };
 use crate::config::defaults;
-use crate::store::{Maildrop, Store, StoreError};
 use crate::tls;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -38,6 +37,7 @@ use facteur_proto::line::{Frame, LineFramer};
 use facteur_proto::response::{self, Code};
 use facteur_proto::server::{AuthResult, Event, ServerSession, State};
 use facteur_proto::Secret;
+use facteur_store::{Maildrop, Store, StoreError};
 use std::future::Future;
 use std::io::Read;
 use std::net::SocketAddr;

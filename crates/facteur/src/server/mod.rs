@@ -16,9 +16,9 @@ pub mod transport;
 
 use crate::auth::Authenticator;
 use crate::config::{Config, PlaintextAuth};
-use crate::store::Store;
 use crate::tls::TlsState;
 use facteur_proto::server::ServerConfig;
+use facteur_store::Store;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;

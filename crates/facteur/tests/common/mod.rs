@@ -18,8 +18,8 @@ use std::time::Duration;
 use facteur::auth::{Authenticator, PasswdDb};
 use facteur::config::Config;
 use facteur::server::{run_with_tls, Shared};
-use facteur::store::{Delivered, MaildirStore, Store};
 use facteur::tls::{TlsFiles, TlsState};
+use facteur_store::{Delivered, MaildirStore, Store};
 
 /// How long a test waits for one reply before it gives up (a hung server, not a slow one).
 pub const READ_TIMEOUT: Duration = Duration::from_secs(60);

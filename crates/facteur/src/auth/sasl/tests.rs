@@ -6,7 +6,7 @@ use super::*;
 use crate::auth::cram_md5::CramMd5Context;
 use crate::auth::scram::{hmac_sha256, ScramKeys};
 use crate::auth::{hash_password, PasswdDb, Scheme};
-use crate::store::Owner;
+use facteur_store::Owner;
 
 const RFC2195_CHALLENGE: &str = "<1896.697170952@postoffice.reston.mci.net>";
 const RFC2195_DIGEST: &str = "b913a602c7eda7a495b4e6e7334d3890";
