@@ -1,4 +1,4 @@
-//! Every SASL mechanism (`facteur::auth::SaslExchange`) driven as the connection driver does,
+//! Every SASL mechanism (`facteur_auth::SaslExchange`) driven as the connection driver does,
 //! with the client's lines chosen by the fuzzer, against a small passwd-file. Never panics; an
 //! exchange that ended says so and refuses further lines; and nobody logs in without the secret:
 //! PLAIN and LOGIN succeed only with the user's password sent, CRAM-MD5 and SCRAM-SHA-256 (whose
@@ -7,7 +7,7 @@
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use facteur::auth::{
+use facteur_auth::{
     hash_password, AuthOutcome, Mechanism, PasswdDb, SaslContext, SaslExchange, SaslStep, Scheme,
 };
 use libfuzzer_sys::fuzz_target;

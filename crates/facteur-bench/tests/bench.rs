@@ -5,10 +5,10 @@
 //! small copy of the one in `crates/facteur/tests/common` (which runs facteur's own binary, not
 //! available to this crate's tests).
 
-use facteur::auth::{Authenticator, PasswdDb};
 use facteur::config::Config;
 use facteur::server::{run_with_tls, Shared};
 use facteur::tls::{TlsFiles, TlsState};
+use facteur_auth::{Authenticator, PasswdDb};
 use facteur_store::{MaildirStore, Store};
 use std::io::Read;
 use std::net::SocketAddr;

@@ -4,12 +4,12 @@
 //! Every failure is a one-line message on stderr and a non-zero exit; passwords are read from a
 //! terminal prompt or standard input, never from the command line (where `ps` would show them).
 
-use crate::auth::{self, PasswdDb, Scheme};
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::privileges;
 use crate::server::{self, Shared};
 use crate::tls::{self, TlsFiles, TlsState};
 use clap::{Args, Parser, Subcommand};
+use facteur_auth::{self as auth, PasswdDb, Scheme};
 use facteur_store::{Lasting, MaildirStore, Owner, Store, StoreError};
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;

@@ -6,7 +6,6 @@
 //! ## Layout
 //! - [`config`]: the TOML configuration, and every limit and default in one place.
 //! - [`store`]: maildrops (Maildir by default): snapshot, lock, unique-ids, UPDATE, delivery.
-//! - [`auth`]: the passwd-file user database and password schemes, APOP.
 //! - [`privileges`]: giving up root after binding; refusing to serve mail as root.
 //! - [`server`]: listeners, the per-connection driver, limits and graceful shutdown.
 //! - [`cli`]: the `facteur` command line (serve, user, deliver, hash-password, check-config).
@@ -14,7 +13,6 @@
 //! - `date`: UTC calendar dates from UNIX time.
 #![forbid(unsafe_code)]
 
-pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;

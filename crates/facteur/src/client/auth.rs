@@ -462,7 +462,7 @@ impl ScramClient {
             .and_then(|i| parse_decimal(i.as_bytes()))
             .and_then(|i| u32::try_from(i).ok())
             .ok_or("the SCRAM server-first message has no valid iteration count (i=)")?;
-        if !(crate::auth::SCRAM_MIN_ITERATIONS..=crate::auth::SCRAM_MAX_ITERATIONS)
+        if !(facteur_auth::SCRAM_MIN_ITERATIONS..=facteur_auth::SCRAM_MAX_ITERATIONS)
             .contains(&iterations)
         {
             return Err("the SCRAM iteration count is outside 4096 to 10000000");
@@ -528,7 +528,7 @@ pub fn plain_message(user: &str, password: &[u8]) -> Secret<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{AuthOutcome, Mechanism, PasswdDb, SaslContext, SaslExchange, SaslStep};
+    use facteur_auth::{AuthOutcome, Mechanism, PasswdDb, SaslContext, SaslExchange, SaslStep};
 
     #[test]
     fn scram_rfc7677_vector() {

@@ -24,14 +24,14 @@
 use super::log::Sanitized;
 use super::transport::Transport;
 use super::{CutSignal, Shared};
-use crate::auth::{
-    AuthOutcome, Checked, FailureReason, Mechanism, SaslContext, SaslExchange, SaslStep,
-    MAX_SASL_LINE,
-};
 use crate::config::defaults;
 use crate::tls;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
+use facteur_auth::{
+    AuthOutcome, Checked, FailureReason, Mechanism, SaslContext, SaslExchange, SaslStep,
+    MAX_SASL_LINE,
+};
 use facteur_proto::dot::DotEncoder;
 use facteur_proto::line::{Frame, LineFramer};
 use facteur_proto::response::{self, Code};

@@ -15,10 +15,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use facteur::auth::{Authenticator, PasswdDb};
 use facteur::config::Config;
 use facteur::server::{run_with_tls, Shared};
 use facteur::tls::{TlsFiles, TlsState};
+use facteur_auth::{Authenticator, PasswdDb};
 use facteur_store::{Delivered, MaildirStore, Store};
 
 /// How long a test waits for one reply before it gives up (a hung server, not a slow one).

@@ -3,9 +3,9 @@ use std::fs;
 use proptest::prelude::*;
 
 use super::*;
-use crate::auth::cram_md5::CramMd5Context;
-use crate::auth::scram::{hmac_sha256, ScramKeys};
-use crate::auth::{hash_password, PasswdDb, Scheme};
+use crate::cram_md5::CramMd5Context;
+use crate::scram::{hmac_sha256, ScramKeys};
+use crate::{hash_password, PasswdDb, Scheme};
 use facteur_store::Owner;
 
 const RFC2195_CHALLENGE: &str = "<1896.697170952@postoffice.reston.mci.net>";
@@ -850,16 +850,14 @@ fn matching_made_up_keys_never_logs_in() {
         scram::server_first(
             &client,
             "xyz",
-            crate::auth::ScramCredentials::from_keys(keys.clone(), account),
+            crate::ScramCredentials::from_keys(keys.clone(), account),
         )
     };
     let (server_first, pending) = pending_for(None);
     let (client_final, _) = scram_client_final(b"guess", "n,,", "n=nobody,r=abc", &server_first);
     assert_eq!(
         scram::client_final(&pending, &client_final),
-        Err(scram::Reject::Failure(
-            crate::auth::FailureReason::Unspecified
-        ))
+        Err(scram::Reject::Failure(crate::FailureReason::Unspecified))
     );
     let account = Account {
         user: "nobody".to_string(),
@@ -967,7 +965,7 @@ fn over_long_credentials_are_refused_without_hashing() {
     let ok_user = "u".repeat(USER_NAME_MAX_LEN);
     let refused_user = SaslStep::Refused("the user name is longer than 255 octets");
     let refused_password = SaslStep::Refused("the password is longer than 1024 octets");
-    let derived = crate::auth::scram::derivations();
+    let derived = crate::scram::derivations();
 
     let (ex, step) = start(
         Mechanism::Plain,
@@ -1025,7 +1023,7 @@ fn over_long_credentials_are_refused_without_hashing() {
         SaslExchange::start(Mechanism::External, with_cert, Some(&b64(&long_user)), &db);
     assert_eq!(step, refused_user);
 
-    assert_eq!(crate::auth::scram::derivations(), derived);
+    assert_eq!(crate::scram::derivations(), derived);
     // And the database itself hashes nothing for them, whoever calls it.
     let checks = db.slow_checks();
     assert_eq!(
@@ -1042,7 +1040,7 @@ fn over_long_credentials_are_refused_without_hashing() {
 #[test]
 fn scram_derives_only_for_a_proof() {
     let (_dir, db) = db("tim:{PLAIN}tanstaaf\nann:{PLAIN}other\n");
-    let derived = crate::auth::scram::derivations;
+    let derived = crate::scram::derivations;
     let before = derived();
     for user in ["tim", "nobody"] {
         for _ in 0..20 {
@@ -1072,7 +1070,7 @@ fn scram_derives_only_for_a_proof() {
 /// `Done(Failure)` whatever the reason.
 #[test]
 fn failures_say_why_for_the_log() {
-    use crate::auth::FailureReason::*;
+    use crate::FailureReason::*;
     let (_dir, db) = standard_db();
     let reason = |mechanism: Mechanism, ctx: SaslContext, ir: Option<&str>, next: Option<&str>| {
         let (mut ex, mut step) = SaslExchange::start(mechanism, ctx, ir, &db);

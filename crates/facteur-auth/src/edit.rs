@@ -315,7 +315,7 @@ fn write_and_rename(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{hash_password, Scheme};
+    use crate::{hash_password, Scheme};
 
     const SHA256: &str = "{SHA256-CRYPT}$5$saltsalt$0IyaXrmV7.sGNS6tirgqHLqX/G.FBvgkYA.lpPdS5sA";
 

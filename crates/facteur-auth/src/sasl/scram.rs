@@ -27,8 +27,8 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::auth::scram::{hmac_sha256, KEY_LEN};
-use crate::auth::{Account, FailureReason, ScramCredentials};
+use crate::scram::{hmac_sha256, KEY_LEN};
+use crate::{Account, FailureReason, ScramCredentials};
 
 /// Why a SCRAM message was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

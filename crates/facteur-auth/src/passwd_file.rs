@@ -674,8 +674,8 @@ fn impossible_or_unknown(entry: Option<&PasswdEntry>) -> FailureReason {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::scram::ScramKeys;
-    use crate::auth::{add_user, hash_password, set_password, Scheme};
+    use crate::scram::ScramKeys;
+    use crate::{add_user, hash_password, set_password, Scheme};
     use proptest::prelude::*;
 
     const SHA512: &str =
@@ -1282,7 +1282,7 @@ h:{PLAIN}ph:::::
     /// only for the proof.
     #[test]
     fn scram_credentials_derive_nothing_before_the_proof() {
-        use crate::auth::scram::derivations;
+        use crate::scram::derivations;
         // {PLAIN} users outnumber those with stored keys: made-up keys cost a derivation.
         let text = format!("{}p:{{PLAIN}}x\nq:{{PLAIN}}y\n", scram_line("a", 4096));
         let (_dir, _path, db) = db_with(&text);
