@@ -7,10 +7,10 @@
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::privileges;
 use crate::server::{self, Shared};
-use crate::tls::{self, TlsFiles, TlsState};
 use clap::{Args, Parser, Subcommand};
 use facteur_auth::{self as auth, PasswdDb, Scheme};
 use facteur_store::{Lasting, MaildirStore, Owner, Store, StoreError};
+use facteur_tls::{self as tls, TlsFiles, TlsState};
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

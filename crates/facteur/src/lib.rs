@@ -19,4 +19,3 @@ pub mod config;
 mod date;
 pub mod privileges;
 pub mod server;
-pub mod tls;

@@ -14,10 +14,10 @@ pub mod rlimit;
 pub mod transport;
 
 use crate::config::{Config, PlaintextAuth};
-use crate::tls::TlsState;
 use facteur_auth::Authenticator;
 use facteur_proto::server::ServerConfig;
 use facteur_store::Store;
+use facteur_tls::TlsState;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
