@@ -5,9 +5,9 @@
 //! small copy of the one in `crates/facteur/tests/common` (which runs facteur's own binary, not
 //! available to this crate's tests).
 
-use facteur::config::Config;
-use facteur::server::{run_with_tls, Shared};
 use facteur_auth::{Authenticator, PasswdDb};
+use facteur_server::config::Config;
+use facteur_server::{run_with_tls, Shared};
 use facteur_store::{MaildirStore, Store};
 use facteur_tls::{TlsFiles, TlsState};
 use std::io::Read;

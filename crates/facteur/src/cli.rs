@@ -4,18 +4,17 @@
 //! Every failure is a one-line message on stderr and a non-zero exit; passwords are read from a
 //! terminal prompt or standard input, never from the command line (where `ps` would show them).
 
-use crate::config::{Config, DEFAULT_CONFIG_PATH};
-use crate::privileges;
-use crate::server::{self, Shared};
 use clap::{Args, Parser, Subcommand};
 use facteur_auth::{self as auth, PasswdDb, Scheme};
+use facteur_server as server;
+use facteur_server::config::{Config, DEFAULT_CONFIG_PATH};
+use facteur_server::privileges;
 use facteur_store::{Lasting, MaildirStore, Owner, Store, StoreError};
 use facteur_tls::{self as tls, TlsFiles, TlsState};
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -344,7 +343,7 @@ fn check_run_as(cfg: &Config) -> Result<(String, facteur_store::check::Server), 
     let now = privileges::current()?;
     // Who will make and write the maildirs: `[server] user`, or whoever starts the server
     // (taken to be who runs this check).
-    let server = match run_as(cfg)? {
+    let server = match server::serve::run_as(cfg)? {
         Some(t) => facteur_store::check::Server {
             uid: t.uid,
             gid: t.gid,
@@ -359,8 +358,8 @@ fn check_run_as(cfg: &Config) -> Result<(String, facteur_store::check::Server), 
 }
 
 fn check_run_as_text(cfg: &Config, now: &privileges::ProcessIds) -> Result<String, CliError> {
-    match run_as(cfg)? {
-        Some(t) if t.uid == 0 && !cfg.server.allow_root => Err(fail(ROOT_REFUSED)),
+    match server::serve::run_as(cfg)? {
+        Some(t) if t.uid == 0 && !cfg.server.allow_root => Err(fail(server::serve::ROOT_REFUSED)),
         Some(t) => {
             if now.uid[1] != 0 && !now.is(&t) {
                 eprintln!(
@@ -430,7 +429,7 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
         cfg.limits.max_connections = cfg.limits.max_connections.min(fits).max(1);
     }
     server::rlimit::prepare_open_files(cfg.limits.max_connections);
-    let served = serve_with(cfg, dev, banner);
+    let served = server::serve::serve(cfg, dev, banner).map_err(CliError::from);
     if served.is_err() {
         remove_fresh_dev_dir(fresh_dev_dir.as_deref());
     }
@@ -449,159 +448,6 @@ fn remove_fresh_dev_dir(dir: Option<&Path>) {
     }
 }
 
-/// The rest of [`serve`], once the configuration is known.
-fn serve_with(cfg: Config, dev: bool, banner: Option<String>) -> Result<(), CliError> {
-    let target = run_as(&cfg)?;
-    // Refused before binding anything, so that nothing listens for a moment as root.
-    let root_now = privileges::current()?.is_root();
-    let root_after = target.as_ref().map_or(root_now, |t| t.uid == 0);
-    if root_after && !cfg.server.allow_root && !dev {
-        return Err(fail(ROOT_REFUSED));
-    }
-    let plain = bind_all(&cfg.server.listen)?;
-    let implicit = bind_all(&cfg.listen_tls())?;
-    let tls = cfg
-        .tls
-        .as_ref()
-        .map(|t| {
-            TlsState::new(TlsFiles {
-                certificate: t.certificate.clone(),
-                private_key: t.private_key.clone(),
-                client_ca: t.client_ca.clone(),
-            })
-        })
-        .transpose()?;
-    let dropped = privileges::drop_privileges(target.as_ref())?;
-    match &target {
-        Some(t) if dropped.switched => {
-            tracing::info!("running as {t}, supplementary groups cleared");
-            warn_unreadable_tls(&cfg, t);
-        }
-        Some(t) => tracing::info!("running as {t} already"),
-        None => tracing::info!(
-            uid = dropped.now.uid[1],
-            gid = dropped.now.gid[1],
-            "running as the user that started facteur ([server] user is not set)"
-        ),
-    }
-    if dropped.now.is_root() {
-        if cfg.server.allow_root {
-            tracing::warn!(
-                "serving mail as root ([server] allow_root = true): a flaw in the server or a \
-                 link planted in a maildrop reaches every file of this system"
-            );
-        } else if dev {
-            tracing::warn!(
-                "RUNNING AS ROOT: --dev allows it for a first look at facteur, never for real \
-                 mail; `facteur serve --config` refuses root unless [server] user is set"
-            );
-        } else {
-            return Err(fail(ROOT_REFUSED));
-        }
-    }
-    let db = PasswdDb::open(&cfg.auth.passwd_file)
-        .map_err(|e| match &target {
-            Some(t) if dropped.switched => fail(format!(
-                "{e} (read as {t}, who must be able to read it: it is re-read when it changes)"
-            )),
-            _ => e.into(),
-        })?
-        .with_verified_cache(cfg.auth.cache_ttl(), cfg.auth.cache_max_entries);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| fail(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(async move {
-        let plain = into_tokio(plain)?;
-        let implicit = into_tokio(implicit)?;
-        let stls = tls.is_some();
-        let store = Arc::new(MaildirStore::new(cfg.store.maildir.clone()));
-        let mut shared = Shared::new(cfg, Arc::new(db), store);
-        if let Some(tls) = tls {
-            shared = shared.with_tls(tls);
-        }
-        let shared = Arc::new(shared);
-        // Every signal is handled before the log says "listening": a SIGTERM or SIGHUP sent as
-        // soon as it does is a clean shutdown or a reload, never the default sudden death.
-        server::reload_tls_on_sighup(shared.clone());
-        let shutdown = shutdown_signals()?;
-        for (l, kind) in plain
-            .iter()
-            .map(|l| (l, if stls { "pop3 (STLS)" } else { "pop3" }))
-            .chain(implicit.iter().map(|l| (l, "pop3s")))
-        {
-            if let Ok(a) = l.local_addr() {
-                tracing::info!(address = %a, kind, "listening");
-            }
-        }
-        if let Some(b) = banner {
-            println!("{b}");
-        }
-        server::run_with_tls(shared, plain, implicit, shutdown).await;
-        Ok::<(), CliError>(())
-    })?;
-    // Blocking jobs still running (a maildrop being opened or updated) get a bounded time to
-    // end; only then is the last line written, so that it is the last thing the process does.
-    runtime.shutdown_timeout(SHUTDOWN_BLOCKING_WAIT);
-    tracing::info!("stopped");
-    Ok(())
-}
-
-/// Resolves at the first SIGTERM or SIGINT; the handlers are installed when this is called
-/// (inside the runtime), not when the future is first polled.
-fn shutdown_signals() -> Result<impl std::future::Future<Output = ()>, CliError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let handler = |kind: SignalKind, name: &str| {
-        signal(kind).map_err(|e| fail(format!("cannot handle {name}: {e}")))
-    };
-    let mut term = handler(SignalKind::terminate(), "SIGTERM")?;
-    let mut int = handler(SignalKind::interrupt(), "SIGINT")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    })
-}
-
-/// How long the end of `serve` waits for blocking jobs after the sessions are gone.
-const SHUTDOWN_BLOCKING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Why `facteur serve` does not start as root.
-const ROOT_REFUSED: &str = "refusing to serve mail as root: set [server] user (and group) to the \
-     unprivileged account that owns the maildrops, or start facteur as that account (systemd: \
-     User=); [server] allow_root = true forces it, which is dangerous";
-
-/// The account of `[server] user` and `group`, checked against /etc/passwd and /etc/group.
-fn run_as(cfg: &Config) -> Result<Option<privileges::Target>, CliError> {
-    cfg.server
-        .user
-        .as_deref()
-        .map(|u| privileges::resolve(u, cfg.server.group.as_deref()))
-        .transpose()
-        .map_err(CliError::from)
-}
-
-/// The TLS files were read as root; a SIGHUP reload reads them as `target`. Say now, not at the
-/// next renewal, when that will fail (the reload then keeps the certificate it has).
-fn warn_unreadable_tls(cfg: &Config, target: &privileges::Target) {
-    let Some(t) = &cfg.tls else { return };
-    for path in [&t.certificate, &t.private_key]
-        .into_iter()
-        .chain(t.client_ca.as_ref())
-    {
-        if let Err(e) = std::fs::File::open(path) {
-            tracing::warn!(
-                path = %path.display(),
-                error = %e,
-                "{target} cannot read this file: it was read at start, but a SIGHUP reload will \
-                 fail and keep the old certificate; make it readable by that user or group \
-                 (chgrp, chmod 640), or restart instead of reloading"
-            );
-        }
-    }
-}
-
 /// Addresses as "a, b, c".
 fn join(addresses: &[std::net::SocketAddr]) -> String {
     addresses
@@ -609,42 +455,6 @@ fn join(addresses: &[std::net::SocketAddr]) -> String {
         .map(|a| a.to_string())
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Bind every listen address, with std sockets, before any runtime exists (binding may need
-/// root, which is given up before the runtime's threads start). IPv6 sockets are IPv6-only so
-/// that `0.0.0.0:110` and `[::]:110` can both be listed.
-pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<std::net::TcpListener>, CliError> {
-    addrs
-        .iter()
-        .map(|a| bind(*a).map_err(|e| fail(format!("cannot listen on {a}: {e}"))))
-        .collect()
-}
-
-fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
-}
-
-/// Hand listeners from [`bind_all`] to tokio (inside the runtime).
-fn into_tokio(
-    listeners: Vec<std::net::TcpListener>,
-) -> Result<Vec<tokio::net::TcpListener>, CliError> {
-    listeners
-        .into_iter()
-        .map(|l| {
-            l.set_nonblocking(true)?;
-            tokio::net::TcpListener::from_std(l)
-        })
-        .collect::<std::io::Result<_>>()
-        .map_err(|e| fail(format!("cannot serve a listener: {e}")))
 }
 
 /// The ports of --dev when none are given.

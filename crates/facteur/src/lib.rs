@@ -1,17 +1,14 @@
-//! # facteur: the world-facing half of the POP3 server
+//! # facteur: the command line
 //!
-//! Everything that touches sockets, files, clocks and processes lives here; the protocol rules
-//! live in `facteur-proto` and are never written twice.
+//! The `facteur` binary's commands (serve, fetch, user, deliver, hash-password, check-config):
+//! each parses its arguments, reads what it needs and hands over to the crate that does the work.
+//! No POP3 rule, no file format and no socket handling is written here.
 //!
 //! ## Layout
-//! - [`config`]: the TOML configuration, and every limit and default in one place.
-//! - [`store`]: maildrops (Maildir by default): snapshot, lock, unique-ids, UPDATE, delivery.
-//! - [`privileges`]: giving up root after binding; refusing to serve mail as root.
-//! - [`server`]: listeners, the per-connection driver, limits and graceful shutdown.
-//! - [`cli`]: the `facteur` command line (serve, user, deliver, hash-password, check-config).
+//! - [`cli`]: the commands.
+//! - The crates below it, from the bottom up: `facteur-proto` (POP3 and SASL, no I/O),
+//!   `facteur-store` (maildrops), `facteur-auth` (users, schemes, penalties), `facteur-tls`,
+//!   `facteur-server` (listeners and sessions) and `facteur-fetch` (the POP3 client and fetcher).
 #![forbid(unsafe_code)]
 
 pub mod cli;
-pub mod config;
-pub mod privileges;
-pub mod server;

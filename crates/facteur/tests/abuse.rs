@@ -119,7 +119,7 @@ fn plaintext_loopback_by_default_allows_clear_text_from_127_0_0_1() {
     let fx = Fixture::with_tls();
     assert_eq!(
         fx.config.auth.plaintext_auth,
-        facteur::config::PlaintextAuth::Loopback
+        facteur_server::config::PlaintextAuth::Loopback
     );
     fx.deliver(USER, &message(1));
     let server = fx.start();

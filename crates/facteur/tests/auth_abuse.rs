@@ -10,8 +10,8 @@
 mod common;
 
 use common::*;
-use facteur::server::{run_with_tls, Shared};
 use facteur_auth::{Account, AuthOutcome, Authenticator, PasswdDb, ScramCredentials};
+use facteur_server::{run_with_tls, Shared};
 use facteur_store::Store;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

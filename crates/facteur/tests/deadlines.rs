@@ -209,7 +209,7 @@ fn sessions_have_keepalive_and_a_user_timeout() {
         .expect("a runtime");
     rt.block_on(async {
         let stream = tokio::net::TcpStream::from_std(accepted).expect("a tokio stream");
-        facteur::server::connection::tune_socket(&stream, Duration::from_secs(42));
+        facteur_server::connection::tune_socket(&stream, Duration::from_secs(42));
         let sock = socket2::SockRef::from(&stream);
         assert!(sock.keepalive().expect("SO_KEEPALIVE"));
         assert_eq!(

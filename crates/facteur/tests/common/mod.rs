@@ -15,9 +15,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use facteur::config::Config;
-use facteur::server::{run_with_tls, Shared};
 use facteur_auth::{Authenticator, PasswdDb};
+use facteur_server::config::Config;
+use facteur_server::{run_with_tls, Shared};
 use facteur_store::{Delivered, MaildirStore, Store};
 use facteur_tls::{TlsFiles, TlsState};
 

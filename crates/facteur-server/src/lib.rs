@@ -1,5 +1,11 @@
-//! The POP3 server: listeners, connection limits, graceful shutdown, and the per-connection
-//! driver in [`connection`].
+//! # facteur-server: the POP3 server
+//!
+//! Listeners, connection limits, graceful shutdown, and the per-connection driver in
+//! [`connection`]; the configuration file with every limit and default ([`config`]); giving up
+//! root after binding ([`privileges`]); and [`serve`], the whole of `facteur serve` from a loaded
+//! configuration: bind, give up root, start the runtime, handle signals. It drives
+//! facteur-proto's state machines over sockets and calls facteur-auth and facteur-store for
+//! logins and maildrops: no POP3 rule is written here.
 //!
 //! One tokio task per connection. A global semaphore and a per-IP counter cap connections;
 //! refused connections get one `-ERR [SYS/TEMP]` line, and are logged as [`log::RefusalLog`]
@@ -7,10 +13,13 @@
 //! sessions get `limits.shutdown_grace_secs` to finish, then are cut without their deletions.
 
 mod auth_pool;
+pub mod config;
 pub mod connection;
 mod limits;
 pub mod log;
+pub mod privileges;
 pub mod rlimit;
+pub mod serve;
 pub mod transport;
 
 use crate::config::{Config, PlaintextAuth};

@@ -1,0 +1,249 @@
+//! `facteur serve` from a loaded configuration to the last log line: bind every listener, read
+//! the certificate and the passwd-file, give up root, then start the runtime, install the signal
+//! handlers and serve until SIGTERM or SIGINT.
+//!
+//! The order is the point. Binding may need root (ports 110 and 995), and giving root up must
+//! happen while the process has one thread (see [`crate::privileges`]), so the listeners are
+//! bound with std sockets and the runtime is built only after the switch. Every signal is handled
+//! before the log says "listening", so that a SIGTERM or SIGHUP sent as soon as it does is a
+//! clean shutdown or a reload, never the default sudden death.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use facteur_auth::{AuthError, PasswdDb};
+use facteur_store::MaildirStore;
+use facteur_tls::{TlsError, TlsFiles, TlsState};
+
+use crate::config::Config;
+use crate::privileges::{self, PrivilegeError, Target};
+use crate::Shared;
+
+/// How long the end of `serve` waits for blocking jobs after the sessions are gone.
+const SHUTDOWN_BLOCKING_WAIT: Duration = Duration::from_secs(5);
+
+/// Why `facteur serve` does not start as root.
+pub const ROOT_REFUSED: &str =
+    "refusing to serve mail as root: set [server] user (and group) to the \
+     unprivileged account that owns the maildrops, or start facteur as that account (systemd: \
+     User=); [server] allow_root = true forces it, which is dangerous";
+
+/// Why the server could not start (or stopped on its own).
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{ROOT_REFUSED}")]
+    RootRefused,
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot serve a listener: {0}")]
+    Listener(std::io::Error),
+    #[error(transparent)]
+    Privileges(#[from] PrivilegeError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Users(#[from] AuthError),
+    /// The passwd-file could not be read after root was given up.
+    #[error(
+        "{source} (read as {target}, who must be able to read it: it is re-read when it changes)"
+    )]
+    UsersAs {
+        source: Box<AuthError>,
+        target: Box<Target>,
+    },
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot handle {signal}: {source}")]
+    Signal {
+        signal: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// Serves `cfg` until SIGTERM or SIGINT. `dev`: `serve --dev`, which may run as root (with a
+/// warning); `banner`: printed on standard output once the listeners are up.
+pub fn serve(cfg: Config, dev: bool, banner: Option<String>) -> Result<(), ServeError> {
+    let target = run_as(&cfg)?;
+    // Refused before binding anything, so that nothing listens for a moment as root.
+    let root_now = privileges::current()?.is_root();
+    let root_after = target.as_ref().map_or(root_now, |t| t.uid == 0);
+    if root_after && !cfg.server.allow_root && !dev {
+        return Err(ServeError::RootRefused);
+    }
+    let plain = bind_all(&cfg.server.listen)?;
+    let implicit = bind_all(&cfg.listen_tls())?;
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(|t| {
+            TlsState::new(TlsFiles {
+                certificate: t.certificate.clone(),
+                private_key: t.private_key.clone(),
+                client_ca: t.client_ca.clone(),
+            })
+        })
+        .transpose()?;
+    let dropped = privileges::drop_privileges(target.as_ref())?;
+    match &target {
+        Some(t) if dropped.switched => {
+            tracing::info!("running as {t}, supplementary groups cleared");
+            warn_unreadable_tls(&cfg, t);
+        }
+        Some(t) => tracing::info!("running as {t} already"),
+        None => tracing::info!(
+            uid = dropped.now.uid[1],
+            gid = dropped.now.gid[1],
+            "running as the user that started facteur ([server] user is not set)"
+        ),
+    }
+    if dropped.now.is_root() {
+        if cfg.server.allow_root {
+            tracing::warn!(
+                "serving mail as root ([server] allow_root = true): a flaw in the server or a \
+                 link planted in a maildrop reaches every file of this system"
+            );
+        } else if dev {
+            tracing::warn!(
+                "RUNNING AS ROOT: --dev allows it for a first look at facteur, never for real \
+                 mail; `facteur serve --config` refuses root unless [server] user is set"
+            );
+        } else {
+            return Err(ServeError::RootRefused);
+        }
+    }
+    let db = PasswdDb::open(&cfg.auth.passwd_file)
+        .map_err(|source| match &target {
+            Some(t) if dropped.switched => ServeError::UsersAs {
+                source: Box::new(source),
+                target: Box::new(t.clone()),
+            },
+            _ => ServeError::Users(source),
+        })?
+        .with_verified_cache(cfg.auth.cache_ttl(), cfg.auth.cache_max_entries);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)?;
+    runtime.block_on(async move {
+        let plain = into_tokio(plain)?;
+        let implicit = into_tokio(implicit)?;
+        let stls = tls.is_some();
+        let store = Arc::new(MaildirStore::new(cfg.store.maildir.clone()));
+        let mut shared = Shared::new(cfg, Arc::new(db), store);
+        if let Some(tls) = tls {
+            shared = shared.with_tls(tls);
+        }
+        let shared = Arc::new(shared);
+        crate::reload_tls_on_sighup(shared.clone());
+        let shutdown = shutdown_signals()?;
+        for (l, kind) in plain
+            .iter()
+            .map(|l| (l, if stls { "pop3 (STLS)" } else { "pop3" }))
+            .chain(implicit.iter().map(|l| (l, "pop3s")))
+        {
+            if let Ok(a) = l.local_addr() {
+                tracing::info!(address = %a, kind, "listening");
+            }
+        }
+        if let Some(b) = banner {
+            println!("{b}");
+        }
+        crate::run_with_tls(shared, plain, implicit, shutdown).await;
+        Ok::<(), ServeError>(())
+    })?;
+    // Blocking jobs still running (a maildrop being opened or updated) get a bounded time to
+    // end; only then is the last line written, so that it is the last thing the process does.
+    runtime.shutdown_timeout(SHUTDOWN_BLOCKING_WAIT);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves at the first SIGTERM or SIGINT; the handlers are installed when this is called
+/// (inside the runtime), not when the future is first polled.
+fn shutdown_signals() -> Result<impl std::future::Future<Output = ()>, ServeError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let handler = |kind: SignalKind, name: &'static str| {
+        signal(kind).map_err(|source| ServeError::Signal {
+            signal: name,
+            source,
+        })
+    };
+    let mut term = handler(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = handler(SignalKind::interrupt(), "SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
+
+/// The account of `[server] user` and `group`, checked against /etc/passwd and /etc/group.
+pub fn run_as(cfg: &Config) -> Result<Option<Target>, ServeError> {
+    Ok(cfg
+        .server
+        .user
+        .as_deref()
+        .map(|u| privileges::resolve(u, cfg.server.group.as_deref()))
+        .transpose()?)
+}
+
+/// The TLS files were read as root; a SIGHUP reload reads them as `target`. Say now, not at the
+/// next renewal, when that will fail (the reload then keeps the certificate it has).
+fn warn_unreadable_tls(cfg: &Config, target: &Target) {
+    let Some(t) = &cfg.tls else { return };
+    for path in [&t.certificate, &t.private_key]
+        .into_iter()
+        .chain(t.client_ca.as_ref())
+    {
+        if let Err(e) = std::fs::File::open(path) {
+            tracing::warn!(
+                path = %path.display(),
+                error = %e,
+                "{target} cannot read this file: it was read at start, but a SIGHUP reload will \
+                 fail and keep the old certificate; make it readable by that user or group \
+                 (chgrp, chmod 640), or restart instead of reloading"
+            );
+        }
+    }
+}
+
+/// Bind every listen address, with std sockets, before any runtime exists (binding may need
+/// root, which is given up before the runtime's threads start). IPv6 sockets are IPv6-only so
+/// that `0.0.0.0:110` and `[::]:110` can both be listed.
+pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<std::net::TcpListener>, ServeError> {
+    addrs
+        .iter()
+        .map(|&address| bind(address).map_err(|source| ServeError::Listen { address, source }))
+        .collect()
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// Hand listeners from [`bind_all`] to tokio (inside the runtime).
+fn into_tokio(
+    listeners: Vec<std::net::TcpListener>,
+) -> Result<Vec<tokio::net::TcpListener>, ServeError> {
+    listeners
+        .into_iter()
+        .map(|l| {
+            l.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(l)
+        })
+        .collect::<std::io::Result<_>>()
+        .map_err(ServeError::Listener)
+}
