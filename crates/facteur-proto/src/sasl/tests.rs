@@ -151,14 +151,31 @@ fn mechanism_names() {
         assert_eq!(m.name().parse::<Mechanism>(), Ok(m));
         assert_eq!(m.name().to_ascii_lowercase().parse::<Mechanism>(), Ok(m));
         assert_eq!(m.to_string(), m.name());
-        assert_eq!(
-            m.needs_nonces(),
-            matches!(m, Mechanism::CramMd5 | Mechanism::ScramSha256)
-        );
     }
     assert_eq!("Scram-Sha-256".parse(), Ok(Mechanism::ScramSha256));
-    for unknown in ["", "SCRAM-SHA-256-PLUS", "DIGEST-MD5", "PLAIN ", "GSSAPI"] {
-        assert_eq!(unknown.parse::<Mechanism>(), Err(UnknownMechanism));
+    assert_eq!("cram-md5".parse(), Ok(Mechanism::CramMd5));
+    for unknown in [
+        "",
+        "SCRAM-SHA-256-PLUS",
+        "SCRAM-SHA-1",
+        "DIGEST-MD5",
+        "PLAIN ",
+        "GSSAPI",
+    ] {
+        assert_eq!(
+            unknown.parse::<Mechanism>(),
+            Err(UnknownMechanism),
+            "{unknown}"
+        );
+    }
+    assert!(Mechanism::Plain.sends_password());
+    assert!(Mechanism::Login.sends_password());
+    assert!(!Mechanism::CramMd5.sends_password());
+    assert!(!Mechanism::ScramSha256.sends_password());
+    assert!(!Mechanism::External.sends_password());
+    for m in Mechanism::ALL {
+        let fresh_challenge = matches!(m, Mechanism::CramMd5 | Mechanism::ScramSha256);
+        assert_eq!(m.needs_nonces(), fresh_challenge, "{m}");
     }
 }
 
@@ -707,5 +724,30 @@ fn failure_reasons_read_as_the_log_prints_them() {
     assert_eq!(
         FailureReason::NoRandomness.to_string(),
         "no random bytes for the challenge"
+    );
+}
+
+#[test]
+fn matching_made_up_keys_never_logs_in() {
+    // Made-up credentials carry no account: even a proof that matched them would fail.
+    let keys = ScramKeys::derive(b"guess", b"saltsaltsaltsalt", 4096);
+    let pending_for = |account: Option<String>| {
+        let client = scram::parse_client_first("n,,n=nobody,r=abc").unwrap();
+        scram::server_first(
+            &client,
+            "xyz",
+            ScramCredentials::from_keys(keys.clone(), account),
+        )
+    };
+    let (server_first, pending) = pending_for(None);
+    let client_final = client_final(b"guess", &server_first, "n=nobody,r=abc");
+    assert_eq!(
+        scram::client_final(pending, &client_final).map(|(_, a)| a),
+        Err(scram::Reject::Failure(FailureReason::Unspecified))
+    );
+    let (_, pending) = pending_for(Some("nobody".to_string()));
+    assert_eq!(
+        scram::client_final(pending, &client_final).map(|(_, a)| a),
+        Ok("nobody".to_string())
     );
 }
