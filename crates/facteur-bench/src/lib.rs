@@ -328,8 +328,8 @@ impl Plan {
 /// A rustls client configuration: TLS 1.2 and 1.3 with aws-lc-rs, trusting `--cafile`, or
 /// anything with `--insecure`.
 fn tls_connector(args: &BenchArgs) -> Result<TlsConnector, BenchError> {
-    let provider = facteur::tls::provider();
-    let builder = facteur::tls::client_builder(provider.clone())
+    let provider = facteur_tls::provider();
+    let builder = facteur_tls::client_builder(provider.clone())
         .map_err(|e| BenchError::Tls(e.to_string()))?;
     let mut config = if args.insecure {
         builder
@@ -344,7 +344,7 @@ fn tls_connector(args: &BenchArgs) -> Result<TlsConnector, BenchError> {
         };
         let bad = |reason: String| BenchError::Tls(format!("{}: {reason}", cafile.display()));
         let mut roots = rustls::RootCertStore::empty();
-        for cert in facteur::tls::read_certificates(cafile).map_err(bad)? {
+        for cert in facteur_tls::read_certificates(cafile).map_err(bad)? {
             roots.add(cert).map_err(|e| bad(e.to_string()))?;
         }
         builder.with_root_certificates(roots).with_no_client_auth()

@@ -5,11 +5,11 @@
 //! small copy of the one in `crates/facteur/tests/common` (which runs facteur's own binary, not
 //! available to this crate's tests).
 
-use facteur::auth::{Authenticator, PasswdDb};
 use facteur::config::Config;
 use facteur::server::{run_with_tls, Shared};
-use facteur::store::{MaildirStore, Store};
-use facteur::tls::{TlsFiles, TlsState};
+use facteur_auth::{Authenticator, PasswdDb};
+use facteur_store::{MaildirStore, Store};
+use facteur_tls::{TlsFiles, TlsState};
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,7 +40,7 @@ impl Fixture {
         )
         .expect("write the users file");
         let tls_files = tls.then(|| {
-            facteur::tls::write_self_signed(dir.path()).expect("write a self-signed certificate")
+            facteur_tls::write_self_signed(dir.path()).expect("write a self-signed certificate")
         });
         let (listen_tls, tls_section) = if tls {
             (

@@ -12,6 +12,8 @@
 //! - [`command`]: the POP3 commands; strict parsing (server side) and encoding (client side).
 //! - [`response`]: `+OK` / `-ERR` lines with RFC 2449 / RFC 3206 response codes, and CAPA.
 //! - [`dot`]: streaming dot-stuffing, LF to CRLF, TOP line limits, wire sizes, un-stuffing.
+//! - [`encoding`]: lowercase hex and `%XX` escapes, the one copy every facteur crate writes and
+//!   reads them with (digests, keys, the maildrop index, the fetcher's state).
 //! - [`server`]: `ServerSession`, the server's state machine (AUTHORIZATION, TRANSACTION, UPDATE).
 //! - [`client`]: `ClientSession`, the client's state machine: replies matched to commands in order.
 //! - [`sasl`]: the SASL mechanisms of AUTH (PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-256, EXTERNAL) as
@@ -27,6 +29,7 @@
 pub mod client;
 pub mod command;
 pub mod dot;
+pub mod encoding;
 pub mod line;
 pub mod response;
 pub mod sasl;

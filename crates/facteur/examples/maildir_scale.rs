@@ -11,7 +11,7 @@ use std::error::Error;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use facteur::store::{LockedMaildir, MaildirStore, Maildrop, OpenStats};
+use facteur_store::{LockedMaildir, MaildirStore, Maildrop, OpenStats};
 
 fn main() -> Result<(), Box<dyn Error>> {
     let count: usize = match std::env::args().nth(1) {

@@ -4,13 +4,13 @@
 //! Every failure is a one-line message on stderr and a non-zero exit; passwords are read from a
 //! terminal prompt or standard input, never from the command line (where `ps` would show them).
 
-use crate::auth::{self, PasswdDb, Scheme};
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::privileges;
 use crate::server::{self, Shared};
-use crate::store::{Lasting, MaildirStore, Owner, Store, StoreError};
-use crate::tls::{self, TlsFiles, TlsState};
 use clap::{Args, Parser, Subcommand};
+use facteur_auth::{self as auth, PasswdDb, Scheme};
+use facteur_store::{Lasting, MaildirStore, Owner, Store, StoreError};
+use facteur_tls::{self as tls, TlsFiles, TlsState};
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -226,7 +226,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             let users = db.snapshot().len();
             let (runs_as, server) = check_run_as(&cfg)?;
             let snapshot = db.snapshot();
-            let found = crate::store::check::check_maildirs(
+            let found = facteur_store::check::check_maildirs(
                 &cfg.store.maildir,
                 snapshot.entries().iter().map(|e| (e.user(), e.home())),
                 server,
@@ -340,16 +340,16 @@ fn login_method_warnings(cfg: &Config, users: &auth::PasswdFile) -> Vec<String> 
 /// check-config: who `serve` will run as, and whether it can; fails when `[server] user` or
 /// `group` does not exist, or names root without `allow_root`. Only warns about how it is
 /// started, since check-config may run as another user than the service.
-fn check_run_as(cfg: &Config) -> Result<(String, crate::store::check::Server), CliError> {
+fn check_run_as(cfg: &Config) -> Result<(String, facteur_store::check::Server), CliError> {
     let now = privileges::current()?;
     // Who will make and write the maildirs: `[server] user`, or whoever starts the server
     // (taken to be who runs this check).
     let server = match run_as(cfg)? {
-        Some(t) => crate::store::check::Server {
+        Some(t) => facteur_store::check::Server {
             uid: t.uid,
             gid: t.gid,
         },
-        None => crate::store::check::Server {
+        None => facteur_store::check::Server {
             uid: now.uid[1],
             gid: now.gid[1],
         },

@@ -6,24 +6,16 @@
 //! ## Layout
 //! - [`config`]: the TOML configuration, and every limit and default in one place.
 //! - [`store`]: maildrops (Maildir by default): snapshot, lock, unique-ids, UPDATE, delivery.
-//! - [`auth`]: the passwd-file user database and password schemes, APOP.
 //! - [`privileges`]: giving up root after binding; refusing to serve mail as root.
 //! - [`server`]: listeners, the per-connection driver, limits and graceful shutdown.
 //! - [`cli`]: the `facteur` command line (serve, user, deliver, hash-password, check-config).
 //! - [`client`]: the POP3 client and `facteur fetch`, the fetcher (Maildir, mbox or an MDA).
-//! - `encoding`: hex and `%XX` escapes, one copy for every writer and reader.
-//! - `durable`: syncing a folder after a rename.
 //! - `date`: UTC calendar dates from UNIX time.
 #![forbid(unsafe_code)]
 
-pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;
 mod date;
-mod durable;
-mod encoding;
 pub mod privileges;
 pub mod server;
-pub mod store;
-pub mod tls;

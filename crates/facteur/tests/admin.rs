@@ -275,7 +275,7 @@ fn check_config_warns_of_login_methods_users_cannot_use() {
 fn check_config_names_the_files_of_a_key_that_does_not_match() {
     let f = Fixture::with_tls();
     let other = tempfile::tempdir().unwrap();
-    let other_files = facteur::tls::write_self_signed(other.path()).unwrap();
+    let other_files = facteur_tls::write_self_signed(other.path()).unwrap();
     std::fs::copy(&other_files.private_key, f.path().join("key.pem")).unwrap();
     let (ok, err) = check(&f);
     assert!(!ok, "{err}");

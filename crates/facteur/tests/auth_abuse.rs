@@ -10,9 +10,9 @@
 mod common;
 
 use common::*;
-use facteur::auth::{Account, AuthOutcome, Authenticator, PasswdDb, ScramCredentials};
 use facteur::server::{run_with_tls, Shared};
-use facteur::store::Store;
+use facteur_auth::{Account, AuthOutcome, Authenticator, PasswdDb, ScramCredentials};
+use facteur_store::Store;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

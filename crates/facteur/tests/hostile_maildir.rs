@@ -11,7 +11,7 @@
 mod common;
 
 use common::*;
-use facteur::store::Store;
+use facteur_store::Store;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

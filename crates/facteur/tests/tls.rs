@@ -159,7 +159,7 @@ fn curl_refuses_a_certificate_it_does_not_trust() {
     );
     // Nor with another self-signed certificate for the same names.
     let other = tempfile::tempdir().expect("a temporary folder");
-    let other = facteur::tls::write_self_signed(other.path()).expect("another certificate");
+    let other = facteur_tls::write_self_signed(other.path()).expect("another certificate");
     let other_cert = other.certificate.to_str().expect("a UTF-8 path");
     let (code, _, stderr) = curl(&["--cacert", other_cert, &pop3s]);
     assert_eq!(code, Some(60), "curl {pop3s} with another CA: {stderr}");
@@ -432,7 +432,7 @@ fn pop3s_and_stls_sessions_end_with_close_notify() {
 /// Replace the certificate and key at `dir` by a new self-signed pair (written aside, then
 /// renamed over, so the server never reads half a file); returns the new certificate file.
 fn replace_certificate(fx: &Fixture, aside: &Path) -> std::path::PathBuf {
-    let new = facteur::tls::write_self_signed(aside).expect("a new certificate");
+    let new = facteur_tls::write_self_signed(aside).expect("a new certificate");
     let files = fx.tls.as_ref().expect("a fixture with a certificate");
     let cert_tmp = fx.path().join("cert.pem.new");
     let key_tmp = fx.path().join("key.pem.new");

@@ -21,10 +21,10 @@
 //! whoever sits in the middle, and cost the user a failed-login penalty per try).
 
 use super::{describe_status, Connection, Pop3Error, SaslTurn};
-use crate::encoding::hex;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use facteur_proto::command::Command;
+use facteur_proto::encoding::hex;
 use facteur_proto::types::parse_decimal;
 // An initial response goes on the AUTH line only if the line fits (RFC 5034 section 4).
 use facteur_proto::line::MAX_COMMAND_LINE;
@@ -516,7 +516,7 @@ pub fn plain_message(user: &str, password: &[u8]) -> Secret<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{
+    use facteur_auth::{
         Mechanism, Nonces, PasswdDb, SaslContext, SaslExchange, SaslOutcome, SaslStep,
     };
 

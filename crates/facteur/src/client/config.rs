@@ -46,7 +46,7 @@
 
 use super::auth::AuthMethod;
 use super::{Security, Target};
-use crate::encoding::{hex, percent_decode, percent_encode};
+use facteur_proto::encoding::{hex, percent_decode, percent_encode};
 use facteur_proto::types::parse_decimal;
 use facteur_proto::Secret;
 use serde::Deserialize;

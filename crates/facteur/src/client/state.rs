@@ -34,9 +34,9 @@
 //! snapshot in place (a crash would leave half a file).
 
 use super::config::STATE_LOCK_WAIT;
-use crate::durable::sync_dir;
-use crate::encoding::{decode_hex, hex, percent_decode, percent_encode};
+use facteur_proto::encoding::{decode_hex, hex, percent_decode, percent_encode};
 use facteur_proto::Uidl;
+use facteur_store::durable::sync_dir;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};

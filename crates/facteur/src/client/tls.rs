@@ -13,7 +13,7 @@
 //! a trusted one, or skip the name or the validity period of a pinned one.
 
 use super::{Pop3Error, Security, Target};
-use crate::tls::{client_builder, read_certificates};
+use facteur_tls::{client_builder, read_certificates};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -60,7 +60,7 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
             }
         }
     }
-    let provider = crate::tls::provider();
+    let provider = facteur_tls::provider();
     let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| Pop3Error::Tls(e.to_string()))?;

@@ -24,20 +24,20 @@
 use super::log::Sanitized;
 use super::transport::Transport;
 use super::{CutSignal, Shared};
-use crate::auth::{
+use crate::config::defaults;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use facteur_auth::{
     Checked, FailureReason, Mechanism, Nonces, SaslContext, SaslExchange, SaslOutcome, SaslStep,
     MAX_SASL_LINE,
 };
-use crate::config::defaults;
-use crate::store::{Maildrop, Store, StoreError};
-use crate::tls;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
 use facteur_proto::dot::DotEncoder;
 use facteur_proto::line::{Frame, LineFramer};
 use facteur_proto::response::{self, Code};
 use facteur_proto::server::{AuthResult, Event, ServerSession, State};
 use facteur_proto::Secret;
+use facteur_store::{Maildrop, Store, StoreError};
+use facteur_tls as tls;
 use std::future::Future;
 use std::io::Read;
 use std::net::SocketAddr;

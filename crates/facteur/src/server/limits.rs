@@ -29,7 +29,7 @@ impl PerIpLimiter {
     /// A slot for `ip`, or None if its source already has `cap` connections.
     pub fn try_acquire(&self, ip: IpAddr) -> Option<IpGuard> {
         // IPv4-mapped IPv6 addresses count as the IPv4 address they are; IPv6 per /64.
-        let ip = super::penalty::source_block(ip);
+        let ip = facteur_auth::penalty::source_block(ip);
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let n = counts.entry(ip).or_insert(0);
         if *n >= self.cap {

@@ -10,15 +10,14 @@ mod auth_pool;
 pub mod connection;
 mod limits;
 pub mod log;
-pub mod penalty;
 pub mod rlimit;
 pub mod transport;
 
-use crate::auth::Authenticator;
 use crate::config::{Config, PlaintextAuth};
-use crate::store::Store;
-use crate::tls::TlsState;
+use facteur_auth::Authenticator;
 use facteur_proto::server::ServerConfig;
+use facteur_store::Store;
+use facteur_tls::TlsState;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,7 +36,7 @@ pub struct Shared {
     /// The threads that check passwords (`limits.max_concurrent_logins` of them).
     pub auth_pool: auth_pool::AuthPool,
     /// Failed-login delays per source and user name.
-    pub penalties: penalty::Penalties,
+    pub penalties: facteur_auth::penalty::Penalties,
     /// The certificate for STLS and POP3S, if configured.
     pub tls: Option<TlsState>,
 }
@@ -48,7 +47,7 @@ impl Shared {
         Self {
             hostname: config.hostname(),
             auth_pool: auth_pool::AuthPool::new(l.max_concurrent_logins),
-            penalties: penalty::Penalties::new(
+            penalties: facteur_auth::penalty::Penalties::new(
                 l.failed_login_delay(),
                 l.max_failed_login_delay(),
                 l.failed_login_forget(),

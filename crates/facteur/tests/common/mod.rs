@@ -15,11 +15,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use facteur::auth::{Authenticator, PasswdDb};
 use facteur::config::Config;
 use facteur::server::{run_with_tls, Shared};
-use facteur::store::{Delivered, MaildirStore, Store};
-use facteur::tls::{TlsFiles, TlsState};
+use facteur_auth::{Authenticator, PasswdDb};
+use facteur_store::{Delivered, MaildirStore, Store};
+use facteur_tls::{TlsFiles, TlsState};
 
 /// How long a test waits for one reply before it gives up (a hung server, not a slow one).
 pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -91,7 +91,7 @@ impl Fixture {
         );
         std::fs::write(dir.path().join("users"), users).expect("write the users file");
         let tls_files = tls.then(|| {
-            let mut files = facteur::tls::write_self_signed(dir.path())
+            let mut files = facteur_tls::write_self_signed(dir.path())
                 .expect("write a self-signed certificate");
             if let Some(pem) = client_ca_pem {
                 let path = dir.path().join("client-ca.pem");

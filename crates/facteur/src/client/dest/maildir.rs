@@ -15,7 +15,7 @@ use super::{
 };
 use crate::client::fetch::FaultPoint;
 use crate::client::state::{AccountState, Pending};
-use crate::durable::sync_dir;
+use facteur_store::durable::sync_dir;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};

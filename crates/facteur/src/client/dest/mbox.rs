@@ -15,8 +15,8 @@ use super::{io_err, CrlfToLf, DestError, Staged, StagedMessage, Writer, WriterKi
 use crate::client::config::{MBOX_LOCK_WAIT, STALE_DOTLOCK};
 use crate::client::fetch::FaultPoint;
 use crate::client::state::{AccountState, Pending};
-use crate::durable::sync_dir;
 use facteur_proto::Uidl;
+use facteur_store::durable::sync_dir;
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};

@@ -267,12 +267,12 @@ impl CrlfToLf {
 
 /// This host's name for Maildir names, escaped as the store's delivery does.
 fn hostname() -> String {
-    crate::store::deliver::hostname()
+    facteur_store::deliver::hostname()
 }
 
 /// A Maildir unique name, made as the store's delivery makes them.
 fn unique_name(host: &str) -> Result<String, DestError> {
-    crate::store::deliver::unique_name(host).map_err(|source| DestError::Io {
+    facteur_store::deliver::unique_name(host).map_err(|source| DestError::Io {
         path: PathBuf::from("getrandom"),
         source,
     })

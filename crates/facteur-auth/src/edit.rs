@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use super::passwd_file::{line_user, PasswdFile};
 use super::scheme::random_token;
 use super::{AuthError, InvalidUserName, StoredPassword, USER_NAME_MAX_LEN};
-use crate::durable::sync_dir;
+use facteur_store::durable::sync_dir;
 
 /// Checks a user name for the passwd-file: not empty, at most 255 bytes, no `:`, whitespace or
 /// control character, and not starting with `#` (the line would read as a comment).
@@ -315,7 +315,7 @@ fn write_and_rename(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{hash_password, Scheme};
+    use crate::{hash_password, Scheme};
 
     const SHA256: &str = "{SHA256-CRYPT}$5$saltsalt$0IyaXrmV7.sGNS6tirgqHLqX/G.FBvgkYA.lpPdS5sA";
 

@@ -9,14 +9,14 @@ use base64::Engine as _;
 use facteur_proto::sasl::{derivations, hmac_sha256, ScramKeys};
 use proptest::prelude::*;
 
-use crate::auth::cram_md5::CramMd5Context;
-use crate::auth::scram::format_stored;
-use crate::auth::{
+use crate::cram_md5::CramMd5Context;
+use crate::scram::format_stored;
+use crate::{
     hash_password, Account, AuthOutcome, Authenticator, Mechanism, Nonces, PasswdDb, SaslContext,
     SaslExchange, SaslOutcome, SaslStep, Scheme, MAX_SASL_LINE, PASSWORD_MAX_LEN,
     USER_NAME_MAX_LEN,
 };
-use crate::store::Owner;
+use facteur_store::Owner;
 
 const RFC2195_CHALLENGE: &str = "<1896.697170952@postoffice.reston.mci.net>";
 const RFC2195_DIGEST: &str = "b913a602c7eda7a495b4e6e7334d3890";
@@ -1027,7 +1027,7 @@ fn scram_derives_only_for_a_proof() {
 /// `Done(Failure)` whatever the reason.
 #[test]
 fn failures_say_why_for_the_log() {
-    use crate::auth::FailureReason::*;
+    use crate::FailureReason::*;
     let (_dir, db) = standard_db();
     let reason = |mechanism: Mechanism, ctx: SaslContext, ir: Option<&str>, next: Option<&str>| {
         let (mut ex, mut step) = SaslExchange::start(mechanism, ctx, ir, &db);

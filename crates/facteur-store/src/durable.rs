@@ -7,6 +7,6 @@ use std::io;
 use std::path::Path;
 
 /// fsync a folder, so that the names created or renamed in it are durable.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }

@@ -33,7 +33,7 @@ use super::{
     validate_user_name, Account, AuthError, AuthOutcome, Authenticator, Checked, FailureReason,
     LineError, ScramCredentials, PASSWORD_MAX_LEN, SCRAM_DEFAULT_ITERATIONS, USER_NAME_MAX_LEN,
 };
-use crate::store::Owner;
+use facteur_store::Owner;
 
 /// One user of the passwd-file.
 ///
@@ -674,8 +674,8 @@ fn impossible_or_unknown(entry: Option<&PasswdEntry>) -> FailureReason {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::scram::format_stored;
-    use crate::auth::{add_user, hash_password, set_password, Scheme};
+    use crate::scram::format_stored;
+    use crate::{add_user, hash_password, set_password, Scheme};
     use facteur_proto::sasl::ScramKeys;
     use proptest::prelude::*;
 
@@ -1058,8 +1058,9 @@ h:{PLAIN}ph:::::
         let digest = apop_digest(ts, b"guess");
         assert_eq!(db.verify_apop("bob", ts, &digest), AuthOutcome::Failure);
         assert_eq!(db.verify_apop("alice", ts, &digest), AuthOutcome::Failure);
-        let digest =
-            crate::encoding::hex(&CramMd5Context::from_secret(b"guess").hmac(ts.as_bytes()));
+        let digest = facteur_proto::encoding::hex(
+            &CramMd5Context::from_secret(b"guess").hmac(ts.as_bytes()),
+        );
         assert_eq!(
             db.verify_cram_md5("bob", ts.as_bytes(), &digest),
             AuthOutcome::Failure

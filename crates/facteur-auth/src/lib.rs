@@ -1,4 +1,8 @@
-//! Authentication: the passwd-file user database, password schemes, APOP and SASL.
+//! # facteur-auth: who may log in
+//!
+//! User databases (the passwd-file now, SQL next), password schemes, APOP and SASL, the cache of
+//! verifications and the failed-login penalties. No networking and no tokio: every check is a
+//! blocking call the server runs off its async threads.
 //!
 //! # Layout
 //! - [`Authenticator`]: what the server calls to check USER/PASS and APOP. Blocking, since
@@ -17,8 +21,9 @@
 //! - `scram`: Dovecot's `{SCRAM-SHA-256}` stored form, and the made-up keys of users who cannot
 //!   use SCRAM (the keys themselves, [`ScramCredentials`], are facteur-proto's); `cram_md5`: the
 //!   HMAC-MD5 context CRAM-MD5 works from, with the MD5 block function it needs.
+//! - [`penalty`]: the failed-login penalties, per source address and per user name.
 //!
-//! # What this module must never do
+//! # What this crate must never do
 //! Put a password or a hash in an error, a log line or a `Debug` output; tell a client whether a
 //! user exists (an unknown user costs the same hash work as a known one); panic on any input.
 
@@ -26,6 +31,7 @@ mod cache;
 mod cram_md5;
 mod edit;
 mod passwd_file;
+pub mod penalty;
 mod sasl;
 mod scheme;
 mod scram;
@@ -33,7 +39,7 @@ mod scram;
 use std::io;
 use std::path::PathBuf;
 
-use crate::store::{BadOwner, Owner};
+use facteur_store::{BadOwner, Owner};
 
 pub use edit::{add_user, del_user, list_users, set_password, validate_user_name};
 pub use facteur_proto::sasl::{

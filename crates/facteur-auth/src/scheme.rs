@@ -18,7 +18,7 @@ use subtle::ConstantTimeEq;
 use super::cram_md5::CramMd5Context;
 use super::scram::{format_stored, parse_stored, SCRAM_SALT_LEN};
 use super::AuthError;
-use crate::encoding::hex;
+use facteur_proto::encoding::hex;
 use facteur_proto::sasl::{ScramKeys, SCRAM_DEFAULT_ITERATIONS};
 
 /// A password scheme, named as Dovecot names it in the `{SCHEME}` prefix.

@@ -153,7 +153,7 @@ fn random_hash_key() -> [u8; HASH_KEY_LEN] {
 }
 
 /// The unit a source is counted in: the address for IPv4, the /64 for IPv6.
-pub(super) fn source_block(ip: IpAddr) -> IpAddr {
+pub fn source_block(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let mut s = v6.segments();

@@ -6,7 +6,7 @@
 //! from a file someone else can edit.
 
 /// Lowercase hex, two digits an octet.
-pub(crate) fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for &b in bytes {
@@ -24,7 +24,7 @@ fn hex_digit(c: u8) -> Option<u8> {
 }
 
 /// Exactly `2 * N` hex digits (either case) to `N` octets; `None` for anything else.
-pub(crate) fn decode_hex<const N: usize>(hex: &str) -> Option<[u8; N]> {
+pub fn decode_hex<const N: usize>(hex: &str) -> Option<[u8; N]> {
     let digits = hex.as_bytes();
     if digits.len() != 2 * N {
         return None;
@@ -47,7 +47,7 @@ fn escaped(b: u8) -> [u8; 3] {
 }
 
 /// Appends `bytes` to `out` with `%XX` for every octet that `keep` refuses, and for `%`.
-pub(crate) fn percent_encode_into(out: &mut Vec<u8>, bytes: &[u8], keep: impl Fn(u8) -> bool) {
+pub fn percent_encode_into(out: &mut Vec<u8>, bytes: &[u8], keep: impl Fn(u8) -> bool) {
     for &b in bytes {
         if keep(b) && b != b'%' {
             out.push(b);
@@ -59,7 +59,7 @@ pub(crate) fn percent_encode_into(out: &mut Vec<u8>, bytes: &[u8], keep: impl Fn
 
 /// `bytes` with `%XX` for every octet that `keep` refuses, and for `%`. `keep` may accept
 /// ASCII octets only (the others are escaped whatever it says, so that the result is text).
-pub(crate) fn percent_encode(bytes: &[u8], keep: impl Fn(u8) -> bool) -> String {
+pub fn percent_encode(bytes: &[u8], keep: impl Fn(u8) -> bool) -> String {
     let mut out = String::with_capacity(bytes.len());
     for &b in bytes {
         if b.is_ascii() && keep(b) && b != b'%' {
@@ -72,7 +72,7 @@ pub(crate) fn percent_encode(bytes: &[u8], keep: impl Fn(u8) -> bool) -> String 
 }
 
 /// Decodes `%XX` escapes (either case); `None` for a broken escape.
-pub(crate) fn percent_decode(escaped: &[u8]) -> Option<Vec<u8>> {
+pub fn percent_decode(escaped: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(escaped.len());
     let mut rest = escaped;
     while let Some((&b, tail)) = rest.split_first() {

@@ -1,11 +1,22 @@
-//! TLS: loading the certificate chain and key from PEM files, the rustls server configuration
-//! (TLS 1.2 and 1.3 only, aws-lc-rs), reloading on SIGHUP, and the self-signed certificate of
-//! `--dev`. Also what every TLS endpoint of facteur shares (the server, the fetcher and the
-//! load generator): the crypto provider, the protocol versions, reading a file of trusted
-//! certificates.
+//! # facteur-tls: TLS for every facteur endpoint
+//!
+//! What the server, the fetcher and the load generator share, so that their TLS can never drift
+//! apart: the crypto provider (aws-lc-rs), the protocol versions (TLS 1.2 and 1.3 only), reading
+//! a PEM file of certificates. And the server's side: loading the certificate chain and key from
+//! PEM files, the rustls server configuration, reloading on SIGHUP, the identity a client
+//! certificate names (SASL EXTERNAL), and the self-signed certificate of `--dev` (feature
+//! `dev-cert`).
+//!
+//! It is a crate of its own because the server and the fetcher both need it and neither may
+//! depend on the other.
 //!
 //! A reload builds a whole new configuration first and swaps it in only if it loaded: a bad
 //! file on disk never takes the server down, and sessions already under TLS keep theirs.
+//!
+//! ## What this crate must never do
+//! Offer a protocol version older than TLS 1.2; accept a certificate file that holds no
+//! certificate; write a private key readable by others.
+#![forbid(unsafe_code)]
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;

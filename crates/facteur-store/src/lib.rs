@@ -1,4 +1,9 @@
-//! Maildrops: Maildir storage, the exclusive lock, unique-ids, UPDATE and delivery.
+//! # facteur-store: maildrops
+//!
+//! Maildir storage, the exclusive lock, unique-ids, UPDATE and delivery: the place where every
+//! store backend lives (Maildir now, SQL and mbox next), behind the two traits below. No
+//! networking, no tokio, no user database: the server hands over a user name that it has already
+//! authenticated, a home directory and the owner the maildrop must have.
 //!
 //! The server sees a maildrop through two traits: a [`Store`] finds and locks a user's maildrop
 //! and delivers mail into it; a [`Maildrop`] is one locked maildrop, holding the snapshot a POP3
@@ -19,8 +24,10 @@
 //!   serving user can make and write.
 //! - `deliver`: writing a message into `tmp/`, then `new/`, the Maildir way.
 //! - `handle`: every file system call, relative to a directory handle and never through a link.
+//! - [`durable`]: syncing a folder by path, for the other crates' files (the passwd-file editor,
+//!   the fetcher's state and destinations); the store itself syncs through its handles.
 //!
-//! ## What this module must never do
+//! ## What this crate must never do
 //! - Read a whole message into memory: messages are counted and streamed in blocks.
 //! - Change a message's unique-id, or give one message's unique-id to another: unique-ids are
 //!   derived from the Maildir base name alone, so losing every cache file changes none of them.
@@ -31,7 +38,8 @@
 //!   outside the maildrop, or wait; one bad message is skipped, never fatal to the session.
 
 pub mod check;
-pub(crate) mod deliver;
+pub mod deliver;
+pub mod durable;
 mod fasthash;
 mod handle;
 mod index;

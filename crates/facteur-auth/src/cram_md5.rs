@@ -14,7 +14,7 @@
 //! This module never panics; every index below is into a fixed-size array with a bound the
 //! compiler can see.
 
-use crate::encoding::{decode_hex, hex};
+use facteur_proto::encoding::{decode_hex, hex};
 use md5::{Digest, Md5};
 use subtle::ConstantTimeEq;
 

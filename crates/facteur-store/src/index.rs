@@ -42,7 +42,7 @@ use super::fasthash::checksum;
 use super::handle::{self, Opened};
 use super::name::is_message_name;
 use super::Owner;
-use crate::encoding::{percent_decode, percent_encode_into};
+use facteur_proto::encoding::{percent_decode, percent_encode_into};
 use facteur_proto::types::parse_decimal;
 
 /// The index file, in the maildir's top directory (beside `cur/`, `new/` and `tmp/`).

@@ -23,7 +23,7 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 const CREATE_ATTEMPTS: usize = 3;
 
 /// This host's name as it goes into unique names: `/etc/hostname`, or "localhost".
-pub(crate) fn hostname() -> String {
+pub fn hostname() -> String {
     let raw = fs::read_to_string("/etc/hostname").unwrap_or_default();
     sanitize_hostname(raw.trim())
 }
@@ -49,7 +49,7 @@ pub(crate) fn sanitize_hostname(raw: &str) -> String {
 /// A Maildir unique name: `<secs>.M<micros>P<pid>Q<counter>R<random>.<host>`. Time, process and
 /// counter make it unique on this host; the 64 random bits guard against a reused pid after a
 /// clock step backwards; the host name against other machines writing to a shared maildir.
-pub(crate) fn unique_name(host: &str) -> io::Result<String> {
+pub fn unique_name(host: &str) -> io::Result<String> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();

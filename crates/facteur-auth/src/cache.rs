@@ -299,7 +299,7 @@ mod tests {
         let debug = format!("{c:?}{c:#?}");
         assert!(debug.contains("len: 1"), "{debug}");
         for secret in [&tag.0[..], &c.key.expose()[..]] {
-            let hex = crate::encoding::hex(secret);
+            let hex = facteur_proto::encoding::hex(secret);
             assert!(!debug.contains(&hex[..8]), "{debug}");
             assert!(
                 !debug.contains(&format!("{}, {}", secret[0], secret[1])),
