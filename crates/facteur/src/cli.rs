@@ -61,7 +61,7 @@ enum Command {
         config: ConfigArg,
     },
     /// Fetch mail from POP3 accounts into a Maildir, an mbox or an MDA (the fetcher).
-    Fetch(Box<crate::client::FetchArgs>),
+    Fetch(Box<facteur_fetch::FetchArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -207,7 +207,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         // The fetcher has exit statuses of its own (1 is "nothing new", not an error).
-        Command::Fetch(args) => std::process::exit(i32::from(crate::client::run(*args))),
+        Command::Fetch(args) => std::process::exit(i32::from(facteur_fetch::run(*args))),
         Command::CheckConfig { config } => {
             let cfg = Config::load(&config.config)?;
             let db = PasswdDb::open(&cfg.auth.passwd_file)?;

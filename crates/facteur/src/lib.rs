@@ -9,13 +9,9 @@
 //! - [`privileges`]: giving up root after binding; refusing to serve mail as root.
 //! - [`server`]: listeners, the per-connection driver, limits and graceful shutdown.
 //! - [`cli`]: the `facteur` command line (serve, user, deliver, hash-password, check-config).
-//! - [`client`]: the POP3 client and `facteur fetch`, the fetcher (Maildir, mbox or an MDA).
-//! - `date`: UTC calendar dates from UNIX time.
 #![forbid(unsafe_code)]
 
 pub mod cli;
-pub mod client;
 pub mod config;
-mod date;
 pub mod privileges;
 pub mod server;

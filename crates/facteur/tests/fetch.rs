@@ -6,12 +6,12 @@
 mod common;
 
 use common::*;
-use facteur::client::auth::AuthMethod;
-use facteur::client::config::{Account, DeletePolicy, DestinationSpec, Limits, PasswordSource};
-use facteur::client::fetch::{
+use facteur_fetch::auth::AuthMethod;
+use facteur_fetch::config::{Account, DeletePolicy, DestinationSpec, Limits, PasswordSource};
+use facteur_fetch::fetch::{
     fetch_account, Fault, FaultAction, FaultPoint, FetchError, Report, RunOptions,
 };
-use facteur::client::{Pop3Error, Security, Target};
+use facteur_fetch::{Pop3Error, Security, Target};
 use facteur_proto::Secret;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -318,7 +318,7 @@ fn mda_receives_each_message_and_a_failing_one_keeps_it_on_the_server() {
     let a = env.account(DestinationSpec::Mda("cat > /dev/null; exit 75".into()));
     let e = fetch(&a, &env.opts()).unwrap_err();
     assert!(e.to_string().contains("stays on the server"), "{e}");
-    assert_eq!(e.exit_code(), facteur::client::fetch::EXIT_LOCAL);
+    assert_eq!(e.exit_code(), facteur_fetch::fetch::EXIT_LOCAL);
     assert_eq!(env.on_server(), 2);
 }
 
@@ -426,7 +426,7 @@ fn a_wrong_password_is_an_auth_error_for_each_method() {
             .unwrap_err();
         assert_eq!(
             e.exit_code(),
-            facteur::client::fetch::EXIT_AUTH,
+            facteur_fetch::fetch::EXIT_AUTH,
             "{method}: {e}"
         );
         assert!(!e.to_string().contains("wrong"), "{e}");
@@ -467,7 +467,7 @@ fn tls_with_a_ca_file_and_stls() {
     );
     let e = fetch(&untrusted, &env.opts()).unwrap_err();
     assert!(matches!(e, FetchError::Pop3(Pop3Error::Tls(_))), "{e}");
-    assert_eq!(e.exit_code(), facteur::client::fetch::EXIT_SERVER);
+    assert_eq!(e.exit_code(), facteur_fetch::fetch::EXIT_SERVER);
 }
 
 #[test]

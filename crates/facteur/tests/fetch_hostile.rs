@@ -6,12 +6,12 @@
 //! The server is written here, on threads of the test, on 127.0.0.1; every loop of it stops by
 //! itself (a write fails, or [`SERVER_LIFETIME`] passes).
 
-use facteur::client::auth::AuthMethod;
-use facteur::client::config::{Account, DeletePolicy, DestinationSpec, Limits, PasswordSource};
-use facteur::client::fetch::{
+use facteur_fetch::auth::AuthMethod;
+use facteur_fetch::config::{Account, DeletePolicy, DestinationSpec, Limits, PasswordSource};
+use facteur_fetch::fetch::{
     fetch_account, run_accounts, FetchError, Report, RunOptions, EXIT_SERVER,
 };
-use facteur::client::{Pop3Error, Security, Target};
+use facteur_fetch::{Pop3Error, Security, Target};
 use facteur_proto::Secret;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -524,7 +524,7 @@ fn endless_listings_are_cut_at_the_cap() {
         let e = fetch(&a, dir.path()).expect_err("an error");
         assert!(started.elapsed() < Duration::from_secs(5));
         let max = if part == Endless::Capa {
-            facteur::client::config::MAX_CAPA_LINES
+            facteur_fetch::config::MAX_CAPA_LINES
         } else {
             500
         };

@@ -9,10 +9,10 @@
 mod common;
 
 use common::*;
-use facteur::client::auth::AuthMethod;
-use facteur::client::config::{Account, DeletePolicy, DestinationSpec, Limits, PasswordSource};
-use facteur::client::fetch::{fetch_account, FetchError, Report, RunOptions, EXIT_LOCKED};
-use facteur::client::{Security, Target};
+use facteur_fetch::auth::AuthMethod;
+use facteur_fetch::config::{Account, DeletePolicy, DestinationSpec, Limits, PasswordSource};
+use facteur_fetch::fetch::{fetch_account, FetchError, Report, RunOptions, EXIT_LOCKED};
+use facteur_fetch::{Security, Target};
 use facteur_proto::Secret;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

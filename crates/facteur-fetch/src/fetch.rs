@@ -1438,7 +1438,7 @@ mod tests {
         Account {
             identity: None,
             name: "fake".into(),
-            target: crate::client::fake_target(addr),
+            target: crate::fake_target(addr),
             user: "u".into(),
             auth: AuthMethod::Auto,
             password: PasswordSource::Prompt,
@@ -1470,7 +1470,7 @@ mod tests {
 
     /// An RFC 1939 server: no CAPA, no UIDL, one message, USER/PASS.
     fn old_server(retr: &'static [u8]) -> std::net::SocketAddr {
-        crate::client::fake_server("+OK old server\r\n", move |line| {
+        crate::fake_server("+OK old server\r\n", move |line| {
             let word = line.split(' ').next().unwrap_or_default();
             Some(match word {
                 "CAPA" | "UIDL" => b"-ERR unknown command\r\n".to_vec(),
@@ -1507,7 +1507,7 @@ mod tests {
     #[test]
     fn a_connection_lost_in_the_middle_of_a_message_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let addr = crate::client::fake_server("+OK\r\n", |line| {
+        let addr = crate::fake_server("+OK\r\n", |line| {
             let word = line.split(' ').next().unwrap_or_default();
             match word {
                 "CAPA" => Some(b"+OK\r\nUSER\r\nUIDL\r\nPIPELINING\r\n.\r\n".to_vec()),

@@ -618,7 +618,7 @@ mod tests {
     /// `after_final` (a continuation or a status line).
     fn scram_server(after_final: fn(&str) -> Vec<u8>) -> std::net::SocketAddr {
         let mut stage = 0;
-        crate::client::fake_server("+OK hi\r\n", move |line| {
+        crate::fake_server("+OK hi\r\n", move |line| {
             if line == "CAPA" {
                 return Some(b"+OK\r\nSASL SCRAM-SHA-256\r\n.\r\n".to_vec());
             }
@@ -645,7 +645,7 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             let mut conn = Connection::connect(
-                &crate::client::fake_target(addr),
+                &crate::fake_target(addr),
                 std::time::Duration::from_secs(10),
                 None,
             )

@@ -13,8 +13,8 @@ use super::{
     hostname, io_err, unique_name, CrlfToLf, DestError, Staged, StagedMessage, Writer, WriterKind,
     BLOCK,
 };
-use crate::client::fetch::FaultPoint;
-use crate::client::state::{AccountState, Pending};
+use crate::fetch::FaultPoint;
+use crate::state::{AccountState, Pending};
 use facteur_store::durable::sync_dir;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -280,7 +280,7 @@ fn maildir_has(dir: &Path, name: &str) -> Result<bool, DestError> {
 mod tests {
     use super::super::{read_all, recover, Destination};
     use super::*;
-    use crate::client::config::DestinationSpec;
+    use crate::config::DestinationSpec;
     use facteur_proto::Uidl;
 
     #[test]

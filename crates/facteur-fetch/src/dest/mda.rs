@@ -121,7 +121,7 @@ impl MdaWriter<'_> {
 mod tests {
     use super::super::{read_all, Destination};
     use super::*;
-    use crate::client::config::DestinationSpec;
+    use crate::config::DestinationSpec;
 
     #[test]
     fn an_mda_that_fails_is_an_error_and_one_that_succeeds_gets_the_message() {

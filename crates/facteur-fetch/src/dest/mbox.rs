@@ -12,9 +12,9 @@
 //! the message fetched again: a possible duplicate, never a loss.
 
 use super::{io_err, CrlfToLf, DestError, Staged, StagedMessage, Writer, WriterKind, BLOCK};
-use crate::client::config::{MBOX_LOCK_WAIT, STALE_DOTLOCK};
-use crate::client::fetch::FaultPoint;
-use crate::client::state::{AccountState, Pending};
+use crate::config::{MBOX_LOCK_WAIT, STALE_DOTLOCK};
+use crate::fetch::FaultPoint;
+use crate::state::{AccountState, Pending};
 use facteur_proto::Uidl;
 use facteur_store::durable::sync_dir;
 use sha2::{Digest, Sha256};
@@ -620,7 +620,7 @@ fn asctime(t: SystemTime) -> String {
 mod tests {
     use super::super::{read_all, recover, Destination};
     use super::*;
-    use crate::client::config::DestinationSpec;
+    use crate::config::DestinationSpec;
 
     /// Write `message` (CRLF) through an mbox writer in chunks of `n`; returns the spool.
     fn mbox_entry(message: &[u8], n: usize) -> Vec<u8> {

@@ -1,4 +1,8 @@
-//! The client side of POP3, and `facteur fetch`, the fetcher built on it.
+//! # facteur-fetch: the client side of POP3, and `facteur fetch`, the fetcher built on it
+//!
+//! Downloads mail from any POP3 server into a Maildir, an mbox file or an MDA, so that nothing
+//! is deleted on the server before it is durable here. The load generator (facteur-bench) drives
+//! servers with the same connection code.
 //!
 //! # Layout
 //! - this file: [`Connection`], the async connection driver: connect over TCP, TLS from the
@@ -16,8 +20,9 @@
 //! - [`tls`]: the certificates trusted (with `ca_file`'s pinned), and TLS errors in words.
 //! - [`fetch`]: `facteur fetch` itself: the plan of a run, batches, deletion, limits, progress
 //!   bars, the summary and the exit status.
+//! - `date`: UTC calendar dates from UNIX time (an mbox `From ` line, a certificate's validity).
 //!
-//! # What this module must never do
+//! # What this crate must never do
 //! - parse POP3 a second time, or hold a whole message in memory;
 //! - send a password on a connection without TLS unless plaintext was explicitly allowed, or
 //!   put a password in a log line, an error or a `Debug` output;
@@ -26,6 +31,7 @@
 
 pub mod auth;
 pub mod config;
+mod date;
 pub mod dest;
 pub mod fetch;
 pub mod state;

@@ -4,7 +4,7 @@
 
 /// The UTC calendar date of day `days` counted from 1970-01-01: (year, month 1 to 12, day 1 to
 /// 31). Howard Hinnant's `civil_from_days`, for days that are never negative.
-pub(crate) fn civil_from_days(days: u64) -> (u64, u64, u64) {
+pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
     let era = z / 146_097;
     let doe = z - era * 146_097;
