@@ -5,7 +5,8 @@
 //!
 //! ## Layout
 //! - [`config`]: the TOML configuration, and every limit and default in one place.
-//! - [`store`]: maildrops (Maildir by default): snapshot, lock, unique-ids, UPDATE, delivery.
+//! - [`facteur_store`] (its own crate): maildrops (Maildir by default): snapshot, lock,
+//!   unique-ids, UPDATE, delivery.
 //! - [`privileges`]: giving up root after binding; refusing to serve mail as root.
 //! - [`server`]: listeners, the per-connection driver, limits and graceful shutdown.
 //! - [`cli`]: the `facteur` command line (serve, user, deliver, hash-password, check-config).
