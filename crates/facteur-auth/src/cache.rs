@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use facteur_proto::Secret;
 
-use super::scram::{hmac_sha256, KEY_LEN};
+use facteur_proto::sasl::{hmac_sha256, KEY_LEN};
 
 /// What is remembered of one successful verification. Deliberately not `Debug`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]

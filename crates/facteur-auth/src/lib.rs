@@ -16,9 +16,10 @@
 //! - `scheme`: [`Scheme`], [`StoredPassword`] and [`hash_password`].
 //! - `edit`: [`add_user`], [`del_user`], [`set_password`], [`list_users`] for `facteur user`:
 //!   atomic rewrites under a lock that keep every other line as it was.
-//! - `sasl`: the SASL mechanisms of POP3's AUTH command (RFC 5034) as state machines without
-//!   I/O: [`SaslExchange`], [`Mechanism`].
-//! - `scram`: SCRAM-SHA-256 keys, stored and derived ([`ScramCredentials`]); `cram_md5`: the
+//! - `sasl`: every [`Authenticator`] as the verifier of facteur-proto's SASL state machines
+//!   ([`SaslExchange`], [`Mechanism`]; the rules of the mechanisms are there, not here).
+//! - `scram`: Dovecot's `{SCRAM-SHA-256}` stored form, and the made-up keys of users who cannot
+//!   use SCRAM (the keys themselves, [`ScramCredentials`], are facteur-proto's); `cram_md5`: the
 //!   HMAC-MD5 context CRAM-MD5 works from, with the MD5 block function it needs.
 //! - [`penalty`]: the failed-login penalties, per source address and per user name.
 //!
@@ -35,32 +36,23 @@ mod sasl;
 mod scheme;
 mod scram;
 
-use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
 use facteur_store::{BadOwner, Owner};
 
 pub use edit::{add_user, del_user, list_users, set_password, validate_user_name};
+pub use facteur_proto::sasl::{
+    FailureReason, Mechanism, Nonces, SaslContext, SaslOutcome, UnknownMechanism, MAX_SASL_LINE,
+    PASSWORD_MAX_LEN, SCRAM_DEFAULT_ITERATIONS, SCRAM_MAX_ITERATIONS, SCRAM_MIN_ITERATIONS,
+    USER_NAME_MAX_LEN,
+};
 pub use passwd_file::{PasswdDb, PasswdEntry, PasswdFile};
-pub use sasl::{Mechanism, SaslContext, SaslExchange, SaslStep, UnknownMechanism, MAX_SASL_LINE};
+pub use sasl::{SaslExchange, SaslStep, ScramCredentials};
 pub use scheme::{
     hash_password, Scheme, StoredPassword, StoredPasswordError, UnknownScheme,
     ARGON2_MAX_M_COST_KIB, BCRYPT_DEFAULT_COST, BCRYPT_MAX_PASSWORD_LEN,
 };
-pub use scram::{
-    ScramCredentials, SCRAM_DEFAULT_ITERATIONS, SCRAM_MAX_ITERATIONS, SCRAM_MIN_ITERATIONS,
-};
-
-/// The longest user name accepted, in bytes. A longer one, from any login command, is refused
-/// before any lookup or hashing.
-pub const USER_NAME_MAX_LEN: usize = 255;
-
-/// The longest password accepted at login, in bytes: longer than any password manager makes,
-/// and short enough that no password makes a hash cost much more than usual (SHA-crypt's cost
-/// grows with the length: a 3,000-octet password costs ten times a short one). A longer one is
-/// refused before any hashing.
-pub const PASSWORD_MAX_LEN: usize = 1024;
 
 /// A user who has proved who they are.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,61 +95,6 @@ impl From<Checked> for AuthOutcome {
         match checked {
             Ok(account) => AuthOutcome::Success(account),
             Err(_) => AuthOutcome::Failure,
-        }
-    }
-}
-
-/// Why a login failed, for the administrator's log only: the client gets the same answer
-/// whatever the reason, and finding the reason costs no work that would tell them apart (it is
-/// known at the point where the check already took one branch or the other, after the same
-/// hash work).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FailureReason {
-    /// No such user in the passwd-file.
-    UnknownUser,
-    /// The user exists; the password (or digest, or proof) is wrong.
-    WrongPassword,
-    /// The user's password is stored with a scheme this method cannot work from: CRAM-MD5,
-    /// SCRAM-SHA-256 or APOP for a one-way hash. No password can succeed.
-    MethodImpossible(Scheme),
-    /// A user name over [`USER_NAME_MAX_LEN`] or a password over [`PASSWORD_MAX_LEN`], refused
-    /// before any lookup.
-    TooLong,
-    /// An authorization identity other than the user (PLAIN, SCRAM, EXTERNAL): nobody logs in
-    /// as somebody else.
-    OtherIdentity,
-    /// SASL EXTERNAL on a connection whose client certificate names no user.
-    NoCertificateIdentity,
-    /// A SCRAM client-final message whose nonce or channel binding is not the one of this
-    /// exchange.
-    ExchangeMismatch,
-    /// No random bytes for a challenge: a server fault, not the client's.
-    NoRandomness,
-    /// The authenticator did not say (one that implements only the verdict methods).
-    Unspecified,
-}
-
-impl fmt::Display for FailureReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FailureReason::UnknownUser => f.write_str("unknown user"),
-            FailureReason::WrongPassword => f.write_str("wrong password"),
-            FailureReason::MethodImpossible(scheme) => write!(
-                f,
-                "method impossible: the password is stored as {scheme}, which this method cannot use"
-            ),
-            FailureReason::TooLong => f.write_str("credentials too long"),
-            FailureReason::OtherIdentity => {
-                f.write_str("authorization identity is not the user's own")
-            }
-            FailureReason::NoCertificateIdentity => {
-                f.write_str("the client certificate names no user")
-            }
-            FailureReason::ExchangeMismatch => {
-                f.write_str("exchange malformed: nonce or channel binding does not match")
-            }
-            FailureReason::NoRandomness => f.write_str("no random bytes for the challenge"),
-            FailureReason::Unspecified => f.write_str("refused by the authenticator"),
         }
     }
 }

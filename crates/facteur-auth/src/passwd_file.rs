@@ -28,10 +28,10 @@ use super::cram_md5::CramMd5Context;
 use super::scheme::{
     apop_digest, apop_digest_matches, random_token, CostKey, ScramSource, StoredPassword,
 };
-use super::scram::{fake_keys, plain_user_salt, SCRAM_DEFAULT_ITERATIONS};
+use super::scram::{fake_keys, plain_user_salt};
 use super::{
     validate_user_name, Account, AuthError, AuthOutcome, Authenticator, Checked, FailureReason,
-    LineError, ScramCredentials, PASSWORD_MAX_LEN, USER_NAME_MAX_LEN,
+    LineError, ScramCredentials, PASSWORD_MAX_LEN, SCRAM_DEFAULT_ITERATIONS, USER_NAME_MAX_LEN,
 };
 use facteur_store::Owner;
 
@@ -667,15 +667,16 @@ impl Authenticator for PasswdDb {
 /// cannot work from. Read after the same work was done for both.
 fn impossible_or_unknown(entry: Option<&PasswdEntry>) -> FailureReason {
     entry.map_or(FailureReason::UnknownUser, |e| {
-        FailureReason::MethodImpossible(e.password.scheme())
+        FailureReason::MethodImpossible(e.password.scheme().name())
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scram::ScramKeys;
+    use crate::scram::format_stored;
     use crate::{add_user, hash_password, set_password, Scheme};
+    use facteur_proto::sasl::ScramKeys;
     use proptest::prelude::*;
 
     const SHA512: &str =
@@ -878,7 +879,7 @@ h:{PLAIN}ph:::::
         let argon2 = key(ARGON2);
         let scram = key(&format!(
             "{{SCRAM-SHA-256}}{}",
-            ScramKeys::derive(b"pw", b"0123456789abcdef", 4096).format()
+            format_stored(&ScramKeys::derive(b"pw", b"0123456789abcdef", 4096))
         ));
         // Many {PLAIN} users and one SHA-crypt user: the dummy is the SHA-crypt hash, not the
         // most common (an unknown user would otherwise answer at once, unlike that user).
@@ -1013,7 +1014,7 @@ h:{PLAIN}ph:::::
         );
         assert_eq!(
             db.check_apop("carol", ts, &digest),
-            Err(MethodImpossible(Scheme::Sha512Crypt))
+            Err(MethodImpossible(Scheme::Sha512Crypt.name()))
         );
         assert_eq!(db.check_apop("bob", ts, &digest), Err(UnknownUser));
         assert_eq!(db.verify_apop("carol", ts, &digest), AuthOutcome::Failure);
@@ -1025,7 +1026,7 @@ h:{PLAIN}ph:::::
         );
         assert_eq!(
             db.check_cram_md5("carol", ts.as_bytes(), &zeros),
-            Err(MethodImpossible(Scheme::Sha512Crypt))
+            Err(MethodImpossible(Scheme::Sha512Crypt.name()))
         );
         assert_eq!(
             db.check_cram_md5("bob", ts.as_bytes(), &zeros),
@@ -1033,7 +1034,7 @@ h:{PLAIN}ph:::::
         );
         assert_eq!(
             db.scram_credentials("carol").no_account_reason(),
-            MethodImpossible(Scheme::Sha512Crypt)
+            MethodImpossible(Scheme::Sha512Crypt.name())
         );
         assert_eq!(db.scram_credentials("bob").no_account_reason(), UnknownUser);
     }
@@ -1197,7 +1198,7 @@ h:{PLAIN}ph:::::
 
     fn scram_line(user: &str, iterations: u32) -> String {
         let keys = ScramKeys::derive(b"pw", b"0123456789abcdef", iterations);
-        format!("{user}:{{SCRAM-SHA-256}}{}\n", keys.format())
+        format!("{user}:{{SCRAM-SHA-256}}{}\n", format_stored(&keys))
     }
 
     #[test]
@@ -1282,7 +1283,7 @@ h:{PLAIN}ph:::::
     /// only for the proof.
     #[test]
     fn scram_credentials_derive_nothing_before_the_proof() {
-        use crate::scram::derivations;
+        use facteur_proto::sasl::derivations;
         // {PLAIN} users outnumber those with stored keys: made-up keys cost a derivation.
         let text = format!("{}p:{{PLAIN}}x\nq:{{PLAIN}}y\n", scram_line("a", 4096));
         let (_dir, _path, db) = db_with(&text);

@@ -17,9 +17,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hmac::digest::KeyInit;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use facteur_proto::sasl::hmac_sha256;
 
 /// Entries kept at most: past this, forgotten entries are swept, then the oldest dropped, so an
 /// attacker rotating addresses or names cannot grow the table without bound.
@@ -67,13 +65,7 @@ impl Penalties {
 
     /// The table's key for a user name.
     fn user_key(&self, user: &str) -> Key {
-        let mut block = hmac::digest::generic_array::GenericArray::default();
-        for (b, &k) in block.iter_mut().zip(&self.hash_key) {
-            *b = k;
-        }
-        let mut mac = <Hmac<Sha256> as KeyInit>::new(&block);
-        mac.update(user.as_bytes());
-        let tag = mac.finalize().into_bytes();
+        let tag = hmac_sha256(&self.hash_key, &[user.as_bytes()]);
         let mut key = [0u8; USER_KEY_LEN];
         for (k, &t) in key.iter_mut().zip(tag.iter()) {
             *k = t;

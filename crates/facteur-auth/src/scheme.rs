@@ -16,9 +16,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::cram_md5::CramMd5Context;
-use super::scram::{ScramKeys, SCRAM_DEFAULT_ITERATIONS, SCRAM_SALT_LEN};
+use super::scram::{format_stored, parse_stored, SCRAM_SALT_LEN};
 use super::AuthError;
 use facteur_proto::encoding::hex;
+use facteur_proto::sasl::{ScramKeys, SCRAM_DEFAULT_ITERATIONS};
 
 /// A password scheme, named as Dovecot names it in the `{SCHEME}` prefix.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -355,7 +356,7 @@ impl StoredPassword {
             Scheme::Sha256Crypt => parse_sha_crypt(ShaBits::Sha256, rest)?,
             Scheme::BlfCrypt => parse_bcrypt(rest)?,
             Scheme::ScramSha256 => Inner::Scram(
-                ScramKeys::parse(rest).map_err(|reason| malformed(Scheme::ScramSha256, reason))?,
+                parse_stored(rest).map_err(|reason| malformed(Scheme::ScramSha256, reason))?,
             ),
             Scheme::CramMd5 => Inner::CramMd5(
                 CramMd5Context::from_hex(rest)
@@ -772,7 +773,9 @@ fn argon2_hash(
 fn scram_hash(password: &[u8], iterations: u32) -> Result<String, AuthError> {
     let mut salt = [0u8; SCRAM_SALT_LEN];
     getrandom::fill(&mut salt)?;
-    Ok(ScramKeys::derive(password, &salt, iterations).format())
+    Ok(format_stored(&ScramKeys::derive(
+        password, &salt, iterations,
+    )))
 }
 
 fn bcrypt_hash(password: &[u8], cost: u32) -> Result<String, AuthError> {
@@ -1022,7 +1025,7 @@ mod tests {
             .unwrap();
         let field = format!(
             "{{SCRAM-SHA-256}}{}",
-            ScramKeys::derive(b"pencil", &salt, 4096).format()
+            format_stored(&ScramKeys::derive(b"pencil", &salt, 4096))
         );
         let s = stored(&field);
         assert_eq!(s.scheme(), Scheme::ScramSha256);

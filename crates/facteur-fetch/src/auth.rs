@@ -28,10 +28,10 @@ use facteur_proto::encoding::hex;
 use facteur_proto::types::parse_decimal;
 // An initial response goes on the AUTH line only if the line fits (RFC 5034 section 4).
 use facteur_proto::line::MAX_COMMAND_LINE;
+use facteur_proto::sasl::{hmac_sha256, ScramKeys, SCRAM_MAX_ITERATIONS, SCRAM_MIN_ITERATIONS};
 use facteur_proto::Secret;
 use hmac::{Hmac, Mac};
-use md5::Md5;
-use sha2::{Digest, Sha256};
+use md5::{Digest, Md5};
 use std::fmt;
 use std::str::FromStr;
 use subtle::ConstantTimeEq;
@@ -462,36 +462,24 @@ impl ScramClient {
             .and_then(|i| parse_decimal(i.as_bytes()))
             .and_then(|i| u32::try_from(i).ok())
             .ok_or("the SCRAM server-first message has no valid iteration count (i=)")?;
-        if !(facteur_auth::SCRAM_MIN_ITERATIONS..=facteur_auth::SCRAM_MAX_ITERATIONS)
-            .contains(&iterations)
-        {
+        if !(SCRAM_MIN_ITERATIONS..=SCRAM_MAX_ITERATIONS).contains(&iterations) {
             return Err("the SCRAM iteration count is outside 4096 to 10000000");
         }
-        let salted: [u8; 32] = pbkdf2::pbkdf2_hmac_array::<Sha256, 32>(password, &salt, iterations);
-        let client_key = hmac_sha256(&salted, b"Client Key")?;
-        let stored_key: [u8; 32] = Sha256::digest(client_key).into();
-        let server_key = hmac_sha256(&salted, b"Server Key")?;
+        let (client_key, keys) = ScramKeys::derive_with_client_key(password, &salt, iterations);
         // c=biws: the base64 of the GS2 header "n,,".
         let without_proof = format!("c=biws,r={nonce}");
         let auth_message = format!("{},{text},{without_proof}", self.client_first_bare);
-        let signature = hmac_sha256(&stored_key, auth_message.as_bytes())?;
+        let signature = hmac_sha256(&keys.stored_key, &[auth_message.as_bytes()]);
         let mut proof = [0u8; 32];
-        for ((p, k), s) in proof.iter_mut().zip(client_key).zip(signature) {
+        for ((p, k), s) in proof.iter_mut().zip(client_key.expose()).zip(signature) {
             *p = k ^ s;
         }
-        let server_signature = hmac_sha256(&server_key, auth_message.as_bytes())?;
+        let server_signature = hmac_sha256(&keys.server_key, &[auth_message.as_bytes()]);
         Ok((
             format!("{without_proof},p={}", BASE64.encode(proof)),
             ServerSignature(server_signature),
         ))
     }
-}
-
-fn hmac_sha256(key: &[u8], data: &[u8]) -> Result<[u8; 32], &'static str> {
-    let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(key).map_err(|_| "HMAC-SHA-256 refused the key")?;
-    mac.update(data);
-    Ok(mac.finalize().into_bytes().into())
 }
 
 /// APOP's digest (RFC 1939 section 7): MD5 of the timestamp (angle brackets included) and the
@@ -528,7 +516,9 @@ pub fn plain_message(user: &str, password: &[u8]) -> Secret<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use facteur_auth::{AuthOutcome, Mechanism, PasswdDb, SaslContext, SaslExchange, SaslStep};
+    use facteur_auth::{
+        Mechanism, Nonces, PasswdDb, SaslContext, SaslExchange, SaslOutcome, SaslStep,
+    };
 
     #[test]
     fn scram_rfc7677_vector() {
@@ -702,12 +692,12 @@ mod tests {
         for (password, succeeds) in [("pencil", true), ("wrong", false)] {
             let client = ScramClient::new("alice", "clientnonce123");
             let first = BASE64.encode(client.client_first());
-            let (mut server, step) = SaslExchange::start(
-                Mechanism::ScramSha256,
-                SaslContext::default(),
-                Some(&first),
-                &db,
-            );
+            let ctx = SaslContext {
+                nonces: Some(Nonces::new([7; Nonces::RANDOM_LEN], 0)),
+                ..SaslContext::default()
+            };
+            let (mut server, step) =
+                SaslExchange::start(Mechanism::ScramSha256, ctx, Some(&first), &db);
             let SaslStep::Challenge(server_first) = step else {
                 panic!("{step:?}");
             };
@@ -716,7 +706,7 @@ mod tests {
                 .unwrap();
             let step = server.step(&BASE64.encode(client_final), &db);
             if !succeeds {
-                assert_eq!(step, SaslStep::Done(AuthOutcome::Failure));
+                assert_eq!(step, SaslStep::Done(SaslOutcome::Failure));
                 continue;
             }
             let SaslStep::Challenge(server_final) = step else {
@@ -725,7 +715,7 @@ mod tests {
             assert_eq!(sig.verify(&server_final), Ok(()));
             assert!(matches!(
                 server.step("", &db),
-                SaslStep::Done(AuthOutcome::Success(_))
+                SaslStep::Done(SaslOutcome::Success(_))
             ));
         }
     }
@@ -737,6 +727,7 @@ mod tests {
         let ctx = SaslContext {
             hostname: "test.invalid".into(),
             tls_client_identity: None,
+            nonces: Some(Nonces::new([7; Nonces::RANDOM_LEN], 1_700_000_000)),
         };
         let (mut server, step) = SaslExchange::start(Mechanism::CramMd5, ctx, None, &db);
         let SaslStep::Challenge(challenge) = step else {
@@ -745,7 +736,7 @@ mod tests {
         let answer = cram_md5_answer("alice", b"pencil", &challenge).unwrap();
         assert!(matches!(
             server.step(&BASE64.encode(answer), &db),
-            SaslStep::Done(AuthOutcome::Success(_))
+            SaslStep::Done(SaslOutcome::Success(_))
         ));
     }
 }

@@ -1,9 +1,10 @@
 //! # facteur-proto: the POP3 protocol with no I/O
 //!
-//! This crate does no I/O at all: no sockets, no files, no clock, no tokio. It turns bytes into
-//! commands and events, and answers into bytes, so that every rule of POP3 is written once, here,
-//! and tested without a network. The server, the fetcher and the fuzz targets all drive the same
-//! state machines.
+//! This crate does no I/O at all: no sockets, no files, no clock, no random source, no tokio. It
+//! turns bytes into commands and events, and answers into bytes, so that every rule of POP3 is
+//! written once, here, and tested without a network. The server, the fetcher and the fuzz targets
+//! all drive the same state machines. What only I/O can give (a user database, random bytes,
+//! the time) comes in through arguments: a [`sasl::SaslVerifier`], [`sasl::Nonces`].
 //!
 //! ## Layout
 //! - [`types`]: values that cannot be invalid (message numbers, unique-ids, secrets).
@@ -15,10 +16,14 @@
 //!   reads them with (digests, keys, the maildrop index, the fetcher's state).
 //! - [`server`]: `ServerSession`, the server's state machine (AUTHORIZATION, TRANSACTION, UPDATE).
 //! - [`client`]: `ClientSession`, the client's state machine: replies matched to commands in order.
+//! - [`sasl`]: the SASL mechanisms of AUTH (PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-256, EXTERNAL) as
+//!   server-side exchanges over a [`sasl::SaslVerifier`], and the SCRAM-SHA-256 keys both sides
+//!   derive.
 //!
 //! ## RFCs covered
 //! RFC 1939 (POP3), RFC 2449 (CAPA, response codes, PIPELINING), RFC 3206 (SYS and AUTH codes),
-//! RFC 1460 (the obsolete LAST command, off by default).
+//! RFC 1460 (the obsolete LAST command, off by default), RFC 5034 (SASL in POP3) with RFC 4616
+//! (PLAIN), RFC 2195 (CRAM-MD5), RFC 5802 and RFC 7677 (SCRAM-SHA-256), RFC 4422 (EXTERNAL).
 #![forbid(unsafe_code)]
 
 pub mod client;
@@ -27,6 +32,7 @@ pub mod dot;
 pub mod encoding;
 pub mod line;
 pub mod response;
+pub mod sasl;
 pub mod server;
 pub mod types;
 

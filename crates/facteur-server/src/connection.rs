@@ -28,7 +28,7 @@ use crate::config::defaults;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use facteur_auth::{
-    AuthOutcome, Checked, FailureReason, Mechanism, SaslContext, SaslExchange, SaslStep,
+    Checked, FailureReason, Mechanism, Nonces, SaslContext, SaslExchange, SaslOutcome, SaslStep,
     MAX_SASL_LINE,
 };
 use facteur_proto::dot::DotEncoder;
@@ -42,7 +42,7 @@ use std::future::Future;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -51,6 +51,21 @@ pub async fn refuse(mut stream: TcpStream, why: &str) {
     let mut out = Vec::new();
     response::err(&mut out, Some(Code::SysTemp), why);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), stream.write_all(&out)).await;
+}
+
+/// Fresh nonces for a SASL exchange (the CRAM-MD5 challenge, the SCRAM server nonce), or none
+/// if the operating system gives no random bytes: the exchange then fails rather than send a
+/// guessable challenge (`FailureReason::NoRandomness`), and this says why in the log.
+fn sasl_nonces() -> Option<Nonces> {
+    let mut random = [0u8; Nonces::RANDOM_LEN];
+    if let Err(error) = getrandom::fill(&mut random) {
+        tracing::error!(%error, "cannot get random bytes for a SASL challenge");
+        return None;
+    }
+    let seconds = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Some(Nonces::new(random, seconds))
 }
 
 /// How a session ended, for the log line.
@@ -406,18 +421,21 @@ impl Connection {
                 .await;
         };
         let method = LoginMethod::Sasl(Some(mechanism));
-        let ctx = SaslContext {
-            hostname: self.shared.hostname.clone(),
-            tls_client_identity: self
-                .stream
-                .client_certificate()
-                .and_then(tls::client_identity),
-        };
+        let hostname = self.shared.hostname.clone();
+        let tls_client_identity = self
+            .stream
+            .client_certificate()
+            .and_then(tls::client_identity);
         let auth = self.shared.auth.clone();
         let started = self
             .shared
             .auth_pool
             .run(move || {
+                let ctx = SaslContext {
+                    hostname,
+                    tls_client_identity,
+                    nonces: mechanism.needs_nonces().then(sasl_nonces).flatten(),
+                };
                 let initial = initial.as_ref().map(|s| s.expose().as_str());
                 SaslExchange::start(mechanism, ctx, initial, auth.as_ref())
             })
@@ -432,8 +450,8 @@ impl Connection {
                 SaslStep::Done(outcome) => {
                     let claimed = exchange.claimed_user().map(str::to_owned);
                     let checked = match outcome {
-                        AuthOutcome::Success(account) => Ok(account),
-                        AuthOutcome::Failure => Err(exchange
+                        SaslOutcome::Success(account) => Ok(account),
+                        SaslOutcome::Failure => Err(exchange
                             .failure_reason()
                             .unwrap_or(FailureReason::Unspecified)),
                     };

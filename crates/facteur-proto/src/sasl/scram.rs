@@ -24,11 +24,10 @@
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::scram::{hmac_sha256, KEY_LEN};
-use crate::{Account, FailureReason, ScramCredentials};
+use super::scram_keys::{hmac_sha256, sha256, ScramCredentials, KEY_LEN};
+use super::FailureReason;
 
 /// Why a SCRAM message was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,13 +54,13 @@ pub(super) struct ClientFirst<'a> {
 }
 
 /// The exchange after the server-first message was sent. Deliberately not `Debug`.
-pub(super) struct Pending {
+pub(super) struct Pending<A> {
     gs2_header: String,
     client_first_bare: String,
     server_first: String,
     /// Client nonce then server nonce.
     nonce: String,
-    credentials: ScramCredentials,
+    credentials: ScramCredentials<A>,
 }
 
 /// Parses a client-first message (RFC 5802 section 7, `client-first-message`).
@@ -126,11 +125,11 @@ pub(super) fn parse_client_first(msg: &str) -> Result<ClientFirst<'_>, Reject> {
 
 /// The server-first message (RFC 5802 section 7, `server-first-message`) for `client`, and what
 /// must be kept until the client-final message.
-pub(super) fn server_first(
+pub(super) fn server_first<A>(
     client: &ClientFirst<'_>,
     server_nonce: &str,
-    credentials: ScramCredentials,
-) -> (String, Pending) {
+    credentials: ScramCredentials<A>,
+) -> (String, Pending<A>) {
     let nonce = format!("{}{}", client.client_nonce, server_nonce);
     let message = format!(
         "r={nonce},s={},i={}",
@@ -149,7 +148,7 @@ pub(super) fn server_first(
 
 /// Checks a client-final message (RFC 5802 section 7, `client-final-message`) and its proof
 /// (section 3). On success, returns the server-final message and the account.
-pub(super) fn client_final(pending: &Pending, msg: &str) -> Result<(String, Account), Reject> {
+pub(super) fn client_final<A>(pending: Pending<A>, msg: &str) -> Result<(String, A), Reject> {
     let malformed = Reject::Malformed;
     let attrs: Vec<&str> = msg.split(',').collect();
     let Some((&proof_attr, without)) = attrs.split_last() else {
@@ -201,23 +200,21 @@ pub(super) fn client_final(pending: &Pending, msg: &str) -> Result<(String, Acco
     for ((k, p), s) in client_key.iter_mut().zip(proof).zip(client_signature) {
         *k = p ^ s;
     }
-    let computed: [u8; KEY_LEN] = Sha256::digest(client_key).into();
-    let proof_ok: bool = computed.ct_eq(&keys.stored_key).into();
-    match pending.credentials.account() {
-        Some(account) if proof_ok => {
-            let server_signature = hmac_sha256(&keys.server_key, &[auth_message.as_bytes()]);
-            Ok((
-                format!("v={}", BASE64.encode(server_signature)),
-                account.clone(),
-            ))
+    let proof_ok: bool = sha256(&client_key).ct_eq(&keys.stored_key).into();
+    let server_signature =
+        proof_ok.then(|| hmac_sha256(&keys.server_key, &[auth_message.as_bytes()]));
+    let no_account = pending.credentials.no_account_reason();
+    match (pending.credentials.into_account(), server_signature) {
+        (Some(account), Some(server_signature)) => {
+            Ok((format!("v={}", BASE64.encode(server_signature)), account))
         }
-        Some(_) => Err(Reject::Failure(FailureReason::WrongPassword)),
-        None => Err(Reject::Failure(pending.credentials.no_account_reason())),
+        (Some(_), None) => Err(Reject::Failure(FailureReason::WrongPassword)),
+        (None, _) => Err(Reject::Failure(no_account)),
     }
 }
 
 /// `printable` of RFC 5802: the visible ASCII characters but ','.
-fn is_printable(b: u8) -> bool {
+pub(super) fn is_printable(b: u8) -> bool {
     (0x21..=0x7e).contains(&b) && b != b','
 }
 
