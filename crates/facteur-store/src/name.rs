@@ -11,6 +11,7 @@ use std::ffi::{OsStr, OsString};
 use std::io::{self, Read};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
+use facteur_proto::encoding::hex;
 use facteur_proto::types::parse_decimal;
 use facteur_proto::Uidl;
 use sha2::{Digest, Sha256};
@@ -74,18 +75,9 @@ pub(crate) fn uid_for_base(base: &[u8]) -> Uidl {
         return uid;
     }
     let digest = Sha256::digest(base);
-    let mut s = String::with_capacity(HASHED_PREFIX.len() + HASHED_HEX_DIGITS);
-    s.push_str(HASHED_PREFIX);
-    for byte in digest.iter().take(HASHED_HEX_DIGITS / 2) {
-        s.push(hex_digit(byte >> 4));
-        s.push(hex_digit(byte & 0x0f));
-    }
+    let s = format!("{HASHED_PREFIX}{}", hex(&digest[..HASHED_HEX_DIGITS / 2]));
     // ok: 41 characters from [H0-9a-f], always a valid unique-id.
     Uidl::new(s).expect("a hashed unique-id is 41 printable characters")
-}
-
-fn hex_digit(nibble: u8) -> char {
-    char::from(b"0123456789abcdef"[usize::from(nibble & 0x0f)])
 }
 
 /// The wire size a `,W=<n>` field of the base name records, if there is a well-formed one.
