@@ -1,16 +1,31 @@
 //! # facteur-server: the POP3 server
 //!
-//! Listeners, connection limits, graceful shutdown, and the per-connection driver in
-//! [`connection`]; the configuration file with every limit and default ([`config`]); giving up
-//! root after binding ([`privileges`]); and [`serve`], the whole of `facteur serve` from a loaded
-//! configuration: bind, give up root, start the runtime, handle signals. It drives
-//! facteur-proto's state machines over sockets and calls facteur-auth and facteur-store for
-//! logins and maildrops: no POP3 rule is written here.
+//! It drives facteur-proto's state machines over sockets and calls facteur-auth and
+//! facteur-store for logins and maildrops: no POP3 rule is written here.
 //!
 //! One tokio task per connection. A global semaphore and a per-IP counter cap connections;
 //! refused connections get one `-ERR [SYS/TEMP]` line, and are logged as [`log::RefusalLog`]
 //! says: the first of a burst at once, the rest summed up. On shutdown the listeners stop at once;
 //! sessions get `limits.shutdown_grace_secs` to finish, then are cut without their deletions.
+//!
+//! ## Layout
+//! - this file: [`Shared`] (what every connection shares) and the accept loops ([`run`],
+//!   [`run_with_tls`]), the SIGHUP certificate reload.
+//! - [`connection`]: the per-connection driver: deadlines, STLS, SASL, streaming, UPDATE.
+//! - [`config`]: the configuration file, with every limit and default, its unit and its reason.
+//! - [`serve`]: the whole of `facteur serve` from a loaded configuration: bind, give up root,
+//!   start the runtime, handle signals.
+//! - [`privileges`]: giving up root on the one thread there is; refusing to serve as root.
+//! - `limits` (the per-source cap), `auth_pool` (the threads that check passwords), [`log`]
+//!   (login lines, refusal summaries), [`rlimit`] (the open-file limit), [`transport`] (plain or
+//!   TLS, one type).
+//!
+//! ## What this crate must never do
+//! - wait on a peer without a deadline, or let one session hold a lock, a thread or memory that
+//!   grows with what the peer sends;
+//! - apply a deletion outside a committed UPDATE, or answer `+OK` to QUIT before it is durable;
+//! - accept a password in clear on a connection the policy says must be protected;
+//! - panic on anything a client sends.
 
 mod auth_pool;
 pub mod config;

@@ -13,6 +13,11 @@
 //! A reload builds a whole new configuration first and swaps it in only if it loaded: a bad
 //! file on disk never takes the server down, and sessions already under TLS keep theirs.
 //!
+//! ## Layout
+//! One file: the shared policy ([`provider`], [`PROTOCOL_VERSIONS`], [`client_builder`],
+//! [`read_certificates`]); the server's configuration ([`load`], [`TlsState`] and its reload);
+//! [`client_identity`], the user a verified client certificate names; [`write_self_signed`].
+//!
 //! ## What this crate must never do
 //! Offer a protocol version older than TLS 1.2; accept a certificate file that holds no
 //! certificate; write a private key readable by others.

@@ -2,7 +2,9 @@
 //!
 //! The `facteur` binary's commands (serve, fetch, user, deliver, hash-password, check-config):
 //! each parses its arguments, reads what it needs and hands over to the crate that does the work.
-//! No POP3 rule, no file format and no socket handling is written here.
+//! It must never hold a POP3 rule, a file format or socket handling of its own: those live in
+//! the crates below, where the tests of each layer reach them. It never takes a password on its
+//! command line (where `ps` would show it).
 //!
 //! ## Layout
 //! - [`cli`]: the commands.
