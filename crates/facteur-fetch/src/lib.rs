@@ -5,11 +5,13 @@
 //! servers with the same connection code.
 //!
 //! # Layout
-//! - this file: [`Connection`], the async connection driver: connect over TCP, TLS from the
+//! - this file: [`Connection`], the async connection driver: connect over TCP (or on a stream
+//!   the caller opened, with [`ConnectOptions`]: the load generator's way), TLS from the
 //!   first byte (POP3S) or after STLS, or in clear when that was explicitly allowed; the
 //!   greeting, CAPA, commands and their replies (several in flight with PIPELINING), listings,
-//!   and message bodies streamed to a sink chunk by chunk. Every byte the server sends goes
-//!   through [`facteur_proto::client::ClientSession`]: POP3 is parsed in one place only.
+//!   and message bodies streamed to a sink chunk by chunk (or skipped). Every byte the server
+//!   sends goes through [`facteur_proto::client::ClientSession`]: POP3 is parsed in one place
+//!   only.
 //! - [`auth`]: client-side logins: SCRAM-SHA-256 (with the server's signature checked),
 //!   CRAM-MD5, APOP, SASL PLAIN, USER/PASS, and the choice of the strongest one offered.
 //! - [`config`]: accounts from a TOML file or a `pop3s://user@host[:port]` URL, and where the
@@ -45,13 +47,14 @@ use facteur_proto::response::Status;
 use rustls::pki_types::ServerName;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-/// Octets read from the socket at once.
+/// Octets read from the socket at once by [`Connection::connect`] (the fetcher's).
 const READ_BUFFER: usize = 64 * 1024;
 
 /// How the connection to the server is protected.
@@ -110,8 +113,11 @@ pub enum Pop3Error {
     },
     #[error("TLS: {0}")]
     Tls(String),
-    #[error("the server does not offer STLS ({0}); refusing to go on without TLS")]
-    NoStls(String),
+    #[error(
+        "the server does not offer STLS ({}); refusing to go on without TLS",
+        describe_status(.0)
+    )]
+    NoStls(Status),
     #[error("the connection timed out ({0} s without an answer)")]
     Timeout(u64),
     #[error("the run took longer than its deadline ({0} s, run_timeout_secs): stopped")]
@@ -243,8 +249,8 @@ enum Got {
     Greeting(Status, Option<String>),
     Reply(Reply),
     Listing(Listing),
-    /// A body chunk is in `Connection::chunk`.
-    Body,
+    /// A body chunk of this many octets; in `Connection::chunk` if it was asked to be kept.
+    Body(usize),
     End,
     Continuation(String),
 }
@@ -310,7 +316,10 @@ pub struct Connection {
     stream: Stream,
     session: ClientSession,
     out: Vec<u8>,
+    /// The read buffer: `read_buffer` octets, allocated on the first read after
+    /// [`Connection::release_buffers`].
     buf: Vec<u8>,
+    read_buffer: usize,
     chunk: Vec<u8>,
     timeout: Duration,
     run_deadline: Option<Deadline>,
@@ -331,6 +340,52 @@ impl fmt::Debug for Connection {
 
 pub use tls::client_config as tls_config;
 
+/// How [`Connection::connect_with`] sets up a connection on a TCP stream already open.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// The TLS client configuration, needed when the target's security is TLS or STLS (its
+    /// certificate verifier decides whom to trust).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The name sent (SNI) and checked in the server's certificate; `None`: the target's host.
+    pub server_name: Option<ServerName<'static>>,
+    /// Ask for the capabilities (CAPA) after the greeting and again under STLS. Without it,
+    /// [`Connection::capabilities`] knows nothing, and STLS is sent unasked for.
+    pub capa: bool,
+    /// The silence allowed on every wait for the network.
+    pub timeout: Duration,
+    /// Bounds every wait on the connection, from the handshake to QUIT.
+    pub run_deadline: Option<Deadline>,
+    /// Octets read from the socket at once (at least 1).
+    pub read_buffer: usize,
+}
+
+impl ConnectOptions {
+    /// What [`Connection::connect`] uses for `target`: the certificates of its `ca_file` (or
+    /// the system's), its host as the server name, CAPA, a 64 KiB read buffer. Fails before
+    /// any connection if the TLS setup cannot be made.
+    pub fn for_target(
+        target: &Target,
+        timeout: Duration,
+        run_deadline: Option<Deadline>,
+    ) -> Result<ConnectOptions, Pop3Error> {
+        let (tls, server_name) = match target.security {
+            Security::Plaintext => (None, None),
+            Security::Tls | Security::Starttls => (
+                Some(tls_config(target.ca_file.as_deref())?),
+                Some(server_name(&target.host)?),
+            ),
+        };
+        Ok(ConnectOptions {
+            tls,
+            server_name,
+            capa: true,
+            timeout,
+            run_deadline,
+            read_buffer: READ_BUFFER,
+        })
+    }
+}
+
 impl Connection {
     /// Connect to `target`, read the greeting, ask for the capabilities, and for STLS, start
     /// TLS and ask for them again (RFC 2595 section 4: they may differ under TLS). Every wait
@@ -341,21 +396,11 @@ impl Connection {
         timeout: Duration,
         run_deadline: Option<Deadline>,
     ) -> Result<Connection, Pop3Error> {
+        let opts = ConnectOptions::for_target(target, timeout, run_deadline)?;
         let bounds = Bounds {
             silence: timeout,
             run: run_deadline,
             message: None,
-        };
-        let name = format!("{}:{}", bracket(&target.host), target.port);
-        let tls = match target.security {
-            Security::Plaintext => None,
-            Security::Tls | Security::Starttls => {
-                let server_name = ServerName::try_from(target.host.clone()).map_err(|_| {
-                    Pop3Error::Tls(format!("{:?} is not a valid server name", target.host))
-                })?;
-                let config = tls_config(target.ca_file.as_deref())?;
-                Some((TlsConnector::from(config), server_name))
-            }
         };
         let addrs: Vec<std::net::SocketAddr> = bounds
             .wait(tokio::net::lookup_host((target.host.as_str(), target.port)))
@@ -381,7 +426,7 @@ impl Connection {
         let Some(tcp) = tcp else {
             return Err(match last {
                 Some(source) => Pop3Error::Connect {
-                    target: name,
+                    target: format!("{}:{}", bracket(&target.host), target.port),
                     source,
                 },
                 None => Pop3Error::Resolve {
@@ -390,32 +435,65 @@ impl Connection {
                 },
             });
         };
+        Connection::connect_with(tcp, target, &opts).await
+    }
+
+    /// [`connect`](Self::connect) on a TCP stream already open to `target` (the load
+    /// generator opens its own): TLS as `target.security` says, the greeting, CAPA if
+    /// `opts.capa`, STLS. `target.host` and `target.port` only name the server in messages,
+    /// and in the certificate check when `opts.server_name` is `None`.
+    pub async fn connect_with(
+        tcp: TcpStream,
+        target: &Target,
+        opts: &ConnectOptions,
+    ) -> Result<Connection, Pop3Error> {
+        let tls = match target.security {
+            Security::Plaintext => None,
+            Security::Tls | Security::Starttls => {
+                let server_name = match &opts.server_name {
+                    Some(name) => name.clone(),
+                    None => server_name(&target.host)?,
+                };
+                let Some(config) = &opts.tls else {
+                    return Err(Pop3Error::Tls(format!(
+                        "no TLS configuration for a {} connection",
+                        target.security
+                    )));
+                };
+                Some((TlsConnector::from(Arc::clone(config)), server_name))
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let mut conn = Connection {
             stream: Stream::Plain(tcp),
             session: ClientSession::new(),
             out: Vec::new(),
             buf: Vec::new(),
+            read_buffer: opts.read_buffer.max(1),
             chunk: Vec::new(),
-            timeout,
-            run_deadline,
+            timeout: opts.timeout,
+            run_deadline: opts.run_deadline,
             message_deadline: None,
             apop_timestamp: None,
             caps: Capabilities::default(),
-            target: name,
+            target: format!("{}:{}", bracket(&target.host), target.port),
         };
         if let (Security::Tls, Some(tls)) = (target.security, &tls) {
             conn.start_tls(tls, target).await?;
         }
         conn.greeting().await?;
-        conn.capa().await?;
+        if opts.capa {
+            conn.capa().await?;
+        }
         if let (Security::Starttls, Some(tls)) = (target.security, &tls) {
             let reply = conn.command(Command::Stls).await?;
             if !reply.status.ok {
-                return Err(Pop3Error::NoStls(describe_status(&reply.status)));
+                return Err(Pop3Error::NoStls(reply.status));
             }
             conn.start_tls(tls, target).await?;
-            conn.capa().await?;
+            if opts.capa {
+                conn.capa().await?;
+            }
         }
         Ok(conn)
     }
@@ -591,14 +669,41 @@ impl Connection {
     ) -> Result<u64, E> {
         let mut total = 0u64;
         loop {
-            match self.next().await? {
-                Got::Body => {
-                    total = total.saturating_add(self.chunk.len() as u64);
+            match self.next_keeping(true).await? {
+                Got::Body(n) => {
+                    total = total.saturating_add(n as u64);
                     sink(&self.chunk)?;
                 }
                 Got::End => return Ok(total),
                 other => return Err(Pop3Error::Unexpected(format!("{other:?}")).into()),
             }
+        }
+    }
+
+    /// The rest of a multi-line reply whose `+OK` was read (a listing or a message), read and
+    /// thrown away as it arrives: nothing of it is kept, so memory stays at the read buffer
+    /// however long it is (time is bounded by the connection's deadlines). Returns the octets
+    /// of message data (un-stuffed, as [`body`](Self::body) counts them; 0 for a listing).
+    pub async fn skip_multiline(&mut self) -> Result<u64, Pop3Error> {
+        let mut total = 0u64;
+        loop {
+            match self.next_keeping(false).await? {
+                Got::Body(n) => total = total.saturating_add(n as u64),
+                Got::Listing(_) => {}
+                Got::End => return Ok(total),
+                other => return Err(Pop3Error::Unexpected(format!("{other:?}"))),
+            }
+        }
+    }
+
+    /// Free the read buffer and the other buffers between replies, while the connection waits
+    /// with nothing to read (an idle session of the load generator then costs little memory).
+    /// The next read allocates the read buffer again.
+    pub fn release_buffers(&mut self) {
+        self.buf = Vec::new();
+        self.chunk = Vec::new();
+        if self.out.is_empty() {
+            self.out = Vec::new();
         }
     }
 
@@ -624,12 +729,19 @@ impl Connection {
 
     /// The next event, reading from the socket as needed.
     async fn next(&mut self) -> Result<Got, Pop3Error> {
+        self.next_keeping(true).await
+    }
+
+    /// The next event; a body chunk is copied into `self.chunk` only if `keep_body`.
+    async fn next_keeping(&mut self, keep_body: bool) -> Result<Got, Pop3Error> {
         loop {
             match self.session.next_event()? {
                 Some(ClientEvent::Body(b)) => {
-                    self.chunk.clear();
-                    self.chunk.extend_from_slice(b);
-                    return Ok(Got::Body);
+                    if keep_body {
+                        self.chunk.clear();
+                        self.chunk.extend_from_slice(b);
+                    }
+                    return Ok(Got::Body(b.len()));
                 }
                 Some(ClientEvent::Greeting {
                     status,
@@ -652,7 +764,7 @@ impl Connection {
                 None => {}
             }
             if self.buf.is_empty() {
-                self.buf = vec![0; READ_BUFFER];
+                self.buf = vec![0; self.read_buffer];
             }
             let bounds = self.bounds();
             let n = match &mut self.stream {
@@ -679,6 +791,12 @@ fn is_close(e: &std::io::Error) -> bool {
         e.kind(),
         std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
     )
+}
+
+/// `host` as the name to send (SNI) and check in the server's certificate.
+fn server_name(host: &str) -> Result<ServerName<'static>, Pop3Error> {
+    ServerName::try_from(host.to_string())
+        .map_err(|_| Pop3Error::Tls(format!("{host:?} is not a valid server name")))
 }
 
 /// An IPv6 address in brackets, for `host:port`.
@@ -795,6 +913,103 @@ mod tests {
         .unwrap_err();
         assert!(
             matches!(e, Pop3Error::Timeout(_) | Pop3Error::Closed),
+            "{e}"
+        );
+    }
+
+    /// A fake server that answers RETR 1 and UIDL, and records every line it got.
+    fn recording_server() -> (
+        std::net::SocketAddr,
+        std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    ) {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let addr = fake_server("+OK hello\r\n", move |line| {
+            log.lock().unwrap().push(line.to_string());
+            Some(match line {
+                "RETR 1" => b"+OK 19 octets\r\nline one\r\n..dotted\r\n.\r\n".to_vec(),
+                "UIDL" => b"+OK\r\n1 a\r\n2 b\r\n.\r\n".to_vec(),
+                "QUIT" => b"+OK bye\r\n".to_vec(),
+                _ => b"-ERR no\r\n".to_vec(),
+            })
+        });
+        (addr, seen)
+    }
+
+    fn options(capa: bool, read_buffer: usize) -> ConnectOptions {
+        ConnectOptions {
+            tls: None,
+            server_name: None,
+            capa,
+            timeout: Duration::from_secs(10),
+            run_deadline: None,
+            read_buffer,
+        }
+    }
+
+    #[test]
+    fn connect_with_skips_capa_and_multiline_replies_are_skipped_or_read_alike() {
+        let (addr, seen) = recording_server();
+        block_on(async {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            // A 5-octet read buffer: every reply arrives in pieces.
+            let mut conn = Connection::connect_with(tcp, &fake_target(addr), &options(false, 5))
+                .await
+                .unwrap();
+            assert!(!conn.capabilities().known);
+            let retr = || Command::Retr(facteur_proto::MsgNum::new(1).unwrap());
+            conn.command(retr()).await.unwrap().ok().unwrap();
+            let mut kept = Vec::new();
+            let read = conn
+                .body(|chunk| {
+                    kept.extend_from_slice(chunk);
+                    Ok::<_, Pop3Error>(())
+                })
+                .await
+                .unwrap();
+            assert_eq!(kept, b"line one\r\n.dotted\r\n");
+            assert_eq!(read, kept.len() as u64);
+            conn.command(retr()).await.unwrap().ok().unwrap();
+            assert_eq!(conn.skip_multiline().await.unwrap(), read);
+            // Idle: no buffers held; the next reply is read as before.
+            conn.release_buffers();
+            assert_eq!(conn.buf.capacity() + conn.chunk.capacity(), 0);
+            conn.command(Command::Uidl(None))
+                .await
+                .unwrap()
+                .ok()
+                .unwrap();
+            assert_eq!(conn.skip_multiline().await.unwrap(), 0);
+            conn.quit().await.unwrap();
+        });
+        assert_eq!(*seen.lock().unwrap(), ["RETR 1", "RETR 1", "UIDL", "QUIT"]);
+    }
+
+    #[test]
+    fn connect_asks_for_capa_and_tls_needs_a_configuration() {
+        let (addr, seen) = recording_server();
+        let conn = block_on(Connection::connect(
+            &fake_target(addr),
+            Duration::from_secs(10),
+            None,
+        ))
+        .unwrap();
+        assert_eq!(conn.capabilities(), &Capabilities::assumed());
+        drop(conn);
+        assert_eq!(*seen.lock().unwrap(), ["CAPA"]);
+
+        let (addr, _) = recording_server();
+        let target = Target {
+            security: Security::Tls,
+            ..fake_target(addr)
+        };
+        let e = block_on(async {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            Connection::connect_with(tcp, &target, &options(true, 1024)).await
+        })
+        .unwrap_err();
+        assert!(
+            matches!(&e, Pop3Error::Tls(m) if m.contains("no TLS configuration")),
             "{e}"
         );
     }
