@@ -7,10 +7,12 @@
 //! errors by kind, and its own CPU time, so that one can tell whether the client was the
 //! bottleneck.
 //!
-//! Every byte from the server goes through `facteur_proto::client::ClientSession`: the bench
-//! speaks POP3 with the same rules as everything else in facteur. It never holds a message in
-//! memory, never panics on what a server sends (a broken reply is counted as a `protocol`
-//! error), and keeps a session's memory to one read buffer while it idles.
+//! Each session runs on facteur-fetch's [`Connection`], the connection code of the fetcher: the
+//! bench speaks POP3 with the same code and the same rules as everything else in facteur
+//! (every byte from the server goes through `facteur_proto::client::ClientSession`). It never
+//! holds a message in memory (bodies are skipped as they arrive), never panics on what a server
+//! sends (a broken reply is counted as a `protocol` error), and releases a session's read
+//! buffer while it idles.
 //!
 //! # Contract: what this crate must never do
 //! - be part of the production binary: it is a test tool, built on its own as
@@ -22,12 +24,14 @@
 //!
 //! # Layout
 //! - this file: the options ([`BenchArgs`]), the plan, the TLS setup (a CA file, or
-//!   `--insecure`), one connection and its session script, the workers, and the report (a
+//!   `--insecure`), the session script on a [`Connection`], the workers, and the [`Report`] (a
 //!   table or one JSON object); [`run`] is the entry point.
 //! - `main.rs`: the `facteur-bench` binary: parse the options, run, print the error if any.
-//! - `tests/bench.rs`: the binary against a facteur server running in the test's process.
+//! - its tests that need a server are in `crates/facteur/tests/bench.rs` (the bench against a
+//!   facteur server running in the test's process, with the shared test fixtures).
 
-use facteur_proto::client::{ClientError, ClientEvent, ClientSession, CommandKind, Listing};
+use facteur_fetch::{ConnectOptions, Connection, Pop3Error, Reply, Security, Target};
+use facteur_proto::client::{ClientError, Listing};
 use facteur_proto::command::Command;
 use facteur_proto::response::{Code, Status};
 use facteur_proto::{MsgNum, Secret};
@@ -42,9 +46,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 /// Octets read from the socket at once; the buffer is dropped while a session idles.
 const READ_BUFFER: usize = 16 * 1024;
@@ -75,6 +77,14 @@ impl Mode {
             Mode::Pop3s => "pop3s",
         }
     }
+
+    fn security(self) -> Security {
+        match self {
+            Mode::Plain => Security::Plaintext,
+            Mode::Stls => Security::Starttls,
+            Mode::Pop3s => Security::Tls,
+        }
+    }
 }
 
 /// `facteur-bench`: the options of the load generator.
@@ -90,7 +100,7 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Mode::Plain)]
     pub mode: Mode,
     /// A PEM file of the certificates to trust for TLS (a CA, or the server's self-signed one).
-    #[arg(long, conflicts_with = "insecure")]
+    #[arg(long, visible_alias = "ca-file", conflicts_with = "insecure")]
     pub cafile: Option<PathBuf>,
     /// Accept any server certificate (handshake signatures are still checked): for benchmarks
     /// against self-signed certificates, never for real mail.
@@ -223,9 +233,13 @@ enum Stop {
 /// Everything a session needs, shared by all of them.
 struct Plan {
     addr: SocketAddr,
+    /// `host:port` as given, for the report.
     target: String,
+    /// The server, as the connection names it in its errors.
+    server: Target,
+    /// TLS, no CAPA, the read buffer, the silence allowed.
+    connect: ConnectOptions,
     mode: Mode,
-    tls: Option<(TlsConnector, ServerName<'static>)>,
     credentials: Credentials,
     concurrency: usize,
     stop: Stop,
@@ -295,8 +309,8 @@ impl Plan {
                 host: args.host.clone(),
                 reason: "no address".into(),
             })?;
-        let tls = match args.mode {
-            Mode::Plain => None,
+        let (tls, server_name) = match args.mode {
+            Mode::Plain => (None, None),
             Mode::Stls | Mode::Pop3s => {
                 let name = args
                     .server_name
@@ -304,14 +318,30 @@ impl Plan {
                     .unwrap_or_else(|| args.host.clone());
                 let name = ServerName::try_from(name.clone())
                     .map_err(|_| BenchError::Tls(format!("invalid server name {name:?}")))?;
-                Some((tls_connector(&args)?, name))
+                (Some(tls_config(&args)?), Some(name))
             }
         };
+        let timeout = seconds("timeout", args.timeout)?;
         Ok(Self {
             addr,
             target: format!("{}:{port}", args.host),
+            server: Target {
+                host: args.host.clone(),
+                port,
+                security: args.mode.security(),
+                ca_file: args.cafile.clone(),
+            },
+            connect: ConnectOptions {
+                tls,
+                server_name,
+                // The script needs no capability: CAPA would only cost a round trip.
+                capa: false,
+                // The whole session is bounded by --timeout too (see `worker`).
+                timeout,
+                run_deadline: None,
+                read_buffer: READ_BUFFER,
+            },
             mode: args.mode,
-            tls,
             credentials,
             concurrency: args.concurrency,
             stop,
@@ -320,14 +350,14 @@ impl Plan {
             dele: args.dele,
             idle: seconds("idle", args.idle)?,
             pipelining: args.pipelining,
-            timeout: seconds("timeout", args.timeout)?,
+            timeout,
         })
     }
 }
 
 /// A rustls client configuration: TLS 1.2 and 1.3 with aws-lc-rs, trusting `--cafile`, or
-/// anything with `--insecure`.
-fn tls_connector(args: &BenchArgs) -> Result<TlsConnector, BenchError> {
+/// anything with `--insecure`. Made once, shared by every connection.
+fn tls_config(args: &BenchArgs) -> Result<Arc<rustls::ClientConfig>, BenchError> {
     let provider = facteur_tls::provider();
     let builder = facteur_tls::client_builder(provider.clone())
         .map_err(|e| BenchError::Tls(e.to_string()))?;
@@ -352,7 +382,7 @@ fn tls_connector(args: &BenchArgs) -> Result<TlsConnector, BenchError> {
     if !args.tls_resume {
         config.resumption = rustls::client::Resumption::disabled();
     }
-    Ok(TlsConnector::from(Arc::new(config)))
+    Ok(Arc::new(config))
 }
 
 /// `--insecure`: any certificate is accepted, but the handshake signatures must still be valid
@@ -410,7 +440,7 @@ impl ServerCertVerifier for AnyCertificate {
 #[derive(Debug)]
 enum Failure {
     Connect(std::io::Error),
-    Tls(std::io::Error),
+    Tls(String),
     Io(std::io::Error),
     /// The server closed the connection before the script was done.
     Closed,
@@ -418,7 +448,7 @@ enum Failure {
     Protocol(ClientError),
     /// `-ERR` (or a `-ERR` greeting).
     Refused {
-        command: &'static str,
+        command: String,
         status: Status,
     },
     /// A reply that a correct ClientSession cannot produce at this point.
@@ -450,7 +480,7 @@ impl Failure {
     fn describe(&self) -> String {
         match self {
             Failure::Connect(e) => format!("connect: {e}"),
-            Failure::Tls(e) => format!("TLS handshake: {e}"),
+            Failure::Tls(e) => format!("TLS: {e}"),
             Failure::Io(e) => format!("I/O: {e}"),
             Failure::Closed => "the server closed the connection".into(),
             Failure::Timeout => "the session timed out".into(),
@@ -464,170 +494,40 @@ impl Failure {
     }
 }
 
-/// A connection, plain or under TLS.
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl Stream {
-    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.read(buf).await,
-            Stream::Tls(s) => s.read(buf).await,
-        }
-    }
-
-    async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
-        match self {
-            Stream::Plain(s) => s.write_all(data).await,
-            Stream::Tls(s) => {
-                s.write_all(data).await?;
-                s.flush().await
-            }
-        }
-    }
-}
-
-/// What the bench keeps of a [`ClientEvent`]: bodies are only counted.
-#[derive(Debug)]
-enum Got {
-    Greeting(Status),
-    Reply(CommandKind, Status, Option<Listing>),
-    Listing,
-    Body(usize),
-    End,
-    Continuation,
-}
-
-impl From<ClientEvent<'_>> for Got {
-    fn from(ev: ClientEvent<'_>) -> Self {
-        match ev {
-            ClientEvent::Greeting { status, .. } => Got::Greeting(status),
-            ClientEvent::Reply {
-                command,
+impl From<Pop3Error> for Failure {
+    fn from(e: Pop3Error) -> Self {
+        match e {
+            Pop3Error::Connect { source, .. } => Failure::Connect(source),
+            Pop3Error::Resolve { host, reason } => Failure::Connect(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("cannot resolve {host}: {reason}"),
+            )),
+            Pop3Error::Tls(e) => Failure::Tls(e),
+            Pop3Error::NoStls(status) => Failure::Refused {
+                command: "STLS".into(),
                 status,
-                listing,
-            } => Got::Reply(command, status, listing),
-            ClientEvent::Listing(_) => Got::Listing,
-            ClientEvent::Body(b) => Got::Body(b.len()),
-            ClientEvent::End => Got::End,
-            ClientEvent::Continuation(_) => Got::Continuation,
+            },
+            Pop3Error::Timeout(_) | Pop3Error::RunDeadline(_) | Pop3Error::MessageDeadline(_) => {
+                Failure::Timeout
+            }
+            Pop3Error::Closed => Failure::Closed,
+            Pop3Error::Io(e) => Failure::Io(e),
+            Pop3Error::Protocol(e) => Failure::Protocol(e),
+            Pop3Error::Refused { command, status } => Failure::Refused { command, status },
+            e @ (Pop3Error::TooManyLines { .. } | Pop3Error::Unexpected(_)) => {
+                Failure::Unexpected(e.to_string())
+            }
         }
     }
 }
 
-/// One POP3 connection: the socket and the client state machine.
-struct Conn {
-    stream: Stream,
-    session: ClientSession,
-    out: Vec<u8>,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    fn new(stream: Stream) -> Self {
-        Self {
-            stream,
-            session: ClientSession::new(),
-            out: Vec::new(),
-            buf: Vec::new(),
-        }
-    }
-
-    fn queue(&mut self, cmd: Command) {
-        self.session.send(cmd, &mut self.out);
-    }
-
-    async fn flush(&mut self) -> Result<(), Failure> {
-        if !self.out.is_empty() {
-            self.stream
-                .write_all(&self.out)
-                .await
-                .map_err(Failure::Io)?;
-            self.out.clear();
-        }
-        Ok(())
-    }
-
-    /// The next event, reading from the socket as needed.
-    async fn next(&mut self) -> Result<Got, Failure> {
-        loop {
-            match self.session.next_event() {
-                Ok(Some(ev)) => return Ok(Got::from(ev)),
-                Ok(None) => {}
-                Err(e) => return Err(Failure::Protocol(e)),
-            }
-            if self.buf.is_empty() {
-                self.buf = vec![0; READ_BUFFER];
-            }
-            let n = self.stream.read(&mut self.buf).await.map_err(Failure::Io)?;
-            let Some(data) = self.buf.get(..n).filter(|d| !d.is_empty()) else {
-                return Err(Failure::Closed);
-            };
-            self.session.feed(data);
-        }
-    }
-
-    /// The status line of the next reply, which must be `+OK`.
-    async fn reply(&mut self) -> Result<Option<Listing>, Failure> {
-        match self.next().await? {
-            Got::Reply(_, status, listing) if status.ok => Ok(listing),
-            Got::Reply(kind, status, _) => Err(Failure::Refused {
-                command: kind.as_str(),
-                status,
-            }),
-            other => Err(Failure::Unexpected(format!("{other:?}"))),
-        }
-    }
-
-    /// Send one command and read its status line, which must be `+OK`.
-    async fn command(&mut self, cmd: Command) -> Result<Option<Listing>, Failure> {
-        self.queue(cmd);
-        self.flush().await?;
-        self.reply().await
-    }
-
-    /// The rest of a multi-line reply: (listing lines, body octets).
-    async fn rest_of_multiline(&mut self) -> Result<(u64, u64), Failure> {
-        let (mut lines, mut octets) = (0u64, 0u64);
-        loop {
-            match self.next().await? {
-                Got::Listing => lines += 1,
-                Got::Body(n) => octets += n as u64,
-                Got::End => return Ok((lines, octets)),
-                other => return Err(Failure::Unexpected(format!("{other:?}"))),
-            }
-        }
-    }
-
-    /// Read the greeting, which must be `+OK`.
-    async fn greeting(&mut self) -> Result<(), Failure> {
-        match self.next().await? {
-            Got::Greeting(status) if status.ok => Ok(()),
-            Got::Greeting(status) => Err(Failure::Refused {
-                command: "greeting",
-                status,
-            }),
-            other => Err(Failure::Unexpected(format!("{other:?}"))),
-        }
-    }
-}
-
-async fn handshake(
-    tls: &(TlsConnector, ServerName<'static>),
-    tcp: TcpStream,
-) -> Result<Stream, Failure> {
-    let (connector, name) = tls;
-    let s = connector
-        .connect(name.clone(), tcp)
-        .await
-        .map_err(Failure::Tls)?;
-    Ok(Stream::Tls(Box::new(s)))
+/// Send one command and read its status line, which must be `+OK`.
+async fn ok(conn: &mut Connection, cmd: Command) -> Result<Reply, Failure> {
+    Ok(conn.command(cmd).await?.ok()?)
 }
 
 /// What a worker counts.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Tally {
     sessions: u64,
     failed: u64,
@@ -677,24 +577,7 @@ async fn session(
     let tcp = TcpStream::connect(plan.addr)
         .await
         .map_err(Failure::Connect)?;
-    let _ = tcp.set_nodelay(true);
-    let stream = match (&plan.tls, plan.mode) {
-        (Some(tls), Mode::Pop3s) => handshake(tls, tcp).await?,
-        _ => Stream::Plain(tcp),
-    };
-    let mut conn = Conn::new(stream);
-    conn.greeting().await?;
-    if let (Some(tls), Mode::Stls) = (&plan.tls, plan.mode) {
-        conn.command(Command::Stls).await?;
-        let Conn {
-            stream, session, ..
-        } = conn;
-        let Stream::Plain(tcp) = stream else {
-            return Err(Failure::Unexpected("STLS on a TLS connection".into()));
-        };
-        conn = Conn::new(handshake(tls, tcp).await?);
-        conn.session = session;
-    }
+    let mut conn = Connection::connect_with(tcp, &plan.server, &plan.connect).await?;
     let result = script(plan, &mut conn, index, tally, idle).await;
     if let Err(Failure::Refused { .. }) = &result {
         // The connection is in a known state: say goodbye, so the server releases the
@@ -707,22 +590,21 @@ async fn session(
 /// Login, STAT, UIDL, RETR, DELE, idle, QUIT.
 async fn script(
     plan: &Plan,
-    conn: &mut Conn,
+    conn: &mut Connection,
     index: u64,
     tally: &mut Tally,
     idle: &IdleGauge,
 ) -> Result<(), Failure> {
     let (user, password) = plan.credentials.for_session(index);
-    conn.command(Command::User(user)).await?;
-    conn.command(Command::Pass(Secret::new(password.into_bytes())))
-        .await?;
-    let count = match conn.command(Command::Stat).await? {
+    ok(conn, Command::User(user)).await?;
+    ok(conn, Command::Pass(Secret::new(password.into_bytes()))).await?;
+    let count = match ok(conn, Command::Stat).await?.listing {
         Some(Listing::Drop { count, .. }) => count,
         other => return Err(Failure::Unexpected(format!("STAT reply {other:?}"))),
     };
     if plan.uidl {
-        conn.command(Command::Uidl(None)).await?;
-        conn.rest_of_multiline().await?;
+        ok(conn, Command::Uidl(None)).await?;
+        conn.skip_multiline().await?;
     }
     let messages: Vec<MsgNum> = (1..=plan.retr.min(count)).filter_map(MsgNum::new).collect();
     if plan.pipelining {
@@ -736,30 +618,30 @@ async fn script(
         }
         conn.flush().await?;
         for _ in &messages {
-            conn.reply().await?;
-            let (_, octets) = conn.rest_of_multiline().await?;
+            conn.reply().await?.ok()?;
+            let octets = conn.skip_multiline().await?;
             tally.messages += 1;
             tally.octets += octets;
         }
         if plan.dele {
             for _ in &messages {
-                conn.reply().await?;
+                conn.reply().await?.ok()?;
             }
         }
     } else {
         for &n in &messages {
-            conn.command(Command::Retr(n)).await?;
-            let (_, octets) = conn.rest_of_multiline().await?;
+            ok(conn, Command::Retr(n)).await?;
+            let octets = conn.skip_multiline().await?;
             tally.messages += 1;
             tally.octets += octets;
             if plan.dele {
-                conn.command(Command::Dele(n)).await?;
+                ok(conn, Command::Dele(n)).await?;
             }
         }
     }
     if !plan.idle.is_zero() {
         // An idle session keeps no read buffer.
-        conn.buf = Vec::new();
+        conn.release_buffers();
         let now = idle.now.fetch_add(1, Ordering::Relaxed) + 1;
         if now == idle.all {
             eprintln!("facteur-bench: {now} sessions logged in and idle");
@@ -767,7 +649,7 @@ async fn script(
         tokio::time::sleep(plan.idle).await;
         idle.now.fetch_sub(1, Ordering::Relaxed);
     }
-    conn.command(Command::Quit).await?;
+    ok(conn, Command::Quit).await?;
     Ok(())
 }
 
@@ -808,8 +690,9 @@ async fn worker(
     tally
 }
 
-/// The figures of a run.
-struct Report {
+/// The figures of a run, as [`run`] printed them.
+#[derive(Debug)]
+pub struct Report {
     target: String,
     mode: Mode,
     concurrency: usize,
@@ -850,6 +733,30 @@ fn percentile(sorted: &[u64], p: u64) -> Option<u64> {
 }
 
 impl Report {
+    /// Sessions run, successful or not.
+    pub fn sessions(&self) -> u64 {
+        self.tally.sessions
+    }
+
+    /// Messages retrieved (RETR answered and its body read to the end).
+    pub fn messages(&self) -> u64 {
+        self.tally.messages
+    }
+
+    /// Octets of the messages retrieved, un-stuffed.
+    pub fn octets(&self) -> u64 {
+        self.tally.octets
+    }
+
+    /// Failed sessions by kind (`auth`, `in-use`, `protocol`, `timeout`...): their number and
+    /// the first one's description.
+    pub fn errors(&self) -> impl Iterator<Item = (&'static str, u64, &str)> {
+        self.tally
+            .errors
+            .iter()
+            .map(|(kind, (n, first))| (*kind, *n, first.as_str()))
+    }
+
     fn per_second(&self, n: f64) -> f64 {
         let secs = self.elapsed.as_secs_f64();
         if secs > 0.0 {
@@ -859,7 +766,8 @@ impl Report {
         }
     }
 
-    fn ok_sessions(&self) -> u64 {
+    /// Sessions that ran their script to the end.
+    pub fn ok_sessions(&self) -> u64 {
         self.tally.sessions - self.tally.failed
     }
 
@@ -880,7 +788,8 @@ impl Report {
             .map(|c| c.as_secs_f64() / secs * 100.0)
     }
 
-    fn table(&self) -> String {
+    /// The report for a person.
+    pub fn table(&self) -> String {
         let t = &self.tally;
         let (p50, p99, max) = self.latencies_ms();
         let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
@@ -944,7 +853,9 @@ impl Report {
         s
     }
 
-    fn json(&self) -> String {
+    /// The report as one JSON object on one line (what `--json` prints; bench/compare.sh
+    /// reads it).
+    pub fn json(&self) -> String {
         let t = &self.tally;
         let (p50, p99, max) = self.latencies_ms();
         let num = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.3}"));
@@ -1049,8 +960,8 @@ async fn bench(plan: Plan) -> Report {
     }
 }
 
-/// Run the bench and print its report on standard output.
-pub fn run(args: BenchArgs) -> Result<(), BenchError> {
+/// Run the bench, print its report on standard output, and return it.
+pub fn run(args: BenchArgs) -> Result<Report, BenchError> {
     let threads = args.threads.max(1);
     let json = args.json;
     let runtime = if threads == 1 {
@@ -1075,7 +986,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
     } else {
         print!("{}", report.table());
     }
-    Ok(())
+    Ok(report)
 }
 
 #[cfg(test)]
@@ -1110,7 +1021,7 @@ mod tests {
     #[test]
     fn failures_are_counted_by_kind() {
         let refused = |code| Failure::Refused {
-            command: "PASS",
+            command: "PASS".into(),
             status: Status {
                 ok: false,
                 code,

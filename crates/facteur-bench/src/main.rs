@@ -16,7 +16,7 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match facteur_bench::run(cli.args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("facteur-bench: {e}");
             ExitCode::from(1)
