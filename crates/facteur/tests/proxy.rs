@@ -419,3 +419,56 @@ fn check_config_shows_the_trusted_proxies_and_names_a_bad_block() {
     assert!(stderr.contains("proxy_protocol"), "{stderr}");
     assert!(stderr.contains("did you mean 10.0.0.0/8?"), "{stderr}");
 }
+
+/// The README's "Behind a load balancer" section: its first block of `kind` (`toml`, `text`).
+fn readme_example(kind: &str) -> String {
+    let readme = include_str!("../../../README.md");
+    let section = readme
+        .split("## Behind a load balancer")
+        .nth(1)
+        .expect("the README has a \"Behind a load balancer\" section");
+    section
+        .split(&format!("```{kind}\n"))
+        .nth(1)
+        .and_then(|block| block.split("```").next())
+        .expect("a code block in that section")
+        .to_string()
+}
+
+#[test]
+fn the_readme_examples_are_valid() {
+    let toml = readme_example("toml");
+    let text = format!(
+        "{toml}\n[tls]\ncertificate = \"c.pem\"\nprivate_key = \"k.pem\"\n\
+         [auth]\npasswd_file = \"users\"\n[store]\nmaildir = \"/var/mail/%u\"\n"
+    );
+    let cfg = Config::parse(&text, std::path::Path::new("/etc/facteur/facteur.toml"))
+        .expect("the README's configuration parses");
+    let shown: Vec<String> = cfg
+        .server
+        .proxy_protocol
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(shown, ["10.0.0.0/24", "127.0.0.1/32", "::1/128"]);
+
+    let Some(haproxy) = haproxy_binary() else {
+        eprintln!("SKIPPED the HAProxy example: haproxy is not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let config = dir.path().join("haproxy.cfg");
+    std::fs::write(&config, readme_example("text")).expect("write haproxy.cfg");
+    let out = Command::new(haproxy)
+        .arg("-c")
+        .arg("-f")
+        .arg(&config)
+        .output()
+        .expect("run haproxy -c");
+    assert!(
+        out.status.success(),
+        "haproxy -c: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
