@@ -7,8 +7,9 @@
 //! received before a TLS handshake, or wait on the peer without a deadline.
 //!
 //! ## Deadlines
-//! - Before login, one deadline from the accept (`limits.login_timeout_secs`) covers the TLS
-//!   handshake, STLS and every read: bytes trickled in do not extend it.
+//! - Before login, one deadline from the accept (`limits.login_timeout_secs`) covers the PROXY
+//!   header of a trusted load balancer (see [`crate::proxy`]), the TLS handshake, STLS and every
+//!   read: bytes trickled in do not extend it.
 //! - After login, each read waits at most `limits.idle_timeout_secs` (RFC 1939's autologout).
 //! - Each write waits at most `limits.write_timeout_secs` for the peer to read, and no longer
 //!   than the server's shutdown cut. A session cut that way ends without UPDATE, and its
@@ -16,6 +17,8 @@
 //! - TCP keepalive and TCP_USER_TIMEOUT find peers that vanished without a word.
 //!
 //! ## Logs
+//! Every line names the client as `peer` (behind a trusted load balancer, the client its PROXY
+//! header names) and, for such a connection only, the balancer as `proxy`.
 //! One `login` line per login attempt that named a user: peer, user (escaped and cut, see
 //! [`super::log::Sanitized`]), method, outcome, and for a failure the reason and the delay
 //! applied. The reason is the administrator's only: the client's answer is the same for all.
