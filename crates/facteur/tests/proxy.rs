@@ -335,8 +335,8 @@ fn a_real_haproxy_with_send_proxy_and_send_proxy_v2() {
              timeout server 60s\n\n\
              frontend pop3_v1\n    bind 127.0.0.1:{p1}\n    default_backend facteur_v1\n\n\
              frontend pop3_v2\n    bind 127.0.0.1:{p2}\n    default_backend facteur_v2\n\n\
-             backend facteur_v1\n    server facteur {addr} send-proxy\n\n\
-             backend facteur_v2\n    server facteur {addr} send-proxy-v2\n",
+             backend facteur_v1\n    server facteur {addr} send-proxy check check-send-proxy inter 100ms\n\n\
+             backend facteur_v2\n    server facteur {addr} send-proxy-v2 check check-send-proxy inter 100ms\n",
             addr = server.addr
         ),
     )
@@ -383,6 +383,28 @@ fn a_real_haproxy_with_send_proxy_and_send_proxy_v2() {
         );
         assert_eq!(found.len(), 1, "{client}: {log}");
     }
+    // HAProxy's health checks (`check-send-proxy`) send a header too; with v2 it is a LOCAL
+    // command, which names no client: the session's peer is then haproxy itself.
+    let field = |line: &str, name: &str| {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(name))
+            .map(str::to_string)
+    };
+    let is_check = |line: &str| {
+        line.contains("session ended")
+            && field(line, "peer=").is_some()
+            && field(line, "peer=") == field(line, "proxy=")
+    };
+    let mut log = server.log();
+    for _ in 0..(READ_TIMEOUT.as_millis() / 20) {
+        if log.lines().any(is_check) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        log = server.log();
+    }
+    assert!(log.lines().any(is_check), "no health check seen: {log}");
+    assert!(!log.contains("connection dropped"), "{log}");
 }
 
 /// `facteur check-config --config FILE`: (exit code, stdout, stderr).
