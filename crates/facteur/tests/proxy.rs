@@ -336,7 +336,7 @@ fn a_real_haproxy_with_send_proxy_and_send_proxy_v2() {
              frontend pop3_v1\n    bind 127.0.0.1:{p1}\n    default_backend facteur_v1\n\n\
              frontend pop3_v2\n    bind 127.0.0.1:{p2}\n    default_backend facteur_v2\n\n\
              backend facteur_v1\n    server facteur {addr} send-proxy check check-send-proxy inter 100ms\n\n\
-             backend facteur_v2\n    server facteur {addr} send-proxy-v2 check check-send-proxy inter 100ms\n",
+             backend facteur_v2\n    server facteur {addr} send-proxy-v2 check inter 100ms\n",
             addr = server.addr
         ),
     )
@@ -383,8 +383,9 @@ fn a_real_haproxy_with_send_proxy_and_send_proxy_v2() {
         );
         assert_eq!(found.len(), 1, "{client}: {log}");
     }
-    // HAProxy's health checks (`check-send-proxy`) send a header too; with v2 it is a LOCAL
-    // command, which names no client: the session's peer is then haproxy itself.
+    // HAProxy's health checks send a header too (with `send-proxy-v2`, as the README's example
+    // has it, without `check-send-proxy`): a LOCAL command, which names no client, so the
+    // session's peer is haproxy itself. None is dropped for a bad header.
     let field = |line: &str, name: &str| {
         line.split_whitespace()
             .find_map(|f| f.strip_prefix(name))
