@@ -598,7 +598,12 @@ impl Connection {
                 Step::Continue
             }
             Ok(Err(e)) => {
-                tracing::info!(peer = %self.peer, proxy = self.proxy(), error = %e, "STLS handshake failed");
+                tracing::info!(
+                    peer = %self.peer,
+                    proxy = self.proxy(),
+                    error = %e,
+                    "STLS handshake failed"
+                );
                 Step::End(End::TlsHandshakeFailed)
             }
             Err(_) => Step::End(End::TlsHandshakeFailed),
@@ -649,7 +654,13 @@ impl Connection {
                         AuthResult::InUse
                     }
                     Err(e) => {
-                        tracing::error!(peer = %self.peer, proxy = self.proxy(), user, error = %e, "cannot open maildrop");
+                        tracing::error!(
+                            peer = %self.peer,
+                            proxy = self.proxy(),
+                            user,
+                            error = %e,
+                            "cannot open maildrop"
+                        );
                         self.log_failed_login(
                             method,
                             Some(&user),
@@ -665,7 +676,13 @@ impl Connection {
             }
             Ok(Verdict::Aborted(text)) if tried.is_none() => {
                 // A bad command, not a login: no user name was given.
-                tracing::debug!(peer = %self.peer, proxy = self.proxy(), method = %method, why = text, "SASL exchange aborted");
+                tracing::debug!(
+                    peer = %self.peer,
+                    proxy = self.proxy(),
+                    method = %method,
+                    why = text,
+                    "SASL exchange aborted"
+                );
                 AuthResult::Aborted(text)
             }
             Ok(failure) => {
@@ -794,7 +811,12 @@ impl Connection {
                     Ok(x) => x,
                     Err(e) => {
                         // Nothing of the answer is sent yet: replace the +OK by an error.
-                        tracing::warn!(peer = %self.peer, proxy = self.proxy(), error = %e, "cannot open message");
+                        tracing::warn!(
+                            peer = %self.peer,
+                            proxy = self.proxy(),
+                            error = %e,
+                            "cannot open message"
+                        );
                         self.out.truncate(out_before);
                         response::err(
                             &mut self.out,
@@ -881,7 +903,12 @@ impl Connection {
                         Ok(())
                     }
                     Ok(Err(e)) => {
-                        tracing::error!(peer = %self.peer, proxy = self.proxy(), error = %e, "UPDATE failed");
+                        tracing::error!(
+                            peer = %self.peer,
+                            proxy = self.proxy(),
+                            error = %e,
+                            "UPDATE failed"
+                        );
                         Err(())
                     }
                     Err(_) => Err(()),

@@ -7,8 +7,9 @@
 //! refused connections get one `-ERR [SYS/TEMP]` line, and are logged as [`log::RefusalLog`]
 //! says: the first of a burst at once, the rest summed up. A connection from a load balancer
 //! listed in `[server] proxy_protocol` is counted against the per-IP cap of the client its
-//! PROXY header names, once the header is read ([`proxy`]). On shutdown the listeners stop at once;
-//! sessions get `limits.shutdown_grace_secs` to finish, then are cut without their deletions.
+//! PROXY header names, once the header is read ([`proxy`]). On shutdown the listeners stop at
+//! once; sessions get `limits.shutdown_grace_secs` to finish, then are cut without their
+//! deletions.
 //!
 //! ## Layout
 //! - this file: [`Shared`] (what every connection shares) and the accept loops ([`run`],
