@@ -353,6 +353,10 @@ pub mod defaults {
     /// The longest command line: 255 octets including CRLF (RFC 2449 section 4). A rule of
     /// POP3, so defined once in the protocol crate; named here to stand with the other limits.
     pub use facteur_proto::line::MAX_COMMAND_LINE;
+    /// The longest PROXY protocol header read from a trusted load balancer, in octets (a v1
+    /// line is at most 107; a v2 header with its TLVs, at most this). Defined with the parser
+    /// in the protocol crate; named here to stand with the other limits.
+    pub use facteur_proto::proxy::MAX_HEADER_LEN as MAX_PROXY_HEADER;
     /// Octets read from a message file at a time while streaming RETR/TOP: large enough for few
     /// system calls, small enough that thousands of concurrent RETRs stay in memory.
     pub const MESSAGE_CHUNK: usize = 64 * 1024;

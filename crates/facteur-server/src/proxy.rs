@@ -9,8 +9,9 @@
 //!
 //! What this module must never do: serve a trusted peer's connection without a valid header
 //! (it is dropped, with a log line), wait for a header past its deadline, or buffer more than
-//! [`proxy::MAX_HEADER_LEN`] octets.
+//! [`defaults::MAX_PROXY_HEADER`] octets.
 
+use crate::config::defaults;
 use crate::connection::{self, Peer};
 use crate::log::{Refusal, RefusalLog};
 use crate::{CutSignal, PerIpLimiter, Shared};
@@ -40,7 +41,7 @@ pub async fn read_header(
     stream: &mut TcpStream,
     deadline: Instant,
 ) -> Result<Option<SocketAddr>, HeaderError> {
-    let mut buf = [0u8; proxy::MAX_HEADER_LEN];
+    let mut buf = [0u8; defaults::MAX_PROXY_HEADER];
     let mut have = 0;
     let read = async {
         loop {
