@@ -107,6 +107,30 @@ fn v1_and_v2_headers_from_a_trusted_peer_name_the_client_for_the_cap_and_the_log
 }
 
 #[test]
+fn the_octets_after_the_header_are_the_clients() {
+    // A balancer relays what the client sent right behind the header, often in the same
+    // segment: not one octet of it may be lost to the header's reading.
+    let fx = fixture("\"127.0.0.1/32\"", DEFAULT_LIMITS, "", false);
+    fx.deliver(USER, &message(1));
+    let server = BinServer::start(&fx.config_path);
+    for header in [
+        v1("127.0.0.9:4100", server.addr),
+        v2("127.0.0.9:4101", server.addr),
+        encode_v2(None, &[]),
+        b"PROXY UNKNOWN\r\n".to_vec(),
+    ] {
+        let mut first = header.clone();
+        first.extend_from_slice(format!("USER {USER}\r\nPASS {PASSWORD}\r\nSTAT\r\n").as_bytes());
+        let mut c = Client::connect_after(server.addr, &first);
+        assert!(c.greeting.starts_with("+OK"), "{:?}", c.greeting);
+        assert!(c.line().starts_with("+OK"), "USER");
+        assert!(c.line().starts_with("+OK"), "PASS");
+        assert!(c.line().starts_with("+OK 1 "), "STAT");
+        c.quit();
+    }
+}
+
+#[test]
 fn the_plaintext_policy_is_about_the_client_the_header_names() {
     // The proxy is on this host, its clients are not: "loopback" must not let them send
     // passwords in clear (the hop they crossed is theirs, not the proxy's).
