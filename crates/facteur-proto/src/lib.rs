@@ -14,6 +14,8 @@
 //! - [`dot`]: streaming dot-stuffing, LF to CRLF, TOP line limits, wire sizes, un-stuffing.
 //! - [`encoding`]: lowercase hex and `%XX` escapes, the one copy every facteur crate writes and
 //!   reads them with (digests, keys, the maildrop index, the fetcher's state).
+//! - [`proxy`]: the PROXY protocol header (v1 and v2) a load balancer sends before POP3,
+//!   naming the client it relays.
 //! - [`server`]: `ServerSession`, the server's state machine (AUTHORIZATION, TRANSACTION, UPDATE).
 //! - [`client`]: `ClientSession`, the client's state machine: replies matched to commands in order.
 //! - [`sasl`]: the SASL mechanisms of AUTH (PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-256, EXTERNAL) as
@@ -31,6 +33,7 @@ pub mod command;
 pub mod dot;
 pub mod encoding;
 pub mod line;
+pub mod proxy;
 pub mod response;
 pub mod sasl;
 pub mod server;

@@ -4,7 +4,7 @@
 //! message naming the key, so a typo never silently falls back to a default.
 
 use serde::Deserialize;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -92,6 +92,120 @@ pub struct ServerSection {
     /// confined anyway (some containers), and even there `user` is better.
     #[serde(default)]
     pub allow_root: bool,
+    /// The load balancers trusted to name the client with a PROXY protocol header (HAProxy's
+    /// v1 or v2), as CIDR blocks: `["10.0.0.0/8", "127.0.0.1/32", "::1/128"]`. A connection from
+    /// one of them must start with a header (within `limits.proxy_header_timeout_secs`), and
+    /// everything after it (the per-address cap, failed-login penalties, the plaintext policy,
+    /// the logs) sees the client the header names. A connection from any other address is
+    /// served as it is, and a header it sends is only a bad command. Empty (the default): off.
+    #[serde(default)]
+    pub proxy_protocol: Vec<Cidr>,
+}
+
+/// A block of IP addresses, `ADDRESS/PREFIX` (`10.0.0.0/8`, `2001:db8::/32`, `::1/128`), as
+/// `[server] proxy_protocol` lists them. Strict: the prefix length is required and in range,
+/// written without leading zeros, and the address has no bits set past it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+/// Why a text is not a CIDR block.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("{0:?}: expected ADDRESS/PREFIX, such as 10.0.0.0/8 or ::1/128")]
+    Shape(String),
+    #[error("{0:?}: not an IP address")]
+    Address(String),
+    #[error("{text:?}: the prefix length must be a number from 0 to {max}")]
+    Prefix { text: String, max: u8 },
+    #[error("{text:?}: the address has bits set past the prefix; did you mean {network}?")]
+    HostBits { text: String, network: String },
+}
+
+impl Cidr {
+    /// Whether `ip` is in this block; an IPv4-mapped IPv6 address (a dual-stack listener's
+    /// view of an IPv4 peer) counts as the IPv4 address it is.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(ip) & mask == u32::from(net)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(ip) & mask == u128::from(net)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = CidrError;
+
+    fn from_str(text: &str) -> Result<Self, CidrError> {
+        let (address, prefix) = text
+            .split_once('/')
+            .ok_or_else(|| CidrError::Shape(text.to_string()))?;
+        let network: IpAddr = address
+            .parse()
+            .map_err(|_| CidrError::Address(text.to_string()))?;
+        let max: u8 = if network.is_ipv4() { 32 } else { 128 };
+        let bad_prefix = || CidrError::Prefix {
+            text: text.to_string(),
+            max,
+        };
+        let digits_ok = !prefix.is_empty()
+            && prefix.len() <= 3
+            && prefix.bytes().all(|b| b.is_ascii_digit())
+            && (prefix == "0" || !prefix.starts_with('0'));
+        let prefix: u8 = match prefix.parse() {
+            Ok(p) if digits_ok && p <= max => p,
+            _ => return Err(bad_prefix()),
+        };
+        let block = Cidr { network, prefix };
+        let masked = match network {
+            IpAddr::V4(ip) => IpAddr::V4(
+                (u32::from(ip) & u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)).into(),
+            ),
+            IpAddr::V6(ip) => IpAddr::V6(
+                (u128::from(ip) & u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0))
+                    .into(),
+            ),
+        };
+        if masked != network {
+            return Err(CidrError::HostBits {
+                text: text.to_string(),
+                network: Cidr {
+                    network: masked,
+                    ..block
+                }
+                .to_string(),
+            });
+        }
+        Ok(block)
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = CidrError;
+
+    fn try_from(text: String) -> Result<Self, CidrError> {
+        text.parse()
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
 }
 
 /// `[limits]`: every limit of the server, with its unit in its name.
@@ -154,6 +268,11 @@ pub struct Limits {
     /// applying their deletions).
     #[serde(default = "defaults::shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
+    /// Seconds a peer listed in `[server] proxy_protocol` has, from the accept, to send its
+    /// PROXY header. A load balancer sends it at once, with the connection; the time also
+    /// counts in `login_timeout_secs`.
+    #[serde(default = "defaults::proxy_header_timeout_secs")]
+    pub proxy_header_timeout_secs: u64,
 }
 
 /// `[auth]`: who may log in.
@@ -234,6 +353,10 @@ pub mod defaults {
     /// The longest command line: 255 octets including CRLF (RFC 2449 section 4). A rule of
     /// POP3, so defined once in the protocol crate; named here to stand with the other limits.
     pub use facteur_proto::line::MAX_COMMAND_LINE;
+    /// The longest PROXY protocol header read from a trusted load balancer, in octets (a v1
+    /// line is at most 107; a v2 header with its TLVs, at most this). Defined with the parser
+    /// in the protocol crate; named here to stand with the other limits.
+    pub use facteur_proto::proxy::MAX_HEADER_LEN as MAX_PROXY_HEADER;
     /// Octets read from a message file at a time while streaming RETR/TOP: large enough for few
     /// system calls, small enough that thousands of concurrent RETRs stay in memory.
     pub const MESSAGE_CHUNK: usize = 64 * 1024;
@@ -335,6 +458,9 @@ pub mod defaults {
     pub fn shutdown_grace_secs() -> u64 {
         30
     }
+    pub fn proxy_header_timeout_secs() -> u64 {
+        5
+    }
     pub fn log_level() -> String {
         "info".into()
     }
@@ -354,6 +480,7 @@ impl Default for ServerSection {
             user: None,
             group: None,
             allow_root: false,
+            proxy_protocol: Vec::new(),
         }
     }
 }
@@ -374,6 +501,7 @@ impl Default for Limits {
             max_bad_commands: defaults::max_bad_commands(),
             max_auth_attempts: defaults::max_auth_attempts(),
             shutdown_grace_secs: defaults::shutdown_grace_secs(),
+            proxy_header_timeout_secs: defaults::proxy_header_timeout_secs(),
         }
     }
 }
@@ -408,6 +536,9 @@ impl Limits {
     }
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+    pub fn proxy_header_timeout(&self) -> Duration {
+        Duration::from_secs(self.proxy_header_timeout_secs)
     }
 }
 
@@ -491,6 +622,9 @@ impl Config {
         }
         if l.login_timeout_secs == 0 || l.max_connections == 0 || l.max_connections_per_ip == 0 {
             return Err("[limits] timeouts and connection caps must be above 0".into());
+        }
+        if l.proxy_header_timeout_secs == 0 {
+            return Err("[limits] proxy_header_timeout_secs must be above 0".into());
         }
         if l.max_concurrent_logins == 0 {
             return Err("[limits] max_concurrent_logins must be above 0".into());
@@ -710,6 +844,80 @@ mod tests {
                 .to_string();
             assert!(e.contains(expected), "{keys}: {e}");
         }
+    }
+
+    #[test]
+    fn proxy_protocol_blocks() {
+        let c = Config::parse(MINIMAL, Path::new("f.toml")).unwrap();
+        assert!(c.server.proxy_protocol.is_empty());
+        assert_eq!(c.limits.proxy_header_timeout(), Duration::from_secs(5));
+        let with = |list: &str| {
+            MINIMAL.replace(
+                "[auth]",
+                &format!("[server]\nproxy_protocol = [{list}]\n[auth]"),
+            )
+        };
+        let c = Config::parse(
+            &with("\"10.0.0.0/8\", \"127.0.0.1/32\", \"::1/128\", \"0.0.0.0/0\""),
+            Path::new("f.toml"),
+        )
+        .unwrap();
+        let shown: Vec<String> = c
+            .server
+            .proxy_protocol
+            .iter()
+            .map(|b| b.to_string())
+            .collect();
+        assert_eq!(
+            shown,
+            ["10.0.0.0/8", "127.0.0.1/32", "::1/128", "0.0.0.0/0"]
+        );
+        for (list, expected) in [
+            ("\"10.0.0.1\"", "expected ADDRESS/PREFIX"),
+            ("\"10.0.0.1/8\"", "did you mean 10.0.0.0/8?"),
+            ("\"10.0.0.0/33\"", "from 0 to 32"),
+            ("\"10.0.0.0/08\"", "from 0 to 32"),
+            ("\"10.0.0.0/+8\"", "from 0 to 32"),
+            ("\"10.0.0.0/\"", "from 0 to 32"),
+            ("\"::/129\"", "from 0 to 128"),
+            ("\"2001:db8::1/32\"", "did you mean 2001:db8::/32?"),
+            ("\"010.0.0.0/8\"", "not an IP address"),
+            ("\"example.org/8\"", "not an IP address"),
+            ("\"10.0.0.0/8 \"", "from 0 to 32"),
+            ("8", "proxy_protocol"),
+        ] {
+            let e = Config::parse(&with(list), Path::new("f.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(expected), "{list}: {e}");
+        }
+        let e = Config::parse(
+            &format!("{MINIMAL}[limits]\nproxy_header_timeout_secs = 0\n"),
+            Path::new("f.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("proxy_header_timeout_secs"), "{e}");
+    }
+
+    #[test]
+    fn cidr_membership() {
+        let block = |s: &str| s.parse::<Cidr>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(block("10.0.0.0/8").contains(ip("10.255.1.2")));
+        assert!(!block("10.0.0.0/8").contains(ip("11.0.0.0")));
+        // A dual-stack listener sees an IPv4 peer as ::ffff:a.b.c.d.
+        assert!(block("10.0.0.0/8").contains(ip("::ffff:10.1.2.3")));
+        assert!(!block("10.0.0.0/8").contains(ip("::a01:203")));
+        assert!(block("127.0.0.1/32").contains(ip("127.0.0.1")));
+        assert!(!block("127.0.0.1/32").contains(ip("127.0.0.2")));
+        assert!(block("0.0.0.0/0").contains(ip("203.0.113.9")));
+        assert!(!block("0.0.0.0/0").contains(ip("::1")));
+        assert!(block("::1/128").contains(ip("::1")));
+        assert!(!block("::1/128").contains(ip("127.0.0.1")));
+        assert!(block("2001:db8::/32").contains(ip("2001:db8:ffff::1")));
+        assert!(!block("2001:db8::/32").contains(ip("2001:db9::1")));
+        assert!(block("::/0").contains(ip("2001:db9::1")));
     }
 
     #[test]

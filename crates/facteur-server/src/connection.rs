@@ -7,8 +7,9 @@
 //! received before a TLS handshake, or wait on the peer without a deadline.
 //!
 //! ## Deadlines
-//! - Before login, one deadline from the accept (`limits.login_timeout_secs`) covers the TLS
-//!   handshake, STLS and every read: bytes trickled in do not extend it.
+//! - Before login, one deadline from the accept (`limits.login_timeout_secs`) covers the PROXY
+//!   header of a trusted load balancer (see [`crate::proxy`]), the TLS handshake, STLS and every
+//!   read: bytes trickled in do not extend it.
 //! - After login, each read waits at most `limits.idle_timeout_secs` (RFC 1939's autologout).
 //! - Each write waits at most `limits.write_timeout_secs` for the peer to read, and no longer
 //!   than the server's shutdown cut. A session cut that way ends without UPDATE, and its
@@ -16,6 +17,8 @@
 //! - TCP keepalive and TCP_USER_TIMEOUT find peers that vanished without a word.
 //!
 //! ## Logs
+//! Every line names the client as `peer` (behind a trusted load balancer, the client its PROXY
+//! header names) and, for such a connection only, the balancer as `proxy`.
 //! One `login` line per login attempt that named a user: peer, user (escaped and cut, see
 //! [`super::log::Sanitized`]), method, outcome, and for a failure the reason and the delay
 //! applied. The reason is the administrator's only: the client's answer is the same for all.
@@ -94,18 +97,42 @@ struct Tally {
     deleted: usize,
 }
 
+/// Who is at the other end of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// The client: the TCP peer, or the client a trusted proxy's PROXY header names. Caps,
+    /// penalties, the plaintext policy and the logs are about this address.
+    pub client: SocketAddr,
+    /// The trusted proxy the connection came through (`[server] proxy_protocol`), if any.
+    pub proxy: Option<SocketAddr>,
+}
+
+impl Peer {
+    /// A client connected directly.
+    pub fn direct(client: SocketAddr) -> Self {
+        Self {
+            client,
+            proxy: None,
+        }
+    }
+}
+
 /// Serve one connection until it ends; `implicit_tls` for a POP3S listener (RFC 8314).
+/// `accepted` is when the connection was accepted: the login deadline counts from it.
 pub async fn serve(
     shared: Arc<Shared>,
     stream: TcpStream,
-    peer: SocketAddr,
+    peer: Peer,
     implicit_tls: bool,
     cut: CutSignal,
+    accepted: tokio::time::Instant,
 ) {
     let _ = stream.set_nodelay(true);
     tune_socket(&stream, shared.config.limits.write_timeout());
     let started = Instant::now();
-    let login_deadline = tokio::time::Instant::now() + shared.config.limits.login_timeout();
+    let login_deadline = accepted + shared.config.limits.login_timeout();
+    let client = peer.client;
+    let proxy = peer.proxy.map(tracing::field::display);
     let transport = if implicit_tls {
         let Some(tls) = &shared.tls else {
             return;
@@ -114,11 +141,11 @@ pub async fn serve(
         match tokio::time::timeout_at(login_deadline, handshake).await {
             Ok(Ok(s)) => Transport::Tls(Box::new(s)),
             Ok(Err(e)) => {
-                tracing::info!(%peer, error = %e, "TLS handshake failed");
+                tracing::info!(peer = %client, proxy, error = %e, "TLS handshake failed");
                 return;
             }
             Err(_) => {
-                tracing::info!(%peer, "TLS handshake timed out");
+                tracing::info!(peer = %client, proxy, "TLS handshake timed out");
                 return;
             }
         }
@@ -139,7 +166,8 @@ pub async fn serve(
     let _ = tokio::time::timeout(grace, conn.stream.shutdown()).await;
     let t = &conn.tally;
     tracing::info!(
-        peer = %peer,
+        peer = %client,
+        proxy,
         user = conn.session.user().unwrap_or("-"),
         retrieved = t.retrieved,
         retrieved_octets = t.retrieved_octets,
@@ -154,7 +182,10 @@ pub async fn serve(
 struct Connection {
     shared: Arc<Shared>,
     stream: Transport,
+    /// The client (see [`Peer::client`]).
     peer: SocketAddr,
+    /// The trusted proxy it came through, for the logs.
+    via: Option<SocketAddr>,
     cut: CutSignal,
     /// The end of the AUTHORIZATION state's time, counted from the accept.
     login_deadline: tokio::time::Instant,
@@ -186,7 +217,7 @@ impl Connection {
     fn new(
         shared: Arc<Shared>,
         stream: Transport,
-        peer: SocketAddr,
+        peer: Peer,
         cut: CutSignal,
         login_deadline: tokio::time::Instant,
     ) -> Self {
@@ -195,14 +226,15 @@ impl Connection {
         let session = ServerSession::new(shared.session_config(
             apop_timestamp.clone(),
             stream.is_tls(),
-            &peer,
+            &peer.client,
             stream.client_certificate().is_some(),
         ));
         Self {
             write_timeout: shared.config.limits.write_timeout(),
             shared,
             stream,
-            peer,
+            peer: peer.client,
+            via: peer.proxy,
             cut,
             login_deadline,
             session,
@@ -216,6 +248,11 @@ impl Connection {
             tally: Tally::default(),
             failed_logins: 0,
         }
+    }
+
+    /// The proxy's address as a log field (absent from the line when there is none).
+    fn proxy(&self) -> Option<tracing::field::DisplayValue<SocketAddr>> {
+        self.via.map(tracing::field::display)
     }
 
     async fn run(&mut self) -> End {
@@ -561,7 +598,12 @@ impl Connection {
                 Step::Continue
             }
             Ok(Err(e)) => {
-                tracing::info!(peer = %self.peer, error = %e, "STLS handshake failed");
+                tracing::info!(
+                    peer = %self.peer,
+                    proxy = self.proxy(),
+                    error = %e,
+                    "STLS handshake failed"
+                );
                 Step::End(End::TlsHandshakeFailed)
             }
             Err(_) => Step::End(End::TlsHandshakeFailed),
@@ -587,7 +629,7 @@ impl Connection {
                 match maildrop {
                     Ok(mut maildrop) => {
                         tracing::info!(
-                            peer = %self.peer,
+                            peer = %self.peer, proxy = self.proxy(),
                             user = %Sanitized(&user),
                             method = %method,
                             outcome = %"ok",
@@ -612,7 +654,13 @@ impl Connection {
                         AuthResult::InUse
                     }
                     Err(e) => {
-                        tracing::error!(peer = %self.peer, user, error = %e, "cannot open maildrop");
+                        tracing::error!(
+                            peer = %self.peer,
+                            proxy = self.proxy(),
+                            user,
+                            error = %e,
+                            "cannot open maildrop"
+                        );
                         self.log_failed_login(
                             method,
                             Some(&user),
@@ -628,7 +676,13 @@ impl Connection {
             }
             Ok(Verdict::Aborted(text)) if tried.is_none() => {
                 // A bad command, not a login: no user name was given.
-                tracing::debug!(peer = %self.peer, method = %method, why = text, "SASL exchange aborted");
+                tracing::debug!(
+                    peer = %self.peer,
+                    proxy = self.proxy(),
+                    method = %method,
+                    why = text,
+                    "SASL exchange aborted"
+                );
                 AuthResult::Aborted(text)
             }
             Ok(failure) => {
@@ -679,7 +733,7 @@ impl Connection {
     ) {
         let user = user.map(Sanitized);
         tracing::info!(
-            peer = %self.peer,
+            peer = %self.peer, proxy = self.proxy(),
             user = %DisplayOr(user.as_ref(), "-"),
             method = %method,
             outcome = %"failed",
@@ -757,7 +811,12 @@ impl Connection {
                     Ok(x) => x,
                     Err(e) => {
                         // Nothing of the answer is sent yet: replace the +OK by an error.
-                        tracing::warn!(peer = %self.peer, error = %e, "cannot open message");
+                        tracing::warn!(
+                            peer = %self.peer,
+                            proxy = self.proxy(),
+                            error = %e,
+                            "cannot open message"
+                        );
                         self.out.truncate(out_before);
                         response::err(
                             &mut self.out,
@@ -844,7 +903,12 @@ impl Connection {
                         Ok(())
                     }
                     Ok(Err(e)) => {
-                        tracing::error!(peer = %self.peer, error = %e, "UPDATE failed");
+                        tracing::error!(
+                            peer = %self.peer,
+                            proxy = self.proxy(),
+                            error = %e,
+                            "UPDATE failed"
+                        );
                         Err(())
                     }
                     Err(_) => Err(()),

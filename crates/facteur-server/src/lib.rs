@@ -5,8 +5,11 @@
 //!
 //! One tokio task per connection. A global semaphore and a per-IP counter cap connections;
 //! refused connections get one `-ERR [SYS/TEMP]` line, and are logged as [`log::RefusalLog`]
-//! says: the first of a burst at once, the rest summed up. On shutdown the listeners stop at once;
-//! sessions get `limits.shutdown_grace_secs` to finish, then are cut without their deletions.
+//! says: the first of a burst at once, the rest summed up. A connection from a load balancer
+//! listed in `[server] proxy_protocol` is counted against the per-IP cap of the client its
+//! PROXY header names, once the header is read ([`proxy`]). On shutdown the listeners stop at
+//! once; sessions get `limits.shutdown_grace_secs` to finish, then are cut without their
+//! deletions.
 //!
 //! ## Layout
 //! - this file: [`Shared`] (what every connection shares) and the accept loops ([`run`],
@@ -15,6 +18,8 @@
 //! - [`config`]: the configuration file, with every limit and default, its unit and its reason.
 //! - [`serve`]: the whole of `facteur serve` from a loaded configuration: bind, give up root,
 //!   start the runtime, handle signals.
+//! - [`proxy`]: connections from a trusted load balancer: the PROXY header read first, then the
+//!   session served as the client it names.
 //! - [`privileges`]: giving up root on the one thread there is; refusing to serve as root.
 //! - `limits` (the per-source cap), `auth_pool` (the threads that check passwords), [`log`]
 //!   (login lines, refusal summaries), [`rlimit`] (the open-file limit), [`transport`] (plain or
@@ -33,6 +38,7 @@ pub mod connection;
 mod limits;
 pub mod log;
 pub mod privileges;
+pub mod proxy;
 pub mod rlimit;
 pub mod serve;
 pub mod transport;
@@ -89,7 +95,20 @@ impl Shared {
         self
     }
 
-    /// Whether passwords may be sent on this connection (the plaintext policy).
+    /// Whether `ip` is a load balancer trusted to send a PROXY header (`[server]
+    /// proxy_protocol`); its connections must start with one.
+    pub fn trusts_proxy(&self, ip: std::net::IpAddr) -> bool {
+        self.config
+            .server
+            .proxy_protocol
+            .iter()
+            .any(|block| block.contains(ip))
+    }
+
+    /// Whether passwords may be sent on this connection (the plaintext policy). `peer` is the
+    /// client (behind a trusted proxy, the one its header names): `loopback` allows clear text
+    /// only when the client itself is on this host, so a remote client relayed by a proxy on
+    /// this host is not.
     pub fn plaintext_allowed(&self, tls: bool, peer: &SocketAddr) -> bool {
         tls || match self.config.auth.plaintext_auth {
             PlaintextAuth::Always => true,
@@ -195,11 +214,30 @@ pub async fn run_with_tls(
                         continue;
                     }
                 };
+                let accepted = tokio::time::Instant::now();
                 let permit = global.clone().try_acquire_owned().ok();
-                let ip_guard = per_ip.try_acquire(peer.ip());
                 let shared = shared.clone();
                 let cut = cut_rx.clone();
                 let done = done_tx.clone();
+                let permit = match permit {
+                    Some(permit) if shared.trusts_proxy(peer.ip()) => {
+                        // A trusted load balancer: the per-address cap is for the client its
+                        // header names, read by the session's task.
+                        let per_ip = per_ip.clone();
+                        let refusals = refusals.clone();
+                        tokio::spawn(async move {
+                            let _done = done;
+                            let _permit = permit;
+                            proxy::serve_relayed(
+                                shared, stream, peer, implicit, cut, per_ip, refusals,
+                            )
+                            .await;
+                        });
+                        continue;
+                    }
+                    permit => permit,
+                };
+                let ip_guard = per_ip.try_acquire(peer.ip());
                 let (permit, ip_guard) = match (permit, ip_guard) {
                     (Some(permit), Some(ip_guard)) => (permit, ip_guard),
                     (permit, ip_guard) => {
@@ -208,7 +246,7 @@ pub async fn run_with_tls(
                         } else {
                             log::Refusal::AddressFull(peer.ip())
                         };
-                        refusals.refused(peer, refusal);
+                        refusals.refused(connection::Peer::direct(peer), refusal);
                         tokio::spawn(async move {
                             // Held while the answer goes out, as a session's would be.
                             let _held = (done, permit, ip_guard);
@@ -221,7 +259,8 @@ pub async fn run_with_tls(
                     let _done = done;
                     let _permit = permit;
                     let _ip = ip_guard;
-                    connection::serve(shared, stream, peer, implicit, cut).await;
+                    let peer = connection::Peer::direct(peer);
+                    connection::serve(shared, stream, peer, implicit, cut, accepted).await;
                 });
             }
         }));

@@ -14,7 +14,7 @@
 //! escaping it; grow with the number of refusals or of refusing addresses.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -242,13 +242,18 @@ impl RefusalLog {
 
     /// Note one refused connection. Must run inside the tokio runtime (it may start the
     /// window's one timer).
-    pub fn refused(self: &Arc<Self>, peer: SocketAddr, refusal: Refusal) {
+    pub fn refused(self: &Arc<Self>, peer: crate::connection::Peer, refusal: Refusal) {
         let noted = self.lock().refused(Instant::now(), refusal);
         if let Some(summary) = noted.summary {
             tracing::info!("{summary}");
         }
         if noted.log_now {
-            tracing::info!(%peer, why = refusal.answer(), "connection refused");
+            tracing::info!(
+                peer = %peer.client,
+                proxy = peer.proxy.map(tracing::field::display),
+                why = refusal.answer(),
+                "connection refused"
+            );
         }
         if let Some(at) = noted.timer {
             // The log is only borrowed by the timer: a server that stopped does not wait on it.

@@ -254,6 +254,20 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 cfg.store.maildir,
                 join(&cfg.server.listen)
             );
+            let trusted = &cfg.server.proxy_protocol;
+            if trusted.is_empty() {
+                println!("PROXY protocol: off (every peer is the client)");
+            } else {
+                println!(
+                    "PROXY protocol: required from {} (a header within {}s names the client)",
+                    trusted
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    cfg.limits.proxy_header_timeout_secs
+                );
+            }
             let needed = server::rlimit::descriptors_needed(cfg.limits.max_connections);
             if let Some(hard) = server::rlimit::hard_open_files().filter(|&h| h < needed) {
                 eprintln!(

@@ -627,6 +627,45 @@ impl Client {
         c
     }
 
+    /// Connect, send `first` at once (a PROXY protocol header, as a load balancer does), and
+    /// read the first line, whatever it is (empty if the server closed without a word, or
+    /// reset the connection: it does when it closes with octets of ours unread).
+    pub fn connect_after(addr: SocketAddr, first: &[u8]) -> Self {
+        let mut tcp = Self::tcp(addr);
+        tcp.write_all(first).expect("send the first octets");
+        let mut c = Self::over(Conn::Plain(tcp.try_clone().expect("clone the stream")), tcp);
+        c.greeting = match c.try_line() {
+            Ok(line) => line.unwrap_or_default(),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => String::new(),
+            Err(e) => panic!("read the first line: {e}"),
+        };
+        c
+    }
+
+    /// Connect to a POP3S listener, send `first` before the TLS handshake (a PROXY protocol
+    /// header), handshake verifying the certificate against `ca`, and read the greeting
+    /// (which must be `+OK`).
+    pub fn connect_tls_after(addr: SocketAddr, first: &[u8], ca: &Path) -> Self {
+        let mut tcp = Self::tcp(addr);
+        tcp.write_all(first).expect("send the first octets");
+        let tls = tls_handshake_with(
+            tcp.try_clone().expect("clone the stream"),
+            tls_client_config(ca),
+        )
+        .expect("the TLS handshake with the POP3S listener");
+        let mut c = Self::over(Conn::Tls(Box::new(tls)), tcp);
+        c.greeting = c.line();
+        assert!(c.greeting.starts_with("+OK"), "greeting: {:?}", c.greeting);
+        c
+    }
+
+    /// The local address of the connection (the client's side).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.tcp
+            .local_addr()
+            .expect("the connection's local address")
+    }
+
     /// Connect to a POP3S listener, verifying its certificate against `ca`, and read the
     /// greeting (which must be `+OK`).
     pub fn connect_tls(addr: SocketAddr, ca: &Path) -> Self {
