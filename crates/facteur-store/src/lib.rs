@@ -45,6 +45,8 @@ mod handle;
 mod index;
 mod maildir;
 mod name;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod template;
 
 use std::io::Read;
@@ -90,6 +92,20 @@ pub enum StoreError {
     /// There is no message with this 1-based message number in the snapshot (a caller's bug).
     #[error("message {0} is not in the maildrop snapshot")]
     NoSuchMessage(usize),
+    /// The database of the PostgreSQL store failed or could not be reached; `what` says what the
+    /// store was doing.
+    #[error("database error while trying to {what}: {detail}")]
+    Database { what: &'static str, detail: String },
+    /// The database's schema is not the one this build knows (0: none at all).
+    #[error(
+        "the database's schema is version {found}, this facteur knows version {expected} only \
+         (an older schema: run `facteur db migrate`; a newer one: run a newer facteur)"
+    )]
+    Schema { found: i64, expected: i64 },
+    /// The session's lease on the maildrop expired and another session took it: this session's
+    /// deletions are refused, so that two sessions never both update one maildrop.
+    #[error("the maildrop's lease was lost to another session; nothing was deleted")]
+    LeaseLost,
     /// The user database gives the account an owner that cannot be used.
     #[error(transparent)]
     BadOwner(#[from] BadOwner),
@@ -176,12 +192,18 @@ impl StoreError {
     pub fn lasting(&self) -> Lasting {
         match self {
             Self::BadUser(_) => Lasting::NoUser,
-            Self::BadTemplate { .. } | Self::NoHome(_) | Self::BadOwner(_) => Lasting::Config,
+            Self::BadTemplate { .. }
+            | Self::NoHome(_)
+            | Self::BadOwner(_)
+            | Self::Schema { .. } => Lasting::Config,
             Self::WrongOwner { .. } => Lasting::NoPermission,
             Self::Io { source, .. } => io_lasting(source),
-            Self::InUse | Self::Source(_) | Self::Vanished(_) | Self::NoSuchMessage(_) => {
-                Lasting::Temporary
-            }
+            Self::InUse
+            | Self::Source(_)
+            | Self::Vanished(_)
+            | Self::NoSuchMessage(_)
+            | Self::Database { .. }
+            | Self::LeaseLost => Lasting::Temporary,
         }
     }
 
