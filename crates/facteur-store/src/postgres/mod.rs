@@ -81,16 +81,30 @@ pub fn pool(url: &str, size: usize) -> Result<Pool, StoreError> {
         .map_err(db_error("build the connection pool"))
 }
 
-/// `facteur db migrate`: connects to `url` and applies the migrations the database lacks.
-pub async fn migrate_url(url: &str) -> Result<Migrated, StoreError> {
+/// Runs `f` on one connection of its own to `url`, then closes it.
+async fn with_connection<T>(
+    url: &str,
+    f: impl AsyncFnOnce(&mut tokio_postgres::Client) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
     let config = parse_url(url)?;
     let (mut client, connection) = config
         .connect(NoTls)
         .await
         .map_err(db_error("connect to the database"))?;
     let driver = tokio::spawn(connection);
-    let r = migrate(&mut client).await;
+    let r = f(&mut client).await;
     drop(client);
     let _ = driver.await;
     r
+}
+
+/// `facteur db migrate`: connects to `url` and applies the migrations the database lacks.
+pub async fn migrate_url(url: &str) -> Result<Migrated, StoreError> {
+    with_connection(url, async |c| migrate(c).await).await
+}
+
+/// `facteur check-config`: connects to `url` and checks its schema; returns its version.
+pub async fn check_url(url: &str) -> Result<i64, StoreError> {
+    with_connection(url, async |c| check_schema(&*c).await).await?;
+    Ok(SCHEMA_VERSION)
 }
