@@ -1,9 +1,11 @@
 //! # facteur-store: maildrops
 //!
 //! Maildir storage, the exclusive lock, unique-ids, UPDATE and delivery: the place where every
-//! store backend lives (Maildir now, SQL and mbox next), behind the two traits below. No
-//! networking, no tokio, no user database: the server hands over a user name that it has already
-//! authenticated, a home directory and the owner the maildrop must have.
+//! store backend lives (Maildir, and PostgreSQL with the cargo feature `postgres`; mbox next),
+//! behind the two traits below. No user database: the server hands over a user name that it has
+//! already authenticated, a home directory and the owner the maildrop must have. Without the
+//! feature `postgres`, no networking and no tokio; with it, the database's I/O runs on the
+//! caller's tokio runtime (see the `postgres` module).
 //!
 //! The server sees a maildrop through two traits: a [`Store`] finds and locks a user's maildrop
 //! and delivers mail into it; a [`Maildrop`] is one locked maildrop, holding the snapshot a POP3
@@ -24,6 +26,8 @@
 //!   serving user can make and write.
 //! - `deliver`: writing a message into `tmp/`, then `new/`, the Maildir way.
 //! - `handle`: every file system call, relative to a directory handle and never through a link.
+//! - `postgres` (feature `postgres`): the PostgreSQL store: schema and migrations, leases,
+//!   chunked messages.
 //! - [`durable`]: syncing a folder by path, for the other crates' files (the passwd-file editor,
 //!   the fetcher's state and destinations); the store itself syncs through its handles.
 //!
@@ -280,7 +284,8 @@ pub trait Store: Send + Sync + 'static {
 /// Where a delivered message went, and how big it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivered {
-    /// The message file, in the maildrop's `new/`.
+    /// The message file, in the maildrop's `new/`; for the PostgreSQL store,
+    /// `postgresql:<user>/<unique-id>`.
     pub path: PathBuf,
     /// Its size in octets, as stored.
     pub size: u64,

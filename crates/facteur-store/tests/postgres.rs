@@ -179,3 +179,298 @@ mod schema {
         assert!(!plan.contains("Sort"), "{plan}");
     }
 }
+
+mod store {
+    use super::*;
+    use facteur_store::postgres::{self, PgStore, PgStoreConfig};
+    use facteur_store::{Maildrop, Store, StoreError};
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+
+    /// A migrated database, a runtime driving the store's I/O (as the server's does), and
+    /// the store. The tests call the store from their own thread, off the runtime, as the
+    /// server's blocking pool does.
+    struct Env {
+        store: PgStore,
+        rt: tokio::runtime::Runtime,
+        db: pg::TestDb,
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn env(lease: Duration) -> Env {
+        let db = pg::fresh_database();
+        let rt = runtime();
+        rt.block_on(postgres::migrate_url(&db.url)).unwrap();
+        let store = connect(&rt, &db.url, lease);
+        Env { store, rt, db }
+    }
+
+    fn connect(rt: &tokio::runtime::Runtime, url: &str, lease: Duration) -> PgStore {
+        rt.block_on(PgStore::connect(&PgStoreConfig {
+            url: url.to_owned(),
+            pool_size: 4,
+            lease,
+        }))
+        .unwrap()
+    }
+
+    fn deliver(store: &PgStore, user: &str, message: &[u8]) -> facteur_store::Delivered {
+        let mut input = message;
+        store.deliver(user, None, &mut input).unwrap()
+    }
+
+    /// Opens `user`'s maildrop, waiting (bounded) for a lease released by a dropped session.
+    fn open_when_free(store: &PgStore, user: &str) -> Box<dyn Maildrop> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match store.open(user, None) {
+                Ok(m) => return m,
+                Err(StoreError::InUse) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("open {user}: {e}"),
+            }
+        }
+    }
+
+    fn read_all(m: &mut dyn Maildrop, index: usize, block: usize) -> Vec<u8> {
+        let mut reader = m.open_message(index).unwrap();
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; block];
+        loop {
+            let n = reader.read(&mut buf).unwrap();
+            if n == 0 {
+                return out;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    fn uids(m: &dyn Maildrop) -> Vec<String> {
+        m.messages().iter().map(|m| m.uid.to_string()).collect()
+    }
+
+    fn count(env: &Env, sql: &str) -> i64 {
+        with_client(&env.db.url, async |c| {
+            c.query_one(sql, &[]).await.unwrap().get(0)
+        })
+    }
+
+    #[test]
+    fn delivery_then_listing_with_stable_unique_ids() {
+        let env = env(Duration::from_secs(30));
+        let a = deliver(&env.store, "alice", b"Subject: one\r\n\r\nbody\r\n");
+        // Bare LFs: RETR sends each as CRLF, so the wire size counts one more octet for each.
+        let b = deliver(&env.store, "alice", b"Subject: two\n\nline\nline\n");
+        let c = deliver(&env.store, "bob", b"Subject: for bob\r\n\r\n");
+        assert_eq!((a.size, a.wire_size), (22, 22));
+        assert_eq!((b.size, b.wire_size), (24, 28));
+        assert_eq!(c.size, 20);
+
+        let m = env.store.open("alice", None).unwrap();
+        let sizes: Vec<u64> = m.messages().iter().map(|m| m.size).collect();
+        assert_eq!(sizes, [22, 28]);
+        assert!(m.sizes_known());
+        let first = uids(m.as_ref());
+        assert_eq!(first.len(), 2);
+        assert_ne!(first[0], first[1]);
+        assert!(
+            a.path.to_string_lossy().ends_with(&first[0]),
+            "{:?}",
+            a.path
+        );
+        drop(m);
+
+        // The next session sees the same unique-ids in the same order, plus the new mail.
+        deliver(&env.store, "alice", b"Subject: three\r\n\r\n");
+        let m = open_when_free(&env.store, "alice");
+        let second = uids(m.as_ref());
+        assert_eq!(second.len(), 3);
+        assert_eq!(second[..2], first[..]);
+        let bob = open_when_free(&env.store, "bob");
+        assert_eq!(bob.messages().len(), 1);
+        assert!(!second.contains(&uids(bob.as_ref())[0]));
+    }
+
+    /// Content with bare LFs, CRLFs, dots at line starts and every octet value.
+    fn content(len: usize) -> Vec<u8> {
+        let mut x: u32 = 0x9e37_79b9;
+        (0..len)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                match i % 61 {
+                    0 => b'\n',
+                    1 => b'.',
+                    30 => b'\r',
+                    31 => b'\n',
+                    _ => x as u8,
+                }
+            })
+            .collect()
+    }
+
+    fn wire_size(bytes: &[u8]) -> u64 {
+        let bare_lf = bytes
+            .iter()
+            .enumerate()
+            .filter(|&(i, &b)| b == b'\n' && (i == 0 || bytes[i - 1] != b'\r'))
+            .count();
+        (bytes.len() + bare_lf) as u64
+    }
+
+    #[test]
+    fn retr_is_byte_exact_across_chunk_boundaries() {
+        let env = env(Duration::from_secs(30));
+        let lengths = [0, 1, 65535, 65536, 65537, 1 << 20];
+        let bodies: Vec<Vec<u8>> = lengths.iter().map(|&n| content(n)).collect();
+        for body in &bodies {
+            let d = deliver(&env.store, "alice", body);
+            assert_eq!(d.size, body.len() as u64);
+            assert_eq!(d.wire_size, wire_size(body));
+        }
+        // Each chunk holds at most 64 KiB; a 0-octet message has none.
+        let chunks = count(&env, "SELECT count(*) FROM message_chunks");
+        assert_eq!(chunks, 1 + 1 + 1 + 2 + 16);
+        let biggest = count(
+            &env,
+            "SELECT max(octet_length(data))::int8 FROM message_chunks",
+        );
+        assert_eq!(biggest, 65536);
+
+        let mut m = env.store.open("alice", None).unwrap();
+        let sizes: Vec<u64> = m.messages().iter().map(|m| m.size).collect();
+        let expected: Vec<u64> = bodies.iter().map(|b| wire_size(b)).collect();
+        assert_eq!(sizes, expected);
+        for (i, body) in bodies.iter().enumerate() {
+            // Read blocks that do not divide the chunk size, and blocks larger than a chunk.
+            for block in [7000, 200_000] {
+                let got = read_all(m.as_mut(), i, block);
+                assert_eq!(got.len(), body.len(), "message {i}, blocks of {block}");
+                assert!(got == *body, "message {i} differs (blocks of {block})");
+            }
+        }
+        assert!(matches!(
+            m.open_message(lengths.len()),
+            Err(StoreError::NoSuchMessage(7))
+        ));
+    }
+
+    #[test]
+    fn a_second_lease_on_one_maildrop_is_refused_until_the_first_ends() {
+        let env = env(Duration::from_secs(30));
+        deliver(&env.store, "alice", b"x\r\n");
+        let other = connect(&env.rt, &env.db.url, Duration::from_secs(30));
+        let m = env.store.open("alice", None).unwrap();
+        assert!(matches!(other.open("alice", None), Err(StoreError::InUse)));
+        assert!(matches!(
+            env.store.open("alice", None),
+            Err(StoreError::InUse)
+        ));
+        // Another maildrop is not locked.
+        drop(env.store.open("bob", None).unwrap());
+        drop(m);
+        let m = open_when_free(&other, "alice");
+        assert_eq!(m.messages().len(), 1);
+    }
+
+    #[test]
+    fn a_live_session_keeps_its_lease_past_its_length() {
+        let env = env(Duration::from_secs(1));
+        let m = env.store.open("alice", None).unwrap();
+        // Three lease lengths: renewals (every third of one) keep it.
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until {
+            assert!(matches!(
+                env.store.open("alice", None),
+                Err(StoreError::InUse)
+            ));
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        drop(m);
+    }
+
+    #[test]
+    fn an_expired_lease_is_taken_over_and_the_old_holder_is_fenced() {
+        let env = env(Duration::from_secs(1));
+        for i in 0..3 {
+            deliver(&env.store, "alice", format!("message {i}\r\n").as_bytes());
+        }
+        // A node that stalls: it renews far less often than its lease lasts.
+        let stalled = env
+            .store
+            .clone()
+            .with_renewal_every(Duration::from_secs(3600));
+        let mut old = stalled.open("alice", None).unwrap();
+        assert!(matches!(
+            env.store.open("alice", None),
+            Err(StoreError::InUse)
+        ));
+        std::thread::sleep(Duration::from_millis(1300));
+        let mut new = env.store.open("alice", None).unwrap();
+        // The old session's UPDATE is refused: nothing deleted.
+        let err = old.apply_deletions(&[0, 1]).unwrap_err();
+        assert!(matches!(err, StoreError::LeaseLost), "{err}");
+        assert!(!err.is_permanent());
+        assert_eq!(count(&env, "SELECT count(*) FROM messages"), 3);
+        // Dropping the old session releases nothing of the new one's.
+        drop(old);
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(matches!(
+            env.store.open("alice", None),
+            Err(StoreError::InUse)
+        ));
+        // The new holder's UPDATE applies.
+        new.apply_deletions(&[2]).unwrap();
+        assert_eq!(count(&env, "SELECT count(*) FROM messages"), 2);
+    }
+
+    #[test]
+    fn deletions_happen_only_in_apply_deletions() {
+        let env = env(Duration::from_secs(30));
+        for i in 0..4 {
+            deliver(&env.store, "alice", &content(70_000 + i));
+        }
+        let m = env.store.open("alice", None).unwrap();
+        let all = uids(m.as_ref());
+        // A session that ends without UPDATE deletes nothing.
+        drop(m);
+        let mut m = open_when_free(&env.store, "alice");
+        assert_eq!(uids(m.as_ref()), all);
+        // An index out of the snapshot fails the whole call before anything is deleted.
+        assert!(matches!(
+            m.apply_deletions(&[0, 9]),
+            Err(StoreError::NoSuchMessage(10))
+        ));
+        assert_eq!(count(&env, "SELECT count(*) FROM messages"), 4);
+        m.apply_deletions(&[0, 2]).unwrap();
+        drop(m);
+        let m = open_when_free(&env.store, "alice");
+        assert_eq!(uids(m.as_ref()), [all[1].clone(), all[3].clone()]);
+        // The chunks of the deleted messages went with them.
+        assert_eq!(count(&env, "SELECT count(*) FROM message_chunks"), 4);
+    }
+
+    #[test]
+    fn the_store_refuses_a_database_without_its_schema() {
+        let db = pg::fresh_database();
+        let rt = runtime();
+        let err = rt
+            .block_on(PgStore::connect(&PgStoreConfig {
+                url: db.url.clone(),
+                pool_size: 1,
+                lease: Duration::from_secs(5),
+            }))
+            .err()
+            .unwrap();
+        assert!(matches!(err, StoreError::Schema { found: 0, .. }), "{err}");
+    }
+}

@@ -8,9 +8,11 @@
 //!
 //! ## Layout
 //! - [`schema`]: the versions of the schema, `facteur db migrate`, and the check at start.
+//! - `store`: [`PgStore`] and [`PgMaildrop`]: leases, the snapshot, streaming, UPDATE, delivery.
 //! - this module: the connection pool, and the errors of the database as [`StoreError`]s.
 
 pub mod schema;
+mod store;
 
 use std::time::Duration;
 
@@ -20,6 +22,7 @@ use tokio_postgres::NoTls;
 use crate::StoreError;
 
 pub use schema::{check_schema, migrate, Migrated, SCHEMA_VERSION};
+pub use store::{ChunkReader, PgMaildrop, PgStore, PgStoreConfig};
 
 /// The most octets one row of `message_chunks` holds.
 pub const CHUNK_SIZE: usize = 64 * 1024;
