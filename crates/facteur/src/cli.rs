@@ -446,11 +446,6 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
         (Config::load(&path)?, None)
     };
-    if cfg.store.backend == StoreBackend::Postgresql {
-        return Err(fail(
-            "[store] backend = \"postgresql\": `facteur serve` does not serve it yet",
-        ));
-    }
     init_logging(&cfg.log.level);
     if dev {
         // A first look needs few sessions: as many as the machine's open-file limit carries,
@@ -748,14 +743,6 @@ fn deliver(user: &str, config_path: &Path) -> Result<(), CliError> {
         status: EX_TEMPFAIL,
     };
     let cfg = Config::load(config_path).map_err(|e| temp(&e))?;
-    if cfg.store.backend == StoreBackend::Postgresql {
-        return Err(CliError {
-            message: "[store] backend = \"postgresql\": `facteur deliver` does not deliver to it \
-                      yet"
-            .to_string(),
-            status: EX_CONFIG,
-        });
-    }
     let db = PasswdDb::open(&cfg.auth.passwd_file).map_err(|e| temp(&e))?;
     let users = db.snapshot();
     let Some(entry) = users.get(user) else {
@@ -771,7 +758,6 @@ fn deliver(user: &str, config_path: &Path) -> Result<(), CliError> {
     // Run as root (from an MTA), the files are given to the maildrop's owner.
     let owner = Owner::from_fields(entry.uid(), entry.gid())
         .map_err(|e| store_error(StoreError::from(e)))?;
-    let store = MaildirStore::new(cfg.store.maildir.clone());
     let mut stdin = std::io::stdin().lock();
     // Nothing at all is no message: refused before any file is made.
     match stdin.fill_buf() {
@@ -784,9 +770,32 @@ fn deliver(user: &str, config_path: &Path) -> Result<(), CliError> {
         Ok(_) => {}
         Err(e) => return Err(temp(&format!("cannot read the message: {e}"))),
     }
-    let d = store
-        .deliver_as(user, entry.home(), owner, &mut stdin)
-        .map_err(store_error)?;
+    let d = match cfg.store.backend {
+        StoreBackend::Maildir => MaildirStore::new(cfg.store.maildir.clone())
+            .deliver_as(user, entry.home(), owner, &mut stdin)
+            .map_err(store_error)?,
+        StoreBackend::Postgresql => {
+            // The store's queries run on this runtime's worker; the delivery itself is called
+            // from this thread, off the runtime, as the server calls it from its blocking pool.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .map_err(|e| temp(&format!("cannot start the runtime: {e}")))?;
+            let store = runtime
+                .block_on(facteur_store::postgres::PgStore::connect(
+                    &facteur_store::postgres::PgStoreConfig {
+                        url: cfg.store.url.clone().unwrap_or_default(),
+                        pool_size: 1,
+                        lease: cfg.store.lease(),
+                    },
+                ))
+                .map_err(store_error)?;
+            store
+                .deliver_as(user, entry.home(), owner, &mut stdin)
+                .map_err(store_error)?
+        }
+    };
     eprintln!("delivered {} octets to {}", d.size, d.path.display());
     Ok(())
 }

@@ -65,3 +65,109 @@ fn db_migrate_then_check_config() {
     assert_ne!(code, Some(0));
     assert!(stderr.contains("backend is maildir"), "{stderr}");
 }
+
+/// A fresh database with the schema, and the fixture's configuration pointing at it.
+fn migrated(fx: &Fixture, db: &pg::TestDb) -> std::path::PathBuf {
+    let config = postgres_config(fx, &db.url);
+    let (code, stdout, stderr) = run_with_input(
+        facteur().args(["db", "migrate", "--config"]).arg(&config),
+        b"",
+    );
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    config
+}
+
+fn deliver_cli(config: &std::path::Path, user: &str, message: &[u8]) -> (Option<i32>, String) {
+    let (code, _, stderr) = run_with_input(
+        facteur().args(["deliver", user, "--config"]).arg(config),
+        message,
+    );
+    (code, stderr)
+}
+
+/// A message of about 200 KiB (several chunks of the store) with dot lines and bare LFs.
+fn big_message() -> Vec<u8> {
+    let mut m = b"From: big@example.org\nSubject: big\n\n".to_vec();
+    for i in 0..4000 {
+        m.extend_from_slice(
+            format!(".line {i} of a big message, with some padding text\n").as_bytes(),
+        );
+    }
+    m
+}
+
+#[test]
+fn deliver_serve_retrieve_and_update_on_postgresql() {
+    let db = pg::fresh_database();
+    let fx = Fixture::new();
+    let config = migrated(&fx, &db);
+    let small = message(1);
+    let big = big_message();
+    for m in [&small, &big] {
+        let (code, stderr) = deliver_cli(&config, USER, m);
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(stderr.contains("postgresql:alice/"), "{stderr}");
+    }
+    // An unknown user bounces (EX_NOUSER), empty input too (EX_DATAERR).
+    assert_eq!(deliver_cli(&config, "nobody", &small).0, Some(67));
+    assert_eq!(deliver_cli(&config, USER, b"").0, Some(65));
+
+    let server = BinServer::start(&config);
+    let mut c = server.login(USER, PASSWORD);
+    let wire = [crlf(&small), crlf(&big)];
+    assert_eq!(
+        c.stat(),
+        (2, (wire[0].len() + wire[1].len()) as u64),
+        "STAT counts wire octets"
+    );
+    assert_eq!(
+        c.list(),
+        [(1, wire[0].len() as u64), (2, wire[1].len() as u64)]
+    );
+    let uids = c.uidl();
+    assert_eq!(uids.len(), 2);
+    assert_ne!(uids[0].1, uids[1].1);
+    assert_eq!(c.retrieve("RETR 1"), wire[0]);
+    assert_eq!(c.retrieve("RETR 2"), wire[1]);
+
+    // The lease: a second session for the same maildrop is refused while this one lives.
+    let mut other = Client::connect(server.addr);
+    other.cmd(&format!("USER {USER}"));
+    let r = other.cmd(&format!("PASS {PASSWORD}"));
+    assert!(r.starts_with("-ERR [IN-USE]"), "{r}");
+
+    // A session that ends without QUIT deletes nothing, and its lease goes with it.
+    assert!(c.cmd("DELE 1").starts_with("+OK"));
+    drop(c);
+    let mut c = Client::login_when_unlocked(server.addr, USER, PASSWORD);
+    assert_eq!(c.uidl(), uids);
+    // Mail delivered during a session waits for the next one.
+    let (code, stderr) = deliver_cli(&config, USER, &message(3));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(c.stat().0, 2);
+    assert!(c.cmd("DELE 1").starts_with("+OK"));
+    c.quit();
+
+    let mut c = Client::login_when_unlocked(server.addr, USER, PASSWORD);
+    let after = c.uidl();
+    assert_eq!(after.len(), 2);
+    assert_eq!(
+        after[0].1, uids[1].1,
+        "the unique-id of a message never changes"
+    );
+    assert_eq!(c.retrieve("RETR 1"), wire[1]);
+    assert_eq!(c.retrieve("RETR 2"), crlf(&message(3)));
+    c.quit();
+    server.kill();
+}
+
+#[test]
+fn serve_refuses_a_database_without_the_schema() {
+    let db = pg::fresh_database();
+    let fx = Fixture::new();
+    let config = postgres_config(&fx, &db.url);
+    let (code, stdout, stderr) =
+        run_with_input(facteur().args(["serve", "--config"]).arg(&config), b"");
+    assert_ne!(code, Some(0), "{stdout}");
+    assert!(stderr.contains("facteur db migrate"), "{stderr}");
+}
