@@ -171,3 +171,57 @@ fn serve_refuses_a_database_without_the_schema() {
     assert_ne!(code, Some(0), "{stdout}");
     assert!(stderr.contains("facteur db migrate"), "{stderr}");
 }
+
+/// Two nodes on one database: a session on node A locks the maildrop for node B; after A dies
+/// (kill -9, nothing released), B serves the maildrop once the lease expires, and the dead
+/// session's deletions were never applied.
+#[test]
+fn a_dead_nodes_lease_expires_and_its_deletions_are_lost() {
+    let db = pg::fresh_database();
+    let fx = Fixture::new();
+    let config = migrated(&fx, &db);
+    for n in 1..=3 {
+        let (code, stderr) = deliver_cli(&config, USER, &message(n));
+        assert_eq!(code, Some(0), "{stderr}");
+    }
+    let node_a = BinServer::start(&config);
+    let node_b = BinServer::start(&config);
+    let mut a = node_a.login(USER, PASSWORD);
+    let uids = a.uidl();
+    assert!(a.cmd("DELE 1").starts_with("+OK"));
+    assert!(a.cmd("DELE 2").starts_with("+OK"));
+
+    let try_login = || {
+        let mut c = Client::connect(node_b.addr);
+        assert!(c.cmd(&format!("USER {USER}")).starts_with("+OK"));
+        let r = c.cmd(&format!("PASS {PASSWORD}"));
+        (r, c)
+    };
+    let (r, _) = try_login();
+    assert!(r.starts_with("-ERR [IN-USE]"), "{r}");
+
+    let killed = std::time::Instant::now();
+    node_a.kill();
+    drop(a);
+    // lease_secs = 5 in the test configuration: B gets the maildrop after at most about that.
+    let mut b = loop {
+        let (r, c) = try_login();
+        if r.starts_with("+OK") {
+            break c;
+        }
+        assert!(r.starts_with("-ERR [IN-USE]"), "{r}");
+        assert!(
+            killed.elapsed() < std::time::Duration::from_secs(30),
+            "the dead node's lease never expired"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(
+        killed.elapsed() >= std::time::Duration::from_secs(2),
+        "the lease was free long before it expired"
+    );
+    assert_eq!(b.uidl(), uids, "the dead session deleted nothing");
+    assert_eq!(b.retrieve("RETR 3"), crlf(&message(3)));
+    b.quit();
+    node_b.kill();
+}
