@@ -299,6 +299,27 @@ mod store {
         assert!(!second.contains(&uids(bob.as_ref())[0]));
     }
 
+    #[test]
+    fn the_listing_follows_delivery_order() {
+        let env = env(Duration::from_secs(30));
+        let delivered: Vec<String> = (0..300)
+            .map(|i| {
+                let d = deliver(&env.store, "alice", format!("message {i}\r\n").as_bytes());
+                let path = d.path.to_string_lossy().into_owned();
+                path.rsplit('/').next().unwrap().to_owned()
+            })
+            .collect();
+        let mut m = env.store.open("alice", None).unwrap();
+        assert_eq!(uids(m.as_ref()), delivered);
+        assert_eq!(read_all(m.as_mut(), 299, 100), b"message 299\r\n");
+        let taken = m.take_messages();
+        assert_eq!(taken.len(), 300);
+        assert!(m.messages().is_empty());
+        // Sizes stay known after the snapshot is handed over.
+        assert_eq!(m.size(299), Some(13));
+        assert_eq!(m.compute_sizes().unwrap().len(), 300);
+    }
+
     /// Content with bare LFs, CRLFs, dots at line starts and every octet value.
     fn content(len: usize) -> Vec<u8> {
         let mut x: u32 = 0x9e37_79b9;
