@@ -636,6 +636,10 @@ fn user(cmd: UserCommand) -> Result<(), CliError> {
 /// and login of that user would fail), and says when the template needs a home directory, which
 /// `user add` does not write.
 fn check_new_user(cfg: &Config, name: &str) -> Result<(), CliError> {
+    if cfg.store.backend == StoreBackend::Postgresql {
+        // The maildrop is a row named after the user: no path to leave, no template to fit.
+        return Ok(());
+    }
     let store = MaildirStore::new(cfg.store.maildir.clone());
     let checked = match store.maildir_path(name, None) {
         Err(StoreError::NoHome(_)) => {

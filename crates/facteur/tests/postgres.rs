@@ -55,6 +55,28 @@ fn db_migrate_then_check_config() {
     assert!(stdout.contains("store postgresql"), "{stdout}");
     assert!(stdout.contains("schema version 1"), "{stdout}");
 
+    // `user add` has no maildir template to check the name against: the maildrop is a row.
+    let (code, stdout, stderr) = run_with_input(
+        facteur()
+            .args([
+                "user",
+                "add",
+                "dave@example.org",
+                "--password-stdin",
+                "--config",
+            ])
+            .arg(&config),
+        b"correct horse\n",
+    );
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let (code, stderr) = deliver_cli(&config, "dave@example.org", &message(1));
+    assert_eq!(code, Some(0), "{stderr}");
+    let server = BinServer::start(&config);
+    let mut c = server.login("dave@example.org", "correct horse");
+    assert_eq!(c.retrieve("RETR 1"), crlf(&message(1)));
+    c.quit();
+    server.kill();
+
     // The Maildir configuration has no database to migrate.
     let (code, _, stderr) = run_with_input(
         facteur()
