@@ -33,7 +33,9 @@ use crate::{Delivered, Maildrop, Owner, Store, StoreError};
 const OPEN_DEADLINE: Duration = Duration::from_secs(30);
 /// How long fetching one chunk of a message may take.
 const CHUNK_DEADLINE: Duration = Duration::from_secs(30);
-/// How long UPDATE may take, retries included.
+/// How long UPDATE may take, retries included. A deadline that passes during the commit leaves
+/// its outcome unknown to the session: it answers `-ERR`, and the next session's listing shows
+/// what the database decided.
 const UPDATE_DEADLINE: Duration = Duration::from_secs(60);
 /// How long one database statement of a delivery may take (reading the message is not timed
 /// here: the delivering program owns its input).
