@@ -455,6 +455,41 @@ mod store {
     }
 
     #[test]
+    fn of_many_nodes_racing_for_an_expired_lease_exactly_one_wins() {
+        let env = env(Duration::from_secs(1));
+        let stalled = env
+            .store
+            .clone()
+            .with_renewal_every(Duration::from_secs(3600));
+        let old = stalled.open("alice", None).unwrap();
+        std::thread::sleep(Duration::from_millis(1300));
+        let nodes: Vec<PgStore> = (0..6)
+            .map(|_| connect(&env.rt, &env.db.url, Duration::from_secs(30)))
+            .collect();
+        let barrier = std::sync::Barrier::new(nodes.len());
+        let outcomes: Vec<Result<Box<dyn Maildrop>, StoreError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = nodes
+                .iter()
+                .map(|node| {
+                    let barrier = &barrier;
+                    s.spawn(move || {
+                        barrier.wait();
+                        node.open("alice", None)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let won = outcomes.iter().filter(|o| o.is_ok()).count();
+        let in_use = outcomes
+            .iter()
+            .filter(|o| matches!(o, Err(StoreError::InUse)))
+            .count();
+        assert_eq!((won, in_use), (1, nodes.len() - 1));
+        drop(old);
+    }
+
+    #[test]
     fn deletions_happen_only_in_apply_deletions() {
         let env = env(Duration::from_secs(30));
         for i in 0..4 {
