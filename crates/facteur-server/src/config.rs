@@ -327,9 +327,54 @@ impl AuthSection {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
-    /// The Maildir of a user: `%u` user name, `%d` domain, `%n` local part, `%h` home (from
-    /// the users file), `%%` a percent sign. Example: `/var/mail/%d/%n/Maildir`.
+    /// `maildir` (the default: Maildirs on this host) or `postgresql` (maildrops in a database
+    /// that any number of facteur nodes share).
+    #[serde(default)]
+    pub backend: StoreBackend,
+    /// The Maildir of a user (backend `maildir`): `%u` user name, `%d` domain, `%n` local part,
+    /// `%h` home (from the users file), `%%` a percent sign. Example: `/var/mail/%d/%n/Maildir`.
+    #[serde(default)]
     pub maildir: String,
+    /// The database (backend `postgresql`), as libpq writes it: `host=/run/postgresql
+    /// dbname=mail user=facteur` or `postgresql://facteur@db.example.org/mail`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Connections to the database this process opens at most. A session holds one only for
+    /// the length of a query, so a few dozen serve thousands of sessions; the database's own
+    /// `max_connections`, shared by every node, bounds the sum.
+    #[serde(default = "defaults::pool_size")]
+    pub pool_size: usize,
+    /// Seconds a maildrop stays locked after the node serving it died without a word: the
+    /// lease of a session is renewed every third of this while the session lives, so a node
+    /// has to miss two renewals in a row to lose it. Shorter: a crash locks users out for less
+    /// time; longer: a slow database or a network hiccup costs fewer sessions.
+    #[serde(default = "defaults::lease_secs")]
+    pub lease_secs: u64,
+}
+
+/// `[store] backend`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    #[default]
+    Maildir,
+    Postgresql,
+}
+
+impl std::fmt::Display for StoreBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Maildir => "maildir",
+            Self::Postgresql => "postgresql",
+        })
+    }
+}
+
+impl StoreSection {
+    /// How long a lease lasts without renewal.
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs)
+    }
 }
 
 /// `[log]`.
@@ -467,6 +512,18 @@ pub mod defaults {
     pub fn refusal_summary_secs() -> u64 {
         10
     }
+    pub fn pool_size() -> usize {
+        16
+    }
+    pub fn lease_secs() -> u64 {
+        60
+    }
+    /// `[store] lease_secs` from 5 seconds (renewals every 1.7 s would cost more than they
+    /// save) to one hour (a crashed node should not lock a user out for longer).
+    pub const LEASE_SECS: std::ops::RangeInclusive<u64> = 5..=3600;
+    /// `[store] pool_size` from 1 to 1,000 (more connections than that from one node would
+    /// only queue inside the database).
+    pub const POOL_SIZE: std::ops::RangeInclusive<usize> = 1..=1000;
 }
 
 impl Default for ServerSection {
@@ -591,7 +648,10 @@ impl Config {
                 }
             }
         }
-        if !cfg.store.maildir.starts_with('/') && !cfg.store.maildir.starts_with("%h") {
+        if !cfg.store.maildir.is_empty()
+            && !cfg.store.maildir.starts_with('/')
+            && !cfg.store.maildir.starts_with("%h")
+        {
             cfg.store.maildir = format!("{}/{}", base.display(), cfg.store.maildir);
         }
         Ok(cfg)
@@ -665,8 +725,50 @@ impl Config {
         {
             return Err("[auth] sasl: EXTERNAL needs [tls] client_ca".into());
         }
-        if self.store.maildir.is_empty() {
-            return Err("[store] maildir must not be empty".into());
+        match self.store.backend {
+            StoreBackend::Maildir => {
+                if self.store.maildir.is_empty() {
+                    return Err("[store] maildir must not be empty".into());
+                }
+                if self.store.url.is_some() {
+                    return Err(
+                        "[store] url is for backend = \"postgresql\"; the backend is maildir"
+                            .into(),
+                    );
+                }
+            }
+            StoreBackend::Postgresql => {
+                if self
+                    .store
+                    .url
+                    .as_deref()
+                    .is_none_or(|u| u.trim().is_empty())
+                {
+                    return Err("[store] backend = \"postgresql\" needs [store] url".into());
+                }
+                if !self.store.maildir.is_empty() {
+                    return Err(
+                        "[store] maildir is for backend = \"maildir\"; the backend is postgresql"
+                            .into(),
+                    );
+                }
+            }
+        }
+        if !defaults::POOL_SIZE.contains(&self.store.pool_size) {
+            return Err(format!(
+                "[store] pool_size = {}: expected {} to {}",
+                self.store.pool_size,
+                defaults::POOL_SIZE.start(),
+                defaults::POOL_SIZE.end()
+            ));
+        }
+        if !defaults::LEASE_SECS.contains(&self.store.lease_secs) {
+            return Err(format!(
+                "[store] lease_secs = {}: expected {} to {} seconds",
+                self.store.lease_secs,
+                defaults::LEASE_SECS.start(),
+                defaults::LEASE_SECS.end()
+            ));
         }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log.level.as_str()) {
             return Err(format!(
@@ -926,5 +1028,57 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("auth"), "{e}");
+    }
+
+    #[test]
+    fn store_backends() {
+        let c = Config::parse(MINIMAL, Path::new("f.toml")).unwrap();
+        assert_eq!(c.store.backend, StoreBackend::Maildir);
+        assert_eq!(c.store.lease(), Duration::from_secs(60));
+        assert_eq!(c.store.pool_size, 16);
+        let pg = "[auth]\npasswd_file = \"users\"\n[store]\nbackend = \"postgresql\"\n\
+                  url = \"host=/run/postgresql dbname=mail\"\npool_size = 4\nlease_secs = 30\n";
+        let c = Config::parse(pg, Path::new("/etc/f.toml")).unwrap();
+        assert_eq!(c.store.backend, StoreBackend::Postgresql);
+        assert_eq!(c.store.backend.to_string(), "postgresql");
+        assert_eq!(
+            c.store.url.as_deref(),
+            Some("host=/run/postgresql dbname=mail")
+        );
+        assert_eq!((c.store.pool_size, c.store.lease_secs), (4, 30));
+        // No maildir is made up for the database backend.
+        assert_eq!(c.store.maildir, "");
+        let store = |keys: &str| {
+            Config::parse(
+                &format!("[auth]\npasswd_file = \"users\"\n[store]\n{keys}\n"),
+                Path::new("f.toml"),
+            )
+            .map(|c| c.store.backend)
+            .map_err(|e| e.to_string())
+        };
+        for (keys, expected) in [
+            ("backend = \"postgresql\"", "needs [store] url"),
+            ("backend = \"postgresql\"\nurl = \" \"", "needs [store] url"),
+            (
+                "backend = \"postgresql\"\nurl = \"host=x\"\nmaildir = \"m\"",
+                "maildir is for",
+            ),
+            ("maildir = \"m\"\nurl = \"host=x\"", "url is for"),
+            ("backend = \"mysql\"\nmaildir = \"m\"", "unknown variant"),
+            (
+                "backend = \"postgresql\"\nurl = \"host=x\"\nlease_secs = 4",
+                "lease_secs = 4",
+            ),
+            ("maildir = \"m\"\nlease_secs = 3601", "lease_secs = 3601"),
+            ("maildir = \"m\"\npool_size = 0", "pool_size = 0"),
+            ("backend = \"maildir\"", "maildir must not be empty"),
+        ] {
+            let e = store(keys).unwrap_err();
+            assert!(e.contains(expected), "{keys}: {e}");
+        }
+        assert_eq!(
+            store("backend = \"maildir\"\nmaildir = \"m\""),
+            Ok(StoreBackend::Maildir)
+        );
     }
 }

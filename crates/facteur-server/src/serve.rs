@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use facteur_auth::{AuthError, PasswdDb};
-use facteur_store::MaildirStore;
+use facteur_store::{MaildirStore, Store};
 use facteur_tls::{TlsError, TlsFiles, TlsState};
 
-use crate::config::Config;
+use crate::config::{Config, StoreBackend, StoreSection};
 use crate::privileges::{self, PrivilegeError, Target};
 use crate::Shared;
 
@@ -57,6 +57,12 @@ pub enum ServeError {
     },
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    /// The store could not be opened (the database unreachable, or its schema unknown).
+    #[error("cannot open the store: {0}")]
+    Store(#[from] facteur_store::StoreError),
+    /// `[store] backend = "postgresql"` in a build without the feature `postgres`.
+    #[error("[store] backend = \"postgresql\": this facteur was built without PostgreSQL")]
+    NoPostgres,
     #[error("cannot handle {signal}: {source}")]
     Signal {
         signal: &'static str,
@@ -132,7 +138,7 @@ pub fn serve(cfg: Config, dev: bool, banner: Option<String>) -> Result<(), Serve
         let plain = into_tokio(plain)?;
         let implicit = into_tokio(implicit)?;
         let stls = tls.is_some();
-        let store = Arc::new(MaildirStore::new(cfg.store.maildir.clone()));
+        let store = open_store(&cfg.store).await?;
         let mut shared = Shared::new(cfg, Arc::new(db), store);
         if let Some(tls) = tls {
             shared = shared.with_tls(tls);
@@ -160,6 +166,29 @@ pub fn serve(cfg: Config, dev: bool, banner: Option<String>) -> Result<(), Serve
     runtime.shutdown_timeout(SHUTDOWN_BLOCKING_WAIT);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The store `[store]` names. Runs inside the server's runtime: the PostgreSQL store drives its
+/// database I/O on it (and checks the schema here, so a server never serves a schema it does not
+/// know).
+pub async fn open_store(cfg: &StoreSection) -> Result<Arc<dyn Store>, ServeError> {
+    match cfg.backend {
+        StoreBackend::Maildir => Ok(Arc::new(MaildirStore::new(cfg.maildir.clone()))),
+        #[cfg(feature = "postgres")]
+        StoreBackend::Postgresql => {
+            let store = facteur_store::postgres::PgStore::connect(
+                &facteur_store::postgres::PgStoreConfig {
+                    url: cfg.url.clone().unwrap_or_default(),
+                    pool_size: cfg.pool_size,
+                    lease: cfg.lease(),
+                },
+            )
+            .await?;
+            Ok(Arc::new(store))
+        }
+        #[cfg(not(feature = "postgres"))]
+        StoreBackend::Postgresql => Err(ServeError::NoPostgres),
+    }
 }
 
 /// Resolves at the first SIGTERM or SIGINT; the handlers are installed when this is called

@@ -1,9 +1,11 @@
 //! # facteur-store: maildrops
 //!
 //! Maildir storage, the exclusive lock, unique-ids, UPDATE and delivery: the place where every
-//! store backend lives (Maildir now, SQL and mbox next), behind the two traits below. No
-//! networking, no tokio, no user database: the server hands over a user name that it has already
-//! authenticated, a home directory and the owner the maildrop must have.
+//! store backend lives (Maildir, and PostgreSQL with the cargo feature `postgres`; mbox next),
+//! behind the two traits below. No user database: the server hands over a user name that it has
+//! already authenticated, a home directory and the owner the maildrop must have. Without the
+//! feature `postgres`, no networking and no tokio; with it, the database's I/O runs on the
+//! caller's tokio runtime (see the `postgres` module).
 //!
 //! The server sees a maildrop through two traits: a [`Store`] finds and locks a user's maildrop
 //! and delivers mail into it; a [`Maildrop`] is one locked maildrop, holding the snapshot a POP3
@@ -24,6 +26,8 @@
 //!   serving user can make and write.
 //! - `deliver`: writing a message into `tmp/`, then `new/`, the Maildir way.
 //! - `handle`: every file system call, relative to a directory handle and never through a link.
+//! - `postgres` (feature `postgres`): the PostgreSQL store: schema and migrations, leases,
+//!   chunked messages.
 //! - [`durable`]: syncing a folder by path, for the other crates' files (the passwd-file editor,
 //!   the fetcher's state and destinations); the store itself syncs through its handles.
 //!
@@ -45,6 +49,8 @@ mod handle;
 mod index;
 mod maildir;
 mod name;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod template;
 
 use std::io::Read;
@@ -90,6 +96,20 @@ pub enum StoreError {
     /// There is no message with this 1-based message number in the snapshot (a caller's bug).
     #[error("message {0} is not in the maildrop snapshot")]
     NoSuchMessage(usize),
+    /// The database of the PostgreSQL store failed or could not be reached; `what` says what the
+    /// store was doing.
+    #[error("database error while trying to {what}: {detail}")]
+    Database { what: &'static str, detail: String },
+    /// The database's schema is not the one this build knows (0: none at all).
+    #[error(
+        "the database's schema is version {found}, this facteur knows version {expected} only \
+         (an older schema: run `facteur db migrate`; a newer one: run a newer facteur)"
+    )]
+    Schema { found: i64, expected: i64 },
+    /// The session's lease on the maildrop expired and another session took it: this session's
+    /// deletions are refused, so that two sessions never both update one maildrop.
+    #[error("the maildrop's lease was lost to another session; nothing was deleted")]
+    LeaseLost,
     /// The user database gives the account an owner that cannot be used.
     #[error(transparent)]
     BadOwner(#[from] BadOwner),
@@ -176,12 +196,18 @@ impl StoreError {
     pub fn lasting(&self) -> Lasting {
         match self {
             Self::BadUser(_) => Lasting::NoUser,
-            Self::BadTemplate { .. } | Self::NoHome(_) | Self::BadOwner(_) => Lasting::Config,
+            Self::BadTemplate { .. }
+            | Self::NoHome(_)
+            | Self::BadOwner(_)
+            | Self::Schema { .. } => Lasting::Config,
             Self::WrongOwner { .. } => Lasting::NoPermission,
             Self::Io { source, .. } => io_lasting(source),
-            Self::InUse | Self::Source(_) | Self::Vanished(_) | Self::NoSuchMessage(_) => {
-                Lasting::Temporary
-            }
+            Self::InUse
+            | Self::Source(_)
+            | Self::Vanished(_)
+            | Self::NoSuchMessage(_)
+            | Self::Database { .. }
+            | Self::LeaseLost => Lasting::Temporary,
         }
     }
 
@@ -258,7 +284,8 @@ pub trait Store: Send + Sync + 'static {
 /// Where a delivered message went, and how big it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivered {
-    /// The message file, in the maildrop's `new/`.
+    /// The message file, in the maildrop's `new/`; for the PostgreSQL store,
+    /// `postgresql:<user>/<unique-id>`.
     pub path: PathBuf,
     /// Its size in octets, as stored.
     pub size: u64,

@@ -7,7 +7,7 @@
 use clap::{Args, Parser, Subcommand};
 use facteur_auth::{self as auth, PasswdDb, Scheme};
 use facteur_server as server;
-use facteur_server::config::{Config, DEFAULT_CONFIG_PATH};
+use facteur_server::config::{Config, StoreBackend, DEFAULT_CONFIG_PATH};
 use facteur_server::privileges;
 use facteur_store::{Lasting, MaildirStore, Owner, Store, StoreError};
 use facteur_tls::{self as tls, TlsFiles, TlsState};
@@ -61,6 +61,19 @@ enum Command {
     },
     /// Fetch mail from POP3 accounts into a Maildir, an mbox or an MDA (the fetcher).
     Fetch(Box<facteur_fetch::FetchArgs>),
+    /// The database of the PostgreSQL store (`[store] backend = "postgresql"`).
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum DbCommand {
+    /// Create the schema in `[store] url`, or bring it up to this facteur's version. Safe to run
+    /// again: a database already up to date is left as it is, and a newer schema is refused.
+    Migrate {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -207,6 +220,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         }
         // The fetcher has exit statuses of its own (1 is "nothing new", not an error).
         Command::Fetch(args) => std::process::exit(i32::from(facteur_fetch::run(*args))),
+        Command::Db(DbCommand::Migrate { config }) => db_migrate(&config.config),
         Command::CheckConfig { config } => {
             let cfg = Config::load(&config.config)?;
             let db = PasswdDb::open(&cfg.auth.passwd_file)?;
@@ -225,11 +239,19 @@ fn run(cli: Cli) -> Result<(), CliError> {
             let users = db.snapshot().len();
             let (runs_as, server) = check_run_as(&cfg)?;
             let snapshot = db.snapshot();
-            let found = facteur_store::check::check_maildirs(
-                &cfg.store.maildir,
-                snapshot.entries().iter().map(|e| (e.user(), e.home())),
-                server,
-            );
+            let found = match cfg.store.backend {
+                StoreBackend::Maildir => facteur_store::check::check_maildirs(
+                    &cfg.store.maildir,
+                    snapshot.entries().iter().map(|e| (e.user(), e.home())),
+                    server,
+                ),
+                StoreBackend::Postgresql => {
+                    // The server refuses to start on a database it cannot use: say so now.
+                    let version = db_check(&cfg)?;
+                    println!("store: postgresql, schema version {version}");
+                    facteur_store::check::Findings::default()
+                }
+            };
             for w in &found.warnings {
                 eprintln!("warning: {w}");
             }
@@ -247,11 +269,14 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     if found.errors.len() == 1 { "" } else { "s" }
                 )));
             }
+            let store = match cfg.store.backend {
+                StoreBackend::Maildir => format!("maildir {}", cfg.store.maildir),
+                StoreBackend::Postgresql => "store postgresql".to_string(),
+            };
             println!(
-                "{}: OK ({users} user{}, maildir {}, listening on {}{tls}, {runs_as})",
+                "{}: OK ({users} user{}, {store}, listening on {}{tls}, {runs_as})",
                 config.config.display(),
                 if users == 1 { "" } else { "s" },
-                cfg.store.maildir,
                 join(&cfg.server.listen)
             );
             let trusted = &cfg.server.proxy_protocol;
@@ -625,6 +650,10 @@ fn user(cmd: UserCommand) -> Result<(), CliError> {
 /// and login of that user would fail), and says when the template needs a home directory, which
 /// `user add` does not write.
 fn check_new_user(cfg: &Config, name: &str) -> Result<(), CliError> {
+    if cfg.store.backend == StoreBackend::Postgresql {
+        // The maildrop is a row named after the user: no path to leave, no template to fit.
+        return Ok(());
+    }
     let store = MaildirStore::new(cfg.store.maildir.clone());
     let checked = match store.maildir_path(name, None) {
         Err(StoreError::NoHome(_)) => {
@@ -688,6 +717,44 @@ fn hash_from_input(args: &PasswordArgs) -> Result<String, CliError> {
     Ok(auth::hash_password(args.scheme, password.as_bytes())?)
 }
 
+/// A small runtime for the commands that talk to the database and then exit.
+fn db_runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(format!("cannot start the runtime: {e}")))
+}
+
+/// `[store] url`, or why this configuration has none.
+fn db_url(cfg: &Config) -> Result<&str, CliError> {
+    match (cfg.store.backend, cfg.store.url.as_deref()) {
+        (StoreBackend::Postgresql, Some(url)) => Ok(url),
+        _ => Err(fail(format!(
+            "[store] backend is {}: there is no database to use",
+            cfg.store.backend
+        ))),
+    }
+}
+
+/// `facteur db migrate`.
+fn db_migrate(config_path: &Path) -> Result<(), CliError> {
+    let cfg = Config::load(config_path)?;
+    let url = db_url(&cfg)?;
+    let done = db_runtime()?.block_on(facteur_store::postgres::migrate_url(url))?;
+    if done.from == done.to {
+        println!("schema version {}: up to date, nothing to do", done.to);
+    } else {
+        println!("schema version {} (was {})", done.to, done.from);
+    }
+    Ok(())
+}
+
+/// check-config: the database answers and has the schema this facteur knows.
+fn db_check(cfg: &Config) -> Result<i64, CliError> {
+    let url = db_url(cfg)?;
+    Ok(db_runtime()?.block_on(facteur_store::postgres::check_url(url))?)
+}
+
 fn deliver(user: &str, config_path: &Path) -> Result<(), CliError> {
     let temp = |e: &dyn std::fmt::Display| CliError {
         message: e.to_string(),
@@ -709,7 +776,6 @@ fn deliver(user: &str, config_path: &Path) -> Result<(), CliError> {
     // Run as root (from an MTA), the files are given to the maildrop's owner.
     let owner = Owner::from_fields(entry.uid(), entry.gid())
         .map_err(|e| store_error(StoreError::from(e)))?;
-    let store = MaildirStore::new(cfg.store.maildir.clone());
     let mut stdin = std::io::stdin().lock();
     // Nothing at all is no message: refused before any file is made.
     match stdin.fill_buf() {
@@ -722,9 +788,32 @@ fn deliver(user: &str, config_path: &Path) -> Result<(), CliError> {
         Ok(_) => {}
         Err(e) => return Err(temp(&format!("cannot read the message: {e}"))),
     }
-    let d = store
-        .deliver_as(user, entry.home(), owner, &mut stdin)
-        .map_err(store_error)?;
+    let d = match cfg.store.backend {
+        StoreBackend::Maildir => MaildirStore::new(cfg.store.maildir.clone())
+            .deliver_as(user, entry.home(), owner, &mut stdin)
+            .map_err(store_error)?,
+        StoreBackend::Postgresql => {
+            // The store's queries run on this runtime's worker; the delivery itself is called
+            // from this thread, off the runtime, as the server calls it from its blocking pool.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .map_err(|e| temp(&format!("cannot start the runtime: {e}")))?;
+            let store = runtime
+                .block_on(facteur_store::postgres::PgStore::connect(
+                    &facteur_store::postgres::PgStoreConfig {
+                        url: cfg.store.url.clone().unwrap_or_default(),
+                        pool_size: 1,
+                        lease: cfg.store.lease(),
+                    },
+                ))
+                .map_err(store_error)?;
+            store
+                .deliver_as(user, entry.home(), owner, &mut stdin)
+                .map_err(store_error)?
+        }
+    };
     eprintln!("delivered {} octets to {}", d.size, d.path.display());
     Ok(())
 }

@@ -1,0 +1,697 @@
+//! [`PgStore`] and [`PgMaildrop`]: the [`Store`] and [`Maildrop`] traits on PostgreSQL.
+//!
+//! The traits are blocking, and the server calls them off its async threads (the blocking pool
+//! or its login threads), never on a runtime worker. So each call here runs its database work
+//! on the server's own runtime ([`tokio::runtime::Handle::block_on`] from that blocking thread):
+//! the queries' I/O is driven by the runtime's workers as any socket's, no second runtime exists,
+//! and no worker ever blocks. Calling these methods on a runtime worker is a bug (tokio panics).
+//!
+//! The maildrop lock is a lease row: taken at open with a fresh fencing token, pushed forward
+//! every third of its length by a task of the runtime while the [`PgMaildrop`] lives, deleted
+//! when it is dropped. UPDATE commits only while the row still carries the session's token.
+
+use std::future::Future;
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Object, Pool};
+use facteur_proto::{MessageMeta, Uidl};
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+use tokio_postgres::error::SqlState;
+use uuid::Uuid;
+
+use super::{check_schema, db_error, CHUNK_SIZE};
+use crate::name::WireCounter;
+use crate::{Delivered, Maildrop, Owner, Store, StoreError};
+
+/// How long opening a maildrop (lease and listing) may take.
+const OPEN_DEADLINE: Duration = Duration::from_secs(30);
+/// How long fetching one chunk of a message may take.
+const CHUNK_DEADLINE: Duration = Duration::from_secs(30);
+/// How long UPDATE may take, retries included. A deadline that passes during the commit leaves
+/// its outcome unknown to the session: it answers `-ERR`, and the next session's listing shows
+/// what the database decided.
+const UPDATE_DEADLINE: Duration = Duration::from_secs(60);
+/// How long one database statement of a delivery may take (reading the message is not timed
+/// here: the delivering program owns its input).
+const DELIVERY_STATEMENT_DEADLINE: Duration = Duration::from_secs(30);
+/// Attempts of the UPDATE transaction when the database reports a serialization failure or a
+/// deadlock (SQLSTATE 40001, 40P01): the normal way CockroachDB and serializable PostgreSQL ask
+/// a client to try again.
+const UPDATE_ATTEMPTS: u32 = 5;
+/// The longest maildrop name stored (the user name; a login name is far shorter).
+const MAX_NAME: usize = 512;
+
+/// What a [`PgStore`] needs besides its pool.
+#[derive(Clone, Debug)]
+pub struct PgStoreConfig {
+    /// The connection string (`host=/run/postgresql dbname=mail`, or a `postgresql://` URL).
+    pub url: String,
+    /// Connections this process opens at most.
+    pub pool_size: usize,
+    /// How long a maildrop's lease lasts without renewal (`[store] lease_secs`).
+    pub lease: Duration,
+}
+
+/// The PostgreSQL store; cheap to clone (one pool shared).
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    runtime: Handle,
+    lease: Duration,
+    renew_every: Duration,
+    /// Who holds a lease, for the administrator reading the `leases` table: host and pid.
+    holder: String,
+}
+
+impl PgStore {
+    /// Connects to the database and checks its schema. Must run inside the multi-thread tokio
+    /// runtime that will drive the store's I/O from then on.
+    pub async fn connect(config: &PgStoreConfig) -> Result<Self, StoreError> {
+        let pool = super::pool(&config.url, config.pool_size)?;
+        let client = pool
+            .get()
+            .await
+            .map_err(db_error("connect to the database"))?;
+        let plain: &tokio_postgres::Client = &client;
+        check_schema(plain).await?;
+        drop(client);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                runtime: Handle::current(),
+                lease: config.lease,
+                renew_every: config.lease / 3,
+                holder: format!("{} pid {}", crate::deliver::hostname(), std::process::id()),
+            }),
+        })
+    }
+
+    /// Renew leases every `every` instead of every third of the lease. A period longer than the
+    /// lease makes a node that stalls (a partition, a pause): its lease expires while its
+    /// session still runs, as the tests need.
+    pub fn with_renewal_every(self, every: Duration) -> Self {
+        let inner = Inner {
+            pool: self.inner.pool.clone(),
+            runtime: self.inner.runtime.clone(),
+            lease: self.inner.lease,
+            renew_every: every,
+            holder: self.inner.holder.clone(),
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// [`Store::open`], for callers on the runtime.
+    pub async fn open_async(&self, user: &str) -> Result<PgMaildrop, StoreError> {
+        within(OPEN_DEADLINE, "open the maildrop", self.inner.open(user)).await
+    }
+
+    /// [`Store::deliver`], for callers on the runtime. Reading `message` blocks the thread.
+    pub async fn deliver_async(
+        &self,
+        user: &str,
+        message: &mut dyn Read,
+    ) -> Result<Delivered, StoreError> {
+        self.inner.deliver(user, message).await
+    }
+}
+
+/// Runs `f` within `limit`, or fails saying what could not be done in time.
+async fn within<T>(
+    limit: Duration,
+    what: &'static str,
+    f: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Database {
+            what,
+            detail: format!("no answer within {} s", limit.as_secs()),
+        }),
+    }
+}
+
+const TAKE_LEASE: &str = "INSERT INTO leases (maildrop_id, token, holder, expires_at) \
+     VALUES ($1, $2, $3, now() + $4::float8 * interval '1 second') \
+     ON CONFLICT (maildrop_id) DO UPDATE \
+     SET token = excluded.token, holder = excluded.holder, expires_at = excluded.expires_at \
+     WHERE leases.expires_at <= now() \
+     RETURNING token";
+
+const RENEW_LEASE: &str =
+    "UPDATE leases SET expires_at = now() + $3::float8 * interval '1 second' \
+     WHERE maildrop_id = $1 AND token = $2";
+
+const RELEASE_LEASE: &str = "DELETE FROM leases WHERE maildrop_id = $1 AND token = $2";
+
+const LISTING: &str = "SELECT id, uid, wire_size FROM messages \
+     WHERE maildrop_id = $1 ORDER BY delivered_at, id";
+
+impl Inner {
+    async fn client(&self) -> Result<Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(db_error("get a database connection"))
+    }
+
+    /// The id of `user`'s maildrop, made on first use.
+    async fn maildrop_id(&self, client: &Object, user: &str) -> Result<Uuid, StoreError> {
+        if user.is_empty() || user.len() > MAX_NAME || user.contains(|c: char| c.is_control()) {
+            return Err(StoreError::BadUser(user.to_owned()));
+        }
+        let find = "SELECT id FROM maildrops WHERE name = $1";
+        if let Some(row) = client
+            .query_opt(find, &[&user])
+            .await
+            .map_err(db_error("find the maildrop"))?
+        {
+            return Ok(row.get(0));
+        }
+        client
+            .execute(
+                "INSERT INTO maildrops (id, name) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                &[&Uuid::new_v4(), &user],
+            )
+            .await
+            .map_err(db_error("create the maildrop"))?;
+        let row = client
+            .query_one(find, &[&user])
+            .await
+            .map_err(db_error("find the maildrop"))?;
+        Ok(row.get(0))
+    }
+
+    async fn open(self: &Arc<Self>, user: &str) -> Result<PgMaildrop, StoreError> {
+        let client = self.client().await?;
+        let maildrop_id = self.maildrop_id(&client, user).await?;
+        let token = Uuid::new_v4();
+        let taken = client
+            .query_opt(
+                TAKE_LEASE,
+                &[
+                    &maildrop_id,
+                    &token,
+                    &self.holder,
+                    &self.lease.as_secs_f64(),
+                ],
+            )
+            .await
+            .map_err(db_error("take the maildrop's lease"))?;
+        if taken.is_none() {
+            return Err(StoreError::InUse);
+        }
+        // From here on, dropping the lease (on any error below) releases it.
+        let lease = Lease::start(Arc::clone(self), maildrop_id, token);
+        // Row by row as they arrive: a maildrop of 100,000 messages is never held twice.
+        let rows = client
+            .query_raw(LISTING, [maildrop_id])
+            .await
+            .map_err(db_error("list the maildrop"))?;
+        let mut rows = std::pin::pin!(rows);
+        let mut messages = Vec::new();
+        let mut entries = Vec::new();
+        while let Some(row) = rows.next().await {
+            let row = row.map_err(db_error("list the maildrop"))?;
+            let id: Uuid = row.get(0);
+            let uid: &str = row.get(1);
+            let size: i64 = row.get(2);
+            match (Uidl::new(uid), u64::try_from(size)) {
+                (Some(uid), Ok(size)) => {
+                    messages.push(MessageMeta { size, uid });
+                    entries.push((id, size));
+                }
+                // The schema's checks keep these out; a row that slipped in is skipped, never
+                // fatal to the session.
+                _ => {
+                    tracing::warn!(message = %id, "skipping a message with an invalid unique-id or size")
+                }
+            }
+        }
+        messages.shrink_to_fit();
+        entries.shrink_to_fit();
+        Ok(PgMaildrop {
+            store: Arc::clone(self),
+            lease,
+            messages,
+            entries,
+        })
+    }
+
+    async fn deliver(&self, user: &str, message: &mut dyn Read) -> Result<Delivered, StoreError> {
+        let mut client = within(
+            DELIVERY_STATEMENT_DEADLINE,
+            "get a database connection",
+            self.client(),
+        )
+        .await?;
+        let maildrop_id = within(
+            DELIVERY_STATEMENT_DEADLINE,
+            "find the maildrop",
+            self.maildrop_id(&client, user),
+        )
+        .await?;
+        let tx = within(DELIVERY_STATEMENT_DEADLINE, "begin a delivery", async {
+            client
+                .transaction()
+                .await
+                .map_err(db_error("begin a delivery"))
+        })
+        .await?;
+        let id = Uuid::new_v4();
+        let uid = id.simple().to_string();
+        within(DELIVERY_STATEMENT_DEADLINE, "record the message", async {
+            tx.execute(
+                "INSERT INTO messages \
+                 (id, maildrop_id, uid, wire_size, octets, chunks, sha256, delivered_at) \
+                 VALUES ($1, $2, $3, 0, 0, 0, ''::bytea, now())",
+                &[&id, &maildrop_id, &uid],
+            )
+            .await
+            .map_err(db_error("record the message"))
+        })
+        .await?;
+        let insert_chunk = within(
+            DELIVERY_STATEMENT_DEADLINE,
+            "prepare the chunk insert",
+            async {
+                tx.prepare("INSERT INTO message_chunks (message_id, seq, data) VALUES ($1, $2, $3)")
+                    .await
+                    .map_err(db_error("prepare the chunk insert"))
+            },
+        )
+        .await?;
+        let mut buf = vec![0u8; CHUNK_SIZE];
+        let mut counter = WireCounter::default();
+        let mut hash = Sha256::new();
+        let mut seq: i32 = 0;
+        loop {
+            let n = fill(message, &mut buf).map_err(StoreError::Source)?;
+            if n == 0 {
+                break;
+            }
+            let block = buf.get(..n).unwrap_or_default();
+            counter.feed(block);
+            hash.update(block);
+            within(
+                DELIVERY_STATEMENT_DEADLINE,
+                "store a chunk of the message",
+                async {
+                    tx.execute(&insert_chunk, &[&id, &seq, &block])
+                        .await
+                        .map_err(db_error("store a chunk of the message"))
+                },
+            )
+            .await?;
+            seq = seq
+                .checked_add(1)
+                .ok_or(StoreError::Source(io::Error::other(
+                    "message too large for the store",
+                )))?;
+            if n < buf.len() {
+                break;
+            }
+        }
+        let (size, wire_size) = (counter.size(), counter.wire_size());
+        let sizes = (i64::try_from(size), i64::try_from(wire_size));
+        let (Ok(octets), Ok(wire)) = sizes else {
+            return Err(StoreError::Source(io::Error::other(
+                "message too large for the store",
+            )));
+        };
+        let digest = hash.finalize().to_vec();
+        within(DELIVERY_STATEMENT_DEADLINE, "complete the message", async {
+            tx.execute(
+                "UPDATE messages SET wire_size = $2, octets = $3, chunks = $4, sha256 = $5 \
+                 WHERE id = $1",
+                &[&id, &wire, &octets, &seq, &digest],
+            )
+            .await
+            .map_err(db_error("complete the message"))
+        })
+        .await?;
+        within(DELIVERY_STATEMENT_DEADLINE, "commit the delivery", async {
+            tx.commit().await.map_err(db_error("commit the delivery"))
+        })
+        .await?;
+        Ok(Delivered {
+            path: format!("postgresql:{user}/{uid}").into(),
+            size,
+            wire_size,
+        })
+    }
+}
+
+/// Reads until `buf` is full or the input ends; returns the octets read.
+fn fill(input: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while let Some(rest) = buf.get_mut(filled..).filter(|r| !r.is_empty()) {
+        match input.read(rest) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// A session's lease on one maildrop: renewed by a task while it lives, released when dropped.
+struct Lease {
+    store: Arc<Inner>,
+    maildrop_id: Uuid,
+    token: Uuid,
+    /// Dropping it stops the renewals.
+    stop: Option<oneshot::Sender<()>>,
+    /// Set when a renewal found the lease taken by another session.
+    lost: Arc<AtomicBool>,
+}
+
+impl Lease {
+    fn start(store: Arc<Inner>, maildrop_id: Uuid, token: Uuid) -> Self {
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let lost = Arc::new(AtomicBool::new(false));
+        let (task_store, task_lost) = (Arc::clone(&store), Arc::clone(&lost));
+        store.runtime.spawn(async move {
+            let every = task_store.renew_every;
+            loop {
+                // The sender dropped (or sent): the session is over.
+                if tokio::time::timeout(every, &mut stopped).await.is_ok() {
+                    return;
+                }
+                let renewed = within(every.max(Duration::from_secs(1)), "renew the lease", async {
+                    let client = task_store.client().await?;
+                    client
+                        .execute(
+                            RENEW_LEASE,
+                            &[&maildrop_id, &token, &task_store.lease.as_secs_f64()],
+                        )
+                        .await
+                        .map_err(db_error("renew the lease"))
+                })
+                .await;
+                match renewed {
+                    Ok(1) => {}
+                    Ok(_) => {
+                        tracing::warn!(maildrop = %maildrop_id, "the maildrop's lease was taken by another session");
+                        task_lost.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                    // The next period tries again; the lease lasts three of them.
+                    Err(e) => tracing::warn!(maildrop = %maildrop_id, error = %e, "cannot renew the maildrop's lease"),
+                }
+            }
+        });
+        Self {
+            store,
+            maildrop_id,
+            token,
+            stop: Some(stop),
+            lost,
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        // Dropped anywhere (a blocking thread, a runtime worker): the release runs as a task.
+        // If it never runs (the runtime is going away), the lease expires by itself.
+        let (store, maildrop_id, token) = (Arc::clone(&self.store), self.maildrop_id, self.token);
+        self.store.runtime.spawn(async move {
+            let released = within(OPEN_DEADLINE, "release the lease", async {
+                let client = store.client().await?;
+                client
+                    .execute(RELEASE_LEASE, &[&maildrop_id, &token])
+                    .await
+                    .map_err(db_error("release the lease"))
+            })
+            .await;
+            if let Err(e) = released {
+                tracing::warn!(maildrop = %maildrop_id, error = %e, "cannot release the maildrop's lease; it will expire");
+            }
+        });
+    }
+}
+
+/// One leased maildrop of the PostgreSQL store.
+pub struct PgMaildrop {
+    store: Arc<Inner>,
+    lease: Lease,
+    messages: Vec<MessageMeta>,
+    /// Per message number: the message's id and wire size (kept after `take_messages`).
+    entries: Vec<(Uuid, u64)>,
+}
+
+/// Why one try of the UPDATE transaction failed.
+enum Attempt {
+    /// A serialization failure or a deadlock: try again.
+    Retry(tokio_postgres::Error),
+    Fail(StoreError),
+}
+
+impl PgMaildrop {
+    /// True once a renewal found the lease taken by another session.
+    pub fn lease_lost(&self) -> bool {
+        self.lease.lost.load(Ordering::Relaxed)
+    }
+
+    /// [`Maildrop::open_message`], for callers on the runtime.
+    pub async fn open_message_async(&self, index: usize) -> Result<ChunkReader, StoreError> {
+        let &(id, _) = self
+            .entries
+            .get(index)
+            .ok_or(StoreError::NoSuchMessage(index + 1))?;
+        let store = &self.store;
+        let row = within(CHUNK_DEADLINE, "open the message", async {
+            let client = store.client().await?;
+            client
+                .query_opt(
+                    "SELECT chunks FROM messages WHERE id = $1 AND maildrop_id = $2",
+                    &[&id, &self.lease.maildrop_id],
+                )
+                .await
+                .map_err(db_error("open the message"))
+        })
+        .await?;
+        let chunks: i32 = row.ok_or(StoreError::Vanished(index + 1))?.get(0);
+        Ok(ChunkReader {
+            store: Arc::clone(&self.store),
+            message_id: id,
+            chunks,
+            next: 0,
+            chunk: Vec::new(),
+            pos: 0,
+        })
+    }
+
+    /// [`Maildrop::apply_deletions`], for callers on the runtime.
+    pub async fn apply_deletions_async(&self, indices: &[usize]) -> Result<(), StoreError> {
+        let mut ids = Vec::with_capacity(indices.len());
+        for &i in indices {
+            let &(id, _) = self
+                .entries
+                .get(i)
+                .ok_or(StoreError::NoSuchMessage(i + 1))?;
+            ids.push(id);
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        within(UPDATE_DEADLINE, "apply the deletions", async {
+            let mut attempt = 1;
+            loop {
+                match self.try_delete(&ids).await {
+                    Ok(()) => return Ok(()),
+                    Err(Attempt::Retry(e)) if attempt < UPDATE_ATTEMPTS => {
+                        tracing::debug!(error = %e, attempt, "UPDATE: serialization failure, retrying");
+                        let backoff = 20u64 << attempt;
+                        tokio::time::sleep(Duration::from_millis(backoff)).await;
+                        attempt += 1;
+                    }
+                    Err(Attempt::Retry(e)) => return Err(db_error("apply the deletions")(e)),
+                    Err(Attempt::Fail(e)) => return Err(e),
+                }
+            }
+        })
+        .await
+    }
+
+    /// One try of the UPDATE transaction: lock the lease row, check it still carries this
+    /// session's token, delete, commit.
+    async fn try_delete(&self, ids: &[Uuid]) -> Result<(), Attempt> {
+        let classify = |what: &'static str| {
+            move |e: tokio_postgres::Error| match e.code() {
+                Some(c)
+                    if *c == SqlState::T_R_SERIALIZATION_FAILURE
+                        || *c == SqlState::T_R_DEADLOCK_DETECTED =>
+                {
+                    Attempt::Retry(e)
+                }
+                _ => Attempt::Fail(db_error(what)(e)),
+            }
+        };
+        let mut client = self.store.client().await.map_err(Attempt::Fail)?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(classify("begin the UPDATE"))?;
+        let held = tx
+            .query_opt(
+                "SELECT 1 FROM leases WHERE maildrop_id = $1 AND token = $2 FOR UPDATE",
+                &[&self.lease.maildrop_id, &self.lease.token],
+            )
+            .await
+            .map_err(classify("check the lease"))?;
+        if held.is_none() {
+            self.lease.lost.store(true, Ordering::Relaxed);
+            return Err(Attempt::Fail(StoreError::LeaseLost));
+        }
+        tx.execute(
+            "DELETE FROM messages WHERE maildrop_id = $1 AND id = ANY($2)",
+            &[&self.lease.maildrop_id, &ids],
+        )
+        .await
+        .map_err(classify("delete the messages"))?;
+        tx.commit().await.map_err(classify("commit the UPDATE"))
+    }
+}
+
+impl Maildrop for PgMaildrop {
+    fn messages(&self) -> &[MessageMeta] {
+        &self.messages
+    }
+
+    fn take_messages(&mut self) -> Vec<MessageMeta> {
+        std::mem::take(&mut self.messages)
+    }
+
+    fn size(&self, index: usize) -> Option<u64> {
+        self.entries.get(index).map(|&(_, size)| size)
+    }
+
+    fn sizes_known(&self) -> bool {
+        true
+    }
+
+    fn compute_sizes(&mut self) -> Result<Vec<u64>, StoreError> {
+        Ok(self.entries.iter().map(|&(_, size)| size).collect())
+    }
+
+    fn open_message(&mut self, index: usize) -> Result<Box<dyn Read + Send>, StoreError> {
+        let runtime = self.store.runtime.clone();
+        let reader = runtime.block_on(self.open_message_async(index))?;
+        Ok(Box::new(reader))
+    }
+
+    fn apply_deletions(&mut self, indices: &[usize]) -> Result<(), StoreError> {
+        let runtime = self.store.runtime.clone();
+        runtime.block_on(self.apply_deletions_async(indices))
+    }
+}
+
+/// A message read chunk by chunk: one chunk (at most [`CHUNK_SIZE`] octets) in memory at a time.
+pub struct ChunkReader {
+    store: Arc<Inner>,
+    message_id: Uuid,
+    chunks: i32,
+    next: i32,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl ChunkReader {
+    /// The next chunk, or `None` after the last.
+    pub async fn next_chunk(&mut self) -> io::Result<Option<Vec<u8>>> {
+        if self.next >= self.chunks {
+            return Ok(None);
+        }
+        let (store, id, seq) = (&self.store, self.message_id, self.next);
+        let row = within(CHUNK_DEADLINE, "read a chunk of the message", async {
+            let client = store.client().await?;
+            client
+                .query_opt(
+                    "SELECT data FROM message_chunks WHERE message_id = $1 AND seq = $2",
+                    &[&id, &seq],
+                )
+                .await
+                .map_err(db_error("read a chunk of the message"))
+        })
+        .await
+        .map_err(io::Error::other)?;
+        let data: Vec<u8> = match row {
+            Some(row) => row.get(0),
+            None => {
+                return Err(io::Error::other(format!(
+                    "chunk {seq} of message {id} is missing from the database"
+                )))
+            }
+        };
+        if data.is_empty() || data.len() > CHUNK_SIZE {
+            return Err(io::Error::other(format!(
+                "chunk {seq} of message {id} has {} octets",
+                data.len()
+            )));
+        }
+        self.next += 1;
+        Ok(Some(data))
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos >= self.chunk.len() {
+            let runtime = self.store.runtime.clone();
+            match runtime.block_on(self.next_chunk())? {
+                Some(chunk) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let rest = self.chunk.get(self.pos..).unwrap_or_default();
+        let n = rest.len().min(out.len());
+        out.get_mut(..n)
+            .unwrap_or_default()
+            .copy_from_slice(rest.get(..n).unwrap_or_default());
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl Store for PgStore {
+    /// `home` and `owner` mean nothing here: the maildrop is the user name's row.
+    fn open_as(
+        &self,
+        user: &str,
+        _home: Option<&str>,
+        _owner: Owner,
+    ) -> Result<Box<dyn Maildrop>, StoreError> {
+        let maildrop = self.inner.runtime.block_on(self.open_async(user))?;
+        Ok(Box::new(maildrop))
+    }
+
+    fn deliver_as(
+        &self,
+        user: &str,
+        _home: Option<&str>,
+        _owner: Owner,
+        message: &mut dyn Read,
+    ) -> Result<Delivered, StoreError> {
+        self.inner
+            .runtime
+            .block_on(self.deliver_async(user, message))
+    }
+}
