@@ -583,7 +583,7 @@ impl Connection {
     ) -> Step {
         let result = match outcome {
             Ok(Verdict::Opened { user, maildrop }) => {
-                self.shared.penalties.success(&user);
+                self.shared.penalties.success(&user).await;
                 match maildrop {
                     Ok(mut maildrop) => {
                         tracing::info!(
@@ -648,7 +648,7 @@ impl Connection {
                     ),
                 };
                 self.failed_logins += 1;
-                let delay = self.shared.penalties.failure(self.peer.ip(), tried);
+                let delay = self.shared.penalties.failure(self.peer.ip(), tried).await;
                 self.log_failed_login(method, tried, &reason, delay);
                 tokio::time::sleep(delay).await;
                 result
