@@ -326,7 +326,39 @@ fn sql_users_refuse_to_block_an_async_task() {
     let r = env
         .rt
         .block_on(async move { u.check_password("alice", b"x") });
-    assert_eq!(r, Err(FailureReason::Unspecified));
+    assert_eq!(r, Err(FailureReason::Unavailable));
+}
+
+/// A database that cannot answer is no verdict on the credentials: Unavailable, whatever the
+/// method, and no hash work spent.
+#[test]
+fn a_failing_database_is_unavailable_not_a_wrong_password() {
+    let env = Env::new();
+    let pool = env.pool();
+    env.rt
+        .block_on(sql::add_user(&pool, "pat", "{PLAIN}tanstaaf"))
+        .unwrap();
+    let users = env.node();
+    assert!(matches!(
+        users.verify_password("pat", b"tanstaaf"),
+        AuthOutcome::Success(_)
+    ));
+    env.sql("ALTER TABLE users RENAME TO users_elsewhere");
+    assert_eq!(
+        users.check_password("pat", b"tanstaaf"),
+        Err(FailureReason::Unavailable)
+    );
+    assert_eq!(
+        users.check_apop("pat", "<1@h>", &md5_hex("<1@h>tanstaaf")),
+        Err(FailureReason::Unavailable)
+    );
+    assert!(users.account("pat").is_none());
+    assert_eq!(users.slow_checks(), 1);
+    env.sql("ALTER TABLE users_elsewhere RENAME TO users");
+    assert!(matches!(
+        users.verify_password("pat", b"tanstaaf"),
+        AuthOutcome::Success(_)
+    ));
 }
 
 fn ip(s: &str) -> IpAddr {

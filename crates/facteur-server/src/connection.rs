@@ -631,6 +631,17 @@ impl Connection {
                 tracing::debug!(peer = %self.peer, method = %method, why = text, "SASL exchange aborted");
                 AuthResult::Aborted(text)
             }
+            Ok(Verdict::Failure(Some(FailureReason::Unavailable))) => {
+                // The user database did not answer: the client's credentials were not judged,
+                // so no failed login is counted (RFC 3206: [SYS/TEMP], try again later).
+                self.log_failed_login(
+                    method,
+                    tried,
+                    &FailureReason::Unavailable.to_string(),
+                    Duration::ZERO,
+                );
+                AuthResult::SystemError { permanent: false }
+            }
             Ok(failure) => {
                 let (reason, result) = match failure {
                     Verdict::Aborted(text) => (

@@ -133,7 +133,7 @@ fn commands_on_a_database_without_the_schema_say_what_to_do() {
 /// changed with the CLI is in force at the next login, despite the server's cache.
 #[test]
 fn pop3_logins_with_sql_users() {
-    let (_db, _fx, config) = setup("");
+    let (db, _fx, config) = setup("");
     ok(
         &config,
         &[
@@ -194,6 +194,37 @@ fn pop3_logins_with_sql_users() {
     server.login("dora", "second").quit();
     let log = server.log();
     assert!(log.contains("backend = \"sql\""), "{log}");
+
+    // A database that cannot answer is a temporary failure of the server, not a wrong password.
+    execute(&db.url, "ALTER TABLE users RENAME TO users_elsewhere");
+    let mut c = Client::connect(server.addr);
+    c.cmd("USER dora");
+    let r = c.cmd("PASS second");
+    assert!(r.starts_with("-ERR [SYS/TEMP]"), "{r}");
+    let log = server.wait_for_log("the user database is unavailable", 1);
+    assert!(
+        log.contains("cannot read the user from the database"),
+        "{log}"
+    );
+    execute(&db.url, "ALTER TABLE users_elsewhere RENAME TO users");
+    server.login("dora", "second").quit();
+}
+
+/// Runs one SQL statement on the test's database.
+fn execute(url: &str, statement: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to the test database");
+        let driver = tokio::spawn(conn);
+        client.batch_execute(statement).await.expect(statement);
+        drop(client);
+        let _ = driver.await;
+    });
 }
 
 /// Guesses spread over two servers are counted together: failures on A make B's next failure

@@ -334,7 +334,8 @@ impl SqlUsers {
         self.runtime.block_on(f)
     }
 
-    /// `user`'s row, read now; an error is logged here and is no row for the caller.
+    /// `user`'s row, read now; a database error is logged here, and is
+    /// [`FailureReason::Unavailable`] for the caller (no credential judged, no hash work).
     fn lookup(&self, user: &str) -> Result<Option<Row>, FailureReason> {
         self.refresh_methods_if_stale();
         let pool = &self.pool;
@@ -364,8 +365,8 @@ impl SqlUsers {
                 Ok(row)
             }
             Err(error) => {
-                tracing::error!(%error, "cannot read the user from the database: login refused");
-                Err(FailureReason::Unspecified)
+                tracing::error!(%error, "cannot read the user from the database");
+                Err(FailureReason::Unavailable)
             }
         }
     }
