@@ -1,8 +1,10 @@
 //! # facteur-auth: who may log in
 //!
-//! User databases (the passwd-file now, SQL next), password schemes, APOP and SASL, the cache of
-//! verifications and the failed-login penalties. No networking and no tokio: every check is a
-//! blocking call the server runs off its async threads.
+//! User databases (the passwd-file, and with the cargo feature `postgres` the users of a
+//! PostgreSQL database), password schemes, APOP and SASL, the cache of verifications and the
+//! failed-login penalties. Every check is a blocking call the server runs off its async threads;
+//! without the `postgres` feature there is no networking and no tokio at all, and with it the only
+//! network is the database, reached through the store's pool.
 //!
 //! # Layout
 //! - [`Authenticator`]: what the server calls to check USER/PASS and APOP. Blocking, since

@@ -140,10 +140,9 @@ pub(crate) fn user_hash(hash_key: &[u8], user: &str) -> [u8; USER_KEY_LEN] {
 }
 
 /// What the server counts failed logins with: [`Penalties`] in this process (the passwd-file
-/// backend), or, with `[auth] backend = "sql"`, [`SharedPenalties`] in the database every node
-/// uses, so that guesses spread over N nodes are counted together. Both answer the same way.
-///
-/// [`SharedPenalties`]: crate::sql::SharedPenalties
+/// backend), or, with `[auth] backend = "sql"`, `sql::SharedPenalties` (cargo feature
+/// `postgres`) in the database every node uses, so that guesses spread over N nodes are counted
+/// together. Both answer the same way.
 pub enum FailedLogins {
     Local(Penalties),
     #[cfg(feature = "postgres")]
