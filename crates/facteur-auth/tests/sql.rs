@@ -224,6 +224,34 @@ fn logins_through_sql_users() {
         users.check_apop("alice", ts, &digest),
         Err(FailureReason::MethodImpossible("SHA256-CRYPT"))
     );
+    // CRAM-MD5: the HMAC-MD5 of the challenge under the {PLAIN} password.
+    let challenge = b"<7.8@host>";
+    let cram = |key: &[u8]| {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<md5::Md5>::new_from_slice(key).unwrap();
+        mac.update(challenge);
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    assert!(matches!(
+        users.verify_cram_md5("pat", challenge, &cram(b"tanstaaf")),
+        AuthOutcome::Success(_)
+    ));
+    assert_eq!(
+        users.check_cram_md5("pat", challenge, &cram(b"other")),
+        Err(FailureReason::WrongPassword)
+    );
+    assert_eq!(
+        users.check_cram_md5("alice", challenge, &cram(b"secret")),
+        Err(FailureReason::MethodImpossible("SHA256-CRYPT"))
+    );
+    assert_eq!(
+        users.check_cram_md5("nobody", challenge, &cram(b"x")),
+        Err(FailureReason::UnknownUser)
+    );
     assert!(users.account("alice").is_some());
     assert!(users.account("nobody").is_none());
     // SCRAM: real keys for pat, made-up ones for the others, the same at every attempt.

@@ -6,8 +6,10 @@
 //!
 //! Each login reads its user's row: one query on the primary key. The [`Authenticator`] is
 //! blocking, as the server calls it from its password-check threads: each query is run on the
-//! server's runtime ([`tokio::runtime::Handle::block_on`]) from the calling thread. Called from
-//! inside an async task it refuses (an error in the log, a failed login), never blocks a worker.
+//! server's runtime ([`tokio::runtime::Handle::block_on`]) from the calling thread, which must
+//! be a thread of its own (the server's password-check threads): called from a thread of the
+//! runtime (a task, or `spawn_blocking`) it refuses with [`FailureReason::Unavailable`] and an
+//! error in the log, rather than block a worker or panic.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -325,7 +327,7 @@ impl SqlUsers {
         f: impl std::future::Future<Output = Result<T, AuthError>>,
     ) -> Result<T, AuthError> {
         if Handle::try_current().is_ok() {
-            // A worker of the runtime would wait on itself.
+            // A thread of the runtime would wait on itself (or panic in block_on).
             return Err(AuthError::Database {
                 what: "look up a user",
                 detail: "called from inside an async task instead of a blocking thread".into(),
