@@ -264,6 +264,39 @@ fn logins_through_sql_users() {
     assert_eq!(users.slow_checks(), 4);
 }
 
+/// Unknown users are checked against a dummy of the slowest scheme in use: of a sample of the
+/// users at start (not a fixed scheme, which would make unknown users slower or faster than all
+/// the real ones), raised when a slower user logs in.
+#[test]
+fn the_dummy_hash_follows_the_slowest_users() {
+    let env = Env::new();
+    let pool = env.pool();
+    assert_eq!(env.node().dummy_scheme(), Scheme::Argon2id);
+    env.rt
+        .block_on(sql::add_user(&pool, "s", &sha256("x")))
+        .unwrap();
+    env.rt
+        .block_on(sql::add_user(&pool, "p", "{PLAIN}x"))
+        .unwrap();
+    let node = env.node();
+    assert_eq!(node.dummy_scheme(), Scheme::Sha256Crypt);
+    let bcrypt = hash_password(Scheme::BlfCrypt, b"b").unwrap();
+    env.rt.block_on(sql::add_user(&pool, "b", &bcrypt)).unwrap();
+    assert_eq!(node.dummy_scheme(), Scheme::Sha256Crypt);
+    assert!(matches!(
+        node.verify_password("b", b"b"),
+        AuthOutcome::Success(_)
+    ));
+    assert_eq!(node.dummy_scheme(), Scheme::BlfCrypt);
+    // A faster user never lowers it.
+    assert!(matches!(
+        node.verify_password("p", b"x"),
+        AuthOutcome::Success(_)
+    ));
+    assert_eq!(node.dummy_scheme(), Scheme::BlfCrypt);
+    assert_eq!(env.node().dummy_scheme(), Scheme::BlfCrypt);
+}
+
 #[test]
 fn a_database_with_crypt_users_only_offers_no_apop() {
     let env = Env::new();

@@ -29,8 +29,8 @@ use crate::edit::{check_stored, check_user};
 use crate::scheme::{apop_digest, apop_digest_matches, random_token, CostKey, ScramSource};
 use crate::scram::{fake_keys, plain_user_salt};
 use crate::{
-    Account, AuthError, AuthOutcome, Authenticator, Checked, ScramCredentials, StoredPassword,
-    PASSWORD_MAX_LEN, USER_NAME_MAX_LEN,
+    Account, AuthError, AuthOutcome, Authenticator, Checked, Scheme, ScramCredentials,
+    StoredPassword, PASSWORD_MAX_LEN, USER_NAME_MAX_LEN,
 };
 
 /// How long the answers of "could any user use APOP, CRAM-MD5, SCRAM?" are kept before they
@@ -235,6 +235,37 @@ pub async fn count_users(pool: &Pool) -> Result<i64, AuthError> {
     Ok(row.get(0))
 }
 
+/// Stored passwords read per scheme at start to find the slowest cost in use.
+const COST_SAMPLE: i64 = 20;
+
+/// The slowest cost among a sample of each scheme's stored passwords (`None`: no users): what
+/// the dummy hash starts with, as the passwd-file's slowest user. A slower user met at a login
+/// later raises it ([`SqlUsers`] never lowers it).
+async fn sample_slowest_cost(pool: &Pool) -> Result<Option<CostKey>, AuthError> {
+    let mut slowest: Option<CostKey> = None;
+    for scheme in Scheme::ALL {
+        let name = scheme.name();
+        let rows = retrying(pool, "sample the users' password costs", |c| async move {
+            c.query(
+                "SELECT password FROM users WHERE scheme = $1 LIMIT $2",
+                &[&name, &COST_SAMPLE],
+            )
+            .await
+        })
+        .await?;
+        for row in rows {
+            let field: String = row.get(0);
+            if let Ok(stored) = StoredPassword::parse(&field) {
+                let key = stored.cost_key();
+                if slowest.is_none_or(|s| key.estimated_work() > s.estimated_work()) {
+                    slowest = Some(key);
+                }
+            }
+        }
+    }
+    Ok(slowest)
+}
+
 /// What login methods some user could use, as last asked.
 #[derive(Default)]
 struct Methods {
@@ -263,8 +294,8 @@ pub struct SqlUsers {
     /// made-up keys. Random for each process.
     scram_secret: Secret<[u8; 32]>,
     verified: Option<VerifiedCache>,
-    /// The slowest cost seen so far (ARGON2ID by default, `facteur user add`'s scheme): an
-    /// unknown user costs what the slowest known user seen costs.
+    /// The slowest cost seen so far (a sample of the users at start, ARGON2ID with no users):
+    /// an unknown user costs what the slowest known user seen costs.
     dummy: RwLock<Arc<Dummy>>,
     dummy_apop_secret: Secret<String>,
     methods: Methods,
@@ -286,7 +317,7 @@ impl SqlUsers {
         super::check_schema(&pool).await?;
         let mut scram_secret = [0u8; 32];
         getrandom::fill(&mut scram_secret)?;
-        let cost = CostKey::default();
+        let cost = sample_slowest_cost(&pool).await?.unwrap_or_default();
         let users = Self {
             runtime: Handle::current(),
             pool,
@@ -310,6 +341,11 @@ impl SqlUsers {
     pub fn with_verified_cache(mut self, ttl: Duration, max_entries: usize) -> Self {
         self.verified = VerifiedCache::new(ttl, max_entries);
         self
+    }
+
+    /// The scheme of the dummy hash unknown users are checked against: the slowest seen.
+    pub fn dummy_scheme(&self) -> Scheme {
+        self.current_dummy().stored.scheme()
     }
 
     /// How many passwords were checked the slow way (the scheme's own check or the dummy's).
