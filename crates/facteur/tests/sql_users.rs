@@ -275,3 +275,84 @@ fn two_servers_share_failed_login_penalties() {
     // A right password is never delayed by the penalties: it goes through on either server.
     b.login("erin", "pw").quit();
 }
+
+/// Every login method against SQL users, with facteur's own POP3 client (`facteur fetch`'s):
+/// SCRAM-SHA-256 for a user stored with SCRAM keys and for a `{PLAIN}` one, CRAM-MD5 and APOP for
+/// the `{PLAIN}` one, PLAIN and USER/PASS for both; a wrong password fails with each.
+#[test]
+fn every_login_method_with_sql_users() {
+    use facteur_fetch::auth::AuthMethod;
+    use facteur_fetch::config::{Account, DeletePolicy, DestinationSpec, Limits, PasswordSource};
+    use facteur_fetch::fetch::{fetch_account, RunOptions, EXIT_AUTH};
+    use facteur_fetch::{Security, Target};
+    use facteur_proto::Secret;
+
+    let (_db, fx, config) = setup("");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "backend = \"sql\"\n",
+        "backend = \"sql\"\nsasl = [\"PLAIN\", \"CRAM-MD5\", \"SCRAM-SHA-256\"]\napop = true\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    for (user, scheme) in [("pat", "PLAIN"), ("sam", "SCRAM-SHA-256")] {
+        ok(
+            &config,
+            &["user", "add", user, "--scheme", scheme, "--password-stdin"],
+            b"pw\n",
+        );
+    }
+    let server = BinServer::start(&config);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let bar = indicatif::ProgressBar::hidden();
+    let run = |user: &str, method: AuthMethod, password: &str| {
+        let local = fx.path().join(format!("fetched-{user}-{method}"));
+        let account = Account {
+            identity: None,
+            name: format!("{user}-{method}"),
+            target: Target {
+                host: server.addr.ip().to_string(),
+                port: server.addr.port(),
+                security: Security::Plaintext,
+                ca_file: None,
+            },
+            user: user.into(),
+            auth: method,
+            password: PasswordSource::Inline(Secret::new(password.into())),
+            destination: DestinationSpec::Maildir(local.join("Maildir")),
+            policy: DeletePolicy::Keep,
+            limits: Limits::default(),
+            timeout: Duration::from_secs(30),
+        };
+        let opts = RunOptions {
+            state_dir: local.join("state"),
+            dry_run: false,
+            now: None,
+            fault: None,
+        };
+        rt.block_on(fetch_account(
+            &account,
+            &Secret::new(password.into()),
+            &opts,
+            &bar,
+        ))
+    };
+    let cases = [
+        ("pat", AuthMethod::ScramSha256),
+        ("pat", AuthMethod::CramMd5),
+        ("pat", AuthMethod::Apop),
+        ("pat", AuthMethod::Plain),
+        ("pat", AuthMethod::User),
+        ("sam", AuthMethod::ScramSha256),
+        ("sam", AuthMethod::Plain),
+    ];
+    for (user, method) in cases {
+        let report = run(user, method, "pw").unwrap_or_else(|e| panic!("{user} {method}: {e}"));
+        assert_eq!(report.method, Some(method), "{user}");
+    }
+    for (user, method) in cases {
+        let e = run(user, method, "wrong").unwrap_err();
+        assert_eq!(e.exit_code(), EXIT_AUTH, "{user} {method}: {e}");
+    }
+}
