@@ -258,7 +258,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
             for w in &found.warnings {
                 eprintln!("warning: {w}");
             }
-            for w in login_method_warnings(&cfg, &snapshot) {
+            let schemes: Vec<Scheme> = snapshot
+                .entries()
+                .iter()
+                .map(|e| e.password().scheme())
+                .collect();
+            for w in login_method_warnings(&cfg, schemes.iter().map(|&s| (s, 1))) {
                 eprintln!("warning: {w}");
             }
             if !found.errors.is_empty() {
@@ -311,23 +316,25 @@ fn run(cli: Cli) -> Result<(), CliError> {
 /// client that picks the strongest method advertised (many do, and do not fall back) then fails
 /// every time, is penalised, and may be cut off. (APOP is not advertised when no user can use
 /// it; SASL mechanisms are.)
-fn login_method_warnings(cfg: &Config, users: &auth::PasswdFile) -> Vec<String> {
+fn login_method_warnings(
+    cfg: &Config,
+    users: impl Iterator<Item = (Scheme, u64)> + Clone,
+) -> Vec<String> {
     let mut methods = cfg.auth.sasl_mechanisms();
     methods.retain(|m| m == "CRAM-MD5" || m == "SCRAM-SHA-256");
     if cfg.auth.apop {
         methods.push("APOP".to_string());
     }
-    let total = users.len();
+    let total: u64 = users.clone().map(|(_, n)| n).sum();
     let mut warnings = Vec::new();
     for method in methods {
-        let mut schemes: std::collections::BTreeMap<&str, usize> = Default::default();
-        for entry in users.entries() {
-            let scheme = entry.password().scheme();
+        let mut schemes: std::collections::BTreeMap<&str, u64> = Default::default();
+        for (scheme, n) in users.clone() {
             if !scheme.serves(&method) {
-                *schemes.entry(scheme.name()).or_default() += 1;
+                *schemes.entry(scheme.name()).or_default() += n;
             }
         }
-        let cannot: usize = schemes.values().sum();
+        let cannot: u64 = schemes.values().sum();
         if cannot == 0 {
             continue;
         }
@@ -708,6 +715,10 @@ fn check_config_sql(cfg: &Config, path: &Path) -> Result<(), CliError> {
         return Err(fail("[auth] backend is not sql"));
     };
     let users = db.run(auth::sql::count_users(&db.pool))?;
+    let schemes = db.run(auth::sql::count_schemes(&db.pool))?;
+    for w in login_method_warnings(cfg, schemes.iter().copied()) {
+        eprintln!("warning: {w}");
+    }
     let store = match cfg.store.backend {
         StoreBackend::Maildir => format!("maildir {}", cfg.store.maildir),
         StoreBackend::Postgresql => "store postgresql".to_string(),

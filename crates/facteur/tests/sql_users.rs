@@ -104,9 +104,25 @@ fn user_commands_work_on_the_database() {
     assert_ne!(code, Some(0));
     assert!(err.contains("no user \"nobody\" in the database"), "{err}");
 
-    let out = ok(&config, &["check-config"], b"");
+    let (code, out, err) = cli(&config, &["check-config"], b"");
+    assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("2 users in the database"), "{out}");
     assert!(out.contains("schema version 2"), "{out}");
+    assert!(!err.contains("warning"), "{err}");
+    // A login method offered that some users' schemes cannot serve is warned about.
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "backend = \"sql\"\n",
+        "backend = \"sql\"\nsasl = [\"PLAIN\", \"SCRAM-SHA-256\"]\n",
+    );
+    let scram_config = fx.path().join("scram.toml");
+    std::fs::write(&scram_config, text).unwrap();
+    let (code, out, err) = cli(&scram_config, &["check-config"], b"");
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        err.contains("SCRAM-SHA-256 is offered, but 1 of 2 users cannot log in with it"),
+        "{err}"
+    );
+    assert!(err.contains("1 SHA256-CRYPT"), "{err}");
 
     let out = ok(&config, &["user", "del", "zoe"], b"");
     assert!(out.contains("removed zoe"), "{out}");

@@ -28,7 +28,8 @@ use crate::AuthError;
 
 pub use penalties::{Cleaned, SharedPenalties, SharedPenaltiesConfig};
 pub use users::{
-    add_user, count_users, del_user, find_user, list_users, set_password, SqlUsers, UserRecord,
+    add_user, count_schemes, count_users, del_user, find_user, list_users, set_password, SqlUsers,
+    UserRecord,
 };
 
 /// The connection pool the users and the penalties share (the store's pool type).
