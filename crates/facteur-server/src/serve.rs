@@ -15,10 +15,10 @@ use std::time::Duration;
 use facteur_auth::penalty::FailedLogins;
 use facteur_auth::sql::{SharedPenalties, SharedPenaltiesConfig, SqlUsers};
 use facteur_auth::{AuthError, Authenticator, PasswdDb};
-use facteur_store::MaildirStore;
+use facteur_store::{MaildirStore, Store};
 use facteur_tls::{TlsError, TlsFiles, TlsState};
 
-use crate::config::{AuthBackend, Config};
+use crate::config::{AuthBackend, Config, StoreBackend, StoreSection};
 use crate::privileges::{self, PrivilegeError, Target};
 use crate::Shared;
 
@@ -59,6 +59,12 @@ pub enum ServeError {
     },
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    /// The store could not be opened (the database unreachable, or its schema unknown).
+    #[error("cannot open the store: {0}")]
+    Store(#[from] facteur_store::StoreError),
+    /// `[store] backend = "postgresql"` in a build without the feature `postgres`.
+    #[error("[store] backend = \"postgresql\": this facteur was built without PostgreSQL")]
+    NoPostgres,
     #[error("cannot handle {signal}: {source}")]
     Signal {
         signal: &'static str,
@@ -148,7 +154,7 @@ pub fn serve(cfg: Config, dev: bool, banner: Option<String>) -> Result<(), Serve
                 (Arc::new(users) as Arc<dyn Authenticator>, Some(penalties))
             }
         };
-        let store = Arc::new(MaildirStore::new(cfg.store.maildir.clone()));
+        let store = open_store(&cfg.store).await?;
         let mut shared = Shared::new(cfg, auth, store);
         if let Some(penalties) = shared_penalties {
             penalties.spawn_cleaner();
@@ -204,6 +210,29 @@ async fn open_sql_users(cfg: &Config) -> Result<(SqlUsers, Arc<SharedPenalties>)
     .await?;
     tracing::info!("users and failed-login penalties in the database ([auth] backend = \"sql\")");
     Ok((users, Arc::new(penalties)))
+}
+
+/// The store `[store]` names. Runs inside the server's runtime: the PostgreSQL store drives its
+/// database I/O on it (and checks the schema here, so a server never serves a schema it does not
+/// know).
+pub async fn open_store(cfg: &StoreSection) -> Result<Arc<dyn Store>, ServeError> {
+    match cfg.backend {
+        StoreBackend::Maildir => Ok(Arc::new(MaildirStore::new(cfg.maildir.clone()))),
+        #[cfg(feature = "postgres")]
+        StoreBackend::Postgresql => {
+            let store = facteur_store::postgres::PgStore::connect(
+                &facteur_store::postgres::PgStoreConfig {
+                    url: cfg.url.clone().unwrap_or_default(),
+                    pool_size: cfg.pool_size,
+                    lease: cfg.lease(),
+                },
+            )
+            .await?;
+            Ok(Arc::new(store))
+        }
+        #[cfg(not(feature = "postgres"))]
+        StoreBackend::Postgresql => Err(ServeError::NoPostgres),
+    }
 }
 
 /// Resolves at the first SIGTERM or SIGINT; the handlers are installed when this is called

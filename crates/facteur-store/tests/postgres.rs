@@ -302,6 +302,27 @@ mod store {
         assert!(!second.contains(&uids(bob.as_ref())[0]));
     }
 
+    #[test]
+    fn the_listing_follows_delivery_order() {
+        let env = env(Duration::from_secs(30));
+        let delivered: Vec<String> = (0..300)
+            .map(|i| {
+                let d = deliver(&env.store, "alice", format!("message {i}\r\n").as_bytes());
+                let path = d.path.to_string_lossy().into_owned();
+                path.rsplit('/').next().unwrap().to_owned()
+            })
+            .collect();
+        let mut m = env.store.open("alice", None).unwrap();
+        assert_eq!(uids(m.as_ref()), delivered);
+        assert_eq!(read_all(m.as_mut(), 299, 100), b"message 299\r\n");
+        let taken = m.take_messages();
+        assert_eq!(taken.len(), 300);
+        assert!(m.messages().is_empty());
+        // Sizes stay known after the snapshot is handed over.
+        assert_eq!(m.size(299), Some(13));
+        assert_eq!(m.compute_sizes().unwrap().len(), 300);
+    }
+
     /// Content with bare LFs, CRLFs, dots at line starts and every octet value.
     fn content(len: usize) -> Vec<u8> {
         let mut x: u32 = 0x9e37_79b9;
@@ -434,6 +455,41 @@ mod store {
         // The new holder's UPDATE applies.
         new.apply_deletions(&[2]).unwrap();
         assert_eq!(count(&env, "SELECT count(*) FROM messages"), 2);
+    }
+
+    #[test]
+    fn of_many_nodes_racing_for_an_expired_lease_exactly_one_wins() {
+        let env = env(Duration::from_secs(1));
+        let stalled = env
+            .store
+            .clone()
+            .with_renewal_every(Duration::from_secs(3600));
+        let old = stalled.open("alice", None).unwrap();
+        std::thread::sleep(Duration::from_millis(1300));
+        let nodes: Vec<PgStore> = (0..6)
+            .map(|_| connect(&env.rt, &env.db.url, Duration::from_secs(30)))
+            .collect();
+        let barrier = std::sync::Barrier::new(nodes.len());
+        let outcomes: Vec<Result<Box<dyn Maildrop>, StoreError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = nodes
+                .iter()
+                .map(|node| {
+                    let barrier = &barrier;
+                    s.spawn(move || {
+                        barrier.wait();
+                        node.open("alice", None)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let won = outcomes.iter().filter(|o| o.is_ok()).count();
+        let in_use = outcomes
+            .iter()
+            .filter(|o| matches!(o, Err(StoreError::InUse)))
+            .count();
+        assert_eq!((won, in_use), (1, nodes.len() - 1));
+        drop(old);
     }
 
     #[test]

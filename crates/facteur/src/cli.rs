@@ -456,11 +456,6 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
         (Config::load(&path)?, None)
     };
-    if cfg.store.backend == StoreBackend::Postgresql {
-        return Err(fail(
-            "[store] backend = \"postgresql\": `facteur serve` does not serve it yet",
-        ));
-    }
     init_logging(&cfg.log.level);
     if dev {
         // A first look needs few sessions: as many as the machine's open-file limit carries,
@@ -737,6 +732,10 @@ fn check_config_sql(cfg: &Config, path: &Path) -> Result<(), CliError> {
 /// and login of that user would fail), and says when the template needs a home directory, which
 /// `user add` does not write.
 fn check_new_user(cfg: &Config, name: &str) -> Result<(), CliError> {
+    if cfg.store.backend == StoreBackend::Postgresql {
+        // The maildrop is a row named after the user: no path to leave, no template to fit.
+        return Ok(());
+    }
     let store = MaildirStore::new(cfg.store.maildir.clone());
     let checked = match store.maildir_path(name, None) {
         Err(StoreError::NoHome(_)) => {
@@ -847,14 +846,6 @@ fn deliver(user: &str, config_path: &Path) -> Result<(), CliError> {
         status: EX_TEMPFAIL,
     };
     let cfg = Config::load(config_path).map_err(|e| temp(&e))?;
-    if cfg.store.backend == StoreBackend::Postgresql {
-        return Err(CliError {
-            message: "[store] backend = \"postgresql\": `facteur deliver` does not deliver to it \
-                      yet"
-            .to_string(),
-            status: EX_CONFIG,
-        });
-    }
     let store_error = |e: StoreError| CliError {
         status: delivery_status(&e),
         message: e.to_string(),
@@ -885,7 +876,6 @@ fn deliver(user: &str, config_path: &Path) -> Result<(), CliError> {
             (entry.home().map(str::to_string), owner)
         }
     };
-    let store = MaildirStore::new(cfg.store.maildir.clone());
     let mut stdin = std::io::stdin().lock();
     // Nothing at all is no message: refused before any file is made.
     match stdin.fill_buf() {
@@ -898,9 +888,32 @@ fn deliver(user: &str, config_path: &Path) -> Result<(), CliError> {
         Ok(_) => {}
         Err(e) => return Err(temp(&format!("cannot read the message: {e}"))),
     }
-    let d = store
-        .deliver_as(user, home.as_deref(), owner, &mut stdin)
-        .map_err(store_error)?;
+    let d = match cfg.store.backend {
+        StoreBackend::Maildir => MaildirStore::new(cfg.store.maildir.clone())
+            .deliver_as(user, home.as_deref(), owner, &mut stdin)
+            .map_err(store_error)?,
+        StoreBackend::Postgresql => {
+            // The store's queries run on this runtime's worker; the delivery itself is called
+            // from this thread, off the runtime, as the server calls it from its blocking pool.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .map_err(|e| temp(&format!("cannot start the runtime: {e}")))?;
+            let store = runtime
+                .block_on(facteur_store::postgres::PgStore::connect(
+                    &facteur_store::postgres::PgStoreConfig {
+                        url: cfg.store.url.clone().unwrap_or_default(),
+                        pool_size: 1,
+                        lease: cfg.store.lease(),
+                    },
+                ))
+                .map_err(store_error)?;
+            store
+                .deliver_as(user, home.as_deref(), owner, &mut stdin)
+                .map_err(store_error)?
+        }
+    };
     eprintln!("delivered {} octets to {}", d.size, d.path.display());
     Ok(())
 }

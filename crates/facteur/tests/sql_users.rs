@@ -372,3 +372,58 @@ fn every_login_method_with_sql_users() {
         assert_eq!(e.exit_code(), EXIT_AUTH, "{user} {method}: {e}");
     }
 }
+
+/// Users and mail in one PostgreSQL database: `[store] backend = "postgresql"` with
+/// `[auth] backend = "sql"` (no `[auth] url`: the store's database).
+#[test]
+fn users_and_mail_in_one_database() {
+    let db = pg::fresh_database();
+    let fx = Fixture::new();
+    let text = std::fs::read_to_string(&fx.config_path).unwrap();
+    let text = text
+        .replace(
+            "[auth]\npasswd_file = \"users\"\n",
+            "[auth]\nbackend = \"sql\"\n",
+        )
+        .replace(
+            "[store]\nmaildir = \"mail/%u/Maildir\"\n",
+            &format!(
+                "[store]\nbackend = \"postgresql\"\nurl = {:?}\nlease_secs = 5\n",
+                db.url
+            ),
+        );
+    let config = fx.path().join("one-db.toml");
+    std::fs::write(&config, text).unwrap();
+    let out = ok(&config, &["db", "migrate"], b"");
+    assert!(out.contains("schema version 2 (was 0)"), "{out}");
+    ok(
+        &config,
+        &[
+            "user",
+            "add",
+            "gus",
+            "--scheme",
+            "SHA256-CRYPT",
+            "--password-stdin",
+        ],
+        b"pw\n",
+    );
+    let (code, _, err) = cli(
+        &config,
+        &["deliver", "gus"],
+        b"Subject: one database\r\n\r\nusers and mail\r\n",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let out = ok(&config, &["check-config"], b"");
+    assert!(out.contains("1 user in the database"), "{out}");
+    assert!(out.contains("store postgresql"), "{out}");
+    let server = BinServer::start(&config);
+    let mut c = server.login("gus", "pw");
+    assert_eq!(c.stat().0, 1);
+    let body = c.retrieve("RETR 1");
+    assert!(String::from_utf8_lossy(&body).contains("users and mail"));
+    c.quit();
+    let mut c = Client::connect(server.addr);
+    c.cmd("USER gus");
+    assert!(c.cmd("PASS wrong").starts_with("-ERR [AUTH]"));
+}

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Object, Pool};
 use facteur_proto::{MessageMeta, Uidl};
+use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
@@ -32,7 +33,9 @@ use crate::{Delivered, Maildrop, Owner, Store, StoreError};
 const OPEN_DEADLINE: Duration = Duration::from_secs(30);
 /// How long fetching one chunk of a message may take.
 const CHUNK_DEADLINE: Duration = Duration::from_secs(30);
-/// How long UPDATE may take, retries included.
+/// How long UPDATE may take, retries included. A deadline that passes during the commit leaves
+/// its outcome unknown to the session: it answers `-ERR`, and the next session's listing shows
+/// what the database decided.
 const UPDATE_DEADLINE: Duration = Duration::from_secs(60);
 /// How long one database statement of a delivery may take (reading the message is not timed
 /// here: the delivering program owns its input).
@@ -211,13 +214,16 @@ impl Inner {
         }
         // From here on, dropping the lease (on any error below) releases it.
         let lease = Lease::start(Arc::clone(self), maildrop_id, token);
+        // Row by row as they arrive: a maildrop of 100,000 messages is never held twice.
         let rows = client
-            .query(LISTING, &[&maildrop_id])
+            .query_raw(LISTING, [maildrop_id])
             .await
             .map_err(db_error("list the maildrop"))?;
-        let mut messages = Vec::with_capacity(rows.len());
-        let mut entries = Vec::with_capacity(rows.len());
-        for row in rows {
+        let mut rows = std::pin::pin!(rows);
+        let mut messages = Vec::new();
+        let mut entries = Vec::new();
+        while let Some(row) = rows.next().await {
+            let row = row.map_err(db_error("list the maildrop"))?;
             let id: Uuid = row.get(0);
             let uid: &str = row.get(1);
             let size: i64 = row.get(2);
@@ -233,6 +239,8 @@ impl Inner {
                 }
             }
         }
+        messages.shrink_to_fit();
+        entries.shrink_to_fit();
         Ok(PgMaildrop {
             store: Arc::clone(self),
             lease,

@@ -181,9 +181,11 @@ fn as_owner(program: &Path, drop_to: Option<(u32, u32)>) -> Command {
 fn start_cluster() -> PathBuf {
     let bin = pg_bin_dir();
     let drop_to = rustix::process::geteuid().is_root().then(nobody);
+    // Under /tmp whatever TMPDIR says: `nobody` must reach it, and a Unix socket path must stay
+    // under 108 octets.
     let dir = tempfile::Builder::new()
         .prefix("facteur-pg-")
-        .tempdir()
+        .tempdir_in("/tmp")
         .expect("make the cluster's folder")
         .keep();
     if let Some((uid, gid)) = drop_to {
@@ -239,7 +241,7 @@ fn start_cluster() -> PathBuf {
     );
     let options = format!(
         "-k {} -c listen_addresses='' -c fsync=off -c synchronous_commit=off \
-         -c full_page_writes=off -c max_connections=200",
+         -c full_page_writes=off -c max_connections=200 -c shared_buffers=16MB",
         dir.display()
     );
     let out = as_owner(&bin.join("pg_ctl"), drop_to)
