@@ -227,18 +227,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 return check_config_sql(&cfg, &config.config);
             }
             let db = PasswdDb::open(&cfg.auth.passwd_file)?;
-            // The certificate and key load as `serve` would load them, or this fails.
-            let tls = match &cfg.tls {
-                Some(t) => {
-                    TlsState::new(TlsFiles {
-                        certificate: t.certificate.clone(),
-                        private_key: t.private_key.clone(),
-                        client_ca: t.client_ca.clone(),
-                    })?;
-                    format!(", POP3S on {}", join(&cfg.listen_tls()))
-                }
-                None => ", no TLS".to_string(),
-            };
+            let tls = check_tls(&cfg)?;
             let users = db.snapshot().len();
             let (runs_as, server) = check_run_as(&cfg)?;
             let snapshot = db.snapshot();
@@ -703,11 +692,10 @@ impl SqlAdmin {
     }
 }
 
-/// check-config with `[auth] backend = "sql"`: the TLS files, who the server runs as, and the
-/// database (reachable, this facteur's schema, its users counted). The Maildirs are not
-/// checked one by one: the users are in a database that may hold millions.
-fn check_config_sql(cfg: &Config, path: &Path) -> Result<(), CliError> {
-    let tls = match &cfg.tls {
+/// check-config: the certificate and key load as `serve` would load them, or this fails; the
+/// words for the summary line.
+fn check_tls(cfg: &Config) -> Result<String, CliError> {
+    Ok(match &cfg.tls {
         Some(t) => {
             TlsState::new(TlsFiles {
                 certificate: t.certificate.clone(),
@@ -717,7 +705,14 @@ fn check_config_sql(cfg: &Config, path: &Path) -> Result<(), CliError> {
             format!(", POP3S on {}", join(&cfg.listen_tls()))
         }
         None => ", no TLS".to_string(),
-    };
+    })
+}
+
+/// check-config with `[auth] backend = "sql"`: the TLS files, who the server runs as, and the
+/// database (reachable, this facteur's schema, its users counted). The Maildirs are not
+/// checked one by one: the users are in a database that may hold millions.
+fn check_config_sql(cfg: &Config, path: &Path) -> Result<(), CliError> {
+    let tls = check_tls(cfg)?;
     let (runs_as, _) = check_run_as(cfg)?;
     let version = db_check(cfg)?;
     let Some(db) = SqlAdmin::of(cfg)? else {

@@ -49,17 +49,8 @@ enum Attempt {
     Fail(AuthError),
 }
 
-/// The chain of messages of a database error (tokio-postgres keeps the server's in the source).
-fn detail(e: &dyn std::error::Error) -> String {
-    let mut detail = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        detail.push_str(": ");
-        detail.push_str(&s.to_string());
-        source = s.source();
-    }
-    detail
-}
+// The chain of messages of a database error (tokio-postgres keeps the server's in the source).
+use facteur_store::postgres::error_chain as detail;
 
 fn attempt_error(what: &'static str, e: &tokio_postgres::Error) -> Attempt {
     match e.code() {

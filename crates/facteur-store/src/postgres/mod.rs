@@ -33,18 +33,24 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a session waits for a free connection of the pool before it fails (`[SYS/TEMP]`).
 pub const POOL_WAIT: Duration = Duration::from_secs(10);
 
+/// The chain of messages of a database error: tokio-postgres puts the server's own message in
+/// the source chain, so the top one alone says little.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut detail = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        source = s.source();
+    }
+    detail
+}
+
 /// Turns a database error into a [`StoreError::Database`] saying what the store was doing.
 pub(crate) fn db_error<E: std::error::Error>(what: &'static str) -> impl Fn(E) -> StoreError {
-    move |e| {
-        // tokio-postgres puts the server's message in the source chain: show all of it.
-        let mut detail = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            detail.push_str(": ");
-            detail.push_str(&s.to_string());
-            source = s.source();
-        }
-        StoreError::Database { what, detail }
+    move |e| StoreError::Database {
+        what,
+        detail: error_chain(&e),
     }
 }
 
