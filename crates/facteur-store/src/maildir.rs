@@ -1225,169 +1225,6 @@ fn unique_ids(entries: &[Entry]) -> (Vec<Uidl>, Vec<usize>) {
     (uids, duplicates)
 }
 
-/// Which folder of a maildir a listed message file is in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Folder {
-    Cur,
-    New,
-}
-
-impl Folder {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Self::Cur => "cur",
-            Self::New => "new",
-        }
-    }
-}
-
-/// One message file of a read-only listing, with the unique-id a server open would give it.
-#[derive(Debug)]
-pub(crate) struct Listed {
-    pub(crate) folder: Folder,
-    pub(crate) name: OsString,
-    pub(crate) uid: Uidl,
-}
-
-/// A maildir listed without the lock and without changing anything in it (no move from `new/`,
-/// no index, no rename, no `tmp/` cleaning): what `facteur migrate` reads while the old server
-/// may still serve the maildrop.
-pub(crate) struct ReadOnlyListing {
-    cur: Option<File>,
-    new: Option<File>,
-    /// In delivery order; each unique-id once, as the server's open would give them.
-    pub(crate) messages: Vec<Listed>,
-    /// Entries that are not regular files (links, FIFOs, devices, directories): no mail.
-    pub(crate) not_regular: Vec<(Folder, OsString)>,
-    /// Files whose unique-id an earlier file already has: the server renames them apart at its
-    /// next open (a fresh unique-id), so they are left for a later run.
-    pub(crate) duplicates: Vec<(Folder, OsString)>,
-}
-
-impl ReadOnlyListing {
-    /// Lists the maildir `dir` (a missing maildir, `cur/` or `new/` is an empty one). Nothing
-    /// is created, moved or written, and no link is followed.
-    pub(crate) fn list(dir: &Path) -> Result<Self, StoreError> {
-        let root = match handle::open_dir_path(dir) {
-            Ok(root) => root,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Ok(Self {
-                    cur: None,
-                    new: None,
-                    messages: Vec::new(),
-                    not_regular: Vec::new(),
-                    duplicates: Vec::new(),
-                })
-            }
-            Err(e) => return Err(StoreError::io(dir, e)),
-        };
-        let sub = |name: &str| {
-            let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY;
-            match handle::open_at(&root, OsStr::new(name), flags, 0) {
-                Ok(fd) => Ok(Some(File::from(fd))),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(StoreError::io(dir.join(name), e)),
-            }
-        };
-        let (cur, new) = (sub("cur")?, sub("new")?);
-        let mut listing = Self {
-            cur,
-            new,
-            messages: Vec::new(),
-            not_regular: Vec::new(),
-            duplicates: Vec::new(),
-        };
-        // new/ before cur/: a file the server moves from new/ to cur/ meanwhile is seen at
-        // least once (twice at worst, and the copy in new/ is then dropped below).
-        let mut found: Vec<(Folder, OsString)> = Vec::new();
-        for folder in [Folder::New, Folder::Cur] {
-            let Some(handle) = listing.folder(folder) else {
-                continue;
-            };
-            let path = dir.join(folder.name());
-            let entries = handle::list(handle, is_message_name, |name, e| {
-                tracing::warn!(dir = %path.display(), file = %escaped(name), error = %e,
-                    "cannot tell what a maildrop entry is; skipping it");
-            })
-            .map_err(|e| StoreError::io(&path, e))?;
-            for (name, kind) in entries {
-                match kind {
-                    Kind::Regular => found.push((folder, name)),
-                    Kind::Other => listing.not_regular.push((folder, name)),
-                }
-            }
-        }
-        let in_cur: HashSet<OsString> = found
-            .iter()
-            .filter(|(f, _)| *f == Folder::Cur)
-            .map(|(_, n)| n.clone())
-            .collect();
-        found.retain(|(f, n)| *f == Folder::Cur || !in_cur.contains(&cur_name_for_new(n)));
-        // The server's order: the name as it will be in cur/.
-        let mut keyed: Vec<(OsString, Folder, OsString)> = found
-            .into_iter()
-            .map(|(f, n)| {
-                let key = match f {
-                    Folder::Cur => n.clone(),
-                    Folder::New => cur_name_for_new(&n),
-                };
-                (key, f, n)
-            })
-            .collect();
-        keyed.sort_unstable_by(|a, b| {
-            order_key(a.0.as_bytes())
-                .cmp(&order_key(b.0.as_bytes()))
-                .then_with(|| compare(a.0.as_bytes(), b.0.as_bytes()))
-        });
-        let mut seen = HashSet::with_capacity(keyed.len());
-        for (_, folder, name) in keyed {
-            let uid = uid_for_base(base_name(name.as_bytes()));
-            if seen.insert(uid.as_bytes().to_vec()) {
-                listing.messages.push(Listed { folder, name, uid });
-            } else {
-                listing.duplicates.push((folder, name));
-            }
-        }
-        Ok(listing)
-    }
-
-    /// False when the maildir or its `cur/` does not exist.
-    pub(crate) fn exists(&self) -> bool {
-        self.cur.is_some()
-    }
-
-    fn folder(&self, folder: Folder) -> Option<&File> {
-        match folder {
-            Folder::Cur => self.cur.as_ref(),
-            Folder::New => self.new.as_ref(),
-        }
-    }
-
-    /// Opens a listed message for reading, never through a link and without waiting on a FIFO.
-    /// A file moved meanwhile (from `new/` to `cur/`, or renamed in `cur/` by a flag change) is
-    /// found by its base name; `Missing` means it was deleted.
-    pub(crate) fn open(&self, message: &Listed) -> io::Result<Opened> {
-        if let Some(dir) = self.folder(message.folder) {
-            match handle::open_regular(dir, &message.name)? {
-                Opened::Missing => {}
-                other => return Ok(other),
-            }
-        }
-        let Some(cur) = &self.cur else {
-            return Ok(Opened::Missing);
-        };
-        let base = base_name(message.name.as_bytes());
-        let entries = handle::list(cur, is_message_name, |_, _| {})?;
-        let current = entries
-            .into_iter()
-            .find(|(name, kind)| *kind == Kind::Regular && base_name(name.as_bytes()) == base);
-        match current {
-            Some((name, _)) => handle::open_regular(cur, &name),
-            None => Ok(Opened::Missing),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1609,6 +1446,100 @@ mod tests {
         assert!(matches!(m.open_message(0), Err(StoreError::Vanished(1))));
         // Without O_NONBLOCK this open would wait forever for a writer.
         assert!(matches!(m.open_message(1), Err(StoreError::Vanished(2))));
+    }
+
+    /// Every file of a directory with its content, to show a read-only listing changed nothing.
+    fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_owned()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                let meta = fs::symlink_metadata(&p).unwrap();
+                if meta.is_dir() {
+                    stack.push(p.clone());
+                    out.push((p, Vec::new()));
+                } else if meta.is_file() {
+                    let content = fs::read(&p).unwrap();
+                    out.push((p, content));
+                } else {
+                    out.push((p, b"special".to_vec()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_read_only_listing_gives_the_servers_unique_ids_and_order_and_changes_nothing() {
+        let f = fixture();
+        // A missing maildir is an empty one, and is not created.
+        use crate::listing::ReadOnlyListing;
+        let empty = ReadOnlyListing::list(&f.dir).unwrap();
+        assert!(!empty.exists() && empty.messages.is_empty());
+        assert!(!f.dir.exists());
+
+        f.put("cur", "1700000003.M1P1.mx:2,S", b"c\n");
+        f.put("new", "1700000001.M1P1.mx", b"a\n");
+        f.put("new", "1700000002.M1P1.mx,W=3", b"b\n");
+        let long = format!("1700000004.M1P1.{}", "y".repeat(90));
+        f.put("cur", &format!("{long}:2,"), b"d\n");
+        // One base name twice: the server renames the second one apart.
+        f.put("cur", "1700000005.M1P1.mx:2,", b"e\n");
+        f.put("cur", "1700000005.M1P1.mx:2,S", b"e\n");
+        f.put("cur", ".hidden", b"no\n");
+        std::os::unix::fs::symlink("/etc/passwd", f.dir.join("cur/1700000006.M1P1.mx:2,")).unwrap();
+        let before = tree(&f.dir);
+        let listing = ReadOnlyListing::list(&f.dir).unwrap();
+        assert_eq!(tree(&f.dir), before, "nothing created, moved or written");
+        assert_eq!(listing.not_regular.len(), 1);
+        assert_eq!(listing.duplicates.len(), 1);
+        let listed: Vec<String> = listing
+            .messages
+            .iter()
+            .map(|m| m.uid.as_str().to_owned())
+            .collect();
+        let contents: Vec<Vec<u8>> = listing
+            .messages
+            .iter()
+            .map(|m| match listing.open(m).unwrap() {
+                Opened::File(mut file) => {
+                    let mut v = Vec::new();
+                    file.read_to_end(&mut v).unwrap();
+                    v
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(contents, [b"a\n", b"b\n", b"c\n", b"d\n", b"e\n"]);
+
+        // The server's open (which moves new/ to cur/ and renames the duplicate) gives the
+        // same unique-ids, in the same order, to the messages the listing kept.
+        let (m, _) = f.open();
+        let served = uids(&m);
+        drop(m);
+        assert_eq!(served.len(), 6);
+        assert_eq!(served.get(..5), Some(&listed[..]));
+        assert!(listed.iter().any(|u| u.starts_with('H')));
+
+        // Listed in new/, moved to cur/ (or renamed by a flag change) before it is read: found
+        // by its base name. Deleted: missing.
+        let f = fixture();
+        f.put("new", "1700000001.M1P1.mx", b"a\n");
+        f.put("cur", "1700000002.M1P1.mx:2,", b"b\n");
+        let listing = ReadOnlyListing::list(&f.dir).unwrap();
+        fs::rename(
+            f.dir.join("new/1700000001.M1P1.mx"),
+            f.dir.join("cur/1700000001.M1P1.mx:2,S"),
+        )
+        .unwrap();
+        fs::remove_file(f.dir.join("cur/1700000002.M1P1.mx:2,")).unwrap();
+        let [first, second] = &listing.messages[..] else {
+            panic!("two messages listed")
+        };
+        assert!(matches!(listing.open(first).unwrap(), Opened::File(_)));
+        assert!(matches!(listing.open(second).unwrap(), Opened::Missing));
     }
 
     #[test]

@@ -39,7 +39,7 @@ use uuid::Uuid;
 use super::store::{fill, maildrop_id, within, RELEASE_LEASE, TAKE_LEASE};
 use super::{check_schema, db_error, parse_url, CHUNK_SIZE};
 use crate::handle::{escaped, Opened};
-use crate::maildir::{Listed, ReadOnlyListing};
+use crate::listing::{Listed, ReadOnlyListing};
 use crate::name::{base_name, order_key, wire_size_field, WireCounter};
 use crate::StoreError;
 
@@ -787,7 +787,7 @@ mod tests {
 
     fn listed(name: &str) -> Listed {
         Listed {
-            folder: crate::maildir::Folder::Cur,
+            folder: crate::listing::Folder::Cur,
             name: name.into(),
             uid: Uidl::new(name.split(':').next().unwrap_or(name)).unwrap(),
         }
