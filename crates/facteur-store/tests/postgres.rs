@@ -114,6 +114,7 @@ mod schema {
                 "maildrops",
                 "message_chunks",
                 "messages",
+                "migrated_messages",
                 "schema_version"
             ]
         );
