@@ -219,11 +219,33 @@ fn deletions_on_either_side_between_runs_are_kept_and_new_mail_is_caught_up() {
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(count(&out, "alice:", "copied"), 4, "{out}");
 
-    // The old server deletes message 1 (after it was copied); a session on PostgreSQL deletes
-    // message 2; message 5 arrives in the Maildir.
+    // The old server deletes message 1 (after it was copied). A session on PostgreSQL holds
+    // the maildrop meanwhile: the removal waits for a later run.
     std::fs::remove_file(&delivered[0].path).expect("delete a message from the Maildir");
     let new = BinServer::start(&to);
     let mut c = Client::login_when_unlocked(new.addr, USER, PASSWORD);
+    let (code, stdout, stderr) = run_with_input(
+        facteur()
+            .arg("migrate")
+            .arg("--from-config")
+            .arg(&fx.config_path)
+            .arg("--to-config")
+            .arg(&to)
+            .arg("--all"),
+        b"",
+    );
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("1 deleted from the Maildir since they were copied, not removed yet"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("carol: 0 listed"),
+        "every user of the file: {stdout}"
+    );
+    assert!(stdout.contains("summary: 2 maildrops"), "{stdout}");
+    // That session deletes message 2; message 5 arrives in the Maildir.
+    assert_eq!(c.stat().0, 4);
     assert!(c.cmd("DELE 2").starts_with("+OK"));
     c.quit();
     fx.deliver(USER, &message(5));
@@ -362,4 +384,35 @@ fn a_migration_killed_mid_run_completes_on_the_next_with_no_duplicates() {
     let (code, out) = migrate(&fx, &to, &[]);
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(count(&out, "alice:", "copied"), 0, "{out}");
+}
+
+#[test]
+fn runs_while_the_old_server_holds_the_maildrop() {
+    let db = pg::fresh_database();
+    let fx = Fixture::new();
+    let to = postgres_config(&fx, &db);
+    for i in 1..=3 {
+        fx.deliver(USER, &message(i));
+    }
+    let old = BinServer::start(&fx.config_path);
+    let mut c = Client::login_when_unlocked(old.addr, USER, PASSWORD);
+    let uidl = c.uidl();
+    // The session holds the Maildir's lock: migrate needs none.
+    let (code, out) = migrate(&fx, &to, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(count(&out, "alice:", "copied"), 3, "{out}");
+    // The old server's session deletes message 1 after it was copied.
+    assert!(c.cmd("DELE 1").starts_with("+OK"));
+    c.quit();
+    old.kill();
+    let (code, out) = migrate(&fx, &to, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(count(&out, "alice:", "removed"), 1, "{out}");
+    let new = BinServer::start(&to);
+    let seen = everything(&new);
+    new.kill();
+    let expected: Vec<String> = uidl.iter().skip(1).map(|(_, u)| u.clone()).collect();
+    let got: Vec<String> = seen.uidl.iter().map(|(_, u)| u.clone()).collect();
+    assert_eq!(got, expected);
+    assert_eq!(seen.bodies, [crlf(&message(2)), crlf(&message(3))]);
 }

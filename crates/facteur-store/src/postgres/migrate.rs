@@ -120,6 +120,7 @@ struct Content {
 /// What PostgreSQL has under one unique-id.
 struct Row {
     sha256: Vec<u8>,
+    delivered_at: SystemTime,
 }
 
 enum Copied {
@@ -217,9 +218,12 @@ impl Migrator {
         let mut copied_now: Vec<(Uuid, String)> = Vec::new();
         let mut missing: HashSet<String> = HashSet::new();
         let mut buf = vec![0u8; CHUNK_SIZE];
-        let times = delivery_times(&listing.messages);
-        for (message, delivered_at) in listing.messages.iter().zip(times) {
+        // The delivery time of the message listed before, as PostgreSQL has it.
+        let mut last = None;
+        for message in &listing.messages {
             let uid = message.uid.as_str().to_owned();
+            let delivered_at = next_time(name_time(message.name.as_bytes()), last);
+            last = Some(rows.get(&uid).map_or(delivered_at, |r| r.delivered_at));
             let place = format!(
                 "{}/{}/{}",
                 maildir.display(),
@@ -260,6 +264,7 @@ impl Migrator {
                                 uid.clone(),
                                 Row {
                                     sha256: content.sha256.clone(),
+                                    delivered_at,
                                 },
                             );
                             ledger.insert(uid.clone(), content.sha256.clone());
@@ -355,7 +360,7 @@ impl Migrator {
         let rows = within(STEP_DEADLINE, "list the maildrop", async {
             self.client
                 .query(
-                    "SELECT uid, sha256 FROM messages WHERE maildrop_id = $1",
+                    "SELECT uid, sha256, delivered_at FROM messages WHERE maildrop_id = $1",
                     &[&maildrop],
                 )
                 .await
@@ -364,7 +369,13 @@ impl Migrator {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|r| (r.get(0), Row { sha256: r.get(1) }))
+            .map(|r| {
+                let row = Row {
+                    sha256: r.get(1),
+                    delivered_at: r.get(2),
+                };
+                (r.get(0), row)
+            })
             .collect())
     }
 
@@ -755,64 +766,85 @@ fn note_wire_field(message: &Listed, content: &Content, place: &str, report: &mu
     }
 }
 
-/// The `delivered_at` of each listed message: the delivery time its name starts with, plus its
-/// rank among the messages of that second in microseconds, so that PostgreSQL's order (by
-/// `delivered_at`) is the Maildir's. A name without a time takes the time of the message before
-/// it (such names sort last in a Maildir).
-fn delivery_times(messages: &[Listed]) -> Vec<SystemTime> {
-    let mut times = Vec::with_capacity(messages.len());
-    let (mut second, mut rank) = (None::<u64>, 0u64);
-    for message in messages {
-        let (no_time, value) = order_key(message.name.as_bytes());
-        let this = if !no_time && value <= MAX_TIMESTAMP {
-            value
-        } else {
-            second.unwrap_or(0)
-        };
-        if second == Some(this) {
-            rank = (rank + 1).min(999_999);
-        } else {
-            second = Some(this);
-            rank = 0;
-        }
-        times.push(UNIX_EPOCH + Duration::from_secs(this) + Duration::from_micros(rank));
+/// The delivery time a Maildir name starts with: `<seconds>.M<microseconds>` (facteur's and
+/// Dovecot's names), or `<seconds>.` alone; `None` for a name without one.
+fn name_time(name: &[u8]) -> Option<SystemTime> {
+    let (no_time, seconds) = order_key(name);
+    if no_time || seconds > MAX_TIMESTAMP {
+        return None;
     }
-    times
+    let base = base_name(name);
+    let micros = base
+        .iter()
+        .position(|&b| b == b'.')
+        .and_then(|dot| base.get(dot + 1..))
+        .and_then(|rest| rest.strip_prefix(b"M"))
+        .map(|rest| {
+            rest.iter()
+                .take_while(|b| b.is_ascii_digit())
+                .fold(0u64, |v, &d| {
+                    v.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+                })
+        })
+        .filter(|&us| us < 1_000_000)
+        .unwrap_or(0);
+    Some(UNIX_EPOCH + Duration::from_secs(seconds) + Duration::from_micros(micros))
+}
+
+/// The `delivered_at` of a message copied now: the time its name says, but always after the
+/// message listed before it (`last`, as PostgreSQL has it), so that PostgreSQL's order (by
+/// `delivered_at`) is the Maildir's, on a first run and on a catch-up run alike. A name without
+/// a time (such names sort last in a Maildir) comes just after the one before it.
+fn next_time(named: Option<SystemTime>, last: Option<SystemTime>) -> SystemTime {
+    let after = last.map(|t| t + Duration::from_micros(1));
+    match (named, after) {
+        (Some(t), Some(a)) => t.max(a),
+        (Some(t), None) => t,
+        (None, Some(a)) => a,
+        (None, None) => UNIX_EPOCH,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use facteur_proto::Uidl;
-
-    fn listed(name: &str) -> Listed {
-        Listed {
-            folder: crate::listing::Folder::Cur,
-            name: name.into(),
-            uid: Uidl::new(name.split(':').next().unwrap_or(name)).unwrap(),
-        }
-    }
 
     #[test]
     fn delivery_times_keep_the_maildir_order() {
-        let names = [
-            "1700000000.M1P1.h:2,",
-            "1700000000.M2P1.h:2,",
-            "1700000005.M1P1.h",
-            "nodate",
-        ];
-        let messages: Vec<Listed> = names.iter().map(|n| listed(n)).collect();
-        let t = delivery_times(&messages);
         let at = |s: u64, us: u64| UNIX_EPOCH + Duration::from_secs(s) + Duration::from_micros(us);
         assert_eq!(
-            t,
+            name_time(b"1700000000.M45P1Q2R00.h:2,S"),
+            Some(at(1_700_000_000, 45))
+        );
+        assert_eq!(name_time(b"1700000000.P1.h"), Some(at(1_700_000_000, 0)));
+        assert_eq!(
+            name_time(b"1700000000.M99999999P1.h"),
+            Some(at(1_700_000_000, 0))
+        );
+        assert_eq!(name_time(b"nodate"), None);
+        assert_eq!(name_time(b"99999999999999.M1.h"), None);
+        // Never before the message listed before it, whatever the name says.
+        let names: [&[u8]; 4] = [
+            b"1700000000.M9P1.h",
+            b"1700000000.M9P2.h",
+            b"1699999999.M1.h",
+            b"x",
+        ];
+        let mut last = None;
+        let mut times = Vec::new();
+        for name in names {
+            let t = next_time(name_time(name), last);
+            last = Some(t);
+            times.push(t);
+        }
+        assert_eq!(
+            times,
             [
-                at(1_700_000_000, 0),
-                at(1_700_000_000, 1),
-                at(1_700_000_005, 0),
-                at(1_700_000_005, 1)
+                at(1_700_000_000, 9),
+                at(1_700_000_000, 10),
+                at(1_700_000_000, 11),
+                at(1_700_000_000, 12)
             ]
         );
-        assert!(t.is_sorted());
     }
 }
