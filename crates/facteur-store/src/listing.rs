@@ -16,7 +16,7 @@ use facteur_proto::Uidl;
 
 use crate::handle::{self, escaped, Kind, Opened};
 use crate::name::{base_name, compare, cur_name_for_new, is_message_name, order_key, uid_for_base};
-use crate::StoreError;
+use crate::{Owner, StoreError};
 
 /// Which folder of a maildir a listed message file is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,8 +59,9 @@ pub(crate) struct ReadOnlyListing {
 
 impl ReadOnlyListing {
     /// Lists the maildir `dir` (a missing maildir, `cur/` or `new/` is an empty one). Nothing
-    /// is created, moved or written, and no link is followed.
-    pub(crate) fn list(dir: &Path) -> Result<Self, StoreError> {
+    /// is created, moved or written, and no link is followed. As the store's open does, a
+    /// maildir that belongs to another uid than `owner`'s (when known) is refused.
+    pub(crate) fn list(dir: &Path, owner: Owner) -> Result<Self, StoreError> {
         let root = match handle::open_dir_path(dir) {
             Ok(root) => root,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -74,6 +75,16 @@ impl ReadOnlyListing {
             }
             Err(e) => return Err(StoreError::io(dir, e)),
         };
+        if let Some(expected) = owner.uid {
+            let (found, _) = handle::identity(&root).map_err(|e| StoreError::io(dir, e))?;
+            if found != expected {
+                return Err(StoreError::WrongOwner {
+                    path: dir.to_owned(),
+                    expected,
+                    found,
+                });
+            }
+        }
         let sub = |name: &str| {
             let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY;
             match handle::open_at(&root, OsStr::new(name), flags, 0) {

@@ -1476,7 +1476,7 @@ mod tests {
         let f = fixture();
         // A missing maildir is an empty one, and is not created.
         use crate::listing::ReadOnlyListing;
-        let empty = ReadOnlyListing::list(&f.dir).unwrap();
+        let empty = ReadOnlyListing::list(&f.dir, Owner::default()).unwrap();
         assert!(!empty.exists() && empty.messages.is_empty());
         assert!(!f.dir.exists());
 
@@ -1491,7 +1491,24 @@ mod tests {
         f.put("cur", ".hidden", b"no\n");
         std::os::unix::fs::symlink("/etc/passwd", f.dir.join("cur/1700000006.M1P1.mx:2,")).unwrap();
         let before = tree(&f.dir);
-        let listing = ReadOnlyListing::list(&f.dir).unwrap();
+        // A maildir of another uid than the account's is refused, as the open refuses it.
+        let mine = rustix::process::geteuid().as_raw();
+        let other = Owner {
+            uid: Some(mine.wrapping_add(1)),
+            gid: None,
+        };
+        assert!(matches!(
+            ReadOnlyListing::list(&f.dir, other),
+            Err(StoreError::WrongOwner { .. })
+        ));
+        let listing = ReadOnlyListing::list(
+            &f.dir,
+            Owner {
+                uid: Some(mine),
+                gid: None,
+            },
+        )
+        .unwrap();
         assert_eq!(tree(&f.dir), before, "nothing created, moved or written");
         assert_eq!(listing.not_regular.len(), 1);
         assert_eq!(listing.duplicates.len(), 1);
@@ -1528,7 +1545,7 @@ mod tests {
         let f = fixture();
         f.put("new", "1700000001.M1P1.mx", b"a\n");
         f.put("cur", "1700000002.M1P1.mx:2,", b"b\n");
-        let listing = ReadOnlyListing::list(&f.dir).unwrap();
+        let listing = ReadOnlyListing::list(&f.dir, Owner::default()).unwrap();
         fs::rename(
             f.dir.join("new/1700000001.M1P1.mx"),
             f.dir.join("cur/1700000001.M1P1.mx:2,S"),

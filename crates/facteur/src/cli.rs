@@ -818,10 +818,13 @@ fn migrate(args: &MigrateArgs) -> Result<(), CliError> {
     let mut total = MaildropReport::default();
     let (mut maildrops, mut failed) = (0u64, 0u64);
     for name in names {
-        let home = users.get(name).and_then(|e| e.home());
-        let report = maildirs
-            .maildir_path(name, home)
-            .and_then(|dir| runtime.block_on(migrator.maildrop(name, &dir, options)));
+        let entry = users.get(name);
+        let home = entry.and_then(|e| e.home());
+        let owner = Owner::from_fields(entry.and_then(|e| e.uid()), entry.and_then(|e| e.gid()));
+        let report = owner.map_err(StoreError::from).and_then(|owner| {
+            let dir = maildirs.maildir_path(name, home)?;
+            runtime.block_on(migrator.maildrop(name, &dir, owner, options))
+        });
         let report = match report {
             Ok(r) => r,
             Err(e) => {

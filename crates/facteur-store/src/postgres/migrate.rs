@@ -41,7 +41,7 @@ use super::{check_schema, db_error, parse_url, CHUNK_SIZE};
 use crate::handle::{escaped, Opened};
 use crate::listing::{Listed, ReadOnlyListing};
 use crate::name::{base_name, order_key, wire_size_field, WireCounter};
-use crate::StoreError;
+use crate::{Owner, StoreError};
 
 /// How long the lease taken to remove messages deleted from the Maildir lasts (it is released
 /// at once; this only bounds a migrate killed while holding it).
@@ -161,18 +161,21 @@ impl Migrator {
         })
     }
 
-    /// Migrates the Maildir `maildir` into the maildrop of `user`.
+    /// Migrates the Maildir `maildir` into the maildrop of `user`. A Maildir that belongs to
+    /// another uid than `owner`'s (when the users file gives one) is refused, as the Maildir
+    /// store refuses to serve it.
     pub async fn maildrop(
         &mut self,
         user: &str,
         maildir: &Path,
+        owner: Owner,
         options: MigrateOptions,
     ) -> Result<MaildropReport, StoreError> {
         let mut report = MaildropReport {
             user: user.to_owned(),
             ..MaildropReport::default()
         };
-        let listing = ReadOnlyListing::list(maildir)?;
+        let listing = ReadOnlyListing::list(maildir, owner)?;
         report.listed = listing.messages.len() as u64;
         if !listing.exists() {
             report.notes.push(format!(
@@ -324,6 +327,7 @@ impl Migrator {
                 self.remove_deleted(
                     maildrop,
                     maildir,
+                    owner,
                     &listed,
                     &ledger,
                     &rows,
@@ -545,6 +549,7 @@ impl Migrator {
         &mut self,
         maildrop: Uuid,
         maildir: &Path,
+        owner: Owner,
         listed: &HashSet<&str>,
         ledger: &HashMap<String, Vec<u8>>,
         rows: &HashMap<String, Row>,
@@ -563,7 +568,7 @@ impl Migrator {
             return Ok(());
         }
         // A file renamed while the first listing ran may have been missed: look again.
-        let again = ReadOnlyListing::list(maildir)?;
+        let again = ReadOnlyListing::list(maildir, owner)?;
         if !again.exists() {
             return Ok(());
         }
