@@ -9,7 +9,7 @@
 //! ## Layout
 //! - [`schema`]: the versions of the schema, `facteur db migrate`, and the check at start.
 //! - `store`: [`PgStore`] and [`PgMaildrop`]: leases, the snapshot, streaming, UPDATE, delivery.
-//! - [`migrate`]: `facteur migrate`, copying Maildirs into the store.
+//! - [`migrate`](mod@migrate): `facteur migrate`, copying Maildirs into the store.
 //! - this module: the connection pool, and the errors of the database as [`StoreError`]s.
 
 pub mod migrate;
