@@ -298,6 +298,24 @@ fn a_changed_message_is_a_conflict_and_a_dry_run_writes_nothing() {
     assert_eq!(count(&out, "alice:", "conflicts"), 1, "{out}");
     assert!(out.contains("conflict: unique-id"), "{out}");
     assert_eq!(query_i64(&db.url, "SELECT count(*) FROM messages"), 2);
+
+    // A stored wire size that is not the file's fails the verification.
+    std::fs::write(&d.path, message(1)).unwrap();
+    let (code, out) = migrate(&fx, &to, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        query_i64(
+            &db.url,
+            "WITH changed AS (UPDATE messages SET wire_size = wire_size + 1 \
+             WHERE delivered_at = (SELECT max(delivered_at) FROM messages) RETURNING 1) \
+             SELECT count(*) FROM changed"
+        ),
+        1
+    );
+    let (code, out) = migrate(&fx, &to, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("VERIFICATION FAILED"), "{out}");
+    assert!(out.contains("1 verification failures"), "{out}");
 }
 
 #[test]
