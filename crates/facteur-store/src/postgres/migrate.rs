@@ -105,6 +105,8 @@ const STEP_DEADLINE: Duration = Duration::from_secs(300);
 /// One connection to the database, migrating maildrops one after the other.
 pub struct Migrator {
     client: Client,
+    /// The chunk insert, prepared once for the connection (not once per message).
+    insert_chunk: tokio_postgres::Statement,
     driver: tokio::task::JoinHandle<()>,
     holder: String,
 }
@@ -150,8 +152,13 @@ impl Migrator {
             }
         });
         check_schema(&client).await?;
+        let insert_chunk = client
+            .prepare("INSERT INTO message_chunks (message_id, seq, data) VALUES ($1, $2, $3)")
+            .await
+            .map_err(db_error("prepare the chunk insert"))?;
         Ok(Self {
             client,
+            insert_chunk,
             driver,
             holder: format!(
                 "facteur migrate on {} pid {}",
@@ -479,10 +486,6 @@ impl Migrator {
             tx.rollback().await.map_err(db_error("roll back a copy"))?;
             return Ok(Ok(Copied::Raced));
         }
-        let insert_chunk = tx
-            .prepare("INSERT INTO message_chunks (message_id, seq, data) VALUES ($1, $2, $3)")
-            .await
-            .map_err(db_error("prepare the chunk insert"))?;
         let mut counter = WireCounter::default();
         let mut hash = Sha256::new();
         let mut seq: i32 = 0;
@@ -498,7 +501,7 @@ impl Migrator {
             let block = buf.get(..n).unwrap_or_default();
             counter.feed(block);
             hash.update(block);
-            tx.execute(&insert_chunk, &[&id, &seq, &block])
+            tx.execute(&self.insert_chunk, &[&id, &seq, &block])
                 .await
                 .map_err(db_error("store a chunk of the message"))?;
             let Some(next) = seq.checked_add(1) else {
