@@ -22,6 +22,8 @@
 //!   file read.
 //! - `fasthash`: the hash behind the open's name sets and the index checksum.
 //! - `maildir`: [`MaildirStore`] and [`LockedMaildir`]: lock, snapshot, streaming, UPDATE.
+//! - `listing`: a maildir listed read-only, with the unique-ids the open gives (for
+//!   `facteur migrate`).
 //! - `check`: what `check-config` asks: does the template give each user a maildrop the
 //!   serving user can make and write.
 //! - `deliver`: writing a message into `tmp/`, then `new/`, the Maildir way.
@@ -47,6 +49,8 @@ pub mod durable;
 mod fasthash;
 mod handle;
 mod index;
+#[cfg(any(feature = "postgres", test))]
+mod listing;
 mod maildir;
 mod name;
 #[cfg(feature = "postgres")]

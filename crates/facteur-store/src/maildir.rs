@@ -1448,6 +1448,117 @@ mod tests {
         assert!(matches!(m.open_message(1), Err(StoreError::Vanished(2))));
     }
 
+    /// Every file of a directory with its content, to show a read-only listing changed nothing.
+    fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_owned()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                let meta = fs::symlink_metadata(&p).unwrap();
+                if meta.is_dir() {
+                    stack.push(p.clone());
+                    out.push((p, Vec::new()));
+                } else if meta.is_file() {
+                    let content = fs::read(&p).unwrap();
+                    out.push((p, content));
+                } else {
+                    out.push((p, b"special".to_vec()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_read_only_listing_gives_the_servers_unique_ids_and_order_and_changes_nothing() {
+        let f = fixture();
+        // A missing maildir is an empty one, and is not created.
+        use crate::listing::ReadOnlyListing;
+        let empty = ReadOnlyListing::list(&f.dir, Owner::default()).unwrap();
+        assert!(!empty.exists() && empty.messages.is_empty());
+        assert!(!f.dir.exists());
+
+        f.put("cur", "1700000003.M1P1.mx:2,S", b"c\n");
+        f.put("new", "1700000001.M1P1.mx", b"a\n");
+        f.put("new", "1700000002.M1P1.mx,W=3", b"b\n");
+        let long = format!("1700000004.M1P1.{}", "y".repeat(90));
+        f.put("cur", &format!("{long}:2,"), b"d\n");
+        // One base name twice: the server renames the second one apart.
+        f.put("cur", "1700000005.M1P1.mx:2,", b"e\n");
+        f.put("cur", "1700000005.M1P1.mx:2,S", b"e\n");
+        f.put("cur", ".hidden", b"no\n");
+        std::os::unix::fs::symlink("/etc/passwd", f.dir.join("cur/1700000006.M1P1.mx:2,")).unwrap();
+        let before = tree(&f.dir);
+        // A maildir of another uid than the account's is refused, as the open refuses it.
+        let mine = rustix::process::geteuid().as_raw();
+        let other = Owner {
+            uid: Some(mine.wrapping_add(1)),
+            gid: None,
+        };
+        assert!(matches!(
+            ReadOnlyListing::list(&f.dir, other),
+            Err(StoreError::WrongOwner { .. })
+        ));
+        let listing = ReadOnlyListing::list(
+            &f.dir,
+            Owner {
+                uid: Some(mine),
+                gid: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(tree(&f.dir), before, "nothing created, moved or written");
+        assert_eq!(listing.not_regular.len(), 1);
+        assert_eq!(listing.duplicates.len(), 1);
+        let listed: Vec<String> = listing
+            .messages
+            .iter()
+            .map(|m| m.uid.as_str().to_owned())
+            .collect();
+        let contents: Vec<Vec<u8>> = listing
+            .messages
+            .iter()
+            .map(|m| match listing.open(m).unwrap() {
+                Opened::File(mut file) => {
+                    let mut v = Vec::new();
+                    file.read_to_end(&mut v).unwrap();
+                    v
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(contents, [b"a\n", b"b\n", b"c\n", b"d\n", b"e\n"]);
+
+        // The server's open (which moves new/ to cur/ and renames the duplicate) gives the
+        // same unique-ids, in the same order, to the messages the listing kept.
+        let (m, _) = f.open();
+        let served = uids(&m);
+        drop(m);
+        assert_eq!(served.len(), 6);
+        assert_eq!(served.get(..5), Some(&listed[..]));
+        assert!(listed.iter().any(|u| u.starts_with('H')));
+
+        // Listed in new/, moved to cur/ (or renamed by a flag change) before it is read: found
+        // by its base name. Deleted: missing.
+        let f = fixture();
+        f.put("new", "1700000001.M1P1.mx", b"a\n");
+        f.put("cur", "1700000002.M1P1.mx:2,", b"b\n");
+        let listing = ReadOnlyListing::list(&f.dir, Owner::default()).unwrap();
+        fs::rename(
+            f.dir.join("new/1700000001.M1P1.mx"),
+            f.dir.join("cur/1700000001.M1P1.mx:2,S"),
+        )
+        .unwrap();
+        fs::remove_file(f.dir.join("cur/1700000002.M1P1.mx:2,")).unwrap();
+        let [first, second] = &listing.messages[..] else {
+            panic!("two messages listed")
+        };
+        assert!(matches!(listing.open(first).unwrap(), Opened::File(_)));
+        assert!(matches!(listing.open(second).unwrap(), Opened::Missing));
+    }
+
     #[test]
     fn uid_survives_flag_changes_and_index_loss() {
         let f = fixture();

@@ -116,6 +116,7 @@ mod schema {
                 "maildrops",
                 "message_chunks",
                 "messages",
+                "migrated_messages",
                 "schema_version",
                 "users"
             ]

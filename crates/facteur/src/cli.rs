@@ -1,5 +1,5 @@
 //! The `facteur` command line: `serve`, `user`, `deliver`, `hash-password`, `check-config`,
-//! `fetch`.
+//! `fetch`, `db migrate`, `migrate`.
 //!
 //! Every failure is a one-line message on stderr and a non-zero exit; passwords are read from a
 //! terminal prompt or standard input, never from the command line (where `ps` would show them).
@@ -64,6 +64,35 @@ enum Command {
     /// The database of the PostgreSQL store (`[store] backend = "postgresql"`).
     #[command(subcommand)]
     Db(DbCommand),
+    /// Copy Maildirs into the PostgreSQL store, keeping every message's unique-id.
+    ///
+    /// Safe while the old server serves: the Maildirs are only read (no lock, no index, no
+    /// rename). Safe to run again: what is copied is skipped (checked by SHA-256), what arrived
+    /// since is copied, what the old server deleted since is removed, and what a session on
+    /// PostgreSQL deleted is never copied again. Each maildrop is verified (counts, SHA-256,
+    /// wire sizes). Exits 1 on a conflict, a failed verification or a maildrop it could not read.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Args, Debug)]
+struct MigrateArgs {
+    /// The old configuration: its `[store] maildir` template and its passwd-file (the users
+    /// and their homes).
+    #[arg(long)]
+    from_config: PathBuf,
+    /// The new configuration, with `[store] backend = "postgresql"` (its schema made by
+    /// `facteur db migrate`).
+    #[arg(long)]
+    to_config: PathBuf,
+    /// A user of the passwd-file to migrate; repeat for several.
+    #[arg(long = "user", value_name = "NAME", required_unless_present = "all")]
+    users: Vec<String>,
+    /// Every user of the passwd-file.
+    #[arg(long, conflicts_with = "users")]
+    all: bool,
+    /// Read and compare everything, write nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -221,6 +250,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         // The fetcher has exit statuses of its own (1 is "nothing new", not an error).
         Command::Fetch(args) => std::process::exit(i32::from(facteur_fetch::run(*args))),
         Command::Db(DbCommand::Migrate { config }) => db_migrate(&config.config),
+        Command::Migrate(args) => migrate(&args),
         Command::CheckConfig { config } => {
             let cfg = Config::load(&config.config)?;
             if cfg.auth.backend == AuthBackend::Sql {
@@ -839,6 +869,137 @@ fn db_migrate(config_path: &Path) -> Result<(), CliError> {
         println!("schema version {}: up to date, nothing to do", done.to);
     } else {
         println!("schema version {} (was {})", done.to, done.from);
+    }
+    Ok(())
+}
+
+/// `facteur migrate`: the logic is `facteur_store::postgres::migrate`; this reads the two
+/// configurations, picks the users and prints the reports.
+fn migrate(args: &MigrateArgs) -> Result<(), CliError> {
+    use facteur_store::postgres::migrate::{MaildropReport, MigrateOptions, Migrator};
+    let from = Config::load(&args.from_config)?;
+    let to = Config::load(&args.to_config)?;
+    if from.store.backend != StoreBackend::Maildir {
+        return Err(fail(format!(
+            "{}: [store] backend is {}, not maildir: nothing to migrate from",
+            args.from_config.display(),
+            from.store.backend
+        )));
+    }
+    let url = db_url(&to)?;
+    let users = PasswdDb::open(&from.auth.passwd_file)?.snapshot();
+    let names: Vec<&str> = if args.all {
+        users.users().collect()
+    } else {
+        let mut names = Vec::new();
+        for name in &args.users {
+            if users.get(name).is_none() {
+                return Err(fail(format!(
+                    "no such user in {}: {name}",
+                    from.auth.passwd_file.display()
+                )));
+            }
+            names.push(name.as_str());
+        }
+        names
+    };
+    let maildirs = MaildirStore::new(from.store.maildir.clone());
+    let options = MigrateOptions {
+        dry_run: args.dry_run,
+    };
+    let runtime = db_runtime()?;
+    let mut migrator = runtime.block_on(Migrator::connect(url))?;
+    let mut total = MaildropReport::default();
+    let (mut maildrops, mut failed) = (0u64, 0u64);
+    for name in names {
+        let entry = users.get(name);
+        let home = entry.and_then(|e| e.home());
+        let owner = Owner::from_fields(entry.and_then(|e| e.uid()), entry.and_then(|e| e.gid()));
+        let report = owner.map_err(StoreError::from).and_then(|owner| {
+            let dir = maildirs.maildir_path(name, home)?;
+            runtime.block_on(migrator.maildrop(name, &dir, owner, options))
+        });
+        let report = match report {
+            Ok(r) => r,
+            Err(e) => {
+                failed += 1;
+                eprintln!("{name}: not migrated: {e}");
+                continue;
+            }
+        };
+        maildrops += 1;
+        println!(
+            "{name}: {} listed, {} copied ({} octets), {} already there, {} missing, {} removed, \
+             {} skipped, {} conflicts{}",
+            report.listed,
+            report.copied,
+            report.octets,
+            report.already,
+            report.missing,
+            report.removed,
+            report.skipped.len(),
+            report.conflicts.len(),
+            match (args.dry_run, report.verify_failures.is_empty()) {
+                (true, _) => ": dry run, nothing written",
+                (false, true) => ": verified",
+                (false, false) => ": VERIFICATION FAILED",
+            }
+        );
+        if report.deleted_in_postgres > 0 {
+            println!(
+                "  {} deleted on PostgreSQL since they were copied: not copied again",
+                report.deleted_in_postgres
+            );
+        }
+        if report.removals_deferred > 0 {
+            println!(
+                "  {} deleted from the Maildir since they were copied, not removed yet: the \
+                 maildrop is in use; run migrate again",
+                report.removals_deferred
+            );
+        }
+        let lines = [
+            ("skipped", &report.skipped),
+            ("conflict", &report.conflicts),
+            ("verification", &report.verify_failures),
+            ("note", &report.notes),
+        ];
+        for (label, lines) in lines {
+            for line in lines {
+                println!("  {label}: {line}");
+            }
+        }
+        total.listed += report.listed;
+        total.copied += report.copied;
+        total.octets += report.octets;
+        total.already += report.already;
+        total.missing += report.missing;
+        total.removed += report.removed;
+        total.skipped.extend(report.skipped);
+        total.conflicts.extend(report.conflicts);
+        total.verify_failures.extend(report.verify_failures);
+    }
+    println!(
+        "summary: {maildrops} maildrops, {} messages copied, {} already there, {} missing, {} \
+         removed, {} skipped, {} conflicts, {} verification failures, {} octets copied{}",
+        total.copied,
+        total.already,
+        total.missing,
+        total.removed,
+        total.skipped.len(),
+        total.conflicts.len(),
+        total.verify_failures.len(),
+        total.octets,
+        if failed > 0 {
+            format!(", {failed} maildrops not migrated")
+        } else {
+            String::new()
+        }
+    );
+    if failed > 0 || !total.ok() {
+        return Err(fail(
+            "migration incomplete: see the conflicts, verification failures or errors above",
+        ));
     }
     Ok(())
 }

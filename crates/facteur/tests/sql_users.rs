@@ -47,7 +47,7 @@ fn setup(limits: &str) -> (pg::TestDb, Fixture, PathBuf) {
     let fx = Fixture::new();
     let config = sql_config(&fx, &db.url, "sql.toml", limits);
     let out = ok(&config, &["db", "migrate"], b"");
-    assert!(out.contains("schema version 2 (was 0)"), "{out}");
+    assert!(out.contains("schema version 3 (was 0)"), "{out}");
     (db, fx, config)
 }
 
@@ -107,7 +107,7 @@ fn user_commands_work_on_the_database() {
     let (code, out, err) = cli(&config, &["check-config"], b"");
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("2 users in the database"), "{out}");
-    assert!(out.contains("schema version 2"), "{out}");
+    assert!(out.contains("schema version 3"), "{out}");
     assert!(!err.contains("warning"), "{err}");
     // A login method offered that some users' schemes cannot serve is warned about.
     let text = std::fs::read_to_string(&config).unwrap().replace(
@@ -395,7 +395,7 @@ fn users_and_mail_in_one_database() {
     let config = fx.path().join("one-db.toml");
     std::fs::write(&config, text).unwrap();
     let out = ok(&config, &["db", "migrate"], b"");
-    assert!(out.contains("schema version 2 (was 0)"), "{out}");
+    assert!(out.contains("schema version 3 (was 0)"), "{out}");
     ok(
         &config,
         &[

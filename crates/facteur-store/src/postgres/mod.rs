@@ -9,8 +9,10 @@
 //! ## Layout
 //! - [`schema`]: the versions of the schema, `facteur db migrate`, and the check at start.
 //! - `store`: [`PgStore`] and [`PgMaildrop`]: leases, the snapshot, streaming, UPDATE, delivery.
+//! - [`migrate`](mod@migrate): `facteur migrate`, copying Maildirs into the store.
 //! - this module: the connection pool, and the errors of the database as [`StoreError`]s.
 
+pub mod migrate;
 pub mod schema;
 mod store;
 

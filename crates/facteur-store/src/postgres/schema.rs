@@ -15,6 +15,7 @@ use crate::StoreError;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_users.sql"),
+    include_str!("migrations/0003_migrated_messages.sql"),
 ];
 
 /// The schema version this build reads and writes.

@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::{check_schema, db_error, CHUNK_SIZE};
@@ -128,7 +129,7 @@ impl PgStore {
 }
 
 /// Runs `f` within `limit`, or fails saying what could not be done in time.
-async fn within<T>(
+pub(super) async fn within<T>(
     limit: Duration,
     what: &'static str,
     f: impl Future<Output = Result<T, StoreError>>,
@@ -142,7 +143,7 @@ async fn within<T>(
     }
 }
 
-const TAKE_LEASE: &str = "INSERT INTO leases (maildrop_id, token, holder, expires_at) \
+pub(super) const TAKE_LEASE: &str = "INSERT INTO leases (maildrop_id, token, holder, expires_at) \
      VALUES ($1, $2, $3, now() + $4::float8 * interval '1 second') \
      ON CONFLICT (maildrop_id) DO UPDATE \
      SET token = excluded.token, holder = excluded.holder, expires_at = excluded.expires_at \
@@ -153,7 +154,7 @@ const RENEW_LEASE: &str =
     "UPDATE leases SET expires_at = now() + $3::float8 * interval '1 second' \
      WHERE maildrop_id = $1 AND token = $2";
 
-const RELEASE_LEASE: &str = "DELETE FROM leases WHERE maildrop_id = $1 AND token = $2";
+pub(super) const RELEASE_LEASE: &str = "DELETE FROM leases WHERE maildrop_id = $1 AND token = $2";
 
 const LISTING: &str = "SELECT id, uid, wire_size FROM messages \
      WHERE maildrop_id = $1 ORDER BY delivered_at, id";
@@ -168,29 +169,8 @@ impl Inner {
 
     /// The id of `user`'s maildrop, made on first use.
     async fn maildrop_id(&self, client: &Object, user: &str) -> Result<Uuid, StoreError> {
-        if user.is_empty() || user.len() > MAX_NAME || user.contains(|c: char| c.is_control()) {
-            return Err(StoreError::BadUser(user.to_owned()));
-        }
-        let find = "SELECT id FROM maildrops WHERE name = $1";
-        if let Some(row) = client
-            .query_opt(find, &[&user])
-            .await
-            .map_err(db_error("find the maildrop"))?
-        {
-            return Ok(row.get(0));
-        }
-        client
-            .execute(
-                "INSERT INTO maildrops (id, name) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
-                &[&Uuid::new_v4(), &user],
-            )
-            .await
-            .map_err(db_error("create the maildrop"))?;
-        let row = client
-            .query_one(find, &[&user])
-            .await
-            .map_err(db_error("find the maildrop"))?;
-        Ok(row.get(0))
+        let plain: &tokio_postgres::Client = client;
+        maildrop_id(plain, user).await
     }
 
     async fn open(self: &Arc<Self>, user: &str) -> Result<PgMaildrop, StoreError> {
@@ -353,8 +333,38 @@ impl Inner {
     }
 }
 
+/// The id of `user`'s maildrop, made on first use.
+pub(super) async fn maildrop_id(
+    client: &impl GenericClient,
+    user: &str,
+) -> Result<Uuid, StoreError> {
+    if user.is_empty() || user.len() > MAX_NAME || user.contains(|c: char| c.is_control()) {
+        return Err(StoreError::BadUser(user.to_owned()));
+    }
+    let find = "SELECT id FROM maildrops WHERE name = $1";
+    if let Some(row) = client
+        .query_opt(find, &[&user])
+        .await
+        .map_err(db_error("find the maildrop"))?
+    {
+        return Ok(row.get(0));
+    }
+    client
+        .execute(
+            "INSERT INTO maildrops (id, name) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            &[&Uuid::new_v4(), &user],
+        )
+        .await
+        .map_err(db_error("create the maildrop"))?;
+    let row = client
+        .query_one(find, &[&user])
+        .await
+        .map_err(db_error("find the maildrop"))?;
+    Ok(row.get(0))
+}
+
 /// Reads until `buf` is full or the input ends; returns the octets read.
-fn fill(input: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+pub(super) fn fill(input: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while let Some(rest) = buf.get_mut(filled..).filter(|r| !r.is_empty()) {
         match input.read(rest) {
