@@ -9,16 +9,7 @@ use common::*;
 
 /// The fixture's configuration with the PostgreSQL store at `url` instead of its Maildirs.
 fn postgres_config(fx: &Fixture, url: &str) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(&fx.config_path).expect("read the configuration");
-    let maildir = "[store]\nmaildir = \"mail/%u/Maildir\"\n";
-    assert!(text.contains(maildir), "{text}");
-    let text = text.replace(
-        maildir,
-        &format!("[store]\nbackend = \"postgresql\"\nurl = {url:?}\nlease_secs = 5\n"),
-    );
-    let path = fx.path().join("postgres.toml");
-    std::fs::write(&path, text).expect("write the configuration");
-    path
+    common::postgres_config(fx, url, "postgres.toml")
 }
 
 #[test]
@@ -91,20 +82,8 @@ fn db_migrate_then_check_config() {
 /// A fresh database with the schema, and the fixture's configuration pointing at it.
 fn migrated(fx: &Fixture, db: &pg::TestDb) -> std::path::PathBuf {
     let config = postgres_config(fx, &db.url);
-    let (code, stdout, stderr) = run_with_input(
-        facteur().args(["db", "migrate", "--config"]).arg(&config),
-        b"",
-    );
-    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    db_migrate(&config);
     config
-}
-
-fn deliver_cli(config: &std::path::Path, user: &str, message: &[u8]) -> (Option<i32>, String) {
-    let (code, _, stderr) = run_with_input(
-        facteur().args(["deliver", user, "--config"]).arg(config),
-        message,
-    );
-    (code, stderr)
 }
 
 /// A message of about 200 KiB (several chunks of the store) with dot lines and bare LFs.
