@@ -438,6 +438,21 @@ fn three_nodes_behind_haproxy_survive_a_node_killed_mid_session() {
     }
     let deleted_by_b: BTreeSet<String> = deleted_by_b.iter().map(|(_, u)| u.clone()).collect();
     session_b.quit();
+    // At once, through HAProxy (round robin: the next node): the maildrop is free, without them.
+    let (r, node, mut c) = cluster.try_login(USER);
+    assert!(
+        r.starts_with("+OK"),
+        "{} right after QUIT on {}: {r}",
+        NODES[node],
+        NODES[b]
+    );
+    let listed: BTreeSet<String> = c.uidl().into_iter().map(|(_, uid)| uid).collect();
+    assert!(
+        listed.is_disjoint(&deleted_by_b),
+        "{}: {listed:?}",
+        NODES[node]
+    );
+    c.quit();
 
     // Some more deliveries land after that QUIT, then the loop stops.
     let after_quit = deliveries.count();
