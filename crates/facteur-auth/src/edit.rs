@@ -37,7 +37,7 @@ pub fn validate_user_name(user: &str) -> Result<(), InvalidUserName> {
     Ok(())
 }
 
-fn check_user(user: &str) -> Result<(), AuthError> {
+pub(crate) fn check_user(user: &str) -> Result<(), AuthError> {
     validate_user_name(user).map_err(|reason| AuthError::InvalidUserName {
         user: user.to_string(),
         reason,
@@ -46,7 +46,7 @@ fn check_user(user: &str) -> Result<(), AuthError> {
 
 /// A stored password must fit in its field and parse, e.g. the output of
 /// [`hash_password`](super::hash_password).
-fn check_stored(stored: &str) -> Result<(), AuthError> {
+pub(crate) fn check_stored(stored: &str) -> Result<(), AuthError> {
     if stored.contains([':', '\n', '\r']) {
         return Err(AuthError::StoredPasswordSeparator);
     }

@@ -1,8 +1,10 @@
 //! # facteur-auth: who may log in
 //!
-//! User databases (the passwd-file now, SQL next), password schemes, APOP and SASL, the cache of
-//! verifications and the failed-login penalties. No networking and no tokio: every check is a
-//! blocking call the server runs off its async threads.
+//! User databases (the passwd-file, and with the cargo feature `postgres` the users of a
+//! PostgreSQL database), password schemes, APOP and SASL, the cache of verifications and the
+//! failed-login penalties. Every check is a blocking call the server runs off its async threads;
+//! without the `postgres` feature there is no networking and no tokio at all, and with it the only
+//! network is the database, reached through the store's pool.
 //!
 //! # Layout
 //! - [`Authenticator`]: what the server calls to check USER/PASS and APOP. Blocking, since
@@ -21,7 +23,10 @@
 //! - `scram`: Dovecot's `{SCRAM-SHA-256}` stored form, and the made-up keys of users who cannot
 //!   use SCRAM (the keys themselves, [`ScramCredentials`], are facteur-proto's); `cram_md5`: the
 //!   HMAC-MD5 context CRAM-MD5 works from, with the MD5 block function it needs.
-//! - [`penalty`]: the failed-login penalties, per source address and per user name.
+//! - [`penalty`]: the failed-login penalties, per source address and per user name, and
+//!   [`penalty::FailedLogins`], the in-memory ones or the database's.
+//! - `sql` (cargo feature `postgres`): `SqlUsers`, the users in PostgreSQL, and
+//!   `SharedPenalties`, failed-login penalties every node shares.
 //!
 //! # What this crate must never do
 //! Put a password or a hash in an error, a log line or a `Debug` output; tell a client whether a
@@ -35,6 +40,8 @@ pub mod penalty;
 mod sasl;
 mod scheme;
 mod scram;
+#[cfg(feature = "postgres")]
+pub mod sql;
 
 use std::io;
 use std::path::PathBuf;
@@ -217,4 +224,14 @@ pub enum AuthError {
     Hash(String),
     #[error("cannot get random bytes from the operating system: {0}")]
     Random(#[from] getrandom::Error),
+    #[error("user {user:?} already exists in the database")]
+    SqlUserExists { user: String },
+    #[error("no user {user:?} in the database")]
+    SqlNoSuchUser { user: String },
+    /// The user database (`[auth] backend = "sql"`) failed.
+    #[error("user database: cannot {what}: {detail}")]
+    Database { what: &'static str, detail: String },
+    /// The store's database layer (its pool, its schema check).
+    #[error(transparent)]
+    Store(#[from] facteur_store::StoreError),
 }

@@ -32,10 +32,10 @@ enum Key {
 }
 
 /// Bytes kept of the keyed hash of a user name: 128 bits, no collision in practice.
-const USER_KEY_LEN: usize = 16;
+pub(crate) const USER_KEY_LEN: usize = 16;
 
 /// The HMAC key for user names: one SHA-256 block.
-const HASH_KEY_LEN: usize = 64;
+pub(crate) const HASH_KEY_LEN: usize = 64;
 
 #[derive(Clone, Copy, Debug)]
 struct Entry {
@@ -65,12 +65,7 @@ impl Penalties {
 
     /// The table's key for a user name.
     fn user_key(&self, user: &str) -> Key {
-        let tag = hmac_sha256(&self.hash_key, &[user.as_bytes()]);
-        let mut key = [0u8; USER_KEY_LEN];
-        for (k, &t) in key.iter_mut().zip(tag.iter()) {
-            *k = t;
-        }
-        Key::User(key)
+        Key::User(user_hash(&self.hash_key, user))
     }
 
     /// Record a failed login and return how long to wait before answering it.
@@ -108,11 +103,7 @@ impl Penalties {
     }
 
     fn delay_for(&self, failures: u32) -> Duration {
-        if failures == 0 {
-            return Duration::ZERO;
-        }
-        let factor = 1u32.checked_shl(failures - 1).unwrap_or(u32::MAX);
-        self.base.saturating_mul(factor).min(self.cap)
+        delay_for(self.base, self.cap, failures)
     }
 
     fn sweep(&self, table: &mut HashMap<Key, Entry>, now: Instant) {
@@ -124,6 +115,57 @@ impl Penalties {
             if let Some(&median) = lasts.get(lasts.len() / 2) {
                 table.retain(|_, e| e.last > median);
             }
+        }
+    }
+}
+
+/// The delay after the `failures`-th failure in a row: `base * 2^(failures-1)`, at most `cap`.
+pub(crate) fn delay_for(base: Duration, cap: Duration, failures: u32) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    let factor = 1u32.checked_shl(failures - 1).unwrap_or(u32::MAX);
+    base.saturating_mul(factor).min(cap)
+}
+
+/// The keyed hash of a user name that failures are counted against (HMAC-SHA-256 under
+/// `hash_key`, truncated to 128 bits).
+pub(crate) fn user_hash(hash_key: &[u8], user: &str) -> [u8; USER_KEY_LEN] {
+    let tag = hmac_sha256(hash_key, &[user.as_bytes()]);
+    let mut key = [0u8; USER_KEY_LEN];
+    for (k, &t) in key.iter_mut().zip(tag.iter()) {
+        *k = t;
+    }
+    key
+}
+
+/// What the server counts failed logins with: [`Penalties`] in this process (the passwd-file
+/// backend), or, with `[auth] backend = "sql"`, `sql::SharedPenalties` (cargo feature
+/// `postgres`) in the database every node uses, so that guesses spread over N nodes are counted
+/// together. Both answer the same way.
+pub enum FailedLogins {
+    Local(Penalties),
+    #[cfg(feature = "postgres")]
+    Shared(std::sync::Arc<crate::sql::SharedPenalties>),
+}
+
+impl FailedLogins {
+    /// Records a failed login from `source` for `user` (when one was given); returns how long
+    /// to wait before answering it.
+    pub async fn failure(&self, source: IpAddr, user: Option<&str>) -> Duration {
+        match self {
+            Self::Local(p) => p.failure(source, user),
+            #[cfg(feature = "postgres")]
+            Self::Shared(p) => p.failure(source, user).await,
+        }
+    }
+
+    /// A successful login forgets the failures of that user name (not of the source).
+    pub async fn success(&self, user: &str) {
+        match self {
+            Self::Local(p) => p.success(user),
+            #[cfg(feature = "postgres")]
+            Self::Shared(p) => p.success(user).await,
         }
     }
 }

@@ -279,8 +279,25 @@ pub struct Limits {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSection {
-    /// The users file, in Dovecot's passwd-file format.
+    /// Where the users are: `passwd-file` (the default: `passwd_file`) or `sql` (the `users`
+    /// table of a PostgreSQL database that every node shares, with the failed-login penalties).
+    #[serde(default)]
+    pub backend: AuthBackend,
+    /// The users file, in Dovecot's passwd-file format (backend `passwd-file`).
+    #[serde(default)]
     pub passwd_file: PathBuf,
+    /// The database of backend `sql` when the store is not in one (`[store] backend =
+    /// "maildir"`); with the PostgreSQL store, the users live in its database (`[store] url`)
+    /// and this key is refused.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Backend `sql`: the most failed-login penalty rows (sources and user names) kept in the
+    /// database; past it, each cleaning evicts the oldest. A row is about 100 bytes.
+    #[serde(default = "defaults::penalty_max_rows")]
+    pub penalty_max_rows: u64,
+    /// Backend `sql`: seconds between two cleanings of the expired penalty rows by each node.
+    #[serde(default = "defaults::penalty_clean_secs")]
+    pub penalty_clean_secs: u64,
     /// Offer APOP (RFC 1939 section 7) to users whose password is stored as `{PLAIN}`.
     #[serde(default)]
     pub apop: bool,
@@ -311,7 +328,30 @@ pub struct AuthSection {
     pub cache_max_entries: usize,
 }
 
+/// `[auth] backend`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthBackend {
+    #[default]
+    PasswdFile,
+    Sql,
+}
+
+impl std::fmt::Display for AuthBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::PasswdFile => "passwd-file",
+            Self::Sql => "sql",
+        })
+    }
+}
+
 impl AuthSection {
+    /// Seconds between two cleanings of the shared penalty table.
+    pub fn penalty_clean_every(&self) -> Duration {
+        Duration::from_secs(self.penalty_clean_secs)
+    }
+
     /// The configured mechanisms, upper-cased.
     pub fn sasl_mechanisms(&self) -> Vec<String> {
         self.sasl.iter().map(|m| m.to_ascii_uppercase()).collect()
@@ -518,6 +558,18 @@ pub mod defaults {
     pub fn lease_secs() -> u64 {
         60
     }
+    /// As many as the in-memory table holds: about 10 MB of database.
+    pub fn penalty_max_rows() -> u64 {
+        100_000
+    }
+    /// A minute: expired rows linger at most that long past `failed_login_forget_secs`.
+    pub fn penalty_clean_secs() -> u64 {
+        60
+    }
+    /// `[auth] penalty_max_rows` from 1,000 to 100 million.
+    pub const PENALTY_MAX_ROWS: std::ops::RangeInclusive<u64> = 1_000..=100_000_000;
+    /// `[auth] penalty_clean_secs` from 1 second to 1 hour.
+    pub const PENALTY_CLEAN_SECS: std::ops::RangeInclusive<u64> = 1..=3600;
     /// `[store] lease_secs` from 5 seconds (renewals every 1.7 s would cost more than they
     /// save) to one hour (a crashed node should not lock a user out for longer).
     pub const LEASE_SECS: std::ops::RangeInclusive<u64> = 5..=3600;
@@ -635,7 +687,7 @@ impl Config {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        if cfg.auth.passwd_file.is_relative() {
+        if !cfg.auth.passwd_file.as_os_str().is_empty() && cfg.auth.passwd_file.is_relative() {
             cfg.auth.passwd_file = base.join(&cfg.auth.passwd_file);
         }
         if let Some(tls) = &mut cfg.tls {
@@ -725,6 +777,7 @@ impl Config {
         {
             return Err("[auth] sasl: EXTERNAL needs [tls] client_ca".into());
         }
+        self.check_auth_backend()?;
         match self.store.backend {
             StoreBackend::Maildir => {
                 if self.store.maildir.is_empty() {
@@ -793,6 +846,75 @@ impl Config {
             return Err("[server] group needs [server] user".into());
         }
         Ok(())
+    }
+
+    fn check_auth_backend(&self) -> Result<(), String> {
+        let a = &self.auth;
+        match a.backend {
+            AuthBackend::PasswdFile => {
+                if a.passwd_file.as_os_str().is_empty() {
+                    return Err("[auth] passwd_file is needed (or backend = \"sql\")".into());
+                }
+                if a.url.is_some() {
+                    return Err(
+                        "[auth] url is for backend = \"sql\"; the backend is passwd-file".into(),
+                    );
+                }
+            }
+            AuthBackend::Sql => {
+                if !a.passwd_file.as_os_str().is_empty() {
+                    return Err(
+                        "[auth] passwd_file is for backend = \"passwd-file\"; the backend is sql"
+                            .into(),
+                    );
+                }
+                match (self.store.backend, &a.url) {
+                    (StoreBackend::Postgresql, Some(_)) => {
+                        return Err(
+                            "[auth] url: with the postgresql store, the users live in its \
+                                    database ([store] url); leave [auth] url out"
+                                .into(),
+                        )
+                    }
+                    (StoreBackend::Maildir, None) => {
+                        return Err("[auth] backend = \"sql\" with the maildir store needs \
+                                    [auth] url, the database of the users"
+                            .into())
+                    }
+                    (StoreBackend::Maildir, Some(u)) if u.trim().is_empty() => {
+                        return Err("[auth] url must not be empty".into())
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if !defaults::PENALTY_MAX_ROWS.contains(&a.penalty_max_rows) {
+            return Err(format!(
+                "[auth] penalty_max_rows = {}: expected {} to {}",
+                a.penalty_max_rows,
+                defaults::PENALTY_MAX_ROWS.start(),
+                defaults::PENALTY_MAX_ROWS.end()
+            ));
+        }
+        if !defaults::PENALTY_CLEAN_SECS.contains(&a.penalty_clean_secs) {
+            return Err(format!(
+                "[auth] penalty_clean_secs = {}: expected {} to {} seconds",
+                a.penalty_clean_secs,
+                defaults::PENALTY_CLEAN_SECS.start(),
+                defaults::PENALTY_CLEAN_SECS.end()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The PostgreSQL database of this configuration, if any: the store's, or the users' when
+    /// only they are in one (`facteur db migrate` uses it).
+    pub fn database_url(&self) -> Option<&str> {
+        match (self.store.backend, self.auth.backend) {
+            (StoreBackend::Postgresql, _) => self.store.url.as_deref(),
+            (StoreBackend::Maildir, AuthBackend::Sql) => self.auth.url.as_deref(),
+            (StoreBackend::Maildir, AuthBackend::PasswdFile) => None,
+        }
     }
 
     /// The POP3S (implicit TLS) listen addresses in force.
@@ -1028,6 +1150,79 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("auth"), "{e}");
+    }
+
+    #[test]
+    fn auth_backends() {
+        let c = Config::parse(MINIMAL, Path::new("f.toml")).unwrap();
+        assert_eq!(c.auth.backend, AuthBackend::PasswdFile);
+        assert_eq!(c.database_url(), None);
+        assert_eq!(
+            (c.auth.penalty_max_rows, c.auth.penalty_clean_secs),
+            (100_000, 60)
+        );
+        let parse = |auth: &str, store: &str| {
+            Config::parse(
+                &format!("[auth]\n{auth}\n[store]\n{store}\n"),
+                Path::new("/etc/f.toml"),
+            )
+            .map_err(|e| e.to_string())
+        };
+        let maildir = "maildir = \"/m/%u\"";
+        let pg = "backend = \"postgresql\"\nurl = \"host=/s dbname=mail\"";
+        // Users in SQL, mail in Maildirs.
+        let c = parse("backend = \"sql\"\nurl = \"host=/u dbname=users\"", maildir).unwrap();
+        assert_eq!(c.auth.backend, AuthBackend::Sql);
+        assert_eq!(c.auth.backend.to_string(), "sql");
+        assert_eq!(c.database_url(), Some("host=/u dbname=users"));
+        assert_eq!(c.auth.passwd_file, Path::new(""));
+        // Both in the store's database.
+        let c = parse(
+            "backend = \"sql\"\npenalty_max_rows = 5000\npenalty_clean_secs = 10",
+            pg,
+        )
+        .unwrap();
+        assert_eq!(c.database_url(), Some("host=/s dbname=mail"));
+        assert_eq!(c.auth.penalty_clean_every(), Duration::from_secs(10));
+        assert_eq!(c.auth.penalty_max_rows, 5000);
+        for (auth, store, expected) in [
+            ("backend = \"sql\"", maildir, "needs [auth] url"),
+            (
+                "backend = \"sql\"\nurl = \" \"",
+                maildir,
+                "must not be empty",
+            ),
+            (
+                "backend = \"sql\"\nurl = \"host=x\"",
+                pg,
+                "leave [auth] url out",
+            ),
+            (
+                "backend = \"sql\"\npasswd_file = \"users\"",
+                pg,
+                "passwd_file is for",
+            ),
+            ("", maildir, "passwd_file is needed"),
+            (
+                "passwd_file = \"users\"\nurl = \"host=x\"",
+                maildir,
+                "url is for",
+            ),
+            ("backend = \"ldap\"", maildir, "unknown variant"),
+            (
+                "backend = \"sql\"\npenalty_max_rows = 10",
+                pg,
+                "penalty_max_rows = 10",
+            ),
+            (
+                "backend = \"sql\"\npenalty_clean_secs = 0",
+                pg,
+                "penalty_clean_secs = 0",
+            ),
+        ] {
+            let e = parse(auth, store).unwrap_err();
+            assert!(e.contains(expected), "{auth} / {store}: {e}");
+        }
     }
 
     #[test]

@@ -625,7 +625,7 @@ impl Connection {
     ) -> Step {
         let result = match outcome {
             Ok(Verdict::Opened { user, maildrop }) => {
-                self.shared.penalties.success(&user);
+                self.shared.penalties.success(&user).await;
                 match maildrop {
                     Ok(mut maildrop) => {
                         tracing::info!(
@@ -685,6 +685,17 @@ impl Connection {
                 );
                 AuthResult::Aborted(text)
             }
+            Ok(Verdict::Failure(Some(FailureReason::Unavailable))) => {
+                // The user database did not answer: the client's credentials were not judged,
+                // so no failed login is counted (RFC 3206: [SYS/TEMP], try again later).
+                self.log_failed_login(
+                    method,
+                    tried,
+                    &FailureReason::Unavailable.to_string(),
+                    Duration::ZERO,
+                );
+                AuthResult::SystemError { permanent: false }
+            }
             Ok(failure) => {
                 let (reason, result) = match failure {
                     Verdict::Aborted(text) => (
@@ -702,7 +713,7 @@ impl Connection {
                     ),
                 };
                 self.failed_logins += 1;
-                let delay = self.shared.penalties.failure(self.peer.ip(), tried);
+                let delay = self.shared.penalties.failure(self.peer.ip(), tried).await;
                 self.log_failed_login(method, tried, &reason, delay);
                 tokio::time::sleep(delay).await;
                 result

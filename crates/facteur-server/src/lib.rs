@@ -65,8 +65,9 @@ pub struct Shared {
     pub hostname: String,
     /// The threads that check passwords (`limits.max_concurrent_logins` of them).
     pub auth_pool: auth_pool::AuthPool,
-    /// Failed-login delays per source and user name.
-    pub penalties: facteur_auth::penalty::Penalties,
+    /// Failed-login delays per source and user name: in this process, or shared by the nodes
+    /// in the database (`[auth] backend = "sql"`).
+    pub penalties: facteur_auth::penalty::FailedLogins,
     /// The certificate for STLS and POP3S, if configured.
     pub tls: Option<TlsState>,
 }
@@ -77,16 +78,24 @@ impl Shared {
         Self {
             hostname: config.hostname(),
             auth_pool: auth_pool::AuthPool::new(l.max_concurrent_logins),
-            penalties: facteur_auth::penalty::Penalties::new(
-                l.failed_login_delay(),
-                l.max_failed_login_delay(),
-                l.failed_login_forget(),
+            penalties: facteur_auth::penalty::FailedLogins::Local(
+                facteur_auth::penalty::Penalties::new(
+                    l.failed_login_delay(),
+                    l.max_failed_login_delay(),
+                    l.failed_login_forget(),
+                ),
             ),
             tls: None,
             config,
             auth,
             store,
         }
+    }
+
+    /// Count failed logins with `penalties` instead of this process's own table.
+    pub fn with_failed_logins(mut self, penalties: facteur_auth::penalty::FailedLogins) -> Self {
+        self.penalties = penalties;
+        self
     }
 
     /// Add the TLS state (needed for STLS and POP3S listeners).

@@ -12,11 +12,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use facteur_auth::{AuthError, PasswdDb};
+use facteur_auth::penalty::FailedLogins;
+use facteur_auth::sql::{SharedPenalties, SharedPenaltiesConfig, SqlUsers};
+use facteur_auth::{AuthError, Authenticator, PasswdDb};
 use facteur_store::{MaildirStore, Store};
 use facteur_tls::{TlsError, TlsFiles, TlsState};
 
-use crate::config::{Config, StoreBackend, StoreSection};
+use crate::config::{AuthBackend, Config, StoreBackend, StoreSection};
 use crate::privileges::{self, PrivilegeError, Target};
 use crate::Shared;
 
@@ -121,15 +123,22 @@ pub fn serve(cfg: Config, dev: bool, banner: Option<String>) -> Result<(), Serve
             return Err(ServeError::RootRefused);
         }
     }
-    let db = PasswdDb::open(&cfg.auth.passwd_file)
-        .map_err(|source| match &target {
-            Some(t) if dropped.switched => ServeError::UsersAs {
-                source: Box::new(source),
-                target: Box::new(t.clone()),
-            },
-            _ => ServeError::Users(source),
-        })?
-        .with_verified_cache(cfg.auth.cache_ttl(), cfg.auth.cache_max_entries);
+    // The passwd-file is read now, as the user who will re-read it; SQL users once the
+    // runtime their queries run on exists.
+    let passwd = match cfg.auth.backend {
+        AuthBackend::PasswdFile => Some(
+            PasswdDb::open(&cfg.auth.passwd_file)
+                .map_err(|source| match &target {
+                    Some(t) if dropped.switched => ServeError::UsersAs {
+                        source: Box::new(source),
+                        target: Box::new(t.clone()),
+                    },
+                    _ => ServeError::Users(source),
+                })?
+                .with_verified_cache(cfg.auth.cache_ttl(), cfg.auth.cache_max_entries),
+        ),
+        AuthBackend::Sql => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -138,8 +147,19 @@ pub fn serve(cfg: Config, dev: bool, banner: Option<String>) -> Result<(), Serve
         let plain = into_tokio(plain)?;
         let implicit = into_tokio(implicit)?;
         let stls = tls.is_some();
+        let (auth, shared_penalties) = match passwd {
+            Some(db) => (Arc::new(db) as Arc<dyn Authenticator>, None),
+            None => {
+                let (users, penalties) = open_sql_users(&cfg).await?;
+                (Arc::new(users) as Arc<dyn Authenticator>, Some(penalties))
+            }
+        };
         let store = open_store(&cfg.store).await?;
-        let mut shared = Shared::new(cfg, Arc::new(db), store);
+        let mut shared = Shared::new(cfg, auth, store);
+        if let Some(penalties) = shared_penalties {
+            penalties.spawn_cleaner();
+            shared = shared.with_failed_logins(FailedLogins::Shared(penalties));
+        }
         if let Some(tls) = tls {
             shared = shared.with_tls(tls);
         }
@@ -166,6 +186,30 @@ pub fn serve(cfg: Config, dev: bool, banner: Option<String>) -> Result<(), Serve
     runtime.shutdown_timeout(SHUTDOWN_BLOCKING_WAIT);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `[auth] backend = "sql"`: the users and the shared failed-login penalties, in the database
+/// of [`Config::database_url`], whose schema must be this build's.
+async fn open_sql_users(cfg: &Config) -> Result<(SqlUsers, Arc<SharedPenalties>), ServeError> {
+    let url = cfg.database_url().unwrap_or_default();
+    let pool = facteur_auth::sql::pool(url, cfg.store.pool_size)?;
+    let users = SqlUsers::open(pool.clone())
+        .await?
+        .with_verified_cache(cfg.auth.cache_ttl(), cfg.auth.cache_max_entries);
+    let l = &cfg.limits;
+    let penalties = SharedPenalties::open(
+        pool,
+        SharedPenaltiesConfig {
+            base: l.failed_login_delay(),
+            cap: l.max_failed_login_delay(),
+            forget_after: l.failed_login_forget(),
+            max_rows: cfg.auth.penalty_max_rows,
+            clean_every: cfg.auth.penalty_clean_every(),
+        },
+    )
+    .await?;
+    tracing::info!("users and failed-login penalties in the database ([auth] backend = \"sql\")");
+    Ok((users, Arc::new(penalties)))
 }
 
 /// The store `[store]` names. Runs inside the server's runtime: the PostgreSQL store drives its

@@ -111,10 +111,13 @@ mod schema {
             tables,
             [
                 "leases",
+                "login_penalties",
+                "login_penalty_key",
                 "maildrops",
                 "message_chunks",
                 "messages",
-                "schema_version"
+                "schema_version",
+                "users"
             ]
         );
     }

@@ -7,7 +7,7 @@
 use clap::{Args, Parser, Subcommand};
 use facteur_auth::{self as auth, PasswdDb, Scheme};
 use facteur_server as server;
-use facteur_server::config::{Config, StoreBackend, DEFAULT_CONFIG_PATH};
+use facteur_server::config::{AuthBackend, Config, StoreBackend, DEFAULT_CONFIG_PATH};
 use facteur_server::privileges;
 use facteur_store::{Lasting, MaildirStore, Owner, Store, StoreError};
 use facteur_tls::{self as tls, TlsFiles, TlsState};
@@ -35,7 +35,7 @@ enum Command {
     /// (every id, group and capability of root given up); started as root without that key it
     /// refuses to run, unless `[server] allow_root = true`.
     Serve(ServeArgs),
-    /// Manage the users of the passwd-file.
+    /// Manage the users: of the passwd-file, or of the database with `[auth] backend = "sql"`.
     #[command(subcommand)]
     User(UserCommand),
     /// Deliver one message, read from standard input, to a user's maildrop (for an MTA).
@@ -223,6 +223,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Db(DbCommand::Migrate { config }) => db_migrate(&config.config),
         Command::CheckConfig { config } => {
             let cfg = Config::load(&config.config)?;
+            if cfg.auth.backend == AuthBackend::Sql {
+                return check_config_sql(&cfg, &config.config);
+            }
             let db = PasswdDb::open(&cfg.auth.passwd_file)?;
             // The certificate and key load as `serve` would load them, or this fails.
             let tls = match &cfg.tls {
@@ -255,7 +258,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
             for w in &found.warnings {
                 eprintln!("warning: {w}");
             }
-            for w in login_method_warnings(&cfg, &snapshot) {
+            let schemes: Vec<Scheme> = snapshot
+                .entries()
+                .iter()
+                .map(|e| e.password().scheme())
+                .collect();
+            for w in login_method_warnings(&cfg, schemes.iter().map(|&s| (s, 1))) {
                 eprintln!("warning: {w}");
             }
             if !found.errors.is_empty() {
@@ -322,23 +330,25 @@ fn run(cli: Cli) -> Result<(), CliError> {
 /// client that picks the strongest method advertised (many do, and do not fall back) then fails
 /// every time, is penalised, and may be cut off. (APOP is not advertised when no user can use
 /// it; SASL mechanisms are.)
-fn login_method_warnings(cfg: &Config, users: &auth::PasswdFile) -> Vec<String> {
+fn login_method_warnings(
+    cfg: &Config,
+    users: impl Iterator<Item = (Scheme, u64)> + Clone,
+) -> Vec<String> {
     let mut methods = cfg.auth.sasl_mechanisms();
     methods.retain(|m| m == "CRAM-MD5" || m == "SCRAM-SHA-256");
     if cfg.auth.apop {
         methods.push("APOP".to_string());
     }
-    let total = users.len();
+    let total: u64 = users.clone().map(|(_, n)| n).sum();
     let mut warnings = Vec::new();
     for method in methods {
-        let mut schemes: std::collections::BTreeMap<&str, usize> = Default::default();
-        for entry in users.entries() {
-            let scheme = entry.password().scheme();
+        let mut schemes: std::collections::BTreeMap<&str, u64> = Default::default();
+        for (scheme, n) in users.clone() {
             if !scheme.serves(&method) {
-                *schemes.entry(scheme.name()).or_default() += 1;
+                *schemes.entry(scheme.name()).or_default() += n;
             }
         }
-        let cannot: usize = schemes.values().sum();
+        let cannot: u64 = schemes.values().sum();
         if cannot == 0 {
             continue;
         }
@@ -616,20 +626,33 @@ fn user(cmd: UserCommand) -> Result<(), CliError> {
             config,
         } => {
             let cfg = Config::load(&config.config)?;
-            check_new_user(&cfg, &name)?;
+            if cfg.store.backend == StoreBackend::Maildir {
+                check_new_user(&cfg, &name)?;
+            }
             let hash = hash_from_input(&password)?;
-            auth::add_user(&cfg.auth.passwd_file, &name, &hash)?;
+            match SqlAdmin::of(&cfg)? {
+                Some(db) => db.run(auth::sql::add_user(&db.pool, &name, &hash))?,
+                None => auth::add_user(&cfg.auth.passwd_file, &name, &hash)?,
+            }
             println!("added {name}");
         }
         UserCommand::Del { name, config } => {
             let cfg = Config::load(&config.config)?;
-            auth::del_user(&cfg.auth.passwd_file, &name)?;
+            match SqlAdmin::of(&cfg)? {
+                Some(db) => db.run(auth::sql::del_user(&db.pool, &name))?,
+                None => auth::del_user(&cfg.auth.passwd_file, &name)?,
+            }
             println!("removed {name} (the maildrop is kept)");
         }
         UserCommand::List { config } => {
             let cfg = Config::load(&config.config)?;
-            for u in auth::list_users(&cfg.auth.passwd_file)? {
-                println!("{u}");
+            match SqlAdmin::of(&cfg)? {
+                Some(db) => db.run(auth::sql::list_users(&db.pool, |u| println!("{u}")))?,
+                None => {
+                    for u in auth::list_users(&cfg.auth.passwd_file)? {
+                        println!("{u}");
+                    }
+                }
             }
         }
         UserCommand::Passwd {
@@ -638,11 +661,84 @@ fn user(cmd: UserCommand) -> Result<(), CliError> {
             config,
         } => {
             let cfg = Config::load(&config.config)?;
+            let db = SqlAdmin::of(&cfg)?;
             let hash = hash_from_input(&password)?;
-            auth::set_password(&cfg.auth.passwd_file, &name, &hash)?;
+            match db {
+                Some(db) => db.run(auth::sql::set_password(&db.pool, &name, &hash))?,
+                None => auth::set_password(&cfg.auth.passwd_file, &name, &hash)?,
+            }
             println!("changed the password of {name}");
         }
     }
+    Ok(())
+}
+
+/// The users' database of `[auth] backend = "sql"`, checked for its schema, with a runtime to
+/// reach it: what `facteur user` and `deliver` work on instead of the passwd-file.
+struct SqlAdmin {
+    rt: tokio::runtime::Runtime,
+    pool: auth::sql::Pool,
+}
+
+impl SqlAdmin {
+    /// `None` for the passwd-file backend.
+    fn of(cfg: &Config) -> Result<Option<Self>, CliError> {
+        if cfg.auth.backend != AuthBackend::Sql {
+            return Ok(None);
+        }
+        let rt = db_runtime()?;
+        let pool = {
+            let _in = rt.enter();
+            auth::sql::pool(db_url(cfg)?, 1)?
+        };
+        rt.block_on(auth::sql::check_schema(&pool))?;
+        Ok(Some(Self { rt, pool }))
+    }
+
+    fn run<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, auth::AuthError>>,
+    ) -> Result<T, auth::AuthError> {
+        self.rt.block_on(f)
+    }
+}
+
+/// check-config with `[auth] backend = "sql"`: the TLS files, who the server runs as, and the
+/// database (reachable, this facteur's schema, its users counted). The Maildirs are not
+/// checked one by one: the users are in a database that may hold millions.
+fn check_config_sql(cfg: &Config, path: &Path) -> Result<(), CliError> {
+    let tls = match &cfg.tls {
+        Some(t) => {
+            TlsState::new(TlsFiles {
+                certificate: t.certificate.clone(),
+                private_key: t.private_key.clone(),
+                client_ca: t.client_ca.clone(),
+            })?;
+            format!(", POP3S on {}", join(&cfg.listen_tls()))
+        }
+        None => ", no TLS".to_string(),
+    };
+    let (runs_as, _) = check_run_as(cfg)?;
+    let version = db_check(cfg)?;
+    let Some(db) = SqlAdmin::of(cfg)? else {
+        return Err(fail("[auth] backend is not sql"));
+    };
+    let users = db.run(auth::sql::count_users(&db.pool))?;
+    let schemes = db.run(auth::sql::count_schemes(&db.pool))?;
+    for w in login_method_warnings(cfg, schemes.iter().copied()) {
+        eprintln!("warning: {w}");
+    }
+    let store = match cfg.store.backend {
+        StoreBackend::Maildir => format!("maildir {}", cfg.store.maildir),
+        StoreBackend::Postgresql => "store postgresql".to_string(),
+    };
+    println!(
+        "{}: OK ({users} user{} in the database, schema version {version}, {store}, listening \
+         on {}{tls}, {runs_as})",
+        path.display(),
+        if users == 1 { "" } else { "s" },
+        join(&cfg.server.listen)
+    );
     Ok(())
 }
 
@@ -661,7 +757,10 @@ fn check_new_user(cfg: &Config, name: &str) -> Result<(), CliError> {
                 "note: the maildir template {:?} uses %h: add {name}'s home directory (the 6th \
                  field) to {}, or its deliveries and logins fail",
                 cfg.store.maildir,
-                cfg.auth.passwd_file.display()
+                match cfg.auth.backend {
+                    AuthBackend::PasswdFile => cfg.auth.passwd_file.display().to_string(),
+                    AuthBackend::Sql => "the users table (its home column)".to_string(),
+                }
             );
             store.maildir_path(name, Some("/"))
         }
@@ -725,15 +824,15 @@ fn db_runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| fail(format!("cannot start the runtime: {e}")))
 }
 
-/// `[store] url`, or why this configuration has none.
+/// The database of this configuration (`[store] url`, or `[auth] url` for SQL users with the
+/// Maildir store), or why it has none.
 fn db_url(cfg: &Config) -> Result<&str, CliError> {
-    match (cfg.store.backend, cfg.store.url.as_deref()) {
-        (StoreBackend::Postgresql, Some(url)) => Ok(url),
-        _ => Err(fail(format!(
-            "[store] backend is {}: there is no database to use",
-            cfg.store.backend
-        ))),
-    }
+    cfg.database_url().ok_or_else(|| {
+        fail(format!(
+            "[store] backend is {} and [auth] backend is {}: there is no database to use",
+            cfg.store.backend, cfg.auth.backend
+        ))
+    })
 }
 
 /// `facteur db migrate`.
@@ -761,21 +860,36 @@ fn deliver(user: &str, config_path: &Path) -> Result<(), CliError> {
         status: EX_TEMPFAIL,
     };
     let cfg = Config::load(config_path).map_err(|e| temp(&e))?;
-    let db = PasswdDb::open(&cfg.auth.passwd_file).map_err(|e| temp(&e))?;
-    let users = db.snapshot();
-    let Some(entry) = users.get(user) else {
-        return Err(CliError {
-            message: format!("no such user: {user}"),
-            status: EX_NOUSER,
-        });
-    };
     let store_error = |e: StoreError| CliError {
         status: delivery_status(&e),
         message: e.to_string(),
     };
+    let no_user = || CliError {
+        message: format!("no such user: {user}"),
+        status: EX_NOUSER,
+    };
     // Run as root (from an MTA), the files are given to the maildrop's owner.
-    let owner = Owner::from_fields(entry.uid(), entry.gid())
-        .map_err(|e| store_error(StoreError::from(e)))?;
+    let (home, owner) = match SqlAdmin::of(&cfg).map_err(|e| temp(&e.message))? {
+        Some(db) => {
+            let found = db
+                .run(auth::sql::find_user(&db.pool, user))
+                .map_err(|e| temp(&e))?
+                .ok_or_else(no_user)?;
+            let owner = Owner {
+                uid: found.uid,
+                gid: found.gid,
+            };
+            (found.home, owner)
+        }
+        None => {
+            let db = PasswdDb::open(&cfg.auth.passwd_file).map_err(|e| temp(&e))?;
+            let users = db.snapshot();
+            let entry = users.get(user).ok_or_else(no_user)?;
+            let owner = Owner::from_fields(entry.uid(), entry.gid())
+                .map_err(|e| store_error(StoreError::from(e)))?;
+            (entry.home().map(str::to_string), owner)
+        }
+    };
     let mut stdin = std::io::stdin().lock();
     // Nothing at all is no message: refused before any file is made.
     match stdin.fill_buf() {
@@ -790,7 +904,7 @@ fn deliver(user: &str, config_path: &Path) -> Result<(), CliError> {
     }
     let d = match cfg.store.backend {
         StoreBackend::Maildir => MaildirStore::new(cfg.store.maildir.clone())
-            .deliver_as(user, entry.home(), owner, &mut stdin)
+            .deliver_as(user, home.as_deref(), owner, &mut stdin)
             .map_err(store_error)?,
         StoreBackend::Postgresql => {
             // The store's queries run on this runtime's worker; the delivery itself is called
@@ -810,7 +924,7 @@ fn deliver(user: &str, config_path: &Path) -> Result<(), CliError> {
                 ))
                 .map_err(store_error)?;
             store
-                .deliver_as(user, entry.home(), owner, &mut stdin)
+                .deliver_as(user, home.as_deref(), owner, &mut stdin)
                 .map_err(store_error)?
         }
     };

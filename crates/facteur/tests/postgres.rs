@@ -36,7 +36,7 @@ fn db_migrate_then_check_config() {
 
     let (code, stdout, stderr) = migrate();
     assert_eq!(code, Some(0), "{stdout}{stderr}");
-    assert!(stdout.contains("schema version 1 (was 0)"), "{stdout}");
+    assert!(stdout.contains("schema version 2 (was 0)"), "{stdout}");
     let (code, stdout, stderr) = migrate();
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("up to date"), "{stdout}");
@@ -44,7 +44,7 @@ fn db_migrate_then_check_config() {
     let (code, stdout, stderr) = check();
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("store postgresql"), "{stdout}");
-    assert!(stdout.contains("schema version 1"), "{stdout}");
+    assert!(stdout.contains("schema version 2"), "{stdout}");
 
     // `user add` has no maildir template to check the name against: the maildrop is a row.
     let (code, stdout, stderr) = run_with_input(

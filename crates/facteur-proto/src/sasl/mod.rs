@@ -120,6 +120,10 @@ pub enum FailureReason {
     NoRandomness,
     /// The authenticator did not say (one that implements only the verdict methods).
     Unspecified,
+    /// The user database could not be asked (a database that does not answer): a fault of the
+    /// server, not of the client, whose credentials were not judged. The driver answers
+    /// `[SYS/TEMP]` and counts no failed login.
+    Unavailable,
 }
 
 impl fmt::Display for FailureReason {
@@ -143,6 +147,7 @@ impl fmt::Display for FailureReason {
             }
             FailureReason::NoRandomness => f.write_str("no random bytes for the challenge"),
             FailureReason::Unspecified => f.write_str("refused by the authenticator"),
+            FailureReason::Unavailable => f.write_str("the user database is unavailable"),
         }
     }
 }
