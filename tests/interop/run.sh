@@ -12,16 +12,30 @@
 # them, with no size in their names: facteur reads none of them at login (its reply then has no
 # octet count) and sizes them all at the first STAT, LIST or RETR. Each must get all 300.
 #
+# With INTEROP_BACKEND=postgresql the maildrop is in PostgreSQL instead of a Maildir (a
+# throwaway cluster made with Debian's initdb and pg_ctl in a temporary folder, run as nobody
+# when root and removed at exit, or a fresh database on the server FACTEUR_TEST_DATABASE_URL
+# names, dropped at exit); with INTEROP_VIA=haproxy the clients reach INTEROP_NODES facteur
+# nodes (3) through a real HAProxy (Debian's package, round robin, send-proxy-v2 and health
+# checks), each node with its own configuration and `proxy_protocol = ["127.0.0.1/32"]`. Every
+# session must then have come through HAProxy, and every node must have served some.
+#
 # Every connection goes to 127.0.0.1; every client call is bounded by `timeout`.
 #
 #   bash tests/interop/run.sh
+#   INTEROP_BACKEND=postgresql INTEROP_VIA=haproxy bash tests/interop/run.sh
 #
 # Environment:
 #   INTEROP_CLIENTS   the clients to run (default: all), e.g. "curl mpop"
 #   INTEROP_MODES     the modes to run (default: "plain stls pop3s")
 #   FACTEUR_BIN       a facteur binary to use instead of building one
 #   INTEROP_KEEP=1    keep the work folder even when everything passed
-#   INTEROP_UNSIZED=0 skip the maildrop of 300 messages without sizes
+#   INTEROP_UNSIZED=0 skip the maildrop of 300 messages without sizes (a Maildir case: skipped
+#                     with the PostgreSQL backend, whose sizes are recorded at delivery)
+#   INTEROP_BACKEND   maildir (default) or postgresql
+#   INTEROP_VIA       direct (default: the clients connect to one node) or haproxy
+#   INTEROP_NODES     how many nodes behind HAProxy (default 3)
+#   FACTEUR_TEST_DATABASE_URL  an existing PostgreSQL server (a role that may create databases)
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -33,6 +47,15 @@ ALL_CLIENTS="curl poplib fetchmail mpop getmail6 net-pop3 openssl s-nail"
 ALL_MODES="plain stls pop3s"
 CLIENTS=${INTEROP_CLIENTS:-$ALL_CLIENTS}
 MODES=${INTEROP_MODES:-$ALL_MODES}
+BACKEND=${INTEROP_BACKEND:-maildir}
+VIA=${INTEROP_VIA:-direct}
+case $BACKEND in maildir|postgresql) ;; *) echo "INTEROP_BACKEND: maildir or postgresql" >&2; exit 2 ;; esac
+case $VIA in
+    direct) NODES=1 ;;
+    haproxy) NODES=${INTEROP_NODES:-3} ;;
+    *) echo "INTEROP_VIA: direct or haproxy" >&2; exit 2 ;;
+esac
+case $NODES in [1-9]) ;; *) echo "INTEROP_NODES: 1 to 9" >&2; exit 2 ;; esac
 
 say() { printf '%s\n' "$*"; }
 # Stop the whole run (a broken setup, not a client's failure); the work folder is kept.
@@ -53,6 +76,17 @@ install_clients() {
     # Net::POP3 is in perl's own modules (libnet); STLS and POP3S need IO::Socket::SSL.
     perl -MNet::POP3 -e1 >/dev/null 2>&1 || need+=(perl)
     perl -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need+=(libio-socket-ssl-perl)
+    if [ "$BACKEND" = postgresql ]; then
+        # psql empties and counts the maildrop between cases; initdb and pg_ctl make the
+        # throwaway cluster unless a server is given.
+        command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
+        if [ -z "${FACTEUR_TEST_DATABASE_URL:-}" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+            need+=(postgresql)
+        fi
+    fi
+    if [ "$VIA" = haproxy ] && ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
+        need+=(haproxy)
+    fi
     if [ "${#need[@]}" -gt 0 ]; then
         say "installing: ${need[*]}"
         local sudo=""
@@ -70,6 +104,11 @@ install_clients() {
     say "  getmail $(getmail --version 2>&1 | head -n 1)"
     say "  Net::POP3 $(perl -MNet::POP3 -e 'print $Net::POP3::VERSION'), IO::Socket::SSL $(perl -MIO::Socket::SSL -e 'print $IO::Socket::SSL::VERSION')"
     say "  $(s-nail -V 2>&1 | head -n 1)"
+    if [ "$VIA" = haproxy ]; then
+        HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+        say "  $("$HAPROXY" -v | head -n 1)"
+    fi
+    if [ "$BACKEND" = postgresql ]; then say "  $(psql --version)"; fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -91,23 +130,42 @@ build_facteur() {
 # 3. A fresh installation and a running server.
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/facteur-interop.XXXXXX")
-SERVER_PID=""
+NODE_PIDS=() NODE_LOGS=() NODE_NAMES=()
+HAPROXY_PID=""
+# The throwaway PostgreSQL cluster (its folder, its programs, who runs them), or the database
+# made on FACTEUR_TEST_DATABASE_URL's server.
+PG_DIR="" PG_BIN="" PG_AS=() PG_ADMIN="" PG_DBNAME="" DB_URL=""
 ANY_FAIL=0
 
-cleanup() {
-    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null
+stop_pid() {
+    local pid=$1
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null
         for _ in $(seq 50); do
-            kill -0 "$SERVER_PID" 2>/dev/null || break
+            kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
         done
-        kill -KILL "$SERVER_PID" 2>/dev/null
-        wait "$SERVER_PID" 2>/dev/null
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    fi
+}
+
+cleanup() {
+    stop_pid "$HAPROXY_PID"
+    for pid in "${NODE_PIDS[@]}"; do stop_pid "$pid"; done
+    if [ -n "$PG_DIR" ]; then
+        if [ -f "$PG_DIR/data/postmaster.pid" ]; then
+            "${PG_AS[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" stop -m immediate >/dev/null 2>&1
+        fi
+        rm -rf "$PG_DIR"
+    fi
+    if [ -n "$PG_DBNAME" ]; then
+        psql "$PG_ADMIN" -qAt -c "DROP DATABASE IF EXISTS $PG_DBNAME WITH (FORCE)" >/dev/null 2>&1
     fi
     if [ "$ANY_FAIL" -eq 0 ] && [ "${INTEROP_KEEP:-0}" != 1 ]; then
         rm -rf "$WORK"
     else
-        say "work folder kept: $WORK (server log: $WORK/server/facteur.log)"
+        say "work folder kept: $WORK (server logs: ${NODE_LOGS[*]:-none}${HAPROXY_PID:+, $WORK/server/haproxy.log})"
     fi
 }
 trap cleanup EXIT
@@ -135,6 +193,123 @@ make_certificates() {
     CA="$d/ca.pem"
 }
 
+# The PostgreSQL database of the run: DB_URL, and `facteur db migrate` applied to it later.
+start_postgres() {
+    if [ -n "${FACTEUR_TEST_DATABASE_URL:-}" ]; then
+        PG_ADMIN=$FACTEUR_TEST_DATABASE_URL
+        PG_DBNAME="facteur_interop_$$"
+        psql "$PG_ADMIN" -qAt -v ON_ERROR_STOP=1 -c "CREATE DATABASE $PG_DBNAME" \
+            || die "cannot create a database on FACTEUR_TEST_DATABASE_URL's server"
+        # The same server, the new database (a URL's path, or a later dbname= key).
+        DB_URL=$(python3 -c '
+import sys, urllib.parse as u
+url, name = sys.argv[1], sys.argv[2]
+if url.lower().startswith(("postgres://", "postgresql://")):
+    print(u.urlunsplit(u.urlsplit(url)._replace(path="/" + name)))
+else:
+    print(url + " dbname=" + name)' "$PG_ADMIN" "$PG_DBNAME")
+        say "PostgreSQL: database $PG_DBNAME on FACTEUR_TEST_DATABASE_URL's server"
+        return
+    fi
+    PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    [ -x "$PG_BIN/initdb" ] || die "no PostgreSQL under /usr/lib/postgresql/*/bin"
+    # Under /tmp whatever TMPDIR says: nobody must reach it, and a socket path is short.
+    PG_DIR=$(mktemp -d /tmp/facteur-interop-pg.XXXXXX)
+    if [ "$(id -u)" -eq 0 ]; then
+        # initdb refuses root: the cluster runs as nobody.
+        chown "$(id -u nobody):$(id -g nobody)" "$PG_DIR"
+        PG_AS=(setpriv "--reuid=$(id -u nobody)" "--regid=$(id -g nobody)" --clear-groups)
+    fi
+    "${PG_AS[@]}" "$PG_BIN/initdb" -D "$PG_DIR/data" -A trust -U postgres -E UTF8 --no-locale \
+        --no-sync >"$WORK/initdb.log" 2>&1 || { cat "$WORK/initdb.log"; die "initdb failed"; }
+    "${PG_AS[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w -t 60 \
+        -o "-k $PG_DIR -c listen_addresses='' -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=16MB" \
+        start >"$WORK/pg_ctl.log" 2>&1 || { cat "$WORK/pg_ctl.log" "$PG_DIR/log"; die "pg_ctl start failed"; }
+    psql "host=$PG_DIR user=postgres dbname=postgres" -qAt -v ON_ERROR_STOP=1 \
+        -c "CREATE DATABASE facteur" || die "cannot create the database"
+    DB_URL="host=$PG_DIR user=postgres dbname=facteur"
+    say "PostgreSQL: $("$PG_BIN/postgres" --version), a throwaway cluster on a Unix socket in $PG_DIR"
+}
+
+# One SQL statement on the run's database; prints the result, unaligned.
+sql() { psql "$DB_URL" -qAt -v ON_ERROR_STOP=1 -c "$1"; }
+
+# A free TCP port on 127.0.0.1 (bound, then released).
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# Starts node $1 (n1, n2...) on configuration $2; sets NODE_PLAIN and NODE_TLS to its ports.
+start_node() {
+    local name=$1 config=$2 log="$WORK/server/facteur-$1.log" pid
+    "$BIN" serve -c "$config" >"$log" 2>&1 &
+    pid=$!
+    NODE_PIDS+=("$pid") NODE_LOGS+=("$log") NODE_NAMES+=("$name")
+    NODE_PLAIN="" NODE_TLS=""
+    for _ in $(seq 100); do
+        NODE_PLAIN=$(sed -n 's/.*listening address=127\.0\.0\.1:\([0-9]*\) kind="pop3 (STLS)".*/\1/p' "$log" | head -n 1)
+        NODE_TLS=$(sed -n 's/.*listening address=127\.0\.0\.1:\([0-9]*\) kind="\{0,1\}pop3s"\{0,1\}.*/\1/p' "$log" | head -n 1)
+        [ -n "$NODE_PLAIN" ] && [ -n "$NODE_TLS" ] && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ -z "$NODE_PLAIN" ] || [ -z "$NODE_TLS" ]; then
+        cat "$log"
+        die "node $name did not start"
+    fi
+    say "node $name: pid $pid, POP3+STLS on 127.0.0.1:$NODE_PLAIN, POP3S on 127.0.0.1:$NODE_TLS"
+}
+
+# HAProxy in front of the nodes: a frontend for POP3 (STLS) and one for POP3S, each balancing
+# round robin over the nodes' listeners with a PROXY v2 header and health checks. TLS passes
+# through: each node has the certificate.
+start_haproxy() {
+    local cfg="$WORK/server/haproxy.cfg" plain_servers=$1 tls_servers=$2
+    PLAIN_PORT=$(free_port) TLS_PORT=$(free_port)
+    cat > "$cfg" <<EOF
+global
+    maxconn 500
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 90s
+    timeout server 90s
+    retries 3
+    option redispatch 1
+
+frontend pop3
+    bind 127.0.0.1:$PLAIN_PORT
+    default_backend facteur_pop3
+
+frontend pop3s
+    bind 127.0.0.1:$TLS_PORT
+    default_backend facteur_pop3s
+
+backend facteur_pop3
+    balance roundrobin
+$plain_servers
+backend facteur_pop3s
+    balance roundrobin
+$tls_servers
+EOF
+    "$HAPROXY" -db -f "$cfg" >"$WORK/server/haproxy.log" 2>&1 &
+    HAPROXY_PID=$!
+    local up=0
+    for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$PLAIN_PORT") 2>/dev/null \
+            && (exec 3<>"/dev/tcp/127.0.0.1/$TLS_PORT") 2>/dev/null; then
+            up=1
+            break
+        fi
+        kill -0 "$HAPROXY_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ "$up" -ne 1 ]; then
+        cat "$WORK/server/haproxy.log"
+        die "haproxy did not start"
+    fi
+    say "haproxy: pid $HAPROXY_PID, POP3+STLS on 127.0.0.1:$PLAIN_PORT, POP3S on 127.0.0.1:$TLS_PORT, round robin over $NODES nodes"
+}
+
 start_server() {
     local d="$WORK/server"
     mkdir -p "$d"
@@ -147,6 +322,17 @@ start_server() {
     # Port 0: the kernel picks free ports, read back from the "listening" log lines. The
     # mechanisms are all those a {PLAIN} password can serve, so that each client picks the one
     # it likes best, as it would against a real server.
+    local store_section
+    if [ "$BACKEND" = postgresql ]; then
+        start_postgres
+        # TOML basic string: backslashes and quotes escaped.
+        store_section="[store]
+backend = \"postgresql\"
+url = \"$(printf '%s' "$DB_URL" | sed 's/\\/\\\\/g; s/"/\\"/g')\""
+    else
+        store_section='[store]
+maildir = "mail/%u/Maildir"'
+    fi
     cat > "$CONFIG" <<EOF
 [server]
 listen = ["127.0.0.1:0"]
@@ -169,29 +355,44 @@ sasl = ["SCRAM-SHA-256", "CRAM-MD5", "PLAIN", "LOGIN"]
 certificate = "$WORK/tls/cert.pem"
 private_key = "$WORK/tls/key.pem"
 
-[store]
-maildir = "mail/%u/Maildir"
+$store_section
 
 [log]
 level = "debug"
 EOF
     MAILDIR="$d/mail/$USER_NAME/Maildir"
-    SERVER_LOG="$d/facteur.log"
-    "$BIN" serve -c "$CONFIG" >"$SERVER_LOG" 2>&1 &
-    SERVER_PID=$!
-    PLAIN_PORT="" TLS_PORT=""
-    for _ in $(seq 100); do
-        PLAIN_PORT=$(sed -n 's/.*listening address=127\.0\.0\.1:\([0-9]*\) kind="pop3 (STLS)".*/\1/p' "$SERVER_LOG" | head -n 1)
-        TLS_PORT=$(sed -n 's/.*listening address=127\.0\.0\.1:\([0-9]*\) kind="\{0,1\}pop3s"\{0,1\}.*/\1/p' "$SERVER_LOG" | head -n 1)
-        [ -n "$PLAIN_PORT" ] && [ -n "$TLS_PORT" ] && break
-        kill -0 "$SERVER_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    if [ -z "$PLAIN_PORT" ] || [ -z "$TLS_PORT" ]; then
-        cat "$SERVER_LOG"
-        die "the server did not start"
+    if [ "$BACKEND" = postgresql ]; then
+        "$BIN" db migrate -c "$CONFIG" >"$d/migrate.log" 2>&1 \
+            || { cat "$d/migrate.log"; die "facteur db migrate failed"; }
     fi
-    say "server: pid $SERVER_PID, POP3+STLS on 127.0.0.1:$PLAIN_PORT, POP3S on 127.0.0.1:$TLS_PORT"
+    if [ "$VIA" = direct ]; then
+        start_node n1 "$CONFIG"
+        PLAIN_PORT=$NODE_PLAIN TLS_PORT=$NODE_TLS
+        return
+    fi
+    # Behind HAProxy: each node its own configuration, which trusts HAProxy's PROXY headers.
+    local i plain_servers="" tls_servers=""
+    for i in $(seq "$NODES"); do
+        sed 's/^\[server\]$/[server]\nproxy_protocol = ["127.0.0.1\/32"]/' "$CONFIG" > "$d/facteur-n$i.toml"
+        grep -q '^proxy_protocol' "$d/facteur-n$i.toml" || die "cannot write the configuration of node n$i"
+        start_node "n$i" "$d/facteur-n$i.toml"
+        plain_servers+="    server n$i 127.0.0.1:$NODE_PLAIN send-proxy-v2 check inter 1s"$'\n'
+        tls_servers+="    server n$i 127.0.0.1:$NODE_TLS send-proxy-v2 check inter 1s"$'\n'
+    done
+    start_haproxy "$plain_servers" "$tls_servers"
+}
+
+# The server log lines since MARK (from log_mark), each node's prefixed with its name.
+log_mark() {
+    local log marks=""
+    for log in "${NODE_LOGS[@]}"; do marks+="$(( $(wc -l < "$log") + 1 )) "; done
+    echo "$marks"
+}
+log_since() {
+    local marks=($1) i
+    for i in "${!NODE_LOGS[@]}"; do
+        tail -n +"${marks[$i]:-1}" "${NODE_LOGS[$i]}" | sed "s/^/${NODE_NAMES[$i]} /"
+    done
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -377,7 +578,7 @@ client_s-nail() {
 # ---------------------------------------------------------------------------------------------
 # 5. One case: deliver, run the client, check.
 
-declare -A RESULT REASON LOGIN
+declare -A RESULT REASON LOGIN SERVED
 
 # How the client logged in, from the commands its verbose output shows (curl "> AUTH X", mpop
 # "--> AUTH X", fetchmail "> AUTH X", poplib "*cmd* 'USER", Net::POP3 ">>> USER", the openssl
@@ -394,26 +595,44 @@ login_used() {
 }
 
 maildrop_count() {
-    find "$MAILDIR/new" "$MAILDIR/cur" -type f ! -name '.*' 2>/dev/null | wc -l
+    if [ "$BACKEND" = postgresql ]; then
+        sql "SELECT count(*) FROM messages m JOIN maildrops d ON d.id = m.maildrop_id WHERE d.name = '$USER_NAME'"
+    else
+        find "$MAILDIR/new" "$MAILDIR/cur" -type f ! -name '.*' 2>/dev/null | wc -l
+    fi
 }
 
-# The server's "session ended" lines of the case (from line $2 of its log) must show that the
+maildrop_empty() {
+    if [ "$BACKEND" = postgresql ]; then
+        sql "DELETE FROM messages WHERE maildrop_id IN (SELECT id FROM maildrops WHERE name = '$USER_NAME')" >/dev/null \
+            || die "cannot empty the maildrop"
+    else
+        rm -f "$MAILDIR"/new/* "$MAILDIR"/cur/* 2>/dev/null
+    fi
+}
+
+# The server's "session ended" lines of the case (since the log mark $2) must show that the
 # mode was really used: no TLS in plain mode, TLS in the others (so a client that silently
-# skipped STLS fails), and at least one logged-in session.
+# skipped STLS fails), and at least one logged-in session; behind HAProxy, that every session
+# came through it (the PROXY header's `proxy=` field).
 sessions_match_mode() {
     local mode=$1 from=$2 lines opened ended
     # The server writes "session ended" after the QUIT reply and the TLS shutdown, so it may
-    # come a moment after the client exits: wait until each "maildrop opened" (a login) has one.
+    # come a moment after the client exits: wait until each successful login has one.
     for _ in $(seq 100); do
-        opened=$(tail -n +"$from" "$SERVER_LOG" | grep 'maildrop opened' | grep -c "user=\"$USER_NAME\"")
-        ended=$(tail -n +"$from" "$SERVER_LOG" | grep 'session ended' | grep -c "user=\"$USER_NAME\"")
+        opened=$(log_since "$from" | grep ' login ' | grep 'outcome=ok' | grep -c "user=\"$USER_NAME\"")
+        ended=$(log_since "$from" | grep 'session ended' | grep -c "user=\"$USER_NAME\"")
         [ "$ended" -ge "$opened" ] && break
         sleep 0.1
     done
-    lines=$(tail -n +"$from" "$SERVER_LOG" | grep 'session ended' | grep "user=\"$USER_NAME\"")
+    lines=$(log_since "$from" | grep 'session ended' | grep "user=\"$USER_NAME\"")
     printf '%s\n' "$lines"
     if [ -z "$lines" ]; then
         echo "no session of $USER_NAME in the server log"
+        return 1
+    fi
+    if [ "$VIA" = haproxy ] && printf '%s\n' "$lines" | grep -v -q 'proxy=127\.0\.0\.1:'; then
+        echo "a session did not come through HAProxy"
         return 1
     fi
     if [ "$mode" = plain ]; then
@@ -432,14 +651,14 @@ run_case() {
     local c="$WORK/cases/$client-$mode" marker rc
     mkdir -p "$c"
     marker="IOP-$client-$mode-$(openssl rand -hex 4)"
-    rm -f "$MAILDIR"/new/* "$MAILDIR"/cur/* 2>/dev/null
+    maildrop_empty
     python3 "$HERE/interop.py" messages "$c/expected" "$marker" || die "cannot write the messages"
     for m in 1 2 3; do
         "$BIN" deliver "$USER_NAME" -c "$CONFIG" < "$c/expected/$m.eml" >>"$c/deliver.log" 2>&1 \
             || die "facteur deliver failed: $(cat "$c/deliver.log")"
     done
     local t0 ms log_from
-    log_from=$(( $(wc -l < "$SERVER_LOG") + 1 ))
+    log_from=$(log_mark)
     t0=$(date +%s%N)
     OUT_FORMAT="" OUT_PATH=""
     "client_$client" "$mode" "$c" >"$c/client.log" 2>&1
@@ -467,8 +686,12 @@ run_case() {
     else
         RESULT[$client/$mode]=PASS
     fi
-    printf '  %-10s %-6s %s (%d.%01ds, %s)\n' "$client" "$mode" "${RESULT[$client/$mode]}" \
-        $((ms / 1000)) $((ms % 1000 / 100)) "${LOGIN[$client/$mode]}"
+    # Which nodes served the case's sessions.
+    SERVED[$client/$mode]=$(grep 'session ended' "$c/sessions.log" 2>/dev/null | cut -d' ' -f1 | sort | uniq -c | awk '{printf "%s%s x%s", sep, $2, $1; sep=", "}')
+    local where=""
+    [ "$VIA" = haproxy ] && where="; ${SERVED[$client/$mode]:-no session}"
+    printf '  %-10s %-6s %s (%d.%01ds, %s%s)\n' "$client" "$mode" "${RESULT[$client/$mode]}" \
+        $((ms / 1000)) $((ms % 1000 / 100)) "${LOGIN[$client/$mode]}" "$where"
     if [ "${RESULT[$client/$mode]}" = FAIL ]; then
         ANY_FAIL=1
         say "    ${REASON[$client/$mode]}"
@@ -496,11 +719,11 @@ run_unsized_case() {
     python3 "$HERE/interop.py" messages "$c/expected" "$marker" || die "cannot write the messages"
     python3 "$HERE/interop.py" unsized "$c/expected" "$MAILDIR/cur" "$UNSIZED_TOTAL" \
         || die "cannot write the maildrop without sizes"
-    log_from=$(( $(wc -l < "$SERVER_LOG") + 1 ))
+    log_from=$(log_mark)
     OUT_FORMAT="" OUT_PATH=""
     "client_$client" plain "$c" >"$c/client.log" 2>&1
     rc=$?
-    opened=$(tail -n +"$log_from" "$SERVER_LOG" | grep 'maildrop opened' | grep "user=\"$USER_NAME\"" | head -n 1)
+    opened=$(log_since "$log_from" | grep 'maildrop opened' | grep "user=\"$USER_NAME\"" | head -n 1)
     if [ "$rc" -ne 0 ]; then
         RESULT[$key]=FAIL REASON[$key]="client exited with status $rc"
     elif ! python3 "$HERE/interop.py" check "$c/expected" "$OUT_FORMAT" "$OUT_PATH" \
@@ -530,7 +753,7 @@ say "==== interop: installing the clients"
 install_clients
 say "==== interop: building facteur"
 build_facteur
-say "==== interop: starting the server"
+say "==== interop: starting the server (store: $BACKEND, clients: $VIA)"
 make_certificates
 start_server
 say "==== interop: running the matrix"
@@ -544,26 +767,46 @@ for client in $CLIENTS; do
     done
 done
 
-if [ "${INTEROP_UNSIZED:-1}" != 0 ]; then
+if [ "$BACKEND" = postgresql ]; then
+    say "==== interop: the maildrop without sizes is a Maildir case (skipped: PostgreSQL records sizes at delivery)"
+elif [ "${INTEROP_UNSIZED:-1}" != 0 ]; then
     say "==== interop: a first login to $UNSIZED_TOTAL messages without sizes (plain POP3)"
     for client in $CLIENTS; do
         case " $UNSIZED_CLIENTS " in *" $client "*) run_unsized_case "$client" ;; esac
     done
 fi
 
-if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-    ANY_FAIL=1
-    say "the server died during the run; its log: $SERVER_LOG"
-fi
-if grep -q -i 'panicked' "$SERVER_LOG"; then
-    ANY_FAIL=1
-    say "the server panicked:"
-    grep -i -A3 'panicked' "$SERVER_LOG" | head -n 20
+for i in "${!NODE_PIDS[@]}"; do
+    if ! kill -0 "${NODE_PIDS[$i]}" 2>/dev/null; then
+        ANY_FAIL=1
+        say "node ${NODE_NAMES[$i]} died during the run; its log: ${NODE_LOGS[$i]}"
+    fi
+    if grep -q -i 'panicked' "${NODE_LOGS[$i]}"; then
+        ANY_FAIL=1
+        say "node ${NODE_NAMES[$i]} panicked:"
+        grep -i -A3 'panicked' "${NODE_LOGS[$i]}" | head -n 20
+    fi
+done
+if [ "$VIA" = haproxy ]; then
+    # Round robin over a whole matrix: each node must have served some of its sessions.
+    say "sessions of $USER_NAME per node:"
+    for i in "${!NODE_LOGS[@]}"; do
+        served=$(grep 'session ended' "${NODE_LOGS[$i]}" | grep -c "user=\"$USER_NAME\"")
+        say "  ${NODE_NAMES[$i]}: $served"
+        if [ "$served" -eq 0 ]; then
+            ANY_FAIL=1
+            say "  node ${NODE_NAMES[$i]} served no session: HAProxy did not spread them"
+        fi
+    done
+    if ! kill -0 "$HAPROXY_PID" 2>/dev/null; then
+        ANY_FAIL=1
+        say "haproxy died during the run; its log: $WORK/server/haproxy.log"
+    fi
 fi
 
 # A Markdown table: each cell is the result, and how the client logged in.
 say ""
-say "==== interop: results (wall time $(( $(date +%s) - STARTED ))s)"
+say "==== interop: results, store $BACKEND, clients $VIA$( [ "$VIA" = haproxy ] && echo " ($NODES nodes)") (wall time $(( $(date +%s) - STARTED ))s)"
 printf '| %-10s |' client
 for mode in $MODES; do printf ' %-26s |' "$mode"; done
 printf '\n|------------|'

@@ -895,32 +895,53 @@ impl Connection {
         Step::Continue
     }
 
-    /// The UPDATE state: apply the deletions, durably, then answer QUIT.
+    /// The UPDATE state: apply the deletions, durably, release the maildrop's lock, then
+    /// answer QUIT. The lock goes before the answer so that a client that logs in again at once
+    /// (on this node or, with a shared store, another) finds the maildrop free.
     async fn update(&mut self, deletions: Vec<usize>) -> Step {
         let result = match self.maildrop.take() {
-            _ if deletions.is_empty() => Ok(()),
+            None if deletions.is_empty() => Ok(()),
             None => Err(()),
             Some(mut maildrop) => {
                 let n = deletions.len();
+                // Off the runtime's workers: the stores block (fsync, or a database round trip).
                 let r = tokio::task::spawn_blocking(move || {
-                    let r = maildrop.apply_deletions(&deletions);
+                    let applied = if deletions.is_empty() {
+                        Ok(())
+                    } else {
+                        maildrop.apply_deletions(&deletions)
+                    };
+                    let released = maildrop.release();
                     drop(maildrop);
-                    r
+                    (applied, released)
                 })
                 .await;
                 match r {
-                    Ok(Ok(())) => {
-                        self.tally.deleted = n;
-                        Ok(())
-                    }
-                    Ok(Err(e)) => {
-                        tracing::error!(
-                            peer = %self.peer,
-                            proxy = self.proxy(),
-                            error = %e,
-                            "UPDATE failed"
-                        );
-                        Err(())
+                    Ok((applied, released)) => {
+                        if let Err(e) = released {
+                            // The deletions stand; the lock expires by itself.
+                            tracing::warn!(
+                                peer = %self.peer,
+                                proxy = self.proxy(),
+                                error = %e,
+                                "cannot release the maildrop's lock"
+                            );
+                        }
+                        match applied {
+                            Ok(()) => {
+                                self.tally.deleted = n;
+                                Ok(())
+                            }
+                            Err(e) => {
+                                tracing::error!(
+                                    peer = %self.peer,
+                                    proxy = self.proxy(),
+                                    error = %e,
+                                    "UPDATE failed"
+                                );
+                                Err(())
+                            }
+                        }
                     }
                     Err(_) => Err(()),
                 }

@@ -327,6 +327,17 @@ pub trait Maildrop: Send {
     /// durable (directory fsync). On the first failure it stops, deletes nothing more, and returns
     /// the error. An index out of the snapshot fails the whole call before anything is deleted.
     fn apply_deletions(&mut self, indices: &[usize]) -> Result<(), StoreError>;
+
+    /// Gives up the maildrop's lock now, as the session ends: the server calls it before it
+    /// answers QUIT, so that a client that logs in again at once (on this node or another) is not
+    /// told `[IN-USE]` by the session it just ended. Dropping the maildrop releases the lock too,
+    /// but the PostgreSQL store does that in the background (a database round trip that a drop
+    /// cannot wait for). Nothing but dropping may follow. The default does nothing: a lock that
+    /// dropping releases at once (the Maildir's flock) needs nothing more. An error means the
+    /// lock is left to expire by itself.
+    fn release(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

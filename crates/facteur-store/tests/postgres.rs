@@ -408,6 +408,33 @@ mod store {
     }
 
     #[test]
+    fn release_frees_the_maildrop_before_it_returns() {
+        // Dropping leaves the release to a task; `release` is done when it returns, so another
+        // node's open succeeds at once (the server calls it before answering QUIT).
+        let env = env(Duration::from_secs(30));
+        deliver(&env.store, "alice", b"x\r\n");
+        let other = connect(&env.rt, &env.db.url, Duration::from_secs(30));
+        for _ in 0..20 {
+            let mut m = env.store.open("alice", None).unwrap();
+            m.release().unwrap();
+            assert_eq!(count(&env, "SELECT count(*) FROM leases"), 0);
+            drop(m);
+            let mut o = other.open("alice", None).unwrap();
+            o.apply_deletions(&[]).unwrap();
+            o.release().unwrap();
+        }
+        // A released lease no longer fences: deletions after it are refused.
+        let mut m = env.store.open("alice", None).unwrap();
+        m.release().unwrap();
+        assert!(matches!(
+            m.apply_deletions(&[0]),
+            Err(StoreError::LeaseLost)
+        ));
+        drop(m);
+        assert_eq!(other.open("alice", None).unwrap().messages().len(), 1);
+    }
+
+    #[test]
     fn a_live_session_keeps_its_lease_past_its_length() {
         let env = env(Duration::from_secs(1));
         let m = env.store.open("alice", None).unwrap();

@@ -9,16 +9,7 @@ use common::*;
 
 /// The fixture's configuration with the PostgreSQL store at `url` instead of its Maildirs.
 fn postgres_config(fx: &Fixture, url: &str) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(&fx.config_path).expect("read the configuration");
-    let maildir = "[store]\nmaildir = \"mail/%u/Maildir\"\n";
-    assert!(text.contains(maildir), "{text}");
-    let text = text.replace(
-        maildir,
-        &format!("[store]\nbackend = \"postgresql\"\nurl = {url:?}\nlease_secs = 5\n"),
-    );
-    let path = fx.path().join("postgres.toml");
-    std::fs::write(&path, text).expect("write the configuration");
-    path
+    common::postgres_config(fx, url, "postgres.toml")
 }
 
 #[test]
@@ -91,20 +82,8 @@ fn db_migrate_then_check_config() {
 /// A fresh database with the schema, and the fixture's configuration pointing at it.
 fn migrated(fx: &Fixture, db: &pg::TestDb) -> std::path::PathBuf {
     let config = postgres_config(fx, &db.url);
-    let (code, stdout, stderr) = run_with_input(
-        facteur().args(["db", "migrate", "--config"]).arg(&config),
-        b"",
-    );
-    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    db_migrate(&config);
     config
-}
-
-fn deliver_cli(config: &std::path::Path, user: &str, message: &[u8]) -> (Option<i32>, String) {
-    let (code, _, stderr) = run_with_input(
-        facteur().args(["deliver", user, "--config"]).arg(config),
-        message,
-    );
-    (code, stderr)
 }
 
 /// A message of about 200 KiB (several chunks of the store) with dot lines and bare LFs.
@@ -246,4 +225,38 @@ fn a_dead_nodes_lease_expires_and_its_deletions_are_lost() {
     assert_eq!(b.retrieve("RETR 3"), crlf(&message(3)));
     b.quit();
     node_b.kill();
+}
+
+/// QUIT's `+OK` comes after the lease is released: a client that logs in again at once, on
+/// this node or another, is never told `[IN-USE]` by the session it just ended (curl, for one,
+/// opens a new connection for each step). With deletions and without.
+#[test]
+fn quit_releases_the_lease_before_its_answer() {
+    let db = pg::fresh_database();
+    let fx = Fixture::new();
+    let config = migrated(&fx, &db);
+    for n in 1..=12 {
+        let (code, stderr) = deliver_cli(&config, USER, &message(n));
+        assert_eq!(code, Some(0), "{stderr}");
+    }
+    let nodes = [BinServer::start(&config), BinServer::start(&config)];
+    for round in 0..20 {
+        let mut c = nodes[round % 2].login(USER, PASSWORD);
+        if round % 2 == 0 {
+            assert!(c.cmd("DELE 1").starts_with("+OK"));
+        }
+        c.quit();
+        let mut next = Client::connect(nodes[(round + 1) % 2].addr);
+        assert!(next.cmd(&format!("USER {USER}")).starts_with("+OK"));
+        let r = next.cmd(&format!("PASS {PASSWORD}"));
+        assert!(r.starts_with("+OK"), "round {round}: {r}");
+        next.quit();
+    }
+    let mut c = nodes[0].login(USER, PASSWORD);
+    assert_eq!(
+        c.stat().0,
+        2,
+        "ten QUITs after DELE 1 applied ten deletions"
+    );
+    c.quit();
 }

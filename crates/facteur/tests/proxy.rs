@@ -8,12 +8,12 @@
 
 mod common;
 
+use common::haproxy::{haproxy_binary, HaProxy};
 use common::*;
 use facteur_proto::proxy::{encode_v1, encode_v2};
 use facteur_server::config::Config;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A fixture (as [`Fixture::build`]) whose `[server]` trusts `trusted` (TOML array items).
@@ -301,43 +301,6 @@ fn a_slow_header_times_out() {
     );
 }
 
-/// The haproxy binary: on the PATH, or where Debian's package puts it (/usr/sbin, which is not
-/// on every user's PATH).
-fn haproxy_binary() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
-        .map(|dir| dir.join("haproxy"))
-        .find(|p| p.is_file())
-}
-
-/// A haproxy process of this test's; killed when dropped.
-struct HaProxy(Child);
-
-impl Drop for HaProxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Wait (bounded) until something listens on `addr`.
-fn wait_listening(addr: SocketAddr, haproxy: &mut HaProxy, log: &std::path::Path) {
-    for _ in 0..500 {
-        if std::net::TcpStream::connect(addr).is_ok() {
-            return;
-        }
-        if let Ok(Some(status)) = haproxy.0.try_wait() {
-            panic!(
-                "haproxy exited ({status}): {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("haproxy never listened on {addr}");
-}
-
 #[test]
 fn a_real_haproxy_with_send_proxy_and_send_proxy_v2() {
     let Some(haproxy) = haproxy_binary() else {
@@ -350,10 +313,12 @@ fn a_real_haproxy_with_send_proxy_and_send_proxy_v2() {
     fx.deliver(USER, &message(1));
     let server = BinServer::start(&fx.config_path);
     let (p1, p2) = (free_port(), free_port());
-    let config = fx.path().join("haproxy.cfg");
-    std::fs::write(
-        &config,
-        format!(
+    let front_v1 = addr(&format!("127.0.0.1:{p1}"));
+    let front_v2 = addr(&format!("127.0.0.1:{p2}"));
+    let _proxy = HaProxy::start(
+        &haproxy,
+        fx.path(),
+        &format!(
             "global\n    maxconn 100\n\n\
              defaults\n    mode tcp\n    timeout connect 10s\n    timeout client 60s\n    \
              timeout server 60s\n\n\
@@ -363,25 +328,8 @@ fn a_real_haproxy_with_send_proxy_and_send_proxy_v2() {
              backend facteur_v2\n    server facteur {addr} send-proxy-v2 check inter 100ms\n",
             addr = server.addr
         ),
-    )
-    .expect("write haproxy.cfg");
-    let log_path = fx.path().join("haproxy.log");
-    let log_file = std::fs::File::create(&log_path).expect("create haproxy.log");
-    let mut proxy = HaProxy(
-        Command::new(&haproxy)
-            .arg("-db")
-            .arg("-f")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("clone the log file"))
-            .stderr(log_file)
-            .spawn()
-            .expect("start haproxy"),
+        &[front_v1, front_v2],
     );
-    let front_v1 = addr(&format!("127.0.0.1:{p1}"));
-    let front_v2 = addr(&format!("127.0.0.1:{p2}"));
-    wait_listening(front_v1, &mut proxy, &log_path);
-    wait_listening(front_v2, &mut proxy, &log_path);
 
     let mut clients = Vec::new();
     for front in [front_v1, front_v2] {

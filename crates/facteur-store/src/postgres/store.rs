@@ -8,7 +8,8 @@
 //!
 //! The maildrop lock is a lease row: taken at open with a fresh fencing token, pushed forward
 //! every third of its length by a task of the runtime while the [`PgMaildrop`] lives, deleted
-//! when it is dropped. UPDATE commits only while the row still carries the session's token.
+//! by [`Maildrop::release`] before QUIT's answer (or by a task when the maildrop is dropped).
+//! UPDATE commits only while the row still carries the session's token.
 
 use std::future::Future;
 use std::io::{self, Read};
@@ -386,6 +387,8 @@ struct Lease {
     stop: Option<oneshot::Sender<()>>,
     /// Set when a renewal found the lease taken by another session.
     lost: Arc<AtomicBool>,
+    /// Set once [`Lease::release_now`] has deleted the row: nothing is left for the drop to do.
+    released: bool,
 }
 
 impl Lease {
@@ -413,6 +416,10 @@ impl Lease {
                 .await;
                 match renewed {
                     Ok(1) => {}
+                    // The session released the row itself meanwhile (QUIT): nothing was lost.
+                    Ok(_) if !matches!(stopped.try_recv(), Err(oneshot::error::TryRecvError::Empty)) => {
+                        return;
+                    }
                     Ok(_) => {
                         tracing::warn!(maildrop = %maildrop_id, "the maildrop's lease was taken by another session");
                         task_lost.store(true, Ordering::Relaxed);
@@ -429,13 +436,34 @@ impl Lease {
             token,
             stop: Some(stop),
             lost,
+            released: false,
         }
+    }
+
+    /// Stops the renewals and deletes the lease row, now (within [`OPEN_DEADLINE`]). Once it
+    /// returns `Ok`, another session may take the maildrop.
+    async fn release_now(&mut self) -> Result<(), StoreError> {
+        drop(self.stop.take());
+        let (store, maildrop_id, token) = (&self.store, self.maildrop_id, self.token);
+        within(OPEN_DEADLINE, "release the lease", async {
+            let client = store.client().await?;
+            client
+                .execute(RELEASE_LEASE, &[&maildrop_id, &token])
+                .await
+                .map_err(db_error("release the lease"))
+        })
+        .await?;
+        self.released = true;
+        Ok(())
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         drop(self.stop.take());
+        if self.released {
+            return;
+        }
         // Dropped anywhere (a blocking thread, a runtime worker): the release runs as a task.
         // If it never runs (the runtime is going away), the lease expires by itself.
         let (store, maildrop_id, token) = (Arc::clone(&self.store), self.maildrop_id, self.token);
@@ -504,6 +532,11 @@ impl PgMaildrop {
             chunk: Vec::new(),
             pos: 0,
         })
+    }
+
+    /// [`Maildrop::release`], for callers on the runtime.
+    pub async fn release_async(&mut self) -> Result<(), StoreError> {
+        self.lease.release_now().await
     }
 
     /// [`Maildrop::apply_deletions`], for callers on the runtime.
@@ -608,6 +641,11 @@ impl Maildrop for PgMaildrop {
     fn apply_deletions(&mut self, indices: &[usize]) -> Result<(), StoreError> {
         let runtime = self.store.runtime.clone();
         runtime.block_on(self.apply_deletions_async(indices))
+    }
+
+    fn release(&mut self) -> Result<(), StoreError> {
+        let runtime = self.store.runtime.clone();
+        runtime.block_on(self.release_async())
     }
 }
 

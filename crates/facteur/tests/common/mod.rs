@@ -8,6 +8,8 @@
 // Each test file includes this module and uses a different part of it.
 #![allow(dead_code)]
 
+pub mod haproxy;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -1102,4 +1104,38 @@ pub fn facteur() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_facteur"));
     c.env("NO_COLOR", "1");
     c
+}
+
+/// The fixture's configuration with the PostgreSQL store at `url` (leases of 5 s, the shortest
+/// allowed, so that tests of a dead node are quick) instead of its Maildirs, written to
+/// `name` in the fixture's folder.
+pub fn postgres_config(fx: &Fixture, url: &str, name: &str) -> PathBuf {
+    let text = std::fs::read_to_string(&fx.config_path).expect("read the configuration");
+    let maildir = "[store]\nmaildir = \"mail/%u/Maildir\"\n";
+    assert!(text.contains(maildir), "{text}");
+    let text = text.replace(
+        maildir,
+        &format!("[store]\nbackend = \"postgresql\"\nurl = {url:?}\nlease_secs = 5\n"),
+    );
+    let path = fx.path().join(name);
+    std::fs::write(&path, text).expect("write the configuration");
+    path
+}
+
+/// `facteur db migrate --config CONFIG`, which must succeed.
+pub fn db_migrate(config: &Path) {
+    let (code, stdout, stderr) = run_with_input(
+        facteur().args(["db", "migrate", "--config"]).arg(config),
+        b"",
+    );
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+}
+
+/// `facteur deliver USER --config CONFIG` with `message` on its input: (exit code, stderr).
+pub fn deliver_cli(config: &Path, user: &str, message: &[u8]) -> (Option<i32>, String) {
+    let (code, _, stderr) = run_with_input(
+        facteur().args(["deliver", user, "--config"]).arg(config),
+        message,
+    );
+    (code, stderr)
 }
