@@ -902,6 +902,12 @@ impl Connection {
         let result = match self.maildrop.take() {
             None if deletions.is_empty() => Ok(()),
             None => Err(()),
+            // Nothing to delete and a lock that dropping releases at once (Maildir's flock):
+            // no trip to the blocking pool.
+            Some(maildrop) if deletions.is_empty() && !maildrop.release_blocks() => {
+                drop(maildrop);
+                Ok(())
+            }
             Some(mut maildrop) => {
                 let n = deletions.len();
                 // Off the runtime's workers: the stores block (fsync, or a database round trip).

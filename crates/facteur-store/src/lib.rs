@@ -338,6 +338,13 @@ pub trait Maildrop: Send {
     fn release(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// True if [`Maildrop::release`] does anything (and may block): the server then calls it off
+    /// its async threads even when the session deleted nothing. False by default, so that a
+    /// read-only session on a Maildir ends without a trip to the blocking pool.
+    fn release_blocks(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

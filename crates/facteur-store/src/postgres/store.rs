@@ -647,6 +647,10 @@ impl Maildrop for PgMaildrop {
         let runtime = self.store.runtime.clone();
         runtime.block_on(self.release_async())
     }
+
+    fn release_blocks(&self) -> bool {
+        true
+    }
 }
 
 /// A message read chunk by chunk: one chunk (at most [`CHUNK_SIZE`] octets) in memory at a time.
