@@ -24,7 +24,7 @@ use tokio_postgres::NoTls;
 use crate::StoreError;
 
 pub use schema::{check_schema, migrate, Migrated, SCHEMA_VERSION};
-pub use store::{ChunkReader, PgMaildrop, PgStore, PgStoreConfig};
+pub use store::{ChunkReader, PgMaildrop, PgStore, PgStoreConfig, LISTING};
 
 /// The most octets one row of `message_chunks` holds.
 pub const CHUNK_SIZE: usize = 64 * 1024;
