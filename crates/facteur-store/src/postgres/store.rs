@@ -345,8 +345,8 @@ impl Inner {
                 tx.prepare_cached(
                     "INSERT INTO message_chunks (message_id, seq, data) VALUES ($1, $2, $3)",
                 )
-                    .await
-                    .map_err(db_error("prepare the chunk insert"))
+                .await
+                .map_err(db_error("prepare the chunk insert"))
             },
         )
         .await?;
@@ -529,7 +529,12 @@ impl Lease {
     async fn release_now(&mut self) -> Result<(), StoreError> {
         drop(self.stop.take());
         let (store, maildrop_id, token) = (&self.store, self.maildrop_id, self.token);
-        within(OPEN_DEADLINE, "release the lease", store.release(maildrop_id, token)).await?;
+        within(
+            OPEN_DEADLINE,
+            "release the lease",
+            store.release(maildrop_id, token),
+        )
+        .await?;
         self.released = true;
         Ok(())
     }
