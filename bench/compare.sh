@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# bench/compare.sh: facteur against Dovecot's POP3 server, side by side, in one run.
+# bench/compare.sh: facteur against Dovecot's POP3 server, side by side, in one run; and facteur
+# on its PostgreSQL store, directly and through HAProxy in front of 1 and 3 nodes.
 #
 #   sudo bash bench/compare.sh
 #
@@ -9,7 +10,7 @@
 # the ratio facteur/Dovecot and the goals, and writes everything to bench/results/latest.json.
 #
 # Needs root: Dovecot's master process must start as root to switch users, and apt-get.
-# Takes about 5 minutes on 2 cores. Everything listens on 127.0.0.1; nothing outside SCRATCH
+# Takes about 10 minutes on 2 cores (5 with BENCH_PG=0). Everything listens on 127.0.0.1; nothing outside SCRATCH
 # changes but the Dovecot packages and one system user (facteurbench, that owns Dovecot's mail).
 #
 # Environment (all optional):
@@ -25,6 +26,10 @@
 #                       the logs, configurations and raw figures are always kept
 #   BENCH_SCHEME        SHA512-CRYPT (default) or PLAIN: the password scheme of every user.
 #                       PLAIN takes the hash out of the login, to see the servers' own cost.
+#   BENCH_PG            0: leave PostgreSQL and HAProxy out (the two-server run); 1 (default):
+#                       also facteur on the PostgreSQL store (the same passwd-file, maildrops
+#                       copied by `facteur migrate`), directly (all five workloads) and through
+#                       HAProxy in front of 1 and of 3 nodes (workloads 1 and 2)
 #
 # Fairness, in short (details in the printed notes): one passwd-file ({SHA512-CRYPT}, 5000
 # rounds, the default of `openssl passwd -6`) read by both servers; one seeded Maildir tree
@@ -55,6 +60,12 @@ BENCH_USER=facteurbench
 
 F_POP3=21110 F_POP3S=21995
 D_POP3=22110 D_POP3S=22995
+P_POP3=23110 P_POP3S=23995   # facteur-pg: one node on PostgreSQL, clients connect to it
+N_POP3=23120 N_POP3S=23920   # nodes 1 to 3 behind HAProxy: 23121..23123, 23921..23923
+H1_POP3=24110 H1_POP3S=24995 # HAProxy in front of node 1
+H3_POP3=25110 H3_POP3S=25995 # HAProxy in front of nodes 1, 2 and 3
+PG_ON=${BENCH_PG:-1}
+case "$PG_ON" in 0 | 1) ;; *) echo "compare.sh: BENCH_PG must be 0 or 1" >&2; exit 1 ;; esac
 
 PY=${PYTHON:-python3}
 PROBE=("$PY" "$HERE/probe.py")
@@ -81,6 +92,21 @@ if ! command -v dovecot >/dev/null || [ ! -x /usr/lib/dovecot/pop3 ]; then
         dovecot-core dovecot-pop3d >&2
     # The package may have started the system instance; it listens on 110/995, not on our
     # ports, and is left as the package manager set it up.
+fi
+
+PGBIN="" HAPROXY=""
+if [ "$PG_ON" = 1 ]; then
+    need=()
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+    command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+    if [ ${#need[@]} -gt 0 ]; then
+        say "installing ${need[*]}"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}" >&2
+    fi
+    PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+    [ -x "$PGBIN/initdb" ] || die "PostgreSQL's initdb is missing"
+    [ -x "$HAPROXY" ] || die "haproxy is missing"
 fi
 
 if [ -n "${FACTEUR_BIN:-}" ]; then
@@ -119,7 +145,8 @@ BENCH_GID=$(id -g "$BENCH_USER")
 
 # --- processes we start, and stopping them whatever happens -----------------------------------
 
-FPID="" DPID="" BPID=""
+FPID="" DPID="" BPID="" PPID_NODE="" HPID="" PG_STARTED=""
+N_PIDS=("" "" "" "")
 starttime() { # pid: its start time in clock ticks (field 22 of /proc/PID/stat), or nothing
     local stat
     { read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 0
@@ -160,7 +187,17 @@ cleanup() {
     stop_pid "$BPID"
     stop_pid "$FPID"
     stop_pid "$DPID"
+    stop_pid "$HPID"
+    stop_pid "$PPID_NODE"
+    local n
+    for n in 1 2 3; do stop_pid "${N_PIDS[$n]}"; done
+    if [ -n "$PG_STARTED" ]; then
+        as_pg "$PGBIN/pg_ctl" -D "$SCRATCH/pg" stop -m fast -t 60 >/dev/null 2>&1 ||
+            as_pg "$PGBIN/pg_ctl" -D "$SCRATCH/pg" stop -m immediate >/dev/null 2>&1 || true
+    fi
 }
+# PostgreSQL refuses to run as root: its cluster belongs to nobody.
+as_pg() { setpriv --reuid=nobody --regid=nogroup --clear-groups "$@"; }
 trap cleanup EXIT
 trap 'echo "compare.sh: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 trap 'exit 130' INT TERM
@@ -195,6 +232,52 @@ stop_dovecot() {
     stop_pid "$DPID"
     DPID=""
 }
+# facteur on PostgreSQL: the node clients reach directly, and nodes 1 to 3 behind HAProxy.
+start_pg_node() {
+    "$FACTEUR" serve -c "$SCRATCH/facteur-pg.toml" 2>>"$SCRATCH/facteur-pg.log" &
+    PPID_NODE=$!
+    wait_port $P_POP3
+    wait_port $P_POP3S
+}
+stop_pg_node() {
+    stop_pid "$PPID_NODE"
+    PPID_NODE=""
+}
+start_nodes() {
+    local n
+    for n in 1 2 3; do
+        "$FACTEUR" serve -c "$SCRATCH/node$n.toml" 2>>"$SCRATCH/node$n.log" &
+        N_PIDS[n]=$!
+    done
+    for n in 1 2 3; do
+        wait_port $((N_POP3 + n))
+        wait_port $((N_POP3S + n))
+    done
+}
+stop_nodes() {
+    local n
+    for n in 1 2 3; do
+        stop_pid "${N_PIDS[$n]}"
+        N_PIDS[n]=""
+    done
+}
+start_all() {
+    start_facteur
+    start_dovecot
+    if [ "$PG_ON" = 1 ]; then
+        start_pg_node
+        start_nodes
+    fi
+}
+stop_all() {
+    stop_facteur
+    stop_dovecot
+    if [ "$PG_ON" = 1 ]; then
+        stop_pg_node
+        stop_nodes
+    fi
+}
+pg_pid() { head -n 1 "$SCRATCH/pg/postmaster.pid"; }
 
 # --- the scratch folder ---------------------------------------------------------------------
 
@@ -241,14 +324,16 @@ say "seeding the maildrops ($IDLE_SESSIONS users x 10 x 4 KiB, 1 x 64 MiB, 1 x $
 cp -a "$SCRATCH/facteur-mail" "$SCRATCH/dovecot-mail"
 chown -R "$BENCH_USER:$BENCH_USER" "$SCRATCH/dovecot-mail" "$SCRATCH/facteur-mail"
 
-cat >"$SCRATCH/facteur.toml" <<EOF
+facteur_conf() { # pop3-port pop3s-port store-block [server-lines]
+    cat <<EOF
 # facteur for the comparison with Dovecot: loopback only.
 [server]
-listen = ["127.0.0.1:$F_POP3"]
-listen_tls = ["127.0.0.1:$F_POP3S"]
+listen = ["127.0.0.1:$1"]
+listen_tls = ["127.0.0.1:$2"]
 hostname = "localhost"
 # As Dovecot's mail processes: bind as root, then serve as the bench user.
 user = "$BENCH_USER"
+${4:-}
 
 [limits]
 max_connections = 20000
@@ -266,12 +351,117 @@ certificate = "$SCRATCH/cert.pem"
 private_key = "$SCRATCH/key.pem"
 
 [store]
-maildir = "$SCRATCH/facteur-mail/%u/Maildir"
+$3
 
 [log]
 level = "info"
 EOF
+}
+facteur_conf $F_POP3 $F_POP3S "maildir = \"$SCRATCH/facteur-mail/%u/Maildir\"" >"$SCRATCH/facteur.toml"
 "$FACTEUR" check-config -c "$SCRATCH/facteur.toml" >&2
+
+MIGRATE_SECS=""
+if [ "$PG_ON" = 1 ]; then
+    # PostgreSQL with its defaults and fsync on (durable, as in production), on a Unix socket in
+    # SCRATCH; stopped by the cleanup trap.
+    say "starting PostgreSQL ($("$PGBIN/postgres" --version)) in $SCRATCH/pg"
+    mkdir -p "$SCRATCH/pg" "$SCRATCH/pg-sock"
+    chown nobody "$SCRATCH/pg" "$SCRATCH/pg-sock"
+    as_pg "$PGBIN/initdb" -D "$SCRATCH/pg" -U postgres --auth=trust >"$RESULTS/initdb.txt"
+    PG_STARTED=1
+    as_pg "$PGBIN/pg_ctl" -D "$SCRATCH/pg" -l "$SCRATCH/pg-sock/postgresql.log" -w start -o \
+        "-c listen_addresses='' -c unix_socket_directories='$SCRATCH/pg-sock' -c fsync=on" >&2
+    "$PGBIN/psql" -h "$SCRATCH/pg-sock" -U postgres -X -q -v ON_ERROR_STOP=1 -d postgres \
+        -c "CREATE DATABASE mail" >&2
+    PG_STORE="backend = \"postgresql\"
+url = \"host=$SCRATCH/pg-sock dbname=mail user=postgres\""
+    facteur_conf $P_POP3 $P_POP3S "$PG_STORE" >"$SCRATCH/facteur-pg.toml"
+    for n in 1 2 3; do
+        facteur_conf $((N_POP3 + n)) $((N_POP3S + n)) "$PG_STORE" \
+            'proxy_protocol = ["127.0.0.1/32"]' >"$SCRATCH/node$n.toml"
+    done
+    "$FACTEUR" db migrate -c "$SCRATCH/facteur-pg.toml" >&2
+    for c in facteur-pg node1 node2 node3; do
+        "$FACTEUR" check-config -c "$SCRATCH/$c.toml" >"$RESULTS/check-config-$c.txt"
+    done
+    cat >"$SCRATCH/haproxy.cfg" <<EOF
+# HAProxy in front of facteur's PostgreSQL nodes: TCP only, TLS passes through to the nodes,
+# which trust its PROXY v2 header ([server] proxy_protocol). No health checks: they would be
+# sessions of their own in the figures.
+global
+    # Each connection takes two descriptors; the limit must fit this shell's open-file limit.
+    maxconn 4000
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 120s
+    timeout server 120s
+
+frontend pop3_1
+    bind 127.0.0.1:$H1_POP3
+    default_backend pop3_1
+frontend pop3s_1
+    bind 127.0.0.1:$H1_POP3S
+    default_backend pop3s_1
+frontend pop3_3
+    bind 127.0.0.1:$H3_POP3
+    default_backend pop3_3
+frontend pop3s_3
+    bind 127.0.0.1:$H3_POP3S
+    default_backend pop3s_3
+
+backend pop3_1
+    balance roundrobin
+    server n1 127.0.0.1:$((N_POP3 + 1)) send-proxy-v2
+backend pop3s_1
+    balance roundrobin
+    server n1 127.0.0.1:$((N_POP3S + 1)) send-proxy-v2
+backend pop3_3
+    balance roundrobin
+    server n1 127.0.0.1:$((N_POP3 + 1)) send-proxy-v2
+    server n2 127.0.0.1:$((N_POP3 + 2)) send-proxy-v2
+    server n3 127.0.0.1:$((N_POP3 + 3)) send-proxy-v2
+backend pop3s_3
+    balance roundrobin
+    server n1 127.0.0.1:$((N_POP3S + 1)) send-proxy-v2
+    server n2 127.0.0.1:$((N_POP3S + 2)) send-proxy-v2
+    server n3 127.0.0.1:$((N_POP3S + 3)) send-proxy-v2
+EOF
+    "$HAPROXY" -c -f "$SCRATCH/haproxy.cfg" >&2 || die "haproxy rejects $SCRATCH/haproxy.cfg"
+    # The maildrops into PostgreSQL from the same seeded Maildirs, unique-ids kept.
+    # It commits each message on its own; with synchronous commits that is one WAL flush per
+    # message. For the bulk copy only, the database commits asynchronously (a crash would lose
+    # the last commits, and migrate, which can run again, would copy them again); everything
+    # measured afterwards runs with PostgreSQL's default, synchronous_commit = on.
+    say "facteur migrate: the seeded Maildirs into PostgreSQL (synchronous_commit off for the copy)"
+    pg_sql() { "$PGBIN/psql" -h "$SCRATCH/pg-sock" -U postgres -X -q -v ON_ERROR_STOP=1 -d mail -c "$1" >&2; }
+    pg_sql "ALTER DATABASE mail SET synchronous_commit = off"
+    t0=$(date +%s.%N)
+    # Four `facteur migrate` processes at once, each on its own users (huge; big and a third of
+    # the others; ...), as one would split a large migration.
+    mig_pids=()
+    for part in 0 1 2 3; do
+        if [ $part = 0 ]; then
+            set -- --user huge
+        else
+            set -- $(awk -v p=$part 'NR % 3 == p - 1 && $0 != "huge" { printf "--user %s ", $0 }' "$SCRATCH/names")
+        fi
+        "$FACTEUR" migrate --from-config "$SCRATCH/facteur.toml" --to-config "$SCRATCH/facteur-pg.toml" \
+            "$@" >"$RESULTS/migrate-$part.txt" 2>&1 &
+        mig_pids+=($!)
+    done
+    for part in 0 1 2 3; do
+        wait "${mig_pids[part]}" || { tail -n 20 "$RESULTS/migrate-$part.txt" >&2; die "facteur migrate failed"; }
+    done
+    t1=$(date +%s.%N)
+    MIGRATE_SECS=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
+    pg_sql "ALTER DATABASE mail RESET synchronous_commit"
+    pg_sql "CHECKPOINT"
+    say "facteur migrate took $MIGRATE_SECS s"
+    "$PGBIN/psql" -h "$SCRATCH/pg-sock" -U postgres -X -A -t -d mail \
+        -c "SELECT pg_database_size('mail')" >"$RESULTS/pg-size-bytes.txt" 2>&1 || true
+fi
 
 cat >"$SCRATCH/dovecot.conf" <<EOF
 # Dovecot for the comparison with facteur: loopback only, everything in $SCRATCH.
@@ -363,9 +553,11 @@ bench() { # out-file, then facteur-bench arguments
 w4_once() { # name port maildir index-glob start stop rep
     local name=$1 port=$2 md=$3 glob=$4 start=$5 stop=$6 rep=$7
     $stop
-    # shellcheck disable=SC2086 # the glob is meant to expand
-    (cd "$md" && rm -f $glob)
-    warm_cache "$md"
+    if [ "$md" != - ]; then
+        # shellcheck disable=SC2086 # the glob is meant to expand
+        (cd "$md" && rm -f $glob)
+        warm_cache "$md"
+    fi
     $start
     "${PROBE[@]}" uidl 127.0.0.1 "$port" huge "$PASSWORD" >"$RESULTS/w4-$name-cold-$rep.json"
     "${PROBE[@]}" uidl 127.0.0.1 "$port" huge "$PASSWORD" >"$RESULTS/w4-$name-warm-$rep.json"
@@ -377,55 +569,110 @@ for rep in $(seq "$REPS"); do
         start_facteur stop_facteur "$rep"
     w4_once dovecot $D_POP3 "$SCRATCH/dovecot-mail/huge/Maildir" 'dovecot*' \
         start_dovecot stop_dovecot "$rep"
+    # On PostgreSQL, cold is the first session after the node restarts (its connection pool
+    # empty, no statement prepared, its caches empty); the database keeps running, its buffers
+    # as the migration and the earlier runs left them. The store keeps no index file.
+    if [ "$PG_ON" = 1 ]; then w4_once facteur-pg $P_POP3 - - start_pg_node stop_pg_node "$rep"; fi
 done
+stop_facteur
+stop_dovecot
+stop_pg_node
 
-# Both servers stay up from here on, each idle while the other is measured.
+# Every server stays up from here on, each idle while another is measured.
+SERVERS=(facteur dovecot)
+if [ "$PG_ON" = 1 ]; then SERVERS+=(facteur-pg pg-haproxy-1 pg-haproxy-3); fi
+start_all
+if [ "$PG_ON" = 1 ]; then
+    "$HAPROXY" -db -f "$SCRATCH/haproxy.cfg" >"$SCRATCH/haproxy.log" 2>&1 &
+    HPID=$!
+    for port in $H1_POP3 $H1_POP3S $H3_POP3 $H3_POP3S; do wait_port $port; done
+fi
+
+port_of() { # server plain|pop3s
+    local p mode=$2
+    case "$1" in
+    facteur) p="$F_POP3 $F_POP3S" ;;
+    dovecot) p="$D_POP3 $D_POP3S" ;;
+    facteur-pg) p="$P_POP3 $P_POP3S" ;;
+    pg-haproxy-1) p="$H1_POP3 $H1_POP3S" ;;
+    pg-haproxy-3) p="$H3_POP3 $H3_POP3S" ;;
+    esac
+    set -- $p
+    if [ "$mode" = pop3s ]; then echo "$2"; else echo "$1"; fi
+}
+pids_of() { # server: its processes whose CPU time is the server's (each with its children)
+    case "$1" in
+    facteur) echo "$FPID" ;;
+    dovecot) echo "$DPID" ;;
+    facteur-pg) echo "$PPID_NODE" ;;
+    pg-haproxy-1) echo "${N_PIDS[1]}" ;;
+    pg-haproxy-3) echo "${N_PIDS[1]} ${N_PIDS[2]} ${N_PIDS[3]}" ;;
+    esac
+}
 
 # --- workloads 1 and 2: full sessions, 10 x 4 KB RETR, 32 at a time ------------------------------
 
 # The time is cut into $ROUNDS rounds, the servers taking turns in the order ABBAAB..., so that
 # a change in what else the machine does weighs on both alike.
-w12() { # label mode facteur-port dovecot-port extra-args...
-    local label=$1 mode=$2 fport=$3 dport=$4
-    shift 4
+w12() { # label mode "servers..." extra-args...
+    local label=$1 mode=$2
+    local -a names
+    read -r -a names <<<"$3"
+    shift 3
     local common=(--mode "$mode" --user 'u%d' --user-count "$USER_COUNT"
         --concurrency "$CONCURRENCY" --retr 10 "$@")
-    local name port pid round order
-    say "workload $label ($mode): $WARMUP s warm-up each, then $ROUNDS rounds of $ROUND_SECS s each"
-    bench /dev/null --port "$fport" "${common[@]}" --duration $WARMUP
-    bench /dev/null --port "$dport" "${common[@]}" --duration $WARMUP
+    local name port pids round order i when
+    say "workload $label ($mode) on ${names[*]}: $WARMUP s warm-up each, then $ROUNDS rounds of $ROUND_SECS s each"
+    for name in "${names[@]}"; do
+        bench /dev/null --port "$(port_of "$name" "$mode")" "${common[@]}" --duration $WARMUP
+    done
     for round in $(seq "$ROUNDS"); do
-        if [ $((round % 2)) = 1 ]; then order="facteur dovecot"; else order="dovecot facteur"; fi
-        for name in $order; do
-            if [ "$name" = facteur ]; then port=$fport pid=$FPID; else port=$dport pid=$DPID; fi
+        # Odd rounds in the list's order, even rounds in reverse: ABC CBA ABC...
+        order=()
+        for i in "${!names[@]}"; do
+            if [ $((round % 2)) = 1 ]; then order+=("${names[i]}"); else order=("${names[i]}" "${order[@]}"); fi
+        done
+        for name in "${order[@]}"; do
+            port=$(port_of "$name" "$mode")
+            pids=$(pids_of "$name")
             # The server's CPU time around the run: CPU per session does not depend on what
-            # else the machine was doing, sessions per second does.
-            "${PROBE[@]}" cpu "$pid" >"$RESULTS/w$label-$name-r$round-cpu-before.json"
-            bench "$RESULTS/w$label-$name-r$round.json" --port "$port" "${common[@]}" \
-                --duration "$ROUND_SECS"
-            "${PROBE[@]}" cpu "$pid" >"$RESULTS/w$label-$name-r$round-cpu-after.json"
+            # else the machine was doing, sessions per second does. Beside it, PostgreSQL's
+            # (every postgres process) and HAProxy's, whichever setup runs.
+            for when in before after; do
+                if [ "$when" = after ]; then
+                    bench "$RESULTS/w$label-$name-r$round.json" --port "$port" "${common[@]}" \
+                        --duration "$ROUND_SECS"
+                fi
+                # shellcheck disable=SC2086 # one or several pids
+                "${PROBE[@]}" cpu $pids >"$RESULTS/w$label-$name-r$round-cpu-$when.json"
+                if [ "$PG_ON" = 1 ]; then
+                    "${PROBE[@]}" cpu "$(pg_pid)" >"$RESULTS/w$label-$name-r$round-pgcpu-$when.json"
+                    "${PROBE[@]}" cpu "$HPID" >"$RESULTS/w$label-$name-r$round-lbcpu-$when.json"
+                fi
+            done
         done
     done
 }
 
 warm_cache "$SCRATCH/facteur-mail/"u[0-9] "$SCRATCH/facteur-mail/"u[0-9][0-9] \
     "$SCRATCH/dovecot-mail/"u[0-9] "$SCRATCH/dovecot-mail/"u[0-9][0-9]
-w12 1 plain $F_POP3 $D_POP3
-w12 2 pop3s $F_POP3S $D_POP3S --insecure
+w12 1 plain "${SERVERS[*]}"
+w12 2 pop3s "${SERVERS[*]}" --insecure
 
 # Workload 1 again with both authentication caches off: every login hashes its password.
 caches() { # on|off: set both servers' authentication caches, and restart both
     local ttl=3600 size=10M
     if [ "$1" = off ]; then ttl=0 size=0; fi
-    stop_facteur
-    stop_dovecot
-    sed -i "s/^cache_ttl_secs = .*/cache_ttl_secs = $ttl/" "$SCRATCH/facteur.toml"
+    stop_all
+    sed -i "s/^cache_ttl_secs = .*/cache_ttl_secs = $ttl/" "$SCRATCH"/facteur*.toml "$SCRATCH"/node*.toml 2>/dev/null || true
     sed -i "s/^auth_cache_size = .*/auth_cache_size = $size/" "$SCRATCH/dovecot.conf"
-    start_facteur
-    start_dovecot
+    start_all
 }
 caches off
-w12 1n plain $F_POP3 $D_POP3
+# The nodes behind HAProxy are left out here: the same code as facteur-pg, and time is short.
+W1N=(facteur dovecot)
+if [ "$PG_ON" = 1 ]; then W1N+=(facteur-pg); fi
+w12 1n plain "${W1N[*]}"
 caches on
 
 # --- workload 3: RETR of one 64 MiB message, and the raw loopback copy ---------------------------
@@ -436,6 +683,9 @@ warm_cache "$SCRATCH/facteur-mail/big" "$SCRATCH/dovecot-mail/big" "$SCRATCH/wir
 for round in $(seq 0 "$W3_RUNS"); do
     "${PROBE[@]}" retr 127.0.0.1 $F_POP3 big "$PASSWORD" --runs 1 >"$RESULTS/w3-facteur-r$round.json"
     "${PROBE[@]}" retr 127.0.0.1 $D_POP3 big "$PASSWORD" --runs 1 >"$RESULTS/w3-dovecot-r$round.json"
+    if [ "$PG_ON" = 1 ]; then
+        "${PROBE[@]}" retr 127.0.0.1 $P_POP3 big "$PASSWORD" --runs 1 >"$RESULTS/w3-facteur-pg-r$round.json"
+    fi
     "${PROBE[@]}" raw "$SCRATCH/wire.bin" --runs 1 >"$RESULTS/w3-raw-r$round.json"
     "${PROBE[@]}" raw "$SCRATCH/wire.bin" --runs 1 --copy >"$RESULTS/w3-raw-copy-r$round.json"
 done
@@ -447,6 +697,7 @@ w5() { # name port server-pid
     local err=$RESULTS/w5-$name-bench-stderr.txt
     sleep 1
     "${PROBE[@]}" uss "$pid" >"$RESULTS/w5-$name-before.json"
+    if [ "$PG_ON" = 1 ]; then "${PROBE[@]}" uss "$(pg_pid)" >"$RESULTS/w5-$name-pg-before.json"; fi
     "$BENCH" --host 127.0.0.1 --port "$port" --user 'u%d' --password "$PASSWORD" \
         --user-count "$IDLE_SESSIONS" --concurrency "$IDLE_SESSIONS" \
         --sessions "$IDLE_SESSIONS" --idle 90 --json >"$RESULTS/w5-$name-bench.json" 2>"$err" &
@@ -460,6 +711,7 @@ w5() { # name port server-pid
         # Let the last logins settle (Dovecot's pop3 processes finish starting).
         sleep 2
         "${PROBE[@]}" uss "$pid" >"$RESULTS/w5-$name-after.json"
+        if [ "$PG_ON" = 1 ]; then "${PROBE[@]}" uss "$(pg_pid)" >"$RESULTS/w5-$name-pg-after.json"; fi
     else
         echo '{"error": "the sessions were never all logged in and idle at once"}' \
             >"$RESULTS/w5-$name-after.json"
@@ -485,12 +737,18 @@ w5 facteur $F_POP3 "$FPID"
 say "workload 5: memory per idle authenticated session ($IDLE_SESSIONS sessions), Dovecot"
 w5_fresh dovecot $D_POP3 start_dovecot stop_dovecot
 w5 dovecot $D_POP3 "$DPID"
+if [ "$PG_ON" = 1 ]; then
+    say "workload 5: memory per idle authenticated session ($IDLE_SESSIONS sessions), facteur-pg"
+    w5_fresh facteur-pg $P_POP3 start_pg_node stop_pg_node
+    w5 facteur-pg $P_POP3 "$PPID_NODE"
+fi
 
 # --- the report ---------------------------------------------------------------------------------
 
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
-stop_facteur
-stop_dovecot
+stop_pid "$HPID"
+HPID=""
+stop_all
 if [ "${BENCH_KEEP:-0}" != 1 ]; then
     rm -rf "$SCRATCH/facteur-mail" "$SCRATCH/dovecot-mail" "$SCRATCH/wire.bin"
 fi
@@ -505,4 +763,8 @@ fi
     --duration "$DURATION" --concurrency $CONCURRENCY --users $USER_COUNT \
     --idle "$IDLE_SESSIONS" --huge "$HUGE" --reps "$REPS" --scheme "$SCHEME" \
     --rounds "$ROUNDS" --w3-runs "$W3_RUNS" \
-    --facteur-log "$SCRATCH/facteur.log" --dovecot-log "$SCRATCH/dovecot.log"
+    --facteur-log "$SCRATCH/facteur.log" --dovecot-log "$SCRATCH/dovecot.log" \
+    --pg "$PG_ON" --migrate-secs "${MIGRATE_SECS:-0}" \
+    --pg-version "$([ "$PG_ON" = 1 ] && "$PGBIN/postgres" --version || echo none)" \
+    --haproxy-version "$([ "$PG_ON" = 1 ] && "$HAPROXY" -v | head -n 1 || echo none)" \
+    --pg-logs "$SCRATCH/facteur-pg.log" "$SCRATCH/node1.log" "$SCRATCH/node2.log" "$SCRATCH/node3.log"

@@ -70,6 +70,63 @@ def w5_per_session(results, name, sessions):
     return (after["uss_kib"] - before["uss_kib"]) / sessions, before, after
 
 
+def cpu_over_rounds(results, n, who, rounds, kind):
+    """CPU seconds of one group of processes (kind: "cpu" the server's, "pgcpu" PostgreSQL's,
+    "lbcpu" HAProxy's) over the rounds of workload n against who, with the wall time and the
+    machine's busy time over the same rounds."""
+    wall = secs = busy = 0.0
+    for r in range(1, rounds + 1):
+        before = load(results, f"w{n}-{who}-r{r}-{kind}-before.json")
+        after = load(results, f"w{n}-{who}-r{r}-{kind}-after.json")
+        if before and after:
+            wall += after["time"] - before["time"]
+            secs += after["cpu_secs"] - before["cpu_secs"]
+            busy += after["machine_busy_secs"] - before["machine_busy_secs"]
+    return wall, secs, busy
+
+
+def w12_setup(results, n, who, rounds):
+    """Workload n (1, "1n" or 2) against one setup: the sessions over all its rounds, and the
+    CPU time its server (and PostgreSQL, and HAProxy) spent on them; (None, None) if it did not
+    run."""
+    runs = [load(results, f"w{n}-{who}-r{r}.json") for r in range(1, rounds + 1)]
+    runs = [r for r in runs if r]
+    if not runs:
+        return None, None
+    errors = collections.Counter()
+    for r in runs:
+        for kind, e in r["errors_by_kind"].items():
+            errors[kind] += e["count"]
+    total = dict(
+        sessions=sum(r["sessions"] for r in runs),
+        sessions_failed=sum(r["sessions_failed"] for r in runs),
+        elapsed_secs=sum(r["elapsed_secs"] for r in runs),
+        bench_cpu_secs=sum(r.get("cpu_secs") or 0.0 for r in runs),
+        errors_by_kind=dict(errors),
+        per_round_sessions_per_sec=[r["sessions_per_sec"] for r in runs],
+        latency_p50_ms=[r["latency_p50_ms"] for r in runs],
+        latency_p99_ms=[r["latency_p99_ms"] for r in runs],
+    )
+    total["sessions_per_sec"] = total["sessions"] / total["elapsed_secs"]
+    wall, server, busy = cpu_over_rounds(results, n, who, rounds, "cpu")
+    cpu = None
+    if wall and total["sessions"]:
+        client = total["bench_cpu_secs"]
+        cpu = dict(
+            server_cpu_ms_per_session=server / total["sessions"] * 1000,
+            server_cores=server / wall,
+            bench_cores=client / wall,
+            other_cores=max(0.0, (busy - server - client) / wall),
+            machine_busy_cores=busy / wall,
+        )
+        for kind, key in (("pgcpu", "postgresql"), ("lbcpu", "haproxy")):
+            w, secs, _ = cpu_over_rounds(results, n, who, rounds, kind)
+            if w:
+                cpu[f"{key}_cpu_ms_per_session"] = secs / total["sessions"] * 1000
+                cpu[f"{key}_cores"] = secs / w
+    return total, cpu
+
+
 def log_summary(path, kind):
     """facteur: how sessions ended and WARN/ERROR lines; Dovecot: Warning/Error/Fatal lines."""
     out = {"lines": 0}
@@ -127,6 +184,11 @@ def main():
     p.add_argument("--w3-runs", type=int, required=True)
     p.add_argument("--facteur-log", required=True)
     p.add_argument("--dovecot-log", required=True)
+    p.add_argument("--pg", type=int, default=0, help="1: the PostgreSQL setups ran too")
+    p.add_argument("--migrate-secs", type=float, default=0.0)
+    p.add_argument("--pg-version", default="none")
+    p.add_argument("--haproxy-version", default="none")
+    p.add_argument("--pg-logs", nargs="*", default=[])
     a = p.parse_args()
     R = a.results
 
@@ -147,43 +209,11 @@ def main():
     for n, mode, goal in ((1, "plain", 3.0), ("1n", "plain", None), (2, "POP3S", 2.0)):
         runs, cpu = {}, {}
         for who in ("facteur", "dovecot"):
-            rounds = [load(R, f"w{n}-{who}-r{r}.json") for r in range(1, a.rounds + 1)]
-            rounds = [r for r in rounds if r]
-            if not rounds:
-                continue
-            errors = collections.Counter()
-            for r in rounds:
-                for kind, e in r["errors_by_kind"].items():
-                    errors[kind] += e["count"]
-            total = dict(
-                sessions=sum(r["sessions"] for r in rounds),
-                sessions_failed=sum(r["sessions_failed"] for r in rounds),
-                elapsed_secs=sum(r["elapsed_secs"] for r in rounds),
-                bench_cpu_secs=sum(r.get("cpu_secs") or 0.0 for r in rounds),
-                errors_by_kind=dict(errors),
-                per_round_sessions_per_sec=[r["sessions_per_sec"] for r in rounds],
-                latency_p50_ms=[r["latency_p50_ms"] for r in rounds],
-                latency_p99_ms=[r["latency_p99_ms"] for r in rounds],
-            )
-            total["sessions_per_sec"] = total["sessions"] / total["elapsed_secs"]
-            runs[who] = total
-            wall = server = busy = 0.0
-            for r in range(1, a.rounds + 1):
-                before = load(R, f"w{n}-{who}-r{r}-cpu-before.json")
-                after = load(R, f"w{n}-{who}-r{r}-cpu-after.json")
-                if before and after:
-                    wall += after["time"] - before["time"]
-                    server += after["cpu_secs"] - before["cpu_secs"]
-                    busy += after["machine_busy_secs"] - before["machine_busy_secs"]
-            if wall and total["sessions"]:
-                client = total["bench_cpu_secs"]
-                cpu[who] = dict(
-                    server_cpu_ms_per_session=server / total["sessions"] * 1000,
-                    server_cores=server / wall,
-                    bench_cores=client / wall,
-                    other_cores=max(0.0, (busy - server - client) / wall),
-                    machine_busy_cores=busy / wall,
-                )
+            total, c = w12_setup(R, n, who, a.rounds)
+            if total:
+                runs[who] = total
+            if c:
+                cpu[who] = c
         f, d = runs.get("facteur"), runs.get("dovecot")
         fv = f and f["sessions_per_sec"]
         dv = d and d["sessions_per_sec"]
@@ -293,6 +323,107 @@ def main():
         dict(other=dv, facteur_before=fb, facteur_after=fa, dovecot_before=db, dovecot_after=da),
     )
 
+    # Every setup side by side: facteur on Maildir, Dovecot, facteur on PostgreSQL (one node,
+    # clients connect to it), and HAProxy in front of 1 and 3 nodes on that PostgreSQL.
+    setups = [("facteur", "facteur Maildir"), ("dovecot", "Dovecot")]
+    if a.pg:
+        setups += [("facteur-pg", "facteur PostgreSQL"), ("pg-haproxy-1", "HAProxy + 1 node (PG)"),
+                   ("pg-haproxy-3", "HAProxy + 3 nodes (PG)")]
+    per = {who: {} for who, _ in setups}
+    for n, key in ((1, "1_sessions_plain"), (2, "2_sessions_pop3s"),
+                   ("1n", "1_sessions_plain_no_auth_cache")):
+        for who, _ in setups:
+            total, c = w12_setup(R, n, who, a.rounds)
+            if total:
+                per[who][key] = dict(sessions_per_sec=total["sessions_per_sec"], runs=total,
+                                     cpu=c)
+                if total["sessions_failed"] and who not in ("facteur", "dovecot"):
+                    notes.append(f"workload {n}: {total['sessions_failed']} of "
+                                 f"{total['sessions']} {who} sessions failed: "
+                                 f"{total['errors_by_kind']}")
+    for who, _ in setups:
+        v, runs = median_mb_per_sec(R, who, a.w3_runs)
+        if runs:
+            per[who]["3_retr_64mib"] = dict(mb_per_sec=v, runs=runs)
+        for kind in ("cold", "warm"):
+            v, secs, bad = w4_median(R, who, kind, a.reps, a.huge)
+            if who == "facteur-pg":
+                notes.extend(f"workload 4 {who} {b}" for b in bad)
+            if secs:
+                per[who][f"4_login_uidl_{kind}"] = dict(ms=v * 1000, secs=secs)
+        v, before, after = w5_per_session(R, who, a.idle)
+        if before or after:
+            entry = dict(kib=v, before=before, after=after)
+            pb = load(R, f"w5-{who}-pg-before.json")
+            pa = load(R, f"w5-{who}-pg-after.json")
+            if pb and pa:
+                entry["postgresql_uss_growth_kib"] = pa["uss_kib"] - pb["uss_kib"]
+            per[who]["5_memory_per_idle_session"] = entry
+            if after and "error" in after and who not in ("facteur", "dovecot"):
+                notes.append(f"workload 5 {who}: {after['error']}")
+
+    def cell(who, key, field, unit, digits):
+        e = per[who].get(key)
+        v = e and e.get(field)
+        if v is None:
+            return "-"
+        text = fmt(v, unit, digits).strip()
+        d = per["dovecot"].get(key)
+        dv = d and d.get(field)
+        if who != "dovecot" and dv:
+            text += f" ({v / dv:.2f}x)"
+        return text
+
+    def cpu_cell(who, key):
+        c = (per[who].get(key) or {}).get("cpu")
+        if not c:
+            return "-"
+        text = fmt(c["server_cpu_ms_per_session"], "ms", 2)
+        if "postgresql_cpu_ms_per_session" in c and who not in ("facteur", "dovecot"):
+            text += f" + PG {c['postgresql_cpu_ms_per_session']:.2f} ms"
+        if "haproxy_cpu_ms_per_session" in c and who.startswith("pg-haproxy"):
+            text += f" + HAProxy {c['haproxy_cpu_ms_per_session']:.2f} ms"
+        return text
+
+    setup_rows = [
+        ("1. sessions/s, plain", lambda w: cell(w, "1_sessions_plain", "sessions_per_sec", "", 0)),
+        ("1. server CPU per session, plain", lambda w: cpu_cell(w, "1_sessions_plain")),
+        ("1. sessions/s, plain, no authentication cache",
+         lambda w: cell(w, "1_sessions_plain_no_auth_cache", "sessions_per_sec", "", 0)),
+        ("2. sessions/s, POP3S", lambda w: cell(w, "2_sessions_pop3s", "sessions_per_sec", "", 0)),
+        ("2. server CPU per session, POP3S", lambda w: cpu_cell(w, "2_sessions_pop3s")),
+        ("3. RETR of 64 MiB, MB/s", lambda w: cell(w, "3_retr_64mib", "mb_per_sec", "", 0)),
+        (f"4. login + UIDL, {a.huge:,} messages, cold, ms",
+         lambda w: cell(w, "4_login_uidl_cold", "ms", "", 1)),
+        (f"4. login + UIDL, {a.huge:,} messages, warm, ms",
+         lambda w: cell(w, "4_login_uidl_warm", "ms", "", 1)),
+        ("5. USS per idle session, KiB", lambda w: cell(w, "5_memory_per_idle_session", "kib", "", 1)),
+    ]
+    pg_goal = None
+    if a.pg:
+        pv = (per["facteur-pg"].get("1_sessions_plain") or {}).get("sessions_per_sec")
+        dv = (per["dovecot"].get("1_sessions_plain") or {}).get("sessions_per_sec")
+        pv2 = (per["facteur-pg"].get("2_sessions_pop3s") or {}).get("sessions_per_sec")
+        dv2 = (per["dovecot"].get("2_sessions_pop3s") or {}).get("sessions_per_sec")
+        ratio = pv / dv if pv and dv else None
+        ratio2 = pv2 / dv2 if pv2 and dv2 else None
+        pg_goal = dict(
+            goal="PostgreSQL >= 2x Dovecot sessions/s (facteur-pg, one node beside its database, "
+                 "workload 1 plain; POP3S shown beside it)",
+            ratio_plain=ratio, ratio_pop3s=ratio2,
+            passed=ratio is not None and ratio >= 2.0,
+        )
+    data["setups"] = {who: dict(label=label, **per[who]) for who, label in setups}
+    if a.pg:
+        data["postgresql"] = dict(
+            version=a.pg_version, haproxy_version=a.haproxy_version,
+            migrate_secs=a.migrate_secs, goal=pg_goal,
+            node_logs={os.path.basename(p): log_summary(p, "facteur") for p in a.pg_logs},
+        )
+        for path, summary in data["postgresql"]["node_logs"].items():
+            if summary and summary["problems"]:
+                notes.append(f"{path}: {summary['problems']}; first: {summary['first_problem']}")
+
     flog = log_summary(a.facteur_log, "facteur")
     dlog = log_summary(a.dovecot_log, "dovecot")
     if flog and flog["problems"]:
@@ -322,6 +453,33 @@ def main():
         dovecot_log=dlog,
         notes=notes,
     )
+    print()
+    print("| every setup (ratio to Dovecot) | " + " | ".join(label for _, label in setups) + " |")
+    print("| --- " * (len(setups) + 1) + "|")
+    for label, f in setup_rows:
+        print(f"| {label} | " + " | ".join(f(who) for who, _ in setups) + " |")
+    if a.pg:
+        growth = (per["facteur-pg"].get("5_memory_per_idle_session") or {}).get(
+            "postgresql_uss_growth_kib")
+        print()
+        if pg_goal["ratio_plain"] is not None:
+            verdict = "PASS" if pg_goal["passed"] else "MISS"
+            print(f"Goal: PostgreSQL >= 2x Dovecot sessions/s: {pg_goal['ratio_plain']:.2f}x plain"
+                  + (f", {pg_goal['ratio_pop3s']:.2f}x POP3S" if pg_goal["ratio_pop3s"] else "")
+                  + f": {verdict}")
+        else:
+            print("Goal: PostgreSQL >= 2x Dovecot sessions/s: n/a (no figure): MISS")
+        print(f"PostgreSQL: {a.pg_version}, defaults with fsync on, on a Unix socket, beside the "
+              f"servers on this machine; {a.haproxy_version}. facteur migrate copied the seed "
+              f"into it in {a.migrate_secs:.1f} s (synchronous_commit off for the copy only). "
+              "facteur-pg: one node, clients connect to it; HAProxy + N nodes: mode tcp, "
+              "roundrobin, send-proxy-v2, TLS passed through to the nodes. Server CPU: every "
+              "facteur process of the setup; + PG: every postgres process; + HAProxy: its "
+              "process. Workload 4 cold on PostgreSQL: the first session after the node "
+              "restarts (pool empty, nothing prepared), the database running and its buffers "
+              "warm. Workload 5: the node's own USS"
+              + (f"; PostgreSQL's USS grew by {growth:,} KiB with the "
+                 f"{a.idle:,} idle sessions" if growth is not None else "") + ".")
     busy = os.path.join(R, "busy-at-start.txt")
     if os.path.exists(busy):
         with open(busy) as f:
