@@ -10,7 +10,8 @@
 # the ratio facteur/Dovecot and the goals, and writes everything to bench/results/latest.json.
 #
 # Needs root: Dovecot's master process must start as root to switch users, and apt-get.
-# Takes about 10 minutes on 2 cores (5 with BENCH_PG=0). Everything listens on 127.0.0.1; nothing outside SCRATCH
+# Takes about 11 minutes on 2 cores, 3 of them migrating the seed into PostgreSQL (5 with
+# BENCH_PG=0). Everything listens on 127.0.0.1; nothing outside SCRATCH
 # changes but the Dovecot packages and one system user (facteurbench, that owns Dovecot's mail).
 #
 # Environment (all optional):
