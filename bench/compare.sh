@@ -11,8 +11,8 @@
 #
 # Needs root: Dovecot's master process must start as root to switch users, and apt-get.
 # Takes about 11 minutes on 2 cores, 3 of them migrating the seed into PostgreSQL (5 with
-# BENCH_PG=0). Everything listens on 127.0.0.1; nothing outside SCRATCH
-# changes but the Dovecot packages and one system user (facteurbench, that owns Dovecot's mail).
+# BENCH_PG=0). Everything listens on 127.0.0.1; nothing outside SCRATCH changes but the Dovecot,
+# PostgreSQL and HAProxy packages and one system user (facteurbench, that owns Dovecot's mail).
 #
 # Environment (all optional):
 #   FACTEUR_BENCH_DIR   the scratch folder            [/tmp/facteur-bench]; emptied first
