@@ -2731,8 +2731,8 @@ mod tests {
             uids(&m),
             [
                 "1700000002.M2P1.host",
-                "000000016B1141E6",
-                "000000026B1141E6"
+                "000000016b1141e6",
+                "000000026b1141e6"
             ]
         );
         assert_eq!(read_message(&mut { m }, 0), b"m2\n\n");
@@ -2753,7 +2753,7 @@ mod tests {
         let (m, _) = f.open();
         let u = uids(&m);
         assert_eq!(u.len(), 5);
-        assert_eq!(u[3..], ["000000056B1141E6", "000000066B1141E6"]);
+        assert_eq!(u[3..], ["000000056b1141e6", "000000066b1141e6"]);
         let text = fs::read_to_string(f.dir.join("dovecot-uidlist")).unwrap();
         let base = |d: &Delivered| delivered_base(d);
         assert_eq!(
@@ -2799,7 +2799,7 @@ mod tests {
         assert_eq!(f.files("cur"), ["1700000003.M3P1.host:2,S"]);
         f.age();
         let (m, _) = f.open();
-        assert_eq!(uids(&m), ["000000016B1141E6"]);
+        assert_eq!(uids(&m), ["000000016b1141e6"]);
     }
 
     #[test]
@@ -2810,7 +2810,7 @@ mod tests {
         let (m, _) = f.open();
         let text = fs::read_to_string(f.dir.join("dovecot-uidlist")).unwrap();
         let list = uidlist::parse(text.as_bytes()).unwrap();
-        let v = format!("{:08X}", list.uid_validity);
+        let v = format!("{:08x}", list.uid_validity);
         assert_eq!(uids(&m), [format!("00000001{v}"), format!("00000002{v}")]);
         assert_eq!(list.next_uid, 3);
         // An empty maildrop writes nothing.

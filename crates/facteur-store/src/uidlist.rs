@@ -2,7 +2,8 @@
 //! uid, from which its default POP3 unique-ids (`pop3_uidl_format = %08Xu%08Xv`) are made. With
 //! `[store] uidl = "dovecot"` facteur reads it, so that a maildrop Dovecot served keeps its
 //! unique-ids, and adds the uids of new mail to it the way Dovecot does, so that a message gets
-//! the same unique-id whichever of the two serves it next.
+//! the same unique-id whichever of the two serves it next. Despite the upper-case `X`, Dovecot
+//! writes that format in lower-case hex: `000000016b1141e6` for uid 1 of uidvalidity 1796293094.
 //!
 //! The format (version 3, Dovecot 1.1 and later; `maildir-uidlist.c`):
 //!
@@ -169,7 +170,8 @@ impl Uidlist {
     /// 70 printable characters).
     pub(crate) fn uidl_of(&self, record: &Record) -> Option<Uidl> {
         match record.pop3_uidl() {
-            Pop3Uidl::Format => Uidl::new(format!("{:08X}{:08X}", record.uid, self.uid_validity)),
+            // Dovecot's `X` modifier writes lower-case hex (checked against Dovecot 2.3.19).
+            Pop3Uidl::Format => Uidl::new(format!("{:08x}{:08x}", record.uid, self.uid_validity)),
             Pop3Uidl::BaseName => Uidl::from_bytes(&record.base),
             Pop3Uidl::Saved(value) => Uidl::from_bytes(value),
         }
@@ -524,7 +526,7 @@ mod tests {
     /// What Dovecot 2.3.19 wrote for three messages, then with pop3_save_uidl and an order.
     const DOVECOT: &[u8] = b"3 V1796293094 N4 G2857e61ee641116bd65f000083ecc375\n\
         1 W23 :170000001.M1P1.host\n\
-        2 W23 P000000026B1141E6 :170000002.M2P1.host\n\
+        2 W23 P000000026b1141e6 :170000002.M2P1.host\n\
         3 P O1 W23 :170000003.M3P1.host\n";
 
     #[test]
@@ -539,8 +541,8 @@ mod tests {
             let r = list.get(base.as_bytes()).unwrap();
             list.uidl_of(r).unwrap().as_bytes().to_vec()
         };
-        assert_eq!(uidl("170000001.M1P1.host"), b"000000016B1141E6");
-        assert_eq!(uidl("170000002.M2P1.host"), b"000000026B1141E6");
+        assert_eq!(uidl("170000001.M1P1.host"), b"000000016b1141e6");
+        assert_eq!(uidl("170000002.M2P1.host"), b"000000026b1141e6");
         // An empty P: the base name.
         assert_eq!(uidl("170000003.M3P1.host"), b"170000003.M3P1.host");
         let order = |base: &str| list.get(base.as_bytes()).unwrap().pop3_order();
@@ -571,7 +573,7 @@ mod tests {
         let back = parse(text.as_bytes()).unwrap();
         assert_eq!(back, list);
         let r = back.get(b"170000010.M1P1.host").unwrap();
-        assert_eq!(back.uidl_of(r).unwrap().as_bytes(), b"000000056B1141E6");
+        assert_eq!(back.uidl_of(r).unwrap().as_bytes(), b"000000056b1141e6");
         // A next uid lower than the last record's: the next one follows the record.
         let mut low = parse(b"3 V1 N2\n7 :a\n").unwrap();
         assert_eq!(low.push(b"b"), Some(8));
