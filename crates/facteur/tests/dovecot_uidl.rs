@@ -11,6 +11,9 @@
 //! Without Dovecot (`/usr/lib/dovecot/pop3`, Debian's `dovecot-pop3d`) the tests say so on
 //! stderr and pass, unless `FACTEUR_REQUIRE_DOVECOT=1` (CI sets it), where they fail.
 
+// Helpers outside #[test] functions: a failure is the test's failure.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::{Read, Write};
