@@ -1708,7 +1708,7 @@ mod tests {
         let f = fixture();
         // A missing maildir is an empty one, and is not created.
         use crate::listing::ReadOnlyListing;
-        let empty = ReadOnlyListing::list(&f.dir, Owner::default()).unwrap();
+        let empty = ReadOnlyListing::list(&f.dir, Owner::default(), UidlScheme::Facteur).unwrap();
         assert!(!empty.exists() && empty.messages.is_empty());
         assert!(!f.dir.exists());
 
@@ -1730,7 +1730,7 @@ mod tests {
             gid: None,
         };
         assert!(matches!(
-            ReadOnlyListing::list(&f.dir, other),
+            ReadOnlyListing::list(&f.dir, other, UidlScheme::Facteur),
             Err(StoreError::WrongOwner { .. })
         ));
         let listing = ReadOnlyListing::list(
@@ -1739,6 +1739,7 @@ mod tests {
                 uid: Some(mine),
                 gid: None,
             },
+            UidlScheme::Facteur,
         )
         .unwrap();
         assert_eq!(tree(&f.dir), before, "nothing created, moved or written");
@@ -1777,7 +1778,7 @@ mod tests {
         let f = fixture();
         f.put("new", "1700000001.M1P1.mx", b"a\n");
         f.put("cur", "1700000002.M1P1.mx:2,", b"b\n");
-        let listing = ReadOnlyListing::list(&f.dir, Owner::default()).unwrap();
+        let listing = ReadOnlyListing::list(&f.dir, Owner::default(), UidlScheme::Facteur).unwrap();
         fs::rename(
             f.dir.join("new/1700000001.M1P1.mx"),
             f.dir.join("cur/1700000001.M1P1.mx:2,S"),
@@ -2875,5 +2876,41 @@ mod tests {
         assert!(fs::read_to_string(f.dir.join("dovecot-uidlist"))
             .unwrap()
             .ends_with(&format!("5 :{}\n", delivered_base(&new))));
+    }
+
+    #[test]
+    fn a_read_only_listing_gives_dovecots_unique_ids_and_writes_nothing() {
+        use crate::listing::ReadOnlyListing;
+        let f = dovecot_fixture();
+        seed_dovecot(&f);
+        f.put("new", "1700000009.M9P1.host", b"never served\n");
+        let before = tree(&f.dir);
+        let listing = ReadOnlyListing::list(&f.dir, Owner::default(), UidlScheme::Dovecot).unwrap();
+        assert_eq!(tree(&f.dir), before, "nothing created, moved or written");
+        let listed_uids: Vec<&str> = listing.messages.iter().map(|m| m.uid.as_str()).collect();
+        // In delivery order; the message without a uid (never served) keeps facteur's.
+        assert_eq!(
+            listed_uids,
+            [
+                "000000026b1141e6",
+                "1700000002.M2P1.host",
+                "000000016b1141e6",
+                "1700000009.M9P1.host"
+            ]
+        );
+        // The same unique-ids as the server gives.
+        let (m, _) = f.open();
+        let mut served = uids(&m);
+        served.sort();
+        let mut listed: Vec<String> = listed_uids[..3].iter().map(|u| u.to_string()).collect();
+        listed.push("000000056b1141e6".into());
+        listed.sort();
+        assert_eq!(served, listed);
+        drop(m);
+        fs::write(f.dir.join("dovecot-uidlist"), "garbage").unwrap();
+        assert!(matches!(
+            ReadOnlyListing::list(&f.dir, Owner::default(), UidlScheme::Dovecot),
+            Err(StoreError::DovecotUidlist { .. })
+        ));
     }
 }
