@@ -2913,4 +2913,32 @@ mod tests {
             Err(StoreError::DovecotUidlist { .. })
         ));
     }
+
+    #[test]
+    fn an_unchanged_uidlist_is_not_read_again_and_a_changed_one_is() {
+        let f = dovecot_fixture();
+        seed_dovecot(&f);
+        let first = uids(&f.open().0);
+        // The same inode, size and mtime, other bytes: served from the parsed copy.
+        let path = f.dir.join("dovecot-uidlist");
+        let meta = fs::metadata(&path).unwrap();
+        let garbage = vec![b'#'; UIDLIST.len()];
+        let mut file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all(&garbage).unwrap();
+        file.set_modified(meta.modified().unwrap()).unwrap();
+        drop(file);
+        assert_eq!(fs::metadata(&path).unwrap().ino(), meta.ino());
+        assert_eq!(uids(&f.open().0), first, "not read again");
+        // Any change the cache can see (here the mtime) and the file is read again.
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(SystemTime::now())
+            .unwrap();
+        assert!(matches!(
+            f.store.open_maildir("bob@example.org", None),
+            Err(StoreError::DovecotUidlist { .. })
+        ));
+    }
 }
