@@ -31,6 +31,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
+use std::hash::BuildHasherDefault;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -38,6 +39,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use facteur_proto::types::parse_decimal;
 use facteur_proto::Uidl;
 
+use crate::fasthash::FastHasher;
 use crate::handle::{self, Opened};
 use crate::Owner;
 
@@ -129,8 +131,8 @@ pub(crate) struct Uidlist {
     header_fields: Vec<Vec<u8>>,
     /// In uid order.
     records: Vec<Record>,
-    /// Base name -> position in `records`.
-    by_base: HashMap<Vec<u8>, usize>,
+    /// Base name -> position in `records` (looked up once per message at each login).
+    by_base: HashMap<Vec<u8>, usize, BuildHasherDefault<FastHasher>>,
 }
 
 impl Uidlist {
@@ -152,7 +154,7 @@ impl Uidlist {
             next_uid: 1,
             header_fields: vec![g],
             records: Vec::new(),
-            by_base: HashMap::new(),
+            by_base: HashMap::default(),
         })
     }
 
@@ -170,8 +172,7 @@ impl Uidlist {
     /// 70 printable characters).
     pub(crate) fn uidl_of(&self, record: &Record) -> Option<Uidl> {
         match record.pop3_uidl() {
-            // Dovecot's `X` modifier writes lower-case hex (checked against Dovecot 2.3.19).
-            Pop3Uidl::Format => Uidl::new(format!("{:08x}{:08x}", record.uid, self.uid_validity)),
+            Pop3Uidl::Format => Uidl::from_bytes(&dovecot_format(record.uid, self.uid_validity)),
             Pop3Uidl::BaseName => Uidl::from_bytes(&record.base),
             Pop3Uidl::Saved(value) => Uidl::from_bytes(value),
         }
@@ -208,6 +209,20 @@ impl Uidlist {
             .map(|(i, r)| (r.base.clone(), i))
             .collect();
     }
+}
+
+/// `%08Xu%08Xv`: `uid` and `uid_validity` as 8 hex digits each, in lower case as Dovecot's `X`
+/// modifier writes them (checked against Dovecot 2.3.19). Without an allocation: it is made for
+/// every message at every login.
+fn dovecot_format(uid: u32, uid_validity: u32) -> [u8; 16] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 16];
+    let digits = (u64::from(uid) << 32) | u64::from(uid_validity);
+    for (i, slot) in out.iter_mut().enumerate() {
+        let nibble = (digits >> (60 - 4 * i)) & 0xf;
+        *slot = HEX.get(nibble as usize).copied().unwrap_or(b'0');
+    }
+    out
 }
 
 /// Parses a uidlist. Anything Dovecot would call corrupt, and more (a NUL, an over-long line),
@@ -276,7 +291,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Uidlist, Malformed> {
         next_uid,
         header_fields,
         records: Vec::with_capacity(complete.len() / 48),
-        by_base: HashMap::new(),
+        by_base: HashMap::default(),
     };
     let mut last_uid = 0u32;
     for (i, line) in lines {
@@ -580,6 +595,18 @@ mod tests {
         // The uid space used up.
         let mut full = parse(b"3 V1 N4294967295\n").unwrap();
         assert_eq!(full.push(b"b"), None);
+    }
+
+    #[test]
+    fn the_format_is_dovecots() {
+        assert_eq!(&dovecot_format(1, 1_796_293_094), b"000000016b1141e6");
+        assert_eq!(&dovecot_format(u32::MAX - 1, 0xABCD), b"fffffffe0000abcd");
+        for (uid, v) in [(1u32, 2u32), (0x1234_5678, 0x9abc_def0), (7, u32::MAX)] {
+            assert_eq!(
+                dovecot_format(uid, v).to_vec(),
+                format!("{uid:08x}{v:08x}").into_bytes()
+            );
+        }
     }
 
     #[test]
