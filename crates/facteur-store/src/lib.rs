@@ -38,6 +38,8 @@
 //! - Read a whole message into memory: messages are counted and streamed in blocks.
 //! - Change a message's unique-id, or give one message's unique-id to another: unique-ids are
 //!   derived from the Maildir base name alone, so losing every cache file changes none of them.
+//!   With `uidl = "dovecot"` they are Dovecot's, recorded in `dovecot-uidlist` before a session
+//!   ever shows them (that file, like Dovecot's, is then the one that must not be lost).
 //! - Delete or hide mail delivered after the snapshot was taken.
 //! - Panic on any file name, file content or user name.
 //! - Trust the maildrop: its owner can put links, FIFOs, devices, huge or unreadable files and

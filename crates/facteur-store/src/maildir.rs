@@ -44,6 +44,10 @@
 //! or rebuilt index changes none. UPDATE unlinks files one by one (each unlink is atomic), then
 //! fsyncs `cur/`, then rewrites the index; a crash at any point leaves each message present or
 //! gone, and the next open reconciles the index with the directory (its `cur/` mtime differs).
+//!
+//! With `uidl = "dovecot"` the unique-ids and the order of the snapshot come from Dovecot's
+//! `dovecot-uidlist` instead (see `uidlist`), looked up by base name after the snapshot is
+//! taken as above; the index stays in delivery order and knows nothing of them.
 
 use rustix::io::Errno;
 use std::cmp::Ordering;
