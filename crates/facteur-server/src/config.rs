@@ -390,6 +390,30 @@ pub struct StoreSection {
     /// time; longer: a slow database or a network hiccup costs fewer sessions.
     #[serde(default = "defaults::lease_secs")]
     pub lease_secs: u64,
+    /// Where a Maildir's unique-ids come from (backend `maildir`): `facteur`, the file names;
+    /// `dovecot`, Dovecot's `dovecot-uidlist` (its default `%08Xu%08Xv`, or what
+    /// `pop3_save_uidl` saved), so that clients that leave mail on the server do not download
+    /// it again after a move from Dovecot. `facteur migrate` carries the one its source uses.
+    #[serde(default)]
+    pub uidl: UidlSetting,
+}
+
+/// `[store] uidl`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UidlSetting {
+    #[default]
+    Facteur,
+    Dovecot,
+}
+
+impl From<UidlSetting> for facteur_store::UidlScheme {
+    fn from(setting: UidlSetting) -> Self {
+        match setting {
+            UidlSetting::Facteur => Self::Facteur,
+            UidlSetting::Dovecot => Self::Dovecot,
+        }
+    }
 }
 
 /// `[store] backend`.
@@ -804,6 +828,11 @@ impl Config {
                         "[store] maildir is for backend = \"maildir\"; the backend is postgresql"
                             .into(),
                     );
+                }
+                if self.store.uidl != UidlSetting::Facteur {
+                    return Err("[store] uidl is for backend = \"maildir\" (the PostgreSQL \
+                                store keeps the unique-ids `facteur migrate` copied)"
+                        .into());
                 }
             }
         }
@@ -1267,6 +1296,11 @@ mod tests {
             ("maildir = \"m\"\nlease_secs = 3601", "lease_secs = 3601"),
             ("maildir = \"m\"\npool_size = 0", "pool_size = 0"),
             ("backend = \"maildir\"", "maildir must not be empty"),
+            (
+                "backend = \"postgresql\"\nurl = \"host=x\"\nuidl = \"dovecot\"",
+                "uidl is for",
+            ),
+            ("maildir = \"m\"\nuidl = \"courier\"", "unknown variant"),
         ] {
             let e = store(keys).unwrap_err();
             assert!(e.contains(expected), "{keys}: {e}");
@@ -1275,5 +1309,17 @@ mod tests {
             store("backend = \"maildir\"\nmaildir = \"m\""),
             Ok(StoreBackend::Maildir)
         );
+        let uidl = |keys: &str| {
+            Config::parse(
+                &format!("[auth]\npasswd_file = \"users\"\n[store]\nmaildir = \"m\"\n{keys}\n"),
+                Path::new("f.toml"),
+            )
+            .unwrap()
+            .store
+            .uidl
+        };
+        assert_eq!(uidl(""), UidlSetting::Facteur);
+        assert_eq!(uidl("uidl = \"facteur\""), UidlSetting::Facteur);
+        assert_eq!(uidl("uidl = \"dovecot\""), UidlSetting::Dovecot);
     }
 }

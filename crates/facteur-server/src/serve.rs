@@ -217,7 +217,9 @@ async fn open_sql_users(cfg: &Config) -> Result<(SqlUsers, Arc<SharedPenalties>)
 /// know).
 pub async fn open_store(cfg: &StoreSection) -> Result<Arc<dyn Store>, ServeError> {
     match cfg.backend {
-        StoreBackend::Maildir => Ok(Arc::new(MaildirStore::new(cfg.maildir.clone()))),
+        StoreBackend::Maildir => Ok(Arc::new(
+            MaildirStore::new(cfg.maildir.clone()).with_uidl(cfg.uidl.into()),
+        )),
         #[cfg(feature = "postgres")]
         StoreBackend::Postgresql => {
             let store = facteur_store::postgres::PgStore::connect(

@@ -293,7 +293,26 @@ pub(crate) fn write_atomic(dir: &File, bytes: &[u8], owner: Owner) -> io::Result
             "the index would be too large to be read back",
         ));
     }
-    let tmp = OsStr::new(INDEX_TMP_FILE);
+    replace_file(
+        dir,
+        OsStr::new(INDEX_TMP_FILE),
+        OsStr::new(INDEX_FILE),
+        bytes,
+        owner,
+    )
+}
+
+/// Replaces `name` in `dir` with `bytes` through the temporary file `tmp`: created exclusively
+/// (never through a link; a leftover is unlinked first, so only a writer that excludes the
+/// others may use this), fsynced, renamed over `name`, then the directory fsynced. The new file
+/// is given to `owner`.
+pub(crate) fn replace_file(
+    dir: &File,
+    tmp: &OsStr,
+    name: &OsStr,
+    bytes: &[u8],
+    owner: Owner,
+) -> io::Result<()> {
     let mut file = match handle::create_new(dir, tmp, owner) {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             handle::unlink(dir, tmp)?;
@@ -304,7 +323,7 @@ pub(crate) fn write_atomic(dir: &File, bytes: &[u8], owner: Owner) -> io::Result
     let result = (|| {
         file.write_all(bytes)?;
         file.sync_all()?;
-        handle::rename_replace(dir, tmp, OsStr::new(INDEX_FILE))?;
+        handle::rename_replace(dir, tmp, name)?;
         dir.sync_all()
     })();
     if result.is_err() {

@@ -24,6 +24,7 @@
 //! - `maildir`: [`MaildirStore`] and [`LockedMaildir`]: lock, snapshot, streaming, UPDATE.
 //! - `listing`: a maildir listed read-only, with the unique-ids the open gives (for
 //!   `facteur migrate`).
+//! - `uidlist`: Dovecot's `dovecot-uidlist`, read and extended for `uidl = "dovecot"`.
 //! - `check`: what `check-config` asks: does the template give each user a maildrop the
 //!   serving user can make and write.
 //! - `deliver`: writing a message into `tmp/`, then `new/`, the Maildir way.
@@ -37,6 +38,8 @@
 //! - Read a whole message into memory: messages are counted and streamed in blocks.
 //! - Change a message's unique-id, or give one message's unique-id to another: unique-ids are
 //!   derived from the Maildir base name alone, so losing every cache file changes none of them.
+//!   With `uidl = "dovecot"` they are Dovecot's, recorded in `dovecot-uidlist` before a session
+//!   ever shows them (that file, like Dovecot's, is then the one that must not be lost).
 //! - Delete or hide mail delivered after the snapshot was taken.
 //! - Panic on any file name, file content or user name.
 //! - Trust the maildrop: its owner can put links, FIFOs, devices, huge or unreadable files and
@@ -56,6 +59,7 @@ mod name;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 mod template;
+mod uidlist;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -129,6 +133,28 @@ pub enum StoreError {
         expected: u32,
         found: u32,
     },
+    /// `uidl = "dovecot"` and Dovecot's `dovecot-uidlist` cannot be used (not a regular file,
+    /// too large, malformed, unreadable): the maildrop is not served rather than served with
+    /// unique-ids that would make clients download everything again.
+    #[error(
+        "cannot use Dovecot's unique-ids in {}: {reason} (fix or remove the file; removed, \
+         Dovecot and facteur number the messages afresh and clients download them again)",
+        path.display()
+    )]
+    DovecotUidlist { path: PathBuf, reason: String },
+}
+
+/// Where the unique-ids of a Maildir come from (`[store] uidl`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UidlScheme {
+    /// The Maildir base name (or its SHA-256 when longer than 70 characters): nothing to keep
+    /// but the file names.
+    #[default]
+    Facteur,
+    /// Dovecot's: `%08Xu%08Xv` from `dovecot-uidlist` (or the unique-id Dovecot saved there
+    /// with `pop3_save_uidl`), new mail given its uid there the way Dovecot does. Messages are
+    /// listed in Dovecot's order (by uid, after those with a POP3 order).
+    Dovecot,
 }
 
 /// Who owns a maildrop, as the user database says (the passwd-file's uid and gid fields).
@@ -211,7 +237,8 @@ impl StoreError {
             | Self::Vanished(_)
             | Self::NoSuchMessage(_)
             | Self::Database { .. }
-            | Self::LeaseLost => Lasting::Temporary,
+            | Self::LeaseLost
+            | Self::DovecotUidlist { .. } => Lasting::Temporary,
         }
     }
 

@@ -1,6 +1,10 @@
 //! Listing a maildir read-only, as `facteur migrate` reads it while the old server may still
 //! serve it: the same messages, delivery order and unique-ids as the Maildir store's open
 //! (`maildir`), from the same name rules (`name`), with no lock and no change of any kind.
+//! With `uidl = "dovecot"`, the unique-ids are Dovecot's, from `dovecot-uidlist` (read, never
+//! written): a message it has no uid for yet was never served by any POP3 session (both servers
+//! record a uid before they show a message), so no client knows it by any unique-id and it gets
+//! facteur's own.
 //!
 //! What it must never do: create, move, rename or write anything in the maildir (no move from
 //! `new/`, no index, no renaming of a duplicate), or follow a link.
@@ -16,7 +20,8 @@ use facteur_proto::Uidl;
 
 use crate::handle::{self, escaped, Kind, Opened};
 use crate::name::{base_name, compare, cur_name_for_new, is_message_name, order_key, uid_for_base};
-use crate::{Owner, StoreError};
+use crate::uidlist::{self, Uidlist};
+use crate::{Owner, StoreError, UidlScheme};
 
 /// Which folder of a maildir a listed message file is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +66,7 @@ impl ReadOnlyListing {
     /// Lists the maildir `dir` (a missing maildir, `cur/` or `new/` is an empty one). Nothing
     /// is created, moved or written, and no link is followed. As the store's open does, a
     /// maildir that belongs to another uid than `owner`'s (when known) is refused.
-    pub(crate) fn list(dir: &Path, owner: Owner) -> Result<Self, StoreError> {
+    pub(crate) fn list(dir: &Path, owner: Owner, uidl: UidlScheme) -> Result<Self, StoreError> {
         let root = match handle::open_dir_path(dir) {
             Ok(root) => root,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -143,9 +148,17 @@ impl ReadOnlyListing {
                 .cmp(&order_key(b.0.as_bytes()))
                 .then_with(|| compare(a.0.as_bytes(), b.0.as_bytes()))
         });
+        let dovecot = match uidl {
+            UidlScheme::Facteur => None,
+            UidlScheme::Dovecot => read_uidlist(&root, dir)?,
+        };
         let mut seen = HashSet::with_capacity(keyed.len());
         for (_, folder, name) in keyed {
-            let uid = uid_for_base(base_name(name.as_bytes()));
+            let base = base_name(name.as_bytes());
+            let uid = dovecot
+                .as_ref()
+                .and_then(|list| list.uidl_of(list.get(base)?))
+                .unwrap_or_else(|| uid_for_base(base));
             if seen.insert(uid.as_bytes().to_vec()) {
                 listing.messages.push(Listed { folder, name, uid });
             } else {
@@ -190,4 +203,20 @@ impl ReadOnlyListing {
             None => Ok(Opened::Missing),
         }
     }
+}
+
+/// The maildir's `dovecot-uidlist`, read as the store reads it (never through a link, bounded);
+/// `None` if there is none.
+fn read_uidlist(root: &File, dir: &Path) -> Result<Option<Uidlist>, StoreError> {
+    let unusable = |reason: String| StoreError::DovecotUidlist {
+        path: dir.join(uidlist::UIDLIST_FILE),
+        reason,
+    };
+    let Some((file, version)) = uidlist::open(root).map_err(|e| unusable(e.to_string()))? else {
+        return Ok(None);
+    };
+    let bytes = uidlist::read(file, version).map_err(|e| unusable(e.to_string()))?;
+    uidlist::parse(&bytes)
+        .map(Some)
+        .map_err(|e| unusable(e.to_string()))
 }

@@ -44,6 +44,10 @@
 //! or rebuilt index changes none. UPDATE unlinks files one by one (each unlink is atomic), then
 //! fsyncs `cur/`, then rewrites the index; a crash at any point leaves each message present or
 //! gone, and the next open reconciles the index with the directory (its `cur/` mtime differs).
+//!
+//! With `uidl = "dovecot"` the unique-ids and the order of the snapshot come from Dovecot's
+//! `dovecot-uidlist` instead (see `uidlist`), looked up by base name after the snapshot is
+//! taken as above; the index stays in delivery order and knows nothing of them.
 
 use rustix::io::Errno;
 use std::cmp::Ordering;
@@ -55,7 +59,7 @@ use std::io::{self, Read};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use facteur_proto::{MessageMeta, Uidl};
@@ -68,7 +72,8 @@ use super::name::{
     base_name, compare, compare_bases, count_wire_size, cur_name_for_new, info_part,
     is_message_name, order_key, uid_for_base, wire_size_field, BLOCK_SIZE,
 };
-use super::{template, Delivered, Maildrop, Owner, Store, StoreError};
+use super::uidlist::{self, Uidlist};
+use super::{template, Delivered, Maildrop, Owner, Store, StoreError, UidlScheme};
 
 /// The lock file, in the maildir's top directory.
 pub(crate) const LOCK_FILE: &str = "facteur.lock";
@@ -98,6 +103,50 @@ const MOVE_ATTEMPTS: usize = 3;
 pub struct MaildirStore {
     template: String,
     hostname: OnceLock<String>,
+    uidl: UidlScheme,
+    /// `uidl = "dovecot"`: the uidlists parsed by earlier logins, so that a login on a maildrop
+    /// whose uidlist did not change reads no more than its fstat.
+    uidlists: Mutex<UidlistCache>,
+}
+
+/// The parsed `dovecot-uidlist` of each maildir, with the version of the file it was read
+/// from (inode, size, mtime: Dovecot and facteur replace it by a rename or append to it).
+#[derive(Debug, Default)]
+struct UidlistCache {
+    by_dir: HashMap<PathBuf, (uidlist::Version, Arc<Uidlist>)>,
+    records: usize,
+}
+
+/// The most uidlist records the cache holds, all maildrops together (about 200 octets each:
+/// 50 MB). A maildrop larger than this is read at each login; past it, entries are dropped.
+const MAX_CACHED_RECORDS: usize = 250_000;
+
+impl UidlistCache {
+    fn get(&self, dir: &Path, version: uidlist::Version) -> Option<Arc<Uidlist>> {
+        self.by_dir
+            .get(dir)
+            .filter(|(v, _)| *v == version)
+            .map(|(_, list)| Arc::clone(list))
+    }
+
+    fn insert(&mut self, dir: &Path, version: uidlist::Version, list: Arc<Uidlist>) {
+        if let Some((_, old)) = self.by_dir.remove(dir) {
+            self.records -= old.len();
+        }
+        if list.len() > MAX_CACHED_RECORDS {
+            return;
+        }
+        while self.records + list.len() > MAX_CACHED_RECORDS {
+            let Some(victim) = self.by_dir.keys().next().cloned() else {
+                break;
+            };
+            if let Some((_, old)) = self.by_dir.remove(&victim) {
+                self.records -= old.len();
+            }
+        }
+        self.records += list.len();
+        self.by_dir.insert(dir.to_owned(), (version, list));
+    }
 }
 
 /// What became of the index file during an open.
@@ -176,7 +225,15 @@ impl MaildirStore {
         Self {
             template: path_template.into(),
             hostname: OnceLock::new(),
+            uidl: UidlScheme::default(),
+            uidlists: Mutex::default(),
         }
+    }
+
+    /// The same store, with its unique-ids from `uidl` (`[store] uidl`).
+    pub fn with_uidl(mut self, uidl: UidlScheme) -> Self {
+        self.uidl = uidl;
+        self
     }
 
     /// The maildir of `user`; fails if the user name could leave the template.
@@ -260,6 +317,14 @@ impl MaildirStore {
                 };
                 if duplicates.is_empty() {
                     stats.fast_path = true;
+                    let (entries, uids) = match self.uidl {
+                        UidlScheme::Facteur => (entries, uids),
+                        UidlScheme::Dovecot => {
+                            let (entries, uids) =
+                                self.dovecot_uids(&root, dir, owner, entries, &mut stats)?;
+                            (entries, Some(uids))
+                        }
+                    };
                     stats.messages = entries.len();
                     let maildrop = LockedMaildir::new(
                         Handles {
@@ -464,7 +529,13 @@ impl MaildirStore {
                     "cannot write the maildrop index"),
             }
         }
-        stats.messages = index.entries.len();
+        let (entries, uids) = match self.uidl {
+            UidlScheme::Facteur => (index.entries, uids),
+            UidlScheme::Dovecot => {
+                self.dovecot_uids(&root, dir, owner, index.entries, &mut stats)?
+            }
+        };
+        stats.messages = entries.len();
         let maildrop = LockedMaildir::new(
             Handles {
                 dir,
@@ -473,11 +544,174 @@ impl MaildirStore {
                 owner,
                 lock,
             },
-            index.entries,
+            entries,
             Some(uids),
             (index.cur_mtime, new_mtime),
         );
         Ok((maildrop, stats))
+    }
+
+    /// `uidl = "dovecot"`: the unique-ids of `entries` (in delivery order) from Dovecot's
+    /// uidlist, after giving new mail its uids there under Dovecot's lock, the way Dovecot does;
+    /// the entries come back in Dovecot's POP3 order. A message left without a uid (the lock
+    /// was held past [`uidlist::LOCK_WAIT`], the file could not be written) or whose saved
+    /// unique-id POP3 cannot send is left out of this session (counted in `stats.skipped`): it
+    /// is never shown under a unique-id that is not recorded.
+    fn dovecot_uids(
+        &self,
+        root: &File,
+        dir: &Path,
+        owner: Owner,
+        entries: Vec<Entry>,
+        stats: &mut OpenStats,
+    ) -> Result<(Vec<Entry>, Vec<Uidl>), StoreError> {
+        let path = dir.join(uidlist::UIDLIST_FILE);
+        let mut list = self.read_uidlist(root, dir, &path)?;
+        let known = |list: &Option<Arc<Uidlist>>, e: &Entry| {
+            list.as_ref()
+                .is_some_and(|l| l.get(base_name(e.name.as_bytes())).is_some())
+        };
+        if entries.iter().any(|e| !known(&list, e)) {
+            match uidlist::lock(root, owner, uidlist::LOCK_WAIT) {
+                Ok(Some(held)) => {
+                    if let Some(extended) =
+                        self.add_uids(&held, root, dir, &path, owner, &entries)?
+                    {
+                        list = Some(extended);
+                    }
+                }
+                Ok(None) => tracing::warn!(maildir = %dir.display(),
+                    "dovecot-uidlist.lock is held by another process: new messages wait for \
+                     the next login"),
+                Err(e) => tracing::warn!(maildir = %dir.display(), error = %e,
+                    "cannot take dovecot-uidlist.lock: new messages wait for the next login"),
+            }
+        }
+        let mut keyed = Vec::with_capacity(entries.len());
+        let mut saved = false;
+        for entry in entries {
+            let base = base_name(entry.name.as_bytes());
+            let Some((list, record)) = list.as_ref().and_then(|l| Some((l, l.get(base)?))) else {
+                stats.skipped += 1;
+                continue;
+            };
+            saved |= record.pop3_uidl() != uidlist::Pop3Uidl::Format;
+            let Some(uid) = list.uidl_of(record) else {
+                tracing::warn!(maildir = %dir.display(), file = %escaped(&entry.name),
+                    "the unique-id dovecot-uidlist saved for this message cannot be sent in \
+                     POP3 (1 to 70 printable characters); skipping it");
+                stats.skipped += 1;
+                continue;
+            };
+            keyed.push(((record.pop3_order(), record.uid), entry, uid));
+        }
+        if !keyed.is_sorted_by_key(|k| k.0) {
+            // uids are unique: no two keys are equal.
+            keyed.sort_unstable_by_key(|k| k.0);
+        }
+        if saved {
+            // Saved unique-ids are claims: one given twice is served once.
+            let mut seen = FastSet::with_capacity_and_hasher(keyed.len(), Default::default());
+            let before = keyed.len();
+            keyed.retain(|(_, _, uid)| seen.insert(uid.as_bytes().to_vec()));
+            if keyed.len() < before {
+                tracing::warn!(maildir = %dir.display(), count = before - keyed.len(),
+                    "dovecot-uidlist gives one unique-id to several messages; serving the \
+                     first only");
+                stats.skipped += before - keyed.len();
+            }
+        }
+        Ok(keyed.into_iter().map(|(_, e, u)| (e, u)).unzip())
+    }
+
+    /// The uidlist of `dir`, from the cache while the file is the one it was read from.
+    fn read_uidlist(
+        &self,
+        root: &File,
+        dir: &Path,
+        path: &Path,
+    ) -> Result<Option<Arc<Uidlist>>, StoreError> {
+        let unusable = |reason: String| StoreError::DovecotUidlist {
+            path: path.to_owned(),
+            reason,
+        };
+        let Some((file, version)) = uidlist::open(root).map_err(|e| unusable(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        let cache = || self.uidlists.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(list) = cache().get(dir, version) {
+            return Ok(Some(list));
+        }
+        let bytes = uidlist::read(file, version).map_err(|e| unusable(e.to_string()))?;
+        let list = Arc::new(uidlist::parse(&bytes).map_err(|e| unusable(e.to_string()))?);
+        cache().insert(dir, version, Arc::clone(&list));
+        Ok(Some(list))
+    }
+
+    /// Under the dotlock: reads the uidlist afresh (Dovecot may have changed it meanwhile),
+    /// gives each message of `entries` that has no uid the next one, in delivery order, and
+    /// writes the file back. Records of files no longer here are dropped once they outnumber
+    /// the messages (so that a file another program renames at the moment of the listing keeps
+    /// its uid). `None` when nothing could be added (logged).
+    fn add_uids(
+        &self,
+        held: &uidlist::DotLock<'_>,
+        root: &File,
+        dir: &Path,
+        path: &Path,
+        owner: Owner,
+        entries: &[Entry],
+    ) -> Result<Option<Arc<Uidlist>>, StoreError> {
+        let unusable = |reason: String| StoreError::DovecotUidlist {
+            path: path.to_owned(),
+            reason,
+        };
+        let mut list = match uidlist::open(root).map_err(|e| unusable(e.to_string()))? {
+            Some((file, version)) => {
+                let bytes = uidlist::read(file, version).map_err(|e| unusable(e.to_string()))?;
+                uidlist::parse(&bytes).map_err(|e| unusable(e.to_string()))?
+            }
+            None => Uidlist::new().map_err(|e| unusable(e.to_string()))?,
+        };
+        let bases: HashSet<&[u8]> = entries
+            .iter()
+            .map(|e| base_name(e.name.as_bytes()))
+            .collect();
+        let here = bases.iter().filter(|b| list.get(b).is_some()).count();
+        if list.len() - here > entries.len() {
+            list.retain(|b| bases.contains(b));
+        }
+        let mut added = 0usize;
+        for entry in entries {
+            let base = base_name(entry.name.as_bytes());
+            if list.get(base).is_some() {
+                continue;
+            }
+            if list.push(base).is_none() {
+                tracing::error!(maildir = %dir.display(),
+                    "dovecot-uidlist has no uid left to give (its next uid is 4294967295): new \
+                     messages cannot be served");
+                break;
+            }
+            added += 1;
+        }
+        if added == 0 {
+            return Ok(Some(Arc::new(list)));
+        }
+        if let Err(e) = uidlist::write(held, &uidlist::serialize(&list), owner) {
+            tracing::warn!(maildir = %dir.display(), error = %e,
+                "cannot write dovecot-uidlist: new messages wait for the next login");
+            return Ok(None);
+        }
+        let list = Arc::new(list);
+        if let Ok(Some((_, version))) = uidlist::open(root) {
+            self.uidlists
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(dir, version, Arc::clone(&list));
+        }
+        Ok(Some(list))
     }
 
     /// Moves `new/<name>` to `cur/`, never replacing a file there (a name clash, or a name too
@@ -690,7 +924,9 @@ impl LockedMaildir {
         let index = Index {
             cur_mtime,
             new_mtime: self.new_mtime,
-            entries: self.index_entries(),
+            // In delivery order, as the fast path expects (with `uidl = "dovecot"` the snapshot
+            // is in Dovecot's order).
+            entries: sort_entries(self.index_entries()),
             sealed: false,
         };
         let written = self
@@ -1476,7 +1712,7 @@ mod tests {
         let f = fixture();
         // A missing maildir is an empty one, and is not created.
         use crate::listing::ReadOnlyListing;
-        let empty = ReadOnlyListing::list(&f.dir, Owner::default()).unwrap();
+        let empty = ReadOnlyListing::list(&f.dir, Owner::default(), UidlScheme::Facteur).unwrap();
         assert!(!empty.exists() && empty.messages.is_empty());
         assert!(!f.dir.exists());
 
@@ -1498,7 +1734,7 @@ mod tests {
             gid: None,
         };
         assert!(matches!(
-            ReadOnlyListing::list(&f.dir, other),
+            ReadOnlyListing::list(&f.dir, other, UidlScheme::Facteur),
             Err(StoreError::WrongOwner { .. })
         ));
         let listing = ReadOnlyListing::list(
@@ -1507,6 +1743,7 @@ mod tests {
                 uid: Some(mine),
                 gid: None,
             },
+            UidlScheme::Facteur,
         )
         .unwrap();
         assert_eq!(tree(&f.dir), before, "nothing created, moved or written");
@@ -1545,7 +1782,7 @@ mod tests {
         let f = fixture();
         f.put("new", "1700000001.M1P1.mx", b"a\n");
         f.put("cur", "1700000002.M1P1.mx:2,", b"b\n");
-        let listing = ReadOnlyListing::list(&f.dir, Owner::default()).unwrap();
+        let listing = ReadOnlyListing::list(&f.dir, Owner::default(), UidlScheme::Facteur).unwrap();
         fs::rename(
             f.dir.join("new/1700000001.M1P1.mx"),
             f.dir.join("cur/1700000001.M1P1.mx:2,S"),
@@ -2458,5 +2695,254 @@ mod tests {
             .open_maildir_as("bob@example.org", None, owner)
             .unwrap();
         assert_eq!(m.messages().len(), 1);
+    }
+
+    fn delivered_base(d: &Delivered) -> String {
+        let name = d.path.file_name().unwrap().to_str().unwrap();
+        name.split(':').next().unwrap().to_owned()
+    }
+
+    fn dovecot_fixture() -> Fixture {
+        let mut f = fixture();
+        f.store = MaildirStore::new(f.store.template.clone()).with_uidl(UidlScheme::Dovecot);
+        f
+    }
+
+    /// Dovecot's uidlist as Dovecot 2.3 wrote it for three messages; its uids are not in
+    /// delivery order (a message restored from a backup got a later uid).
+    const UIDLIST: &str = "3 V1796293094 N5 G2857e61ee641116bd65f000083ecc375\n\
+        1 W6 :1700000003.M3P1.host\n\
+        2 W6 :1700000001.M1P1.host\n\
+        4 P O1 :1700000002.M2P1.host\n";
+
+    fn seed_dovecot(f: &Fixture) {
+        for i in 1..=3 {
+            f.put(
+                "cur",
+                &format!("170000000{i}.M{i}P1.host:2,S"),
+                format!("m{i}\n\n").as_bytes(),
+            );
+        }
+        fs::write(f.dir.join("dovecot-uidlist"), UIDLIST).unwrap();
+    }
+
+    #[test]
+    fn dovecot_unique_ids_and_order_are_dovecots() {
+        let f = dovecot_fixture();
+        seed_dovecot(&f);
+        let (m, _) = f.open();
+        // The one with a POP3 order (O1) first, then by uid; P with no value: the base name.
+        assert_eq!(
+            uids(&m),
+            [
+                "1700000002.M2P1.host",
+                "000000016b1141e6",
+                "000000026b1141e6"
+            ]
+        );
+        assert_eq!(read_message(&mut { m }, 0), b"m2\n\n");
+        // Nothing new: the uidlist is left as it was.
+        assert_eq!(
+            fs::read_to_string(f.dir.join("dovecot-uidlist")).unwrap(),
+            UIDLIST
+        );
+    }
+
+    #[test]
+    fn dovecot_uids_for_new_mail_are_recorded_the_dovecot_way() {
+        let f = dovecot_fixture();
+        seed_dovecot(&f);
+        drop(f.open());
+        let first = f.deliver(b"new one\n");
+        let second = f.deliver(b"new two\n");
+        let (m, _) = f.open();
+        let u = uids(&m);
+        assert_eq!(u.len(), 5);
+        assert_eq!(u[3..], ["000000056b1141e6", "000000066b1141e6"]);
+        let text = fs::read_to_string(f.dir.join("dovecot-uidlist")).unwrap();
+        let base = |d: &Delivered| delivered_base(d);
+        assert_eq!(
+            text,
+            format!(
+                "{}{}5 :{}\n6 :{}\n",
+                UIDLIST
+                    .replacen("N5", "N7", 1)
+                    .lines()
+                    .next()
+                    .unwrap()
+                    .to_owned()
+                    + "\n",
+                UIDLIST.split_once('\n').unwrap().1,
+                base(&first),
+                base(&second)
+            )
+        );
+        assert!(!f.dir.join("dovecot-uidlist.lock").exists());
+        // The same unique-ids at the next login, from the fast path, with nothing rewritten.
+        let before = fs::metadata(f.dir.join("dovecot-uidlist")).unwrap();
+        drop(m);
+        f.age();
+        drop(f.open()); // records the aged mtimes in the index
+        let (m, stats) = f.open();
+        assert!(stats.fast_path);
+        assert_eq!(uids(&m), u);
+        let after = fs::metadata(f.dir.join("dovecot-uidlist")).unwrap();
+        assert_eq!(
+            (before.ino(), before.mtime_nsec()),
+            (after.ino(), after.mtime_nsec())
+        );
+    }
+
+    #[test]
+    fn deletions_in_dovecot_order_delete_the_right_files_and_keep_the_index_in_order() {
+        let f = dovecot_fixture();
+        seed_dovecot(&f);
+        let (mut m, _) = f.open();
+        // Message 1 is 1700000002 (O1), message 3 is 1700000001 (uid 2).
+        m.apply_deletions(&[0, 2]).unwrap();
+        drop(m);
+        assert_eq!(f.files("cur"), ["1700000003.M3P1.host:2,S"]);
+        f.age();
+        let (m, _) = f.open();
+        assert_eq!(uids(&m), ["000000016b1141e6"]);
+    }
+
+    #[test]
+    fn a_maildrop_without_a_uidlist_gets_one_as_dovecot_makes_it() {
+        let f = dovecot_fixture();
+        f.deliver(b"a\n");
+        f.deliver(b"b\n");
+        let (m, _) = f.open();
+        let text = fs::read_to_string(f.dir.join("dovecot-uidlist")).unwrap();
+        let list = uidlist::parse(text.as_bytes()).unwrap();
+        let v = format!("{:08x}", list.uid_validity);
+        assert_eq!(uids(&m), [format!("00000001{v}"), format!("00000002{v}")]);
+        assert_eq!(list.next_uid, 3);
+        // An empty maildrop writes nothing.
+        let g = dovecot_fixture();
+        drop(g.open());
+        assert!(!g.dir.join("dovecot-uidlist").exists());
+    }
+
+    #[test]
+    fn a_hostile_uidlist_is_an_error_never_a_guess() {
+        let f = dovecot_fixture();
+        seed_dovecot(&f);
+        let path = f.dir.join("dovecot-uidlist");
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        fs::write(outside.path(), UIDLIST).unwrap();
+        let bad: [&dyn Fn(); 3] = [
+            &|| fs::write(&path, "3 V1 N2\n2 :a\n1 :b\n").unwrap(),
+            &|| std::os::unix::fs::symlink(outside.path(), &path).unwrap(),
+            &|| {
+                let ok = std::process::Command::new("mkfifo")
+                    .arg(&path)
+                    .status()
+                    .unwrap();
+                assert!(ok.success());
+            },
+        ];
+        for make in bad {
+            let _ = fs::remove_file(&path);
+            make();
+            match f.store.open_maildir("bob@example.org", None) {
+                Err(e @ StoreError::DovecotUidlist { .. }) => {
+                    assert_eq!(e.lasting(), crate::Lasting::Temporary);
+                    assert!(e.to_string().contains("dovecot-uidlist"), "{e}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Every message is still there.
+        assert_eq!(f.files("cur").len(), 3);
+    }
+
+    #[test]
+    fn new_mail_waits_while_dovecot_holds_its_lock() {
+        let f = dovecot_fixture();
+        seed_dovecot(&f);
+        let new = f.deliver(b"new\n");
+        let lock = f.dir.join("dovecot-uidlist.lock");
+        // Held by a live process of this host (this one), as Dovecot's would be.
+        let host = fs::read_to_string("/etc/hostname").unwrap_or_default();
+        fs::write(&lock, format!("{}:{}", std::process::id(), host.trim())).unwrap();
+        let (m, stats) = f.open();
+        assert_eq!(
+            uids(&m).len(),
+            3,
+            "the new message is not shown without a uid"
+        );
+        assert_eq!(stats.skipped, 1);
+        drop(m);
+        fs::remove_file(&lock).unwrap();
+        let (m, _) = f.open();
+        assert_eq!(uids(&m).len(), 4);
+        assert!(fs::read_to_string(f.dir.join("dovecot-uidlist"))
+            .unwrap()
+            .ends_with(&format!("5 :{}\n", delivered_base(&new))));
+    }
+
+    #[test]
+    fn a_read_only_listing_gives_dovecots_unique_ids_and_writes_nothing() {
+        use crate::listing::ReadOnlyListing;
+        let f = dovecot_fixture();
+        seed_dovecot(&f);
+        f.put("new", "1700000009.M9P1.host", b"never served\n");
+        let before = tree(&f.dir);
+        let listing = ReadOnlyListing::list(&f.dir, Owner::default(), UidlScheme::Dovecot).unwrap();
+        assert_eq!(tree(&f.dir), before, "nothing created, moved or written");
+        let listed_uids: Vec<&str> = listing.messages.iter().map(|m| m.uid.as_str()).collect();
+        // In delivery order; the message without a uid (never served) keeps facteur's.
+        assert_eq!(
+            listed_uids,
+            [
+                "000000026b1141e6",
+                "1700000002.M2P1.host",
+                "000000016b1141e6",
+                "1700000009.M9P1.host"
+            ]
+        );
+        // The same unique-ids as the server gives.
+        let (m, _) = f.open();
+        let mut served = uids(&m);
+        served.sort();
+        let mut listed: Vec<String> = listed_uids[..3].iter().map(|u| u.to_string()).collect();
+        listed.push("000000056b1141e6".into());
+        listed.sort();
+        assert_eq!(served, listed);
+        drop(m);
+        fs::write(f.dir.join("dovecot-uidlist"), "garbage").unwrap();
+        assert!(matches!(
+            ReadOnlyListing::list(&f.dir, Owner::default(), UidlScheme::Dovecot),
+            Err(StoreError::DovecotUidlist { .. })
+        ));
+    }
+
+    #[test]
+    fn an_unchanged_uidlist_is_not_read_again_and_a_changed_one_is() {
+        let f = dovecot_fixture();
+        seed_dovecot(&f);
+        let first = uids(&f.open().0);
+        // The same inode, size and mtime, other bytes: served from the parsed copy.
+        let path = f.dir.join("dovecot-uidlist");
+        let meta = fs::metadata(&path).unwrap();
+        let garbage = vec![b'#'; UIDLIST.len()];
+        let mut file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all(&garbage).unwrap();
+        file.set_modified(meta.modified().unwrap()).unwrap();
+        drop(file);
+        assert_eq!(fs::metadata(&path).unwrap().ino(), meta.ino());
+        assert_eq!(uids(&f.open().0), first, "not read again");
+        // Any change the cache can see (here the mtime) and the file is read again.
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(SystemTime::now())
+            .unwrap();
+        assert!(matches!(
+            f.store.open_maildir("bob@example.org", None),
+            Err(StoreError::DovecotUidlist { .. })
+        ));
     }
 }

@@ -2,7 +2,9 @@
 //! with more than 256 files of unknown size, sizing them is deferred), the first STAT (which
 //! reads every file to count its wire size), and later opens (the index alone).
 //!
-//! Usage: `cargo run --release -p facteur --example maildir_scale -- [MESSAGES]` (default 100000).
+//! Usage: `cargo run --release -p facteur --example maildir_scale -- [MESSAGES] [dovecot]`
+//! (default 100000). With `dovecot`, the store runs with `uidl = "dovecot"`: the first open
+//! also writes `dovecot-uidlist`, and later opens look every message up in its parsed copy.
 //!
 //! The messages are written straight into `cur/` without a `,W=` field, as a delivery agent that
 //! records no wire size would leave them, so the first open really has to read each one.
@@ -11,7 +13,7 @@ use std::error::Error;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use facteur_store::{LockedMaildir, MaildirStore, Maildrop, OpenStats};
+use facteur_store::{LockedMaildir, MaildirStore, Maildrop, OpenStats, UidlScheme};
 
 fn main() -> Result<(), Box<dyn Error>> {
     let count: usize = match std::env::args().nth(1) {
@@ -19,7 +21,12 @@ fn main() -> Result<(), Box<dyn Error>> {
         None => 100_000,
     };
     let tmp = tempfile::tempdir()?;
-    let store = MaildirStore::new(format!("{}/%u", tmp.path().display()));
+    let uidl = match std::env::args().nth(2).as_deref() {
+        None => UidlScheme::Facteur,
+        Some("dovecot") => UidlScheme::Dovecot,
+        Some(other) => return Err(format!("unknown unique-id scheme {other:?}").into()),
+    };
+    let store = MaildirStore::new(format!("{}/%u", tmp.path().display())).with_uidl(uidl);
     let dir = store.maildir_path("bench", None)?;
     for sub in ["cur", "new", "tmp"] {
         fs::create_dir_all(dir.join(sub))?;

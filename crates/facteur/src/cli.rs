@@ -906,6 +906,8 @@ fn migrate(args: &MigrateArgs) -> Result<(), CliError> {
     let maildirs = MaildirStore::new(from.store.maildir.clone());
     let options = MigrateOptions {
         dry_run: args.dry_run,
+        // The unique-ids the old server gives, Dovecot's with `uidl = "dovecot"`.
+        uidl: from.store.uidl.into(),
     };
     let runtime = db_runtime()?;
     let mut migrator = runtime.block_on(Migrator::connect(url))?;

@@ -434,3 +434,54 @@ fn runs_while_the_old_server_holds_the_maildrop() {
     assert_eq!(got, expected);
     assert_eq!(seen.bodies, [crlf(&message(2)), crlf(&message(3))]);
 }
+
+/// `[store] uidl = "dovecot"` in the source configuration: the maildrops keep Dovecot's
+/// unique-ids in PostgreSQL, and a message Dovecot never numbered (never served) keeps facteur's.
+#[test]
+fn dovecot_unique_ids_are_carried_into_postgresql() {
+    let db = pg::fresh_database();
+    let fx = Fixture::new();
+    let to = postgres_config(&fx, &db);
+    let maildir = fx.maildir(USER);
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(maildir.join(sub)).unwrap();
+    }
+    write(maildir.join("cur/1700000001.M1P1.mx:2,S"), &message(1));
+    write(maildir.join("cur/1700000002.M2P2.mx:2,"), &message(2));
+    write(maildir.join("new/1700000003.M3P3.mx"), &message(3));
+    // As Dovecot 2.3 writes it; message 2's unique-id was saved by pop3_save_uidl.
+    write(
+        maildir.join("dovecot-uidlist"),
+        b"3 V1796293094 N3 G2857e61ee641116bd65f000083ecc375\n\
+          1 W40 :1700000001.M1P1.mx\n\
+          2 Pold-uidl-2 :1700000002.M2P2.mx\n",
+    );
+    let text = std::fs::read_to_string(&fx.config_path).unwrap();
+    let text = text.replacen(
+        "maildir = \"mail/%u/Maildir\"\n",
+        "maildir = \"mail/%u/Maildir\"\nuidl = \"dovecot\"\n",
+        1,
+    );
+    std::fs::write(&fx.config_path, text).unwrap();
+
+    let (code, out) = migrate(&fx, &to, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(count(&out, "alice:", "copied"), 3, "{out}");
+    let server = BinServer::start(&to);
+    let mut uidls: Vec<String> = everything(&server)
+        .uidl
+        .into_iter()
+        .map(|(_, u)| u)
+        .collect();
+    uidls.sort();
+    assert_eq!(
+        uidls,
+        ["000000016b1141e6", "1700000003.M3P3.mx", "old-uidl-2"],
+        "{out}"
+    );
+    // The Maildir was only read.
+    assert!(maildir.join("new/1700000003.M3P3.mx").exists());
+    assert!(!std::fs::read_to_string(maildir.join("dovecot-uidlist"))
+        .unwrap()
+        .contains("1700000003"));
+}

@@ -97,6 +97,8 @@ impl MaildropReport {
 pub struct MigrateOptions {
     /// Read and compare everything, write nothing to the database.
     pub dry_run: bool,
+    /// The unique-ids the old server gives (its `[store] uidl`), carried into the database.
+    pub uidl: crate::UidlScheme,
 }
 
 /// How long one database step (a statement, or the copy of one message) may take.
@@ -182,7 +184,7 @@ impl Migrator {
             user: user.to_owned(),
             ..MaildropReport::default()
         };
-        let listing = ReadOnlyListing::list(maildir, owner)?;
+        let listing = ReadOnlyListing::list(maildir, owner, options.uidl)?;
         report.listed = listing.messages.len() as u64;
         if !listing.exists() {
             report.notes.push(format!(
@@ -571,7 +573,7 @@ impl Migrator {
             return Ok(());
         }
         // A file renamed while the first listing ran may have been missed: look again.
-        let again = ReadOnlyListing::list(maildir, owner)?;
+        let again = ReadOnlyListing::list(maildir, owner, options.uidl)?;
         if !again.exists() {
             return Ok(());
         }
