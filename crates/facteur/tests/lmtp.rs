@@ -1,8 +1,9 @@
 //! LMTP delivery (RFC 2033) end to end: `facteur serve` with `[server] listen_lmtp` on a TCP
 //! port and a Unix socket, driven by Python's `smtplib.LMTP` (pipelined commands, one reply per
 //! recipient after DATA), on the Maildir store and on PostgreSQL, then read back over POP3; and
-//! a private Postfix instance delivering through `lmtp:unix:` and `lmtp:inet:`
-//! (`tests/lmtp_postfix.rs`).
+//! a private Postfix instance (Debian's package, its own configuration, queue and log in a
+//! temporary folder) delivering mail it received over SMTP through `lmtp:unix:` and
+//! `lmtp:inet:`.
 
 mod common;
 #[path = "../../facteur-store/tests/support/pg.rs"]
@@ -27,7 +28,7 @@ fn lmtp_config(config: &Path, port: u16, socket: &Path, limits: &str, lmtp: &str
             1,
         )
         .replacen("[limits]\n", &format!("[limits]\n{limits}\n"), 1);
-    let text = format!("{text}\n[lmtp]\nsocket_mode = 0o600\n{lmtp}\n");
+    let text = format!("{text}\n[lmtp]\n{lmtp}\n");
     let path = config.with_file_name("lmtp.toml");
     std::fs::write(&path, text).expect("write the configuration");
     path
@@ -143,7 +144,7 @@ fn new_messages(maildir: &Path) -> Vec<Vec<u8>> {
 }
 
 const LIMITS: &str = "max_message_size = 4096\nmax_lmtp_recipients = 3";
-const DOMAINS: &str = "domains = [\"test.invalid\"]";
+const DOMAINS: &str = "domains = [\"test.invalid\"]\nsocket_mode = 0o600";
 
 #[test]
 fn smtplib_lmtp_on_tcp_and_unix_socket_into_maildirs() {
@@ -258,4 +259,234 @@ fn lmtp_connections_are_capped_and_domains_checked() {
         .map(|s| &s[..9])
         .collect();
     assert_eq!(tail, ["250 2.1.0", "250 2.1.5", "550 5.1.2", "221 2.0.0"]);
+}
+
+/// A private Postfix instance: its own `config_directory`, queue, data and log in a temporary
+/// folder, SMTP on 127.0.0.1:`smtp_port`, local mail for `test.invalid` handed to `transport`.
+/// Stopped (`postfix -c DIR stop`) when dropped.
+struct Postfix {
+    dir: tempfile::TempDir,
+}
+
+impl Postfix {
+    /// None when Postfix cannot run here: not installed (`.ci/run` installs it), or not root
+    /// (its master must start as root and switch to the `postfix` user).
+    fn available() -> Option<&'static str> {
+        if !Path::new("/usr/sbin/postfix").exists() {
+            return Some("/usr/sbin/postfix is not installed (apt-get install postfix)");
+        }
+        let uid = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("Uid:"))
+                    .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned))
+            })
+            .unwrap_or_default();
+        if uid != "0" {
+            return Some("Postfix's master must be started as root");
+        }
+        None
+    }
+
+    fn start(smtp_port: u16, transport: &str) -> Self {
+        let dir = tempfile::tempdir().expect("a folder for Postfix");
+        let d = dir.path();
+        // The postfix user reaches its data directory and the maillog through this folder.
+        chmod(d, 0o755);
+        for sub in ["etc", "queue", "data"] {
+            std::fs::create_dir(d.join(sub)).expect("a Postfix folder");
+        }
+        let status = Command::new("chown")
+            .args(["postfix"])
+            .arg(d.join("data"))
+            .status()
+            .expect("run chown");
+        assert!(status.success());
+        let d_str = d.display();
+        let main_cf = format!(
+            "compatibility_level = 3.6\n\
+             queue_directory = {d_str}/queue\n\
+             data_directory = {d_str}/data\n\
+             maillog_file = {d_str}/maillog\n\
+             maillog_file_prefixes = {d_str}\n\
+             mail_owner = postfix\n\
+             setgid_group = postdrop\n\
+             inet_interfaces = 127.0.0.1\n\
+             inet_protocols = ipv4\n\
+             myhostname = mx.test.invalid\n\
+             mydomain = test.invalid\n\
+             myorigin = test.invalid\n\
+             mydestination = test.invalid\n\
+             # Every local address is taken over SMTP: facteur decides who exists, over LMTP.\n\
+             local_recipient_maps =\n\
+             alias_maps =\n\
+             alias_database =\n\
+             mynetworks = 127.0.0.0/8\n\
+             smtpd_relay_restrictions = permit_mynetworks, reject\n\
+             local_transport = {transport}\n\
+             virtual_transport = {transport}\n\
+             smtp_dns_support_level = disabled\n\
+             biff = no\n"
+        );
+        std::fs::write(d.join("etc/main.cf"), main_cf).expect("write main.cf");
+        // No chroot (the fifth column): the daemons see the temporary folder as it is.
+        let master_cf = format!(
+            "127.0.0.1:{smtp_port} inet n - n - - smtpd\n\
+             pickup unix n - n 60 1 pickup\n\
+             cleanup unix n - n - 0 cleanup\n\
+             qmgr unix n - n 300 1 qmgr\n\
+             rewrite unix - - n - - trivial-rewrite\n\
+             bounce unix - - n - 0 bounce\n\
+             defer unix - - n - 0 bounce\n\
+             trace unix - - n - 0 bounce\n\
+             verify unix - - n - 1 verify\n\
+             flush unix n - n 1000? 0 flush\n\
+             proxymap unix - - n - - proxymap\n\
+             smtp unix - - n - - smtp\n\
+             relay unix - - n - - smtp\n\
+             showq unix n - n - - showq\n\
+             error unix - - n - - error\n\
+             retry unix - - n - - error\n\
+             discard unix - - n - - discard\n\
+             lmtp unix - - n - - lmtp\n\
+             anvil unix - - n - 1 anvil\n\
+             scache unix - - n - 1 scache\n\
+             postlog unix-dgram n - n - 1 postlogd\n"
+        );
+        std::fs::write(d.join("etc/master.cf"), master_cf).expect("write master.cf");
+        let postfix = Self { dir };
+        let (code, out, err) = postfix.command("start");
+        assert_eq!(
+            code,
+            Some(0),
+            "postfix start:\n{out}{err}\n{}",
+            postfix.log()
+        );
+        // Wait (bounded) for smtpd's port.
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", smtp_port)).is_ok() {
+                return postfix;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("Postfix never listened on {smtp_port}:\n{}", postfix.log());
+    }
+
+    fn command(&self, what: &str) -> (Option<i32>, String, String) {
+        run_with_input(
+            Command::new("/usr/sbin/postfix")
+                .arg("-c")
+                .arg(self.dir.path().join("etc"))
+                .arg(what),
+            b"",
+        )
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = self.command("stop");
+    }
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(
+        path,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(mode),
+    )
+    .expect("chmod");
+}
+
+/// Sends one message over SMTP from carol to alice and to a user facteur does not know.
+const PYTHON_SMTP: &str = r#"
+import smtplib, sys
+s = smtplib.SMTP('127.0.0.1', int(sys.argv[1]), timeout=30)
+msg = (b"From: carol@test.invalid\r\nTo: alice@test.invalid\r\nSubject: through Postfix\r\n\r\n"
+       b"Hello from Postfix.\r\n.leading dot\r\n")
+refused = s.sendmail('carol@test.invalid', ['alice@test.invalid', 'nobody@test.invalid'], msg)
+assert refused == {}, refused
+s.quit()
+print('ok')
+"#;
+
+/// Postfix takes a message over SMTP and hands it to facteur over `transport`: alice gets it,
+/// and the unknown recipient's `550 5.1.1` makes Postfix bounce to the sender, carol, whose
+/// bounce comes to facteur the same way.
+fn postfix_delivers_through(transport: impl Fn(u16, &Path) -> String) {
+    if let Some(why) = Postfix::available() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let fx = Fixture::new();
+    // The postfix user must reach the socket in the fixture's folder.
+    chmod(fx.path(), 0o755);
+    let lmtp_port = free_port();
+    let socket = fx.path().join("lmtp.sock");
+    let config = lmtp_config(
+        &fx.config_path,
+        lmtp_port,
+        &socket,
+        "",
+        "domains = [\"test.invalid\"]\nsocket_mode = 0o660\nsocket_group = \"postfix\"",
+    );
+    let server = BinServer::start(&config);
+    let smtp_port = free_port();
+    let postfix = Postfix::start(smtp_port, &transport(lmtp_port, &socket));
+    let (code, stdout, stderr) = run_with_input(
+        Command::new("python3")
+            .arg("-c")
+            .arg(PYTHON_SMTP)
+            .arg(smtp_port.to_string()),
+        b"",
+    );
+    assert_eq!(code, Some(0), "SMTP to Postfix:\n{stdout}{stderr}");
+    let mut arrived = false;
+    for _ in 0..600 {
+        if !fx.message_files(USER).is_empty() && !fx.message_files(CRYPT_USER).is_empty() {
+            arrived = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        arrived,
+        "the messages did not arrive; Postfix's log:\n{}\nfacteur's log:\n{}",
+        postfix.log(),
+        server.log()
+    );
+    let alice = new_messages(&fx.maildir(USER));
+    assert_eq!(alice.len(), 1);
+    let alice = String::from_utf8_lossy(&alice[0]).into_owned();
+    assert!(
+        alice.starts_with("Return-Path: <carol@test.invalid>\nDelivered-To: alice@test.invalid\n"),
+        "{alice}"
+    );
+    assert!(alice.contains("Subject: through Postfix\n"), "{alice}");
+    assert!(
+        alice.ends_with("\n\nHello from Postfix.\n.leading dot\n"),
+        "{alice}"
+    );
+    // The bounce: Postfix's report for nobody, with facteur's answer in it.
+    let carol = new_messages(&fx.maildir(CRYPT_USER));
+    assert_eq!(carol.len(), 1);
+    let carol = String::from_utf8_lossy(&carol[0]).into_owned();
+    assert!(carol.contains("Return-Path: <>\n"), "{carol}");
+    assert!(carol.contains("nobody@test.invalid"), "{carol}");
+    assert!(carol.contains("5.1.1"), "{carol}");
+    assert!(!carol.contains("alice@test.invalid: "), "{carol}");
+}
+
+#[test]
+fn postfix_delivers_over_lmtp_unix_socket() {
+    postfix_delivers_through(|_, socket| format!("lmtp:unix:{}", socket.display()));
+}
+
+#[test]
+fn postfix_delivers_over_lmtp_inet() {
+    postfix_delivers_through(|port, _| format!("lmtp:inet:127.0.0.1:{port}"));
 }
