@@ -34,6 +34,10 @@ use crate::Shared;
 /// Octets read from the peer at a time: a block of a message body.
 const READ_BLOCK: usize = 64 * 1024;
 
+/// Decoded body octets gathered before they are written to the spool, in one trip to the
+/// blocking pool: few trips per message, and at most this much held per connection.
+const SPOOL_BLOCK: usize = 256 * 1024;
+
 /// An LMTP listener, bound.
 pub enum LmtpListener {
     Tcp(TcpListener),
@@ -412,6 +416,62 @@ async fn check_recipient(shared: &Arc<Shared>, address: &Address) -> (Verdict, O
     }
 }
 
+/// The spool file a body is written to, off the async threads, in blocks of [`SPOOL_BLOCK`].
+/// Once a write fails the file is dropped and the rest of the body only read.
+struct Spool {
+    file: Option<std::fs::File>,
+    pending: Vec<u8>,
+}
+
+impl Spool {
+    fn new() -> Self {
+        // If no spool can be made, the body is still read to its end (the protocol needs it),
+        // and every recipient is told to try again later.
+        let file = match tempfile::tempfile() {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::error!(error = %e, "LMTP: cannot create a spool file in the temporary folder");
+                None
+            }
+        };
+        Self {
+            file,
+            pending: Vec::new(),
+        }
+    }
+
+    async fn write(&mut self, data: &[u8]) {
+        if self.file.is_none() {
+            return;
+        }
+        self.pending.extend_from_slice(data);
+        if self.pending.len() >= SPOOL_BLOCK {
+            self.flush().await;
+        }
+    }
+
+    async fn flush(&mut self) {
+        let Some(mut file) = self.file.take() else {
+            return;
+        };
+        let mut pending = std::mem::take(&mut self.pending);
+        let written = tokio::task::spawn_blocking(move || {
+            let r = file.write_all(&pending);
+            pending.clear();
+            (file, pending, r)
+        })
+        .await;
+        match written {
+            Ok((file, pending, Ok(()))) => {
+                self.file = Some(file);
+                self.pending = pending;
+            }
+            Ok((_, _, Err(e))) => tracing::error!(error = %e, "LMTP: cannot write the spool file"),
+            Err(e) => tracing::error!(error = %e, "LMTP: the spool write did not finish"),
+        }
+    }
+}
+
 /// Reads the body into a spool file, then delivers it to each recipient and queues one reply
 /// per recipient.
 async fn receive_and_deliver(
@@ -421,15 +481,7 @@ async fn receive_and_deliver(
     accounts: &[Account],
     peer: &str,
 ) -> Result<(), End> {
-    // If no spool can be made, the body is still read to its end (the protocol needs it), and
-    // every recipient is told to try again later.
-    let mut spool = match tempfile::tempfile() {
-        Ok(f) => Some(f),
-        Err(e) => {
-            tracing::error!(error = %e, "LMTP: cannot create a spool file in the temporary folder");
-            None
-        }
-    };
+    let mut spool = Spool::new();
     let mut body = Vec::with_capacity(READ_BLOCK + 1);
     let mut replies = Vec::new();
     let size = loop {
@@ -439,13 +491,7 @@ async fn receive_and_deliver(
         body.clear();
         let (n, progress) = session.data(conn.input.pending(), &mut body, &mut replies);
         conn.input.consume(n);
-        if let Some(file) = spool.as_mut() {
-            // A local file: a write costs less than a block of network input.
-            if let Err(e) = file.write_all(&body) {
-                tracing::error!(error = %e, "LMTP: cannot write the spool file");
-                spool = None;
-            }
-        }
+        spool.write(&body).await;
         match progress {
             DataProgress::More => {}
             DataProgress::Refused => {
@@ -458,6 +504,7 @@ async fn receive_and_deliver(
             DataProgress::Deliver { size } => break size,
         }
     };
+    spool.flush().await;
     let sender = session
         .sender()
         .map(ToString::to_string)
@@ -468,7 +515,7 @@ async fn receive_and_deliver(
         .map(ToString::to_string)
         .zip(accounts.iter().cloned())
         .collect();
-    let outcomes = match spool {
+    let outcomes = match spool.file {
         None => vec![Delivery::TempFail; session.recipients().len()],
         Some(spool) => {
             let store = shared.store.clone();

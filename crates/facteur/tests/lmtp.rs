@@ -490,3 +490,37 @@ fn postfix_delivers_over_lmtp_unix_socket() {
 fn postfix_delivers_over_lmtp_inet() {
     postfix_delivers_through(|port, _| format!("lmtp:inet:127.0.0.1:{port}"));
 }
+
+/// A peer that goes silent, before a command or in the middle of a body, is cut after
+/// `lmtp_timeout_secs`, and half a body is never delivered.
+#[test]
+fn silent_lmtp_peers_are_cut() {
+    use std::io::{Read, Write};
+    let fx = Fixture::new();
+    let port = free_port();
+    let socket = fx.path().join("lmtp.sock");
+    let config = lmtp_config(&fx.config_path, port, &socket, "lmtp_timeout_secs = 1", "");
+    let server = BinServer::start(&config);
+    for input in [
+        &b""[..],
+        b"LHLO me\r\nMAIL FROM:<>\r\nRCPT TO:<alice@test.invalid>\r\nDATA\r\nSubject: half\r\n",
+    ] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(READ_TIMEOUT)).expect("timeout");
+        s.write_all(input).expect("write");
+        let started = std::time::Instant::now();
+        let mut all = Vec::new();
+        // The server closes the connection: the read ends (EOF) well before READ_TIMEOUT.
+        s.read_to_end(&mut all)
+            .expect("read until the server closes");
+        let waited = started.elapsed();
+        assert!(
+            waited >= std::time::Duration::from_millis(900)
+                && waited < std::time::Duration::from_secs(10),
+            "{waited:?}"
+        );
+        assert!(String::from_utf8_lossy(&all).starts_with("220 "));
+    }
+    server.wait_for_log("end=timeout", 2);
+    assert!(fx.message_files(USER).is_empty());
+}
