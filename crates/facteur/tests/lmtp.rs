@@ -152,6 +152,17 @@ fn smtplib_lmtp_on_tcp_and_unix_socket_into_maildirs() {
     let port = free_port();
     let socket = fx.path().join("lmtp.sock");
     let config = lmtp_config(&fx.config_path, port, &socket, LIMITS, DOMAINS);
+    let (code, stdout, stderr) = run_with_input(
+        facteur().args(["check-config", "--config"]).arg(&config),
+        b"",
+    );
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let summary = format!(
+        "LMTP: on 127.0.0.1:{port}, unix:{} (domains test.invalid, the user is the local part, \
+         sockets' mode 0o600)",
+        socket.display()
+    );
+    assert!(stdout.contains(&summary), "{stdout}");
     let server = BinServer::start(&config);
     let mode = std::fs::metadata(&socket)
         .expect("the socket")
