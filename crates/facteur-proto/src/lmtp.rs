@@ -19,7 +19,6 @@
 
 use std::fmt;
 
-use crate::dot::DotDecoder;
 use crate::line::Frame;
 
 /// The longest command line, CRLF included (RFC 5321 section 4.5.3.1.4: 512 octets). The SIZE
@@ -408,86 +407,125 @@ pub enum DataEnd {
     TooBig,
 }
 
-/// Decodes the body of DATA as it streams in: removes the stuffing dots, finds the `.` line,
-/// turns CRLF into LF (the Maildir way; a lone CR stays), and stops giving out octets past the
-/// cap while still reading to the end.
+/// Where the body decoder is within the current line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Line {
+    /// After a CRLF (or at the start of the body): a '.' here is stuffing or the terminator.
+    Start,
+    /// Inside a line.
+    Inside,
+    /// Inside a line, right after a CR: a LF now ends the line.
+    Cr,
+    /// The line began with '.'.
+    Dot,
+    /// The line is ".\r" so far: a LF now ends the body.
+    DotCr,
+    /// The terminating line was read.
+    Done,
+}
+
+/// Decodes the body of DATA as it streams in: removes the stuffing dots (RFC 5321 section
+/// 4.5.2), finds the terminating line, turns CRLF into LF (the Maildir way), and stops giving
+/// out octets past the cap while still reading to the end.
+///
+/// Strict about line ends, against SMTP smuggling: only CRLF ends a line, so only
+/// `CRLF . CRLF` ends the body. A bare LF or CR is content (stored as it is), and a '.' after
+/// it is neither stuffing nor a terminator. A peer that meant `LF . LF` as the end sees its
+/// next commands taken as body, and the transaction times out; no second message can be
+/// slipped in behind one the MTA saw as whole.
 #[derive(Debug, Clone)]
 pub struct DataDecoder {
-    dots: DotDecoder,
+    line: Line,
     max_size: u64,
+    /// Octets of the body as received (CRLF counted as two), less the stuffing.
     size: u64,
-    /// The decoded output so far ended in a CR, held back until we know whether a LF follows.
-    pending_cr: bool,
-    scratch: Vec<u8>,
 }
 
 impl DataDecoder {
     /// A decoder for a body of at most `max_size` octets (as received, less the stuffing).
     pub fn new(max_size: u64) -> Self {
         Self {
-            dots: DotDecoder::new(),
+            line: Line::Start,
             max_size,
             size: 0,
-            pending_cr: false,
-            scratch: Vec::new(),
         }
     }
 
-    /// Octets of the body received so far (before CRLF became LF).
+    /// Octets of the body received so far (CRLF counted as two, stuffing not counted).
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Gives out `bytes` (which stand for `counted` octets of the body) unless the cap is
+    /// passed.
+    fn emit(&mut self, bytes: &[u8], counted: usize, out: &mut Vec<u8>) {
+        let before = self.size;
+        self.size = self
+            .size
+            .saturating_add(u64::try_from(counted).unwrap_or(u64::MAX));
+        if self.size <= self.max_size {
+            out.extend_from_slice(bytes);
+        } else if before < self.max_size {
+            // The cap falls inside these octets: give out what fits, so that `out` never holds
+            // more than the cap (the message is refused anyway).
+            let room = usize::try_from(self.max_size - before).unwrap_or(usize::MAX);
+            out.extend_from_slice(bytes.get(..room.min(bytes.len())).unwrap_or_default());
+        }
     }
 
     /// Decodes `input`, appending the body's octets to `out`. Returns (octets consumed, the end
     /// once the terminating line is read). Never consumes past the terminator, so that what
     /// follows (a pipelined command) stays with the caller. `out` grows by at most
-    /// `input.len() + 1` octets per call (a CR held back from the previous call).
+    /// `input.len() + 1` octets per call (a CR held back at the end of the previous call).
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, Option<DataEnd>) {
-        self.scratch.clear();
-        let (consumed, done) = self.dots.decode(input, &mut self.scratch);
-        let before = self.size;
-        self.size = self
-            .size
-            .saturating_add(u64::try_from(self.scratch.len()).unwrap_or(u64::MAX));
-        if before <= self.max_size {
-            let room = usize::try_from(self.max_size - before).unwrap_or(usize::MAX);
-            let take = self.scratch.len().min(room);
-            let chunk = self.scratch.get(..take).unwrap_or_default();
-            crlf_to_lf(chunk, &mut self.pending_cr, out);
+        let mut i = 0;
+        while self.line != Line::Done {
+            let Some(rest) = input.get(i..).filter(|r| !r.is_empty()) else {
+                break;
+            };
+            if self.line == Line::Inside {
+                // Most of a body is here: copy up to the next CR in one go.
+                let n = memchr::memchr(b'\r', rest).unwrap_or(rest.len());
+                self.emit(rest.get(..n).unwrap_or_default(), n, out);
+                i += n;
+                if n < rest.len() {
+                    self.line = Line::Cr;
+                    i += 1;
+                }
+                continue;
+            }
+            let Some(&b) = rest.first() else { break };
+            i += 1;
+            self.line = match (self.line, b) {
+                (Line::Start, b'.') => Line::Dot,
+                (Line::Start, b'\r') => Line::Cr,
+                (Line::Dot, b'\r') => Line::DotCr,
+                (Line::DotCr, b'\n') => Line::Done,
+                (Line::Cr, b'\n') => {
+                    self.emit(b"\n", 2, out);
+                    Line::Start
+                }
+                // A CR not followed by LF is content; the octet after it is looked at again.
+                (Line::Cr | Line::DotCr, _) => {
+                    self.emit(b"\r", 1, out);
+                    i -= 1;
+                    Line::Inside
+                }
+                // The first octet of a line (a stuffing dot dropped before it).
+                (_, _) => {
+                    self.emit(&[b], 1, out);
+                    Line::Inside
+                }
+            };
         }
-        if !done {
-            return (consumed, None);
+        if self.line != Line::Done {
+            return (i, None);
         }
         if self.size > self.max_size {
-            return (consumed, Some(DataEnd::TooBig));
+            return (i, Some(DataEnd::TooBig));
         }
-        if std::mem::take(&mut self.pending_cr) {
-            out.push(b'\r');
-        }
-        (consumed, Some(DataEnd::Complete { size: self.size }))
+        (i, Some(DataEnd::Complete { size: self.size }))
     }
-}
-
-/// Copies `input` to `out` with every CRLF written as LF; `pending_cr` carries a CR that ended
-/// the previous chunk.
-fn crlf_to_lf(input: &[u8], pending_cr: &mut bool, out: &mut Vec<u8>) {
-    let mut rest = input;
-    if *pending_cr && !rest.is_empty() {
-        *pending_cr = false;
-        if rest.first() != Some(&b'\n') {
-            out.push(b'\r');
-        }
-    }
-    while let Some(i) = memchr::memchr(b'\r', rest) {
-        out.extend_from_slice(rest.get(..i).unwrap_or_default());
-        match rest.get(i + 1) {
-            Some(b'\n') => {}
-            Some(_) => out.push(b'\r'),
-            None => *pending_cr = true,
-        }
-        rest = rest.get(i + 1..).unwrap_or_default();
-    }
-    out.extend_from_slice(rest);
 }
 
 /// What the server's policy says about one recipient, once looked up.
