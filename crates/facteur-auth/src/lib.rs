@@ -159,6 +159,14 @@ pub trait Authenticator: Send + Sync + 'static {
     /// The account of `user`, with no credential checked: for SASL EXTERNAL, where the TLS
     /// layer has already verified a client certificate that names the user.
     fn account(&self, user: &str) -> Option<Account>;
+
+    /// The account mail for `user` is delivered to (LMTP's RCPT): `Ok(None)` for no such user,
+    /// `Err(FailureReason::Unavailable)` when the user database cannot tell now (the database
+    /// does not answer), so that the MTA tries again later instead of bouncing the message.
+    /// The default asks [`Authenticator::account`], for user databases that cannot fail.
+    fn recipient(&self, user: &str) -> Result<Option<Account>, FailureReason> {
+        Ok(self.account(user))
+    }
 }
 
 /// Why a passwd-file line was refused. The messages never quote a password or a hash.

@@ -414,8 +414,18 @@ fn a_failing_database_is_unavailable_not_a_wrong_password() {
         Err(FailureReason::Unavailable)
     );
     assert!(users.account("pat").is_none());
+    // LMTP's RCPT: "try again later", never "no such user" (which would bounce the mail).
+    assert_eq!(
+        users.recipient("pat").map(|a| a.map(|a| a.user)),
+        Err(FailureReason::Unavailable)
+    );
     assert_eq!(users.slow_checks(), 1);
     env.sql("ALTER TABLE users_elsewhere RENAME TO users");
+    assert_eq!(
+        users.recipient("pat").map(|a| a.map(|a| a.user)),
+        Ok(Some("pat".to_string()))
+    );
+    assert_eq!(users.recipient("nobody").map(|a| a.is_none()), Ok(true));
     assert!(matches!(
         users.verify_password("pat", b"tanstaaf"),
         AuthOutcome::Success(_)

@@ -16,6 +16,8 @@
 //!   reads them with (digests, keys, the maildrop index, the fetcher's state).
 //! - [`proxy`]: the PROXY protocol header (v1 and v2) a load balancer sends before POP3,
 //!   naming the client it relays.
+//! - [`lmtp`]: LMTP (RFC 2033), the delivery protocol an MTA speaks to facteur: commands,
+//!   replies with enhanced status codes, the DATA body decoder, the session's state machine.
 //! - [`server`]: `ServerSession`, the server's state machine (AUTHORIZATION, TRANSACTION, UPDATE).
 //! - [`client`]: `ClientSession`, the client's state machine: replies matched to commands in order.
 //! - [`sasl`]: the SASL mechanisms of AUTH (PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-256, EXTERNAL) as
@@ -25,7 +27,9 @@
 //! ## RFCs covered
 //! RFC 1939 (POP3), RFC 2449 (CAPA, response codes, PIPELINING), RFC 3206 (SYS and AUTH codes),
 //! RFC 1460 (the obsolete LAST command, off by default), RFC 5034 (SASL in POP3) with RFC 4616
-//! (PLAIN), RFC 2195 (CRAM-MD5), RFC 5802 and RFC 7677 (SCRAM-SHA-256), RFC 4422 (EXTERNAL).
+//! (PLAIN), RFC 2195 (CRAM-MD5), RFC 5802 and RFC 7677 (SCRAM-SHA-256), RFC 4422 (EXTERNAL);
+//! RFC 2033 (LMTP) with RFC 5321, RFC 2034 and RFC 3463 (enhanced status codes), RFC 2920
+//! (PIPELINING), RFC 1870 (SIZE), RFC 6152 (8BITMIME).
 #![forbid(unsafe_code)]
 
 pub mod client;
@@ -33,6 +37,7 @@ pub mod command;
 pub mod dot;
 pub mod encoding;
 pub mod line;
+pub mod lmtp;
 pub mod proxy;
 pub mod response;
 pub mod sasl;

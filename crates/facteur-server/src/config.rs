@@ -26,6 +26,78 @@ pub struct Config {
     /// `[tls]`: without it, no STLS and no POP3S.
     #[serde(default)]
     pub tls: Option<TlsSection>,
+    /// `[lmtp]`: how LMTP recipients map to users, and the Unix socket's mode.
+    #[serde(default)]
+    pub lmtp: LmtpSection,
+}
+
+/// An LMTP listener of `[server] listen_lmtp`: `"127.0.0.1:24"` (TCP) or an absolute path
+/// (`"/run/facteur/lmtp"`, a Unix socket).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum LmtpListen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl TryFrom<String> for LmtpListen {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        if text.starts_with('/') {
+            return Ok(Self::Unix(PathBuf::from(text)));
+        }
+        text.parse().map(Self::Tcp).map_err(|_| {
+            format!(
+                "{text:?}: expected ADDRESS:PORT (127.0.0.1:24, [::1]:24) or the absolute path \
+                 of a Unix socket"
+            )
+        })
+    }
+}
+
+impl std::fmt::Display for LmtpListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(a) => write!(f, "{a}"),
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// `[lmtp]`: delivery by LMTP (RFC 2033) from an MTA, on `[server] listen_lmtp`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LmtpSection {
+    /// The domains whose recipients are taken (compared without case); any other gets `550
+    /// 5.1.2`. Empty (the default): any domain, the MTA having decided what is local.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// The user name of a recipient: false (the default), its local part (`alice` for
+    /// `alice@example.org`, exactly as sent: case matters, as in the users file); true, the
+    /// whole address with the domain in lower case (`alice@example.org`), for users files that
+    /// name users so.
+    #[serde(default)]
+    pub full_address: bool,
+    /// The permissions of a Unix socket of `listen_lmtp` (TOML octal: `0o660`). Whoever may
+    /// connect to it may deliver mail to any user.
+    #[serde(default = "defaults::lmtp_socket_mode")]
+    pub socket_mode: u32,
+    /// The group a Unix socket is given (a name from /etc/group, or a gid), so that the MTA's
+    /// user in that group may connect (Postfix: `postfix`). Unset: the group facteur starts as.
+    #[serde(default)]
+    pub socket_group: Option<String>,
+}
+
+impl Default for LmtpSection {
+    fn default() -> Self {
+        Self {
+            domains: Vec::new(),
+            full_address: false,
+            socket_mode: defaults::lmtp_socket_mode(),
+            socket_group: None,
+        }
+    }
 }
 
 /// `[tls]`: the certificate for STLS (RFC 2595) and POP3S (RFC 8314).
@@ -100,6 +172,12 @@ pub struct ServerSection {
     /// served as it is, and a header it sends is only a bad command. Empty (the default): off.
     #[serde(default)]
     pub proxy_protocol: Vec<Cidr>,
+    /// LMTP listeners (RFC 2033), for an MTA to deliver mail: `"127.0.0.1:24"`, or the absolute
+    /// path of a Unix socket (`"/run/facteur/lmtp"`, mode `[lmtp] socket_mode`). LMTP has no
+    /// login: whoever reaches a listener can deliver to every user, so listen on loopback or a
+    /// socket only the MTA can open. Empty (the default): no LMTP.
+    #[serde(default)]
+    pub listen_lmtp: Vec<LmtpListen>,
 }
 
 /// A block of IP addresses, `ADDRESS/PREFIX` (`10.0.0.0/8`, `2001:db8::/32`, `::1/128`), as
@@ -273,6 +351,22 @@ pub struct Limits {
     /// counts in `login_timeout_secs`.
     #[serde(default = "defaults::proxy_header_timeout_secs")]
     pub proxy_header_timeout_secs: u64,
+    /// The largest message accepted by LMTP, in octets (announced as SIZE; a larger MAIL SIZE or
+    /// body is refused with `552 5.3.4`).
+    #[serde(default = "defaults::max_message_size")]
+    pub max_message_size: u64,
+    /// Recipients of one LMTP transaction; more get `452 4.5.3` and the MTA sends them in
+    /// another. RFC 5321 section 4.5.3.1.8 asks for at least 100.
+    #[serde(default = "defaults::max_lmtp_recipients")]
+    pub max_lmtp_recipients: usize,
+    /// LMTP connections served at once; more are answered `421 4.3.2` and closed. An MTA opens
+    /// a few (Postfix: `lmtp_destination_concurrency_limit`, 20 by default).
+    #[serde(default = "defaults::max_lmtp_connections")]
+    pub max_lmtp_connections: usize,
+    /// Seconds an LMTP connection waits for each command, each block of a message, and each
+    /// write: RFC 5321 section 4.5.3.2 asks servers for 5 minutes.
+    #[serde(default = "defaults::lmtp_timeout_secs")]
+    pub lmtp_timeout_secs: u64,
 }
 
 /// `[auth]`: who may log in.
@@ -582,6 +676,23 @@ pub mod defaults {
     pub fn lease_secs() -> u64 {
         60
     }
+    /// 64 MiB: more than mail systems commonly accept (Postfix's default is 10 MB).
+    pub fn max_message_size() -> u64 {
+        64 * 1024 * 1024
+    }
+    pub fn max_lmtp_recipients() -> usize {
+        100
+    }
+    pub fn max_lmtp_connections() -> usize {
+        100
+    }
+    pub fn lmtp_timeout_secs() -> u64 {
+        300
+    }
+    /// Owner and group read and write: the MTA reaches it through `[lmtp] socket_group`.
+    pub fn lmtp_socket_mode() -> u32 {
+        0o660
+    }
     /// As many as the in-memory table holds: about 10 MB of database.
     pub fn penalty_max_rows() -> u64 {
         100_000
@@ -614,6 +725,7 @@ impl Default for ServerSection {
             group: None,
             allow_root: false,
             proxy_protocol: Vec::new(),
+            listen_lmtp: Vec::new(),
         }
     }
 }
@@ -635,6 +747,10 @@ impl Default for Limits {
             max_auth_attempts: defaults::max_auth_attempts(),
             shutdown_grace_secs: defaults::shutdown_grace_secs(),
             proxy_header_timeout_secs: defaults::proxy_header_timeout_secs(),
+            max_message_size: defaults::max_message_size(),
+            max_lmtp_recipients: defaults::max_lmtp_recipients(),
+            max_lmtp_connections: defaults::max_lmtp_connections(),
+            lmtp_timeout_secs: defaults::lmtp_timeout_secs(),
         }
     }
 }
@@ -672,6 +788,9 @@ impl Limits {
     }
     pub fn proxy_header_timeout(&self) -> Duration {
         Duration::from_secs(self.proxy_header_timeout_secs)
+    }
+    pub fn lmtp_timeout(&self) -> Duration {
+        Duration::from_secs(self.lmtp_timeout_secs)
     }
 }
 
@@ -735,7 +854,10 @@ impl Config {
 
     fn check(&self) -> Result<(), String> {
         let l = &self.limits;
-        if self.server.listen.is_empty() && self.listen_tls().is_empty() {
+        if self.server.listen.is_empty()
+            && self.listen_tls().is_empty()
+            && self.server.listen_lmtp.is_empty()
+        {
             return Err("[server] listen: at least one address is needed".into());
         }
         if self.tls.is_none()
@@ -873,6 +995,44 @@ impl Config {
         }
         if self.server.group.is_some() && self.server.user.is_none() {
             return Err("[server] group needs [server] user".into());
+        }
+        self.check_lmtp()
+    }
+
+    fn check_lmtp(&self) -> Result<(), String> {
+        let l = &self.limits;
+        if l.max_message_size == 0
+            || l.max_lmtp_recipients == 0
+            || l.max_lmtp_connections == 0
+            || l.lmtp_timeout_secs == 0
+        {
+            return Err(
+                "[limits] max_message_size, max_lmtp_recipients, max_lmtp_connections \
+                        and lmtp_timeout_secs must be above 0"
+                    .into(),
+            );
+        }
+        if self.lmtp.socket_mode > 0o777 {
+            return Err(format!(
+                "[lmtp] socket_mode = {:#o}: permission bits only (0o600, 0o660, 0o666)",
+                self.lmtp.socket_mode
+            ));
+        }
+        if let Some(d) = self
+            .lmtp
+            .domains
+            .iter()
+            .find(|d| d.is_empty() || !d.bytes().all(|b| b.is_ascii_graphic() && b != b'@'))
+        {
+            return Err(format!("[lmtp] domains: {d:?} is not a domain name"));
+        }
+        if self
+            .lmtp
+            .socket_group
+            .as_deref()
+            .is_some_and(|g| g.is_empty() || g.contains([':', '\n']))
+        {
+            return Err("[lmtp] socket_group: not a group name or id".into());
         }
         Ok(())
     }

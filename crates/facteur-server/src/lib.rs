@@ -16,6 +16,8 @@
 //!   [`run_with_tls`]), the SIGHUP certificate reload.
 //! - [`connection`]: the per-connection driver: deadlines, STLS, SASL, streaming, UPDATE.
 //! - [`config`]: the configuration file, with every limit and default, its unit and its reason.
+//! - [`lmtp`]: LMTP delivery (RFC 2033) on `[server] listen_lmtp`, TCP or Unix sockets: the
+//!   driver of facteur-proto's LMTP session, the spool, delivery through the store.
 //! - [`serve`]: the whole of `facteur serve` from a loaded configuration: bind, give up root,
 //!   start the runtime, handle signals.
 //! - [`proxy`]: connections from a trusted load balancer: the PROXY header read first, then the
@@ -36,6 +38,7 @@ mod auth_pool;
 pub mod config;
 pub mod connection;
 mod limits;
+pub mod lmtp;
 pub mod log;
 pub mod privileges;
 pub mod proxy;

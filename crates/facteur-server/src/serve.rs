@@ -18,7 +18,7 @@ use facteur_auth::{AuthError, Authenticator, PasswdDb};
 use facteur_store::{MaildirStore, Store};
 use facteur_tls::{TlsError, TlsFiles, TlsState};
 
-use crate::config::{AuthBackend, Config, StoreBackend, StoreSection};
+use crate::config::{AuthBackend, Config, LmtpListen, StoreBackend, StoreSection};
 use crate::privileges::{self, PrivilegeError, Target};
 use crate::Shared;
 
@@ -41,6 +41,8 @@ pub enum ServeError {
         address: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Lmtp(#[from] crate::lmtp::LmtpListenError),
     #[error("cannot serve a listener: {0}")]
     Listener(std::io::Error),
     #[error(transparent)]
@@ -84,6 +86,7 @@ pub fn serve(cfg: Config, dev: bool, banner: Option<String>) -> Result<(), Serve
     }
     let plain = bind_all(&cfg.server.listen)?;
     let implicit = bind_all(&cfg.listen_tls())?;
+    let lmtp = bind_lmtp(&cfg)?;
     let tls = cfg
         .tls
         .as_ref()
@@ -146,6 +149,7 @@ pub fn serve(cfg: Config, dev: bool, banner: Option<String>) -> Result<(), Serve
     runtime.block_on(async move {
         let plain = into_tokio(plain)?;
         let implicit = into_tokio(implicit)?;
+        let lmtp = lmtp_into_tokio(lmtp)?;
         let stls = tls.is_some();
         let (auth, shared_penalties) = match passwd {
             Some(db) => (Arc::new(db) as Arc<dyn Authenticator>, None),
@@ -175,10 +179,39 @@ pub fn serve(cfg: Config, dev: bool, banner: Option<String>) -> Result<(), Serve
                 tracing::info!(address = %a, kind, "listening");
             }
         }
+        for l in &lmtp {
+            match l {
+                crate::lmtp::LmtpListener::Tcp(l) => {
+                    if let Ok(a) = l.local_addr() {
+                        tracing::info!(lmtp = %a, "accepting LMTP deliveries");
+                    }
+                }
+                crate::lmtp::LmtpListener::Unix(_) => {}
+            }
+        }
+        for path in cfg_unix_paths(&shared.config) {
+            tracing::info!(lmtp = %path.display(), "accepting LMTP deliveries");
+        }
         if let Some(b) = banner {
             println!("{b}");
         }
-        crate::run_with_tls(shared, plain, implicit, shutdown).await;
+        if lmtp.is_empty() {
+            crate::run_with_tls(shared, plain, implicit, shutdown).await;
+        } else {
+            // One signal stops both: the POP3 listeners and the LMTP ones.
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            let pop3 =
+                crate::run_with_tls(shared.clone(), plain, implicit, stopped(stop_rx.clone()));
+            let lmtp = crate::lmtp::run_lmtp(shared, lmtp, stopped(stop_rx));
+            let signal = async move {
+                shutdown.await;
+                let _ = stop_tx.send(true);
+            };
+            tokio::join!(pop3, lmtp, signal);
+        }
         Ok::<(), ServeError>(())
     })?;
     // Blocking jobs still running (a maildrop being opened or updated) get a bounded time to
@@ -307,6 +340,70 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
+}
+
+/// The Unix socket paths of `[server] listen_lmtp`.
+fn cfg_unix_paths(cfg: &Config) -> impl Iterator<Item = &std::path::Path> {
+    cfg.server.listen_lmtp.iter().filter_map(|l| match l {
+        LmtpListen::Unix(p) => Some(p.as_path()),
+        LmtpListen::Tcp(_) => None,
+    })
+}
+
+/// A bound LMTP listener, before the runtime exists.
+pub enum BoundLmtp {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+/// Bind every LMTP listener of `[server] listen_lmtp` (as root if need be, before root is
+/// given up): TCP as the POP3 listeners, Unix sockets with `[lmtp] socket_mode` and
+/// `socket_group`.
+pub fn bind_lmtp(cfg: &Config) -> Result<Vec<BoundLmtp>, ServeError> {
+    let gid = cfg
+        .lmtp
+        .socket_group
+        .as_deref()
+        .map(crate::lmtp::socket_gid)
+        .transpose()?;
+    cfg.server
+        .listen_lmtp
+        .iter()
+        .map(|l| match l {
+            LmtpListen::Tcp(address) => {
+                bind(*address)
+                    .map(BoundLmtp::Tcp)
+                    .map_err(|source| ServeError::Listen {
+                        address: *address,
+                        source,
+                    })
+            }
+            LmtpListen::Unix(path) => Ok(BoundLmtp::Unix(crate::lmtp::bind_unix(
+                path,
+                cfg.lmtp.socket_mode,
+                gid,
+            )?)),
+        })
+        .collect()
+}
+
+fn lmtp_into_tokio(bound: Vec<BoundLmtp>) -> Result<Vec<crate::lmtp::LmtpListener>, ServeError> {
+    bound
+        .into_iter()
+        .map(|b| {
+            Ok(match b {
+                BoundLmtp::Tcp(l) => {
+                    l.set_nonblocking(true)?;
+                    crate::lmtp::LmtpListener::Tcp(tokio::net::TcpListener::from_std(l)?)
+                }
+                BoundLmtp::Unix(l) => {
+                    l.set_nonblocking(true)?;
+                    crate::lmtp::LmtpListener::Unix(tokio::net::UnixListener::from_std(l)?)
+                }
+            })
+        })
+        .collect::<std::io::Result<_>>()
+        .map_err(ServeError::Listener)
 }
 
 /// Hand listeners from [`bind_all`] to tokio (inside the runtime).

@@ -320,6 +320,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     cfg.limits.proxy_header_timeout_secs
                 );
             }
+            println!("{}", lmtp_summary(&cfg)?);
             let needed = server::rlimit::descriptors_needed(cfg.limits.max_connections);
             if let Some(hard) = server::rlimit::hard_open_files().filter(|&h| h < needed) {
                 eprintln!(
@@ -764,7 +765,42 @@ fn check_config_sql(cfg: &Config, path: &Path) -> Result<(), CliError> {
         if users == 1 { "" } else { "s" },
         join(&cfg.server.listen)
     );
+    println!("{}", lmtp_summary(cfg)?);
     Ok(())
+}
+
+/// check-config: the LMTP listeners and how recipients become users; fails when
+/// `[lmtp] socket_group` names no group.
+fn lmtp_summary(cfg: &Config) -> Result<String, CliError> {
+    let l = &cfg.server.listen_lmtp;
+    if l.is_empty() {
+        return Ok("LMTP: off".to_string());
+    }
+    let group = match &cfg.lmtp.socket_group {
+        Some(g) => {
+            let gid = server::lmtp::socket_gid(g).map_err(|e| fail(e.to_string()))?;
+            format!(", sockets' group {g} ({gid})")
+        }
+        None => String::new(),
+    };
+    let domains = if cfg.lmtp.domains.is_empty() {
+        "any domain".to_string()
+    } else {
+        format!("domains {}", cfg.lmtp.domains.join(", "))
+    };
+    let user = if cfg.lmtp.full_address {
+        "the whole address"
+    } else {
+        "the local part"
+    };
+    Ok(format!(
+        "LMTP: on {} ({domains}, the user is {user}, sockets' mode {:#o}{group})",
+        l.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        cfg.lmtp.socket_mode
+    ))
 }
 
 /// `user add` refuses a name the maildir template cannot turn into a maildrop (every delivery

@@ -666,4 +666,11 @@ impl Authenticator for SqlUsers {
     fn account(&self, user: &str) -> Option<Account> {
         self.lookup(user).ok().flatten().map(|r| r.record.account())
     }
+
+    fn recipient(&self, user: &str) -> Result<Option<Account>, FailureReason> {
+        if user.len() > USER_NAME_MAX_LEN {
+            return Ok(None);
+        }
+        Ok(self.lookup(user)?.map(|r| r.record.account()))
+    }
 }
