@@ -12,7 +12,6 @@ mod common;
 use common::*;
 use facteur_auth::{Account, AuthOutcome, Authenticator, PasswdDb, ScramCredentials};
 use facteur_server::{run_with_tls, Shared};
-use facteur_store::Store;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -84,7 +83,7 @@ impl CountingServer {
         let shared = Shared::new(
             fx.config.clone(),
             auth.clone() as Arc<dyn Authenticator>,
-            Arc::new(fx.store()) as Arc<dyn Store>,
+            fx.store(),
         );
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = rt.spawn(run_with_tls(

@@ -11,7 +11,6 @@
 mod common;
 
 use common::*;
-use facteur_store::Store;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

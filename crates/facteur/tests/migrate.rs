@@ -3,8 +3,7 @@
 //! servers, one on each store.
 
 mod common;
-#[path = "../../facteur-store/tests/support/pg.rs"]
-mod pg;
+use common::pg;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
