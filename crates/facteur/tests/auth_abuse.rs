@@ -342,7 +342,7 @@ fn capa_after_login_still_lists_user_and_sasl(backend: Backend) {
     let mut c = server.connect();
     let (status, before) = c.cmd_multi("CAPA");
     assert!(status.starts_with("+OK"), "{status:?}");
-    let before = String::from_utf8(before).unwrap();
+    let before = String::from_utf8(before).expect("a UTF-8 CAPA reply");
     assert!(before.contains("\r\nUSER\r\n"), "{before}");
     assert!(
         before.contains("\r\nSASL SCRAM-SHA-256 PLAIN\r\n"),
@@ -352,7 +352,10 @@ fn capa_after_login_still_lists_user_and_sasl(backend: Backend) {
     assert!(c.cmd(&format!("PASS {PASSWORD}")).starts_with("+OK"));
     let (status, after) = c.cmd_multi("CAPA");
     assert!(status.starts_with("+OK"), "{status:?}");
-    assert_eq!(String::from_utf8(after).unwrap(), before);
+    assert_eq!(
+        String::from_utf8(after).expect("a UTF-8 CAPA reply"),
+        before
+    );
 }
 
 both_backends!(
