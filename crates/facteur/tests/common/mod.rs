@@ -222,6 +222,10 @@ impl Fixture {
         std::fs::write(&self.config_path, &text).expect("write the configuration");
         self.config =
             Config::parse(&text, &self.config_path).expect("the test configuration parses");
+        assert_eq!(
+            self.config.store.backend,
+            facteur_server::config::StoreBackend::Postgresql
+        );
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
