@@ -39,13 +39,13 @@ fn base64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)
 }
 
-#[test]
-fn plaintext_never_refuses_passwords_in_clear_until_stls() {
+fn plaintext_never_refuses_passwords_in_clear_until_stls(backend: Backend) {
     let fx = Fixture::build(
         DEFAULT_LIMITS,
         "plaintext_auth = \"never\"\napop = true\n",
         true,
-    );
+    )
+    .on(backend);
     fx.deliver(USER, &message(1));
     let server = fx.start();
     let mut c = server.connect();
@@ -114,9 +114,8 @@ fn plaintext_never_refuses_passwords_in_clear_until_stls() {
     c.quit();
 }
 
-#[test]
-fn plaintext_loopback_by_default_allows_clear_text_from_127_0_0_1() {
-    let fx = Fixture::with_tls();
+fn plaintext_loopback_by_default_allows_clear_text_from_127_0_0_1(backend: Backend) {
+    let fx = Fixture::with_tls().on(backend);
     assert_eq!(
         fx.config.auth.plaintext_auth,
         facteur_server::config::PlaintextAuth::Loopback
@@ -150,9 +149,8 @@ fn expect_cut_off(c: &mut Client) {
     }
 }
 
-#[test]
-fn three_failed_logins_close_the_connection_with_the_same_answer_each_time() {
-    let fx = Fixture::with_limits(PENALTY_LIMITS);
+fn three_failed_logins_close_the_connection_with_the_same_answer_each_time(backend: Backend) {
+    let fx = Fixture::with_limits(PENALTY_LIMITS).on(backend);
     let server = fx.start();
     let mut c = server.connect();
 
@@ -187,9 +185,8 @@ fn three_failed_logins_close_the_connection_with_the_same_answer_each_time() {
     c.quit();
 }
 
-#[test]
-fn three_failed_sasl_logins_close_the_connection_too() {
-    let fx = Fixture::with_limits(PENALTY_LIMITS);
+fn three_failed_sasl_logins_close_the_connection_too(backend: Backend) {
+    let fx = Fixture::with_limits(PENALTY_LIMITS).on(backend);
     let server = fx.start();
     // The answer to a failed USER/PASS, for comparison.
     let mut c = server.connect();
@@ -223,9 +220,8 @@ fn three_failed_sasl_logins_close_the_connection_too() {
     c.quit();
 }
 
-#[test]
-fn a_correct_login_succeeds_while_a_guesser_fails() {
-    let fx = Fixture::with_limits(PENALTY_LIMITS);
+fn a_correct_login_succeeds_while_a_guesser_fails(backend: Backend) {
+    let fx = Fixture::with_limits(PENALTY_LIMITS).on(backend);
     fx.deliver(USER, &message(1));
     let server = fx.start();
     let addr = server.addr;
@@ -261,9 +257,8 @@ fn a_correct_login_succeeds_while_a_guesser_fails() {
     );
 }
 
-#[test]
-fn too_many_bad_commands_close_the_connection() {
-    let fx = Fixture::with_limits("max_bad_commands = 3\n");
+fn too_many_bad_commands_close_the_connection(backend: Backend) {
+    let fx = Fixture::with_limits("max_bad_commands = 3\n").on(backend);
     let server = fx.start();
     let mut c = server.connect();
 
@@ -297,9 +292,8 @@ fn too_many_bad_commands_close_the_connection() {
     server.login(USER, PASSWORD).quit();
 }
 
-#[test]
-fn a_10_kb_line_gets_one_error_and_the_session_goes_on() {
-    let fx = Fixture::new();
+fn a_10_kb_line_gets_one_error_and_the_session_goes_on(backend: Backend) {
+    let fx = Fixture::new().on(backend);
     let m = message(1);
     fx.deliver(USER, &m);
     let server = fx.start();
@@ -325,7 +319,7 @@ fn a_10_kb_line_gets_one_error_and_the_session_goes_on() {
     assert_eq!(c.stat().0, 1);
     assert_eq!(c.retrieve("RETR 1"), crlf(&m));
     c.quit();
-    assert_eq!(fx.message_files(USER).len(), 1);
+    assert_eq!(fx.message_count(USER), 1);
 }
 
 /// Wait (bounded) until connecting to `addr` is refused.
@@ -347,9 +341,11 @@ fn wait_until_refused(addr: std::net::SocketAddr) {
     panic!("{addr} still accepts connections");
 }
 
-#[test]
-fn sigterm_stops_accepting_cuts_idle_sessions_without_update_and_lets_quit_finish() {
-    let fx = Fixture::with_limits("failed_login_delay_ms = 20\nshutdown_grace_secs = 2\n");
+fn sigterm_stops_accepting_cuts_idle_sessions_without_update_and_lets_quit_finish(
+    backend: Backend,
+) {
+    let fx =
+        Fixture::with_limits("failed_login_delay_ms = 20\nshutdown_grace_secs = 2\n").on(backend);
     fx.deliver(USER, &message(1));
     fx.deliver(USER, &message(2));
     fx.deliver(CRYPT_USER, &message(3));
@@ -366,7 +362,7 @@ fn sigterm_stops_accepting_cuts_idle_sessions_without_update_and_lets_quit_finis
 
     // QUIT during the grace period: UPDATE happens.
     quitter.quit();
-    assert!(fx.message_files(CRYPT_USER).is_empty());
+    assert!(fx.uids(CRYPT_USER).is_empty());
 
     // The idle session is told, then closed, when the grace period is over.
     let r = idle.line();
@@ -383,7 +379,7 @@ fn sigterm_stops_accepting_cuts_idle_sessions_without_update_and_lets_quit_finis
         server.log()
     );
     // No UPDATE without QUIT: alice still has both messages.
-    assert_eq!(fx.message_files(USER).len(), 2);
+    assert_eq!(fx.message_count(USER), 2);
     let log = server.log();
     assert!(
         log.lines()
@@ -392,9 +388,8 @@ fn sigterm_stops_accepting_cuts_idle_sessions_without_update_and_lets_quit_finis
     );
 }
 
-#[test]
-fn sigint_also_stops_the_server_cleanly() {
-    let fx = Fixture::new();
+fn sigint_also_stops_the_server_cleanly(backend: Backend) {
+    let fx = Fixture::new().on(backend);
     let mut server = BinServer::start(&fx.config_path);
     // A session served proves the signal handlers are in place.
     server.login(USER, PASSWORD).quit();
@@ -422,9 +417,8 @@ fn connect_when_a_slot_is_free(addr: std::net::SocketAddr, refusal: &str) -> Cli
     panic!("no connection slot came free");
 }
 
-#[test]
-fn per_ip_connection_cap() {
-    let fx = Fixture::with_limits("max_connections_per_ip = 2\n");
+fn per_ip_connection_cap(backend: Backend) {
+    let fx = Fixture::with_limits("max_connections_per_ip = 2\n").on(backend);
     let server = fx.start();
     let refusal = "-ERR [SYS/TEMP] too many connections from your address\r\n";
     let first = server.connect();
@@ -447,9 +441,8 @@ fn per_ip_connection_cap() {
     second.quit();
 }
 
-#[test]
-fn global_connection_cap() {
-    let fx = Fixture::with_limits("max_connections = 2\n");
+fn global_connection_cap(backend: Backend) {
+    let fx = Fixture::with_limits("max_connections = 2\n").on(backend);
     let server = fx.start();
     let refusal = "-ERR [SYS/TEMP] too many connections\r\n";
     let first = server.connect();
@@ -462,3 +455,17 @@ fn global_connection_cap() {
     fourth.quit();
     second.quit();
 }
+
+both_backends!(
+    plaintext_never_refuses_passwords_in_clear_until_stls,
+    plaintext_loopback_by_default_allows_clear_text_from_127_0_0_1,
+    three_failed_logins_close_the_connection_with_the_same_answer_each_time,
+    three_failed_sasl_logins_close_the_connection_too,
+    a_correct_login_succeeds_while_a_guesser_fails,
+    too_many_bad_commands_close_the_connection,
+    a_10_kb_line_gets_one_error_and_the_session_goes_on,
+    sigterm_stops_accepting_cuts_idle_sessions_without_update_and_lets_quit_finish,
+    sigint_also_stops_the_server_cleanly,
+    per_ip_connection_cap,
+    global_connection_cap,
+);

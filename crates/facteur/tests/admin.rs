@@ -1,6 +1,10 @@
 //! No surprises for the people who run facteur: `check-config` finds what will fail,
 //! permanent delivery failures get permanent exit statuses, and small things a newcomer trips on.
 //! Each test runs the real binary.
+//!
+//! Most of these tests are about Maildir templates, folders and descriptors, and run on the
+//! Maildir store only; the deliveries whose outcome does not depend on the store run on both
+//! (`maildir::` and `postgresql::`).
 
 mod common;
 
@@ -87,13 +91,24 @@ fn deliver_exits_with_a_permanent_status_for_what_retrying_cannot_fix() {
     assert_eq!(deliver(&f, "nobody-here", MESSAGE).0, 67);
 }
 
-#[test]
-fn deliver_refuses_empty_input() {
-    let f = Fixture::new();
+/// What `facteur deliver` tells the MTA, whatever the store: 0 for a known user (the message is
+/// there), 67 (EX_NOUSER) for an unknown one (nothing stored).
+fn deliver_stores_for_a_known_user_and_bounces_an_unknown_one(backend: Backend) {
+    let f = Fixture::new().on(backend);
+    let (code, err) = deliver(&f, USER, MESSAGE);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(f.message_count(USER), 1);
+    let (code, err) = deliver(&f, "nobody-here", MESSAGE);
+    assert_eq!(code, 67, "{err}");
+    assert!(f.uids("nobody-here").is_empty());
+}
+
+fn deliver_refuses_empty_input(backend: Backend) {
+    let f = Fixture::new().on(backend);
     let (code, err) = deliver(&f, USER, b"");
     assert_eq!(code, 65, "{err}");
     assert!(err.contains("empty"), "{err}");
-    assert!(f.message_files(USER).is_empty());
+    assert!(f.uids(USER).is_empty());
 }
 
 /// Run `cmd` as uid/gid 65534 with no supplementary groups (only when running as root, with
@@ -423,3 +438,8 @@ fn serve_dev_fits_its_limits_to_the_machine_and_honours_given_ports() {
     let last = log.lines().last().unwrap_or_default();
     assert!(last.ends_with("stopped"), "{log}");
 }
+
+both_backends!(
+    deliver_stores_for_a_known_user_and_bounces_an_unknown_one,
+    deliver_refuses_empty_input,
+);

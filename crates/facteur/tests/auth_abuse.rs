@@ -12,7 +12,6 @@ mod common;
 use common::*;
 use facteur_auth::{Account, AuthOutcome, Authenticator, PasswdDb, ScramCredentials};
 use facteur_server::{run_with_tls, Shared};
-use facteur_store::Store;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -84,7 +83,7 @@ impl CountingServer {
         let shared = Shared::new(
             fx.config.clone(),
             auth.clone() as Arc<dyn Authenticator>,
-            Arc::new(fx.store()) as Arc<dyn Store>,
+            fx.store(),
         );
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = rt.spawn(run_with_tls(
@@ -182,9 +181,8 @@ fn closed_after(c: &mut Client) -> Option<Vec<String>> {
 
 /// 200 malformed or cancelled SCRAM exchanges cannot run in one connection: it is closed at
 /// `max_auth_attempts` (10 by default), and not one user name was looked up.
-#[test]
-fn malformed_sasl_exchanges_close_the_connection_early() {
-    let fx = fixture("\"SCRAM-SHA-256\", \"PLAIN\"", "");
+fn malformed_sasl_exchanges_close_the_connection_early(backend: Backend) {
+    let fx = fixture("\"SCRAM-SHA-256\", \"PLAIN\"", "").on(backend);
     let server = CountingServer::start(&fx);
     let mut c = server.connect();
     let mut answered = 0;
@@ -218,12 +216,12 @@ fn malformed_sasl_exchanges_close_the_connection_early() {
 
 /// An exchange that ends without a verdict is a bad command: with a high cap on attempts,
 /// `max_bad_commands` closes the connection.
-#[test]
-fn aborted_sasl_exchanges_are_bad_commands() {
+fn aborted_sasl_exchanges_are_bad_commands(backend: Backend) {
     let fx = fixture(
         "\"PLAIN\"",
         "max_auth_attempts = 1000\nmax_bad_commands = 5\n",
-    );
+    )
+    .on(backend);
     let server = CountingServer::start(&fx);
     let mut c = server.connect();
     assert!(c.cmd("FROB").starts_with("-ERR"));
@@ -252,9 +250,8 @@ fn aborted_sasl_exchanges_are_bad_commands() {
 
 /// Once the client gave a user name, an aborted exchange is a failed login too: the
 /// connection closes at `max_failed_logins` (3 by default).
-#[test]
-fn an_exchange_aborted_after_a_user_name_is_a_failed_login() {
-    let fx = fixture("\"SCRAM-SHA-256\", \"LOGIN\"", "");
+fn an_exchange_aborted_after_a_user_name_is_a_failed_login(backend: Backend) {
+    let fx = fixture("\"SCRAM-SHA-256\", \"LOGIN\"", "").on(backend);
     let server = CountingServer::start(&fx);
     let mut c = server.connect();
     let first = base64(format!("n,,n={USER},r=clientnonce").as_bytes());
@@ -286,9 +283,8 @@ fn an_exchange_aborted_after_a_user_name_is_a_failed_login() {
 
 /// A password over 1,024 octets or a user name over 255 gets a clear `-ERR [AUTH]`, counts as
 /// a failed login, and is never checked (no hash).
-#[test]
-fn over_long_credentials_are_refused_without_a_check() {
-    let fx = fixture("\"PLAIN\", \"LOGIN\"", "max_failed_logins = 5\n");
+fn over_long_credentials_are_refused_without_a_check(backend: Backend) {
+    let fx = fixture("\"PLAIN\", \"LOGIN\"", "max_failed_logins = 5\n").on(backend);
     let server = CountingServer::start(&fx);
     let mut c = server.connect();
     let long_password = "p".repeat(3000);
@@ -340,14 +336,13 @@ fn over_long_credentials_are_refused_without_a_check() {
 }
 
 /// RFC 2449 section 5: the capabilities announced before login are announced after it.
-#[test]
-fn capa_after_login_still_lists_user_and_sasl() {
-    let fx = fixture("\"SCRAM-SHA-256\", \"PLAIN\"", "");
+fn capa_after_login_still_lists_user_and_sasl(backend: Backend) {
+    let fx = fixture("\"SCRAM-SHA-256\", \"PLAIN\"", "").on(backend);
     let server = CountingServer::start(&fx);
     let mut c = server.connect();
     let (status, before) = c.cmd_multi("CAPA");
     assert!(status.starts_with("+OK"), "{status:?}");
-    let before = String::from_utf8(before).unwrap();
+    let before = String::from_utf8(before).expect("a UTF-8 CAPA reply");
     assert!(before.contains("\r\nUSER\r\n"), "{before}");
     assert!(
         before.contains("\r\nSASL SCRAM-SHA-256 PLAIN\r\n"),
@@ -357,5 +352,16 @@ fn capa_after_login_still_lists_user_and_sasl() {
     assert!(c.cmd(&format!("PASS {PASSWORD}")).starts_with("+OK"));
     let (status, after) = c.cmd_multi("CAPA");
     assert!(status.starts_with("+OK"), "{status:?}");
-    assert_eq!(String::from_utf8(after).unwrap(), before);
+    assert_eq!(
+        String::from_utf8(after).expect("a UTF-8 CAPA reply"),
+        before
+    );
 }
+
+both_backends!(
+    malformed_sasl_exchanges_close_the_connection_early,
+    aborted_sasl_exchanges_are_bad_commands,
+    an_exchange_aborted_after_a_user_name_is_a_failed_login,
+    over_long_credentials_are_refused_without_a_check,
+    capa_after_login_still_lists_user_and_sasl,
+);

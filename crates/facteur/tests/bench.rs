@@ -30,12 +30,13 @@ struct Cli {
     args: facteur_bench::BenchArgs,
 }
 
-fn fixture(tls: bool) -> Fixture {
+fn fixture(tls: bool, backend: Backend) -> Fixture {
     let f = if tls {
         Fixture::with_tls()
     } else {
         Fixture::new()
-    };
+    }
+    .on(backend);
     let path = f.path().join("users");
     let mut users = std::fs::read_to_string(&path).expect("read the users file");
     for i in 0..USERS {
@@ -143,9 +144,8 @@ fn args<'a>(base: &'a [String], more: &[&'a str]) -> Vec<&'a str> {
         .collect()
 }
 
-#[test]
-fn counts_sessions_messages_and_octets_exactly() {
-    let f = fixture(false);
+fn counts_sessions_messages_and_octets_exactly(backend: Backend) {
+    let f = fixture(false, backend);
     let server = f.start();
     let base = user_args(server.addr.port());
     let report = bench(&args(
@@ -163,13 +163,12 @@ fn counts_sessions_messages_and_octets_exactly() {
     assert_clean_run(&report, 12, 12 * K as u64);
     // Nothing was deleted.
     for i in 0..USERS {
-        assert_eq!(f.message_files(&format!("bench{i}")).len(), K + 1);
+        assert_eq!(f.message_count(&format!("bench{i}")), K + 1);
     }
 }
 
-#[test]
-fn pipelined_retr_and_dele_empty_the_maildrops() {
-    let f = fixture(false);
+fn pipelined_retr_and_dele_empty_the_maildrops(backend: Backend) {
+    let f = fixture(false, backend);
     let server = f.start();
     let base = user_args(server.addr.port());
     let report = bench(&args(
@@ -187,13 +186,12 @@ fn pipelined_retr_and_dele_empty_the_maildrops() {
     ));
     assert_clean_run(&report, 4, 4 * K as u64);
     for i in 0..USERS {
-        assert_eq!(f.message_files(&format!("bench{i}")).len(), 1, "bench{i}");
+        assert_eq!(f.message_count(&format!("bench{i}")), 1, "bench{i}");
     }
 }
 
-#[test]
-fn stls_with_a_ca_file_and_pop3s_insecure() {
-    let f = fixture(true);
+fn stls_with_a_ca_file_and_pop3s_insecure(backend: Backend) {
+    let f = fixture(true, backend);
     let server = f.start();
     let cert = f.cert().to_string_lossy().into_owned();
     let base = user_args(server.addr.port());
@@ -236,9 +234,8 @@ fn stls_with_a_ca_file_and_pop3s_insecure() {
     assert_clean_run(&report, 4, 4);
 }
 
-#[test]
-fn a_certificate_not_trusted_is_a_tls_error() {
-    let f = fixture(true);
+fn a_certificate_not_trusted_is_a_tls_error(backend: Backend) {
+    let f = fixture(true, backend);
     let server = f.start();
     // Trusting another certificate than the server's.
     let other = tempfile::tempdir().expect("create a temporary folder");
@@ -262,9 +259,8 @@ fn a_certificate_not_trusted_is_a_tls_error() {
     assert_eq!(errors, [("tls", 2)], "{}", report.table());
 }
 
-#[test]
-fn refused_logins_are_errors_by_kind() {
-    let f = fixture(false);
+fn refused_logins_are_errors_by_kind(backend: Backend) {
+    let f = fixture(false, backend);
     let server = f.start();
     let port = server.addr.port().to_string();
     let report = bench(&[
@@ -326,3 +322,11 @@ fn a_broken_reply_is_a_protocol_error() {
     let errors: Vec<_> = report.errors().map(|(kind, n, _)| (kind, n)).collect();
     assert_eq!(errors, [("protocol", 2)], "{}", report.table());
 }
+
+both_backends!(
+    counts_sessions_messages_and_octets_exactly,
+    pipelined_retr_and_dele_empty_the_maildrops,
+    stls_with_a_ca_file_and_pop3s_insecure,
+    a_certificate_not_trusted_is_a_tls_error,
+    refused_logins_are_errors_by_kind,
+);

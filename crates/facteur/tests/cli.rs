@@ -1,5 +1,9 @@
 //! The `facteur` command line: `serve --dev`, `deliver`, `check-config`, `user`,
 //! `hash-password`.
+//!
+//! Delivery into a live session and the `user` commands followed by logins run on both stores
+//! (`maildir::` and `postgresql::`); the rest is about the command line itself (`--dev` makes a
+//! Maildir by design) and runs once.
 
 mod common;
 
@@ -86,9 +90,8 @@ fn serve_dev_prints_a_curl_command_that_reads_the_welcome_message() {
     assert_eq!(again, stdout);
 }
 
-#[test]
-fn deliver_exit_codes_and_delivery_into_a_live_session() {
-    let fx = Fixture::new();
+fn deliver_exit_codes_and_delivery_into_a_live_session(backend: Backend) {
+    let fx = Fixture::new().on(backend);
     let (code, _, stderr) = run_with_input(
         facteur()
             .args(["deliver", "nobody", "--config"])
@@ -189,9 +192,8 @@ fn check_config_loads_the_certificate_and_key_as_serve_would() {
     );
 }
 
-#[test]
-fn user_add_passwd_del_then_log_in() {
-    let fx = Fixture::new();
+fn user_add_passwd_del_then_log_in(backend: Backend) {
+    let fx = Fixture::new().on(backend);
     let user = |args: &[&str], stdin: &[u8]| {
         let (code, stdout, stderr) = run_with_input(
             facteur()
@@ -251,7 +253,7 @@ fn user_add_passwd_del_then_log_in() {
     c.cmd("USER dave");
     assert!(c.cmd("PASS battery staple").starts_with("-ERR [AUTH]"));
     // The maildrop is kept.
-    assert_eq!(fx.message_files("dave").len(), 1);
+    assert_eq!(fx.message_count("dave"), 1);
 }
 
 #[test]
@@ -289,3 +291,8 @@ fn hash_password_output_works_in_the_users_file() {
     c.cmd("USER erin");
     assert!(c.cmd("PASS s3cret pas").starts_with("-ERR [AUTH]"));
 }
+
+both_backends!(
+    deliver_exit_codes_and_delivery_into_a_live_session,
+    user_add_passwd_del_then_log_in,
+);

@@ -30,9 +30,8 @@ print("DELE", p.dele(1)[:3].decode())
 print("QUIT", p.quit()[:3].decode())
 "#;
 
-#[test]
-fn python_poplib() {
-    let fx = Fixture::new();
+fn python_poplib(backend: Backend) {
+    let fx = Fixture::new().on(backend);
     let messages = [message(1), message(2)];
     let delivered: Vec<_> = messages.iter().map(|m| fx.deliver(USER, m)).collect();
     let server = fx.start();
@@ -73,7 +72,7 @@ fn python_poplib() {
     );
     assert_eq!(stdout, expected);
 
-    assert_eq!(fx.message_bases(USER), vec![delivered_base(&delivered[1])]);
+    assert_eq!(fx.uids(USER), vec![delivered_base(&delivered[1])]);
 }
 
 /// Run curl against the server; returns its standard output, and panics unless it succeeds.
@@ -89,9 +88,8 @@ fn curl(args: &[&str]) -> String {
     stdout
 }
 
-#[test]
-fn curl_lists_retrieves_and_deletes() {
-    let fx = Fixture::new();
+fn curl_lists_retrieves_and_deletes(backend: Backend) {
+    let fx = Fixture::new().on(backend);
     let messages = [message(1), message(2)];
     let delivered: Vec<_> = messages.iter().map(|m| fx.deliver(USER, m)).collect();
     let server = fx.start();
@@ -118,16 +116,15 @@ fn curl_lists_retrieves_and_deletes() {
 
     // DELE has a one-line answer, hence --head (no body expected); curl QUITs, so it is applied.
     curl(&["--request", "DELE", "--head", &format!("{base}/1")]);
-    assert_eq!(fx.message_bases(USER), vec![delivered_base(&delivered[1])]);
+    assert_eq!(fx.uids(USER), vec![delivered_base(&delivered[1])]);
     let listing = curl(&[&format!("{base}/")]);
     assert_eq!(listing, format!("1 {}\r\n", sizes[1]));
     let got = curl(&[&format!("{base}/1")]);
     assert_eq!(got.as_bytes(), crlf(&messages[1]));
 }
 
-#[test]
-fn curl_with_a_wrong_password_fails_to_log_in() {
-    let fx = Fixture::new();
+fn curl_with_a_wrong_password_fails_to_log_in(backend: Backend) {
+    let fx = Fixture::new().on(backend);
     fx.deliver(USER, &message(1));
     let server = fx.start();
     let (code, _, _) = run_with_input(
@@ -138,5 +135,11 @@ fn curl_with_a_wrong_password_fails_to_log_in() {
     );
     // 67: CURLE_LOGIN_DENIED.
     assert_eq!(code, Some(67));
-    assert_eq!(fx.message_files(USER).len(), 1);
+    assert_eq!(fx.message_count(USER), 1);
 }
+
+both_backends!(
+    python_poplib,
+    curl_lists_retrieves_and_deletes,
+    curl_with_a_wrong_password_fails_to_log_in,
+);

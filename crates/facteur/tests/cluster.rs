@@ -10,8 +10,7 @@
 //! Every connection goes to 127.0.0.1; every loop is bounded in count and time.
 
 mod common;
-#[path = "../../facteur-store/tests/support/pg.rs"]
-mod pg;
+use common::pg;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

@@ -1,6 +1,11 @@
 //! Crash safety: the server binary is killed with SIGKILL in the middle of the UPDATE state.
 //! After a restart no unmarked message may be lost, each marked message is either there or gone
 //! (never half there), and what the server lists is exactly what it can send.
+//!
+//! Maildir only: the kill is timed on a message file's unlink, and the checks are about the
+//! Maildir's files and its index (the fast path taken on aged directories). On PostgreSQL the
+//! UPDATE state is one transaction; a node killed mid-session is tests/postgres.rs's and
+//! tests/cluster.rs's subject.
 
 mod common;
 

@@ -63,9 +63,8 @@ fn stall_in_a_retr(addr: SocketAddr) -> TcpStream {
     s
 }
 
-#[test]
-fn a_client_that_stops_reading_is_cut_and_its_lock_released_without_update() {
-    let fx = Fixture::with_limits(&format!("{DEFAULT_LIMITS}write_timeout_secs = 2\n"));
+fn a_client_that_stops_reading_is_cut_and_its_lock_released_without_update(backend: Backend) {
+    let fx = Fixture::with_limits(&format!("{DEFAULT_LIMITS}write_timeout_secs = 2\n")).on(backend);
     fx.deliver(USER, &big_message(4));
     fx.deliver(USER, &message(2));
     let server = fx.start();
@@ -103,9 +102,8 @@ fn a_client_that_stops_reading_is_cut_and_its_lock_released_without_update() {
     drop(stalled);
 }
 
-#[test]
-fn bytes_trickled_before_login_do_not_extend_the_login_deadline() {
-    let fx = Fixture::with_limits(&format!("{DEFAULT_LIMITS}login_timeout_secs = 2\n"));
+fn bytes_trickled_before_login_do_not_extend_the_login_deadline(backend: Backend) {
+    let fx = Fixture::with_limits(&format!("{DEFAULT_LIMITS}login_timeout_secs = 2\n")).on(backend);
     let server = fx.start();
     let mut s = TcpStream::connect(server.addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_millis(250)))
@@ -150,13 +148,13 @@ fn bytes_trickled_before_login_do_not_extend_the_login_deadline() {
     assert!(server.login(USER, PASSWORD).quit().starts_with("+OK"));
 }
 
-#[test]
-fn the_login_deadline_covers_the_tls_handshake() {
+fn the_login_deadline_covers_the_tls_handshake(backend: Backend) {
     let fx = Fixture::build(
         &format!("{DEFAULT_LIMITS}login_timeout_secs = 1\n"),
         "",
         true,
-    );
+    )
+    .on(backend);
     let server = fx.start();
     // A POP3S connection that never says a word of TLS.
     let mut s = TcpStream::connect(server.pop3s()).expect("connect");
@@ -169,11 +167,11 @@ fn the_login_deadline_covers_the_tls_handshake() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
-#[test]
-fn the_shutdown_cut_reaches_a_session_blocked_in_a_write() {
+fn the_shutdown_cut_reaches_a_session_blocked_in_a_write(backend: Backend) {
     let fx = Fixture::with_limits(
         "failed_login_delay_ms = 50\nshutdown_grace_secs = 1\nwrite_timeout_secs = 600\n",
-    );
+    )
+    .on(backend);
     fx.deliver(USER, &big_message(4));
     fx.deliver(USER, &message(2));
     let mut server = BinServer::start(&fx.config_path);
@@ -192,7 +190,7 @@ fn the_shutdown_cut_reaches_a_session_blocked_in_a_write() {
     assert!(server.wait_exit().success(), "{}", server.log());
     drop(stalled);
     // No deletion without QUIT.
-    assert_eq!(fx.message_files(USER).len(), 2);
+    assert_eq!(fx.message_count(USER), 2);
 }
 
 #[test]
@@ -222,3 +220,10 @@ fn sessions_have_keepalive_and_a_user_timeout() {
         );
     });
 }
+
+both_backends!(
+    a_client_that_stops_reading_is_cut_and_its_lock_released_without_update,
+    bytes_trickled_before_login_do_not_extend_the_login_deadline,
+    the_login_deadline_covers_the_tls_handshake,
+    the_shutdown_cut_reaches_a_session_blocked_in_a_write,
+);

@@ -184,10 +184,9 @@ fn b64(text: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(text)
 }
 
-#[test]
-fn capa_offers_external_only_with_a_client_certificate() {
+fn capa_offers_external_only_with_a_client_certificate(backend: Backend) {
     let pki = Pki::new();
-    let fx = pki.fixture();
+    let fx = pki.fixture().on(backend);
     let server = fx.start();
 
     // In clear text: no TLS, so no EXTERNAL (PLAIN is offered on loopback).
@@ -222,10 +221,9 @@ fn capa_offers_external_only_with_a_client_certificate() {
     }
 }
 
-#[test]
-fn auth_external_with_an_empty_authzid_logs_in_as_the_certificate_identity() {
+fn auth_external_with_an_empty_authzid_logs_in_as_the_certificate_identity(backend: Backend) {
     let pki = Pki::new();
-    let fx = pki.fixture();
+    let fx = pki.fixture().on(backend);
     let d = fx.deliver(ALICE, &message(1));
     let server = fx.start();
     for via in BOTH {
@@ -244,10 +242,11 @@ fn auth_external_with_an_empty_authzid_logs_in_as_the_certificate_identity() {
     }
 }
 
-#[test]
-fn auth_external_without_an_initial_response_takes_the_authzid_after_an_empty_challenge() {
+fn auth_external_without_an_initial_response_takes_the_authzid_after_an_empty_challenge(
+    backend: Backend,
+) {
     let pki = Pki::new();
-    let fx = pki.fixture();
+    let fx = pki.fixture().on(backend);
     let d = fx.deliver(ALICE, &message(1));
     let server = fx.start();
     for via in BOTH {
@@ -266,10 +265,9 @@ fn auth_external_without_an_initial_response_takes_the_authzid_after_an_empty_ch
     }
 }
 
-#[test]
-fn auth_external_with_its_own_identity_as_authzid_logs_in() {
+fn auth_external_with_its_own_identity_as_authzid_logs_in(backend: Backend) {
     let pki = Pki::new();
-    let fx = pki.fixture();
+    let fx = pki.fixture().on(backend);
     let d = fx.deliver(ALICE, &message(1));
     let server = fx.start();
     for via in BOTH {
@@ -281,10 +279,9 @@ fn auth_external_with_its_own_identity_as_authzid_logs_in() {
     }
 }
 
-#[test]
-fn auth_external_as_somebody_else_fails() {
+fn auth_external_as_somebody_else_fails(backend: Backend) {
     let pki = Pki::new();
-    let fx = pki.fixture();
+    let fx = pki.fixture().on(backend);
     fx.deliver(USER, &message(1));
     let server = fx.start();
     for via in BOTH {
@@ -310,10 +307,9 @@ fn auth_external_as_somebody_else_fails() {
     }
 }
 
-#[test]
-fn a_certificate_identity_that_is_no_user_fails() {
+fn a_certificate_identity_that_is_no_user_fails(backend: Backend) {
     let pki = Pki::new();
-    let fx = pki.fixture();
+    let fx = pki.fixture().on(backend);
     let server = fx.start();
     for via in BOTH {
         let mut c = open(&server, via, pki.mallory.rustls(&fx));
@@ -330,10 +326,9 @@ fn a_certificate_identity_that_is_no_user_fails() {
     }
 }
 
-#[test]
-fn the_subject_cn_is_the_identity_when_there_is_no_email() {
+fn the_subject_cn_is_the_identity_when_there_is_no_email(backend: Backend) {
     let pki = Pki::new();
-    let fx = pki.fixture();
+    let fx = pki.fixture().on(backend);
     let d = fx.deliver(CRYPT_USER, &message(1));
     let server = fx.start();
     for via in BOTH {
@@ -369,10 +364,9 @@ fn assert_refused(result: std::io::Result<Option<String>>, via: Via) {
     }
 }
 
-#[test]
-fn a_certificate_from_another_ca_is_refused_at_the_handshake() {
+fn a_certificate_from_another_ca_is_refused_at_the_handshake(backend: Backend) {
     let pki = Pki::new();
-    let fx = pki.fixture();
+    let fx = pki.fixture().on(backend);
     let server = fx.start();
     let config = pki.alice_other_ca.rustls(&fx);
 
@@ -425,10 +419,9 @@ fn openssl_session(
     run_with_input(&mut cmd, b"CAPA\r\nAUTH EXTERNAL =\r\nSTAT\r\nQUIT\r\n")
 }
 
-#[test]
-fn openssl_s_client_with_a_client_certificate_logs_in_with_auth_external() {
+fn openssl_s_client_with_a_client_certificate_logs_in_with_auth_external(backend: Backend) {
     let pki = Pki::new();
-    let fx = pki.fixture();
+    let fx = pki.fixture().on(backend);
     let d = fx.deliver(ALICE, &message(1));
     let server = fx.start();
     let (cert, key) = pki.alice.write(&fx, "alice");
@@ -479,3 +472,15 @@ fn openssl_s_client_with_a_client_certificate_logs_in_with_auth_external() {
         );
     }
 }
+
+both_backends!(
+    capa_offers_external_only_with_a_client_certificate,
+    auth_external_with_an_empty_authzid_logs_in_as_the_certificate_identity,
+    auth_external_without_an_initial_response_takes_the_authzid_after_an_empty_challenge,
+    auth_external_with_its_own_identity_as_authzid_logs_in,
+    auth_external_as_somebody_else_fails,
+    a_certificate_identity_that_is_no_user_fails,
+    the_subject_cn_is_the_identity_when_there_is_no_email,
+    a_certificate_from_another_ca_is_refused_at_the_handshake,
+    openssl_s_client_with_a_client_certificate_logs_in_with_auth_external,
+);

@@ -2,6 +2,9 @@
 //! `facteur` binary for the command line, the exit statuses and `kill -9`): every destination,
 //! every deletion policy, the limits, the login methods, TLS, and crashes at every step of a
 //! commit, each followed by a rerun that must leave every message exactly once.
+//!
+//! The server here runs on the Maildir store only: the subject is the fetcher, the POP3 client,
+//! and the server it fetches from is a means (the store behind it is not what is tested).
 
 mod common;
 

@@ -5,6 +5,8 @@
 //!
 //! The server is written here, on threads of the test, on 127.0.0.1; every loop of it stops by
 //! itself (a write fails, or [`SERVER_LIFETIME`] passes).
+//!
+//! No facteur server here, so no store: the fetcher's side only.
 
 use facteur_fetch::auth::AuthMethod;
 use facteur_fetch::config::{Account, DeletePolicy, DestinationSpec, Limits, PasswordSource};

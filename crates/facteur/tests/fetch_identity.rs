@@ -2,6 +2,9 @@
 //! or the name of its server; states of older versions are adopted; a message the server
 //! refuses to send is an error even with `--quiet`; TLS errors say what is wrong and what to do;
 //! a pinned self-signed certificate made by `openssl req -x509` (CA:TRUE) is accepted.
+//!
+//! The server here runs on the Maildir store only: the subject is the fetcher, the POP3 client,
+//! and the server it fetches from is a means (the store behind it is not what is tested).
 
 // The helpers below are test code too: a failed unwrap there is a failed test.
 #![allow(clippy::unwrap_used)]

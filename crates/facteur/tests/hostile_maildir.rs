@@ -4,6 +4,9 @@
 //!
 //! Every login here has a hard deadline of its own (a few seconds), far below the harness's
 //! read timeout: a server that hangs fails the test instead of stalling it.
+//!
+//! Maildir only: the subject is the Maildir's files themselves (links, FIFOs, owners, modes,
+//! names), which the PostgreSQL store does not have.
 
 // The helpers below are test code too: a failed unwrap there is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -11,7 +14,6 @@
 mod common;
 
 use common::*;
-use facteur_store::Store;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

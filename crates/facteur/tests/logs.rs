@@ -43,14 +43,14 @@ fn user_pass(addr: std::net::SocketAddr, user: &str, password: &str) -> String {
     c.cmd(&format!("PASS {password}"))
 }
 
-#[test]
-fn login_lines_name_the_method_and_the_reason_the_client_is_not_told() {
+fn login_lines_name_the_method_and_the_reason_the_client_is_not_told(backend: Backend) {
     // Penalties capped low: the seven failures of this test cost little time.
     let fx = Fixture::build(
         &format!("{DEFAULT_LIMITS}max_failed_login_delay_ms = 100\n"),
         "sasl = [\"CRAM-MD5\", \"PLAIN\"]\napop = true\n",
         false,
-    );
+    )
+    .on(backend);
     let server = BinServer::start(&fx.config_path);
 
     // A wrong password and an unknown user: the same answer.
@@ -200,13 +200,13 @@ fn refusals_counted(log: &str) -> (usize, u64) {
     (lines, counted)
 }
 
-#[test]
-fn refused_connections_are_summed_up_by_the_timer() {
+fn refused_connections_are_summed_up_by_the_timer(backend: Backend) {
     let fx = fixture_with_log(
         &format!("{DEFAULT_LIMITS}max_connections_per_ip = 1\n"),
         "",
         "refusal_summary_secs = 1\n",
-    );
+    )
+    .on(backend);
     let server = BinServer::start(&fx.config_path);
     let held = Client::connect(server.addr);
     refuse(server.addr, 300);
@@ -233,13 +233,13 @@ fn refused_connections_are_summed_up_by_the_timer() {
     drop(held);
 }
 
-#[test]
-fn refused_connections_are_summed_up_at_shutdown() {
+fn refused_connections_are_summed_up_at_shutdown(backend: Backend) {
     let fx = fixture_with_log(
         &format!("{DEFAULT_LIMITS}max_connections_per_ip = 1\n"),
         "",
         "",
-    );
+    )
+    .on(backend);
     let mut server = BinServer::start(&fx.config_path);
     let held = Client::connect(server.addr);
     refuse(server.addr, 300);
@@ -262,3 +262,9 @@ fn refused_connections_are_summed_up_at_shutdown() {
     );
     assert_eq!(refusals_counted(&log), (2, 300), "{log}");
 }
+
+both_backends!(
+    login_lines_name_the_method_and_the_reason_the_client_is_not_told,
+    refused_connections_are_summed_up_by_the_timer,
+    refused_connections_are_summed_up_at_shutdown,
+);

@@ -1,10 +1,12 @@
 //! `facteur migrate`: Maildirs copied into PostgreSQL (the harness of facteur-store's tests:
 //! `FACTEUR_TEST_DATABASE_URL`, or a throwaway cluster), checked end to end through two real
 //! servers, one on each store.
+//!
+//! Not doubled by `both_backends!`: each test already runs both stores, the Maildirs as the
+//! source and PostgreSQL as the destination.
 
 mod common;
-#[path = "../../facteur-store/tests/support/pg.rs"]
-mod pg;
+use common::pg;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

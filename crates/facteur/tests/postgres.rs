@@ -2,8 +2,7 @@
 //! facteur-store's tests: `FACTEUR_TEST_DATABASE_URL`, or a throwaway cluster).
 
 mod common;
-#[path = "../../facteur-store/tests/support/pg.rs"]
-mod pg;
+use common::pg;
 
 use common::*;
 

@@ -4,6 +4,10 @@
 //!
 //! CI runs as root, where every test checks the real switch. Run as another user, the tests
 //! that need root check what such a user can: that the switch is refused, not skipped.
+//!
+//! The test that serves mail as nobody runs on both stores (`maildir::` and `postgresql::`); the
+//! others are about accounts, capabilities and files, the same whatever the store, and run once
+//! on the Maildir store.
 
 mod common;
 
@@ -226,9 +230,10 @@ impl Drop for Started {
     }
 }
 
-#[test]
-fn serve_as_nobody_gives_up_every_id_group_and_capability_and_serves_a_maildrop() {
-    let fx = Fixture::new();
+/// On PostgreSQL, the store's connections are made after the switch: nobody reaches the
+/// database (a Unix socket or TCP), where the maildrops are rows that no file mode guards.
+fn serve_as_nobody_gives_up_every_id_group_and_capability_and_serves_a_maildrop(backend: Backend) {
+    let fx = Fixture::new().on(backend);
     let (uid, gid) = account("nobody");
     let message = message(1);
     fx.deliver(USER, &message);
@@ -244,10 +249,12 @@ fn serve_as_nobody_gives_up_every_id_group_and_capability_and_serves_a_maildrop(
         return;
     }
     open_up(&fx);
-    // alice's maildrop belongs to nobody; carol's stays root's, closed to others.
-    chmod(&fx.path().join("mail"), 0o755);
-    chown_tree(&fx.path().join("mail").join(USER), uid, gid);
-    chmod(&fx.path().join("mail").join(CRYPT_USER), 0o700);
+    if backend == Backend::Maildir {
+        // alice's maildrop belongs to nobody; carol's stays root's, closed to others.
+        chmod(&fx.path().join("mail"), 0o755);
+        chown_tree(&fx.path().join("mail").join(USER), uid, gid);
+        chmod(&fx.path().join("mail").join(CRYPT_USER), 0o700);
+    }
 
     let server = BinServer::start(&fx.config_path);
     let threads = assert_runs_as(server.child.id(), uid, gid);
@@ -265,13 +272,22 @@ fn serve_as_nobody_gives_up_every_id_group_and_capability_and_serves_a_maildrop(
     let mut c = server.login(USER, PASSWORD);
     assert_eq!(c.retrieve("RETR 1"), crlf(&message));
     c.quit();
+    if backend == Backend::Postgresql {
+        // Every maildrop is in the database, which the server reaches as nobody.
+        let mut c = server.login(CRYPT_USER, CRYPT_PASSWORD);
+        assert_eq!(c.retrieve("RETR 1"), crlf(&message));
+        assert!(c.cmd("DELE 1").starts_with("+OK"));
+        c.quit();
+        assert!(fx.uids(CRYPT_USER).is_empty(), "carol's message deleted");
+        return;
+    }
     // A maildrop only root may open is out of reach: the server really is nobody.
     let mut c = Client::connect(server.addr);
     assert!(c.cmd(&format!("USER {CRYPT_USER}")).starts_with("+OK"));
     let r = c.cmd(&format!("PASS {CRYPT_PASSWORD}"));
     assert!(r.starts_with("-ERR"), "{r}");
     assert_eq!(
-        fx.message_files(CRYPT_USER).len(),
+        fx.message_count(CRYPT_USER),
         1,
         "carol's message is untouched"
     );
@@ -608,3 +624,5 @@ fn a_capability_given_for_binding_is_given_up_once_bound() {
     assert_runs_as(server.child.id(), uid, gid);
     Client::login(addr, USER, PASSWORD).quit();
 }
+
+both_backends!(serve_as_nobody_gives_up_every_id_group_and_capability_and_serves_a_maildrop);

@@ -52,14 +52,16 @@ fn lines_with<'a>(log: &'a str, parts: &[&str]) -> Vec<&'a str> {
         .collect()
 }
 
-#[test]
-fn v1_and_v2_headers_from_a_trusted_peer_name_the_client_for_the_cap_and_the_logs() {
+fn v1_and_v2_headers_from_a_trusted_peer_name_the_client_for_the_cap_and_the_logs(
+    backend: Backend,
+) {
     let fx = fixture(
         "\"127.0.0.1/32\"",
         &format!("{DEFAULT_LIMITS}max_connections_per_ip = 1\n"),
         "",
         false,
-    );
+    )
+    .on(backend);
     fx.deliver(USER, &message(1));
     let server = BinServer::start(&fx.config_path);
     let proxy = "proxy=127.0.0.1:";
@@ -106,11 +108,10 @@ fn v1_and_v2_headers_from_a_trusted_peer_name_the_client_for_the_cap_and_the_log
     assert!(lines_with(&log, &["peer=127.0.0.1:"]).is_empty(), "{log}");
 }
 
-#[test]
-fn the_octets_after_the_header_are_the_clients() {
+fn the_octets_after_the_header_are_the_clients(backend: Backend) {
     // A balancer relays what the client sent right behind the header, often in the same
     // segment: not one octet of it may be lost to the header's reading.
-    let fx = fixture("\"127.0.0.1/32\"", DEFAULT_LIMITS, "", false);
+    let fx = fixture("\"127.0.0.1/32\"", DEFAULT_LIMITS, "", false).on(backend);
     fx.deliver(USER, &message(1));
     let server = BinServer::start(&fx.config_path);
     for header in [
@@ -130,11 +131,10 @@ fn the_octets_after_the_header_are_the_clients() {
     }
 }
 
-#[test]
-fn the_plaintext_policy_is_about_the_client_the_header_names() {
+fn the_plaintext_policy_is_about_the_client_the_header_names(backend: Backend) {
     // The proxy is on this host, its clients are not: "loopback" must not let them send
     // passwords in clear (the hop they crossed is theirs, not the proxy's).
-    let fx = fixture("\"127.0.0.1/32\"", DEFAULT_LIMITS, "", true);
+    let fx = fixture("\"127.0.0.1/32\"", DEFAULT_LIMITS, "", true).on(backend);
     let server = BinServer::start(&fx.config_path);
 
     let mut remote = Client::connect_after(server.addr, &v1("203.0.113.7:5000", server.addr));
@@ -181,9 +181,8 @@ fn the_plaintext_policy_is_about_the_client_the_header_names() {
     );
 }
 
-#[test]
-fn failed_login_penalties_follow_the_client_the_header_names() {
-    let fx = fixture("\"127.0.0.1/32\"", DEFAULT_LIMITS, "", false);
+fn failed_login_penalties_follow_the_client_the_header_names(backend: Backend) {
+    let fx = fixture("\"127.0.0.1/32\"", DEFAULT_LIMITS, "", false).on(backend);
     let server = BinServer::start(&fx.config_path);
     let fail = |c: &mut Client, user: &str| {
         assert!(c.cmd(&format!("USER {user}")).starts_with("+OK"));
@@ -213,10 +212,9 @@ fn failed_login_penalties_follow_the_client_the_header_names() {
     assert_eq!(delay("peer=127.0.0.22:6001 ", "\"nobody3\""), "50");
 }
 
-#[test]
-fn an_untrusted_peers_header_is_only_a_bad_command() {
+fn an_untrusted_peers_header_is_only_a_bad_command(backend: Backend) {
     // 127.0.0.1 is not in the list: its header is not honoured.
-    let fx = fixture("\"10.0.0.0/8\", \"::1/128\"", DEFAULT_LIMITS, "", false);
+    let fx = fixture("\"10.0.0.0/8\", \"::1/128\"", DEFAULT_LIMITS, "", false).on(backend);
     let server = BinServer::start(&fx.config_path);
     let mut c = Client::connect(server.addr);
     let header = v1("203.0.113.7:7000", server.addr);
@@ -246,9 +244,8 @@ fn an_untrusted_peers_header_is_only_a_bad_command() {
     assert!(!log.contains("proxy="), "{log}");
 }
 
-#[test]
-fn a_trusted_peer_without_a_valid_header_is_dropped() {
-    let fx = fixture("\"127.0.0.0/8\"", DEFAULT_LIMITS, "", false);
+fn a_trusted_peer_without_a_valid_header_is_dropped(backend: Backend) {
+    let fx = fixture("\"127.0.0.0/8\"", DEFAULT_LIMITS, "", false).on(backend);
     let server = BinServer::start(&fx.config_path);
     // A POP3 command where the header should be: closed without a greeting.
     let mut c = Client::connect_after(server.addr, b"CAPA\r\n");
@@ -274,14 +271,14 @@ fn a_trusted_peer_without_a_valid_header_is_dropped() {
     assert!(dropped[1].contains("port"), "{log}");
 }
 
-#[test]
-fn a_slow_header_times_out() {
+fn a_slow_header_times_out(backend: Backend) {
     let fx = fixture(
         "\"127.0.0.1/32\"",
         &format!("{DEFAULT_LIMITS}proxy_header_timeout_secs = 1\n"),
         "",
         false,
-    );
+    )
+    .on(backend);
     let server = BinServer::start(&fx.config_path);
     let started = Instant::now();
     // Half a header, then nothing.
@@ -301,15 +298,14 @@ fn a_slow_header_times_out() {
     );
 }
 
-#[test]
-fn a_real_haproxy_with_send_proxy_and_send_proxy_v2() {
+fn a_real_haproxy_with_send_proxy_and_send_proxy_v2(backend: Backend) {
     let Some(haproxy) = haproxy_binary() else {
         eprintln!(
             "SKIPPED: haproxy is not installed (Debian: apt-get install haproxy; .ci/run installs it)"
         );
         return;
     };
-    let fx = fixture("\"127.0.0.1/32\"", DEFAULT_LIMITS, "", false);
+    let fx = fixture("\"127.0.0.1/32\"", DEFAULT_LIMITS, "", false).on(backend);
     fx.deliver(USER, &message(1));
     let server = BinServer::start(&fx.config_path);
     let (p1, p2) = (free_port(), free_port());
@@ -467,3 +463,14 @@ fn the_readme_examples_are_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+both_backends!(
+    v1_and_v2_headers_from_a_trusted_peer_name_the_client_for_the_cap_and_the_logs,
+    the_octets_after_the_header_are_the_clients,
+    the_plaintext_policy_is_about_the_client_the_header_names,
+    failed_login_penalties_follow_the_client_the_header_names,
+    an_untrusted_peers_header_is_only_a_bad_command,
+    a_trusted_peer_without_a_valid_header_is_dropped,
+    a_slow_header_times_out,
+    a_real_haproxy_with_send_proxy_and_send_proxy_v2,
+);

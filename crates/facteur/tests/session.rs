@@ -1,6 +1,9 @@
 //! POP3 sessions over a real socket against an in-process server: RFC 1939's example session,
 //! deletion and UPDATE, the maildrop lock, mail arriving mid-session, a large message,
 //! pipelining and strict command parsing, failed logins.
+//!
+//! Every test runs on both stores (`maildir::` and `postgresql::`), but the last: sizes
+//! deferred at login are the Maildir's (files without `,W=`), the database knows every size.
 
 mod common;
 
@@ -29,9 +32,8 @@ fn rfc_messages() -> (Vec<u8>, Vec<u8>) {
     (m1, m2)
 }
 
-#[test]
-fn rfc1939_example_session() {
-    let fx = Fixture::new();
+fn rfc1939_example_session(backend: Backend) {
+    let fx = Fixture::new().on(backend);
     let (m1, m2) = rfc_messages();
     fx.deliver(USER, &m1);
     fx.deliver(USER, &m2);
@@ -78,16 +80,15 @@ fn rfc1939_example_session() {
 
     let r = c.quit();
     assert!(r.contains("2 messages deleted"), "{r:?}");
-    assert_eq!(fx.message_files(USER), Vec::<String>::new());
+    assert_eq!(fx.uids(USER), Vec::<String>::new());
 
     let mut c = server.login(USER, PASSWORD);
     assert_eq!(c.cmd("STAT"), "+OK 0 0\r\n");
     c.quit();
 }
 
-#[test]
-fn rset_undoes_deletions() {
-    let fx = Fixture::new();
+fn rset_undoes_deletions(backend: Backend) {
+    let fx = Fixture::new().on(backend);
     fx.deliver(USER, &message(1));
     fx.deliver(USER, &message(2));
     let server = fx.start();
@@ -99,7 +100,7 @@ fn rset_undoes_deletions() {
     assert!(c.cmd("RSET").starts_with("+OK"));
     assert_eq!(c.stat().0, 2);
     c.quit();
-    assert_eq!(fx.message_files(USER).len(), 2);
+    assert_eq!(fx.message_count(USER), 2);
 
     let mut c = server.login(USER, PASSWORD);
     assert_eq!(c.stat().0, 2);
@@ -107,9 +108,8 @@ fn rset_undoes_deletions() {
     c.quit();
 }
 
-#[test]
-fn dropped_connection_deletes_nothing() {
-    let fx = Fixture::new();
+fn dropped_connection_deletes_nothing(backend: Backend) {
+    let fx = Fixture::new().on(backend);
     fx.deliver(USER, &message(1));
     fx.deliver(USER, &message(2));
     let server = fx.start();
@@ -122,13 +122,12 @@ fn dropped_connection_deletes_nothing() {
     // Once the server has noticed (the lock is free again), both messages are still there.
     let mut c = Client::login_when_unlocked(server.addr, USER, PASSWORD);
     assert_eq!(c.stat().0, 2);
-    assert_eq!(fx.message_files(USER).len(), 2);
+    assert_eq!(fx.message_count(USER), 2);
     c.quit();
 }
 
-#[test]
-fn quit_deletes_exactly_the_marked_messages() {
-    let fx = Fixture::new();
+fn quit_deletes_exactly_the_marked_messages(backend: Backend) {
+    let fx = Fixture::new().on(backend);
     let d: Vec<_> = (1..=5).map(|n| fx.deliver(USER, &message(n))).collect();
     let server = fx.start();
 
@@ -139,11 +138,11 @@ fn quit_deletes_exactly_the_marked_messages() {
     let r = c.quit();
     assert!(r.contains("3 messages deleted"), "{r:?}");
 
-    // message_bases sorts by name, which is not delivery order (two names of one second differ in
+    // uids() is sorted, which is not delivery order (two Maildir names of one second differ in
     // their microseconds, whose digit counts vary): compare sorted.
     let mut left: Vec<String> = [&d[1], &d[3]].iter().map(|d| delivered_base(d)).collect();
     left.sort();
-    assert_eq!(fx.message_bases(USER), left);
+    assert_eq!(fx.uids(USER), left);
 
     let mut c = server.login(USER, PASSWORD);
     assert_eq!(c.stat().0, 2);
@@ -152,9 +151,8 @@ fn quit_deletes_exactly_the_marked_messages() {
     c.quit();
 }
 
-#[test]
-fn a_deleted_message_is_gone_for_every_command() {
-    let fx = Fixture::new();
+fn a_deleted_message_is_gone_for_every_command(backend: Backend) {
+    let fx = Fixture::new().on(backend);
     let sizes: Vec<u64> = (1..=3)
         .map(|n| fx.deliver(USER, &message(n)).wire_size)
         .collect();
@@ -176,9 +174,8 @@ fn a_deleted_message_is_gone_for_every_command() {
     c.quit();
 }
 
-#[test]
-fn the_maildrop_is_locked_while_a_session_is_in_transaction() {
-    let fx = Fixture::new();
+fn the_maildrop_is_locked_while_a_session_is_in_transaction(backend: Backend) {
+    let fx = Fixture::new().on(backend);
     fx.deliver(USER, &message(1));
     let server = fx.start();
 
@@ -208,9 +205,8 @@ fn the_maildrop_is_locked_while_a_session_is_in_transaction() {
     server.login(CRYPT_USER, CRYPT_PASSWORD).quit();
 }
 
-#[test]
-fn mail_delivered_mid_session_waits_for_the_next_session() {
-    let fx = Fixture::new();
+fn mail_delivered_mid_session_waits_for_the_next_session(backend: Backend) {
+    let fx = Fixture::new().on(backend);
     fx.deliver(USER, &message(1));
     fx.deliver(USER, &message(2));
     let server = fx.start();
@@ -226,7 +222,7 @@ fn mail_delivered_mid_session_waits_for_the_next_session() {
     assert!(c.cmd("DELE 2").starts_with("+OK"));
     c.quit();
 
-    assert_eq!(fx.message_bases(USER), vec![delivered_base(&late)]);
+    assert_eq!(fx.uids(USER), vec![delivered_base(&late)]);
     let mut c = server.login(USER, PASSWORD);
     assert_eq!(c.stat(), (1, late.wire_size));
     assert_eq!(c.retrieve("RETR 1"), crlf(&message(3)));
@@ -261,9 +257,8 @@ fn big_message() -> Vec<u8> {
     m
 }
 
-#[test]
-fn an_8_mib_message_arrives_intact() {
-    let fx = Fixture::new();
+fn an_8_mib_message_arrives_intact(backend: Backend) {
+    let fx = Fixture::new().on(backend);
     let original = big_message();
     let delivered = fx.deliver(USER, &original);
     let wire = crlf(&original);
@@ -286,9 +281,8 @@ fn an_8_mib_message_arrives_intact() {
     c.quit();
 }
 
-#[test]
-fn pipelined_commands_are_answered_in_order() {
-    let fx = Fixture::new();
+fn pipelined_commands_are_answered_in_order(backend: Backend) {
+    let fx = Fixture::new().on(backend);
     let d1 = fx.deliver(USER, &message(1));
     let d2 = fx.deliver(USER, &message(2));
     let server = fx.start();
@@ -327,12 +321,11 @@ fn pipelined_commands_are_answered_in_order() {
     assert!(c.line().starts_with("+OK"));
     assert!(c.line().starts_with("+OK"));
     c.expect_closed();
-    assert_eq!(fx.message_bases(USER), vec![delivered_base(&d1)]);
+    assert_eq!(fx.uids(USER), vec![delivered_base(&d1)]);
 }
 
-#[test]
-fn malformed_commands_get_err_and_the_session_goes_on() {
-    let fx = Fixture::new();
+fn malformed_commands_get_err_and_the_session_goes_on(backend: Backend) {
+    let fx = Fixture::new().on(backend);
     let d1 = fx.deliver(USER, &message(1));
     fx.deliver(USER, &message(2));
     fx.deliver(USER, &message(3));
@@ -369,12 +362,11 @@ fn malformed_commands_get_err_and_the_session_goes_on() {
     assert_eq!(c.stat().0, 3);
     c.quit();
     // None of it deleted anything.
-    assert_eq!(fx.message_files(USER).len(), 3);
+    assert_eq!(fx.message_count(USER), 3);
 }
 
-#[test]
-fn top_sends_the_header_and_the_requested_lines() {
-    let fx = Fixture::new();
+fn top_sends_the_header_and_the_requested_lines(backend: Backend) {
+    let fx = Fixture::new().on(backend);
     let m = message(7);
     fx.deliver(USER, &m);
     let server = fx.start();
@@ -402,11 +394,10 @@ fn top_sends_the_header_and_the_requested_lines() {
     c.quit();
 }
 
-#[test]
-fn a_failed_login_says_the_same_for_a_wrong_password_and_an_unknown_user() {
+fn a_failed_login_says_the_same_for_a_wrong_password_and_an_unknown_user(backend: Backend) {
     // Three failures, then a good login on the same connection: one more than the default
     // max_failed_logins allows (abuse.rs tests that cut-off).
-    let fx = Fixture::with_limits(&format!("{DEFAULT_LIMITS}max_failed_logins = 4\n"));
+    let fx = Fixture::with_limits(&format!("{DEFAULT_LIMITS}max_failed_logins = 4\n")).on(backend);
     let server = fx.start();
     let mut c = server.connect();
 
@@ -430,9 +421,8 @@ fn a_failed_login_says_the_same_for_a_wrong_password_and_an_unknown_user() {
     c.quit();
 }
 
-#[test]
-fn a_sha512_crypt_user_logs_in() {
-    let fx = Fixture::new();
+fn a_sha512_crypt_user_logs_in(backend: Backend) {
+    let fx = Fixture::new().on(backend);
     fx.deliver(CRYPT_USER, &message(1));
     let server = fx.start();
     let mut c = server.login(CRYPT_USER, CRYPT_PASSWORD);
@@ -444,9 +434,8 @@ fn a_sha512_crypt_user_logs_in() {
     c.quit();
 }
 
-#[test]
-fn unique_ids_are_stable_and_distinct_across_sessions() {
-    let fx = Fixture::new();
+fn unique_ids_are_stable_and_distinct_across_sessions(backend: Backend) {
+    let fx = Fixture::new().on(backend);
     for n in 1..=20 {
         fx.deliver(USER, &message(n));
     }
@@ -538,3 +527,20 @@ fn sizes_deferred_at_login_are_exact_when_first_needed() {
     assert_eq!(String::from_utf8_lossy(&list).lines().count(), count - 1);
     c.quit();
 }
+
+both_backends!(
+    rfc1939_example_session,
+    rset_undoes_deletions,
+    dropped_connection_deletes_nothing,
+    quit_deletes_exactly_the_marked_messages,
+    a_deleted_message_is_gone_for_every_command,
+    the_maildrop_is_locked_while_a_session_is_in_transaction,
+    mail_delivered_mid_session_waits_for_the_next_session,
+    an_8_mib_message_arrives_intact,
+    pipelined_commands_are_answered_in_order,
+    malformed_commands_get_err_and_the_session_goes_on,
+    top_sends_the_header_and_the_requested_lines,
+    a_failed_login_says_the_same_for_a_wrong_password_and_an_unknown_user,
+    a_sha512_crypt_user_logs_in,
+    unique_ids_are_stable_and_distinct_across_sessions,
+);

@@ -4,8 +4,7 @@
 //! two servers sharing their failed-login penalties.
 
 mod common;
-#[path = "../../facteur-store/tests/support/pg.rs"]
-mod pg;
+use common::pg;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -49,9 +49,8 @@ fn curl(args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
-#[test]
-fn openssl_s_client_starttls_session() {
-    let fx = Fixture::with_tls();
+fn openssl_s_client_starttls_session(backend: Backend) {
+    let fx = Fixture::with_tls().on(backend);
     let d = fx.deliver(USER, &message(1));
     let server = BinServer::start(&fx.config_path);
     let cert = fx.cert().to_str().expect("a UTF-8 path");
@@ -112,9 +111,8 @@ fn openssl_s_client_starttls_session() {
     assert!(line.contains("end=Quit"), "{line}");
 }
 
-#[test]
-fn curl_retrieves_over_pop3s() {
-    let fx = Fixture::with_tls();
+fn curl_retrieves_over_pop3s(backend: Backend) {
+    let fx = Fixture::with_tls().on(backend);
     let m = message(1);
     fx.deliver(USER, &m);
     let server = fx.start();
@@ -125,9 +123,8 @@ fn curl_retrieves_over_pop3s() {
     assert_eq!(stdout.as_bytes(), crlf(&m));
 }
 
-#[test]
-fn curl_lists_over_stls_with_ssl_reqd() {
-    let fx = Fixture::with_tls();
+fn curl_lists_over_stls_with_ssl_reqd(backend: Backend) {
+    let fx = Fixture::with_tls().on(backend);
     let d1 = fx.deliver(USER, &message(1));
     let d2 = fx.deliver(USER, &message(2));
     let server = fx.start();
@@ -141,9 +138,8 @@ fn curl_lists_over_stls_with_ssl_reqd() {
     );
 }
 
-#[test]
-fn curl_refuses_a_certificate_it_does_not_trust() {
-    let fx = Fixture::with_tls();
+fn curl_refuses_a_certificate_it_does_not_trust(backend: Backend) {
+    let fx = Fixture::with_tls().on(backend);
     fx.deliver(USER, &message(1));
     let server = fx.start();
     let pop3s = format!("pop3s://127.0.0.1:{}/1", server.pop3s().port());
@@ -164,7 +160,7 @@ fn curl_refuses_a_certificate_it_does_not_trust() {
     let (code, _, stderr) = curl(&["--cacert", other_cert, &pop3s]);
     assert_eq!(code, Some(60), "curl {pop3s} with another CA: {stderr}");
     // No message was touched by any of it.
-    assert_eq!(fx.message_files(USER).len(), 1);
+    assert_eq!(fx.message_count(USER), 1);
 }
 
 /// POP3_SSL with a context trusting only cert.pem, the same with the system's CAs (refused),
@@ -209,9 +205,8 @@ print("TLS RETR", octets, digest(lines))
 print("TLS QUIT", p.quit()[:3].decode())
 "#;
 
-#[test]
-fn python_poplib_pop3_ssl_and_stls() {
-    let fx = Fixture::with_tls();
+fn python_poplib_pop3_ssl_and_stls(backend: Backend) {
+    let fx = Fixture::with_tls().on(backend);
     let m = message(1);
     let d = fx.deliver(USER, &m);
     let server = fx.start();
@@ -279,9 +274,8 @@ fn stls_with_injection(addr: SocketAddr, ca: &Path, bytes: &[u8]) -> Option<Clie
     }
 }
 
-#[test]
-fn stls_injection_of_a_whole_command_is_never_answered() {
-    let fx = Fixture::with_tls();
+fn stls_injection_of_a_whole_command_is_never_answered(backend: Backend) {
+    let fx = Fixture::with_tls().on(backend);
     let server = fx.start();
     let Some(mut c) = stls_with_injection(server.addr, fx.cert(), b"STLS\r\nCAPA\r\n") else {
         return;
@@ -294,9 +288,8 @@ fn stls_injection_of_a_whole_command_is_never_answered() {
     assert!(rest[0].starts_with("+OK"), "QUIT: {rest:?}");
 }
 
-#[test]
-fn stls_injection_of_a_partial_line_is_not_joined() {
-    let fx = Fixture::with_tls();
+fn stls_injection_of_a_partial_line_is_not_joined(backend: Backend) {
+    let fx = Fixture::with_tls().on(backend);
     let server = fx.start();
     let Some(mut c) = stls_with_injection(server.addr, fx.cert(), b"STLS\r\nCA") else {
         return;
@@ -314,9 +307,8 @@ fn stls_injection_of_a_partial_line_is_not_joined() {
     }
 }
 
-#[test]
-fn stls_injection_of_a_login_does_not_log_in() {
-    let fx = Fixture::with_tls();
+fn stls_injection_of_a_login_does_not_log_in(backend: Backend) {
+    let fx = Fixture::with_tls().on(backend);
     fx.deliver(USER, &message(1));
     let server = fx.start();
     let injected = format!("STLS\r\nUSER {USER}\r\nPASS {PASSWORD}\r\n");
@@ -335,9 +327,8 @@ fn stls_injection_of_a_login_does_not_log_in() {
     c.quit();
 }
 
-#[test]
-fn stls_is_refused_after_login() {
-    let fx = Fixture::with_tls();
+fn stls_is_refused_after_login(backend: Backend) {
+    let fx = Fixture::with_tls().on(backend);
     let server = fx.start();
     let mut c = server.login(USER, PASSWORD);
     let r = c.cmd("STLS");
@@ -348,9 +339,8 @@ fn stls_is_refused_after_login() {
     c.quit();
 }
 
-#[test]
-fn stls_is_refused_and_not_offered_without_a_certificate() {
-    let fx = Fixture::new();
+fn stls_is_refused_and_not_offered_without_a_certificate(backend: Backend) {
+    let fx = Fixture::new().on(backend);
     fx.deliver(USER, &message(1));
     let server = fx.start();
     let mut c = server.connect();
@@ -367,9 +357,8 @@ fn stls_is_refused_and_not_offered_without_a_certificate() {
     assert_eq!(code, Some(64), "curl --ssl-reqd {url}: {stderr}");
 }
 
-#[test]
-fn pop3s_serves_a_session_and_does_not_offer_stls() {
-    let fx = Fixture::with_tls();
+fn pop3s_serves_a_session_and_does_not_offer_stls(backend: Backend) {
+    let fx = Fixture::with_tls().on(backend);
     let small = message(1);
     // Larger than the TLS record size and the server's write buffer, with long lines.
     let mut big = b"Subject: big\n\n".to_vec();
@@ -393,12 +382,11 @@ fn pop3s_serves_a_session_and_does_not_offer_stls() {
     assert_eq!(c.retrieve("RETR 2"), crlf(&big));
     assert!(c.cmd("DELE 1").starts_with("+OK"));
     c.quit();
-    assert_eq!(fx.message_bases(USER), vec![delivered_base(&d2)]);
+    assert_eq!(fx.uids(USER), vec![delivered_base(&d2)]);
 }
 
-#[test]
-fn stls_then_capa_no_longer_offers_it_and_a_second_stls_is_refused() {
-    let fx = Fixture::with_tls();
+fn stls_then_capa_no_longer_offers_it_and_a_second_stls_is_refused(backend: Backend) {
+    let fx = Fixture::with_tls().on(backend);
     let server = fx.start();
     let mut c = server.connect();
     assert!(has_cap(&capa(&mut c), "STLS"));
@@ -415,9 +403,8 @@ fn stls_then_capa_no_longer_offers_it_and_a_second_stls_is_refused() {
 
 /// RFC 8446 section 6.1: each party sends close_notify before closing its write side; a
 /// client cannot tell a server's close without it from a truncation attack.
-#[test]
-fn pop3s_and_stls_sessions_end_with_close_notify() {
-    let fx = Fixture::with_tls();
+fn pop3s_and_stls_sessions_end_with_close_notify(backend: Backend) {
+    let fx = Fixture::with_tls().on(backend);
     let server = fx.start();
     let mut c = Client::connect_tls(server.pop3s(), fx.cert());
     assert!(c.cmd("QUIT").starts_with("+OK"));
@@ -443,9 +430,8 @@ fn replace_certificate(fx: &Fixture, aside: &Path) -> std::path::PathBuf {
     new.certificate
 }
 
-#[test]
-fn sighup_reloads_the_certificate_and_open_sessions_go_on() {
-    let fx = Fixture::with_tls();
+fn sighup_reloads_the_certificate_and_open_sessions_go_on(backend: Backend) {
+    let fx = Fixture::with_tls().on(backend);
     fx.deliver(USER, &message(1));
     fx.deliver(CRYPT_USER, &message(2));
     let server = BinServer::start(&fx.config_path);
@@ -497,9 +483,8 @@ fn sighup_reloads_the_certificate_and_open_sessions_go_on() {
     stls.quit();
 }
 
-#[test]
-fn sighup_with_a_broken_certificate_keeps_the_old_one() {
-    let fx = Fixture::with_tls();
+fn sighup_with_a_broken_certificate_keeps_the_old_one(backend: Backend) {
+    let fx = Fixture::with_tls().on(backend);
     let server = BinServer::start(&fx.config_path);
     let cert_a = fx.path().join("cert-a.pem");
     std::fs::copy(fx.cert(), &cert_a).expect("keep certificate A");
@@ -519,9 +504,8 @@ fn sighup_with_a_broken_certificate_keeps_the_old_one() {
     c.quit();
 }
 
-#[test]
-fn commands_pipelined_before_stls_are_answered_in_clear_then_tls_begins() {
-    let fx = Fixture::with_tls();
+fn commands_pipelined_before_stls_are_answered_in_clear_then_tls_begins(backend: Backend) {
+    let fx = Fixture::with_tls().on(backend);
     let server = fx.start();
     let mut c = server.connect();
     c.send(b"NOOP\r\nCAPA\r\nSTLS\r\n");
@@ -536,9 +520,8 @@ fn commands_pipelined_before_stls_are_answered_in_clear_then_tls_begins() {
     c.quit();
 }
 
-#[test]
-fn silent_or_non_tls_clients_are_dropped_and_the_server_goes_on() {
-    let fx = Fixture::build("login_timeout_secs = 1\n", "", true);
+fn silent_or_non_tls_clients_are_dropped_and_the_server_goes_on(backend: Backend) {
+    let fx = Fixture::build("login_timeout_secs = 1\n", "", true).on(backend);
     let server = fx.start();
 
     // POP3S: clear text instead of a ClientHello.
@@ -581,9 +564,8 @@ fn silent_or_non_tls_clients_are_dropped_and_the_server_goes_on() {
     c.quit();
 }
 
-#[test]
-fn sighup_without_tls_does_not_stop_the_server() {
-    let fx = Fixture::new();
+fn sighup_without_tls_does_not_stop_the_server(backend: Backend) {
+    let fx = Fixture::new().on(backend);
     let mut server = BinServer::start(&fx.config_path);
     // A session served proves the signal handlers are in place.
     server.login(USER, PASSWORD).quit();
@@ -601,3 +583,24 @@ fn sighup_without_tls_does_not_stop_the_server() {
         server.log()
     );
 }
+
+both_backends!(
+    openssl_s_client_starttls_session,
+    curl_retrieves_over_pop3s,
+    curl_lists_over_stls_with_ssl_reqd,
+    curl_refuses_a_certificate_it_does_not_trust,
+    python_poplib_pop3_ssl_and_stls,
+    stls_injection_of_a_whole_command_is_never_answered,
+    stls_injection_of_a_partial_line_is_not_joined,
+    stls_injection_of_a_login_does_not_log_in,
+    stls_is_refused_after_login,
+    stls_is_refused_and_not_offered_without_a_certificate,
+    pop3s_serves_a_session_and_does_not_offer_stls,
+    stls_then_capa_no_longer_offers_it_and_a_second_stls_is_refused,
+    pop3s_and_stls_sessions_end_with_close_notify,
+    sighup_reloads_the_certificate_and_open_sessions_go_on,
+    sighup_with_a_broken_certificate_keeps_the_old_one,
+    commands_pipelined_before_stls_are_answered_in_clear_then_tls_begins,
+    silent_or_non_tls_clients_are_dropped_and_the_server_goes_on,
+    sighup_without_tls_does_not_stop_the_server,
+);

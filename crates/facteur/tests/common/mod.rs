@@ -2,6 +2,10 @@
 //! Maildirs; a facteur server on `127.0.0.1:0`, either in-process or as the real binary; and a
 //! tiny blocking POP3 client that speaks raw bytes, so tests compare exactly what is on the wire.
 //!
+//! Every fixture has a store backend ([`Backend`]): Maildir, or PostgreSQL in a fresh database
+//! of its own ([`Fixture::on`]). [`both_backends!`] makes each test of a file twice,
+//! `maildir::NAME` and `postgresql::NAME`, so that a failure names its backend.
+//!
 //! Every connection goes to 127.0.0.1, every wait is a bounded loop or a read timeout (which only
 //! stops a hung test, it is never what a test asserts).
 
@@ -9,6 +13,8 @@
 #![allow(dead_code)]
 
 pub mod haproxy;
+#[path = "../../../facteur-store/tests/support/pg.rs"]
+pub mod pg;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -19,7 +25,9 @@ use std::time::Duration;
 
 use facteur_auth::{Authenticator, PasswdDb};
 use facteur_server::config::Config;
+use facteur_server::serve::open_store;
 use facteur_server::{run_with_tls, Shared};
+use facteur_store::postgres::{PgStore, PgStoreConfig};
 use facteur_store::{Delivered, MaildirStore, Store};
 use facteur_tls::{TlsFiles, TlsState};
 
@@ -38,9 +46,72 @@ const CRYPT_HASH: &str = "$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n
 /// The `[limits]` of [`Fixture::new`]: a short failed-login delay and shutdown grace.
 pub const DEFAULT_LIMITS: &str = "failed_login_delay_ms = 50\nshutdown_grace_secs = 1\n";
 
-/// A temporary facteur installation: `facteur.toml`, `users`, and `mail/<user>/Maildir`; with
-/// [`Fixture::with_tls`], also a self-signed `cert.pem` and `key.pem` for localhost/127.0.0.1.
+/// The store a fixture's server serves from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// `mail/<user>/Maildir` in the fixture's folder.
+    Maildir,
+    /// A fresh PostgreSQL database, its schema migrated (see [`pg`]).
+    Postgresql,
+}
+
+/// Each named function, `fn NAME(backend: Backend)`, becomes two tests: `maildir::NAME` and
+/// `postgresql::NAME`. Both always exist and always run: nothing skips a backend.
+#[allow(
+    unused_macros,
+    reason = "files without backend-neutral tests do not use it"
+)]
+macro_rules! both_backends {
+    ($($name:ident),+ $(,)?) => {
+        /// The tests of this file on the Maildir store.
+        mod maildir {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name($crate::common::Backend::Maildir)
+                }
+            )+
+        }
+        /// The tests of this file on the PostgreSQL store.
+        mod postgresql {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name($crate::common::Backend::Postgresql)
+                }
+            )+
+        }
+    };
+}
+#[allow(
+    unused_imports,
+    reason = "files without backend-neutral tests do not use it"
+)]
+pub(crate) use both_backends;
+
+/// The `[store]` section of the Maildir fixtures, which [`Fixture::on`] replaces.
+const MAILDIR_STORE: &str = "[store]\nmaildir = \"mail/%u/Maildir\"\n";
+
+/// A `[store]` section for the PostgreSQL store at `url`, with leases of 5 s (the shortest
+/// allowed: a test of a session that dies without a word waits that long at most).
+pub fn postgres_store_section(url: &str) -> String {
+    format!("[store]\nbackend = \"postgresql\"\nurl = {url:?}\nlease_secs = 5\n")
+}
+
+/// The PostgreSQL side of a fixture. Fields drop in order: the store's pool, then the runtime
+/// that drives it, then the database.
+struct PgBackend {
+    store: PgStore,
+    rt: tokio::runtime::Runtime,
+    db: pg::TestDb,
+}
+
+/// A temporary facteur installation: `facteur.toml`, `users`, and `mail/<user>/Maildir` (or a
+/// database, see [`Fixture::on`]); with [`Fixture::with_tls`], also a self-signed `cert.pem`
+/// and `key.pem` for localhost/127.0.0.1.
 pub struct Fixture {
+    /// The PostgreSQL store and its database, on that backend (dropped before the folder).
+    pg: Option<PgBackend>,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub config: Config,
@@ -129,11 +200,62 @@ impl Fixture {
         std::fs::write(&config_path, &text).expect("write the configuration");
         let config = Config::parse(&text, &config_path).expect("the test configuration parses");
         Self {
+            pg: None,
             dir,
             config_path,
             config,
             tls: tls_files,
         }
+    }
+
+    /// This installation on `backend`. For PostgreSQL: a fresh database with the schema
+    /// migrated, and the `[store]` section of `facteur.toml` (and of [`Fixture::config`])
+    /// pointing at it, so that the binary serves from it too.
+    pub fn on(mut self, backend: Backend) -> Self {
+        if backend == Backend::Maildir || self.pg.is_some() {
+            return self;
+        }
+        let db = pg::fresh_database();
+        let text = std::fs::read_to_string(&self.config_path).expect("read the configuration");
+        assert!(text.contains(MAILDIR_STORE), "{text}");
+        let text = text.replace(MAILDIR_STORE, &postgres_store_section(&db.url));
+        std::fs::write(&self.config_path, &text).expect("write the configuration");
+        self.config =
+            Config::parse(&text, &self.config_path).expect("the test configuration parses");
+        assert_eq!(
+            self.config.store.backend,
+            facteur_server::config::StoreBackend::Postgresql
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("start a tokio runtime");
+        rt.block_on(facteur_store::postgres::migrate_url(&db.url))
+            .expect("migrate the test database");
+        let store = rt
+            .block_on(PgStore::connect(&PgStoreConfig {
+                url: db.url.clone(),
+                pool_size: 2,
+                lease: self.config.store.lease(),
+            }))
+            .expect("connect to the test database");
+        self.pg = Some(PgBackend { store, rt, db });
+        self
+    }
+
+    /// The fixture's backend.
+    pub fn backend(&self) -> Backend {
+        if self.pg.is_some() {
+            Backend::Postgresql
+        } else {
+            Backend::Maildir
+        }
+    }
+
+    /// The connection string of the fixture's database (PostgreSQL fixtures only).
+    pub fn database_url(&self) -> &str {
+        &self.pg.as_ref().expect("a PostgreSQL fixture").db.url
     }
 
     /// The certificate of a fixture made with TLS (the CA file clients trust).
@@ -149,13 +271,59 @@ impl Fixture {
         self.dir.path()
     }
 
-    /// The Maildir of `user`, as the configuration's template names it.
+    /// The Maildir of `user`, as the configuration's template names it (Maildir fixtures).
     pub fn maildir(&self, user: &str) -> PathBuf {
+        self.assert_maildir("maildir()");
         self.path().join("mail").join(user).join("Maildir")
     }
 
-    pub fn store(&self) -> MaildirStore {
-        MaildirStore::new(self.config.store.maildir.clone())
+    fn assert_maildir(&self, what: &str) {
+        assert_eq!(
+            self.backend(),
+            Backend::Maildir,
+            "{what} looks at Maildir files: use uids() or message_count() on PostgreSQL"
+        );
+    }
+
+    /// The fixture's store, as the server opens it.
+    pub fn store(&self) -> Arc<dyn Store> {
+        match &self.pg {
+            None => Arc::new(MaildirStore::new(self.config.store.maildir.clone())),
+            Some(pg) => Arc::new(pg.store.clone()),
+        }
+    }
+
+    /// The unique-ids stored for `user`, sorted, read behind the server's back: the Maildir's
+    /// file base names, or the database's rows. What a session would list, without taking the
+    /// maildrop's lock.
+    pub fn uids(&self, user: &str) -> Vec<String> {
+        let Some(pg) = &self.pg else {
+            return self.message_bases(user);
+        };
+        let url = pg.db.url.clone();
+        let user = user.to_string();
+        pg.rt.block_on(async move {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connect to the test database");
+            let driver = tokio::spawn(connection);
+            let rows = client
+                .query(
+                    "SELECT m.uid FROM messages m JOIN maildrops d ON d.id = m.maildrop_id \
+                     WHERE d.name = $1 ORDER BY m.uid",
+                    &[&user],
+                )
+                .await
+                .expect("list the messages");
+            drop(client);
+            let _ = driver.await;
+            rows.iter().map(|r| r.get::<_, String>(0)).collect()
+        })
+    }
+
+    /// How many messages `user`'s maildrop holds (see [`Fixture::uids`]).
+    pub fn message_count(&self, user: &str) -> usize {
+        self.uids(user).len()
     }
 
     /// Deliver `message` to `user` through the store API, as `facteur deliver` does.
@@ -168,6 +336,7 @@ impl Fixture {
 
     /// The message files of `user`'s Maildir (in `new/` and `cur/`), by file name.
     pub fn message_files(&self, user: &str) -> Vec<String> {
+        self.assert_maildir("message_files()");
         let mut names = Vec::new();
         for sub in ["new", "cur"] {
             let Ok(entries) = std::fs::read_dir(self.maildir(user).join(sub)) else {
@@ -215,10 +384,15 @@ impl Fixture {
             .first()
             .map(|l| l.local_addr().expect("the listener's address"));
         let db = PasswdDb::open(&self.config.auth.passwd_file).expect("open the users file");
+        // As `facteur serve` does: the store opened inside the server's runtime, which then
+        // drives its database I/O.
+        let store = rt
+            .block_on(open_store(&self.config.store))
+            .expect("open the store");
         let mut shared = Shared::new(
             self.config.clone(),
             Arc::new(db) as Arc<dyn Authenticator>,
-            Arc::new(self.store()) as Arc<dyn Store>,
+            store,
         );
         if let Some(files) = &self.tls {
             shared = shared.with_tls(TlsState::new(files.clone()).expect("load the certificate"));
@@ -1111,12 +1285,8 @@ pub fn facteur() -> Command {
 /// `name` in the fixture's folder.
 pub fn postgres_config(fx: &Fixture, url: &str, name: &str) -> PathBuf {
     let text = std::fs::read_to_string(&fx.config_path).expect("read the configuration");
-    let maildir = "[store]\nmaildir = \"mail/%u/Maildir\"\n";
-    assert!(text.contains(maildir), "{text}");
-    let text = text.replace(
-        maildir,
-        &format!("[store]\nbackend = \"postgresql\"\nurl = {url:?}\nlease_secs = 5\n"),
-    );
+    assert!(text.contains(MAILDIR_STORE), "{text}");
+    let text = text.replace(MAILDIR_STORE, &postgres_store_section(url));
     let path = fx.path().join(name);
     std::fs::write(&path, text).expect("write the configuration");
     path
