@@ -40,13 +40,17 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const POOL_WAIT: Duration = Duration::from_secs(10);
 
 /// The chain of messages of a database error: tokio-postgres puts the server's own message in
-/// the source chain, so the top one alone says little.
+/// the source chain, so the top one alone says little. A message already said (deadpool and
+/// some tokio-postgres errors print their source in their own message) is not repeated.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut detail = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        detail.push_str(": ");
-        detail.push_str(&s.to_string());
+        let message = s.to_string();
+        if !detail.contains(&message) {
+            detail.push_str(": ");
+            detail.push_str(&message);
+        }
         source = s.source();
     }
     detail
@@ -88,13 +92,15 @@ impl Settings {
     /// what TLS was asked for (a TLS error of ours says it already).
     fn connect_error(&self, e: &dyn std::error::Error) -> StoreError {
         let mut source = e.source();
-        let mut ours = false;
+        let mut ours = None;
         while let Some(s) = source {
-            ours |= s.is::<tls::PgTlsError>();
+            if let Some(t) = s.downcast_ref::<tls::PgTlsError>() {
+                ours = Some(t.to_string());
+            }
             source = s.source();
         }
-        let detail = if ours {
-            error_chain(e)
+        let detail = if let Some(ours) = ours {
+            ours
         } else {
             format!(
                 "PostgreSQL at {} (sslmode={}): {}",
@@ -207,6 +213,8 @@ pub async fn connect_pool(url: &str, size: usize) -> Result<Pool, StoreError> {
     let pool = pool_of(&settings, size)?;
     match pool.get().await {
         Ok(client) => drop(client),
+        // The database's own error, without deadpool's words around it.
+        Err(deadpool_postgres::PoolError::Backend(e)) => return Err(settings.connect_error(&e)),
         Err(e) => return Err(settings.connect_error(&e)),
     }
     Ok(pool)
