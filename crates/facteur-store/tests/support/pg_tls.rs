@@ -6,6 +6,11 @@
 //! pg_hba.conf is the test's: `hostssl`-only lines make a server that refuses connections in
 //! clear. The roles `alice` (password `alice-pw`, SCRAM-SHA-256) and `carol` exist.
 
+#![allow(
+    dead_code,
+    reason = "facteur-store's and facteur's tests include this file, each using its own part"
+)]
+
 use std::path::{Path, PathBuf};
 
 use super::pg::{Cluster, Setup};
