@@ -134,6 +134,13 @@ pub fn settings(url: &str) -> Result<Settings, StoreError> {
     if config.get_application_name().is_none() {
         config.application_name("facteur");
     }
+    // tokio-postgres does TLS only with a host name: `hostaddr` alone stands for it (the name
+    // verify-full then checks is the address).
+    if config.get_hosts().is_empty() {
+        for addr in config.get_hostaddrs().to_vec() {
+            config.host(addr.to_string());
+        }
+    }
     let hosts = config.get_hosts().to_vec();
     // The server never offers TLS on a Unix socket, and libpq does not ask there.
     let only_sockets = !hosts.is_empty()
@@ -260,4 +267,41 @@ pub async fn migrate_url(url: &str) -> Result<Migrated, StoreError> {
 pub async fn check_url(url: &str) -> Result<i64, StoreError> {
     with_connection(url, async |c| check_schema(&*c).await).await?;
     Ok(SCHEMA_VERSION)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_postgres::config::Host;
+
+    #[test]
+    fn settings_say_where_and_how() {
+        let s = settings("host=db.example port=5433 dbname=mail sslmode=require").unwrap();
+        assert_eq!(s.mode, SslMode::Require);
+        assert_eq!(
+            s.describe(),
+            "db.example:5433 (TLS, certificate not checked: sslmode=require)"
+        );
+        assert_eq!(
+            s.config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        assert_eq!(s.config.get_application_name(), Some("facteur"));
+        // Unix sockets never use TLS, whatever sslmode says (as libpq).
+        let s = settings("host=/run/postgresql dbname=mail sslmode=require").unwrap();
+        assert_eq!(s.mode, SslMode::Disable);
+        assert_eq!(
+            s.config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Disable
+        );
+        assert_eq!(s.describe(), "/run/postgresql/.s.PGSQL.5432 (no TLS)");
+        // hostaddr alone: the address is the name TLS checks.
+        let s = settings("hostaddr=127.0.0.1 dbname=mail").unwrap();
+        assert_eq!(s.config.get_hosts(), [Host::Tcp("127.0.0.1".into())]);
+        assert_eq!(s.mode, SslMode::Prefer);
+        let e = settings("host=db sslmode=verify-full")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs sslrootcert"), "{e}");
+    }
 }
