@@ -190,8 +190,10 @@ impl SharedPenalties {
         let done = retrying(&self.pool, "forget a user's failed logins", |c| {
             let key = key.clone();
             async move {
-                c.execute("DELETE FROM login_penalties WHERE key = $1", &[&key])
-                    .await
+                let forget = c
+                    .prepare_cached("DELETE FROM login_penalties WHERE key = $1")
+                    .await?;
+                c.execute(&forget, &[&key]).await
             }
         })
         .await;

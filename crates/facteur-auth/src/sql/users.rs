@@ -20,7 +20,6 @@ use facteur_proto::sasl::{FailureReason, SCRAM_DEFAULT_ITERATIONS};
 use facteur_proto::Secret;
 use facteur_store::Owner;
 use tokio::runtime::Handle;
-use tokio_postgres::GenericClient;
 
 use super::{retrying, Pool};
 use crate::cache::VerifiedCache;
@@ -78,14 +77,17 @@ fn u32_column(v: Option<i64>) -> Option<u32> {
 }
 
 /// Reads `user`'s row; a stored password that does not parse is an error naming the user.
-async fn read_row(client: &impl GenericClient, user: &str) -> Result<Option<Row>, AuthError> {
-    let row = client
-        .query_opt(SELECT_USER, &[&user])
-        .await
-        .map_err(|e| AuthError::Database {
-            what: "read a user",
-            detail: super::detail(&e),
-        })?;
+/// The statement is prepared once per pooled connection: a login costs one round trip.
+async fn read_row(
+    client: &deadpool_postgres::Object,
+    user: &str,
+) -> Result<Option<Row>, AuthError> {
+    let failed = |e: tokio_postgres::Error| AuthError::Database {
+        what: "read a user",
+        detail: super::detail(&e),
+    };
+    let select = client.prepare_cached(SELECT_USER).await.map_err(failed)?;
+    let row = client.query_opt(&select, &[&user]).await.map_err(failed)?;
     row.map(|r| {
         let field: String = r.get(1);
         let password = StoredPassword::parse(&field)?;
@@ -107,7 +109,8 @@ async fn read_row(client: &impl GenericClient, user: &str) -> Result<Option<Row>
 /// The user named exactly `user`, if any.
 pub async fn find_user(pool: &Pool, user: &str) -> Result<Option<UserRecord>, AuthError> {
     let row = retrying(pool, "read a user", |c| async move {
-        c.query_opt(SELECT_USER, &[&user]).await
+        let select = c.prepare_cached(SELECT_USER).await?;
+        c.query_opt(&select, &[&user]).await
     })
     .await?;
     row.map(|r| {
@@ -407,7 +410,7 @@ impl SqlUsers {
                     what: "read a user",
                     detail: super::detail(&e),
                 })?;
-            tokio::time::timeout(super::QUERY_TIMEOUT, read_row(&**client, user))
+            tokio::time::timeout(super::QUERY_TIMEOUT, read_row(&client, user))
                 .await
                 .map_err(|_| AuthError::Database {
                     what: "read a user",

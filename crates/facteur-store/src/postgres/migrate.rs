@@ -614,7 +614,7 @@ impl Migrator {
         .await;
         let released = within(STEP_DEADLINE, "release the maildrop's lease", async {
             self.client
-                .execute(RELEASE_LEASE, &[&maildrop, &token])
+                .execute(RELEASE_LEASE, &[&maildrop, &token, &Uuid::new_v4()])
                 .await
                 .map_err(db_error("release the maildrop's lease"))
         })

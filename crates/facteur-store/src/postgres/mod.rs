@@ -27,7 +27,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use crate::StoreError;
 
 pub use schema::{check_schema, migrate, Migrated, SCHEMA_VERSION};
-pub use store::{ChunkReader, PgMaildrop, PgStore, PgStoreConfig};
+pub use store::{ChunkReader, PgMaildrop, PgStore, PgStoreConfig, LISTING};
 pub use tls::{PgTls, SslMode};
 
 /// The most octets one row of `message_chunks` holds.

@@ -157,14 +157,55 @@ pub(super) const TAKE_LEASE: &str = "INSERT INTO leases (maildrop_id, token, hol
      WHERE leases.expires_at <= now() \
      RETURNING token";
 
+/// Opening a maildrop by its name: its id, and whether this session's lease was taken. No row:
+/// the maildrop does not exist yet. The lease row stays once made (a release expires it and
+/// changes its token), so a login updates one row in place and never inserts, and the foreign
+/// key on `maildrops` is checked once per maildrop, not once per session.
+const OPEN: &str = "WITH md AS (SELECT id FROM maildrops WHERE name = $1), \
+     taken AS (INSERT INTO leases (maildrop_id, token, holder, expires_at) \
+       SELECT id, $2, $3, now() + $4::float8 * interval '1 second' FROM md \
+       ON CONFLICT (maildrop_id) DO UPDATE \
+       SET token = excluded.token, holder = excluded.holder, expires_at = excluded.expires_at \
+       WHERE leases.expires_at <= now() \
+       RETURNING maildrop_id) \
+     SELECT md.id, (SELECT count(*) FROM taken) > 0 FROM md";
+
+const FIND_MAILDROP: &str = "SELECT id FROM maildrops WHERE name = $1";
+
 const RENEW_LEASE: &str =
     "UPDATE leases SET expires_at = now() + $3::float8 * interval '1 second' \
      WHERE maildrop_id = $1 AND token = $2";
 
-pub(super) const RELEASE_LEASE: &str = "DELETE FROM leases WHERE maildrop_id = $1 AND token = $2";
+/// Ends a lease: it expires now, and a fresh token (`$3`) makes sure the old one fences nothing.
+pub(super) const RELEASE_LEASE: &str =
+    "UPDATE leases SET token = $3, expires_at = now() WHERE maildrop_id = $1 AND token = $2";
 
-const LISTING: &str = "SELECT id, uid, wire_size FROM messages \
-     WHERE maildrop_id = $1 ORDER BY delivered_at, id";
+/// The snapshot, by the maildrop's name so that it can be sent with [`OPEN`] in one round trip.
+/// It runs after [`OPEN`] on the same connection; it is thrown away unless the lease was taken.
+/// Public for the test that checks its plan (an index-only scan, no sort).
+/// (The maildrop's id comes from a scalar subquery, not a join: so the planner knows it is one
+/// value, and reads the index in its order with no sort.)
+pub const LISTING: &str = "SELECT id, uid, wire_size FROM messages \
+     WHERE maildrop_id = (SELECT id FROM maildrops WHERE name = $1) \
+     ORDER BY delivered_at, id";
+
+/// The start of a message: how many chunks it has, and the first one (none for an empty
+/// message). Most messages are one chunk: one query per RETR.
+const FIRST_CHUNK: &str = "SELECT m.chunks, c.data FROM messages m \
+     LEFT JOIN message_chunks c ON c.message_id = m.id AND c.seq = 0 \
+     WHERE m.id = $1 AND m.maildrop_id = $2";
+
+const NEXT_CHUNK: &str = "SELECT data FROM message_chunks WHERE message_id = $1 AND seq = $2";
+
+/// A statement prepared once per connection of the pool (deadpool keeps it), so that each use
+/// costs the database one round trip and no parsing.
+pub(super) async fn prepared(
+    client: &Object,
+    sql: &str,
+    what: &'static str,
+) -> Result<tokio_postgres::Statement, StoreError> {
+    client.prepare_cached(sql).await.map_err(db_error(what))
+}
 
 impl Inner {
     async fn client(&self) -> Result<Object, StoreError> {
@@ -174,38 +215,69 @@ impl Inner {
             .map_err(db_error("get a database connection"))
     }
 
+    /// Ends the lease `token` on `maildrop_id`, if it still holds it.
+    async fn release(&self, maildrop_id: Uuid, token: Uuid) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let release = prepared(&client, RELEASE_LEASE, "release the lease").await?;
+        client
+            .execute(&release, &[&maildrop_id, &token, &Uuid::new_v4()])
+            .await
+            .map_err(db_error("release the lease"))
+    }
+
     /// The id of `user`'s maildrop, made on first use.
     async fn maildrop_id(&self, client: &Object, user: &str) -> Result<Uuid, StoreError> {
+        check_name(user)?;
+        let find = prepared(client, FIND_MAILDROP, "prepare the maildrop lookup").await?;
+        if let Some(row) = client
+            .query_opt(&find, &[&user])
+            .await
+            .map_err(db_error("find the maildrop"))?
+        {
+            return Ok(row.get(0));
+        }
         let plain: &tokio_postgres::Client = client;
         maildrop_id(plain, user).await
     }
 
     async fn open(self: &Arc<Self>, user: &str) -> Result<PgMaildrop, StoreError> {
+        check_name(user)?;
         let client = self.client().await?;
-        let maildrop_id = self.maildrop_id(&client, user).await?;
+        let open = prepared(&client, OPEN, "prepare the maildrop's opening").await?;
+        let listing = prepared(&client, LISTING, "prepare the listing").await?;
         let token = Uuid::new_v4();
-        let taken = client
-            .query_opt(
-                TAKE_LEASE,
-                &[
-                    &maildrop_id,
-                    &token,
-                    &self.holder,
-                    &self.lease.as_secs_f64(),
-                ],
+        let lease_secs = self.lease.as_secs_f64();
+        let mut created = false;
+        let (maildrop_id, rows) = loop {
+            // One round trip: the lease and the listing are sent together (tokio-postgres
+            // pipelines concurrent queries on one connection) and run in that order.
+            let (taken, rows) = futures_util::future::join(
+                client.query_opt(&open, &[&user, &token, &self.holder, &lease_secs]),
+                client.query_raw(&listing, [user]),
             )
-            .await
-            .map_err(db_error("take the maildrop's lease"))?;
-        if taken.is_none() {
-            return Err(StoreError::InUse);
-        }
+            .await;
+            let taken = taken.map_err(db_error("take the maildrop's lease"))?;
+            match taken {
+                Some(row) if row.get::<_, bool>(1) => break (row.get::<_, Uuid>(0), rows),
+                Some(_) => return Err(StoreError::InUse),
+                // The first login before any delivery: make the maildrop, then again.
+                None if !created => {
+                    drop(rows);
+                    self.maildrop_id(&client, user).await?;
+                    created = true;
+                }
+                None => {
+                    return Err(StoreError::Database {
+                        what: "open the maildrop",
+                        detail: "the maildrop vanished while it was being opened".into(),
+                    })
+                }
+            }
+        };
         // From here on, dropping the lease (on any error below) releases it.
         let lease = Lease::start(Arc::clone(self), maildrop_id, token);
         // Row by row as they arrive: a maildrop of 100,000 messages is never held twice.
-        let rows = client
-            .query_raw(LISTING, [maildrop_id])
-            .await
-            .map_err(db_error("list the maildrop"))?;
+        let rows = rows.map_err(db_error("list the maildrop"))?;
         let mut rows = std::pin::pin!(rows);
         let mut messages = Vec::new();
         let mut entries = Vec::new();
@@ -259,23 +331,28 @@ impl Inner {
         let id = Uuid::new_v4();
         let uid = id.simple().to_string();
         within(DELIVERY_STATEMENT_DEADLINE, "record the message", async {
-            tx.execute(
-                "INSERT INTO messages \
-                 (id, maildrop_id, uid, wire_size, octets, chunks, sha256, delivered_at) \
-                 VALUES ($1, $2, $3, 0, 0, 0, ''::bytea, now())",
-                &[&id, &maildrop_id, &uid],
-            )
-            .await
-            .map_err(db_error("record the message"))
+            let insert = tx
+                .prepare_cached(
+                    "INSERT INTO messages \
+                     (id, maildrop_id, uid, wire_size, octets, chunks, sha256, delivered_at) \
+                     VALUES ($1, $2, $3, 0, 0, 0, ''::bytea, now())",
+                )
+                .await
+                .map_err(db_error("record the message"))?;
+            tx.execute(&insert, &[&id, &maildrop_id, &uid])
+                .await
+                .map_err(db_error("record the message"))
         })
         .await?;
         let insert_chunk = within(
             DELIVERY_STATEMENT_DEADLINE,
             "prepare the chunk insert",
             async {
-                tx.prepare("INSERT INTO message_chunks (message_id, seq, data) VALUES ($1, $2, $3)")
-                    .await
-                    .map_err(db_error("prepare the chunk insert"))
+                tx.prepare_cached(
+                    "INSERT INTO message_chunks (message_id, seq, data) VALUES ($1, $2, $3)",
+                )
+                .await
+                .map_err(db_error("prepare the chunk insert"))
             },
         )
         .await?;
@@ -319,13 +396,16 @@ impl Inner {
         };
         let digest = hash.finalize().to_vec();
         within(DELIVERY_STATEMENT_DEADLINE, "complete the message", async {
-            tx.execute(
-                "UPDATE messages SET wire_size = $2, octets = $3, chunks = $4, sha256 = $5 \
-                 WHERE id = $1",
-                &[&id, &wire, &octets, &seq, &digest],
-            )
-            .await
-            .map_err(db_error("complete the message"))
+            let complete = tx
+                .prepare_cached(
+                    "UPDATE messages SET wire_size = $2, octets = $3, chunks = $4, sha256 = $5 \
+                     WHERE id = $1",
+                )
+                .await
+                .map_err(db_error("complete the message"))?;
+            tx.execute(&complete, &[&id, &wire, &octets, &seq, &digest])
+                .await
+                .map_err(db_error("complete the message"))
         })
         .await?;
         within(DELIVERY_STATEMENT_DEADLINE, "commit the delivery", async {
@@ -340,15 +420,21 @@ impl Inner {
     }
 }
 
+/// Refuses a maildrop name the store does not keep: empty, too long, or with control characters.
+fn check_name(user: &str) -> Result<(), StoreError> {
+    if user.is_empty() || user.len() > MAX_NAME || user.contains(|c: char| c.is_control()) {
+        return Err(StoreError::BadUser(user.to_owned()));
+    }
+    Ok(())
+}
+
 /// The id of `user`'s maildrop, made on first use.
 pub(super) async fn maildrop_id(
     client: &impl GenericClient,
     user: &str,
 ) -> Result<Uuid, StoreError> {
-    if user.is_empty() || user.len() > MAX_NAME || user.contains(|c: char| c.is_control()) {
-        return Err(StoreError::BadUser(user.to_owned()));
-    }
-    let find = "SELECT id FROM maildrops WHERE name = $1";
+    check_name(user)?;
+    let find = FIND_MAILDROP;
     if let Some(row) = client
         .query_opt(find, &[&user])
         .await
@@ -411,11 +497,9 @@ impl Lease {
                 }
                 let renewed = within(every.max(Duration::from_secs(1)), "renew the lease", async {
                     let client = task_store.client().await?;
+                    let renew = prepared(&client, RENEW_LEASE, "renew the lease").await?;
                     client
-                        .execute(
-                            RENEW_LEASE,
-                            &[&maildrop_id, &token, &task_store.lease.as_secs_f64()],
-                        )
+                        .execute(&renew, &[&maildrop_id, &token, &task_store.lease.as_secs_f64()])
                         .await
                         .map_err(db_error("renew the lease"))
                 })
@@ -451,13 +535,11 @@ impl Lease {
     async fn release_now(&mut self) -> Result<(), StoreError> {
         drop(self.stop.take());
         let (store, maildrop_id, token) = (&self.store, self.maildrop_id, self.token);
-        within(OPEN_DEADLINE, "release the lease", async {
-            let client = store.client().await?;
-            client
-                .execute(RELEASE_LEASE, &[&maildrop_id, &token])
-                .await
-                .map_err(db_error("release the lease"))
-        })
+        within(
+            OPEN_DEADLINE,
+            "release the lease",
+            store.release(maildrop_id, token),
+        )
         .await?;
         self.released = true;
         Ok(())
@@ -474,14 +556,8 @@ impl Drop for Lease {
         // If it never runs (the runtime is going away), the lease expires by itself.
         let (store, maildrop_id, token) = (Arc::clone(&self.store), self.maildrop_id, self.token);
         self.store.runtime.spawn(async move {
-            let released = within(OPEN_DEADLINE, "release the lease", async {
-                let client = store.client().await?;
-                client
-                    .execute(RELEASE_LEASE, &[&maildrop_id, &token])
-                    .await
-                    .map_err(db_error("release the lease"))
-            })
-            .await;
+            let released =
+                within(OPEN_DEADLINE, "release the lease", store.release(maildrop_id, token)).await;
             if let Err(e) = released {
                 tracing::warn!(maildrop = %maildrop_id, error = %e, "cannot release the maildrop's lease; it will expire");
             }
@@ -520,24 +596,34 @@ impl PgMaildrop {
         let store = &self.store;
         let row = within(CHUNK_DEADLINE, "open the message", async {
             let client = store.client().await?;
+            let first = prepared(&client, FIRST_CHUNK, "prepare the message's opening").await?;
             client
-                .query_opt(
-                    "SELECT chunks FROM messages WHERE id = $1 AND maildrop_id = $2",
-                    &[&id, &self.lease.maildrop_id],
-                )
+                .query_opt(&first, &[&id, &self.lease.maildrop_id])
                 .await
                 .map_err(db_error("open the message"))
         })
         .await?;
-        let chunks: i32 = row.ok_or(StoreError::Vanished(index + 1))?.get(0);
-        Ok(ChunkReader {
+        let row = row.ok_or(StoreError::Vanished(index + 1))?;
+        let chunks: i32 = row.get(0);
+        let first: Option<Vec<u8>> = row.get(1);
+        let mut reader = ChunkReader {
             store: Arc::clone(&self.store),
             message_id: id,
             chunks,
             next: 0,
             chunk: Vec::new(),
             pos: 0,
-        })
+        };
+        if chunks > 0 {
+            let corrupt = |e: io::Error| StoreError::Database {
+                what: "open the message",
+                detail: e.to_string(),
+            };
+            let first = first.ok_or_else(|| corrupt(reader.missing(0)))?;
+            reader.chunk = reader.checked(0, first).map_err(corrupt)?;
+            reader.next = 1;
+        }
+        Ok(reader)
     }
 
     /// [`Maildrop::release`], for callers on the runtime.
@@ -596,23 +682,25 @@ impl PgMaildrop {
             .transaction()
             .await
             .map_err(classify("begin the UPDATE"))?;
+        let check = tx
+            .prepare_cached("SELECT 1 FROM leases WHERE maildrop_id = $1 AND token = $2 FOR UPDATE")
+            .await
+            .map_err(classify("check the lease"))?;
         let held = tx
-            .query_opt(
-                "SELECT 1 FROM leases WHERE maildrop_id = $1 AND token = $2 FOR UPDATE",
-                &[&self.lease.maildrop_id, &self.lease.token],
-            )
+            .query_opt(&check, &[&self.lease.maildrop_id, &self.lease.token])
             .await
             .map_err(classify("check the lease"))?;
         if held.is_none() {
             self.lease.lost.store(true, Ordering::Relaxed);
             return Err(Attempt::Fail(StoreError::LeaseLost));
         }
-        tx.execute(
-            "DELETE FROM messages WHERE maildrop_id = $1 AND id = ANY($2)",
-            &[&self.lease.maildrop_id, &ids],
-        )
-        .await
-        .map_err(classify("delete the messages"))?;
+        let delete = tx
+            .prepare_cached("DELETE FROM messages WHERE maildrop_id = $1 AND id = ANY($2)")
+            .await
+            .map_err(classify("delete the messages"))?;
+        tx.execute(&delete, &[&self.lease.maildrop_id, &ids])
+            .await
+            .map_err(classify("delete the messages"))?;
         tx.commit().await.map_err(classify("commit the UPDATE"))
     }
 }
@@ -678,32 +766,37 @@ impl ChunkReader {
         let (store, id, seq) = (&self.store, self.message_id, self.next);
         let row = within(CHUNK_DEADLINE, "read a chunk of the message", async {
             let client = store.client().await?;
+            let next = prepared(&client, NEXT_CHUNK, "prepare the chunk read").await?;
             client
-                .query_opt(
-                    "SELECT data FROM message_chunks WHERE message_id = $1 AND seq = $2",
-                    &[&id, &seq],
-                )
+                .query_opt(&next, &[&id, &seq])
                 .await
                 .map_err(db_error("read a chunk of the message"))
         })
         .await
         .map_err(io::Error::other)?;
-        let data: Vec<u8> = match row {
-            Some(row) => row.get(0),
-            None => {
-                return Err(io::Error::other(format!(
-                    "chunk {seq} of message {id} is missing from the database"
-                )))
-            }
-        };
+        let data = row.ok_or_else(|| self.missing(seq))?.get(0);
+        let data = self.checked(seq, data)?;
+        self.next += 1;
+        Ok(Some(data))
+    }
+
+    fn missing(&self, seq: i32) -> io::Error {
+        io::Error::other(format!(
+            "chunk {seq} of message {} is missing from the database",
+            self.message_id
+        ))
+    }
+
+    /// `data`, if it has the size a chunk may have.
+    fn checked(&self, seq: i32, data: Vec<u8>) -> io::Result<Vec<u8>> {
         if data.is_empty() || data.len() > CHUNK_SIZE {
             return Err(io::Error::other(format!(
-                "chunk {seq} of message {id} has {} octets",
+                "chunk {seq} of message {} has {} octets",
+                self.message_id,
                 data.len()
             )));
         }
-        self.next += 1;
-        Ok(Some(data))
+        Ok(data)
     }
 }
 
