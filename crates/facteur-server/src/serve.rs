@@ -151,14 +151,28 @@ pub fn serve(cfg: Config, dev: bool, banner: Option<String>) -> Result<(), Serve
         let implicit = into_tokio(implicit)?;
         let lmtp = lmtp_into_tokio(lmtp)?;
         let stls = tls.is_some();
+        // The store and the users on one database: one pool for both, made (and its first
+        // connection with it) before either.
+        let pool = match (cfg.store.backend, cfg.auth.backend) {
+            (StoreBackend::Postgresql, AuthBackend::Sql) => {
+                let url = cfg.database_url().unwrap_or_default();
+                let pool = facteur_store::postgres::connect_pool(url, cfg.store.pool_size).await?;
+                tracing::info!(
+                    pool_size = cfg.store.pool_size,
+                    "the store and the users share one pool of database connections"
+                );
+                Some(pool)
+            }
+            _ => None,
+        };
         let (auth, shared_penalties) = match passwd {
             Some(db) => (Arc::new(db) as Arc<dyn Authenticator>, None),
             None => {
-                let (users, penalties) = open_sql_users(&cfg).await?;
+                let (users, penalties) = open_sql_users(&cfg, pool.clone()).await?;
                 (Arc::new(users) as Arc<dyn Authenticator>, Some(penalties))
             }
         };
-        let store = open_store(&cfg.store).await?;
+        let store = open_store(&cfg.store, pool).await?;
         let mut shared = Shared::new(cfg, auth, store);
         if let Some(penalties) = shared_penalties {
             penalties.spawn_cleaner();
@@ -222,10 +236,21 @@ pub fn serve(cfg: Config, dev: bool, banner: Option<String>) -> Result<(), Serve
 }
 
 /// `[auth] backend = "sql"`: the users and the shared failed-login penalties, in the database
-/// of [`Config::database_url`], whose schema must be this build's.
-async fn open_sql_users(cfg: &Config) -> Result<(SqlUsers, Arc<SharedPenalties>), ServeError> {
-    let url = cfg.database_url().unwrap_or_default();
-    let pool = facteur_auth::sql::pool(url, cfg.store.pool_size)?;
+/// of [`Config::database_url`], whose schema must be this build's; on `pool` if the store
+/// shares it, else on a pool of their own of `[store] pool_size` connections.
+async fn open_sql_users(
+    cfg: &Config,
+    pool: Option<facteur_auth::sql::Pool>,
+) -> Result<(SqlUsers, Arc<SharedPenalties>), ServeError> {
+    let pool = match pool {
+        Some(p) => p,
+        None => {
+            let url = cfg.database_url().unwrap_or_default();
+            facteur_store::postgres::connect_pool(url, cfg.store.pool_size)
+                .await
+                .map_err(AuthError::from)?
+        }
+    };
     let users = SqlUsers::open(pool.clone())
         .await?
         .with_verified_cache(cfg.auth.cache_ttl(), cfg.auth.cache_max_entries);
@@ -247,26 +272,36 @@ async fn open_sql_users(cfg: &Config) -> Result<(SqlUsers, Arc<SharedPenalties>)
 
 /// The store `[store]` names. Runs inside the server's runtime: the PostgreSQL store drives its
 /// database I/O on it (and checks the schema here, so a server never serves a schema it does not
-/// know).
-pub async fn open_store(cfg: &StoreSection) -> Result<Arc<dyn Store>, ServeError> {
+/// know). `pool`: the pool the store shares with the SQL users, if it does.
+pub async fn open_store(
+    cfg: &StoreSection,
+    pool: Option<facteur_auth::sql::Pool>,
+) -> Result<Arc<dyn Store>, ServeError> {
     match cfg.backend {
         StoreBackend::Maildir => Ok(Arc::new(
             MaildirStore::new(cfg.maildir.clone()).with_uidl(cfg.uidl.into()),
         )),
         #[cfg(feature = "postgres")]
         StoreBackend::Postgresql => {
-            let store = facteur_store::postgres::PgStore::connect(
-                &facteur_store::postgres::PgStoreConfig {
-                    url: cfg.url.clone().unwrap_or_default(),
-                    pool_size: cfg.pool_size,
-                    lease: cfg.lease(),
-                },
-            )
-            .await?;
+            use facteur_store::postgres::{PgStore, PgStoreConfig};
+            let store = match pool {
+                Some(pool) => PgStore::with_pool(pool, cfg.lease()).await?,
+                None => {
+                    PgStore::connect(&PgStoreConfig {
+                        url: cfg.url.clone().unwrap_or_default(),
+                        pool_size: cfg.pool_size,
+                        lease: cfg.lease(),
+                    })
+                    .await?
+                }
+            };
             Ok(Arc::new(store))
         }
         #[cfg(not(feature = "postgres"))]
-        StoreBackend::Postgresql => Err(ServeError::NoPostgres),
+        StoreBackend::Postgresql => {
+            drop(pool);
+            Err(ServeError::NoPostgres)
+        }
     }
 }
 

@@ -16,7 +16,8 @@
 //! ## Layout
 //! One file: the shared policy ([`provider`], [`PROTOCOL_VERSIONS`], [`client_builder`],
 //! [`read_certificates`]); the server's configuration ([`load`], [`TlsState`] and its reload);
-//! [`client_identity`], the user a verified client certificate names; [`write_self_signed`].
+//! [`client_identity`], the user a verified client certificate names; [`end_point_hash`], the
+//! hash a certificate binds a channel with (SCRAM's `tls-server-end-point`); [`write_self_signed`].
 //!
 //! ## What this crate must never do
 //! Offer a protocol version older than TLS 1.2; accept a certificate file that holds no
@@ -354,6 +355,48 @@ fn printable(b: &[u8]) -> Option<String> {
     (!s.is_empty() && s.chars().all(|c| !c.is_control())).then(|| s.to_string())
 }
 
+/// The hash function of a certificate's signature, as `tls-server-end-point` channel binding
+/// (RFC 5929 section 4.1) uses it: MD5 and SHA-1 signatures bind with SHA-256.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndPointHash {
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+/// The `tls-server-end-point` hash of a certificate: from its signatureAlgorithm, for RSA
+/// PKCS#1 v1.5 and ECDSA signatures. `None` for any other algorithm (RSA-PSS, whose hash is in
+/// its parameters; Ed25519, for which RFC 5929 defines none; SHA-224) or a certificate that
+/// does not parse: the caller then offers no channel binding, never a wrong one.
+pub fn end_point_hash(cert_der: &[u8]) -> Option<EndPointHash> {
+    // 1.2.840.113549.1.1.x (PKCS #1) and 1.2.840.10045.4.x (ECDSA), DER-encoded.
+    const PKCS1: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04];
+    let (_, cert, _) = der_read(cert_der)?; // Certificate ::= SEQUENCE
+    let (_, _tbs, rest) = der_read(cert)?;
+    let (_, algorithm, _) = der_read(rest)?; // AlgorithmIdentifier ::= SEQUENCE
+    let (tag, oid, _) = der_read(algorithm)?;
+    if tag != 0x06 {
+        return None;
+    }
+    if let Some(arc) = oid.strip_prefix(PKCS1) {
+        return match arc {
+            // md5WithRSAEncryption, sha1WithRSAEncryption, sha256WithRSAEncryption
+            [0x04] | [0x05] | [0x0b] => Some(EndPointHash::Sha256),
+            [0x0c] => Some(EndPointHash::Sha384),
+            [0x0d] => Some(EndPointHash::Sha512),
+            _ => None,
+        };
+    }
+    match oid.strip_prefix(ECDSA)? {
+        // ecdsa-with-SHA1, ecdsa-with-SHA256, -SHA384, -SHA512
+        [0x01] | [0x03, 0x02] => Some(EndPointHash::Sha256),
+        [0x03, 0x03] => Some(EndPointHash::Sha384),
+        [0x03, 0x04] => Some(EndPointHash::Sha512),
+        _ => None,
+    }
+}
+
 /// Read one DER TLV: (tag, value, rest). Only single-byte tags, which is all X.509 uses here.
 fn der_read(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, b) = b.split_first()?;
@@ -425,6 +468,30 @@ mod tests {
             client_identity(&cert_with("bob", &[])).as_deref(),
             Some("bob")
         );
+    }
+
+    #[test]
+    fn end_point_hash_follows_the_signature_algorithm() {
+        let sign = |alg: &'static rcgen::SignatureAlgorithm| {
+            let key = rcgen::KeyPair::generate_for(alg).unwrap();
+            let params = rcgen::CertificateParams::new(vec!["db.example".to_string()]).unwrap();
+            params.self_signed(&key).unwrap().der().to_vec()
+        };
+        assert_eq!(
+            end_point_hash(&sign(&rcgen::PKCS_ECDSA_P256_SHA256)),
+            Some(EndPointHash::Sha256)
+        );
+        assert_eq!(
+            end_point_hash(&sign(&rcgen::PKCS_ECDSA_P384_SHA384)),
+            Some(EndPointHash::Sha384)
+        );
+        // RFC 5929 defines no hash for Ed25519: no channel binding rather than a wrong one.
+        assert_eq!(end_point_hash(&sign(&rcgen::PKCS_ED25519)), None);
+        let good = sign(&rcgen::PKCS_ECDSA_P256_SHA256);
+        for cut in 0..good.len() {
+            let _ = end_point_hash(&good[..cut]);
+        }
+        assert_eq!(end_point_hash(&[]), None);
     }
 
     #[test]

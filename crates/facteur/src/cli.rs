@@ -707,10 +707,7 @@ impl SqlAdmin {
             return Ok(None);
         }
         let rt = db_runtime()?;
-        let pool = {
-            let _in = rt.enter();
-            auth::sql::pool(db_url(cfg)?, 1)?
-        };
+        let pool = rt.block_on(facteur_store::postgres::connect_pool(db_url(cfg)?, 1))?;
         rt.block_on(auth::sql::check_schema(&pool))?;
         Ok(Some(Self { rt, pool }))
     }
@@ -1042,9 +1039,20 @@ fn migrate(args: &MigrateArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// check-config: the database answers and has the schema this facteur knows.
+/// check-config: the database answers and has the schema this facteur knows; says where it is
+/// and how the connection is protected.
 fn db_check(cfg: &Config) -> Result<i64, CliError> {
+    use facteur_store::postgres::SslMode;
     let url = db_url(cfg)?;
+    let settings = facteur_store::postgres::settings(url)?;
+    println!("database: {}", settings.describe());
+    if matches!(settings.mode, SslMode::Prefer | SslMode::Require) {
+        eprintln!(
+            "warning: the database's certificate is not checked (sslmode={}): on a network you \
+             do not trust, use sslmode=verify-full with sslrootcert",
+            settings.mode
+        );
+    }
     Ok(db_runtime()?.block_on(facteur_store::postgres::check_url(url))?)
 }
 

@@ -33,11 +33,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use uuid::Uuid;
 
 use super::store::{fill, maildrop_id, within, RELEASE_LEASE, TAKE_LEASE};
-use super::{check_schema, db_error, parse_url, CHUNK_SIZE};
+use super::{check_schema, db_error, CHUNK_SIZE};
 use crate::handle::{escaped, Opened};
 use crate::listing::{Listed, ReadOnlyListing};
 use crate::name::{base_name, order_key, wire_size_field, WireCounter};
@@ -143,16 +143,7 @@ impl Drop for Migrator {
 impl Migrator {
     /// Connects to `url` and checks the schema is this facteur's.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let config = parse_url(url)?;
-        let (client, connection) = config
-            .connect(NoTls)
-            .await
-            .map_err(db_error("connect to the database"))?;
-        let driver = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "the database connection ended");
-            }
-        });
+        let (client, driver) = super::connect(url).await?;
         check_schema(&client).await?;
         let insert_chunk = client
             .prepare("INSERT INTO message_chunks (message_id, seq, data) VALUES ($1, $2, $3)")

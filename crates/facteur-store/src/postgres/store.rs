@@ -79,7 +79,13 @@ impl PgStore {
     /// Connects to the database and checks its schema. Must run inside the multi-thread tokio
     /// runtime that will drive the store's I/O from then on.
     pub async fn connect(config: &PgStoreConfig) -> Result<Self, StoreError> {
-        let pool = super::pool(&config.url, config.pool_size)?;
+        let pool = super::connect_pool(&config.url, config.pool_size).await?;
+        Self::with_pool(pool, config.lease).await
+    }
+
+    /// The store on a pool made elsewhere (the one `serve` shares with the SQL users); checks
+    /// the schema. `lease` as [`PgStoreConfig::lease`].
+    pub async fn with_pool(pool: Pool, lease: Duration) -> Result<Self, StoreError> {
         let client = pool
             .get()
             .await
@@ -91,8 +97,8 @@ impl PgStore {
             inner: Arc::new(Inner {
                 pool,
                 runtime: Handle::current(),
-                lease: config.lease,
-                renew_every: config.lease / 3,
+                lease,
+                renew_every: lease / 3,
                 holder: format!("{} pid {}", crate::deliver::hostname(), std::process::id()),
             }),
         })

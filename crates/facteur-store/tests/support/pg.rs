@@ -7,9 +7,17 @@
 //! socket only, in a temporary folder; every test of the process shares it, each in a fresh
 //! database. Run as root, the cluster runs as `nobody` (initdb refuses root).
 //!
+//! A test that needs server settings of its own (TLS, pg_hba.conf, a TCP port on 127.0.0.1)
+//! starts a [`Cluster`] of its own, whatever `FACTEUR_TEST_DATABASE_URL` says.
+//!
 //! Cleanup survives a killed test process: a reaper shell in its own session (`setsid`) waits for
 //! this process to end, however it ends, then stops the cluster (`pg_ctl stop -m immediate`) and
 //! removes the folder.
+
+#![allow(
+    dead_code,
+    reason = "several test binaries include this file, each using its own part (a Cluster of its own, or not)"
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -179,6 +187,110 @@ fn as_owner(program: &Path, drop_to: Option<(u32, u32)>) -> Command {
 
 /// Starts this process's cluster and its reaper; returns the socket folder.
 fn start_cluster() -> PathBuf {
+    start_cluster_with(&Setup::default(), None)
+}
+
+/// What a test's own cluster needs besides the defaults (see [`Cluster::start`]).
+#[derive(Default)]
+pub struct Setup {
+    /// Lines added to postgresql.conf (`ssl = on`, `ssl_cert_file = 'server.crt'`, ...).
+    pub conf: Vec<String>,
+    /// The lines of pg_hba.conf after `local all all trust` (which the harness needs); none:
+    /// initdb's.
+    pub hba: Vec<String>,
+    /// Files written into the data folder before the start, owned by the cluster's owner with
+    /// mode 0600 (a key file PostgreSQL accepts): (name, contents).
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+/// A throwaway cluster of one test's own, listening on 127.0.0.1 (TCP, a port of its own) as
+/// well as on its socket: for the tests that need server settings of their own (TLS,
+/// pg_hba.conf). Stopped and removed when dropped (and by its reaper if the test dies).
+pub struct Cluster {
+    /// The TCP port on 127.0.0.1.
+    pub port: u16,
+    socket_dir: PathBuf,
+    bin: PathBuf,
+    drop_to: Option<(u32, u32)>,
+}
+
+impl Cluster {
+    /// Starts a cluster with `setup`, on a free port of 127.0.0.1.
+    pub fn start(setup: &Setup) -> Self {
+        // PostgreSQL cannot listen on port 0: take a free port, and try another if someone
+        // took it meanwhile.
+        let mut last = String::new();
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("find a free port")
+                .port();
+            match std::panic::catch_unwind(|| start_cluster_with(setup, Some(port))) {
+                Ok(socket_dir) => {
+                    return Self {
+                        port,
+                        socket_dir,
+                        bin: pg_bin_dir(),
+                        drop_to: rustix::process::geteuid().is_root().then(nobody),
+                    }
+                }
+                Err(e) => {
+                    last = e
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .unwrap_or_else(|| "the cluster did not start".into())
+                }
+            }
+        }
+        panic!("{last}");
+    }
+
+    /// The superuser's connection string to database `dbname`, through the socket.
+    pub fn admin_url(&self, dbname: &str) -> String {
+        format!(
+            "host={} port={} user=postgres dbname={dbname}",
+            self.socket_dir.display(),
+            self.port
+        )
+    }
+
+    /// Runs `sql` as the superuser in database `dbname`, through the socket.
+    pub fn sql(&self, dbname: &str, sql: &str) {
+        run_sql(&self.admin_url(dbname), sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// A fresh database of this cluster; its [`TestDb::url`] is through the socket.
+    pub fn fresh_database(&self) -> TestDb {
+        let name = format!(
+            "facteur_test_{}_{}",
+            std::process::id(),
+            NEXT_DB.fetch_add(1, Ordering::Relaxed)
+        );
+        self.sql("postgres", &format!("CREATE DATABASE {name}"));
+        TestDb {
+            url: self.admin_url(&name),
+            name,
+            admin_url: None,
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = as_owner(&self.bin.join("pg_ctl"), self.drop_to)
+            .arg("-D")
+            .arg(self.socket_dir.join("data"))
+            .args(["stop", "-m", "immediate"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.socket_dir);
+    }
+}
+
+/// Starts a cluster with `setup` (on 127.0.0.1:`port` too, if given) and its reaper; returns
+/// its folder, which holds its socket.
+fn start_cluster_with(setup: &Setup, port: Option<u16>) -> PathBuf {
     let bin = pg_bin_dir();
     let drop_to = rustix::process::geteuid().is_root().then(nobody);
     // Under /tmp whatever TMPDIR says: `nobody` must reach it, and a Unix socket path must stay
@@ -239,8 +351,43 @@ fn start_cluster() -> PathBuf {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    let write = |path: &Path, contents: &[u8]| {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        std::io::Write::write_all(&mut f, contents).expect("write a cluster file");
+        if let Some((uid, gid)) = drop_to {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("give the file to nobody");
+        }
+    };
+    for (name, contents) in &setup.files {
+        write(&data.join(name), contents);
+    }
+    if !setup.conf.is_empty() {
+        let mut conf =
+            std::fs::read_to_string(data.join("postgresql.conf")).expect("read postgresql.conf");
+        for line in &setup.conf {
+            conf.push('\n');
+            conf.push_str(line);
+        }
+        conf.push('\n');
+        write(&data.join("postgresql.conf"), conf.as_bytes());
+    }
+    if !setup.hba.is_empty() {
+        let hba = format!("local all all trust\n{}\n", setup.hba.join("\n"));
+        write(&data.join("pg_hba.conf"), hba.as_bytes());
+    }
+    let listen = match port {
+        Some(p) => format!("-c listen_addresses='127.0.0.1' -p {p}"),
+        None => "-c listen_addresses=''".to_string(),
+    };
     let options = format!(
-        "-k {} -c listen_addresses='' -c fsync=off -c synchronous_commit=off \
+        "-k {} {listen} -c fsync=off -c synchronous_commit=off \
          -c full_page_writes=off -c max_connections=200 -c shared_buffers=16MB",
         dir.display()
     );
