@@ -6,8 +6,7 @@
 //! `lmtp:inet:`.
 
 mod common;
-#[path = "../../facteur-store/tests/support/pg.rs"]
-mod pg;
+use common::pg;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

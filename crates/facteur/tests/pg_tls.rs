@@ -6,8 +6,7 @@
 //! server's certificate stops every command with one line that says so.
 
 mod common;
-#[path = "../../facteur-store/tests/support/pg.rs"]
-mod pg;
+use common::pg;
 #[path = "../../facteur-store/tests/support/pg_tls.rs"]
 mod pg_tls;
 

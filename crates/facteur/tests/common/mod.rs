@@ -387,7 +387,7 @@ impl Fixture {
         // As `facteur serve` does: the store opened inside the server's runtime, which then
         // drives its database I/O.
         let store = rt
-            .block_on(open_store(&self.config.store))
+            .block_on(open_store(&self.config.store, None))
             .expect("open the store");
         let mut shared = Shared::new(
             self.config.clone(),
