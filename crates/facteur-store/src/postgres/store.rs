@@ -180,8 +180,8 @@ const RENEW_LEASE: &str =
 pub(super) const RELEASE_LEASE: &str =
     "UPDATE leases SET token = $3, expires_at = now() WHERE maildrop_id = $1 AND token = $2";
 
-/// The snapshot, by the maildrop's name so that it can be sent with [`OPEN`] in one round trip.
-/// It runs after [`OPEN`] on the same connection; it is thrown away unless the lease was taken.
+/// The snapshot, by the maildrop's name so that it can be sent with the lease statement in one round trip.
+/// It runs after the lease statement on the same connection; it is thrown away unless the lease was taken.
 /// Public for the test that checks its plan (an index-only scan, no sort).
 /// (The maildrop's id comes from a scalar subquery, not a join: so the planner knows it is one
 /// value, and reads the index in its order with no sort.)
