@@ -56,7 +56,7 @@ chmod 755 "$SCRATCH"
 "${as_owner[@]}" "$PGBIN/initdb" -D "$SCRATCH/pg" -U postgres --auth=trust >/dev/null
 "${as_owner[@]}" "$PGBIN/pg_ctl" -D "$SCRATCH/pg" -l "$SCRATCH/pg/log" -w start -o \
     "-c listen_addresses='' -c unix_socket_directories='$SCRATCH/sock' -c fsync=on \
-     -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all" >/dev/null
+     -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all ${PG_EXTRA_OPTIONS:-}" >/dev/null
 psql() { "$PGBIN/psql" -h "$SCRATCH/sock" -U postgres -X -q -v ON_ERROR_STOP=1 "$@"; }
 psql -d postgres -c "CREATE DATABASE mail"
 psql -d mail -c "CREATE EXTENSION pg_stat_statements"

@@ -484,12 +484,38 @@ pub struct StoreSection {
     /// time; longer: a slow database or a network hiccup costs fewer sessions.
     #[serde(default = "defaults::lease_secs")]
     pub lease_secs: u64,
+    /// How lease changes commit on PostgreSQL: `"async"` (the default: without waiting for
+    /// the database's disk, more sessions per second, and safe: a database crash can only
+    /// make a lease look free or held again, and UPDATE's fencing commits durably) or `"sync"`
+    /// (for a PostgreSQL-wire database that refuses `synchronous_commit = off`). Deliveries
+    /// and UPDATE always wait for the disk.
+    #[serde(default)]
+    pub lease_commit: LeaseCommitSetting,
     /// Where a Maildir's unique-ids come from (backend `maildir`): `facteur`, the file names;
     /// `dovecot`, Dovecot's `dovecot-uidlist` (its default `%08Xu%08Xv`, or what
     /// `pop3_save_uidl` saved), so that clients that leave mail on the server do not download
     /// it again after a move from Dovecot. `facteur migrate` carries the one its source uses.
     #[serde(default)]
     pub uidl: UidlSetting,
+}
+
+/// `[store] lease_commit`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseCommitSetting {
+    #[default]
+    Async,
+    Sync,
+}
+
+#[cfg(feature = "postgres")]
+impl From<LeaseCommitSetting> for facteur_store::postgres::LeaseCommit {
+    fn from(s: LeaseCommitSetting) -> Self {
+        match s {
+            LeaseCommitSetting::Async => Self::Asynchronous,
+            LeaseCommitSetting::Sync => Self::Synchronous,
+        }
+    }
 }
 
 /// `[store] uidl`.
@@ -1430,6 +1456,16 @@ mod tests {
             Some("host=/run/postgresql dbname=mail")
         );
         assert_eq!((c.store.pool_size, c.store.lease_secs), (4, 30));
+        assert_eq!(c.store.lease_commit, LeaseCommitSetting::Async);
+        let sync = pg.replace(
+            "lease_secs = 30",
+            "lease_secs = 30\nlease_commit = \"sync\"",
+        );
+        let c = Config::parse(&sync, Path::new("/etc/f.toml")).unwrap();
+        assert_eq!(c.store.lease_commit, LeaseCommitSetting::Sync);
+        let bad = pg.replace("lease_secs = 30", "lease_commit = \"maybe\"");
+        let e = Config::parse(&bad, Path::new("/etc/f.toml")).unwrap_err();
+        assert!(e.to_string().contains("unknown variant"), "{e}");
         // No maildir is made up for the database backend.
         assert_eq!(c.store.maildir, "");
         let store = |keys: &str| {

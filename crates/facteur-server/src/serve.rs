@@ -284,16 +284,15 @@ pub async fn open_store(
         #[cfg(feature = "postgres")]
         StoreBackend::Postgresql => {
             use facteur_store::postgres::{PgStore, PgStoreConfig};
+            let config = PgStoreConfig {
+                url: cfg.url.clone().unwrap_or_default(),
+                pool_size: cfg.pool_size,
+                lease: cfg.lease(),
+                lease_commit: cfg.lease_commit.into(),
+            };
             let store = match pool {
-                Some(pool) => PgStore::with_pool(pool, cfg.lease()).await?,
-                None => {
-                    PgStore::connect(&PgStoreConfig {
-                        url: cfg.url.clone().unwrap_or_default(),
-                        pool_size: cfg.pool_size,
-                        lease: cfg.lease(),
-                    })
-                    .await?
-                }
+                Some(pool) => PgStore::with_pool(pool, &config).await?,
+                None => PgStore::connect(&config).await?,
             };
             Ok(Arc::new(store))
         }

@@ -186,7 +186,7 @@ mod schema {
 
 mod store {
     use super::*;
-    use facteur_store::postgres::{self, PgStore, PgStoreConfig};
+    use facteur_store::postgres::{self, LeaseCommit, PgStore, PgStoreConfig};
     use facteur_store::{Maildrop, Store, StoreError};
     use std::io::Read;
     use std::time::{Duration, Instant};
@@ -217,12 +217,60 @@ mod store {
     }
 
     fn connect(rt: &tokio::runtime::Runtime, url: &str, lease: Duration) -> PgStore {
+        connect_with(rt, url, lease, LeaseCommit::default())
+    }
+
+    fn connect_with(
+        rt: &tokio::runtime::Runtime,
+        url: &str,
+        lease: Duration,
+        lease_commit: LeaseCommit,
+    ) -> PgStore {
         rt.block_on(PgStore::connect(&PgStoreConfig {
             url: url.to_owned(),
             pool_size: 4,
             lease,
+            lease_commit,
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn leases_commit_without_waiting_for_the_disk_and_nothing_else_does() {
+        // The test cluster runs with synchronous_commit off for speed: this database waits for
+        // its flushes, as a production one does, and the store must keep that but for leases.
+        let db = pg::fresh_database();
+        with_client(&db.url, async |c| {
+            c.batch_execute(
+                "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET synchronous_commit = on', \
+                 current_database()); END $$",
+            )
+            .await
+            .unwrap()
+        });
+        let rt = runtime();
+        rt.block_on(postgres::migrate_url(&db.url)).unwrap();
+        let store = connect(&rt, &db.url, Duration::from_secs(30));
+        let env = Env { store, rt, db };
+        let settings = env.rt.block_on(env.store.commit_settings()).unwrap();
+        assert_eq!(settings, ("off".to_owned(), "on".to_owned()));
+        // With lease_commit = "sync", every commit waits for its flush; the store still serves.
+        let durable = connect_with(
+            &env.rt,
+            &env.db.url,
+            Duration::from_secs(30),
+            LeaseCommit::Synchronous,
+        );
+        let settings = env.rt.block_on(durable.commit_settings()).unwrap();
+        assert_eq!(settings, ("on".to_owned(), "on".to_owned()));
+        deliver(&durable, "alice", b"Subject: x\r\n\r\nbody\r\n");
+        let mut m = durable.open("alice", None).unwrap();
+        assert_eq!(m.messages().len(), 1);
+        m.apply_deletions(&[0]).unwrap();
+        m.release().unwrap();
+        drop(m);
+        let m = env.store.open("alice", None).unwrap();
+        assert!(m.messages().is_empty());
     }
 
     fn deliver(store: &PgStore, user: &str, message: &[u8]) -> facteur_store::Delivered {
@@ -558,6 +606,7 @@ mod store {
                 url: db.url.clone(),
                 pool_size: 1,
                 lease: Duration::from_secs(5),
+                lease_commit: LeaseCommit::default(),
             }))
             .err()
             .unwrap();

@@ -1122,6 +1122,8 @@ fn deliver(user: &str, config_path: &Path) -> Result<(), CliError> {
                         url: cfg.store.url.clone().unwrap_or_default(),
                         pool_size: 1,
                         lease: cfg.store.lease(),
+                        // A delivery takes no lease: no second connection for them.
+                        lease_commit: facteur_store::postgres::LeaseCommit::Synchronous,
                     },
                 ))
                 .map_err(store_error)?;

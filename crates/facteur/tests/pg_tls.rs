@@ -130,11 +130,12 @@ fn store_and_users_over_verified_tls_share_one_pool() {
         "{body:?}"
     );
     c.quit();
-    // One pool of one connection served the login and the maildrop (two pools would hold
-    // two), and it is under TLS.
+    // One pool of one connection served the login and the maildrop's durable writes, and the
+    // leases' pool of one connection (`lease_commit = "async"`) the rest: two connections
+    // (a pool of its own for the users would make three), all under TLS.
     let facteur = "FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
                    WHERE a.application_name = 'facteur' AND a.usename = 'alice'";
-    assert_eq!(count(&cluster, &format!("SELECT count(*) {facteur}")), 1);
+    assert_eq!(count(&cluster, &format!("SELECT count(*) {facteur}")), 2);
     assert_eq!(
         count(
             &cluster,

@@ -27,7 +27,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use crate::StoreError;
 
 pub use schema::{check_schema, migrate, Migrated, SCHEMA_VERSION};
-pub use store::{ChunkReader, PgMaildrop, PgStore, PgStoreConfig, LISTING};
+pub use store::{ChunkReader, LeaseCommit, PgMaildrop, PgStore, PgStoreConfig, LISTING};
 pub use tls::{PgTls, SslMode};
 
 /// The most octets one row of `message_chunks` holds.
@@ -216,8 +216,31 @@ pub fn pool_of(settings: &Settings, size: usize) -> Result<Pool, StoreError> {
 /// that cannot be reached (or TLS that fails) is a one-line error at start, naming the host.
 /// `serve` hands this one pool to the store and the SQL users when both are on `url`.
 pub async fn connect_pool(url: &str, size: usize) -> Result<Pool, StoreError> {
-    let settings = settings(url)?;
-    let pool = pool_of(&settings, size)?;
+    connect_pool_of(&settings(url)?, size).await
+}
+
+/// The setting of the connections of [`connect_pool_without_commit_wait`].
+pub const NO_COMMIT_WAIT: &str = "-c synchronous_commit=off";
+
+/// A pool like [`connect_pool`] whose connections commit without waiting for the database to
+/// flush the commit to disk (`synchronous_commit = off`, set at connection). A crash of the
+/// database may then forget the last fraction of a second of their commits, never corrupt
+/// anything. The store uses it for the leases alone (take, renew, release) and for reads: a
+/// forgotten lease write only makes a lease look free or held again, and the fencing of UPDATE,
+/// which commits durably on the other pool, still lets at most one session apply deletions (a
+/// durable commit also flushes every commit written before it).
+pub async fn connect_pool_without_commit_wait(url: &str, size: usize) -> Result<Pool, StoreError> {
+    let mut settings = settings(url)?;
+    let options = match settings.config.get_options() {
+        Some(o) if !o.trim().is_empty() => format!("{o} {NO_COMMIT_WAIT}"),
+        _ => NO_COMMIT_WAIT.to_owned(),
+    };
+    settings.config.options(&options);
+    connect_pool_of(&settings, size).await
+}
+
+async fn connect_pool_of(settings: &Settings, size: usize) -> Result<Pool, StoreError> {
+    let pool = pool_of(settings, size)?;
     match pool.get().await {
         Ok(client) => drop(client),
         // The database's own error, without deadpool's words around it.

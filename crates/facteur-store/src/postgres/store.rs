@@ -58,6 +58,21 @@ pub struct PgStoreConfig {
     pub pool_size: usize,
     /// How long a maildrop's lease lasts without renewal (`[store] lease_secs`).
     pub lease: Duration,
+    /// How the lease statements commit (`[store] lease_commit`).
+    pub lease_commit: LeaseCommit,
+}
+
+/// How the lease statements commit (`[store] lease_commit`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LeaseCommit {
+    /// Without waiting for the disk (`synchronous_commit = off` on connections of their own):
+    /// more sessions per second on one node beside its database (measured with
+    /// bench/pg_queries.sh), and safe, as [`super::connect_pool_without_commit_wait`] says.
+    #[default]
+    Asynchronous,
+    /// Each lease change waits for its flush, as every other commit does: for databases that
+    /// refuse the setting.
+    Synchronous,
 }
 
 /// The PostgreSQL store; cheap to clone (one pool shared).
@@ -67,7 +82,12 @@ pub struct PgStore {
 }
 
 struct Inner {
+    /// Durable commits: deliveries and UPDATE.
     pool: Pool,
+    /// Commits that do not wait for the disk: leases, and reads (see
+    /// [`super::connect_pool_without_commit_wait`]). The same pool as `pool` with
+    /// [`LeaseCommit::Synchronous`].
+    lease_pool: Pool,
     runtime: Handle,
     lease: Duration,
     renew_every: Duration,
@@ -80,12 +100,13 @@ impl PgStore {
     /// runtime that will drive the store's I/O from then on.
     pub async fn connect(config: &PgStoreConfig) -> Result<Self, StoreError> {
         let pool = super::connect_pool(&config.url, config.pool_size).await?;
-        Self::with_pool(pool, config.lease).await
+        Self::with_pool(pool, config).await
     }
 
     /// The store on a pool made elsewhere (the one `serve` shares with the SQL users); checks
-    /// the schema. `lease` as [`PgStoreConfig::lease`].
-    pub async fn with_pool(pool: Pool, lease: Duration) -> Result<Self, StoreError> {
+    /// the schema. With [`LeaseCommit::Asynchronous`], a second pool of `config.pool_size`
+    /// connections to `config.url` serves the leases and the reads.
+    pub async fn with_pool(pool: Pool, config: &PgStoreConfig) -> Result<Self, StoreError> {
         let client = pool
             .get()
             .await
@@ -93,12 +114,29 @@ impl PgStore {
         let plain: &tokio_postgres::Client = &client;
         check_schema(plain).await?;
         drop(client);
+        let lease_pool = match config.lease_commit {
+            LeaseCommit::Synchronous => pool.clone(),
+            // A database that refuses the setting says so now, not at the first login.
+            LeaseCommit::Asynchronous => {
+                super::connect_pool_without_commit_wait(&config.url, config.pool_size)
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::Database { detail, .. } => StoreError::Database {
+                            what: "connect with synchronous_commit = off (set [store] \
+                                   lease_commit = \"sync\" if this database does not know it)",
+                            detail,
+                        },
+                        e => e,
+                    })?
+            }
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
+                lease_pool,
                 runtime: Handle::current(),
-                lease,
-                renew_every: lease / 3,
+                lease: config.lease,
+                renew_every: config.lease / 3,
                 holder: format!("{} pid {}", crate::deliver::hostname(), std::process::id()),
             }),
         })
@@ -110,6 +148,7 @@ impl PgStore {
     pub fn with_renewal_every(self, every: Duration) -> Self {
         let inner = Inner {
             pool: self.inner.pool.clone(),
+            lease_pool: self.inner.lease_pool.clone(),
             runtime: self.inner.runtime.clone(),
             lease: self.inner.lease,
             renew_every: every,
@@ -118,6 +157,22 @@ impl PgStore {
         Self {
             inner: Arc::new(inner),
         }
+    }
+
+    /// `SHOW synchronous_commit` on a connection of the lease pool, then of the durable pool:
+    /// what the tests check.
+    #[doc(hidden)]
+    pub async fn commit_settings(&self) -> Result<(String, String), StoreError> {
+        let mut settings = Vec::new();
+        for client in [self.inner.lease_client().await?, self.inner.client().await?] {
+            let row = client
+                .query_one("SHOW synchronous_commit", &[])
+                .await
+                .map_err(db_error("read synchronous_commit"))?;
+            settings.push(row.get::<_, String>(0));
+        }
+        let durable = settings.pop().unwrap_or_default();
+        Ok((settings.pop().unwrap_or_default(), durable))
     }
 
     /// [`Store::open`], for callers on the runtime.
@@ -208,6 +263,7 @@ pub(super) async fn prepared(
 }
 
 impl Inner {
+    /// A connection for durable writes (deliveries, UPDATE).
     async fn client(&self) -> Result<Object, StoreError> {
         self.pool
             .get()
@@ -215,9 +271,17 @@ impl Inner {
             .map_err(db_error("get a database connection"))
     }
 
+    /// A connection for leases and reads.
+    async fn lease_client(&self) -> Result<Object, StoreError> {
+        self.lease_pool
+            .get()
+            .await
+            .map_err(db_error("get a database connection"))
+    }
+
     /// Ends the lease `token` on `maildrop_id`, if it still holds it.
     async fn release(&self, maildrop_id: Uuid, token: Uuid) -> Result<u64, StoreError> {
-        let client = self.client().await?;
+        let client = self.lease_client().await?;
         let release = prepared(&client, RELEASE_LEASE, "release the lease").await?;
         client
             .execute(&release, &[&maildrop_id, &token, &Uuid::new_v4()])
@@ -242,7 +306,7 @@ impl Inner {
 
     async fn open(self: &Arc<Self>, user: &str) -> Result<PgMaildrop, StoreError> {
         check_name(user)?;
-        let client = self.client().await?;
+        let client = self.lease_client().await?;
         let open = prepared(&client, OPEN, "prepare the maildrop's opening").await?;
         let listing = prepared(&client, LISTING, "prepare the listing").await?;
         let token = Uuid::new_v4();
@@ -496,7 +560,7 @@ impl Lease {
                     return;
                 }
                 let renewed = within(every.max(Duration::from_secs(1)), "renew the lease", async {
-                    let client = task_store.client().await?;
+                    let client = task_store.lease_client().await?;
                     let renew = prepared(&client, RENEW_LEASE, "renew the lease").await?;
                     client
                         .execute(&renew, &[&maildrop_id, &token, &task_store.lease.as_secs_f64()])
@@ -595,7 +659,7 @@ impl PgMaildrop {
             .ok_or(StoreError::NoSuchMessage(index + 1))?;
         let store = &self.store;
         let row = within(CHUNK_DEADLINE, "open the message", async {
-            let client = store.client().await?;
+            let client = store.lease_client().await?;
             let first = prepared(&client, FIRST_CHUNK, "prepare the message's opening").await?;
             client
                 .query_opt(&first, &[&id, &self.lease.maildrop_id])
@@ -765,7 +829,7 @@ impl ChunkReader {
         }
         let (store, id, seq) = (&self.store, self.message_id, self.next);
         let row = within(CHUNK_DEADLINE, "read a chunk of the message", async {
-            let client = store.client().await?;
+            let client = store.lease_client().await?;
             let next = prepared(&client, NEXT_CHUNK, "prepare the chunk read").await?;
             client
                 .query_opt(&next, &[&id, &seq])

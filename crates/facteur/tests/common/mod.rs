@@ -238,6 +238,7 @@ impl Fixture {
                 url: db.url.clone(),
                 pool_size: 2,
                 lease: self.config.store.lease(),
+                lease_commit: self.config.store.lease_commit.into(),
             }))
             .expect("connect to the test database");
         self.pg = Some(PgBackend { store, rt, db });
