@@ -13,11 +13,9 @@
 //! a trusted one, or skip the name or the validity period of a pinned one.
 
 use super::{Pop3Error, Security, Target};
-use facteur_tls::{client_builder, read_certificates};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+use facteur_tls::{client_builder, PinningVerifier, TrustError};
+use rustls::pki_types::UnixTime;
+use rustls::CertificateError;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -25,121 +23,35 @@ use std::sync::Arc;
 /// of `ca_file` (and pinning each of them, see the module documentation), or the system's
 /// store (`SSL_CERT_FILE` and `SSL_CERT_DIR` are honoured).
 pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, Pop3Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    let mut pinned = Vec::new();
-    match ca_file {
-        Some(path) => {
-            let bad = |reason: String| Pop3Error::Tls(format!("{}: {reason}", path.display()));
-            for (i, cert) in read_certificates(path)
-                .map_err(bad)?
-                .into_iter()
-                .enumerate()
-            {
-                roots.add(cert.clone()).map_err(|e| {
-                    bad(format!(
-                        "certificate {} cannot be trusted: {}",
-                        i + 1,
-                        explain_rustls(&e, None)
-                    ))
-                })?;
-                pinned.push(cert);
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                let why = found
-                    .errors
-                    .first()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default();
-                return Err(Pop3Error::Tls(format!(
-                    "no trusted certificate in the system's store{why}; give a CA file (--ca-file, or ca_file in the configuration)"
-                )));
-            }
-        }
-    }
+    let (roots, pinned) = match ca_file {
+        Some(path) => facteur_tls::trusted_file(path).map_err(|e| match e {
+            TrustError::Untrusted {
+                path,
+                index,
+                source,
+            } => Pop3Error::Tls(format!(
+                "{path}: certificate {index} cannot be trusted: {}",
+                explain_rustls(&source, None)
+            )),
+            e => Pop3Error::Tls(e.to_string()),
+        })?,
+        None => (
+            facteur_tls::system_roots().map_err(|e| {
+                Pop3Error::Tls(format!(
+                    "{e}; give a CA file (--ca-file, or ca_file in the configuration)"
+                ))
+            })?,
+            Vec::new(),
+        ),
+    };
     let provider = facteur_tls::provider();
-    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| Pop3Error::Tls(e.to_string()))?;
+    let verifier = PinningVerifier::new(roots, pinned, true, provider.clone());
     let config = client_builder(provider)
         .map_err(|e| Pop3Error::Tls(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinningVerifier { inner, pinned }))
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     Ok(Arc::new(config))
-}
-
-/// WebPKI, plus the certificates of `ca_file` pinned (see the module documentation).
-#[derive(Debug)]
-struct PinningVerifier {
-    inner: Arc<WebPkiServerVerifier>,
-    /// The certificates of `ca_file`, as they are in the file.
-    pinned: Vec<CertificateDer<'static>>,
-}
-
-impl ServerCertVerifier for PinningVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
-            Err(e)
-                if is_ca_used_as_end_entity(&e)
-                    && self
-                        .pinned
-                        .iter()
-                        .any(|p| p.as_ref() == end_entity.as_ref()) =>
-            {
-                // WebPKI checks a certificate's validity period before its basic constraints:
-                // reaching CaUsedAsEndEntity means the period was fine (a test holds webpki to
-                // that). Only the name is left to check.
-                let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
-                rustls::client::verify_server_name(&parsed, server_name)?;
-                Ok(ServerCertVerified::assertion())
-            }
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-fn is_ca_used_as_end_entity(e: &rustls::Error) -> bool {
-    matches!(e, rustls::Error::InvalidCertificate(CertificateError::Other(other))
-        if matches!(other.0.downcast_ref::<webpki::Error>(), Some(webpki::Error::CaUsedAsEndEntity)))
 }
 
 /// What went wrong in a TLS handshake with `target`, for a person: what is wrong and what to

@@ -14,15 +14,19 @@
 //! file on disk never takes the server down, and sessions already under TLS keep theirs.
 //!
 //! ## Layout
-//! One file: the shared policy ([`provider`], [`PROTOCOL_VERSIONS`], [`client_builder`],
+//! lib.rs: the shared policy ([`provider`], [`PROTOCOL_VERSIONS`], [`client_builder`],
 //! [`read_certificates`]); the server's configuration ([`load`], [`TlsState`] and its reload);
-//! [`client_identity`], the user a verified client certificate names; [`end_point_hash`], the
+//! [`client_identity`], the user a verified client certificate names; [`verify`], the clients'
+//! check of a server's certificate (WebPKI, and pinned self-signed certificates); [`end_point_hash`], the
 //! hash a certificate binds a channel with (SCRAM's `tls-server-end-point`); [`write_self_signed`].
 //!
 //! ## What this crate must never do
 //! Offer a protocol version older than TLS 1.2; accept a certificate file that holds no
 //! certificate; write a private key readable by others.
 #![forbid(unsafe_code)]
+
+pub mod verify;
+pub use verify::{system_roots, trusted_file, PinningVerifier, TrustError};
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;

@@ -35,11 +35,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use facteur_tls::PinningVerifier;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::CertificateError;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
@@ -324,44 +323,28 @@ impl PgTls {
     /// certificate are read now. The error names the file and the setting.
     pub fn new(params: &TlsParams) -> Result<Self, String> {
         let provider = facteur_tls::provider();
-        let roots = match &params.root_cert {
-            None => None,
+        let verifier = match &params.root_cert {
+            None => PinningVerifier::any_certificate(provider.clone()),
             Some(RootCert::File(path)) => {
-                let mut roots = RootCertStore::empty();
-                let certs = facteur_tls::read_certificates(path)
-                    .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
-                for (i, cert) in certs.iter().enumerate() {
-                    roots.add(cert.clone()).map_err(|e| {
-                        format!(
-                            "sslrootcert {}: certificate {} cannot be trusted: {e}",
-                            path.display(),
-                            i + 1
-                        )
-                    })?;
-                }
-                Some((roots, certs))
+                let (roots, pinned) =
+                    facteur_tls::trusted_file(path).map_err(|e| format!("sslrootcert {e}"))?;
+                PinningVerifier::new(
+                    roots,
+                    pinned,
+                    params.mode == SslMode::VerifyFull,
+                    provider.clone(),
+                )
             }
             Some(RootCert::System) => {
-                let found = rustls_native_certs::load_native_certs();
-                let mut roots = RootCertStore::empty();
-                let (added, _) = roots.add_parsable_certificates(found.certs);
-                if added == 0 {
-                    let why = found
-                        .errors
-                        .first()
-                        .map(|e| format!(": {e}"))
-                        .unwrap_or_default();
-                    return Err(format!(
-                        "sslrootcert=system: no trusted certificate in the system's store{why}"
-                    ));
-                }
-                Some((roots, Vec::new()))
+                let roots =
+                    facteur_tls::system_roots().map_err(|e| format!("sslrootcert=system: {e}"))?;
+                PinningVerifier::new(
+                    roots,
+                    Vec::new(),
+                    params.mode == SslMode::VerifyFull,
+                    provider.clone(),
+                )
             }
-        };
-        let verifier = Verifier {
-            trust: roots.map(|(roots, pinned)| (Arc::new(roots), pinned)),
-            check_name: params.mode == SslMode::VerifyFull,
-            provider: provider.clone(),
         };
         let builder = facteur_tls::client_builder(provider)
             .map_err(|e| e.to_string())?
@@ -398,92 +381,6 @@ impl PgTls {
             trust: params.root_cert.clone(),
         })
     }
-}
-
-/// The check of the server's certificate: none (`require` without `sslrootcert`), its chain,
-/// or its chain and its name (`verify-full`). The handshake's signatures are always checked.
-#[derive(Debug)]
-struct Verifier {
-    /// The trusted certificates, and the same as they are in the file (a self-signed server
-    /// certificate marked as a CA, as `openssl req -x509` makes and PostgreSQL's documentation
-    /// suggests, is accepted when it is one of them, byte for byte, as libpq does).
-    trust: Option<(Arc<RootCertStore>, Vec<CertificateDer<'static>>)>,
-    check_name: bool,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for Verifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let Some((roots, pinned)) = &self.trust else {
-            return Ok(ServerCertVerified::assertion());
-        };
-        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        match rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        ) {
-            Ok(()) => {}
-            // WebPKI checks the validity period before the basic constraints: reaching
-            // CaUsedAsEndEntity means the period was fine; the name is checked below.
-            Err(e)
-                if is_ca_used_as_end_entity(&e)
-                    && pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) => {}
-            Err(e) => return Err(e),
-        }
-        if self.check_name {
-            rustls::client::verify_server_name(&parsed, server_name)?;
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-fn is_ca_used_as_end_entity(e: &rustls::Error) -> bool {
-    matches!(e, rustls::Error::InvalidCertificate(CertificateError::Other(other))
-        if matches!(other.0.downcast_ref::<webpki::Error>(), Some(webpki::Error::CaUsedAsEndEntity)))
 }
 
 /// Why a TLS connection to the database failed, for the person who reads the log.
