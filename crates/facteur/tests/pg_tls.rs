@@ -35,17 +35,7 @@ fn config_with(fx: &Fixture, name: &str, store: &str, auth: &str) -> PathBuf {
     path
 }
 
-fn cli(config: &Path, args: &[&str], stdin: &[u8]) -> (Option<i32>, String, String) {
-    let mut cmd = facteur();
-    cmd.args(args).arg("--config").arg(config);
-    run_with_input(&mut cmd, stdin)
-}
-
-fn ok(config: &Path, args: &[&str], stdin: &[u8]) -> String {
-    let (code, stdout, stderr) = cli(config, args, stdin);
-    assert_eq!(code, Some(0), "{args:?}: {stdout}{stderr}");
-    stdout
-}
+use common::{cli_ok as ok, cli_with as cli};
 
 /// One query's first column, as the superuser through the cluster's socket.
 fn count(cluster: &pg::Cluster, sql: &str) -> i64 {
@@ -90,28 +80,8 @@ fn store_and_users_over_verified_tls_share_one_pool() {
         &format!("backend = \"postgresql\"\nurl = {url:?}\nlease_secs = 5\npool_size = 1"),
         "backend = \"sql\"",
     );
-    let out = ok(&config, &["db", "migrate"], b"");
-    assert!(out.contains("schema version 3 (was 0)"), "{out}");
-    ok(
-        &config,
-        &[
-            "user",
-            "add",
-            "gus",
-            "--scheme",
-            "SHA256-CRYPT",
-            "--password-stdin",
-        ],
-        b"pw\n",
-    );
-    let (code, _, err) = cli(
-        &config,
-        &["deliver", "gus"],
-        b"Subject: over TLS\r\n\r\nsealed in transit\r\n",
-    );
-    assert_eq!(code, Some(0), "{err}");
-    let (code, out, err) = cli(&config, &["check-config"], b"");
-    assert_eq!(code, Some(0), "{out}{err}");
+    let (out, err, server) = sql_users_and_mail_round_trip(&config, "sealed in transit");
+    assert!(!err.contains("not checked"), "{err}");
     assert!(
         out.contains(&format!(
             "database: localhost:{} (TLS: sslmode=verify-full)",
@@ -119,17 +89,6 @@ fn store_and_users_over_verified_tls_share_one_pool() {
         )),
         "{out}"
     );
-    assert!(!err.contains("not checked"), "{err}");
-
-    let server = BinServer::start(&config);
-    let mut c = server.login("gus", "pw");
-    assert_eq!(c.stat().0, 1);
-    let body = c.retrieve("RETR 1");
-    assert!(
-        String::from_utf8_lossy(&body).contains("sealed in transit"),
-        "{body:?}"
-    );
-    c.quit();
     // One pool of one connection served the login and the maildrop's durable writes, and the
     // leases' pool of one connection (`lease_commit = "async"`) the rest: two connections
     // (a pool of its own for the users would make three), all under TLS.

@@ -6,7 +6,7 @@
 mod common;
 use common::pg;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -28,17 +28,7 @@ fn sql_config(fx: &Fixture, url: &str, name: &str, limits: &str) -> PathBuf {
     path
 }
 
-fn cli(config: &Path, args: &[&str], stdin: &[u8]) -> (Option<i32>, String, String) {
-    let mut cmd = facteur();
-    cmd.args(args).arg("--config").arg(config);
-    run_with_input(&mut cmd, stdin)
-}
-
-fn ok(config: &Path, args: &[&str], stdin: &[u8]) -> String {
-    let (code, stdout, stderr) = cli(config, args, stdin);
-    assert_eq!(code, Some(0), "{args:?}: {stdout}{stderr}");
-    stdout
-}
+use common::{cli_ok as ok, cli_with as cli};
 
 /// A fresh database, migrated by `facteur db migrate`, and a configuration using it.
 fn setup(limits: &str) -> (pg::TestDb, Fixture, PathBuf) {
@@ -393,35 +383,9 @@ fn users_and_mail_in_one_database() {
         );
     let config = fx.path().join("one-db.toml");
     std::fs::write(&config, text).unwrap();
-    let out = ok(&config, &["db", "migrate"], b"");
-    assert!(out.contains("schema version 3 (was 0)"), "{out}");
-    ok(
-        &config,
-        &[
-            "user",
-            "add",
-            "gus",
-            "--scheme",
-            "SHA256-CRYPT",
-            "--password-stdin",
-        ],
-        b"pw\n",
-    );
-    let (code, _, err) = cli(
-        &config,
-        &["deliver", "gus"],
-        b"Subject: one database\r\n\r\nusers and mail\r\n",
-    );
-    assert_eq!(code, Some(0), "{err}");
-    let out = ok(&config, &["check-config"], b"");
+    let (out, _, server) = sql_users_and_mail_round_trip(&config, "users and mail");
     assert!(out.contains("1 user in the database"), "{out}");
     assert!(out.contains("store postgresql"), "{out}");
-    let server = BinServer::start(&config);
-    let mut c = server.login("gus", "pw");
-    assert_eq!(c.stat().0, 1);
-    let body = c.retrieve("RETR 1");
-    assert!(String::from_utf8_lossy(&body).contains("users and mail"));
-    c.quit();
     let mut c = Client::connect(server.addr);
     c.cmd("USER gus");
     assert!(c.cmd("PASS wrong").starts_with("-ERR [AUTH]"));

@@ -1310,3 +1310,47 @@ pub fn deliver_cli(config: &Path, user: &str, message: &[u8]) -> (Option<i32>, S
     );
     (code, stderr)
 }
+
+/// `facteur ARGS --config CONFIG` with `stdin`: (exit code, stdout, stderr).
+pub fn cli_with(config: &Path, args: &[&str], stdin: &[u8]) -> (Option<i32>, String, String) {
+    let mut cmd = facteur();
+    cmd.args(args).arg("--config").arg(config);
+    run_with_input(&mut cmd, stdin)
+}
+
+/// [`cli_with`], which must succeed: its stdout.
+pub fn cli_ok(config: &Path, args: &[&str], stdin: &[u8]) -> String {
+    let (code, stdout, stderr) = cli_with(config, args, stdin);
+    assert_eq!(code, Some(0), "{args:?}: {stdout}{stderr}");
+    stdout
+}
+
+/// Users and mail in one PostgreSQL database, end to end through the CLI: `db migrate` on a
+/// fresh database, `user add gus` (password `pw`), `deliver` of a message whose body is
+/// `body`, `check-config` (its stdout and stderr are returned), then a POP3 login through `facteur serve`
+/// that finds and reads the message. The server is returned still running.
+pub fn sql_users_and_mail_round_trip(config: &Path, body: &str) -> (String, String, BinServer) {
+    let out = cli_ok(config, &["db", "migrate"], b"");
+    assert!(out.contains("schema version 3 (was 0)"), "{out}");
+    let add = [
+        "user",
+        "add",
+        "gus",
+        "--scheme",
+        "SHA256-CRYPT",
+        "--password-stdin",
+    ];
+    cli_ok(config, &add, b"pw\n");
+    let message = format!("Subject: round trip\r\n\r\n{body}\r\n");
+    let (code, _, err) = cli_with(config, &["deliver", "gus"], message.as_bytes());
+    assert_eq!(code, Some(0), "{err}");
+    let (code, checked, warnings) = cli_with(config, &["check-config"], b"");
+    assert_eq!(code, Some(0), "{checked}{warnings}");
+    let server = BinServer::start(config);
+    let mut c = server.login("gus", "pw");
+    assert_eq!(c.stat().0, 1);
+    let got = c.retrieve("RETR 1");
+    assert!(String::from_utf8_lossy(&got).contains(body), "{got:?}");
+    c.quit();
+    (checked, warnings, server)
+}
