@@ -340,6 +340,7 @@ impl Plan {
                 timeout,
                 run_deadline: None,
                 read_buffer: READ_BUFFER,
+                trace: None,
             },
             mode: args.mode,
             credentials,

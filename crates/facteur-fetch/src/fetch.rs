@@ -153,6 +153,11 @@ pub struct FetchArgs {
     /// List what would be fetched and deleted; change nothing.
     #[arg(long, short = 'n')]
     pub dry_run: bool,
+    /// Print the POP3 exchange on the standard error, each line after the account's name:
+    /// `C:` what facteur sent, `S:` what the server said. Passwords, APOP digests and SASL
+    /// responses are redacted, and messages summed up by their size.
+    #[arg(long)]
+    pub trace: bool,
     /// No progress bar and no summary: only errors (for cron).
     #[arg(long, short)]
     pub quiet: bool,
@@ -229,6 +234,8 @@ pub struct RunOptions {
     /// The time (Unix seconds) to use as now; `None`: the clock (tests move it forward).
     pub now: Option<u64>,
     pub fault: Option<Fault>,
+    /// Trace the POP3 exchange there (`--trace`), secrets redacted.
+    pub trace: Option<crate::Trace>,
 }
 
 /// Why an account's run failed.
@@ -586,8 +593,13 @@ impl Run<'_> {
         let report = &mut *self.report;
         let state = &mut *self.state;
         progress.set_message("connecting");
-        let mut conn =
-            Connection::connect(&account.target, account.timeout, self.run_deadline).await?;
+        let mut conn = Connection::connect_traced(
+            &account.target,
+            account.timeout,
+            self.run_deadline,
+            self.opts.trace.as_ref().map(|t| t.prefixed(&account.name)),
+        )
+        .await?;
         let method = auth::login(&mut conn, &account.user, self.password, account.auth).await?;
         report.method = Some(method);
         let pipelining = conn.capabilities().pipelining;
@@ -1026,6 +1038,9 @@ fn prepare(args: &FetchArgs) -> Result<(Accounts, RunOptions), ConfigError> {
             dry_run: args.dry_run,
             now: None,
             fault,
+            trace: args
+                .trace
+                .then(|| crate::Trace::new(|line| eprintln!("{line}"))),
         },
     ))
 }
@@ -1079,7 +1094,8 @@ fn url_account(url: &str, args: &FetchArgs) -> Result<Account, ConfigError> {
 /// Fetch every account (up to [`MAX_PARALLEL_ACCOUNTS`] at a time, each on a thread of its
 /// own), print the summary, and return the exit status.
 pub fn run_accounts(accounts: &[(Account, Secret<String>)], opts: &RunOptions, quiet: bool) -> u8 {
-    let show_bars = !quiet && std::io::stderr().is_terminal();
+    // A trace writes on the standard error too: the bars would garble it.
+    let show_bars = !quiet && opts.trace.is_none() && std::io::stderr().is_terminal();
     let multi = MultiProgress::with_draw_target(if show_bars {
         ProgressDrawTarget::stderr()
     } else {
@@ -1455,6 +1471,7 @@ mod tests {
             dry_run: false,
             now: None,
             fault: None,
+            trace: None,
         };
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -311,6 +311,37 @@ impl Bounds {
     }
 }
 
+/// Where `facteur fetch --trace` sends the POP3 exchange: one line at a time, without its
+/// CRLF, `C: ` for what the client sent and `S: ` for what the server said, `-- ` for events
+/// of the connection (TLS). Passwords, APOP digests and SASL responses are redacted; a
+/// message's text is summed up by its size.
+#[derive(Clone)]
+pub struct Trace(Arc<dyn Fn(&str) + Send + Sync>);
+
+impl Trace {
+    /// A trace that hands each line to `f`.
+    pub fn new(f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// Traces one line.
+    pub fn line(&self, line: &str) {
+        (self.0)(line)
+    }
+
+    /// The same trace, each line after `prefix` and `: `.
+    pub fn prefixed(&self, prefix: &str) -> Self {
+        let (inner, prefix) = (self.clone(), prefix.to_owned());
+        Self::new(move |line| inner.line(&format!("{prefix}: {line}")))
+    }
+}
+
+impl fmt::Debug for Trace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Trace")
+    }
+}
+
 /// One POP3 connection: the socket and the client state machine.
 pub struct Connection {
     stream: Stream,
@@ -327,6 +358,9 @@ pub struct Connection {
     apop_timestamp: Option<String>,
     caps: Capabilities,
     target: String,
+    trace: Option<Trace>,
+    /// Octets of message text received since the last traced line.
+    traced_body: u64,
 }
 
 impl fmt::Debug for Connection {
@@ -357,6 +391,8 @@ pub struct ConnectOptions {
     pub run_deadline: Option<Deadline>,
     /// Octets read from the socket at once (at least 1).
     pub read_buffer: usize,
+    /// Where the exchange is traced, if anywhere (`facteur fetch --trace`).
+    pub trace: Option<Trace>,
 }
 
 impl ConnectOptions {
@@ -382,6 +418,7 @@ impl ConnectOptions {
             timeout,
             run_deadline,
             read_buffer: READ_BUFFER,
+            trace: None,
         })
     }
 }
@@ -396,7 +433,18 @@ impl Connection {
         timeout: Duration,
         run_deadline: Option<Deadline>,
     ) -> Result<Connection, Pop3Error> {
-        let opts = ConnectOptions::for_target(target, timeout, run_deadline)?;
+        Self::connect_traced(target, timeout, run_deadline, None).await
+    }
+
+    /// [`connect`](Self::connect), with the exchange traced to `trace` from the greeting on.
+    pub async fn connect_traced(
+        target: &Target,
+        timeout: Duration,
+        run_deadline: Option<Deadline>,
+        trace: Option<Trace>,
+    ) -> Result<Connection, Pop3Error> {
+        let mut opts = ConnectOptions::for_target(target, timeout, run_deadline)?;
+        opts.trace = trace;
         let bounds = Bounds {
             silence: timeout,
             run: run_deadline,
@@ -477,6 +525,8 @@ impl Connection {
             apop_timestamp: None,
             caps: Capabilities::default(),
             target: format!("{}:{}", bracket(&target.host), target.port),
+            trace: opts.trace.clone(),
+            traced_body: 0,
         };
         if let (Security::Tls, Some(tls)) = (target.security, &tls) {
             conn.start_tls(tls, target).await?;
@@ -511,6 +561,18 @@ impl Connection {
             .wait(connector.connect(name.clone(), tcp))
             .await?
             .map_err(|e| Pop3Error::Tls(tls::explain(&e, target)))?;
+        if let Some(trace) = &self.trace {
+            let (_, session) = tls.get_ref();
+            let version = session
+                .protocol_version()
+                .and_then(|v| v.as_str())
+                .unwrap_or("?");
+            let suite = session
+                .negotiated_cipher_suite()
+                .and_then(|s| s.suite().as_str())
+                .unwrap_or("?");
+            trace.line(&format!("-- TLS established: {version}, {suite}"));
+        }
         self.stream = Stream::Tls(Box::new(tls));
         Ok(())
     }
@@ -575,6 +637,10 @@ impl Connection {
     /// Queue a command without sending it: [`flush`](Self::flush) sends all queued commands
     /// in one write (PIPELINING). Replies are read in the order the commands were queued.
     pub fn queue(&mut self, cmd: Command) {
+        if let Some(trace) = &self.trace {
+            // Display redacts PASS, APOP's digest and AUTH's initial response.
+            trace.line(&format!("C: {cmd}"));
+        }
         self.session.send(cmd, &mut self.out);
     }
 
@@ -583,6 +649,9 @@ impl Connection {
     pub fn queue_sasl(&mut self, data: &[u8]) {
         use base64::Engine as _;
         let line = base64::engine::general_purpose::STANDARD.encode(data);
+        if let Some(trace) = &self.trace {
+            trace.line("C: <redacted>");
+        }
         // Base64 never holds CR or LF.
         let _ = self
             .session
@@ -591,6 +660,9 @@ impl Connection {
 
     /// Queue `*`: the client gives up a SASL exchange (RFC 5034 section 4).
     pub fn queue_sasl_cancel(&mut self) {
+        if let Some(trace) = &self.trace {
+            trace.line("C: *");
+        }
         let _ = self.session.send_sasl_response(b"*", &mut self.out);
     }
 
@@ -734,6 +806,25 @@ impl Connection {
 
     /// The next event; a body chunk is copied into `self.chunk` only if `keep_body`.
     async fn next_keeping(&mut self, keep_body: bool) -> Result<Got, Pop3Error> {
+        let got = self.next_untraced(keep_body).await?;
+        if let Some(trace) = &self.trace {
+            match &got {
+                Got::Body(n) => self.traced_body = self.traced_body.saturating_add(*n as u64),
+                other => {
+                    if self.traced_body > 0 {
+                        trace.line(&format!("S: <{} octets of message>", self.traced_body));
+                        self.traced_body = 0;
+                    }
+                    if let Some(line) = traced_line(other) {
+                        trace.line(&line);
+                    }
+                }
+            }
+        }
+        Ok(got)
+    }
+
+    async fn next_untraced(&mut self, keep_body: bool) -> Result<Got, Pop3Error> {
         loop {
             match self.session.next_event()? {
                 Some(ClientEvent::Body(b)) => {
@@ -783,6 +874,26 @@ impl Connection {
             self.session.feed(data);
         }
     }
+}
+
+/// The trace line of what the server said (see [`Trace`]); `None` for message text.
+fn traced_line(got: &Got) -> Option<String> {
+    Some(match got {
+        Got::Greeting(status, _) | Got::Reply(Reply { status, .. }) => {
+            format!("S: {}", describe_status(status))
+        }
+        Got::Listing(Listing::Drop { count, octets }) => format!("S: {count} {octets}"),
+        Got::Listing(Listing::Scan { msg, octets }) => format!("S: {msg} {octets}"),
+        Got::Listing(Listing::UniqueId { msg, uid }) => format!("S: {msg} {}", uid.as_str()),
+        Got::Listing(Listing::Capability(c)) if c.params.is_empty() => format!("S: {}", c.name),
+        Got::Listing(Listing::Capability(c)) => {
+            format!("S: {} {}", c.name, c.params.join(" "))
+        }
+        Got::Listing(Listing::Mechanism(m)) => format!("S: {m}"),
+        Got::End => "S: .".to_owned(),
+        Got::Continuation(c) => format!("S: + {c}"),
+        Got::Body(_) => return None,
+    })
 }
 
 /// A connection reset, or a TLS peer gone without close_notify: the server closed.
@@ -944,7 +1055,96 @@ mod tests {
             timeout: Duration::from_secs(10),
             run_deadline: None,
             read_buffer,
+            trace: None,
         }
+    }
+
+    #[test]
+    fn the_trace_shows_the_exchange_without_secrets() {
+        let addr = fake_server("+OK hello <1.2@fake>\r\n", |line| {
+            Some(match line {
+                "CAPA" => b"+OK\r\nUSER\r\nSASL PLAIN\r\n.\r\n".to_vec(),
+                "RETR 1" => b"+OK\r\nSubject: s3cret-free\r\n\r\nbody\r\n.\r\n".to_vec(),
+                "AUTH PLAIN" => b"+ \r\n".to_vec(),
+                "UIDL" => b"+OK\r\n1 abc\r\n.\r\n".to_vec(),
+                _ => b"+OK\r\n".to_vec(),
+            })
+        });
+        let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let sink = lines.clone();
+        let trace = Trace::new(move |l| sink.lock().unwrap().push(l.to_owned())).prefixed("acct");
+        block_on(async {
+            let mut conn = Connection::connect_traced(
+                &fake_target(addr),
+                Duration::from_secs(10),
+                None,
+                Some(trace),
+            )
+            .await
+            .unwrap();
+            conn.command(Command::User("alice".into())).await.unwrap();
+            conn.command(Command::Pass(facteur_proto::Secret::new(
+                b"hunter2".to_vec(),
+            )))
+            .await
+            .unwrap();
+            conn.command(Command::Apop {
+                name: "alice".into(),
+                digest: "c4c9334bac560ecc979e58001b3e22fb".into(),
+            })
+            .await
+            .unwrap();
+            conn.queue(Command::Auth {
+                mechanism: Some("PLAIN".into()),
+                initial_response: None,
+            });
+            conn.flush().await.unwrap();
+            assert!(matches!(
+                conn.sasl_turn().await.unwrap(),
+                SaslTurn::Challenge(_)
+            ));
+            conn.queue_sasl(b"\0alice\0hunter2");
+            conn.flush().await.unwrap();
+            conn.reply().await.unwrap();
+            conn.command(Command::Uidl(None)).await.unwrap();
+            conn.listing(10).await.unwrap();
+            let retr = Command::Retr(facteur_proto::MsgNum::new(1).unwrap());
+            conn.command(retr).await.unwrap();
+            conn.skip_multiline().await.unwrap();
+        });
+        let lines = lines.lock().unwrap().clone();
+        let expected = [
+            "acct: S: +OK hello <1.2@fake>",
+            "acct: C: CAPA",
+            "acct: S: +OK",
+            "acct: S: USER",
+            "acct: S: SASL PLAIN",
+            "acct: S: .",
+            "acct: C: USER alice",
+            "acct: S: +OK",
+            "acct: C: PASS <redacted>",
+            "acct: S: +OK",
+            "acct: C: APOP alice <redacted>",
+            "acct: S: +OK",
+            "acct: C: AUTH PLAIN",
+            "acct: S: + ",
+            "acct: C: <redacted>",
+            "acct: S: +OK",
+            "acct: C: UIDL",
+            "acct: S: +OK",
+            "acct: S: 1 abc",
+            "acct: S: .",
+            "acct: C: RETR 1",
+            "acct: S: +OK",
+            "acct: S: <30 octets of message>",
+            "acct: S: .",
+        ];
+        assert_eq!(lines, expected);
+        let all = lines.join("\n");
+        assert!(
+            !all.contains("hunter2") && !all.contains("c4c9334b"),
+            "{all}"
+        );
     }
 
     #[test]

@@ -46,11 +46,14 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
     };
     let provider = facteur_tls::provider();
     let verifier = PinningVerifier::new(roots, pinned, true, provider.clone());
-    let config = client_builder(provider)
+    let mut config = client_builder(provider)
         .map_err(|e| Pop3Error::Tls(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
+    // The session secrets go to the file SSLKEYLOGFILE names, when it is set, as curl and
+    // browsers do: Wireshark then decrypts a capture (nothing is written when it is unset).
+    config.key_log = Arc::new(rustls::KeyLogFile::new());
     Ok(Arc::new(config))
 }
 

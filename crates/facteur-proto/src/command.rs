@@ -324,6 +324,8 @@ impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Command::Pass(_) => f.write_str("PASS <redacted>"),
+            // The digest is a hash of the password: a dictionary attack needs nothing else.
+            Command::Apop { name, .. } => write!(f, "APOP {name} <redacted>"),
             Command::Auth {
                 mechanism: Some(m),
                 initial_response: Some(_),

@@ -71,6 +71,7 @@ impl Env {
             dry_run: false,
             now: None,
             fault: None,
+            trace: None,
         }
     }
 

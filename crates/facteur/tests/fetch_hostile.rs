@@ -263,6 +263,7 @@ fn account(fake: &Fake, dir: &Path) -> Account {
 
 fn opts(dir: &Path) -> RunOptions {
     RunOptions {
+        trace: None,
         state_dir: dir.join("state"),
         dry_run: false,
         now: None,

@@ -335,6 +335,7 @@ fn every_login_method_with_sql_users() {
             dry_run: false,
             now: None,
             fault: None,
+            trace: None,
         };
         rt.block_on(fetch_account(
             &account,
