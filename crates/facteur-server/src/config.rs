@@ -111,6 +111,11 @@ pub struct TlsSection {
     /// PEM file of CAs whose client certificates allow SASL EXTERNAL; unset: none asked.
     #[serde(default)]
     pub client_ca: Option<PathBuf>,
+    /// Where to write every TLS session's secrets in the NSS key log format (Wireshark's
+    /// "(Pre)-Master-Secret log"), to decrypt a capture. Off by default; the file must be the
+    /// server's user's own, mode 0600 (created so). Warned about at start and at each session.
+    #[serde(default)]
+    pub key_log: Option<PathBuf>,
 }
 
 /// When passwords may cross a connection that is not encrypted.

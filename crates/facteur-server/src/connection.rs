@@ -139,7 +139,10 @@ pub async fn serve(
         };
         let handshake = tls.acceptor().accept(stream);
         match tokio::time::timeout_at(login_deadline, handshake).await {
-            Ok(Ok(s)) => Transport::Tls(Box::new(s)),
+            Ok(Ok(s)) => {
+                warn_key_log(tls, &client);
+                Transport::Tls(Box::new(s))
+            }
             Ok(Err(e)) => {
                 tracing::info!(peer = %client, proxy, error = %e, "TLS handshake failed");
                 return;
@@ -591,6 +594,9 @@ impl Connection {
         };
         match tokio::time::timeout_at(self.login_deadline, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => {
+                if let Some(state) = &self.shared.tls {
+                    warn_key_log(state, &self.peer);
+                }
                 self.stream = Transport::Tls(Box::new(tls));
                 let client_cert = self.stream.client_certificate().is_some();
                 let mechanisms = self.shared.sasl_mechanisms(true, &self.peer, client_cert);
@@ -1060,6 +1066,18 @@ async fn cut_now(cut: &mut CutSignal) {
 /// Keepalive probes after a minute of silence, and TCP_USER_TIMEOUT at the write deadline: a
 /// peer that vanished (power cut, NAT forgot it) is found by the kernel, even while a write is
 /// waiting on it. Best effort: a socket that refuses an option is served all the same.
+/// While `[tls] key_log` is on, each TLS session says so in the log: the secrets of this one
+/// are in the file.
+fn warn_key_log(tls: &facteur_tls::TlsState, peer: &SocketAddr) {
+    if let Some(key_log) = tls.key_log() {
+        tracing::warn!(
+            peer = %peer,
+            key_log = %key_log.path().display(),
+            "TLS key log on: this session's secrets are written to the key log"
+        );
+    }
+}
+
 pub fn tune_socket(stream: &TcpStream, write_timeout: Duration) {
     let sock = socket2::SockRef::from(stream);
     let keepalive = socket2::TcpKeepalive::new()

@@ -50,6 +50,8 @@ pub enum ServeError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]
+    KeyLog(#[from] facteur_tls::KeyLogError),
+    #[error(transparent)]
     Users(#[from] AuthError),
     /// The passwd-file could not be read after root was given up.
     #[error(
@@ -126,6 +128,20 @@ pub fn serve(cfg: Config, dev: bool, banner: Option<String>) -> Result<(), Serve
             return Err(ServeError::RootRefused);
         }
     }
+    // The key log is opened as the user the server runs as: it must be that user's own file.
+    let tls = match (tls, cfg.tls.as_ref().and_then(|t| t.key_log.as_ref())) {
+        (Some(tls), Some(path)) => {
+            let key_log = facteur_tls::KeyLogWriter::open(path)?;
+            tracing::warn!(
+                key_log = %path.display(),
+                "the TLS key log is ON: the secrets of every TLS session are written to this \
+                 file, and whoever reads it can decrypt captures of them, passwords included; \
+                 remove [tls] key_log when the analysis is done"
+            );
+            Some(tls.with_key_log(Arc::new(key_log)))
+        }
+        (tls, _) => tls,
+    };
     // The passwd-file is read now, as the user who will re-read it; SQL users once the
     // runtime their queries run on exists.
     let passwd = match cfg.auth.backend {

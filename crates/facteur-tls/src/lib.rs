@@ -25,7 +25,9 @@
 //! certificate; write a private key readable by others.
 #![forbid(unsafe_code)]
 
+pub mod key_log;
 pub mod verify;
+pub use key_log::{KeyLogError, KeyLogWriter};
 pub use verify::{system_roots, trusted_file, PinningVerifier, TrustError};
 
 use rustls::crypto::CryptoProvider;
@@ -177,6 +179,16 @@ pub fn load(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
+/// `config` writing its sessions' secrets to `key_log`.
+fn with_key_log(
+    config: Arc<rustls::ServerConfig>,
+    key_log: &Arc<KeyLogWriter>,
+) -> Arc<rustls::ServerConfig> {
+    let mut config = Arc::unwrap_or_clone(config);
+    config.key_log = key_log.clone();
+    Arc::new(config)
+}
+
 /// True if the file at `path` holds `marker` (to explain a file that parsed to nothing).
 fn holds(path: &Path, marker: &str) -> bool {
     std::fs::read(path).is_ok_and(|b| b.windows(marker.len()).any(|w| w == marker.as_bytes()))
@@ -186,6 +198,7 @@ fn holds(path: &Path, marker: &str) -> bool {
 pub struct TlsState {
     files: TlsFiles,
     current: RwLock<Arc<rustls::ServerConfig>>,
+    key_log: Option<Arc<KeyLogWriter>>,
 }
 
 impl TlsState {
@@ -194,7 +207,21 @@ impl TlsState {
         Ok(Self {
             files,
             current: RwLock::new(config),
+            key_log: None,
         })
+    }
+
+    /// Every session's secrets written to `key_log` from now on, reloads included.
+    pub fn with_key_log(mut self, key_log: Arc<KeyLogWriter>) -> Self {
+        let current = self.current.get_mut().unwrap_or_else(|p| p.into_inner());
+        *current = with_key_log(current.clone(), &key_log);
+        self.key_log = Some(key_log);
+        self
+    }
+
+    /// The key log in use, if any (the server warns at each session while it is on).
+    pub fn key_log(&self) -> Option<&KeyLogWriter> {
+        self.key_log.as_deref()
     }
 
     /// An acceptor with the configuration in force now.
@@ -214,7 +241,10 @@ impl TlsState {
 
     /// Load the files again; keep the old configuration if they do not load.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let config = load(&self.files)?;
+        let mut config = load(&self.files)?;
+        if let Some(key_log) = &self.key_log {
+            config = with_key_log(config, key_log);
+        }
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
         Ok(())
     }
