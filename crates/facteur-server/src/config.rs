@@ -578,6 +578,20 @@ pub struct LogSection {
     /// seconds, so that a flood cannot fill the disk with log lines. 0 logs every refusal.
     #[serde(default = "defaults::refusal_summary_secs")]
     pub refusal_summary_secs: u64,
+    /// `"text"` (the default: one line per event, `key=value` fields) or `"json"` (one JSON
+    /// object per line, the same fields as keys beside `timestamp`, `level` and `message`, for
+    /// log shippers).
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// `[log] format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// The defaults, each with its reason at its field above.
@@ -791,6 +805,7 @@ impl Default for LogSection {
         Self {
             level: defaults::log_level(),
             refusal_summary_secs: defaults::refusal_summary_secs(),
+            format: LogFormat::default(),
         }
     }
 }

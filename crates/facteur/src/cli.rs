@@ -456,14 +456,25 @@ fn check_run_as_text(cfg: &Config, now: &privileges::ProcessIds) -> Result<Strin
     }
 }
 
-fn init_logging(level: &str) {
-    let level = level.parse().unwrap_or(tracing::Level::INFO);
-    let _ = tracing_subscriber::fmt()
+fn init_logging(log: &server::config::LogSection) {
+    let level = log.level.parse().unwrap_or(tracing::Level::INFO);
+    let builder = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match log.format {
+        server::config::LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        // The event's fields at the top level of the object, as the text format has them on
+        // its line; no span lists (facteur logs events, not spans).
+        server::config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+    };
 }
 
 /// `facteur serve`. Everything that may need root happens first, while the process has one
@@ -490,7 +501,7 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
         (Config::load(&path)?, None)
     };
-    init_logging(&cfg.log.level);
+    init_logging(&cfg.log);
     if dev {
         // A first look needs few sessions: as many as the machine's open-file limit carries,
         // rather than a warning about a limit nobody asked for.

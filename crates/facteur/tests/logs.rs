@@ -263,7 +263,46 @@ fn refused_connections_are_summed_up_at_shutdown(backend: Backend) {
     assert_eq!(refusals_counted(&log), (2, 300), "{log}");
 }
 
+/// `[log] format = "json"`: every line one JSON object with the timestamp, the level, the
+/// message and the event's fields at the top level, the same fields as the text format; a
+/// hostile user name stays a string value and cannot break the line.
+fn json_lines_carry_the_same_fields(backend: Backend) {
+    let fx = fixture_with_log(DEFAULT_LIMITS, "", "format = \"json\"\n").on(backend);
+    let server = BinServer::start(&fx.config_path);
+    let c = server.login(USER, PASSWORD);
+    c.quit();
+    let forged = "bob\"}{\"level\":\"ERROR";
+    assert!(user_pass(server.addr, forged, "x").starts_with("-ERR"));
+    let log = server.wait_for_log("\"reason\"", 1);
+    let mut logins = Vec::new();
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not one JSON object ({e}): {line:?}\n{log}"));
+        let o = v.as_object().expect("an object per line");
+        for key in ["timestamp", "level", "message"] {
+            assert!(o.contains_key(key), "{key} in {line}");
+        }
+        if o["message"] == "login" {
+            logins.push(o.clone());
+        }
+    }
+    assert_eq!(logins.len(), 2, "{log}");
+    let ok = &logins[0];
+    assert_eq!(ok["level"], "INFO");
+    assert_eq!(ok["user"], format!("\"{USER}\""));
+    assert_eq!(ok["method"], "USER/PASS");
+    assert!(
+        ok["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{ok:?}"
+    );
+    let failed = &logins[1];
+    // The name as the text format escapes it, inside one string value.
+    assert_eq!(failed["user"], "\"bob\\\"}{\\\"level\\\":\\\"ERROR\"");
+    assert!(failed.contains_key("reason"), "{failed:?}");
+}
+
 both_backends!(
+    json_lines_carry_the_same_fields,
     login_lines_name_the_method_and_the_reason_the_client_is_not_told,
     refused_connections_are_summed_up_by_the_timer,
     refused_connections_are_summed_up_at_shutdown,

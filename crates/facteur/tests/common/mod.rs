@@ -606,10 +606,15 @@ impl Drop for BinServer {
     }
 }
 
-/// The address of a `listening address=127.0.0.1:PORT` log line.
+/// The address of a `listening address=127.0.0.1:PORT` log line, or of its JSON form
+/// (`"message":"listening","address":"127.0.0.1:PORT"`, `[log] format = "json"`).
 pub fn listening_address(line: &str) -> Option<SocketAddr> {
     if !line.contains("listening") {
         return None;
+    }
+    if line.starts_with('{') {
+        let rest = &line[line.find("\"address\":\"")? + "\"address\":\"".len()..];
+        return rest.split('"').next()?.parse().ok();
     }
     let rest = &line[line.find("address=")? + "address=".len()..];
     rest.split_whitespace().next()?.parse().ok()
