@@ -292,7 +292,9 @@ fn json_lines_carry_the_same_fields(backend: Backend) {
     assert_eq!(ok["user"], format!("\"{USER}\""));
     assert_eq!(ok["method"], "USER/PASS");
     assert!(
-        ok["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        ok["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("127.0.0.1:")),
         "{ok:?}"
     );
     let failed = &logins[1];
