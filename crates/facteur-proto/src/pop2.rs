@@ -337,6 +337,8 @@ pub struct Pop2Session {
     current: u64,
     bad_commands: u32,
     closed_for_errors: bool,
+    /// HELO was refused (plaintext policy, credentials, lock): the session ended there.
+    login_refused: bool,
 }
 
 impl Pop2Session {
@@ -353,6 +355,7 @@ impl Pop2Session {
             current: 1,
             bad_commands: 0,
             closed_for_errors: false,
+            login_refused: false,
         }
     }
 
@@ -388,6 +391,12 @@ impl Pop2Session {
     /// True if the session closed itself after too many bad commands.
     pub fn closed_for_errors(&self) -> bool {
         self.closed_for_errors
+    }
+
+    /// True if the session ended because HELO was refused (by the plaintext policy, or by the
+    /// login's result).
+    pub fn login_refused(&self) -> bool {
+        self.login_refused
     }
 
     /// Take bytes from `input` up to the end of one command line, and answer it if it is
@@ -466,6 +475,7 @@ impl Pop2Session {
             (State::Done, _) => Some(Event::Close),
             (State::Auth, Command::Helo { user, password }) => {
                 if !self.config.plaintext_allowed {
+                    self.login_refused = true;
                     // POP2 has no TLS, so nothing on this connection can make a password
                     // acceptable: say why, and end it.
                     return self.close(
@@ -569,6 +579,7 @@ impl Pop2Session {
             LoginResult::SystemError => "cannot open the maildrop now, try again later".into(),
             LoginResult::Refused(text) => text.to_string(),
         };
+        self.login_refused = true;
         self.close(Reply::Err(why), out)
     }
 
