@@ -14,6 +14,7 @@ both_backends!(
     plaintext_policy_refuses_helo,
     bad_input_keeps_the_server_serving,
     failed_helo_ends_the_session,
+    facteur_serve_listens_on_listen_pop2,
 );
 
 /// Deliver these messages to alice.
@@ -149,7 +150,8 @@ fn plaintext_policy_refuses_helo(backend: Backend) {
 
     let mut fx = Fixture::new().on(backend);
     fx.deliver(USER, &message(1));
-    fx.config.server.proxy_protocol = vec!["127.0.0.1/32".to_string().try_into().unwrap()];
+    fx.config.server.proxy_protocol =
+        vec!["127.0.0.1/32".to_string().try_into().expect("a CIDR block")];
     let server = fx.start();
     let header = "PROXY TCP4 203.0.113.7 127.0.0.1 40000 109\r\n";
     let mut c = Client::connect_after(server.pop2_addr, header.as_bytes());
@@ -225,4 +227,39 @@ fn failed_helo_ends_the_session(backend: Backend) {
     }
     let mut c = pop2_login(server.pop2_addr);
     assert_eq!(c.cmd("QUIT"), "+ bye\r\n");
+}
+
+/// `facteur serve` itself: `[server] listen_pop2` in the configuration file is bound, logged,
+/// and served from the configured store.
+fn facteur_serve_listens_on_listen_pop2(backend: Backend) {
+    let fx = with_messages(backend, &[message(1)]);
+    let text = std::fs::read_to_string(&fx.config_path).expect("read the configuration");
+    let text = text.replacen(
+        "[server]\n",
+        "[server]\nlisten_pop2 = [\"127.0.0.1:0\"]\n",
+        1,
+    );
+    let path = fx.config_path.with_file_name("pop2.toml");
+    std::fs::write(&path, text).expect("write the configuration");
+    let server = BinServer::start(&path);
+    let log = server.wait_for_log("pop2 (no TLS)", 1);
+    let addr = log
+        .lines()
+        .filter(|l| l.contains("pop2 (no TLS)"))
+        .find_map(listening_address)
+        .expect("the POP2 listener's address in the log");
+    let mut c = Client::connect_pop2(addr);
+    assert_eq!(c.cmd(&format!("HELO {USER} {PASSWORD}")), "#1 message\r\n");
+    let r = c.cmd("READ");
+    c.send(b"RETR\r\n");
+    assert_eq!(c.read_octets(size(&r)), crlf(&message(1)));
+    assert_eq!(c.cmd("ACKD"), "=0 no more messages\r\n");
+    assert_eq!(c.cmd("QUIT"), "+ bye, 1 message deleted\r\n");
+    c.expect_closed();
+    assert_eq!(fx.message_count(USER), 0);
+    let log = server.wait_for_log("session ended", 1);
+    assert!(
+        log.contains("protocol=\"pop2\"") || log.contains("protocol=pop2"),
+        "{log}"
+    );
 }
