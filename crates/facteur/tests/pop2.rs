@@ -15,6 +15,7 @@ both_backends!(
     bad_input_keeps_the_server_serving,
     failed_helo_ends_the_session,
     facteur_serve_listens_on_listen_pop2,
+    connection_caps_count_both_protocols,
 );
 
 /// Deliver these messages to alice.
@@ -262,4 +263,38 @@ fn facteur_serve_listens_on_listen_pop2(backend: Backend) {
         log.contains("protocol=\"pop2\"") || log.contains("protocol=pop2"),
         "{log}"
     );
+}
+
+/// One per-address cap for POP3 and POP2 together: with room for one connection, a POP2
+/// client is refused in POP2's words while a POP3 session is open, and the other way round.
+fn connection_caps_count_both_protocols(backend: Backend) {
+    let fx =
+        Fixture::with_limits(&format!("{DEFAULT_LIMITS}max_connections_per_ip = 1\n")).on(backend);
+    let server = fx.start();
+    let pop3 = server.connect();
+    let mut c = Client::connect_unchecked(server.pop2_addr);
+    assert_eq!(c.greeting, "- too many connections from your address\r\n");
+    c.expect_closed();
+    pop3.quit();
+    // The slot is given back when the session's task ends, just after the close: retry a
+    // moment (bounded).
+    let mut pop2 = (0..400)
+        .find_map(|_| {
+            let c = Client::connect_unchecked(server.pop2_addr);
+            if c.greeting.starts_with("+ ") {
+                return Some(c);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+            None
+        })
+        .expect("a POP2 session once the POP3 one is gone");
+    let mut c = Client::connect_unchecked(server.addr);
+    assert!(
+        c.greeting
+            .starts_with("-ERR [SYS/TEMP] too many connections from your address"),
+        "{:?}",
+        c.greeting
+    );
+    c.expect_closed();
+    assert_eq!(pop2.cmd("QUIT"), "+ bye\r\n");
 }
