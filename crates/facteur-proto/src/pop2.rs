@@ -556,7 +556,8 @@ impl Pop2Session {
     }
 
     /// Report how the login ended; writes the answer. `Some(Event::Close)` when the session
-    /// ends: every failed HELO ends it, as RFC 937 says.
+    /// ends: every failed HELO ends it (one password guess per connection, as UW's ipop2d
+    /// does).
     pub fn login_result(&mut self, result: LoginResult, out: &mut Vec<u8>) -> Option<Event> {
         if !self.awaiting || self.state != State::Auth {
             return None;

@@ -217,7 +217,7 @@ fn bad_input_keeps_the_server_serving(backend: Backend) {
 }
 
 /// A failed HELO ends the session with the same answer for a wrong password and an unknown
-/// user (RFC 937 closes after it), and the server goes on.
+/// user (one guess per connection), and the server goes on.
 fn failed_helo_ends_the_session(backend: Backend) {
     let fx = with_messages(backend, &[message(1)]);
     let server = fx.start();

@@ -46,7 +46,12 @@ fn feed(s: &mut Pop2Session, input: &[u8], chunk: usize, out: &mut Vec<u8>) -> V
                         } else if password.expose() == b"secret" {
                             LoginResult::Success {
                                 user: user.clone(),
-                                messages: maildrop(),
+                                // The RFC's example user has two messages.
+                                messages: if user == "JSmith" {
+                                    vec![meta(537, "a"), meta(128, "c")]
+                                } else {
+                                    maildrop()
+                                },
                             }
                         } else {
                             LoginResult::Failed
@@ -86,26 +91,34 @@ fn rfc937_example_session() {
     let mut out = Vec::new();
     s.greeting(&mut out);
     assert_eq!(out, b"+ POP2 server ready\r\n");
-    assert_eq!(line(&mut s, "HELO JSmith secret"), "#3 messages\r\n");
+    assert_eq!(line(&mut s, "HELO JSmith secret"), "#2 messages\r\n");
     assert_eq!(s.state(), State::Mbox);
     assert_eq!(line(&mut s, "READ"), "=537 octets\r\n");
     assert_eq!(s.state(), State::Item);
     assert_eq!(line(&mut s, "RETR"), "<message 0, 537 octets>");
     assert_eq!(s.state(), State::Next);
-    // Message 2 is empty: POP2 cannot send it, and says =0 as for no message.
-    assert_eq!(line(&mut s, "ACKS"), "=0 no more messages\r\n");
-    assert_eq!(line(&mut s, "READ 3"), "=128 octets\r\n");
-    assert_eq!(line(&mut s, "RETR"), "<message 2, 128 octets>");
+    assert_eq!(line(&mut s, "ACKS"), "=128 octets\r\n");
+    assert_eq!(s.current(), 2);
+    assert_eq!(line(&mut s, "RETR"), "<message 1, 128 octets>");
     assert_eq!(line(&mut s, "ACKD"), "=0 no more messages\r\n");
     assert_eq!(s.deleted_count(), 1);
     let mut out = Vec::new();
     let events = feed(&mut s, b"QUIT\r\n", 100, &mut out);
     assert_eq!(
         events,
-        vec![Event::Update { deletions: vec![2] }, Event::Close]
+        vec![Event::Update { deletions: vec![1] }, Event::Close]
     );
     assert_eq!(out, b"+ bye, 1 message deleted\r\n");
     assert_eq!(s.state(), State::Done);
+}
+
+/// An empty message cannot be sent (POP2 cannot tell it from none): `=0`, and RETR refused.
+#[test]
+fn an_empty_message_reads_as_none() {
+    let mut s = logged_in();
+    assert_eq!(line(&mut s, "READ 2"), "=0 no more messages\r\n");
+    assert_eq!(line(&mut s, "RETR"), "- no message to retrieve\r\n");
+    assert_eq!(line(&mut s, "READ 3"), "=128 octets\r\n");
 }
 
 #[test]
