@@ -231,7 +231,7 @@ fn failed_helo_ends_the_session(backend: Backend) {
 }
 
 /// `facteur serve` itself: `[server] listen_pop2` in the configuration file is bound, logged,
-/// and served from the configured store.
+/// and served from the configured store; `check-config` says who may log in there.
 fn facteur_serve_listens_on_listen_pop2(backend: Backend) {
     let fx = with_messages(backend, &[message(1)]);
     let text = std::fs::read_to_string(&fx.config_path).expect("read the configuration");
@@ -242,6 +242,15 @@ fn facteur_serve_listens_on_listen_pop2(backend: Backend) {
     );
     let path = fx.config_path.with_file_name("pop2.toml");
     std::fs::write(&path, text).expect("write the configuration");
+    let (code, stdout, stderr) =
+        run_with_input(facteur().args(["check-config", "--config"]).arg(&path), b"");
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(
+            "POP2: on 127.0.0.1:0 (no TLS: passwords in clear, logins from this host only"
+        ),
+        "{stdout}"
+    );
     let server = BinServer::start(&path);
     let log = server.wait_for_log("pop2 (no TLS)", 1);
     let addr = log
