@@ -175,7 +175,13 @@ impl Connection {
                         Step::Then(event) => next = Some(event),
                         Step::End(end) => {
                             // The last answer goes out, unless the socket is what failed.
-                            if matches!(end, End::Quit | End::TooManyErrors | End::LoginRefused) {
+                            if matches!(
+                                end,
+                                End::Quit
+                                    | End::TooManyErrors
+                                    | End::LoginRefused
+                                    | End::SizeMismatch
+                            ) {
                                 let _ = self.flush().await;
                             }
                             return end;
@@ -450,6 +456,8 @@ impl Connection {
         };
         let mut encoder = BodyEncoder::new(size);
         let mut buf = buf;
+        // Where the message starts in the output (replies before it may still be there).
+        let mut start = self.out.len();
         loop {
             let job = tokio::task::spawn_blocking(move || {
                 let filled = fill(reader.as_mut(), &mut buf);
@@ -470,7 +478,7 @@ impl Connection {
                 }
             };
             if let Err(e) = encoder.encode(buf.get(..n).unwrap_or_default(), &mut self.out) {
-                return self.mismatch(index, e);
+                return self.mismatch(index, start, e);
             }
             if eof {
                 break;
@@ -478,18 +486,25 @@ impl Connection {
             if let Err(end) = self.send_out().await {
                 return Step::End(end);
             }
+            start = 0;
         }
         if let Err(e) = encoder.finish() {
-            return self.mismatch(index, e);
+            return self.mismatch(index, start, e);
         }
         self.tally.retrieved += 1;
         self.tally.retrieved_octets += size;
         Step::Continue
     }
 
-    fn mismatch(&mut self, index: usize, e: facteur_proto::pop2::SizeMismatch) -> Step {
-        // What was encoded of it stays unsent: a truncated message must not look whole.
-        self.out.clear();
+    /// The message is not the size told: what is still unsent of it (from `start` in the
+    /// output) is dropped, so that a message cut short never looks whole, and the session ends.
+    fn mismatch(
+        &mut self,
+        index: usize,
+        start: usize,
+        e: facteur_proto::pop2::SizeMismatch,
+    ) -> Step {
+        self.out.truncate(start);
         tracing::error!(
             peer = %self.peer, proxy = self.proxy(),
             user = self.session.user().unwrap_or("-"),

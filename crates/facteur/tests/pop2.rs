@@ -1,7 +1,8 @@
 //! POP2 (RFC 937) end to end, over a real socket on 127.0.0.1, on the Maildir store and on
 //! PostgreSQL: the RFC's session with real messages, deletions applied only at a clean QUIT,
 //! the maildrop lock shared with POP3, the plaintext policy (POP2 has no TLS), and a server
-//! that keeps serving whatever a client sends.
+//! that keeps serving whatever a client sends. One test, of a Maildir whose file names lie
+//! about their sizes, runs on the Maildir store only: its subject is the Maildir itself.
 
 mod common;
 
@@ -306,4 +307,39 @@ fn connection_caps_count_both_protocols(backend: Backend) {
     );
     c.expect_closed();
     assert_eq!(pop2.cmd("QUIT"), "+ bye\r\n");
+}
+
+/// A Maildir file whose `,W=` size is not its size (a hostile or broken maildrop): the count
+/// told by `=n` cannot be honoured, so the session is cut before any octet of that message,
+/// nothing is deleted, and the other messages are served as usual. (Maildir only: the subject is
+/// the Maildir's file names.)
+#[test]
+fn a_message_not_its_size_cuts_the_session() {
+    let fx = Fixture::new();
+    let cur = fx.maildir(USER).join("cur");
+    std::fs::create_dir_all(&cur).expect("create cur/");
+    for sub in ["new", "tmp"] {
+        std::fs::create_dir_all(fx.maildir(USER).join(sub)).expect("create the Maildir");
+    }
+    std::fs::write(cur.join("1700000001.M1P1.mx,S=2,W=999:2,"), b"a\n").expect("write");
+    std::fs::write(cur.join("1700000002.M1P1.mx,S=4,W=1:2,"), b"abc\n").expect("write");
+    std::fs::write(cur.join("1700000003.M1P1.mx:2,"), b"ok\n").expect("write");
+    let server = fx.start();
+    for (n, told) in [(1, 999), (2, 1)] {
+        let mut c = pop2_login(server.pop2_addr);
+        // Pipelined: the answer to READ goes out, then nothing of the message.
+        c.send(format!("READ {n}\r\nRETR\r\nACKD\r\nQUIT\r\n").as_bytes());
+        assert_eq!(size(&c.line()), told);
+        assert_eq!(c.lines_until_closed(), Vec::<String>::new());
+    }
+    let mut c = Client::login_when_unlocked(server.addr, USER, PASSWORD);
+    assert_eq!(c.stat().0, 3);
+    c.quit();
+    let mut c = pop2_login(server.pop2_addr);
+    assert_eq!(c.cmd("READ 3"), "=4 octets\r\n");
+    c.send(b"RETR\r\n");
+    assert_eq!(c.read_octets(4), b"ok\r\n");
+    assert_eq!(c.cmd("ACKD"), "=0 no more messages\r\n");
+    assert_eq!(c.cmd("QUIT"), "+ bye, 1 message deleted\r\n");
+    assert_eq!(fx.message_count(USER), 2);
 }
