@@ -18,6 +18,8 @@
 //!   naming the client it relays.
 //! - [`lmtp`]: LMTP (RFC 2033), the delivery protocol an MTA speaks to facteur: commands,
 //!   replies with enhanced status codes, the DATA body decoder, the session's state machine.
+//! - [`pop2`]: POP2 (RFC 937), POP3's predecessor on port 109: commands, replies, the session's
+//!   state machine, and the encoder of a message as its RETR sends it (counted, not stuffed).
 //! - [`server`]: `ServerSession`, the server's state machine (AUTHORIZATION, TRANSACTION, UPDATE).
 //! - [`client`]: `ClientSession`, the client's state machine: replies matched to commands in order.
 //! - [`sasl`]: the SASL mechanisms of AUTH (PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-256, EXTERNAL) as
@@ -29,7 +31,7 @@
 //! RFC 1460 (the obsolete LAST command, off by default), RFC 5034 (SASL in POP3) with RFC 4616
 //! (PLAIN), RFC 2195 (CRAM-MD5), RFC 5802 and RFC 7677 (SCRAM-SHA-256), RFC 4422 (EXTERNAL);
 //! RFC 2033 (LMTP) with RFC 5321, RFC 2034 and RFC 3463 (enhanced status codes), RFC 2920
-//! (PIPELINING), RFC 1870 (SIZE), RFC 6152 (8BITMIME).
+//! (PIPELINING), RFC 1870 (SIZE), RFC 6152 (8BITMIME); RFC 937 (POP2).
 #![forbid(unsafe_code)]
 
 pub mod client;
@@ -38,6 +40,7 @@ pub mod dot;
 pub mod encoding;
 pub mod line;
 pub mod lmtp;
+pub mod pop2;
 pub mod proxy;
 pub mod response;
 pub mod sasl;

@@ -183,6 +183,12 @@ pub struct ServerSection {
     /// socket only the MTA can open. Empty (the default): no LMTP.
     #[serde(default)]
     pub listen_lmtp: Vec<LmtpListen>,
+    /// POP2 listeners (RFC 937; its port is 109): `["0.0.0.0:109"]`. The same maildrops,
+    /// users, lock, caps and PROXY handling as POP3. POP2 has no TLS: every password comes in
+    /// clear, so `[auth] plaintext_auth` decides who may log in (the default, `loopback`,
+    /// allows clients on this host only). Empty (the default): no POP2.
+    #[serde(default)]
+    pub listen_pop2: Vec<SocketAddr>,
 }
 
 /// A block of IP addresses, `ADDRESS/PREFIX` (`10.0.0.0/8`, `2001:db8::/32`, `::1/128`), as
@@ -771,6 +777,7 @@ impl Default for ServerSection {
             allow_root: false,
             proxy_protocol: Vec::new(),
             listen_lmtp: Vec::new(),
+            listen_pop2: Vec::new(),
         }
     }
 }
@@ -903,6 +910,7 @@ impl Config {
         if self.server.listen.is_empty()
             && self.listen_tls().is_empty()
             && self.server.listen_lmtp.is_empty()
+            && self.server.listen_pop2.is_empty()
         {
             return Err("[server] listen: at least one address is needed".into());
         }

@@ -381,7 +381,9 @@ impl Connection {
                 self.out = Vec::new();
             }
         }
-        within(self.stream.flush(), self.write_timeout, &mut self.cut).await
+        within(self.stream.flush(), self.write_timeout, &mut self.cut)
+            .await
+            .map_err(End::from)
     }
 
     async fn handle_event(&mut self, event: Event, out_before: usize) -> Step {
@@ -999,7 +1001,7 @@ impl<T: std::fmt::Display> std::fmt::Display for DisplayOr<'_, T> {
 }
 
 /// A login's verdict, with the maildrop already opened on success.
-enum Verdict {
+pub(crate) enum Verdict {
     /// Wrong credentials, with the authenticator's reason (`None`: the check itself failed).
     Failure(Option<FailureReason>),
     /// A SASL exchange ended without a verdict (cancelled, malformed): `-ERR` with this text.
@@ -1014,7 +1016,7 @@ enum Verdict {
 
 /// Lock and open the maildrop of an authenticated user, in the same blocking job as the
 /// check: one trip off the async threads per login instead of two.
-fn open_on_success(store: &dyn Store, checked: Checked) -> Verdict {
+pub(crate) fn open_on_success(store: &dyn Store, checked: Checked) -> Verdict {
     match checked {
         Ok(account) => Verdict::Opened {
             maildrop: account
@@ -1034,25 +1036,45 @@ async fn open_verdict(store: Arc<dyn Store>, checked: Checked) -> Verdict {
         .unwrap_or(Verdict::Failure(None))
 }
 
+/// Why a write to the peer did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteEnd {
+    /// The peer did not read within the write deadline.
+    Timeout,
+    /// The server cut its sessions.
+    Shutdown,
+    Io,
+}
+
 /// Run one write (or flush) to the peer within `limit`, and no longer than the server's cut.
-async fn within<T>(
+pub(crate) async fn within<T>(
     write: impl Future<Output = std::io::Result<T>>,
     limit: Duration,
     cut: &mut CutSignal,
-) -> Result<T, End> {
+) -> Result<T, WriteEnd> {
     tokio::select! {
         r = tokio::time::timeout(limit, write) => match r {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(_)) => Err(End::IoError),
-            Err(_) => Err(End::WriteTimeout),
+            Ok(Err(_)) => Err(WriteEnd::Io),
+            Err(_) => Err(WriteEnd::Timeout),
         },
-        () = cut_now(cut) => Err(End::Shutdown),
+        () = cut_now(cut) => Err(WriteEnd::Shutdown),
+    }
+}
+
+impl From<WriteEnd> for End {
+    fn from(e: WriteEnd) -> Self {
+        match e {
+            WriteEnd::Timeout => End::WriteTimeout,
+            WriteEnd::Shutdown => End::Shutdown,
+            WriteEnd::Io => End::IoError,
+        }
     }
 }
 
 /// Resolves once the server cuts its sessions (at once if it already has); never if the server
 /// is gone without cutting.
-async fn cut_now(cut: &mut CutSignal) {
+pub(crate) async fn cut_now(cut: &mut CutSignal) {
     loop {
         if *cut.borrow_and_update() {
             return;
@@ -1089,7 +1111,10 @@ pub fn tune_socket(stream: &TcpStream, write_timeout: Duration) {
 }
 
 /// Read until `buf` is full or the end of the message: (octets read, end reached).
-fn fill(reader: &mut (dyn Read + Send), buf: &mut [u8]) -> std::io::Result<(usize, bool)> {
+pub(crate) fn fill(
+    reader: &mut (dyn Read + Send),
+    buf: &mut [u8],
+) -> std::io::Result<(usize, bool)> {
     let mut n = 0;
     while n < buf.len() {
         match reader.read(buf.get_mut(n..).unwrap_or_default()) {

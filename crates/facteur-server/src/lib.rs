@@ -18,6 +18,9 @@
 //! - [`config`]: the configuration file, with every limit and default, its unit and its reason.
 //! - [`lmtp`]: LMTP delivery (RFC 2033) on `[server] listen_lmtp`, TCP or Unix sockets: the
 //!   driver of facteur-proto's LMTP session, the spool, delivery through the store.
+//! - [`pop2`]: the POP2 (RFC 937) driver on `[server] listen_pop2`: the same store, lock,
+//!   authentication, plaintext policy, caps and PROXY handling as POP3, through facteur-proto's
+//!   POP2 session.
 //! - [`serve`]: the whole of `facteur serve` from a loaded configuration: bind, give up root,
 //!   start the runtime, handle signals.
 //! - [`proxy`]: connections from a trusted load balancer: the PROXY header read first, then the
@@ -40,6 +43,7 @@ pub mod connection;
 mod limits;
 pub mod lmtp;
 pub mod log;
+pub mod pop2;
 pub mod privileges;
 pub mod proxy;
 pub mod rlimit;
@@ -179,12 +183,65 @@ pub async fn run(
     run_with_tls(shared, listeners, Vec::new(), shutdown).await
 }
 
+/// What a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// POP3 in clear, with STLS when TLS is set up.
+    Pop3,
+    /// POP3S: implicit TLS (RFC 8314).
+    Pop3s,
+    /// POP2 (RFC 937), `[server] listen_pop2`: no TLS.
+    Pop2,
+}
+
+impl Protocol {
+    /// Say why a connection is refused, in this protocol's words, and close it.
+    pub(crate) async fn refuse(self, stream: tokio::net::TcpStream, why: &str) {
+        match self {
+            Protocol::Pop2 => pop2::refuse(stream, why).await,
+            Protocol::Pop3 | Protocol::Pop3s => connection::refuse(stream, why).await,
+        }
+    }
+
+    /// Serve one connection of this protocol until it ends.
+    pub(crate) async fn serve(
+        self,
+        shared: Arc<Shared>,
+        stream: tokio::net::TcpStream,
+        peer: connection::Peer,
+        cut: CutSignal,
+        accepted: tokio::time::Instant,
+    ) {
+        match self {
+            Protocol::Pop2 => pop2::serve(shared, stream, peer, cut, accepted).await,
+            Protocol::Pop3 => connection::serve(shared, stream, peer, false, cut, accepted).await,
+            Protocol::Pop3s => connection::serve(shared, stream, peer, true, cut, accepted).await,
+        }
+    }
+}
+
 /// Serve plain POP3 (with STLS when TLS is set up) on `plain` and POP3S on `implicit_tls`
 /// until `shutdown` completes, then drain sessions for the grace period.
 pub async fn run_with_tls(
     shared: Arc<Shared>,
     plain: Vec<TcpListener>,
     implicit_tls: Vec<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let listeners = plain
+        .into_iter()
+        .map(|l| (l, Protocol::Pop3))
+        .chain(implicit_tls.into_iter().map(|l| (l, Protocol::Pop3s)))
+        .collect();
+    run_listeners(shared, listeners, shutdown).await
+}
+
+/// Serve each listener in the protocol it is paired with until `shutdown` completes, then
+/// drain sessions for the grace period. Every listener shares one connection cap, one
+/// per-address cap and one shutdown: a POP2 session counts as a POP3 one does.
+pub async fn run_listeners(
+    shared: Arc<Shared>,
+    listeners: Vec<(TcpListener, Protocol)>,
     shutdown: impl Future<Output = ()>,
 ) {
     let limits = &shared.config.limits;
@@ -199,11 +256,7 @@ pub async fn run_with_tls(
 
     let (stop_tx, _) = watch::channel(false);
     let mut accept_tasks = Vec::new();
-    let listeners = plain
-        .into_iter()
-        .map(|l| (l, false))
-        .chain(implicit_tls.into_iter().map(|l| (l, true)));
-    for (listener, implicit) in listeners {
+    for (listener, protocol) in listeners {
         let shared = shared.clone();
         let global = global.clone();
         let per_ip = per_ip.clone();
@@ -241,7 +294,7 @@ pub async fn run_with_tls(
                             let _done = done;
                             let _permit = permit;
                             proxy::serve_relayed(
-                                shared, stream, peer, implicit, cut, per_ip, refusals,
+                                shared, stream, peer, protocol, cut, per_ip, refusals,
                             )
                             .await;
                         });
@@ -262,7 +315,7 @@ pub async fn run_with_tls(
                         tokio::spawn(async move {
                             // Held while the answer goes out, as a session's would be.
                             let _held = (done, permit, ip_guard);
-                            connection::refuse(stream, refusal.answer()).await;
+                            protocol.refuse(stream, refusal.answer()).await;
                         });
                         continue;
                     }
@@ -272,7 +325,7 @@ pub async fn run_with_tls(
                     let _permit = permit;
                     let _ip = ip_guard;
                     let peer = connection::Peer::direct(peer);
-                    connection::serve(shared, stream, peer, implicit, cut, accepted).await;
+                    protocol.serve(shared, stream, peer, cut, accepted).await;
                 });
             }
         }));

@@ -5,16 +5,17 @@
 //! within a deadline, at most as many octets at a time as the parser says are still part of
 //! the header, so that no octet of what follows (the client's first command, a TLS ClientHello)
 //! is ever taken. Then the per-address cap is applied to the client, and the connection goes to
-//! [`connection::serve`] with the client as its peer and the proxy beside it for the logs.
+//! [`crate::connection::serve`] (or, for a POP2 listener, [`crate::pop2::serve`]) with the
+//! client as its peer and the proxy beside it for the logs.
 //!
 //! What this module must never do: serve a trusted peer's connection without a valid header
 //! (it is dropped, with a log line), wait for a header past its deadline, or buffer more than
 //! [`defaults::MAX_PROXY_HEADER`] octets.
 
 use crate::config::defaults;
-use crate::connection::{self, Peer};
+use crate::connection::Peer;
 use crate::log::{Refusal, RefusalLog};
-use crate::{CutSignal, PerIpLimiter, Shared};
+use crate::{CutSignal, PerIpLimiter, Protocol, Shared};
 use facteur_proto::proxy::{self, Parse};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,7 +76,7 @@ pub(crate) async fn serve_relayed(
     shared: Arc<Shared>,
     mut stream: TcpStream,
     proxy_addr: SocketAddr,
-    implicit_tls: bool,
+    protocol: Protocol,
     cut: CutSignal,
     per_ip: Arc<PerIpLimiter>,
     refusals: Arc<RefusalLog>,
@@ -103,10 +104,10 @@ pub(crate) async fn serve_relayed(
     let Some(_slot) = per_ip.try_acquire(client.ip()) else {
         let refusal = Refusal::AddressFull(client.ip());
         refusals.refused(peer, refusal);
-        connection::refuse(stream, refusal.answer()).await;
+        protocol.refuse(stream, refusal.answer()).await;
         return;
     };
-    connection::serve(shared, stream, peer, implicit_tls, cut, accepted).await;
+    protocol.serve(shared, stream, peer, cut, accepted).await;
 }
 
 #[cfg(test)]

@@ -88,6 +88,7 @@ pub fn serve(cfg: Config, dev: bool, banner: Option<String>) -> Result<(), Serve
     }
     let plain = bind_all(&cfg.server.listen)?;
     let implicit = bind_all(&cfg.listen_tls())?;
+    let pop2 = bind_all(&cfg.server.listen_pop2)?;
     let lmtp = bind_lmtp(&cfg)?;
     let tls = cfg
         .tls
@@ -165,6 +166,7 @@ pub fn serve(cfg: Config, dev: bool, banner: Option<String>) -> Result<(), Serve
     runtime.block_on(async move {
         let plain = into_tokio(plain)?;
         let implicit = into_tokio(implicit)?;
+        let pop2 = into_tokio(pop2)?;
         let lmtp = lmtp_into_tokio(lmtp)?;
         let stls = tls.is_some();
         // The store and the users on one database: one pool for both, made (and its first
@@ -200,11 +202,19 @@ pub fn serve(cfg: Config, dev: bool, banner: Option<String>) -> Result<(), Serve
         let shared = Arc::new(shared);
         crate::reload_tls_on_sighup(shared.clone());
         let shutdown = shutdown_signals()?;
-        for (l, kind) in plain
-            .iter()
-            .map(|l| (l, if stls { "pop3 (STLS)" } else { "pop3" }))
-            .chain(implicit.iter().map(|l| (l, "pop3s")))
-        {
+        let listeners: Vec<(tokio::net::TcpListener, crate::Protocol)> = plain
+            .into_iter()
+            .map(|l| (l, crate::Protocol::Pop3))
+            .chain(implicit.into_iter().map(|l| (l, crate::Protocol::Pop3s)))
+            .chain(pop2.into_iter().map(|l| (l, crate::Protocol::Pop2)))
+            .collect();
+        for (l, protocol) in &listeners {
+            let kind = match protocol {
+                crate::Protocol::Pop3 if stls => "pop3 (STLS)",
+                crate::Protocol::Pop3 => "pop3",
+                crate::Protocol::Pop3s => "pop3s",
+                crate::Protocol::Pop2 => "pop2 (no TLS)",
+            };
             if let Ok(a) = l.local_addr() {
                 tracing::info!(address = %a, kind, "listening");
             }
@@ -226,15 +236,14 @@ pub fn serve(cfg: Config, dev: bool, banner: Option<String>) -> Result<(), Serve
             println!("{b}");
         }
         if lmtp.is_empty() {
-            crate::run_with_tls(shared, plain, implicit, shutdown).await;
+            crate::run_listeners(shared, listeners, shutdown).await;
         } else {
             // One signal stops both: the POP3 listeners and the LMTP ones.
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
                 let _ = rx.wait_for(|s| *s).await;
             };
-            let pop3 =
-                crate::run_with_tls(shared.clone(), plain, implicit, stopped(stop_rx.clone()));
+            let pop3 = crate::run_listeners(shared.clone(), listeners, stopped(stop_rx.clone()));
             let lmtp = crate::lmtp::run_lmtp(shared, lmtp, stopped(stop_rx));
             let signal = async move {
                 shutdown.await;

@@ -321,6 +321,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 );
             }
             println!("{}", lmtp_summary(&cfg)?);
+            println!("{}", pop2_summary(&cfg));
             let needed = server::rlimit::descriptors_needed(cfg.limits.max_connections);
             if let Some(hard) = server::rlimit::hard_open_files().filter(|&h| h < needed) {
                 eprintln!(
@@ -774,7 +775,26 @@ fn check_config_sql(cfg: &Config, path: &Path) -> Result<(), CliError> {
         join(&cfg.server.listen)
     );
     println!("{}", lmtp_summary(cfg)?);
+    println!("{}", pop2_summary(cfg));
     Ok(())
+}
+
+/// check-config: the POP2 listeners, and who may log in on them (POP2 has no TLS, so the
+/// plaintext policy decides).
+fn pop2_summary(cfg: &Config) -> String {
+    let l = &cfg.server.listen_pop2;
+    if l.is_empty() {
+        return "POP2: off".to_string();
+    }
+    let who = match cfg.auth.plaintext_auth {
+        server::config::PlaintextAuth::Always => "from any address",
+        server::config::PlaintextAuth::Loopback => "from this host only",
+        server::config::PlaintextAuth::Never => "from nowhere: every HELO is refused",
+    };
+    format!(
+        "POP2: on {} (no TLS: passwords in clear, logins {who}, as [auth] plaintext_auth says)",
+        join(l)
+    )
 }
 
 /// check-config: the LMTP listeners and how recipients become users; fails when

@@ -26,7 +26,7 @@ use std::time::Duration;
 use facteur_auth::{Authenticator, PasswdDb};
 use facteur_server::config::Config;
 use facteur_server::serve::open_store;
-use facteur_server::{run_with_tls, Shared};
+use facteur_server::{run_listeners, Protocol, Shared};
 use facteur_store::postgres::{PgStore, PgStoreConfig};
 use facteur_store::{Delivered, MaildirStore, Store};
 use facteur_tls::{TlsFiles, TlsState};
@@ -366,8 +366,8 @@ impl Fixture {
         v
     }
 
-    /// Start a server in this process, on a tokio runtime of its own: plain POP3 on `addr`
-    /// and, for a fixture with a certificate, POP3S on `tls_addr`.
+    /// Start a server in this process, on a tokio runtime of its own: plain POP3 on `addr`,
+    /// POP2 on `pop2_addr` and, for a fixture with a certificate, POP3S on `tls_addr`.
     pub fn start(&self) -> Server {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -380,6 +380,8 @@ impl Fixture {
         };
         let listener = bind();
         let addr = listener.local_addr().expect("the listener's address");
+        let pop2_listener = bind();
+        let pop2_addr = pop2_listener.local_addr().expect("the listener's address");
         let tls_listeners: Vec<_> = self.tls.iter().map(|_| bind()).collect();
         let tls_addr = tls_listeners
             .first()
@@ -399,16 +401,16 @@ impl Fixture {
             shared = shared.with_tls(TlsState::new(files.clone()).expect("load the certificate"));
         }
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = rt.spawn(run_with_tls(
-            Arc::new(shared),
-            vec![listener],
-            tls_listeners,
-            async move {
-                let _ = rx.await;
-            },
-        ));
+        let listeners = std::iter::once((listener, Protocol::Pop3))
+            .chain(tls_listeners.into_iter().map(|l| (l, Protocol::Pop3s)))
+            .chain([(pop2_listener, Protocol::Pop2)])
+            .collect();
+        let task = rt.spawn(run_listeners(Arc::new(shared), listeners, async move {
+            let _ = rx.await;
+        }));
         Server {
             addr,
+            pop2_addr,
             tls_addr,
             shutdown: Some(tx),
             task: Some(task),
@@ -432,6 +434,8 @@ pub fn delivered_base(d: &Delivered) -> String {
 pub struct Server {
     /// The plain POP3 listener (with STLS when the fixture has a certificate).
     pub addr: SocketAddr,
+    /// The POP2 listener (RFC 937).
+    pub pop2_addr: SocketAddr,
     /// The POP3S listener, when the fixture has a certificate.
     pub tls_addr: Option<SocketAddr>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -928,6 +932,26 @@ impl Client {
                 .to_vec(),
             _ => panic!("not a TLS connection"),
         }
+    }
+
+    /// Connect to a POP2 listener and read its greeting (which must be `+ `).
+    pub fn connect_pop2(addr: SocketAddr) -> Self {
+        let c = Self::connect_unchecked(addr);
+        assert!(
+            c.greeting.starts_with("+ "),
+            "POP2 greeting: {:?}",
+            c.greeting
+        );
+        c
+    }
+
+    /// Exactly `n` octets from the server (a POP2 message, whose end is its count).
+    pub fn read_octets(&mut self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; n];
+        self.reader
+            .read_exact(&mut buf)
+            .expect("read the announced octets");
+        buf
     }
 
     /// Connect and log in with USER/PASS; panics unless both are `+OK`.
