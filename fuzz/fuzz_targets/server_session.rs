@@ -218,7 +218,7 @@ fuzz_target!(|input: &[u8]| {
                     );
                     None
                 }
-                Event::Update { deletions } => {
+                Event::Update { deletions, .. } => {
                     let m = model.as_ref().expect("UPDATE before login");
                     let dead: Vec<usize> = (0..m.live.len()).filter(|&i| !m.live[i]).collect();
                     assert_eq!(deletions, dead, "UPDATE deletes the wrong messages");
