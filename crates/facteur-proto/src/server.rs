@@ -605,10 +605,7 @@ impl ServerSession {
                 response::err(
                     out,
                     Some(Code::LoginDelay),
-                    format_args!(
-                        "logged in less than {} seconds ago, try again later",
-                        self.policy.login_delay
-                    ),
+                    "logged in too recently, try again later",
                 );
             }
             AuthResult::Aborted(text) => {
@@ -1529,7 +1526,7 @@ mod tests {
         assert_eq!(s.auth_result(AuthResult::LoginDelay, &mut out), None);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "-ERR [LOGIN-DELAY] logged in less than 2 seconds ago, try again later\r\n"
+            "-ERR [LOGIN-DELAY] logged in too recently, try again later\r\n"
         );
         assert_eq!(s.state(), State::Authorization);
         log_in(&mut s, 1, Policy::default());
