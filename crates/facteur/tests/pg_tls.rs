@@ -91,7 +91,7 @@ fn store_and_users_over_verified_tls_share_one_pool() {
         "backend = \"sql\"",
     );
     let out = ok(&config, &["db", "migrate"], b"");
-    assert!(out.contains("schema version 3 (was 0)"), "{out}");
+    assert!(out.contains("schema version 4 (was 0)"), "{out}");
     ok(
         &config,
         &[
