@@ -646,8 +646,10 @@ impl Authenticator for PasswdDb {
         self.current().file.apop_possible()
     }
 
+    /// As of the file last loaded (each login reloads a changed file): asked at every
+    /// connection, it costs no system call.
     fn policy_per_user(&self) -> bool {
-        self.current().file.policy_per_user()
+        self.loaded().file.policy_per_user()
     }
 
     fn verify_cram_md5(&self, user: &str, challenge: &[u8], digest_hex: &str) -> AuthOutcome {
