@@ -2232,6 +2232,40 @@ mod tests {
         m.check_login_delay(delay).unwrap();
     }
 
+    /// Logins racing (threads standing for processes or nodes on one Maildir): the lock makes
+    /// the check and the record one step, so exactly one passes LOGIN-DELAY.
+    #[test]
+    fn of_logins_racing_exactly_one_passes_the_login_delay() {
+        let f = fixture();
+        drop(f.open());
+        let passed: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                        loop {
+                            match f.store.open_maildir("bob@example.org", None) {
+                                Ok((mut m, _)) => {
+                                    return match m.check_login_delay(Duration::from_secs(3600)) {
+                                        Ok(()) => 1,
+                                        Err(StoreError::LoginDelay) => 0,
+                                        Err(e) => panic!("{e}"),
+                                    }
+                                }
+                                Err(StoreError::InUse) if std::time::Instant::now() < deadline => {
+                                    std::thread::sleep(Duration::from_millis(1))
+                                }
+                                Err(e) => panic!("{e}"),
+                            }
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(passed, 1);
+    }
+
     /// EXPIRE on a Maildir: first retrieval times are recorded only by `record_retrievals` (a
     /// committed QUIT), never moved by a second retrieval, and `expire` removes only the
     /// messages whose time has come, from `cur/` and from the snapshot.

@@ -579,6 +579,33 @@ mod store {
         m.check_login_delay(Duration::ZERO).unwrap();
     }
 
+    /// Logins racing on several nodes: exactly one passes LOGIN-DELAY, the others are told to
+    /// wait (or find the maildrop in use and try again, then are told to wait).
+    #[test]
+    fn of_logins_racing_exactly_one_passes_the_login_delay() {
+        let env = env(Duration::from_secs(30));
+        let nodes: Vec<PgStore> = (0..4)
+            .map(|_| connect(&env.rt, &env.db.url, Duration::from_secs(30)))
+            .collect();
+        let outcomes: Vec<bool> = std::thread::scope(|scope| {
+            let handles: Vec<_> = nodes
+                .iter()
+                .map(|node| {
+                    scope.spawn(move || {
+                        let mut m = open_when_free(node, "alice");
+                        match m.check_login_delay(Duration::from_secs(3600)) {
+                            Ok(()) => true,
+                            Err(StoreError::LoginDelay) => false,
+                            Err(e) => panic!("{e}"),
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(outcomes.iter().filter(|&&passed| passed).count(), 1);
+    }
+
     /// EXPIRE: a first retrieval time is recorded only by `record_retrievals` (a committed
     /// QUIT), never twice, and `expire` removes only the messages whose time has come, from the
     /// database and from the snapshot.
