@@ -252,7 +252,10 @@ fuzz_target!(|input: &[u8]| {
                     let kept_retrieved: Vec<usize> = (0..m.live.len())
                         .filter(|&i| expire == Expire::Days(7) && m.live[i] && m.retrieved[i])
                         .collect();
-                    assert_eq!(retrieved, kept_retrieved, "UPDATE reports the wrong retrievals");
+                    assert_eq!(
+                        retrieved, kept_retrieved,
+                        "UPDATE reports the wrong retrievals"
+                    );
                     session.update_result(if update_ok { Ok(()) } else { Err(()) }, &mut out)
                 }
                 Event::StartTls => {
