@@ -962,11 +962,19 @@ impl Maildrop for LockedMaildir {
             .map_err(|e| StoreError::io(&self.dir, e))?;
         let path = self.dir.join(policy_files::LAST_LOGIN_FILE);
         let now = policy_files::millis(SystemTime::now());
-        let last = policy_files::last_login(&root).map_err(|e| StoreError::io(&path, e))?;
+        // A time that cannot be read or written (a full disk, a file made unreadable) does not
+        // lock the user out: the login goes on, and the log says why no delay was enforced.
+        let last = policy_files::last_login(&root).unwrap_or_else(|e| {
+            tracing::warn!(file = %path.display(), error = %e, "cannot read the last login");
+            None
+        });
         if last.is_some_and(|last| policy_files::too_soon(last, now, delay)) {
             return Err(StoreError::LoginDelay);
         }
-        policy_files::write_last_login(&root, now, self.owner).map_err(|e| StoreError::io(&path, e))
+        if let Err(e) = policy_files::write_last_login(&root, now, self.owner) {
+            tracing::warn!(file = %path.display(), error = %e, "cannot record the last login");
+        }
+        Ok(())
     }
 
     fn expire(&mut self, after: Duration) -> Result<usize, StoreError> {
