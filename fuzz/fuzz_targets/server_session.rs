@@ -2,11 +2,14 @@
 //! answered), by any byte stream. Never panics; every command gets an answer; every reply line is
 //! a status line, a line of a listing or the "." ending one, and ends in CRLF; and once logged in,
 //! the session agrees with a simple model of the maildrop: a message is there until DELE, back
-//! after RSET, and a deleted one vanishes from STAT, LIST, UIDL, RETR, TOP and DELE.
+//! after RSET, and a deleted one vanishes from STAT, LIST, UIDL, RETR, TOP and DELE. Under
+//! EXPIRE 0 the messages RETR sent are deleted at QUIT too; under EXPIRE 7 they are reported as
+//! retrieved (TOP never counts).
 #![no_main]
 
 use facteur_proto::command::{self, Command};
 use facteur_proto::line::{Frame, LineFramer};
+use facteur_proto::policy::{Expire, Policy};
 use facteur_proto::server::{AuthResult, Event, ServerConfig, ServerSession, State};
 use facteur_proto::{MessageMeta, MsgNum, Uidl};
 use libfuzzer_sys::fuzz_target;
@@ -27,6 +30,8 @@ fn maildrop(count: usize) -> Vec<MessageMeta> {
 /// What the session should believe once logged in: which messages are not deleted.
 struct Model {
     live: Vec<bool>,
+    /// Sent whole by RETR in this session (RSET does not undo it).
+    retrieved: Vec<bool>,
 }
 
 impl Model {
@@ -136,6 +141,12 @@ fuzz_target!(|input: &[u8]| {
     // The store deferred the sizes: the session gets zeros, then the real sizes when it asks.
     let sizes_deferred = head[1] & 64 != 0;
     let budget = usize::from(head[3]) + 1;
+    // The user's EXPIRE, given at login.
+    let expire = match (head[1] & 128 != 0, count % 2) {
+        (true, _) => Expire::Days(0),
+        (false, 1) => Expire::Days(7),
+        _ => Expire::Never,
+    };
 
     let mut session = ServerSession::new(config);
     let mut framer = LineFramer::default();
@@ -196,6 +207,11 @@ fuzz_target!(|input: &[u8]| {
                     if matches!(result, AuthResult::Success { .. }) {
                         model = Some(Model {
                             live: vec![true; count],
+                            retrieved: vec![false; count],
+                        });
+                        session.set_policy(Policy {
+                            login_delay: 0,
+                            expire,
                         });
                     }
                     logins += 1;
@@ -210,18 +226,36 @@ fuzz_target!(|input: &[u8]| {
                     while !session.fill_listing(&mut out, budget) {}
                     None
                 }
-                Event::Retrieve { index, .. } => {
-                    let m = model.as_ref().expect("RETR before login");
+                Event::Retrieve { index, top_lines } => {
+                    let m = model.as_mut().expect("RETR before login");
                     assert!(
                         m.live.get(index) == Some(&true),
                         "RETR/TOP of message index {index}"
                     );
+                    // The driver sent it whole.
+                    session.retrieval_complete();
+                    if top_lines.is_none() {
+                        m.retrieved[index] = true;
+                    }
                     None
                 }
-                Event::Update { deletions } => {
+                Event::Update {
+                    deletions,
+                    retrieved,
+                } => {
                     let m = model.as_ref().expect("UPDATE before login");
-                    let dead: Vec<usize> = (0..m.live.len()).filter(|&i| !m.live[i]).collect();
+                    let expire0 = expire == Expire::Days(0);
+                    let dead: Vec<usize> = (0..m.live.len())
+                        .filter(|&i| !m.live[i] || (expire0 && m.retrieved[i]))
+                        .collect();
                     assert_eq!(deletions, dead, "UPDATE deletes the wrong messages");
+                    let kept_retrieved: Vec<usize> = (0..m.live.len())
+                        .filter(|&i| expire == Expire::Days(7) && m.live[i] && m.retrieved[i])
+                        .collect();
+                    assert_eq!(
+                        retrieved, kept_retrieved,
+                        "UPDATE reports the wrong retrievals"
+                    );
                     session.update_result(if update_ok { Ok(()) } else { Err(()) }, &mut out)
                 }
                 Event::StartTls => {

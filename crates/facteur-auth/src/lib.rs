@@ -48,6 +48,8 @@ use std::path::PathBuf;
 
 use facteur_store::{BadOwner, Owner};
 
+pub use facteur_proto::policy::{BadPolicy, UserPolicy};
+
 pub use edit::{add_user, del_user, list_users, set_password, validate_user_name};
 pub use facteur_proto::sasl::{
     FailureReason, Mechanism, Nonces, SaslContext, SaslOutcome, UnknownMechanism, MAX_SASL_LINE,
@@ -71,6 +73,10 @@ pub struct Account {
     /// Who must own the maildrop (the passwd-file's uid and gid fields), or why those fields
     /// cannot be used (not numbers): the maildrop is then refused.
     pub owner: Result<Owner, BadOwner>,
+    /// The user's own LOGIN-DELAY and EXPIRE (the passwd-file's extra fields `login_delay=`
+    /// and `expire=`, the SQL users' columns), or why they cannot be used: the maildrop is then
+    /// refused.
+    pub policy: Result<UserPolicy, BadPolicy>,
 }
 
 /// The result of a login attempt.
@@ -133,6 +139,12 @@ pub trait Authenticator: Send + Sync + 'static {
     /// APOP only then.
     fn apop_possible(&self) -> bool;
 
+    /// True if some user has a LOGIN-DELAY or EXPIRE of their own: CAPA then tags the
+    /// server-wide values with `USER` before login (RFC 2449). False by default.
+    fn policy_per_user(&self) -> bool {
+        false
+    }
+
     /// SASL CRAM-MD5 (RFC 2195): `digest_hex` is the client's 32 hex digits of
     /// HMAC-MD5(secret, `challenge`), `challenge` the exact bytes the server sent (angle
     /// brackets included). Only users stored as `{PLAIN}` or `{CRAM-MD5}` can succeed.
@@ -182,6 +194,8 @@ pub enum LineError {
     DuplicateUser { user: String, first_line: usize },
     #[error(transparent)]
     Password(#[from] StoredPasswordError),
+    #[error("extra field: {0}")]
+    Policy(#[from] BadPolicy),
 }
 
 /// Why a user name was refused.

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use facteur_proto::policy::{BadPolicy, Expire, UserPolicy};
 use facteur_proto::Secret;
 
 use super::cache::VerifiedCache;
@@ -50,6 +51,8 @@ pub struct PasswdEntry {
     home: Option<String>,
     shell: Option<String>,
     extra_fields: Option<String>,
+    /// `login_delay=` and `expire=` of the extra fields.
+    policy: UserPolicy,
     line: usize,
 }
 
@@ -98,11 +101,17 @@ impl PasswdEntry {
         self.line
     }
 
+    /// The user's own LOGIN-DELAY and EXPIRE, from the extra fields.
+    pub fn policy(&self) -> UserPolicy {
+        self.policy
+    }
+
     fn account(&self) -> Account {
         Account {
             user: self.user.clone(),
             home: self.home.clone(),
             owner: Owner::from_fields(self.uid(), self.gid()),
+            policy: Ok(self.policy),
         }
     }
 }
@@ -116,6 +125,7 @@ pub struct PasswdFile {
     apop_possible: bool,
     cram_md5_possible: bool,
     scram_possible: bool,
+    policy_per_user: bool,
 }
 
 /// True for a line the format ignores: blank, or a `#` comment.
@@ -137,22 +147,49 @@ fn non_empty(field: Option<&str>) -> Option<String> {
     field.filter(|f| !f.is_empty()).map(str::to_string)
 }
 
+/// The user's LOGIN-DELAY and EXPIRE among the extra fields, Dovecot's space-separated
+/// `key=value` pairs: `login_delay=SECONDS` and `expire=DAYS|never`. Other keys are Dovecot's
+/// or someone else's, and left alone.
+pub(crate) fn extra_fields_policy(extra: Option<&str>) -> Result<UserPolicy, BadPolicy> {
+    let mut policy = UserPolicy::default();
+    for field in extra.unwrap_or_default().split_ascii_whitespace() {
+        match field.split_once('=') {
+            Some(("login_delay", v)) => {
+                policy.login_delay = Some(facteur_proto::policy::parse_login_delay(v)?)
+            }
+            Some(("expire", v)) => policy.expire = Some(Expire::parse(v)?),
+            _ => {}
+        }
+    }
+    Ok(policy)
+}
+
 fn parse_line(line: &str, number: usize) -> Result<PasswdEntry, LineError> {
     let mut fields = line.splitn(8, ':');
     let user = fields.next().unwrap_or_default();
     validate_user_name(user).map_err(LineError::InvalidUserName)?;
     let password_field = fields.next().ok_or(LineError::NoPasswordField)?;
     let password = StoredPassword::parse(password_field)?;
+    let (uid, gid, gecos, home, shell) = (
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+    );
+    let extra_fields = non_empty(fields.next());
+    let policy = extra_fields_policy(extra_fields.as_deref())?;
     Ok(PasswdEntry {
         user: user.to_string(),
         password,
         password_field: Secret::new(password_field.to_string()),
-        uid: non_empty(fields.next()),
-        gid: non_empty(fields.next()),
-        gecos: non_empty(fields.next()),
-        home: non_empty(fields.next()),
-        shell: non_empty(fields.next()),
-        extra_fields: non_empty(fields.next()),
+        uid: non_empty(uid),
+        gid: non_empty(gid),
+        gecos: non_empty(gecos),
+        home: non_empty(home),
+        shell: non_empty(shell),
+        extra_fields,
+        policy,
         line: number,
     })
 }
@@ -205,6 +242,7 @@ impl PasswdFile {
             .iter()
             .any(|e| e.password.cram_md5_context().is_some());
         let scram_possible = entries.iter().any(|e| e.password.scram_source().is_some());
+        let policy_per_user = entries.iter().any(|e| e.policy.overrides());
         Ok(Self {
             origin: origin.to_string(),
             entries,
@@ -212,6 +250,7 @@ impl PasswdFile {
             apop_possible,
             cram_md5_possible,
             scram_possible,
+            policy_per_user,
         })
     }
 
@@ -246,6 +285,11 @@ impl PasswdFile {
     /// True if some user's password is stored `{PLAIN}`, so that APOP could work for them.
     pub fn apop_possible(&self) -> bool {
         self.apop_possible
+    }
+
+    /// True if some user has `login_delay=` or `expire=` in their extra fields.
+    pub fn policy_per_user(&self) -> bool {
+        self.policy_per_user
     }
 
     /// True if some user's password is stored `{PLAIN}` or `{CRAM-MD5}`, so that SASL
@@ -602,6 +646,12 @@ impl Authenticator for PasswdDb {
         self.current().file.apop_possible()
     }
 
+    /// As of the file last loaded (each login reloads a changed file): asked at every
+    /// connection, it costs no system call.
+    fn policy_per_user(&self) -> bool {
+        self.loaded().file.policy_per_user()
+    }
+
     fn verify_cram_md5(&self, user: &str, challenge: &[u8], digest_hex: &str) -> AuthOutcome {
         self.check_cram_md5(user, challenge, digest_hex).into()
     }
@@ -740,6 +790,64 @@ h:{PLAIN}ph:::::
         let h = file.get("h").unwrap();
         assert_eq!((h.home(), h.shell(), h.extra_fields()), (None, None, None));
         assert!(h.password().verify(b"ph"));
+        // No user has a LOGIN-DELAY or EXPIRE of their own.
+        assert!(!file.policy_per_user());
+        assert_eq!(file.get("g").unwrap().policy(), UserPolicy::default());
+    }
+
+    /// LOGIN-DELAY and EXPIRE per user: Dovecot-style `key=value` extra fields, beside any
+    /// others; a value that cannot be used is a load error naming the line, never a surprise
+    /// at a login.
+    #[test]
+    fn login_delay_and_expire_come_from_the_extra_fields() {
+        let text = "a:{PLAIN}pa\n\
+            b:{PLAIN}pb::::::quota=1G login_delay=900 expire=never\n\
+            c:{PLAIN}pc::::::expire=0\n";
+        let file = parse(text).unwrap();
+        assert!(file.policy_per_user());
+        assert_eq!(file.get("a").unwrap().policy(), UserPolicy::default());
+        assert_eq!(
+            file.get("b").unwrap().policy(),
+            UserPolicy {
+                login_delay: Some(900),
+                expire: Some(Expire::Never)
+            }
+        );
+        assert_eq!(
+            file.get("c").unwrap().policy(),
+            UserPolicy {
+                login_delay: None,
+                expire: Some(Expire::Days(0))
+            }
+        );
+        let (_dir, _path, db) = db_with(text);
+        assert!(db.policy_per_user());
+        match db.verify_password("c", b"pc") {
+            AuthOutcome::Success(account) => assert_eq!(
+                account.policy,
+                Ok(UserPolicy {
+                    login_delay: None,
+                    expire: Some(Expire::Days(0))
+                })
+            ),
+            AuthOutcome::Failure => panic!("c logs in"),
+        }
+        for bad in ["login_delay=-1", "login_delay=soon", "expire=7d", "expire="] {
+            let err = parse(&format!("a:{{PLAIN}}pa\nb:{{PLAIN}}pb::::::{bad}\n")).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(":2: extra field"), "{text}");
+            assert!(
+                matches!(
+                    err,
+                    AuthError::Parse {
+                        line: 2,
+                        error: LineError::Policy(_),
+                        ..
+                    }
+                ),
+                "{text}"
+            );
+        }
     }
 
     #[test]
@@ -920,6 +1028,7 @@ h:{PLAIN}ph:::::
             user: user.to_string(),
             home: home.map(str::to_string),
             owner: Ok(Owner::default()),
+            policy: Ok(UserPolicy::default()),
         })
     }
 
@@ -1318,6 +1427,7 @@ h:{PLAIN}ph:::::
             user: user.to_string(),
             home: home.map(str::to_string),
             owner: Ok(Owner::default()),
+            policy: Ok(UserPolicy::default()),
         }
     }
 

@@ -721,7 +721,7 @@ mod tests {
                         while !self.session.fill_listing(out, 16) {}
                         None
                     }
-                    Event::Update { deletions } => {
+                    Event::Update { deletions, .. } => {
                         self.deletions = Some(deletions);
                         self.session.update_result(Ok(()), out)
                     }

@@ -14,6 +14,7 @@
 //! - [`dot`]: streaming dot-stuffing, LF to CRLF, TOP line limits, wire sizes, un-stuffing.
 //! - [`encoding`]: lowercase hex and `%XX` escapes, the one copy every facteur crate writes and
 //!   reads them with (digests, keys, the maildrop index, the fetcher's state).
+//! - [`policy`]: RFC 2449's LOGIN-DELAY and EXPIRE: their values, server-wide and per user.
 //! - [`proxy`]: the PROXY protocol header (v1 and v2) a load balancer sends before POP3,
 //!   naming the client it relays.
 //! - [`lmtp`]: LMTP (RFC 2033), the delivery protocol an MTA speaks to facteur: commands,
@@ -40,6 +41,7 @@ pub mod dot;
 pub mod encoding;
 pub mod line;
 pub mod lmtp;
+pub mod policy;
 pub mod pop2;
 pub mod proxy;
 pub mod response;

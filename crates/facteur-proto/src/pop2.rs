@@ -314,6 +314,9 @@ pub enum LoginResult {
     Failed,
     /// The maildrop is locked by another session (POP3 or POP2).
     InUse,
+    /// Sooner than the user's LOGIN-DELAY after the last login (RFC 2449's policy, which the
+    /// server applies to POP2 logins too).
+    LoginDelay,
     /// A server-side failure (the maildrop could not be opened, the user database did not
     /// answer).
     SystemError,
@@ -577,6 +580,7 @@ impl Pop2Session {
             LoginResult::InUse => {
                 "maildrop is locked by another session (POP3 or POP2), try again later".into()
             }
+            LoginResult::LoginDelay => "too soon after the last login, try again later".into(),
             LoginResult::SystemError => "cannot open the maildrop now, try again later".into(),
             LoginResult::Refused(text) => text.to_string(),
         };

@@ -11,6 +11,7 @@
 //! locked and its snapshot taken, then UPDATE after QUIT, where (and only where) deletions happen.
 
 use crate::command::{self, Command, ParseError};
+use crate::policy::{Expire, Policy};
 use crate::response::{self, Code};
 use crate::types::{same_secret, MessageMeta, MsgNum, Secret};
 
@@ -39,6 +40,12 @@ pub struct ServerConfig {
     /// outcome, a session still in AUTHORIZATION closes: a client that knows its password needs
     /// one, and each attempt may cost the server a password hash.
     pub max_auth_attempts: u32,
+    /// The server-wide LOGIN-DELAY and EXPIRE (RFC 2449), announced by CAPA before login; the
+    /// user's own replace them at login ([`ServerSession::set_policy`]).
+    pub policy: Policy,
+    /// True when some users have a LOGIN-DELAY or EXPIRE of their own: CAPA then says `USER`
+    /// after the server-wide values before login (RFC 2449 sections 6.5 and 6.7).
+    pub policy_per_user: bool,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +60,8 @@ impl Default for ServerConfig {
             enable_last: false,
             max_bad_commands: 20,
             max_auth_attempts: 10,
+            policy: Policy::default(),
+            policy_per_user: false,
         }
     }
 }
@@ -89,8 +98,14 @@ pub enum Event {
     /// `AuthResult::Success::sizes_known`): compute them and call `sizes_result`, which answers
     /// the command (and may return `Retrieve` or `Listing`).
     MessageSizes,
-    /// QUIT in TRANSACTION: delete these messages (0-based, ascending) and call `update_result`.
-    Update { deletions: Vec<usize> },
+    /// QUIT in TRANSACTION: delete these messages (0-based, ascending), record the first
+    /// retrieval of the `retrieved` ones (0-based, ascending, none of them deleted: the messages
+    /// sent whole by RETR in this session, for EXPIRE), and call `update_result`. Under EXPIRE 0
+    /// the retrieved messages are among the deletions instead.
+    Update {
+        deletions: Vec<usize>,
+        retrieved: Vec<usize>,
+    },
     /// STLS accepted (`+OK` is in the output): flush, discard every buffered input byte, and
     /// start the TLS handshake (RFC 2595 section 4).
     StartTls,
@@ -118,8 +133,11 @@ impl PartialEq for Event {
             E::Retrieve { index, top_lines } => {
                 matches!(other, E::Retrieve { index: i, top_lines: t } if index == i && top_lines == t)
             }
-            E::Update { deletions } => {
-                matches!(other, E::Update { deletions: d } if deletions == d)
+            E::Update {
+                deletions,
+                retrieved,
+            } => {
+                matches!(other, E::Update { deletions: d, retrieved: r } if deletions == d && retrieved == r)
             }
             E::Sasl {
                 mechanism,
@@ -152,6 +170,9 @@ pub enum AuthResult {
     Failed,
     /// The maildrop is locked by another session.
     InUse,
+    /// The credentials were good, but the user logged in less than LOGIN-DELAY seconds ago
+    /// (RFC 2449 section 8.1.2): `-ERR [LOGIN-DELAY]`. Not a failed login.
+    LoginDelay,
     /// A server-side failure; `permanent` selects `[SYS/PERM]` over `[SYS/TEMP]`.
     SystemError { permanent: bool },
     /// A SASL exchange ended without a verdict (cancelled with `*`, or malformed data):
@@ -181,6 +202,12 @@ pub struct ServerSession {
     user: Option<String>,
     messages: Vec<MessageMeta>,
     deleted: Vec<bool>,
+    /// Per message: sent whole by RETR in this session (EXPIRE counts from the first one).
+    retrieved: Vec<bool>,
+    /// The message RETR is sending, until the driver says it went out whole.
+    sending: Option<usize>,
+    /// The policy in force: the server's until login, then the user's.
+    policy: Policy,
     deleted_count: usize,
     deleted_octets: u64,
     total_octets: u64,
@@ -234,6 +261,7 @@ impl SizedCommand {
 
 impl ServerSession {
     pub fn new(config: ServerConfig) -> Self {
+        let policy = config.policy;
         Self {
             config,
             state: State::Authorization,
@@ -242,6 +270,9 @@ impl ServerSession {
             user: None,
             messages: Vec::new(),
             deleted: Vec::new(),
+            retrieved: Vec::new(),
+            sending: None,
+            policy,
             deleted_count: 0,
             deleted_octets: 0,
             total_octets: 0,
@@ -270,6 +301,18 @@ impl ServerSession {
     /// The authenticated user, once in TRANSACTION.
     pub fn user(&self) -> Option<&str> {
         self.user.as_deref()
+    }
+
+    /// The policy the session runs under: the server's before login, the user's after.
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// The user's own LOGIN-DELAY and EXPIRE, from the login on: what CAPA announces in
+    /// TRANSACTION, and what QUIT applies (EXPIRE 0). The driver calls it just before it
+    /// reports a successful login.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
     }
 
     /// The number of messages marked deleted so far.
@@ -378,11 +421,28 @@ impl ServerSession {
         if !self.config.implementation.is_empty() {
             caps.push(format!("IMPLEMENTATION {}", self.config.implementation));
         }
+        self.policy_capabilities(&mut caps);
         for c in caps {
             out.extend_from_slice(c.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         response::end_multiline(out);
+    }
+
+    /// LOGIN-DELAY and EXPIRE (RFC 2449 sections 6.5 and 6.7), when either says anything: in
+    /// AUTHORIZATION the server-wide values, followed by `USER` when some users have their own;
+    /// after login, the user's. A server with neither (and no user with either) announces
+    /// nothing, which clients read as no delay and no expiry.
+    fn policy_capabilities(&self, caps: &mut Vec<String>) {
+        let before_login = self.state == State::Authorization;
+        let per_user = before_login && self.config.policy_per_user;
+        let tag = if per_user { " USER" } else { "" };
+        if self.policy.login_delay > 0 || per_user {
+            caps.push(format!("LOGIN-DELAY {}{tag}", self.policy.login_delay));
+        }
+        if self.policy.expire != Expire::Never || per_user {
+            caps.push(format!("EXPIRE {}{tag}", self.policy.expire));
+        }
     }
 
     fn authorization(&mut self, cmd: Command, out: &mut Vec<u8>) -> Option<Event> {
@@ -523,6 +583,7 @@ impl ServerSession {
                 self.sizes_known = sizes_known;
                 self.total_octets = messages.iter().map(|m| m.size).sum();
                 self.deleted = vec![false; messages.len()];
+                self.retrieved = vec![false; messages.len()];
                 self.messages = messages;
                 let summary = self.summary(false);
                 response::ok(out, format_args!("{user} has {summary}"));
@@ -538,6 +599,13 @@ impl ServerSession {
                     out,
                     Some(Code::InUse),
                     "maildrop is locked by another session",
+                );
+            }
+            AuthResult::LoginDelay => {
+                response::err(
+                    out,
+                    Some(Code::LoginDelay),
+                    "logged in too recently, try again later",
                 );
             }
             AuthResult::Aborted(text) => {
@@ -692,6 +760,7 @@ impl ServerSession {
                 let index = self.message(n, out)?;
                 self.last_accessed = self.last_accessed.max(n.get());
                 response::ok(out, format_args!("{} octets", self.messages[index].size));
+                self.sending = Some(index);
                 return Some(Event::Retrieve {
                     index,
                     top_lines: None,
@@ -699,6 +768,9 @@ impl ServerSession {
             }
             Command::Top(n, lines) => {
                 let index = self.message(n, out)?;
+                // TOP is a look at the headers, not a retrieval: EXPIRE does not count it (a
+                // client that previews would otherwise lose mail it never downloaded).
+                self.sending = None;
                 response::ok(out, "top of message follows");
                 return Some(Event::Retrieve {
                     index,
@@ -727,13 +799,38 @@ impl ServerSession {
             Command::Quit => {
                 self.state = State::Update;
                 self.awaiting = Some(Awaiting::Update);
+                // EXPIRE 0 (RFC 2449 section 6.7): a message retrieved in this session is
+                // deleted in its UPDATE state, as if the client had sent DELE for it.
+                if self.policy.expire == Expire::Days(0) {
+                    for (i, _) in self.retrieved.iter().enumerate().filter(|(_, &r)| r) {
+                        if let Some(d) = self.deleted.get_mut(i).filter(|d| !**d) {
+                            *d = true;
+                            self.deleted_count += 1;
+                            self.deleted_octets += self.messages.get(i).map_or(0, |m| m.size);
+                        }
+                    }
+                }
                 let deletions = self
                     .deleted
                     .iter()
                     .enumerate()
                     .filter_map(|(i, &d)| d.then_some(i))
                     .collect();
-                return Some(Event::Update { deletions });
+                // Under NEVER nothing will ever read the retrieval times: none is recorded.
+                let retrieved = if self.policy.expire == Expire::Never {
+                    Vec::new()
+                } else {
+                    self.retrieved
+                        .iter()
+                        .zip(&self.deleted)
+                        .enumerate()
+                        .filter_map(|(i, (&r, &d))| (r && !d).then_some(i))
+                        .collect()
+                };
+                return Some(Event::Update {
+                    deletions,
+                    retrieved,
+                });
             }
             Command::User(_)
             | Command::Pass(_)
@@ -742,6 +839,15 @@ impl ServerSession {
             | Command::Stls => return self.wrong_state(out),
         }
         None
+    }
+
+    /// The message of the last `Event::Retrieve` of a RETR went out whole, terminator included:
+    /// it counts as retrieved for EXPIRE. Not called when the message could not be sent (the
+    /// driver answered `-ERR`, or the connection broke): the message is then not retrieved.
+    pub fn retrieval_complete(&mut self) {
+        if let Some(slot) = self.sending.take().and_then(|i| self.retrieved.get_mut(i)) {
+            *slot = true;
+        }
     }
 
     /// Continue a pending LIST or UIDL listing, appending up to about `budget` octets to `out`.
@@ -917,7 +1023,8 @@ mod tests {
         assert_eq!(
             run(&mut s, "QUIT").1,
             Some(Event::Update {
-                deletions: vec![0, 1]
+                deletions: vec![0, 1],
+                retrieved: vec![]
             })
         );
         assert_eq!(s.state(), State::Update);
@@ -1025,7 +1132,10 @@ mod tests {
         assert_eq!(text(&mut s, "STAT"), "+OK 2 320\r\n");
         assert_eq!(
             run(&mut s, "QUIT").1,
-            Some(Event::Update { deletions: vec![] })
+            Some(Event::Update {
+                deletions: vec![],
+                retrieved: vec![]
+            })
         );
     }
 
@@ -1314,6 +1424,209 @@ mod tests {
         assert_eq!(s.state(), State::Transaction);
         assert_eq!(text(&mut s, "CAPA"), before.replace("STLS\r\n", ""));
         assert!(before.contains("\r\nSTLS\r\n"), "{before}");
+    }
+
+    fn capa_lines(s: &mut ServerSession) -> Vec<String> {
+        text(s, "CAPA")
+            .lines()
+            .skip(1)
+            .filter(|l| *l != ".")
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn policy_lines(s: &mut ServerSession) -> Vec<String> {
+        capa_lines(s)
+            .into_iter()
+            .filter(|l| l.starts_with("LOGIN-DELAY") || l.starts_with("EXPIRE"))
+            .collect()
+    }
+
+    /// Logs `s` in with `messages` messages of 100 octets, under the user's `policy`.
+    fn log_in(s: &mut ServerSession, messages: usize, policy: Policy) {
+        text(s, "USER mrose");
+        run(s, "PASS secret");
+        s.set_policy(policy);
+        let success = AuthResult::Success {
+            user: "mrose".into(),
+            messages: (0..messages)
+                .map(|i| meta(100, &format!("uid{i}")))
+                .collect(),
+            sizes_known: true,
+        };
+        assert_eq!(s.auth_result(success, &mut Vec::new()), None);
+        assert_eq!(s.state(), State::Transaction);
+    }
+
+    /// RFC 2449 sections 6.5 and 6.7: nothing when neither policy says anything; the server's
+    /// values before login, with `USER` when users may have their own; the user's after it.
+    #[test]
+    fn capa_announces_login_delay_and_expire_in_each_state() {
+        let mut s = ServerSession::new(ServerConfig::default());
+        assert_eq!(policy_lines(&mut s), Vec::<String>::new());
+        log_in(&mut s, 0, Policy::default());
+        assert_eq!(policy_lines(&mut s), Vec::<String>::new());
+
+        let server = Policy {
+            login_delay: 900,
+            expire: Expire::Days(30),
+        };
+        let cfg = ServerConfig {
+            policy: server,
+            ..ServerConfig::default()
+        };
+        let mut s = ServerSession::new(cfg.clone());
+        assert_eq!(policy_lines(&mut s), ["LOGIN-DELAY 900", "EXPIRE 30"]);
+        // The policy comes after every other capability, IMPLEMENTATION included.
+        let mut s2 = ServerSession::new(ServerConfig {
+            implementation: "facteur".into(),
+            ..cfg.clone()
+        });
+        let all = capa_lines(&mut s2);
+        assert_eq!(all[all.len() - 2..], ["LOGIN-DELAY 900", "EXPIRE 30"]);
+        log_in(&mut s, 0, server);
+        assert_eq!(policy_lines(&mut s), ["LOGIN-DELAY 900", "EXPIRE 30"]);
+
+        let cfg = ServerConfig {
+            policy_per_user: true,
+            ..ServerConfig::default()
+        };
+        let mut s = ServerSession::new(cfg.clone());
+        assert_eq!(
+            policy_lines(&mut s),
+            ["LOGIN-DELAY 0 USER", "EXPIRE NEVER USER"]
+        );
+        // After login: the user's own values, and never USER.
+        log_in(
+            &mut s,
+            0,
+            Policy {
+                login_delay: 60,
+                expire: Expire::Days(0),
+            },
+        );
+        assert_eq!(policy_lines(&mut s), ["LOGIN-DELAY 60", "EXPIRE 0"]);
+        let mut s = ServerSession::new(cfg);
+        log_in(&mut s, 0, Policy::default());
+        assert_eq!(policy_lines(&mut s), Vec::<String>::new());
+    }
+
+    #[test]
+    fn login_delay_is_its_own_response_code_and_the_session_goes_on() {
+        let mut s = ServerSession::new(ServerConfig {
+            policy: Policy {
+                login_delay: 2,
+                expire: Expire::Never,
+            },
+            ..ServerConfig::default()
+        });
+        text(&mut s, "USER mrose");
+        run(&mut s, "PASS secret");
+        let mut out = Vec::new();
+        assert_eq!(s.auth_result(AuthResult::LoginDelay, &mut out), None);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "-ERR [LOGIN-DELAY] logged in too recently, try again later\r\n"
+        );
+        assert_eq!(s.state(), State::Authorization);
+        log_in(&mut s, 1, Policy::default());
+    }
+
+    /// Retrieves message `n` and reports it sent whole, as the driver does.
+    fn retr(s: &mut ServerSession, n: usize) {
+        let (t, ev) = run(s, &format!("RETR {n}"));
+        assert!(t.starts_with("+OK"), "{t}");
+        assert!(matches!(
+            ev,
+            Some(Event::Retrieve {
+                top_lines: None,
+                ..
+            })
+        ));
+        s.retrieval_complete();
+    }
+
+    /// EXPIRE 0: what RETR sent whole is deleted in the UPDATE state, and only there; TOP and
+    /// a RETR the driver could not complete do not count.
+    #[test]
+    fn expire_0_deletes_the_retrieved_messages_at_quit() {
+        let policy = Policy {
+            login_delay: 0,
+            expire: Expire::Days(0),
+        };
+        let mut s = ServerSession::new(ServerConfig::default());
+        log_in(&mut s, 5, policy);
+        retr(&mut s, 1);
+        retr(&mut s, 3);
+        retr(&mut s, 3);
+        text(&mut s, "DELE 3");
+        // TOP, even of every line, is no retrieval.
+        assert!(matches!(
+            run(&mut s, "TOP 2 100").1,
+            Some(Event::Retrieve {
+                top_lines: Some(100),
+                ..
+            })
+        ));
+        s.retrieval_complete();
+        // A RETR that never went out whole.
+        assert!(matches!(
+            run(&mut s, "RETR 4").1,
+            Some(Event::Retrieve { .. })
+        ));
+        // Nothing is deleted before QUIT: RSET keeps the retrieved ones.
+        assert_eq!(text(&mut s, "STAT"), "+OK 4 400\r\n");
+        text(&mut s, "RSET");
+        assert_eq!(text(&mut s, "STAT"), "+OK 5 500\r\n");
+        assert_eq!(
+            run(&mut s, "QUIT").1,
+            Some(Event::Update {
+                deletions: vec![0, 2],
+                retrieved: vec![]
+            })
+        );
+        let mut out = Vec::new();
+        s.update_result(Ok(()), &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "+OK signing off (2 messages deleted, 3 left)\r\n"
+        );
+
+        // QUIT in AUTHORIZATION, or no QUIT at all: no UPDATE, nothing deleted.
+        let mut s = ServerSession::new(ServerConfig::default());
+        log_in(&mut s, 2, policy);
+        retr(&mut s, 1);
+        assert_eq!(s.deleted_count(), 0);
+    }
+
+    /// EXPIRE N: the messages RETR sent whole (and not deleted) are reported at UPDATE for
+    /// their first retrieval time; under NEVER, none.
+    #[test]
+    fn retrievals_are_reported_at_quit_unless_nothing_expires() {
+        for (expire, reported) in [(Expire::Days(7), vec![1, 3]), (Expire::Never, vec![])] {
+            let mut s = ServerSession::new(ServerConfig::default());
+            log_in(
+                &mut s,
+                5,
+                Policy {
+                    login_delay: 0,
+                    expire,
+                },
+            );
+            retr(&mut s, 2);
+            retr(&mut s, 4);
+            retr(&mut s, 5);
+            text(&mut s, "DELE 5");
+            run(&mut s, "TOP 1 0");
+            s.retrieval_complete();
+            assert_eq!(
+                run(&mut s, "QUIT").1,
+                Some(Event::Update {
+                    deletions: vec![4],
+                    retrieved: reported
+                })
+            );
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Each default below says its unit and why it has that value. Unknown keys are rejected with a
 //! message naming the key, so a typo never silently falls back to a default.
 
+use facteur_proto::policy::{Expire, Policy, MAX_LOGIN_DELAY_SECS};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -29,6 +30,64 @@ pub struct Config {
     /// `[lmtp]`: how LMTP recipients map to users, and the Unix socket's mode.
     #[serde(default)]
     pub lmtp: LmtpSection,
+    /// `[policy]`: RFC 2449's LOGIN-DELAY and EXPIRE, server-wide.
+    #[serde(default)]
+    pub policy: PolicySection,
+}
+
+/// `[policy]`: the server-wide LOGIN-DELAY and EXPIRE of RFC 2449, which a user's own values
+/// (the passwd-file's extra fields `login_delay=` and `expire=`, the SQL users' columns
+/// `login_delay_secs` and `expire`) replace.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    /// LOGIN-DELAY: a login sooner than this many seconds after the user's last one is refused
+    /// with `-ERR [LOGIN-DELAY]` (once the password is verified). 0 (the default): none.
+    #[serde(default)]
+    pub login_delay_secs: u32,
+    /// EXPIRE: `"never"` (the default), or the days a message stays after its first retrieval
+    /// by RETR; 0: deleted at the QUIT of the session that retrieved it.
+    #[serde(default)]
+    pub expire: ExpireSetting,
+}
+
+/// `[policy] expire`: `"never"`, or a number of days (`30` or `"30"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawExpire")]
+pub struct ExpireSetting(pub Expire);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawExpire {
+    Days(i64),
+    Text(String),
+}
+
+impl TryFrom<RawExpire> for ExpireSetting {
+    type Error = String;
+
+    fn try_from(raw: RawExpire) -> Result<Self, String> {
+        let text = match raw {
+            RawExpire::Days(d) => d.to_string(),
+            RawExpire::Text(t) => t,
+        };
+        Expire::parse(&text).map(Self).map_err(|_| {
+            format!(
+                "[policy] expire = {text:?}: expected \"never\" or a number of days, 0 to {}",
+                Expire::MAX_DAYS
+            )
+        })
+    }
+}
+
+impl PolicySection {
+    /// The server-wide policy.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            login_delay: self.login_delay_secs,
+            expire: self.expire.0,
+        }
+    }
 }
 
 /// An LMTP listener of `[server] listen_lmtp`: `"127.0.0.1:24"` (TCP) or an absolute path
@@ -1050,6 +1109,12 @@ impl Config {
         if self.server.group.is_some() && self.server.user.is_none() {
             return Err("[server] group needs [server] user".into());
         }
+        if self.policy.login_delay_secs > MAX_LOGIN_DELAY_SECS {
+            return Err(format!(
+                "[policy] login_delay_secs = {}: expected 0 to {MAX_LOGIN_DELAY_SECS} seconds",
+                self.policy.login_delay_secs
+            ));
+        }
         self.check_lmtp()
     }
 
@@ -1201,6 +1266,46 @@ mod tests {
         assert!(!c.auth.apop);
         assert_eq!(c.auth.cache_ttl(), Duration::from_secs(3600));
         assert_eq!(c.auth.cache_max_entries, 100_000);
+    }
+
+    #[test]
+    fn policy_defaults_values_and_bounds() {
+        let parse = |policy: &str| {
+            Config::parse(
+                &format!("{MINIMAL}[policy]\n{policy}\n"),
+                Path::new("f.toml"),
+            )
+        };
+        let c = Config::parse(MINIMAL, Path::new("f.toml")).unwrap();
+        assert_eq!(c.policy.policy(), Policy::default());
+        let c = parse("login_delay_secs = 900\nexpire = 30").unwrap();
+        assert_eq!(
+            c.policy.policy(),
+            Policy {
+                login_delay: 900,
+                expire: Expire::Days(30)
+            }
+        );
+        assert_eq!(
+            parse("expire = \"0\"").unwrap().policy.policy().expire,
+            Expire::Days(0)
+        );
+        assert_eq!(
+            parse("expire = \"NEVER\"").unwrap().policy.policy().expire,
+            Expire::Never
+        );
+        for bad in [
+            "expire = -1",
+            "expire = \"soon\"",
+            "expire = 100001",
+            "login_delay_secs = 604801",
+            "login_delay_secs = -1",
+            "expire_days = 3",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        let e = parse("expire = \"7d\"").unwrap_err().to_string();
+        assert!(e.contains("expected \"never\" or a number of days"), "{e}");
     }
 
     #[test]

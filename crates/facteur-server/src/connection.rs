@@ -36,6 +36,7 @@ use facteur_auth::{
 };
 use facteur_proto::dot::DotEncoder;
 use facteur_proto::line::{Frame, LineFramer};
+use facteur_proto::policy::{Expire, Policy};
 use facteur_proto::response::{self, Code};
 use facteur_proto::server::{AuthResult, Event, ServerSession, State};
 use facteur_proto::Secret;
@@ -392,6 +393,7 @@ impl Connection {
                 let auth = self.shared.auth.clone();
                 let name = user.clone();
                 let store = self.shared.store.clone();
+                let policy = self.shared.config.policy.policy();
                 let outcome = self
                     .shared
                     .auth_pool
@@ -399,6 +401,7 @@ impl Connection {
                         open_on_success(
                             store.as_ref(),
                             auth.check_password(&name, password.expose()),
+                            policy,
                         )
                     })
                     .await;
@@ -410,11 +413,16 @@ impl Connection {
                 let ts = self.apop_timestamp.clone().unwrap_or_default();
                 let name = user.clone();
                 let store = self.shared.store.clone();
+                let policy = self.shared.config.policy.policy();
                 let outcome = self
                     .shared
                     .auth_pool
                     .run(move || {
-                        open_on_success(store.as_ref(), auth.check_apop(&name, &ts, &digest))
+                        open_on_success(
+                            store.as_ref(),
+                            auth.check_apop(&name, &ts, &digest),
+                            policy,
+                        )
                     })
                     .await;
                 self.finish_login(outcome, LoginMethod::Apop, Some(&user))
@@ -436,7 +444,10 @@ impl Connection {
                 }
                 Step::Continue
             }
-            Event::Update { deletions } => self.update(deletions).await,
+            Event::Update {
+                deletions,
+                retrieved,
+            } => self.update(deletions, retrieved).await,
             Event::Sasl {
                 mechanism,
                 initial_response,
@@ -497,7 +508,12 @@ impl Connection {
                             .failure_reason()
                             .unwrap_or(FailureReason::Unspecified)),
                     };
-                    let verdict = open_verdict(self.shared.store.clone(), checked).await;
+                    let verdict = open_verdict(
+                        self.shared.store.clone(),
+                        checked,
+                        self.shared.config.policy.policy(),
+                    )
+                    .await;
                     return self
                         .finish_login(Ok(verdict), method, claimed.as_deref())
                         .await;
@@ -632,10 +648,15 @@ impl Connection {
         tried: Option<&str>,
     ) -> Step {
         let result = match outcome {
-            Ok(Verdict::Opened { user, maildrop }) => {
+            Ok(Verdict::Opened {
+                user,
+                policy,
+                maildrop,
+            }) => {
                 self.shared.penalties.success(&user).await;
                 match maildrop {
                     Ok(mut maildrop) => {
+                        self.session.set_policy(policy);
                         tracing::info!(
                             peer = %self.peer, proxy = self.proxy(),
                             user = %Sanitized(&user),
@@ -660,6 +681,11 @@ impl Connection {
                             Duration::ZERO,
                         );
                         AuthResult::InUse
+                    }
+                    // Good credentials, too soon: no failed login, no penalty.
+                    Err(StoreError::LoginDelay) => {
+                        self.log_failed_login(method, Some(&user), "login delay", Duration::ZERO);
+                        AuthResult::LoginDelay
                     }
                     Err(e) => {
                         tracing::error!(
@@ -897,6 +923,7 @@ impl Connection {
         }
         encoder.finish(&mut self.out);
         if top_lines.is_none() {
+            self.session.retrieval_complete();
             self.tally.retrieved += 1;
             self.tally.retrieved_octets += sent;
         }
@@ -906,13 +933,15 @@ impl Connection {
     /// The UPDATE state: apply the deletions, durably, release the maildrop's lock, then
     /// answer QUIT. The lock goes before the answer so that a client that logs in again at once
     /// (on this node or, with a shared store, another) finds the maildrop free.
-    async fn update(&mut self, deletions: Vec<usize>) -> Step {
+    async fn update(&mut self, deletions: Vec<usize>, retrieved: Vec<usize>) -> Step {
         let result = match self.maildrop.take() {
             None if deletions.is_empty() => Ok(()),
             None => Err(()),
-            // Nothing to delete and a lock that dropping releases at once (Maildir's flock):
-            // no trip to the blocking pool.
-            Some(maildrop) if deletions.is_empty() && !maildrop.release_blocks() => {
+            // Nothing to delete or record and a lock that dropping releases at once (Maildir's
+            // flock): no trip to the blocking pool.
+            Some(maildrop)
+                if deletions.is_empty() && retrieved.is_empty() && !maildrop.release_blocks() =>
+            {
                 drop(maildrop);
                 Ok(())
             }
@@ -925,13 +954,28 @@ impl Connection {
                     } else {
                         maildrop.apply_deletions(&deletions)
                     };
+                    // EXPIRE counts from the first retrieval, recorded only by a QUIT whose
+                    // deletions went through.
+                    let recorded = match &applied {
+                        Ok(()) => maildrop.record_retrievals(&retrieved),
+                        Err(_) => Ok(()),
+                    };
                     let released = maildrop.release();
                     drop(maildrop);
-                    (applied, released)
+                    (applied, recorded, released)
                 })
                 .await;
                 match r {
-                    Ok((applied, released)) => {
+                    Ok((applied, recorded, released)) => {
+                        if let Err(e) = recorded {
+                            // Nothing is lost: those messages expire later than they could.
+                            tracing::warn!(
+                                peer = %self.peer,
+                                proxy = self.proxy(),
+                                error = %e,
+                                "cannot record the retrieval times"
+                            );
+                        }
                         if let Err(e) = released {
                             // The deletions stand; the lock expires by itself.
                             tracing::warn!(
@@ -1010,28 +1054,60 @@ pub(crate) enum Verdict {
     Refused(&'static str),
     Opened {
         user: String,
+        /// The user's LOGIN-DELAY and EXPIRE (the server's where the user has none).
+        policy: Policy,
         maildrop: Result<Box<dyn Maildrop>, StoreError>,
     },
 }
 
 /// Lock and open the maildrop of an authenticated user, in the same blocking job as the
-/// check: one trip off the async threads per login instead of two.
-pub(crate) fn open_on_success(store: &dyn Store, checked: Checked) -> Verdict {
+/// check: one trip off the async threads per login instead of two. `server` is the server-wide
+/// policy, which the user's own values replace.
+pub(crate) fn open_on_success(store: &dyn Store, checked: Checked, server: Policy) -> Verdict {
     match checked {
-        Ok(account) => Verdict::Opened {
-            maildrop: account
-                .owner
-                .map_err(StoreError::from)
-                .and_then(|owner| store.open_as(&account.user, account.home.as_deref(), owner)),
-            user: account.user,
-        },
+        Ok(account) => {
+            let policy = match &account.policy {
+                Ok(own) => server.for_user(*own),
+                Err(_) => server,
+            };
+            let opened = (|| {
+                let owner = account.owner?;
+                account.policy.clone()?;
+                let mut maildrop = store.open_as(&account.user, account.home.as_deref(), owner)?;
+                apply_policy(maildrop.as_mut(), &account.user, policy)?;
+                Ok(maildrop)
+            })();
+            Verdict::Opened {
+                maildrop: opened,
+                policy,
+                user: account.user,
+            }
+        }
         Err(reason) => Verdict::Failure(Some(reason)),
     }
 }
 
+/// What RFC 2449's policies ask of a maildrop just opened, under its lock, the credentials
+/// verified: LOGIN-DELAY first (a refused login changes nothing), then EXPIRE N for the
+/// messages whose time has come, so that no session ever serves one. EXPIRE 0 needs nothing
+/// here: the session deletes what it retrieved at its QUIT.
+fn apply_policy(maildrop: &mut dyn Maildrop, user: &str, policy: Policy) -> Result<(), StoreError> {
+    if policy.login_delay > 0 {
+        maildrop.check_login_delay(Duration::from_secs(u64::from(policy.login_delay)))?;
+    }
+    if let Expire::Days(days) = policy.expire {
+        let after = Duration::from_secs(u64::from(days) * 86_400);
+        let expired = maildrop.expire(after)?;
+        if expired > 0 {
+            tracing::info!(user = %Sanitized(user), expired, days, "expired messages removed");
+        }
+    }
+    Ok(())
+}
+
 /// Open the maildrop after a SASL success (password checks open it in their own job).
-async fn open_verdict(store: Arc<dyn Store>, checked: Checked) -> Verdict {
-    tokio::task::spawn_blocking(move || open_on_success(store.as_ref(), checked))
+async fn open_verdict(store: Arc<dyn Store>, checked: Checked, server: Policy) -> Verdict {
+    tokio::task::spawn_blocking(move || open_on_success(store.as_ref(), checked, server))
         .await
         .unwrap_or(Verdict::Failure(None))
 }

@@ -166,6 +166,8 @@ impl Shared {
             enable_last: self.config.server.enable_last,
             max_bad_commands: self.config.limits.max_bad_commands,
             max_auth_attempts: self.config.limits.max_auth_attempts,
+            policy: self.config.policy.policy(),
+            policy_per_user: self.auth.policy_per_user(),
         }
     }
 }

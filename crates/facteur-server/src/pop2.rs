@@ -299,6 +299,9 @@ impl Connection {
         let auth = self.shared.auth.clone();
         let store = self.shared.store.clone();
         let name = user.clone();
+        // LOGIN-DELAY and EXPIRE N hold for POP2 logins as for POP3's: checked and applied
+        // when the maildrop opens.
+        let policy = self.shared.config.policy.policy();
         let outcome = self
             .shared
             .auth_pool
@@ -306,17 +309,22 @@ impl Connection {
                 open_on_success(
                     store.as_ref(),
                     auth.check_password(&name, password.expose()),
+                    policy,
                 )
             })
             .await;
         let result = match outcome {
-            Ok(Verdict::Opened { user, maildrop }) => {
+            Ok(Verdict::Opened { user, maildrop, .. }) => {
                 self.shared.penalties.success(&user).await;
                 match maildrop {
                     Ok(maildrop) => self.opened(user, maildrop).await,
                     Err(StoreError::InUse) => {
                         self.log_failed_login(&user, "maildrop in use", Duration::ZERO);
                         LoginResult::InUse
+                    }
+                    Err(StoreError::LoginDelay) => {
+                        self.log_failed_login(&user, "sooner than LOGIN-DELAY", Duration::ZERO);
+                        LoginResult::LoginDelay
                     }
                     Err(e) => {
                         tracing::error!(

@@ -25,6 +25,8 @@
 //! - `listing`: a maildir listed read-only, with the unique-ids the open gives (for
 //!   `facteur migrate`).
 //! - `uidlist`: Dovecot's `dovecot-uidlist`, read and extended for `uidl = "dovecot"`.
+//! - `policy_files`: the last login (LOGIN-DELAY) and the first retrieval times (EXPIRE) a
+//!   Maildir keeps beside its index.
 //! - `check`: what `check-config` asks: does the template give each user a maildrop the
 //!   serving user can make and write.
 //! - `deliver`: writing a message into `tmp/`, then `new/`, the Maildir way.
@@ -56,6 +58,7 @@ mod index;
 mod listing;
 mod maildir;
 mod name;
+mod policy_files;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 mod template;
@@ -63,6 +66,7 @@ mod uidlist;
 
 use std::io::Read;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use facteur_proto::MessageMeta;
 
@@ -121,6 +125,13 @@ pub enum StoreError {
     /// The user database gives the account an owner that cannot be used.
     #[error(transparent)]
     BadOwner(#[from] BadOwner),
+    /// The user database gives the account a LOGIN-DELAY or EXPIRE that cannot be used.
+    #[error(transparent)]
+    BadPolicy(#[from] facteur_proto::policy::BadPolicy),
+    /// The user's last login is more recent than their LOGIN-DELAY (RFC 2449 section 8.1.2):
+    /// this login is refused, and the time of the last one is left as it was.
+    #[error("the user logged in less than LOGIN-DELAY seconds ago")]
+    LoginDelay,
     /// The maildrop's directory belongs to another uid than the account's: refused, so that a
     /// wrong template or a planted directory never serves one user's mail to another.
     #[error(
@@ -229,6 +240,7 @@ impl StoreError {
             Self::BadTemplate { .. }
             | Self::NoHome(_)
             | Self::BadOwner(_)
+            | Self::BadPolicy(_)
             | Self::Schema { .. } => Lasting::Config,
             Self::WrongOwner { .. } => Lasting::NoPermission,
             Self::Io { source, .. } => io_lasting(source),
@@ -238,6 +250,7 @@ impl StoreError {
             | Self::NoSuchMessage(_)
             | Self::Database { .. }
             | Self::LeaseLost
+            | Self::LoginDelay
             | Self::DovecotUidlist { .. } => Lasting::Temporary,
         }
     }
@@ -354,6 +367,25 @@ pub trait Maildrop: Send {
     /// durable (directory fsync). On the first failure it stops, deletes nothing more, and returns
     /// the error. An index out of the snapshot fails the whole call before anything is deleted.
     fn apply_deletions(&mut self, indices: &[usize]) -> Result<(), StoreError>;
+
+    /// LOGIN-DELAY (RFC 2449 section 6.5), right after the open, under the maildrop's lock (so
+    /// that two logins at once cannot both pass): refuses with [`StoreError::LoginDelay`] if
+    /// the user's last login that passed this check is less than `delay` old, and otherwise
+    /// records now as the last login, where every node serving the maildrop sees it. The server
+    /// calls it only once the credentials were verified, and only with a delay.
+    fn check_login_delay(&mut self, delay: Duration) -> Result<(), StoreError>;
+
+    /// EXPIRE N (RFC 2449 section 6.7), right after the open and before
+    /// [`Maildrop::take_messages`]: removes, from the store and from the snapshot, every
+    /// message first retrieved at least `after` ago (recorded by
+    /// [`Maildrop::record_retrievals`]), so that no session ever serves one. Returns how many.
+    /// Messages with no retrieval recorded are never touched.
+    fn expire(&mut self, after: Duration) -> Result<usize, StoreError>;
+
+    /// UPDATE state, after [`Maildrop::apply_deletions`]: records now as the first retrieval
+    /// time of these messages (0-based indices), for those that have none yet. Only a
+    /// committed QUIT calls it: a session that ends otherwise retrieved nothing.
+    fn record_retrievals(&mut self, indices: &[usize]) -> Result<(), StoreError>;
 
     /// Gives up the maildrop's lock now, as the session ends: the server calls it before it
     /// answers QUIT, so that a client that logs in again at once (on this node or another) is not

@@ -72,6 +72,7 @@ use super::name::{
     base_name, compare, compare_bases, count_wire_size, cur_name_for_new, info_part,
     is_message_name, order_key, uid_for_base, wire_size_field, BLOCK_SIZE,
 };
+use super::policy_files;
 use super::uidlist::{self, Uidlist};
 use super::{template, Delivered, Maildrop, Owner, Store, StoreError, UidlScheme};
 
@@ -955,6 +956,89 @@ impl Maildrop for LockedMaildir {
         &self.messages
     }
 
+    fn check_login_delay(&mut self, delay: Duration) -> Result<(), StoreError> {
+        let root = self
+            .reopen_root()
+            .map_err(|e| StoreError::io(&self.dir, e))?;
+        let path = self.dir.join(policy_files::LAST_LOGIN_FILE);
+        let now = policy_files::millis(SystemTime::now());
+        // A time that cannot be read or written (a full disk, a file made unreadable) does not
+        // lock the user out: the login goes on, and the log says why no delay was enforced.
+        let last = policy_files::last_login(&root).unwrap_or_else(|e| {
+            tracing::warn!(file = %path.display(), error = %e, "cannot read the last login");
+            None
+        });
+        if last.is_some_and(|last| policy_files::too_soon(last, now, delay)) {
+            return Err(StoreError::LoginDelay);
+        }
+        if let Err(e) = policy_files::write_last_login(&root, now, self.owner) {
+            tracing::warn!(file = %path.display(), error = %e, "cannot record the last login");
+        }
+        Ok(())
+    }
+
+    fn expire(&mut self, after: Duration) -> Result<usize, StoreError> {
+        let root = self
+            .reopen_root()
+            .map_err(|e| StoreError::io(&self.dir, e))?;
+        let times = policy_files::retrieved(&root)
+            .map_err(|e| StoreError::io(self.dir.join(policy_files::RETRIEVED_FILE), e))?;
+        if times.is_empty() {
+            return Ok(0);
+        }
+        let now = policy_files::millis(SystemTime::now());
+        let after = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        let expired: Vec<usize> = self
+            .names
+            .iter()
+            .enumerate()
+            .filter_map(|(i, name)| {
+                let first = *times.get(base_name(name.as_ref()?.as_bytes()))?;
+                (first.saturating_add(after) <= now).then_some(i)
+            })
+            .collect();
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        // Removed as UPDATE removes (durably, the index rewritten), then out of the snapshot.
+        self.apply_deletions(&expired)?;
+        self.drop_from_snapshot(&expired);
+        Ok(expired.len())
+    }
+
+    fn record_retrievals(&mut self, indices: &[usize]) -> Result<(), StoreError> {
+        if indices.is_empty() {
+            return Ok(());
+        }
+        let path = self.dir.join(policy_files::RETRIEVED_FILE);
+        let root = self
+            .reopen_root()
+            .map_err(|e| StoreError::io(&self.dir, e))?;
+        let mut times = policy_files::retrieved(&root).map_err(|e| StoreError::io(&path, e))?;
+        let before = times.clone();
+        // Forget the messages that are gone (deleted now or by another program).
+        let live: HashSet<&[u8]> = self
+            .names
+            .iter()
+            .flatten()
+            .map(|n| base_name(n.as_bytes()))
+            .collect();
+        times.retain(|base, _| live.contains(base.as_slice()));
+        let now = policy_files::millis(SystemTime::now());
+        for &i in indices {
+            if let Some(Some(name)) = self.names.get(i) {
+                times
+                    .entry(base_name(name.as_bytes()).to_vec())
+                    .or_insert(now);
+            }
+        }
+        if times == before {
+            return Ok(());
+        }
+        policy_files::write_retrieved(&root, &times, self.owner)
+            .map_err(|e| StoreError::io(&path, e))
+    }
+
     fn take_messages(&mut self) -> Vec<MessageMeta> {
         std::mem::take(&mut self.messages)
     }
@@ -1097,6 +1181,39 @@ impl Maildrop for LockedMaildir {
         synced?;
         self.rewrite_index();
         Ok(())
+    }
+}
+
+impl LockedMaildir {
+    /// Takes the messages at `positions` (ascending) out of the snapshot: the session never
+    /// sees them. Only before the snapshot is handed over (`take_messages`).
+    fn drop_from_snapshot(&mut self, positions: &[usize]) {
+        let gone = |i: usize| positions.binary_search(&i).is_ok();
+        let keep_messages = self.messages.len() == self.names.len();
+        let mut i = 0;
+        self.names.retain(|_| {
+            i += 1;
+            !gone(i - 1)
+        });
+        let mut i = 0;
+        self.sizes.retain(|_| {
+            i += 1;
+            !gone(i - 1)
+        });
+        if keep_messages {
+            let mut i = 0;
+            self.messages.retain(|_| {
+                i += 1;
+                !gone(i - 1)
+            });
+        }
+        // Positions after a dropped one move down by the number dropped before them.
+        self.not_sized = self
+            .not_sized
+            .iter()
+            .filter(|&&p| !gone(p))
+            .map(|&p| p - positions.partition_point(|&q| q < p))
+            .collect();
     }
 }
 
@@ -2089,6 +2206,141 @@ mod tests {
             vec![before[0].clone(), before[2].clone(), before[4].clone()]
         );
         assert_eq!(sizes(&m), vec![4, 4, 4]);
+    }
+
+    /// LOGIN-DELAY on a Maildir: the last login is a file of the maildrop, checked and written
+    /// under its lock; a refused login leaves it as it was.
+    #[test]
+    fn login_delay_refuses_a_login_too_soon_after_the_last() {
+        let f = fixture();
+        let delay = Duration::from_secs(2);
+        let (mut m, _) = f.open();
+        m.check_login_delay(delay).unwrap();
+        let first = std::time::Instant::now();
+        let recorded = fs::read_to_string(f.dir.join(policy_files::LAST_LOGIN_FILE)).unwrap();
+        drop(m);
+        let (mut m, _) = f.open();
+        assert!(matches!(
+            m.check_login_delay(delay),
+            Err(StoreError::LoginDelay)
+        ));
+        drop(m);
+        assert_eq!(
+            fs::read_to_string(f.dir.join(policy_files::LAST_LOGIN_FILE)).unwrap(),
+            recorded
+        );
+        std::thread::sleep(delay.saturating_sub(first.elapsed()) + Duration::from_millis(50));
+        let (mut m, _) = f.open();
+        m.check_login_delay(delay).unwrap();
+        drop(m);
+        // Planted garbage (or a link) counts as no last login: the maildrop's owner could
+        // remove the file anyway.
+        fs::write(f.dir.join(policy_files::LAST_LOGIN_FILE), "soon\n").unwrap();
+        let (mut m, _) = f.open();
+        m.check_login_delay(delay).unwrap();
+    }
+
+    /// Logins racing (threads standing for processes or nodes on one Maildir): the lock makes
+    /// the check and the record one step, so exactly one passes LOGIN-DELAY.
+    #[test]
+    fn of_logins_racing_exactly_one_passes_the_login_delay() {
+        let f = fixture();
+        drop(f.open());
+        let passed: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                        loop {
+                            match f.store.open_maildir("bob@example.org", None) {
+                                Ok((mut m, _)) => {
+                                    return match m.check_login_delay(Duration::from_secs(3600)) {
+                                        Ok(()) => 1,
+                                        Err(StoreError::LoginDelay) => 0,
+                                        Err(e) => panic!("{e}"),
+                                    }
+                                }
+                                Err(StoreError::InUse) if std::time::Instant::now() < deadline => {
+                                    std::thread::sleep(Duration::from_millis(1))
+                                }
+                                Err(e) => panic!("{e}"),
+                            }
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(passed, 1);
+    }
+
+    /// EXPIRE on a Maildir: first retrieval times are recorded only by `record_retrievals` (a
+    /// committed QUIT), never moved by a second retrieval, and `expire` removes only the
+    /// messages whose time has come, from `cur/` and from the snapshot.
+    #[test]
+    fn retrievals_are_recorded_at_update_and_expire_at_a_later_open() {
+        let f = fixture();
+        for i in 0..4 {
+            f.put("cur", &format!("100{i}.x:2,"), format!("m{i}\n").as_bytes());
+        }
+        let (m, _) = f.open();
+        let all = uids(&m);
+        drop(m);
+        assert!(!f.dir.join(policy_files::RETRIEVED_FILE).exists());
+        let (mut m, _) = f.open();
+        m.record_retrievals(&[]).unwrap();
+        assert!(!f.dir.join(policy_files::RETRIEVED_FILE).exists());
+        // UPDATE: message 2 deleted, messages 1 and 3 retrieved.
+        m.apply_deletions(&[1]).unwrap();
+        m.record_retrievals(&[0, 2]).unwrap();
+        drop(m);
+        let recorded = fs::read_to_string(f.dir.join(policy_files::RETRIEVED_FILE)).unwrap();
+        assert_eq!(recorded.lines().count(), 3, "{recorded}");
+        assert!(recorded.contains(" 1000.x\n") && recorded.contains(" 1002.x\n"));
+
+        let (mut m, _) = f.open();
+        assert_eq!(m.expire(Duration::from_secs(3600)).unwrap(), 0);
+        assert_eq!(m.messages().len(), 3);
+        std::thread::sleep(Duration::from_millis(1100));
+        // Retrieved again: the first time stays; then 1003 retrieved for the first time.
+        m.record_retrievals(&[0, 1]).unwrap();
+        assert_eq!(
+            fs::read_to_string(f.dir.join(policy_files::RETRIEVED_FILE)).unwrap(),
+            recorded
+        );
+        m.record_retrievals(&[1, 2]).unwrap();
+        drop(m);
+
+        let (mut m, _) = f.open();
+        assert_eq!(m.expire(Duration::from_secs(1)).unwrap(), 2);
+        assert_eq!(uids(&m), vec![all[3].clone()]);
+        assert_eq!(sizes(&m), vec![4]);
+        assert_eq!(read_message(&mut m, 0), b"m3\n");
+        assert_eq!(m.size(0), Some(4));
+        drop(m);
+        assert_eq!(f.files("cur"), vec!["1003.x:2,"]);
+        // The index was rewritten without them: the next open reads no file.
+        let (m, stats) = f.open();
+        assert_eq!(stats.files_read, 0);
+        assert_eq!(m.messages().len(), 1);
+    }
+
+    #[test]
+    fn dropping_from_the_snapshot_keeps_deferred_sizes_in_place() {
+        let f = fixture();
+        for i in 0..5 {
+            f.put("cur", &format!("100{i}.x:2,"), format!("m{i}\n").as_bytes());
+        }
+        let (mut m, _) = f.open();
+        m.not_sized = vec![1, 3, 4];
+        m.drop_from_snapshot(&[0, 3]);
+        assert_eq!(m.names.len(), 3);
+        assert_eq!(m.messages.len(), 3);
+        assert_eq!(m.not_sized, vec![0, 2]);
+        assert_eq!(
+            m.names[2].as_deref(),
+            Some(std::ffi::OsStr::new("1004.x:2,"))
+        );
     }
 
     #[test]

@@ -597,6 +597,119 @@ mod store {
         assert_eq!(count(&env, "SELECT count(*) FROM message_chunks"), 4);
     }
 
+    /// LOGIN-DELAY: the last login is the database's, checked and recorded in one statement;
+    /// a refused login leaves it as it was.
+    #[test]
+    fn login_delay_refuses_a_login_too_soon_after_the_last() {
+        let env = env(Duration::from_secs(30));
+        let delay = Duration::from_secs(2);
+        let mut m = env.store.open("alice", None).unwrap();
+        m.check_login_delay(delay).unwrap();
+        let first = Instant::now();
+        drop(m);
+        let mut m = open_when_free(&env.store, "alice");
+        assert!(matches!(
+            m.check_login_delay(delay),
+            Err(StoreError::LoginDelay)
+        ));
+        // Another user is not concerned.
+        let mut other = env.store.open("bob", None).unwrap();
+        other.check_login_delay(delay).unwrap();
+        drop(m);
+        // Refusals moved nothing: the login is accepted once the delay has passed since the
+        // first one.
+        std::thread::sleep(delay.saturating_sub(first.elapsed()) + Duration::from_millis(100));
+        let mut m = open_when_free(&env.store, "alice");
+        m.check_login_delay(delay).unwrap();
+        // A zero delay always passes.
+        drop(m);
+        let mut m = open_when_free(&env.store, "alice");
+        m.check_login_delay(Duration::ZERO).unwrap();
+    }
+
+    /// Logins racing on several nodes: exactly one passes LOGIN-DELAY, the others are told to
+    /// wait (or find the maildrop in use and try again, then are told to wait).
+    #[test]
+    fn of_logins_racing_exactly_one_passes_the_login_delay() {
+        let env = env(Duration::from_secs(30));
+        let nodes: Vec<PgStore> = (0..4)
+            .map(|_| connect(&env.rt, &env.db.url, Duration::from_secs(30)))
+            .collect();
+        let outcomes: Vec<bool> = std::thread::scope(|scope| {
+            let handles: Vec<_> = nodes
+                .iter()
+                .map(|node| {
+                    scope.spawn(move || {
+                        let mut m = open_when_free(node, "alice");
+                        match m.check_login_delay(Duration::from_secs(3600)) {
+                            Ok(()) => true,
+                            Err(StoreError::LoginDelay) => false,
+                            Err(e) => panic!("{e}"),
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(outcomes.iter().filter(|&&passed| passed).count(), 1);
+    }
+
+    /// EXPIRE: a first retrieval time is recorded only by `record_retrievals` (a committed
+    /// QUIT), never twice, and `expire` removes only the messages whose time has come, from the
+    /// database and from the snapshot.
+    #[test]
+    fn retrievals_are_recorded_at_update_and_expire_at_a_later_open() {
+        let env = env(Duration::from_secs(30));
+        for i in 0..4 {
+            deliver(&env.store, "alice", &content(100 + i));
+        }
+        let retrieved = "SELECT count(*) FROM messages WHERE first_retrieved_at IS NOT NULL";
+        let m = env.store.open("alice", None).unwrap();
+        let all = uids(m.as_ref());
+        // A session that ends without UPDATE records nothing.
+        drop(m);
+        assert_eq!(count(&env, retrieved), 0);
+        let mut m = open_when_free(&env.store, "alice");
+        assert!(matches!(
+            m.record_retrievals(&[9]),
+            Err(StoreError::NoSuchMessage(10))
+        ));
+        m.record_retrievals(&[0, 2]).unwrap();
+        drop(m);
+        assert_eq!(count(&env, retrieved), 2);
+        let first: i64 = count(
+            &env,
+            "SELECT count(*) FROM messages WHERE first_retrieved_at < now() - interval '1 second'",
+        );
+        assert_eq!(first, 0);
+
+        // Not yet: nothing expires, nothing is hidden.
+        let mut m = open_when_free(&env.store, "alice");
+        assert_eq!(m.expire(Duration::from_secs(3600)).unwrap(), 0);
+        assert_eq!(uids(m.as_ref()), all);
+        // Retrieved again: the first time stays.
+        std::thread::sleep(Duration::from_millis(1100));
+        m.record_retrievals(&[0, 1]).unwrap();
+        drop(m);
+        assert_eq!(
+            count(
+                &env,
+                "SELECT count(*) FROM messages WHERE first_retrieved_at < now() - interval '1 second'"
+            ),
+            2
+        );
+        // One second on: the two retrieved over a second ago go, at the open, from the
+        // snapshot and the database; message 2, retrieved just now, stays.
+        let mut m = open_when_free(&env.store, "alice");
+        assert_eq!(m.expire(Duration::from_secs(1)).unwrap(), 2);
+        assert_eq!(uids(m.as_ref()), [all[1].clone(), all[3].clone()]);
+        assert_eq!(m.size(0), Some(m.messages()[0].size));
+        let body = read_all(m.as_mut(), 0, 4096);
+        assert_eq!(body, content(101));
+        drop(m);
+        assert_eq!(count(&env, "SELECT count(*) FROM messages"), 2);
+    }
+
     #[test]
     fn the_store_refuses_a_database_without_its_schema() {
         let db = pg::fresh_database();

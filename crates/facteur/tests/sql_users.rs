@@ -36,7 +36,7 @@ fn setup(limits: &str) -> (pg::TestDb, Fixture, PathBuf) {
     let fx = Fixture::new();
     let config = sql_config(&fx, &db.url, "sql.toml", limits);
     let out = ok(&config, &["db", "migrate"], b"");
-    assert!(out.contains("schema version 3 (was 0)"), "{out}");
+    assert!(out.contains("schema version 4 (was 0)"), "{out}");
     (db, fx, config)
 }
 
@@ -96,7 +96,7 @@ fn user_commands_work_on_the_database() {
     let (code, out, err) = cli(&config, &["check-config"], b"");
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("2 users in the database"), "{out}");
-    assert!(out.contains("schema version 3"), "{out}");
+    assert!(out.contains("schema version 4"), "{out}");
     assert!(!err.contains("warning"), "{err}");
     // A login method offered that some users' schemes cannot serve is warned about.
     let text = std::fs::read_to_string(&config).unwrap().replace(
@@ -213,6 +213,75 @@ fn pop3_logins_with_sql_users() {
     );
     execute(&db.url, "ALTER TABLE users_elsewhere RENAME TO users");
     server.login("dora", "second").quit();
+}
+
+/// LOGIN-DELAY and EXPIRE of SQL users: the columns `login_delay_secs` and `expire` replace
+/// the server's values for their user (CAPA says `USER` before login once a user has one); a
+/// value that cannot be used refuses that user's maildrop rather than guess.
+#[test]
+fn login_delay_and_expire_from_the_users_columns() {
+    let (db, _fx, config) = setup("");
+    for user in ["ed", "flo"] {
+        ok(
+            &config,
+            &["user", "add", user, "--scheme", "PLAIN", "--password-stdin"],
+            b"pw\n",
+        );
+        for i in 0..2 {
+            let (code, _, err) = cli(
+                &config,
+                &["deliver", user],
+                format!("Subject: {i}\r\n\r\nbody\r\n").as_bytes(),
+            );
+            assert_eq!(code, Some(0), "{err}");
+        }
+    }
+    execute(
+        &db.url,
+        "UPDATE users SET expire = '0', login_delay_secs = 3600 WHERE name = 'ed'",
+    );
+    let server = BinServer::start(&config);
+    let policy_caps = |c: &mut Client| -> Vec<String> {
+        let (status, body) = c.cmd_multi("CAPA");
+        assert!(status.starts_with("+OK"), "{status}");
+        String::from_utf8_lossy(&body)
+            .lines()
+            .filter(|l| l.starts_with("LOGIN-DELAY") || l.starts_with("EXPIRE"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut c = Client::connect(server.addr);
+    assert_eq!(
+        policy_caps(&mut c),
+        ["LOGIN-DELAY 0 USER", "EXPIRE NEVER USER"]
+    );
+    let mut c = server.login("ed", "pw");
+    assert_eq!(policy_caps(&mut c), ["LOGIN-DELAY 3600", "EXPIRE 0"]);
+    c.retrieve("RETR 2");
+    assert_eq!(
+        c.cmd("QUIT"),
+        "+OK signing off (1 message deleted, 1 left)\r\n"
+    );
+    // ed's own delay: refused now, although the server has none.
+    let mut c = Client::connect(server.addr);
+    c.cmd("USER ed");
+    let r = c.cmd("PASS pw");
+    assert!(r.starts_with("-ERR [LOGIN-DELAY]"), "{r}");
+    // flo has the server's values: nothing announced, nothing deleted.
+    let mut c = server.login("flo", "pw");
+    assert_eq!(policy_caps(&mut c), Vec::<String>::new());
+    c.retrieve("RETR 1");
+    assert_eq!(c.cmd("QUIT"), "+OK signing off (2 messages left)\r\n");
+    // A value the server cannot use: that user's maildrop is refused, permanently.
+    execute(
+        &db.url,
+        "UPDATE users SET expire = 'soon' WHERE name = 'flo'",
+    );
+    let mut c = Client::connect(server.addr);
+    c.cmd("USER flo");
+    let r = c.cmd("PASS pw");
+    assert!(r.starts_with("-ERR [SYS/PERM]"), "{r}");
+    server.wait_for_log("the expire field of the user database is \"soon\"", 1);
 }
 
 /// Runs one SQL statement on the test's database.

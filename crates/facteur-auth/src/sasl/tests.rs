@@ -97,6 +97,7 @@ fn success(user: &str, home: Option<&str>) -> SaslStep {
         user: user.to_string(),
         home: home.map(str::to_string),
         owner: Ok(Owner::default()),
+        policy: Ok(facteur_proto::policy::UserPolicy::default()),
     }))
 }
 
@@ -251,6 +252,7 @@ fn cram_md5_rfc2195_through_the_db() {
             user: "tim".to_string(),
             home: Some("/home/tim".to_string()),
             owner: Ok(Owner::default()),
+            policy: Ok(facteur_proto::policy::UserPolicy::default()),
         })
     );
     assert_eq!(
@@ -259,6 +261,7 @@ fn cram_md5_rfc2195_through_the_db() {
             user: "cram".to_string(),
             home: None,
             owner: Ok(Owner::default()),
+            policy: Ok(facteur_proto::policy::UserPolicy::default()),
         })
     );
     for (user, digest) in [
@@ -560,6 +563,7 @@ fn scram_for_plain_users_and_hash_password_output() {
             user: "new".to_string(),
             home: None,
             owner: Ok(Owner::default()),
+            policy: Ok(facteur_proto::policy::UserPolicy::default()),
         })
     );
     // A user whose hash SCRAM cannot use fails even with the right password.

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use facteur_proto::policy::{BadPolicy, Expire, UserPolicy};
 use facteur_proto::sasl::{FailureReason, SCRAM_DEFAULT_ITERATIONS};
 use facteur_proto::Secret;
 use facteur_store::Owner;
@@ -48,9 +49,25 @@ pub struct UserRecord {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub home: Option<String>,
+    /// The columns `login_delay_secs` and `expire` (`never` or days); `None`: the server's.
+    pub login_delay: Option<i32>,
+    pub expire: Option<String>,
 }
 
 impl UserRecord {
+    /// The user's own LOGIN-DELAY and EXPIRE, or why the columns cannot be used.
+    pub fn policy(&self) -> Result<UserPolicy, BadPolicy> {
+        let login_delay = self
+            .login_delay
+            .map(|d| facteur_proto::policy::parse_login_delay(&d.to_string()))
+            .transpose()?;
+        let expire = self.expire.as_deref().map(Expire::parse).transpose()?;
+        Ok(UserPolicy {
+            login_delay,
+            expire,
+        })
+    }
+
     fn account(&self) -> Account {
         Account {
             user: self.name.clone(),
@@ -59,6 +76,7 @@ impl UserRecord {
                 uid: self.uid,
                 gid: self.gid,
             }),
+            policy: self.policy(),
         }
     }
 }
@@ -69,8 +87,8 @@ struct Row {
     field: Secret<String>,
 }
 
-const SELECT_USER: &str =
-    "SELECT name, password, generation, uid, gid, home FROM users WHERE name = $1";
+const SELECT_USER: &str = "SELECT name, password, generation, uid, gid, home, \
+     login_delay_secs, expire FROM users WHERE name = $1";
 
 fn u32_column(v: Option<i64>) -> Option<u32> {
     v.and_then(|v| u32::try_from(v).ok())
@@ -99,6 +117,8 @@ async fn read_row(
                 uid: u32_column(r.get(3)),
                 gid: u32_column(r.get(4)),
                 home: r.get(5),
+                login_delay: r.get(6),
+                expire: r.get(7),
             },
             field: Secret::new(field),
         })
@@ -122,6 +142,8 @@ pub async fn find_user(pool: &Pool, user: &str) -> Result<Option<UserRecord>, Au
             uid: u32_column(r.get(3)),
             gid: u32_column(r.get(4)),
             home: r.get(5),
+            login_delay: r.get(6),
+            expire: r.get(7),
         })
     })
     .transpose()
@@ -292,6 +314,8 @@ pub async fn count_schemes(pool: &Pool) -> Result<Vec<(Scheme, u64)>, AuthError>
 #[derive(Default)]
 struct Methods {
     apop: AtomicBool,
+    /// Some user has a LOGIN-DELAY or EXPIRE of their own.
+    policy_per_user: AtomicBool,
     cram_md5: AtomicBool,
     scram: AtomicBool,
     /// The iteration count of a `{SCRAM-SHA-256}` user (4096 if none): made-up keys use it.
@@ -461,7 +485,9 @@ impl SqlUsers {
                 c.query_one(
                     "SELECT EXISTS (SELECT 1 FROM users WHERE scheme = 'PLAIN'), \
                         EXISTS (SELECT 1 FROM users WHERE scheme = 'CRAM-MD5'), \
-                        (SELECT password FROM users WHERE scheme = 'SCRAM-SHA-256' LIMIT 1)",
+                        (SELECT password FROM users WHERE scheme = 'SCRAM-SHA-256' LIMIT 1), \
+                        EXISTS (SELECT 1 FROM users \
+                          WHERE login_delay_secs IS NOT NULL OR expire IS NOT NULL)",
                     &[],
                 )
                 .await
@@ -471,6 +497,7 @@ impl SqlUsers {
         let plain: bool = row.get(0);
         let cram: bool = row.get(1);
         let scram_field: Option<String> = row.get(2);
+        let policy_per_user: bool = row.get(3);
         let iterations = scram_field
             .as_deref()
             .and_then(|f| StoredPassword::parse(f).ok())
@@ -480,6 +507,7 @@ impl SqlUsers {
             });
         let m = &self.methods;
         m.apop.store(plain, Ordering::Relaxed);
+        m.policy_per_user.store(policy_per_user, Ordering::Relaxed);
         m.cram_md5.store(plain || cram, Ordering::Relaxed);
         m.scram
             .store(plain || scram_field.is_some(), Ordering::Relaxed);
@@ -599,6 +627,10 @@ impl Authenticator for SqlUsers {
 
     fn apop_possible(&self) -> bool {
         self.methods.apop.load(Ordering::Relaxed)
+    }
+
+    fn policy_per_user(&self) -> bool {
+        self.methods.policy_per_user.load(Ordering::Relaxed)
     }
 
     fn verify_cram_md5(&self, user: &str, challenge: &[u8], digest_hex: &str) -> AuthOutcome {

@@ -16,6 +16,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_users.sql"),
     include_str!("migrations/0003_migrated_messages.sql"),
+    include_str!("migrations/0004_login_delay_expire.sql"),
 ];
 
 /// The schema version this build reads and writes.

@@ -250,6 +250,30 @@ const FIRST_CHUNK: &str = "SELECT m.chunks, c.data FROM messages m \
      LEFT JOIN message_chunks c ON c.message_id = m.id AND c.seq = 0 \
      WHERE m.id = $1 AND m.maildrop_id = $2";
 
+/// LOGIN-DELAY: records the login unless the last one is less than `$2` seconds old; no row
+/// returned: refused. One statement on one row, so two logins at once cannot both pass.
+const LOGIN_DELAY: &str = "UPDATE maildrops SET last_login_at = now() \
+     WHERE id = $1 AND (last_login_at IS NULL \
+       OR last_login_at <= now() - $2::float8 * interval '1 second' \
+       OR last_login_at > now()) \
+     RETURNING 1";
+
+/// EXPIRE at login: removes the messages first retrieved at least `$2` seconds ago, while the
+/// session's lease (`$3`) holds.
+const EXPIRE: &str = "DELETE FROM messages \
+     WHERE maildrop_id = $1 AND first_retrieved_at <= now() - $2::float8 * interval '1 second' \
+       AND EXISTS (SELECT 1 FROM leases WHERE maildrop_id = $1 AND token = $3) \
+     RETURNING id";
+
+/// UPDATE: the first retrieval time of the messages `$2` that have none, while the lease
+/// (`$3`) holds; returns 1 if the lease holds.
+const RECORD_RETRIEVALS: &str =
+    "WITH held AS (SELECT 1 FROM leases WHERE maildrop_id = $1 AND token = $3), \
+     stamped AS (UPDATE messages SET first_retrieved_at = now() \
+       WHERE maildrop_id = $1 AND id = ANY($2) AND first_retrieved_at IS NULL \
+         AND EXISTS (SELECT 1 FROM held) RETURNING 1) \
+     SELECT count(*) FROM held";
+
 const NEXT_CHUNK: &str = "SELECT data FROM message_chunks WHERE message_id = $1 AND seq = $2";
 
 /// A statement prepared once per connection of the pool (deadpool keeps it), so that each use
@@ -690,6 +714,90 @@ impl PgMaildrop {
         Ok(reader)
     }
 
+    /// [`Maildrop::check_login_delay`], for callers on the runtime.
+    pub async fn check_login_delay_async(&self, delay: Duration) -> Result<(), StoreError> {
+        let store = &self.store;
+        let passed = within(OPEN_DEADLINE, "check the login delay", async {
+            let client = store.client().await?;
+            let check = prepared(&client, LOGIN_DELAY, "check the login delay").await?;
+            client
+                .query_opt(&check, &[&self.lease.maildrop_id, &delay.as_secs_f64()])
+                .await
+                .map_err(db_error("check the login delay"))
+        })
+        .await?;
+        match passed {
+            Some(_) => Ok(()),
+            None => Err(StoreError::LoginDelay),
+        }
+    }
+
+    /// [`Maildrop::expire`], for callers on the runtime.
+    pub async fn expire_async(&mut self, after: Duration) -> Result<usize, StoreError> {
+        let store = &self.store;
+        let (maildrop, token) = (self.lease.maildrop_id, self.lease.token);
+        let rows = within(UPDATE_DEADLINE, "expire messages", async {
+            let client = store.client().await?;
+            let expire = prepared(&client, EXPIRE, "expire messages").await?;
+            client
+                .query(&expire, &[&maildrop, &after.as_secs_f64(), &token])
+                .await
+                .map_err(db_error("expire messages"))
+        })
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let gone: std::collections::HashSet<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+        // Out of the snapshot too (before it is handed over, as the trait requires).
+        let keep: Vec<bool> = self
+            .entries
+            .iter()
+            .map(|(id, _)| !gone.contains(id))
+            .collect();
+        if self.messages.len() == keep.len() {
+            let mut flags = keep.iter();
+            self.messages
+                .retain(|_| flags.next().copied().unwrap_or(true));
+        }
+        let mut flags = keep.iter();
+        self.entries
+            .retain(|_| flags.next().copied().unwrap_or(true));
+        Ok(gone.len())
+    }
+
+    /// [`Maildrop::record_retrievals`], for callers on the runtime.
+    pub async fn record_retrievals_async(&self, indices: &[usize]) -> Result<(), StoreError> {
+        let mut ids = Vec::with_capacity(indices.len());
+        for &i in indices {
+            let &(id, _) = self
+                .entries
+                .get(i)
+                .ok_or(StoreError::NoSuchMessage(i + 1))?;
+            ids.push(id);
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let store = &self.store;
+        let (maildrop, token) = (self.lease.maildrop_id, self.lease.token);
+        let held: i64 = within(UPDATE_DEADLINE, "record the retrievals", async {
+            let client = store.client().await?;
+            let record = prepared(&client, RECORD_RETRIEVALS, "record the retrievals").await?;
+            client
+                .query_one(&record, &[&maildrop, &ids, &token])
+                .await
+                .map(|r| r.get(0))
+                .map_err(db_error("record the retrievals"))
+        })
+        .await?;
+        if held == 0 {
+            self.lease.lost.store(true, Ordering::Relaxed);
+            return Err(StoreError::LeaseLost);
+        }
+        Ok(())
+    }
+
     /// [`Maildrop::release`], for callers on the runtime.
     pub async fn release_async(&mut self) -> Result<(), StoreError> {
         self.lease.release_now().await
@@ -799,6 +907,21 @@ impl Maildrop for PgMaildrop {
     fn apply_deletions(&mut self, indices: &[usize]) -> Result<(), StoreError> {
         let runtime = self.store.runtime.clone();
         runtime.block_on(self.apply_deletions_async(indices))
+    }
+
+    fn check_login_delay(&mut self, delay: Duration) -> Result<(), StoreError> {
+        let runtime = self.store.runtime.clone();
+        runtime.block_on(self.check_login_delay_async(delay))
+    }
+
+    fn expire(&mut self, after: Duration) -> Result<usize, StoreError> {
+        let runtime = self.store.runtime.clone();
+        runtime.block_on(self.expire_async(after))
+    }
+
+    fn record_retrievals(&mut self, indices: &[usize]) -> Result<(), StoreError> {
+        let runtime = self.store.runtime.clone();
+        runtime.block_on(self.record_retrievals_async(indices))
     }
 
     fn release(&mut self) -> Result<(), StoreError> {

@@ -151,6 +151,17 @@ impl Fixture {
         Self::build_full(DEFAULT_LIMITS, auth, true, extra_users, Some(client_ca_pem))
     }
 
+    /// A plain fixture with a `[policy]` section (RFC 2449's LOGIN-DELAY and EXPIRE) and more
+    /// users (passwd-file lines, each ending with a newline).
+    pub fn with_policy(policy: &str, extra_users: &str) -> Self {
+        let mut fx = Self::build_full(DEFAULT_LIMITS, "", false, extra_users, None);
+        let mut text = std::fs::read_to_string(&fx.config_path).expect("read the configuration");
+        text.push_str(&format!("\n[policy]\n{policy}\n"));
+        std::fs::write(&fx.config_path, &text).expect("write the configuration");
+        fx.config = Config::parse(&text, &fx.config_path).expect("the test configuration parses");
+        fx
+    }
+
     fn build_full(
         limits: &str,
         auth: &str,
@@ -1360,7 +1371,7 @@ pub fn cli_ok(config: &Path, args: &[&str], stdin: &[u8]) -> String {
 /// that finds and reads the message. The server is returned still running.
 pub fn sql_users_and_mail_round_trip(config: &Path, body: &str) -> (String, String, BinServer) {
     let out = cli_ok(config, &["db", "migrate"], b"");
-    assert!(out.contains("schema version 3 (was 0)"), "{out}");
+    assert!(out.contains("schema version 4 (was 0)"), "{out}");
     let add = [
         "user",
         "add",
