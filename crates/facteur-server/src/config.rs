@@ -3,6 +3,7 @@
 //! Each default below says its unit and why it has that value. Unknown keys are rejected with a
 //! message naming the key, so a typo never silently falls back to a default.
 
+use facteur_proto::Lang;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -140,9 +141,15 @@ pub struct ServerSection {
     /// The host name in the greeting and in APOP timestamps; the machine's name if unset.
     #[serde(default)]
     pub hostname: Option<String>,
-    /// The text of the greeting after `+OK`.
-    #[serde(default = "defaults::greeting")]
-    pub greeting: String,
+    /// The text of the greeting after `+OK`. Unset: facteur's own, in `language`
+    /// ("facteur POP3 server ready").
+    #[serde(default)]
+    pub greeting: Option<String>,
+    /// The language of the human-readable texts until a client chooses one with LANG (RFC 6856
+    /// section 3), and the one `LANG *` chooses: a tag `LANG` lists, `en` or `fr`. English by
+    /// default, as RFC 2277 section 4.5 asks of a default.
+    #[serde(default = "defaults::language")]
+    pub language: String,
     /// Answer the obsolete LAST command of RFC 1460. Off: RFC 1725 removed it, and clients that
     /// still send it fall back to UIDL when it is refused.
     #[serde(default)]
@@ -594,8 +601,8 @@ pub mod defaults {
             SocketAddr::from(([0u16; 8], 110)),
         ]
     }
-    pub fn greeting() -> String {
-        "facteur POP3 server ready".into()
+    pub fn language() -> String {
+        "en".into()
     }
     pub fn max_connections() -> usize {
         10_000
@@ -713,13 +720,21 @@ pub mod defaults {
     pub const POOL_SIZE: std::ops::RangeInclusive<usize> = 1..=1000;
 }
 
+impl ServerSection {
+    /// The default language (`language`, checked by `validate`; English if it is not one).
+    pub fn default_language(&self) -> Lang {
+        Lang::from_tag(&self.language).unwrap_or_default()
+    }
+}
+
 impl Default for ServerSection {
     fn default() -> Self {
         Self {
             listen: defaults::listen(),
             listen_tls: None,
             hostname: None,
-            greeting: defaults::greeting(),
+            greeting: None,
+            language: defaults::language(),
             enable_last: false,
             user: None,
             group: None,
@@ -980,8 +995,21 @@ impl Config {
                 self.log.level
             ));
         }
-        if self.server.greeting.contains(['\r', '\n']) {
+        if self
+            .server
+            .greeting
+            .as_deref()
+            .is_some_and(|g| g.contains(['\r', '\n']))
+        {
             return Err("[server] greeting must be one line".into());
+        }
+        if Lang::from_tag(&self.server.language).is_none() {
+            let tags: Vec<&str> = Lang::ALL.iter().map(|l| l.tag()).collect();
+            return Err(format!(
+                "[server] language = {:?}: expected one of {}",
+                self.server.language,
+                tags.join(", ")
+            ));
         }
         for (key, value) in [("user", &self.server.user), ("group", &self.server.group)] {
             if value

@@ -155,6 +155,7 @@ impl Shared {
         ServerConfig {
             implementation: format!("facteur {}", env!("CARGO_PKG_VERSION")),
             greeting: self.config.server.greeting.clone(),
+            language: self.config.server.default_language(),
             apop_timestamp,
             user_pass_allowed: self.plaintext_allowed(tls, peer),
             stls_available: !tls && self.tls.is_some(),
@@ -259,10 +260,11 @@ pub async fn run_with_tls(
                             log::Refusal::AddressFull(peer.ip())
                         };
                         refusals.refused(connection::Peer::direct(peer), refusal);
+                        let language = shared.config.server.default_language();
                         tokio::spawn(async move {
                             // Held while the answer goes out, as a session's would be.
                             let _held = (done, permit, ip_guard);
-                            connection::refuse(stream, refusal.answer()).await;
+                            connection::refuse(stream, refusal.answer(), language).await;
                         });
                         continue;
                     }

@@ -103,7 +103,8 @@ pub(crate) async fn serve_relayed(
     let Some(_slot) = per_ip.try_acquire(client.ip()) else {
         let refusal = Refusal::AddressFull(client.ip());
         refusals.refused(peer, refusal);
-        connection::refuse(stream, refusal.answer()).await;
+        let language = shared.config.server.default_language();
+        connection::refuse(stream, refusal.answer(), language).await;
         return;
     };
     connection::serve(shared, stream, peer, implicit_tls, cut, accepted).await;
