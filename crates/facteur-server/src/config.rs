@@ -1177,6 +1177,28 @@ mod tests {
         assert_eq!(c.auth.cache_max_entries, 100_000);
     }
 
+    /// `[server] language`: a tag LANG lists; English by default. `greeting` stays unset
+    /// unless given (the catalogue's greeting, in the language).
+    #[test]
+    fn default_language() {
+        let c = Config::parse(MINIMAL, Path::new("f.toml")).unwrap();
+        assert_eq!(c.server.default_language(), Lang::En);
+        assert_eq!(c.server.greeting, None);
+        let with = |keys: &str| format!("[server]\n{keys}\n{MINIMAL}");
+        let c = Config::parse(&with("language = \"FR\""), Path::new("f.toml")).unwrap();
+        assert_eq!(c.server.default_language(), Lang::Fr);
+        for bad in ["de", "fr-CA", ""] {
+            let e = Config::parse(&with(&format!("language = {bad:?}")), Path::new("f.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("expected one of en, fr"), "{bad}: {e}");
+        }
+        let e = Config::parse(&with("greeting = \"a\\nb\""), Path::new("f.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("one line"), "{e}");
+    }
+
     #[test]
     fn verification_cache_bounds() {
         let with = |keys: &str| MINIMAL.replace("[auth]\n", &format!("[auth]\n{keys}\n"));
