@@ -152,7 +152,8 @@ enum UserCommand {
     ///
     /// The name must be one the maildir template can turn into a maildrop: with a `%d` in the
     /// template, a `user@domain`; never one with '/', '\', a control character, or that is
-    /// "." or "..".
+    /// "." or "..". A name or password that is not ASCII is stored SASLprep'd (RFC 4013, NFKC),
+    /// as the server prepares the ones clients send (RFC 6856).
     Add {
         /// The user name clients log in with (`bob`, or `bob@example.org`).
         name: String,
