@@ -26,7 +26,12 @@ const RFC7677_SERVER_FINAL: &str = "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G
 
 /// (user, password). "user" has stored SCRAM keys (RFC 7677's), "tim" a password the SCRAM
 /// keys are derived from at the proof.
-const USERS: &[(&str, &str)] = &[("tim", "tanstaaftanstaaf"), ("user", "pencil")];
+/// "josé" has a UTF-8 name and password, stored in NFC.
+const USERS: &[(&str, &str)] = &[
+    ("tim", "tanstaaftanstaaf"),
+    ("user", "pencil"),
+    ("jos\u{e9}", "caf\u{e9}"),
+];
 
 /// A user database in memory that counts the checks it is asked for. Its accounts are user
 /// names.
@@ -210,6 +215,43 @@ fn plain() {
         assert_eq!(ex.failure_reason(), Some(reason), "{message:?}");
         assert_over(&mut ex, &users);
     }
+}
+
+/// RFC 6856 and RFC 4616: a name and a password sent in NFD find the user stored in NFC, by
+/// PLAIN, LOGIN and SCRAM's name; a prohibited code point is refused before any check.
+#[test]
+fn utf8_identities_are_saslprepped() {
+    let users = Users::default();
+    let (name_nfd, password_nfd) = ("jose\u{301}", "cafe\u{301}");
+    let plain = b64(format!("\0{name_nfd}\0{password_nfd}"));
+    assert_eq!(
+        start(Mechanism::Plain, Some(&plain), &users).1,
+        success("jos\u{e9}")
+    );
+    let plain = b64(format!("{name_nfd}\0jos\u{e9}\0{password_nfd}"));
+    assert_eq!(
+        start(Mechanism::Plain, Some(&plain), &users).1,
+        success("jos\u{e9}")
+    );
+    let (mut ex, _) = start(Mechanism::Login, Some(&b64(name_nfd)), &users);
+    assert_eq!(ex.step(&b64(password_nfd), &users), success("jos\u{e9}"));
+    let checks = users.checks.get();
+    for bad in [
+        format!("\0jos\u{e9}\u{e000}\0x"),
+        format!("\0jos\u{e9}\0caf\u{e9}\u{200e}"),
+    ] {
+        let (_, step) = start(Mechanism::Plain, Some(&b64(bad)), &users);
+        assert_eq!(step, SaslStep::Refused(Msg::Utf8Prohibited));
+    }
+    assert_eq!(
+        users.checks.get(),
+        checks,
+        "no check for a refused credential"
+    );
+    let first = b64(format!("n,,n={name_nfd},r=abc"));
+    let (ex, step) = start(Mechanism::ScramSha256, Some(&first), &users);
+    assert!(matches!(step, SaslStep::Challenge(_)), "{step:?}");
+    assert_eq!(ex.claimed_user(), Some("jos\u{e9}"));
 }
 
 #[test]
