@@ -236,10 +236,7 @@ fn utf8_identities_are_saslprepped() {
     let (mut ex, _) = start(Mechanism::Login, Some(&b64(name_nfd)), &users);
     assert_eq!(ex.step(&b64(password_nfd), &users), success("jos\u{e9}"));
     let checks = users.checks.get();
-    for bad in [
-        format!("\0jos\u{e9}\u{e000}\0x"),
-        format!("\0jos\u{e9}\0caf\u{e9}\u{200e}"),
-    ] {
+    for bad in ["\0jos\u{e9}\u{e000}\0x", "\0jos\u{e9}\0caf\u{e9}\u{200e}"] {
         let (_, step) = start(Mechanism::Plain, Some(&b64(bad)), &users);
         assert_eq!(step, SaslStep::Refused(Msg::Utf8Prohibited));
     }
