@@ -11,7 +11,7 @@ use facteur_proto::command::{self, Command};
 use facteur_proto::line::{Frame, LineFramer};
 use facteur_proto::policy::{Expire, Policy};
 use facteur_proto::server::{AuthResult, Event, ServerConfig, ServerSession, State};
-use facteur_proto::{MessageMeta, MsgNum, Uidl};
+use facteur_proto::{Lang, MessageMeta, MsgNum, Uidl};
 use libfuzzer_sys::fuzz_target;
 
 fn size(i: usize) -> u64 {
@@ -82,6 +82,14 @@ fn check_shape(out: &[u8], listing: Option<Listing>, model: Option<&Model>) {
                 !line.is_empty() && !line.starts_with(b"."),
                 "listing line {line:?}"
             );
+            if let Listing::Languages = kind {
+                // "tag description", the description in UTF-8 (RFC 6856 section 3).
+                let text = std::str::from_utf8(line).expect("a LANG line is UTF-8");
+                let (tag, description) = text.split_once(' ').expect("a tag and a description");
+                assert!(Lang::from_tag(tag).is_some(), "LANG line {text:?}");
+                assert!(!description.chars().any(char::is_control), "LANG line {text:?}");
+                continue;
+            }
             assert!(
                 line.iter().all(|&b| (0x20..0x7f).contains(&b)),
                 "listing line {line:?}"
@@ -116,6 +124,8 @@ enum Listing {
     Names,
     /// LIST or UIDL without an argument.
     Messages,
+    /// LANG without an argument.
+    Languages,
 }
 
 fuzz_target!(|input: &[u8]| {
@@ -134,6 +144,7 @@ fuzz_target!(|input: &[u8]| {
         },
         enable_last: head[0] & 16 != 0,
         max_bad_commands: u32::from(head[1] & 31),
+        language: if head[1] & 128 != 0 { Lang::Fr } else { Lang::En },
         ..ServerConfig::default()
     };
     let count = usize::from(head[0] >> 5);
@@ -179,6 +190,7 @@ fuzz_target!(|input: &[u8]| {
                     mechanism: None, ..
                 },
             ) => Some(Listing::Names),
+            Some(Command::Lang(None)) => Some(Listing::Languages),
             _ => None,
         };
         let mut closed = false;

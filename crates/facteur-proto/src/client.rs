@@ -62,6 +62,8 @@ pub enum CommandKind {
     Top,
     Uidl,
     Last,
+    Utf8,
+    Lang,
 }
 
 impl CommandKind {
@@ -84,6 +86,8 @@ impl CommandKind {
             Command::Top(..) => Self::Top,
             Command::Uidl(_) => Self::Uidl,
             Command::Last => Self::Last,
+            Command::Utf8 => Self::Utf8,
+            Command::Lang(_) => Self::Lang,
         }
     }
 
@@ -106,6 +110,8 @@ impl CommandKind {
             Self::Top => "TOP",
             Self::Uidl => "UIDL",
             Self::Last => "LAST",
+            Self::Utf8 => "UTF8",
+            Self::Lang => "LANG",
         }
     }
 }
@@ -859,7 +865,7 @@ mod tests {
     fn apop_config() -> ServerConfig {
         ServerConfig {
             implementation: "facteur-test".into(),
-            greeting: "ready".into(),
+            greeting: Some("ready".into()),
             apop_timestamp: Some("<1896.697170952@dbc.mtview.ca.us>".into()),
             ..ServerConfig::default()
         }
@@ -891,6 +897,8 @@ mod tests {
                 cap("RESP-CODES", &[]),
                 cap("AUTH-RESP-CODE", &[]),
                 cap("PIPELINING", &[]),
+                cap("UTF8", &["USER"]),
+                cap("LANG", &[]),
                 cap("IMPLEMENTATION", &["facteur-test"]),
                 Ev::End,
             ]

@@ -7,6 +7,7 @@
 //! known to be sloppy and nothing is at stake: runs of spaces and trailing spaces are accepted.
 //! This module never allocates more than the line it is given.
 
+use crate::text::Msg;
 use crate::types::{parse_decimal, same_secret, MsgNum, Secret};
 use std::fmt;
 
@@ -46,6 +47,11 @@ pub enum Command {
     Uidl(Option<MsgNum>),
     /// `LAST` (RFC 1460, obsolete): the highest message number accessed.
     Last,
+    /// `UTF8` (RFC 6856 section 2): UTF-8 mode.
+    Utf8,
+    /// `LANG [range]` (RFC 6856 section 3): no argument lists the languages; a language range
+    /// or `*` (the server's default) chooses one. The argument is printable ASCII, unchecked.
+    Lang(Option<String>),
 }
 
 impl PartialEq for Command {
@@ -75,13 +81,16 @@ impl PartialEq for Command {
             C::Noop => matches!(other, C::Noop),
             C::Rset => matches!(other, C::Rset),
             C::Last => matches!(other, C::Last),
+            C::Utf8 => matches!(other, C::Utf8),
+            C::Lang(a) => matches!(other, C::Lang(b) if a == b),
         }
     }
 }
 
 impl Eq for Command {}
 
-/// Why a command line could not be parsed. The text is safe to send to the client after `-ERR `.
+/// Why a command line could not be parsed. Its text for the client, in any language, is
+/// [`ParseError::msg`]; Display gives it in English.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
     #[error("empty command")]
@@ -91,13 +100,25 @@ pub enum ParseError {
     #[error("unknown command")]
     UnknownCommand,
     #[error("{0}")]
-    BadArguments(&'static str),
+    BadArguments(Msg),
+}
+
+impl ParseError {
+    /// The text that tells the client what is wrong.
+    pub fn msg(&self) -> Msg {
+        match self {
+            ParseError::Empty => Msg::EmptyCommand,
+            ParseError::InvalidByte => Msg::ControlCharacter,
+            ParseError::UnknownCommand => Msg::UnknownCommand,
+            ParseError::BadArguments(m) => *m,
+        }
+    }
 }
 
 /// The command keywords facteur knows, for `is_known_keyword`.
 const KEYWORDS: &[&str] = &[
     "USER", "PASS", "APOP", "AUTH", "STLS", "CAPA", "QUIT", "STAT", "LIST", "RETR", "DELE", "NOOP",
-    "RSET", "TOP", "UIDL", "LAST",
+    "RSET", "TOP", "UIDL", "LAST", "UTF8", "LANG",
 ];
 
 /// Parse one command line (without its CRLF).
@@ -116,7 +137,8 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
             ParseError::UnknownCommand
         });
     }
-    if keyword.len() > 4 || !keyword.iter().all(u8::is_ascii_alphabetic) {
+    // Letters and digits: UTF8 (RFC 6856) has one.
+    if keyword.len() > 4 || !keyword.iter().all(u8::is_ascii_alphanumeric) {
         return Err(ParseError::UnknownCommand);
     }
     let mut kw = [0u8; 4];
@@ -128,7 +150,7 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
     // PASS takes the rest of the line as it is; every other argument is printable ASCII.
     if kw == b"PASS" {
         if rest.is_empty() {
-            return Err(ParseError::BadArguments("PASS needs a password"));
+            return Err(ParseError::BadArguments(Msg::PassNeedsPassword));
         }
         return Ok(Command::Pass(Secret::new(rest.to_vec())));
     }
@@ -138,18 +160,16 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
     let args = Args::new(rest);
     match kw {
         b"USER" => {
-            let name = args.exactly_one("USER needs exactly one argument: the user name")?;
-            Ok(Command::User(utf8(name, "user name is not valid UTF-8")?))
+            let name = args.exactly_one(Msg::UserNeedsName)?;
+            Ok(Command::User(utf8(name, Msg::UserNameNotUtf8)?))
         }
         b"APOP" => {
-            let [name, digest] = args.exactly("APOP needs a name and a digest")?;
+            let [name, digest] = args.exactly(Msg::ApopNeedsArguments)?;
             if digest.len() != 32 || !digest.iter().all(u8::is_ascii_hexdigit) {
-                return Err(ParseError::BadArguments(
-                    "APOP digest must be 32 hexadecimal digits",
-                ));
+                return Err(ParseError::BadArguments(Msg::ApopDigestShape));
             }
             Ok(Command::Apop {
-                name: utf8(name, "user name is not valid UTF-8")?,
+                name: utf8(name, Msg::UserNameNotUtf8)?,
                 digest: String::from_utf8_lossy(digest).to_ascii_lowercase(),
             })
         }
@@ -162,7 +182,7 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
                 .next()
                 .map(|r| Secret::new(String::from_utf8_lossy(r).into_owned()));
             if it.next().is_some() {
-                return Err(ParseError::BadArguments("AUTH takes at most two arguments"));
+                return Err(ParseError::BadArguments(Msg::AuthTooManyArguments));
             }
             Ok(Command::Auth {
                 mechanism,
@@ -176,16 +196,27 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
         b"NOOP" => args.none(Command::Noop),
         b"RSET" => args.none(Command::Rset),
         b"LAST" => args.none(Command::Last),
+        b"UTF8" => args.none(Command::Utf8),
+        b"LANG" => {
+            let mut it = args.iter();
+            let range = it.next();
+            if it.next().is_some() || range.is_some_and(|r| !r.iter().all(u8::is_ascii_graphic)) {
+                return Err(ParseError::BadArguments(Msg::LangArguments));
+            }
+            Ok(Command::Lang(
+                range.map(|r| String::from_utf8_lossy(r).into_owned()),
+            ))
+        }
         b"LIST" => Ok(Command::List(args.optional_msg()?)),
         b"UIDL" => Ok(Command::Uidl(args.optional_msg()?)),
         b"RETR" => Ok(Command::Retr(msg_num(
-            args.exactly_one("RETR needs exactly one argument: a message number")?,
+            args.exactly_one(Msg::RetrNeedsNumber)?,
         )?)),
         b"DELE" => Ok(Command::Dele(msg_num(
-            args.exactly_one("DELE needs exactly one argument: a message number")?,
+            args.exactly_one(Msg::DeleNeedsNumber)?,
         )?)),
         b"TOP" => {
-            let [m, n] = args.exactly("TOP needs a message number and a line count")?;
+            let [m, n] = args.exactly(Msg::TopNeedsArguments)?;
             Ok(Command::Top(msg_num(m)?, line_count(n)?))
         }
         _ => Err(ParseError::UnknownCommand),
@@ -212,11 +243,11 @@ impl<'a> Args<'a> {
     fn none(&self, c: Command) -> Result<Command, ParseError> {
         match self.iter().next() {
             None => Ok(c),
-            Some(_) => Err(ParseError::BadArguments("this command takes no argument")),
+            Some(_) => Err(ParseError::BadArguments(Msg::NoArgument)),
         }
     }
 
-    fn exactly<const N: usize>(&self, why: &'static str) -> Result<[&'a [u8]; N], ParseError> {
+    fn exactly<const N: usize>(&self, why: Msg) -> Result<[&'a [u8]; N], ParseError> {
         let mut out: [&[u8]; N] = [&[]; N];
         let mut it = self.iter();
         for slot in out.iter_mut() {
@@ -228,7 +259,7 @@ impl<'a> Args<'a> {
         }
     }
 
-    fn exactly_one(&self, why: &'static str) -> Result<&'a [u8], ParseError> {
+    fn exactly_one(&self, why: Msg) -> Result<&'a [u8], ParseError> {
         self.exactly::<1>(why).map(|[a]| a)
     }
 
@@ -236,26 +267,26 @@ impl<'a> Args<'a> {
         let mut it = self.iter();
         let first = it.next();
         if it.next().is_some() {
-            return Err(ParseError::BadArguments("at most one message number"));
+            return Err(ParseError::BadArguments(Msg::AtMostOneNumber));
         }
         first.map(msg_num).transpose()
     }
 }
 
-fn utf8(b: &[u8], why: &'static str) -> Result<String, ParseError> {
+fn utf8(b: &[u8], why: Msg) -> Result<String, ParseError> {
     String::from_utf8(b.to_vec()).map_err(|_| ParseError::BadArguments(why))
 }
 
 fn msg_num(b: &[u8]) -> Result<MsgNum, ParseError> {
-    let n = parse_decimal(b).ok_or(ParseError::BadArguments("invalid message number"))?;
+    let n = parse_decimal(b).ok_or(ParseError::BadArguments(Msg::InvalidMessageNumber))?;
     u32::try_from(n)
         .ok()
         .and_then(MsgNum::new)
-        .ok_or(ParseError::BadArguments("invalid message number"))
+        .ok_or(ParseError::BadArguments(Msg::InvalidMessageNumber))
 }
 
 fn line_count(b: &[u8]) -> Result<u64, ParseError> {
-    parse_decimal(b).ok_or(ParseError::BadArguments("invalid line count"))
+    parse_decimal(b).ok_or(ParseError::BadArguments(Msg::InvalidLineCount))
 }
 
 impl Command {
@@ -298,6 +329,9 @@ impl Command {
             Command::Uidl(None) => write!(out, "UIDL"),
             Command::Uidl(Some(m)) => write!(out, "UIDL {m}"),
             Command::Last => write!(out, "LAST"),
+            Command::Utf8 => write!(out, "UTF8"),
+            Command::Lang(None) => write!(out, "LANG"),
+            Command::Lang(Some(r)) => write!(out, "LANG {r}"),
         };
         out.extend_from_slice(b"\r\n");
     }
@@ -311,6 +345,7 @@ impl Command {
                 | Command::Uidl(None)
                 | Command::Retr(_)
                 | Command::Top(..)
+                | Command::Lang(None)
                 | Command::Auth {
                     mechanism: None,
                     ..
@@ -422,6 +457,37 @@ mod tests {
         assert_eq!(parse(b"RETRIEVE 1"), Err(ParseError::UnknownCommand));
         assert_eq!(parse(b" STAT"), Err(ParseError::UnknownCommand));
         assert_eq!(parse("ÉTAT".as_bytes()), Err(ParseError::UnknownCommand));
+        assert_eq!(parse(b"UTF9"), Err(ParseError::UnknownCommand));
+        assert_eq!(parse(b"8"), Err(ParseError::UnknownCommand));
+    }
+
+    #[test]
+    fn utf8_and_lang() {
+        assert_eq!(parse(b"utf8"), Ok(Command::Utf8));
+        assert_eq!(
+            parse(b"UTF8 USER"),
+            Err(ParseError::BadArguments(Msg::NoArgument))
+        );
+        assert_eq!(parse(b"LANG"), Ok(Command::Lang(None)));
+        assert_eq!(
+            parse(b"lang  fr-CA "),
+            Ok(Command::Lang(Some("fr-CA".into())))
+        );
+        assert_eq!(parse(b"LANG *"), Ok(Command::Lang(Some("*".into()))));
+        for bad in [
+            &b"LANG fr en"[..],
+            "LANG fr\u{e9}".as_bytes(),
+            "LANG é".as_bytes(),
+        ] {
+            assert_eq!(
+                parse(bad),
+                Err(ParseError::BadArguments(Msg::LangArguments)),
+                "{bad:?}"
+            );
+        }
+        assert!(Command::Lang(None).has_multiline_reply());
+        assert!(!Command::Lang(Some("fr".into())).has_multiline_reply());
+        assert!(is_known_keyword("utf8") && is_known_keyword("Lang"));
     }
 
     #[test]
@@ -456,7 +522,8 @@ mod tests {
         #[test]
         fn encode_parse_round_trip(n in 1u32.., k in 0u64..) {
             for c in [Command::Retr(m(n)), Command::Top(m(n), k), Command::List(Some(m(n))),
-                      Command::Uidl(None), Command::Dele(m(n)), Command::Stat] {
+                      Command::Uidl(None), Command::Dele(m(n)), Command::Stat, Command::Utf8,
+                      Command::Lang(None), Command::Lang(Some(format!("x-{n}")))] {
                 let mut v = Vec::new();
                 c.encode(&mut v);
                 prop_assert!(v.ends_with(b"\r\n"));

@@ -21,6 +21,9 @@
 //!   replies with enhanced status codes, the DATA body decoder, the session's state machine.
 //! - [`pop2`]: POP2 (RFC 937), POP3's predecessor on port 109: commands, replies, the session's
 //!   state machine, and the encoder of a message as its RETR sends it (counted, not stuffed).
+//! - [`text`]: the catalogue of every human-readable text the server sends, in English and
+//!   French (LANG, RFC 6856 section 3).
+//! - [`utf8`]: SASLprep for UTF-8 user names and passwords (RFC 6856 section 2).
 //! - [`server`]: `ServerSession`, the server's state machine (AUTHORIZATION, TRANSACTION, UPDATE).
 //! - [`client`]: `ClientSession`, the client's state machine: replies matched to commands in order.
 //! - [`sasl`]: the SASL mechanisms of AUTH (PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-256, EXTERNAL) as
@@ -32,7 +35,8 @@
 //! RFC 1460 (the obsolete LAST command, off by default), RFC 5034 (SASL in POP3) with RFC 4616
 //! (PLAIN), RFC 2195 (CRAM-MD5), RFC 5802 and RFC 7677 (SCRAM-SHA-256), RFC 4422 (EXTERNAL);
 //! RFC 2033 (LMTP) with RFC 5321, RFC 2034 and RFC 3463 (enhanced status codes), RFC 2920
-//! (PIPELINING), RFC 1870 (SIZE), RFC 6152 (8BITMIME); RFC 937 (POP2).
+//! (PIPELINING), RFC 1870 (SIZE), RFC 6152 (8BITMIME); RFC 937 (POP2); RFC 6856 (UTF8 and LANG)
+//! with RFC 4013 (SASLprep), RFC 4647 (language ranges) and RFC 5198 (UTF-8 text in NFC).
 #![forbid(unsafe_code)]
 
 pub mod client;
@@ -47,6 +51,9 @@ pub mod proxy;
 pub mod response;
 pub mod sasl;
 pub mod server;
+pub mod text;
 pub mod types;
+pub mod utf8;
 
+pub use text::{Lang, Msg};
 pub use types::{MessageMeta, MsgNum, Secret, Uidl};

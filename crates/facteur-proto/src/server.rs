@@ -9,19 +9,29 @@
 //!
 //! States follow RFC 1939 section 3: AUTHORIZATION, then TRANSACTION once the maildrop is
 //! locked and its snapshot taken, then UPDATE after QUIT, where (and only where) deletions happen.
+//!
+//! RFC 6856: UTF8 (AUTHORIZATION only) turns UTF-8 mode on; user names and passwords that are
+//! not ASCII are SASLprep'd ([`crate::utf8`]) in either mode. LANG chooses the language of every
+//! human-readable text after it; the texts are [`crate::text`]'s, never written here.
 
-use crate::command::{self, Command, ParseError};
+use crate::command::{self, Command};
 use crate::policy::{Expire, Policy};
 use crate::response::{self, Code};
+use crate::text::{Lang, Msg};
 use crate::types::{same_secret, MessageMeta, MsgNum, Secret};
+use crate::utf8::{self, PrepError};
+use std::fmt;
 
 /// What the session needs to know of its server and of this connection.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     /// Sent in CAPA as `IMPLEMENTATION`; empty to leave it out.
     pub implementation: String,
-    /// The greeting text after `+OK`.
-    pub greeting: String,
+    /// The greeting text after `+OK`; `None` for the catalogue's, in `language`.
+    pub greeting: Option<String>,
+    /// The language of the texts until the client chooses one with LANG (RFC 6856 section 3),
+    /// and the one `LANG *` chooses.
+    pub language: Lang,
     /// APOP's `<process.random@host>` timestamp; `Some` only when APOP is offered.
     pub apop_timestamp: Option<String>,
     /// Whether USER/PASS (and APOP) may be used on this connection (the plaintext policy).
@@ -52,7 +62,8 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             implementation: String::new(),
-            greeting: "POP3 server ready".into(),
+            greeting: None,
+            language: Lang::En,
             apop_timestamp: None,
             user_pass_allowed: true,
             stls_available: false,
@@ -178,10 +189,11 @@ pub enum AuthResult {
     /// A SASL exchange ended without a verdict (cancelled with `*`, or malformed data):
     /// `-ERR` with this text, no response code; it counts as a bad command, and the client may
     /// try again.
-    Aborted(&'static str),
+    Aborted(Msg),
     /// The credentials were refused before any check, for their shape (a user name or a
-    /// password over the length limit): `-ERR [AUTH]` with this text.
-    Refused(&'static str),
+    /// password over the length limit): `-ERR [AUTH]` with this text; `[UTF8]` for
+    /// `Msg::Utf8Prohibited` and `Msg::Utf8Invalid` (RFC 6856).
+    Refused(Msg),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,6 +234,10 @@ pub struct ServerSession {
     listing: Option<(ListingKind, usize)>,
     /// False until the sizes in `messages` are real (see `Event::MessageSizes`).
     sizes_known: bool,
+    /// The language of the texts (LANG).
+    lang: Lang,
+    /// UTF8 was accepted (RFC 6856 section 2).
+    utf8_mode: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,6 +279,8 @@ impl ServerSession {
     pub fn new(config: ServerConfig) -> Self {
         let policy = config.policy;
         Self {
+            lang: config.language,
+            utf8_mode: false,
             config,
             state: State::Authorization,
             pending_user: None,
@@ -288,10 +306,39 @@ impl ServerSession {
 
     /// Write the greeting (RFC 1939 section 4), with the APOP timestamp when APOP is offered.
     pub fn greeting(&self, out: &mut Vec<u8>) {
+        let text = self.lang.render(Msg::Greeting, &[]);
+        let greeting: &dyn fmt::Display = match &self.config.greeting {
+            Some(g) => g,
+            None => &text,
+        };
         match &self.config.apop_timestamp {
-            Some(ts) => response::ok(out, format_args!("{} {ts}", self.config.greeting)),
-            None => response::ok(out, &self.config.greeting),
+            Some(ts) => response::ok(out, format_args!("{greeting} {ts}")),
+            None => response::ok(out, greeting),
         }
+    }
+
+    /// The language of the texts now.
+    pub fn lang(&self) -> Lang {
+        self.lang
+    }
+
+    /// True once UTF8 was accepted (RFC 6856 section 2).
+    pub fn utf8_mode(&self) -> bool {
+        self.utf8_mode
+    }
+
+    /// Write `-ERR [code] text` with `msg` in the session's language: for the driver's own
+    /// answers (a deadline, a shutdown, a read error).
+    pub fn write_err(&self, out: &mut Vec<u8>, code: Option<Code>, msg: Msg) {
+        response::err(out, code, self.lang.render(msg, &[]));
+    }
+
+    fn ok(&self, out: &mut Vec<u8>, msg: Msg, args: &[&dyn fmt::Display]) {
+        response::ok(out, self.lang.render(msg, args));
+    }
+
+    fn err(&self, out: &mut Vec<u8>, code: Option<Code>, msg: Msg, args: &[&dyn fmt::Display]) {
+        response::err(out, code, self.lang.render(msg, args));
     }
 
     pub fn state(&self) -> State {
@@ -327,8 +374,13 @@ impl ServerSession {
 
     /// The connection is now under TLS (after STLS and a handshake, or implicit TLS). Updates
     /// the policy: STLS is no longer offered, and plaintext logins become acceptable.
+    ///
+    /// What the client chose before TLS (UTF8, LANG) is forgotten: RFC 2595 section 4 wants the
+    /// server to discard what it learnt from the client before the handshake.
     pub fn set_tls_active(&mut self, user_pass_allowed: bool, sasl_mechanisms: Vec<String>) {
         self.tls_active = true;
+        self.utf8_mode = false;
+        self.lang = self.config.language;
         self.config.stls_available = false;
         self.config.user_pass_allowed = user_pass_allowed;
         self.config.sasl_mechanisms = sasl_mechanisms;
@@ -336,7 +388,7 @@ impl ServerSession {
 
     /// A command line longer than the limit arrived (and was discarded by the framer).
     pub fn handle_too_long(&mut self, out: &mut Vec<u8>) -> Option<Event> {
-        response::err(out, None, "line too long");
+        self.err(out, None, Msg::LineTooLong, &[]);
         self.bad_command(out)
     }
 
@@ -344,11 +396,7 @@ impl ServerSession {
     pub fn handle_line(&mut self, line: &[u8], out: &mut Vec<u8>) -> Option<Event> {
         if self.awaiting.is_some() || self.listing.is_some() {
             // A driver bug, not a client's: refuse rather than reorder replies.
-            response::err(
-                out,
-                Some(Code::SysTemp),
-                "internal error: command out of turn",
-            );
+            self.err(out, Some(Code::SysTemp), Msg::CommandOutOfTurn, &[]);
             return None;
         }
         match self.state {
@@ -358,11 +406,9 @@ impl ServerSession {
         let cmd = match command::parse(line) {
             Ok(c) => c,
             Err(e) => {
-                let text = match e {
-                    ParseError::UnknownCommand => "unknown command".to_string(),
-                    other => other.to_string(),
-                };
-                response::err(out, None, text);
+                // A user name that is not UTF-8 is RFC 6856's [UTF8] case.
+                let code = (e.msg() == Msg::UserNameNotUtf8).then_some(Code::Utf8);
+                self.err(out, code, e.msg(), &[]);
                 return self.bad_command(out);
             }
         };
@@ -375,7 +421,7 @@ impl ServerSession {
     fn bad_command(&mut self, out: &mut Vec<u8>) -> Option<Event> {
         self.bad_commands += 1;
         if self.bad_commands >= self.config.max_bad_commands {
-            response::err(out, None, "too many bad commands, closing connection");
+            self.err(out, None, Msg::TooManyBadCommands, &[]);
             self.state = State::Closed;
             self.closed_for_errors = true;
             return Some(Event::Close);
@@ -390,15 +436,15 @@ impl ServerSession {
 
     fn wrong_state(&mut self, out: &mut Vec<u8>) -> Option<Event> {
         let text = match self.state {
-            State::Authorization => "command not valid before login",
-            _ => "command not valid after login",
+            State::Authorization => Msg::NotBeforeLogin,
+            _ => Msg::NotAfterLogin,
         };
-        response::err(out, None, text);
+        self.err(out, None, text, &[]);
         self.bad_command(out)
     }
 
     fn capa(&self, out: &mut Vec<u8>) {
-        response::ok(out, "capability list follows");
+        self.ok(out, Msg::CapabilityList, &[]);
         let mut caps: Vec<String> = vec!["TOP".into(), "UIDL".into()];
         // USER and SASL in every state: RFC 2449 section 5 wants the capabilities announced
         // before login announced after it too (the policy cannot change after login). STLS
@@ -418,6 +464,17 @@ impl ServerSession {
             "AUTH-RESP-CODE".into(),
             "PIPELINING".into(),
         ]);
+        // RFC 6856: UTF-8 mode, with UTF-8 user names and passwords where USER is offered,
+        // and LANG; in every state, as both are announced.
+        caps.push(
+            if self.config.user_pass_allowed {
+                "UTF8 USER"
+            } else {
+                "UTF8"
+            }
+            .into(),
+        );
+        caps.push("LANG".into());
         if !self.config.implementation.is_empty() {
             caps.push(format!("IMPLEMENTATION {}", self.config.implementation));
         }
@@ -458,16 +515,27 @@ impl ServerSession {
                 None
             }
             Command::Quit => {
-                response::ok(out, "signing off");
+                self.ok(out, Msg::SigningOff, &[]);
                 self.state = State::Closed;
                 Some(Event::Close)
             }
+            Command::Utf8 => {
+                // RFC 6856 section 2: AUTHORIZATION only; the mode cannot be left.
+                self.utf8_mode = true;
+                self.ok(out, Msg::Utf8Enabled, &[]);
+                None
+            }
+            Command::Lang(range) => self.lang_command(range, out),
             Command::User(name) => {
                 if !self.config.user_pass_allowed {
                     return self.plaintext_refused(out);
                 }
+                let name = match utf8::prepare(&name) {
+                    Ok(n) => n.into_owned(),
+                    Err(e) => return self.utf8_refused(e, out),
+                };
                 // The same answer whether the user exists or not: USER reveals nothing.
-                response::ok(out, "send PASS");
+                self.ok(out, Msg::SendPass, &[]);
                 self.pending_user = Some(name);
                 None
             }
@@ -477,12 +545,20 @@ impl ServerSession {
                 }
                 match self.pending_user.take() {
                     Some(user) => {
+                        // Not UTF-8: the 8-bit password of a client that never said UTF8 is
+                        // checked as it came; in UTF-8 mode it is an error (RFC 6856).
+                        let prepared = utf8::prepare_octets(password.expose(), !self.utf8_mode);
+                        let password = match prepared {
+                            Ok(std::borrow::Cow::Borrowed(_)) => password,
+                            Ok(std::borrow::Cow::Owned(p)) => Secret::new(p),
+                            Err(e) => return self.utf8_refused(e, out),
+                        };
                         self.auth_attempts = self.auth_attempts.saturating_add(1);
                         self.awaiting = Some(Awaiting::Auth);
                         Some(Event::Authenticate { user, password })
                     }
                     None => {
-                        response::err(out, None, "send USER first");
+                        self.err(out, None, Msg::SendUserFirst, &[]);
                         self.bad_command(out)
                     }
                 }
@@ -490,27 +566,31 @@ impl ServerSession {
             Command::Apop { name, digest } => {
                 self.pending_user = None;
                 if self.config.apop_timestamp.is_none() {
-                    response::err(out, None, "APOP is not available on this server");
+                    self.err(out, None, Msg::ApopUnavailable, &[]);
                     return self.bad_command(out);
                 }
                 if !self.config.user_pass_allowed {
                     return self.plaintext_refused(out);
                 }
+                let name = match utf8::prepare(&name) {
+                    Ok(n) => n.into_owned(),
+                    Err(e) => return self.utf8_refused(e, out),
+                };
                 self.auth_attempts = self.auth_attempts.saturating_add(1);
                 self.awaiting = Some(Awaiting::Auth);
                 Some(Event::Apop { user: name, digest })
             }
             Command::Stls => {
                 if self.tls_active {
-                    response::err(out, None, "already under TLS");
+                    self.err(out, None, Msg::AlreadyTls, &[]);
                     return self.bad_command(out);
                 }
                 if !self.config.stls_available {
-                    response::err(out, None, "STLS is not available on this server");
+                    self.err(out, None, Msg::StlsUnavailable, &[]);
                     return self.bad_command(out);
                 }
                 self.pending_user = None;
-                response::ok(out, "begin TLS negotiation");
+                self.ok(out, Msg::BeginTls, &[]);
                 Some(Event::StartTls)
             }
             Command::Auth {
@@ -521,11 +601,11 @@ impl ServerSession {
                 let offered = &self.config.sasl_mechanisms;
                 match mechanism {
                     None if offered.is_empty() => {
-                        response::err(out, None, "no SASL mechanism is available here");
+                        self.err(out, None, Msg::NoSasl, &[]);
                         self.bad_command(out)
                     }
                     None => {
-                        response::ok(out, "SASL mechanisms follow");
+                        self.ok(out, Msg::SaslMechanisms, &[]);
                         for m in offered {
                             out.extend_from_slice(m.as_bytes());
                             out.extend_from_slice(b"\r\n");
@@ -542,7 +622,7 @@ impl ServerSession {
                         })
                     }
                     Some(_) => {
-                        response::err(out, None, "unsupported SASL mechanism");
+                        self.err(out, None, Msg::UnsupportedSasl, &[]);
                         self.bad_command(out)
                     }
                 }
@@ -554,16 +634,53 @@ impl ServerSession {
 
     fn plaintext_refused(&mut self, out: &mut Vec<u8>) -> Option<Event> {
         self.pending_user = None;
-        response::err(
-            out,
-            Some(Code::Auth),
-            "plaintext login is disabled on an unencrypted connection: use TLS (STLS or POP3S)",
-        );
+        self.err(out, Some(Code::Auth), Msg::PlaintextRefused, &[]);
         self.bad_command(out)
     }
 
+    /// A user name or password that is not UTF-8 in UTF-8 mode, or that SASLprep refuses:
+    /// `-ERR [UTF8]` (RFC 6856), a bad command; the login starts over from USER.
+    fn utf8_refused(&mut self, e: PrepError, out: &mut Vec<u8>) -> Option<Event> {
+        self.pending_user = None;
+        let msg = match e {
+            PrepError::InvalidUtf8 => Msg::Utf8Invalid,
+            PrepError::Prohibited => Msg::Utf8Prohibited,
+        };
+        self.err(out, Some(Code::Utf8), msg, &[]);
+        self.bad_command(out)
+    }
+
+    /// LANG (RFC 6856 section 3), in AUTHORIZATION and TRANSACTION: no argument lists the
+    /// languages, `*` chooses the server's default, a language range the language it finds by
+    /// lookup. The `+OK` is in the new language; an unknown one changes nothing.
+    fn lang_command(&mut self, range: Option<String>, out: &mut Vec<u8>) -> Option<Event> {
+        let chosen = match range.as_deref() {
+            None => {
+                self.ok(out, Msg::LanguageListing, &[]);
+                for l in Lang::ALL {
+                    out.extend_from_slice(l.tag().as_bytes());
+                    out.push(b' ');
+                    out.extend_from_slice(l.description().as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                }
+                response::end_multiline(out);
+                return None;
+            }
+            Some("*") => Some(self.config.language),
+            Some(range) => Lang::lookup(range),
+        };
+        match chosen {
+            Some(l) => {
+                self.lang = l;
+                self.ok(out, Msg::LanguageChanged, &[]);
+            }
+            None => self.err(out, None, Msg::UnsupportedLanguage, &[]),
+        }
+        None
+    }
+
     fn unknown(&mut self, out: &mut Vec<u8>) -> Option<Event> {
-        response::err(out, None, "unknown command");
+        self.err(out, None, Msg::UnknownCommand, &[]);
         self.bad_command(out)
     }
 
@@ -586,36 +703,32 @@ impl ServerSession {
                 self.retrieved = vec![false; messages.len()];
                 self.messages = messages;
                 let summary = self.summary(false);
-                response::ok(out, format_args!("{user} has {summary}"));
+                self.ok(out, Msg::LoggedIn, &[&user, &summary]);
                 self.user = Some(user);
                 self.state = State::Transaction;
                 return None;
             }
             AuthResult::Failed => {
-                response::err(out, Some(Code::Auth), "invalid user name or password");
+                self.err(out, Some(Code::Auth), Msg::BadCredentials, &[]);
             }
             AuthResult::InUse => {
-                response::err(
-                    out,
-                    Some(Code::InUse),
-                    "maildrop is locked by another session",
-                );
+                self.err(out, Some(Code::InUse), Msg::MaildropInUse, &[]);
             }
             AuthResult::LoginDelay => {
-                response::err(
-                    out,
-                    Some(Code::LoginDelay),
-                    "logged in too recently, try again later",
-                );
+                self.err(out, Some(Code::LoginDelay), Msg::LoginTooSoon, &[]);
             }
             AuthResult::Aborted(text) => {
-                response::err(out, None, text);
+                self.err(out, None, text, &[]);
                 if let Some(close) = self.bad_command(out) {
                     return Some(close);
                 }
             }
             AuthResult::Refused(text) => {
-                response::err(out, Some(Code::Auth), text);
+                let code = match text {
+                    Msg::Utf8Prohibited | Msg::Utf8Invalid => Code::Utf8,
+                    _ => Code::Auth,
+                };
+                self.err(out, Some(code), text, &[]);
             }
             AuthResult::SystemError { permanent } => {
                 let code = if permanent {
@@ -624,19 +737,15 @@ impl ServerSession {
                     Code::SysTemp
                 };
                 let text = if permanent {
-                    "cannot open the maildrop: the server is misconfigured, tell its administrator"
+                    Msg::MaildropMisconfigured
                 } else {
-                    "cannot open the maildrop, try again later"
+                    Msg::MaildropTryLater
                 };
-                response::err(out, Some(code), text);
+                self.err(out, Some(code), text, &[]);
             }
         }
         if self.auth_attempts >= self.config.max_auth_attempts {
-            response::err(
-                out,
-                None,
-                "too many authentication attempts, closing connection",
-            );
+            self.err(out, None, Msg::TooManyAuthAttempts, &[]);
             self.state = State::Closed;
             self.closed_for_errors = true;
             return Some(Event::Close);
@@ -655,12 +764,14 @@ impl ServerSession {
         } else {
             (self.messages.len(), self.total_octets)
         };
-        let messages = plural(count, "message", "messages");
+        let messages = self
+            .lang
+            .count(count as u64, Msg::MessagesOne, Msg::MessagesMany);
         if self.sizes_known {
-            format!(
-                "{messages} ({octets} {})",
-                if octets == 1 { "octet" } else { "octets" }
-            )
+            let octets = self.lang.count(octets, Msg::OctetsOne, Msg::OctetsMany);
+            self.lang
+                .render(Msg::Summary, &[&messages, &octets])
+                .to_string()
         } else {
             messages
         }
@@ -690,11 +801,7 @@ impl ServerSession {
                 self.transaction(pending.command(), out)
             }
             _ => {
-                response::err(
-                    out,
-                    Some(Code::SysTemp),
-                    "cannot read the maildrop, try again later",
-                );
+                self.err(out, Some(Code::SysTemp), Msg::CannotReadMaildrop, &[]);
                 None
             }
         }
@@ -705,15 +812,11 @@ impl ServerSession {
         let i = n.index();
         match self.deleted.get(i) {
             None => {
-                response::err(
-                    out,
-                    None,
-                    format_args!("no such message, only {} in maildrop", self.messages.len()),
-                );
+                self.err(out, None, Msg::NoSuchMessage, &[&self.messages.len()]);
                 None
             }
             Some(true) => {
-                response::err(out, None, format_args!("message {n} already deleted"));
+                self.err(out, None, Msg::AlreadyDeleted, &[&n]);
                 None
             }
             Some(false) => Some(i),
@@ -752,14 +855,14 @@ impl ServerSession {
                 return Some(Event::Listing);
             }
             Command::Uidl(None) => {
-                response::ok(out, "unique-id listing follows");
+                self.ok(out, Msg::UidlListing, &[]);
                 self.listing = Some((ListingKind::Uidl, 0));
                 return Some(Event::Listing);
             }
             Command::Retr(n) => {
                 let index = self.message(n, out)?;
                 self.last_accessed = self.last_accessed.max(n.get());
-                response::ok(out, format_args!("{} octets", self.messages[index].size));
+                self.ok(out, Msg::RetrOctets, &[&self.messages[index].size]);
                 self.sending = Some(index);
                 return Some(Event::Retrieve {
                     index,
@@ -771,7 +874,7 @@ impl ServerSession {
                 // TOP is a look at the headers, not a retrieval: EXPIRE does not count it (a
                 // client that previews would otherwise lose mail it never downloaded).
                 self.sending = None;
-                response::ok(out, "top of message follows");
+                self.ok(out, Msg::TopFollows, &[]);
                 return Some(Event::Retrieve {
                     index,
                     top_lines: Some(lines),
@@ -783,19 +886,20 @@ impl ServerSession {
                 self.deleted_count += 1;
                 self.deleted_octets += self.messages[i].size;
                 self.last_accessed = self.last_accessed.max(n.get());
-                response::ok(out, format_args!("message {n} deleted"));
+                self.ok(out, Msg::Deleted, &[&n]);
             }
             Command::Rset => {
                 self.deleted.iter_mut().for_each(|d| *d = false);
                 self.deleted_count = 0;
                 self.deleted_octets = 0;
                 self.last_accessed = 0;
-                response::ok(out, format_args!("maildrop has {}", self.summary(false)));
+                self.ok(out, Msg::MaildropHas, &[&self.summary(false)]);
             }
             Command::Last if self.config.enable_last => {
                 response::ok(out, self.last_accessed);
             }
             Command::Last => return self.unknown(out),
+            Command::Lang(range) => return self.lang_command(range, out),
             Command::Quit => {
                 self.state = State::Update;
                 self.awaiting = Some(Awaiting::Update);
@@ -836,7 +940,8 @@ impl ServerSession {
             | Command::Pass(_)
             | Command::Apop { .. }
             | Command::Auth { .. }
-            | Command::Stls => return self.wrong_state(out),
+            | Command::Stls
+            | Command::Utf8 => return self.wrong_state(out),
         }
         None
     }
@@ -891,26 +996,18 @@ impl ServerSession {
         match result {
             Ok(()) => {
                 let left = self.messages.len() - self.deleted_count;
+                let count = |n: usize| {
+                    self.lang
+                        .count(n as u64, Msg::MessagesOne, Msg::MessagesMany)
+                };
                 if self.deleted_count == 0 {
-                    response::ok(
-                        out,
-                        format_args!("signing off ({} left)", plural(left, "message", "messages")),
-                    );
+                    self.ok(out, Msg::SigningOffLeft, &[&count(left)]);
                 } else {
-                    response::ok(
-                        out,
-                        format_args!(
-                            "signing off ({} deleted, {left} left)",
-                            plural(self.deleted_count, "message", "messages")
-                        ),
-                    );
+                    let deleted = count(self.deleted_count);
+                    self.ok(out, Msg::SigningOffDeleted, &[&deleted, &left]);
                 }
             }
-            Err(()) => response::err(
-                out,
-                Some(Code::SysTemp),
-                "some deleted messages could not be removed, try again later",
-            ),
+            Err(()) => self.err(out, Some(Code::SysTemp), Msg::UpdateFailed, &[]),
         }
         Some(Event::Close)
     }
@@ -930,11 +1027,6 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
         }
     }
     out.extend_from_slice(digits.get(start..).unwrap_or(&[]));
-}
-
-/// "1 message", "2 messages": a count with its noun.
-fn plural(count: usize, one: &str, many: &str) -> String {
-    format!("{count} {}", if count == 1 { one } else { many })
 }
 
 #[cfg(test)]
@@ -1060,15 +1152,13 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "+OK signing off (2 messages left)\r\n"
         );
-        assert_eq!(plural(1, "message", "messages"), "1 message");
-        assert_eq!(plural(0, "message", "messages"), "0 messages");
     }
 
     #[test]
     fn greeting_carries_apop_timestamp_only_when_enabled() {
         let mut out = Vec::new();
         ServerSession::new(ServerConfig::default()).greeting(&mut out);
-        assert_eq!(out, b"+OK POP3 server ready\r\n");
+        assert_eq!(out, b"+OK facteur POP3 server ready\r\n");
         let cfg = ServerConfig {
             apop_timestamp: Some("<1896.697170952@dbc.mtview.ca.us>".into()),
             ..ServerConfig::default()
@@ -1077,7 +1167,7 @@ mod tests {
         ServerSession::new(cfg).greeting(&mut out);
         assert_eq!(
             out,
-            b"+OK POP3 server ready <1896.697170952@dbc.mtview.ca.us>\r\n"
+            b"+OK facteur POP3 server ready <1896.697170952@dbc.mtview.ca.us>\r\n"
         );
     }
 
@@ -1265,7 +1355,7 @@ mod tests {
             Some(Event::Sasl { .. })
         ));
         let mut out = Vec::new();
-        s.auth_result(AuthResult::Aborted("authentication cancelled"), &mut out);
+        s.auth_result(AuthResult::Aborted(Msg::SaslCancelled), &mut out);
         assert_eq!(out, b"-ERR authentication cancelled\r\n");
         assert_eq!(s.state(), State::Authorization);
         assert!(!s.is_awaiting());
@@ -1289,7 +1379,7 @@ mod tests {
                 Some(Event::Sasl { .. })
             ));
             let mut out = Vec::new();
-            let ev = s.auth_result(AuthResult::Aborted("authentication cancelled"), &mut out);
+            let ev = s.auth_result(AuthResult::Aborted(Msg::SaslCancelled), &mut out);
             if i < 2 {
                 assert_eq!(ev, None);
                 assert_eq!(out, b"-ERR authentication cancelled\r\n");
@@ -1332,10 +1422,7 @@ mod tests {
         assert_eq!(fail(&mut s, AuthResult::Failed).1, None);
         run(&mut s, "AUTH PLAIN");
         assert_eq!(
-            fail(
-                &mut s,
-                AuthResult::Refused("the password is longer than 1024 octets")
-            ),
+            fail(&mut s, AuthResult::Refused(Msg::PasswordTooLong)),
             (
                 "-ERR [AUTH] the password is longer than 1024 octets\r\n".into(),
                 None
@@ -1382,7 +1469,7 @@ mod tests {
         let t = text(&mut s, "CAPA");
         assert_eq!(
             t,
-            "+OK capability list follows\r\nTOP\r\nUIDL\r\nUSER\r\nSASL PLAIN\r\nSTLS\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nIMPLEMENTATION facteur\r\n.\r\n"
+            "+OK capability list follows\r\nTOP\r\nUIDL\r\nUSER\r\nSASL PLAIN\r\nSTLS\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nUTF8 USER\r\nLANG\r\nIMPLEMENTATION facteur\r\n.\r\n"
         );
         let cfg = ServerConfig {
             user_pass_allowed: false,
@@ -1871,6 +1958,298 @@ mod tests {
             run(&mut s, "AUTH plain").1,
             Some(Event::Sasl { .. })
         ));
+    }
+
+    /// RFC 6856 section 2: UTF8 in AUTHORIZATION only.
+    #[test]
+    fn utf8_in_each_state() {
+        let mut s = ServerSession::new(ServerConfig::default());
+        assert!(!s.utf8_mode());
+        assert_eq!(text(&mut s, "UTF8"), "+OK UTF-8 mode enabled\r\n");
+        assert!(s.utf8_mode());
+        assert_eq!(text(&mut s, "utf8"), "+OK UTF-8 mode enabled\r\n");
+        assert_eq!(
+            text(&mut s, "UTF8 x"),
+            "-ERR this command takes no argument\r\n"
+        );
+        let mut s = logged_in();
+        assert_eq!(
+            text(&mut s, "UTF8"),
+            "-ERR command not valid after login\r\n"
+        );
+        assert!(!s.utf8_mode());
+        s.handle_line(b"QUIT", &mut Vec::new());
+        s.update_result(Ok(()), &mut Vec::new());
+        assert_eq!(run(&mut s, "UTF8"), (String::new(), Some(Event::Close)));
+    }
+
+    #[test]
+    fn lang_lists_switches_and_resets() {
+        let mut s = ServerSession::new(ServerConfig::default());
+        assert_eq!(
+            text(&mut s, "LANG"),
+            "+OK language listing follows\r\nen English\r\nfr Fran\u{e7}ais\r\n.\r\n"
+        );
+        assert_eq!(
+            text(&mut s, "LANG fr"),
+            "+OK langue choisie : fran\u{e7}ais\r\n"
+        );
+        assert_eq!(s.lang(), Lang::Fr);
+        assert_eq!(text(&mut s, "FOO"), "-ERR commande inconnue\r\n");
+        assert_eq!(
+            text(&mut s, "LANG"),
+            "+OK liste des langues\r\nen English\r\nfr Fran\u{e7}ais\r\n.\r\n"
+        );
+        // Unknown: the answer in the language in force, which does not change.
+        assert_eq!(
+            text(&mut s, "LANG de"),
+            "-ERR langue non prise en charge\r\n"
+        );
+        assert_eq!(
+            text(&mut s, "LANG fr_FR"),
+            "-ERR langue non prise en charge\r\n"
+        );
+        assert_eq!(s.lang(), Lang::Fr);
+        assert_eq!(
+            text(&mut s, "LANG *"),
+            "+OK language changed to English\r\n"
+        );
+        assert_eq!(
+            text(&mut s, "LANG FR-ca"),
+            "+OK langue choisie : fran\u{e7}ais\r\n"
+        );
+        assert_eq!(
+            text(&mut s, "LANG en-GB"),
+            "+OK language changed to English\r\n"
+        );
+        assert_eq!(
+            text(&mut s, "LANG en fr"),
+            "-ERR LANG takes at most one argument: a language tag or *\r\n"
+        );
+        // In TRANSACTION too.
+        let mut s = logged_in();
+        assert_eq!(
+            text(&mut s, "LANG fr"),
+            "+OK langue choisie : fran\u{e7}ais\r\n"
+        );
+        assert_eq!(
+            text(&mut s, "DELE 9"),
+            "-ERR message inexistant, la bo\u{ee}te n'en contient que 2\r\n"
+        );
+    }
+
+    /// The server's default language: the greeting, and what `LANG *` goes back to.
+    #[test]
+    fn default_language_from_the_configuration() {
+        let cfg = ServerConfig {
+            language: Lang::Fr,
+            ..ServerConfig::default()
+        };
+        let mut s = ServerSession::new(cfg);
+        let mut out = Vec::new();
+        s.greeting(&mut out);
+        assert_eq!(out, "+OK serveur POP3 facteur pr\u{ea}t\r\n".as_bytes());
+        assert_eq!(
+            text(&mut s, "LANG en"),
+            "+OK language changed to English\r\n"
+        );
+        assert_eq!(
+            text(&mut s, "LANG *"),
+            "+OK langue choisie : fran\u{e7}ais\r\n"
+        );
+        // A configured greeting is the administrator's text, in no language of ours.
+        let cfg = ServerConfig {
+            language: Lang::Fr,
+            greeting: Some("hello".into()),
+            ..ServerConfig::default()
+        };
+        let mut out = Vec::new();
+        ServerSession::new(cfg).greeting(&mut out);
+        assert_eq!(out, b"+OK hello\r\n");
+    }
+
+    /// A session in French: the texts change, the status, codes and numbers do not.
+    #[test]
+    fn a_session_in_french() {
+        let mut s = ServerSession::new(ServerConfig::default());
+        text(&mut s, "LANG fr");
+        assert_eq!(text(&mut s, "USER mrose"), "+OK envoyez PASS\r\n");
+        s.handle_line(b"PASS secret", &mut Vec::new());
+        let mut out = Vec::new();
+        s.auth_result(AuthResult::Failed, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "-ERR [AUTH] nom d'utilisateur ou mot de passe invalide\r\n"
+        );
+        text(&mut s, "USER mrose");
+        s.handle_line(b"PASS secret", &mut Vec::new());
+        let mut out = Vec::new();
+        let msgs = vec![meta(120, "a"), meta(200, "b"), meta(1, "c")];
+        s.auth_result(
+            AuthResult::Success {
+                user: "mrose".into(),
+                messages: msgs,
+                sizes_known: true,
+            },
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "+OK mrose a 3 messages (321 octets)\r\n"
+        );
+        assert_eq!(text(&mut s, "STAT"), "+OK 3 321\r\n");
+        assert_eq!(text(&mut s, "LIST 3"), "+OK 3 1\r\n");
+        assert_eq!(text(&mut s, "RETR 1"), "+OK 120 octets\r\n");
+        assert_eq!(text(&mut s, "DELE 1"), "+OK message 1 supprim\u{e9}\r\n");
+        assert_eq!(
+            text(&mut s, "DELE 1"),
+            "-ERR message 1 d\u{e9}j\u{e0} supprim\u{e9}\r\n"
+        );
+        assert_eq!(
+            text(&mut s, "LIST"),
+            "+OK 2 messages (201 octets)\r\n2 200\r\n3 1\r\n.\r\n"
+        );
+        assert_eq!(
+            text(&mut s, "USER x"),
+            "-ERR commande non valide apr\u{e8}s l'authentification\r\n"
+        );
+        assert_eq!(
+            text(&mut s, "RETR 0"),
+            "-ERR num\u{e9}ro de message invalide\r\n"
+        );
+        text(&mut s, "DELE 3");
+        s.handle_line(b"QUIT", &mut Vec::new());
+        let mut out = Vec::new();
+        s.update_result(Ok(()), &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "+OK au revoir (suppression de 2 messages, il en reste 1)\r\n"
+        );
+    }
+
+    /// RFC 6856 section 2 with SASLprep: a name and a password typed in NFD reach the user
+    /// database in NFC, whether or not the client said UTF8.
+    #[test]
+    fn user_names_and_passwords_are_normalized() {
+        for utf8 in [false, true] {
+            let mut s = ServerSession::new(ServerConfig::default());
+            if utf8 {
+                text(&mut s, "UTF8");
+            }
+            assert_eq!(text(&mut s, "USER Jose\u{301}"), "+OK send PASS\r\n");
+            let expected = Event::Authenticate {
+                user: "Jos\u{e9}".into(),
+                // SASLprep: NFKC, and a no-break space is a space.
+                password: Secret::new("caf\u{e9} 1".as_bytes().to_vec()),
+            };
+            assert_eq!(run(&mut s, "PASS cafe\u{301}\u{a0}1").1, Some(expected));
+        }
+        let cfg = ServerConfig {
+            apop_timestamp: Some("<1.2@host>".into()),
+            ..ServerConfig::default()
+        };
+        let mut s = ServerSession::new(cfg);
+        let (_, ev) = run(&mut s, "APOP Jose\u{301} c4c9334bac560ecc979e58001b3e22fb");
+        assert!(matches!(ev, Some(Event::Apop { user, .. }) if user == "Jos\u{e9}"));
+    }
+
+    #[test]
+    fn invalid_utf8_and_prohibited_code_points() {
+        let mut s = ServerSession::new(ServerConfig::default());
+        // A user name that is not UTF-8 is refused by the parser, with [UTF8].
+        let mut out = Vec::new();
+        assert_eq!(s.handle_line(b"USER caf\xe9", &mut out), None);
+        assert_eq!(out, b"-ERR [UTF8] user name is not valid UTF-8\r\n");
+        // A private-use character: refused, and PASS must start over from USER.
+        assert_eq!(
+            text(&mut s, "USER a\u{e000}"),
+            "-ERR [UTF8] the user name or password has a character SASLprep (RFC 4013) prohibits\r\n"
+        );
+        assert_eq!(text(&mut s, "PASS x"), "-ERR send USER first\r\n");
+        text(&mut s, "USER a");
+        assert!(text(&mut s, "PASS \u{e9}\u{200e}")
+            .starts_with("-ERR [UTF8] the user name or password has"));
+        // An 8-bit password outside UTF-8 mode is checked as it came (legacy clients)...
+        text(&mut s, "USER a");
+        let mut out = Vec::new();
+        let ev = s.handle_line(b"PASS caf\xe9", &mut out);
+        let expected = Event::Authenticate {
+            user: "a".into(),
+            password: Secret::new(b"caf\xe9".to_vec()),
+        };
+        assert_eq!(ev, Some(expected));
+        s.auth_result(AuthResult::Failed, &mut Vec::new());
+        // ...and refused in UTF-8 mode, in the session's language.
+        text(&mut s, "UTF8");
+        text(&mut s, "LANG fr");
+        text(&mut s, "USER a");
+        let mut out = Vec::new();
+        assert_eq!(s.handle_line(b"PASS caf\xe9", &mut out), None);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "-ERR [UTF8] le nom d'utilisateur ou le mot de passe n'est pas de l'UTF-8 valide\r\n"
+        );
+        // The SASL path's refusal carries [UTF8] too.
+        let cfg = ServerConfig {
+            sasl_mechanisms: vec!["PLAIN".into()],
+            ..ServerConfig::default()
+        };
+        let mut s = ServerSession::new(cfg);
+        run(&mut s, "AUTH PLAIN");
+        let mut out = Vec::new();
+        s.auth_result(AuthResult::Refused(Msg::Utf8Prohibited), &mut out);
+        assert!(out.starts_with(b"-ERR [UTF8] "));
+    }
+
+    /// RFC 2595 section 4: what the client chose before STLS is forgotten after it.
+    #[test]
+    fn stls_forgets_utf8_and_lang() {
+        let cfg = ServerConfig {
+            stls_available: true,
+            ..ServerConfig::default()
+        };
+        let mut s = ServerSession::new(cfg);
+        text(&mut s, "UTF8");
+        text(&mut s, "LANG fr");
+        assert_eq!(run(&mut s, "STLS").1, Some(Event::StartTls));
+        s.set_tls_active(true, vec![]);
+        assert!(!s.utf8_mode());
+        assert_eq!(s.lang(), Lang::En);
+        assert_eq!(text(&mut s, "FOO"), "-ERR unknown command\r\n");
+    }
+
+    /// Every `-ERR` a session can write in French comes from the catalogue's French texts.
+    #[test]
+    fn french_errors_come_from_the_catalogue() {
+        let french: Vec<String> = Msg::ALL
+            .iter()
+            .map(|&m| {
+                Lang::Fr
+                    .template(m)
+                    .split('{')
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect();
+        let mut s = logged_in();
+        text(&mut s, "LANG fr");
+        for line in [
+            "FOO", "", "RETR", "RETR x", "TOP 1", "LIST 1 2", "STAT 1", "APOP a b", "DELE 7",
+            "UTF8", "STLS", "LANG a b",
+        ] {
+            let t = text(&mut s, line);
+            let t = t
+                .trim_end()
+                .strip_prefix("-ERR ")
+                .unwrap_or_else(|| panic!("{line}: {t}"));
+            assert!(
+                french
+                    .iter()
+                    .any(|f| !f.is_empty() && t.starts_with(f.as_str())),
+                "{line:?} answered {t:?}, not a French text"
+            );
+        }
     }
 
     proptest::proptest! {

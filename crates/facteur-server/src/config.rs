@@ -4,6 +4,7 @@
 //! message naming the key, so a typo never silently falls back to a default.
 
 use facteur_proto::policy::{Expire, Policy, MAX_LOGIN_DELAY_SECS};
+use facteur_proto::Lang;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -204,9 +205,15 @@ pub struct ServerSection {
     /// The host name in the greeting and in APOP timestamps; the machine's name if unset.
     #[serde(default)]
     pub hostname: Option<String>,
-    /// The text of the greeting after `+OK`.
-    #[serde(default = "defaults::greeting")]
-    pub greeting: String,
+    /// The text of the greeting after `+OK`. Unset: facteur's own, in `language`
+    /// ("facteur POP3 server ready").
+    #[serde(default)]
+    pub greeting: Option<String>,
+    /// The language of the human-readable texts until a client chooses one with LANG (RFC 6856
+    /// section 3), and the one `LANG *` chooses: a tag `LANG` lists, `en` or `fr`. English by
+    /// default, as RFC 2277 section 4.5 asks of a default.
+    #[serde(default = "defaults::language")]
+    pub language: String,
     /// Answer the obsolete LAST command of RFC 1460. Off: RFC 1725 removed it, and clients that
     /// still send it fall back to UIDL when it is refused.
     #[serde(default)]
@@ -704,8 +711,8 @@ pub mod defaults {
             SocketAddr::from(([0u16; 8], 110)),
         ]
     }
-    pub fn greeting() -> String {
-        "facteur POP3 server ready".into()
+    pub fn language() -> String {
+        "en".into()
     }
     pub fn max_connections() -> usize {
         10_000
@@ -823,13 +830,21 @@ pub mod defaults {
     pub const POOL_SIZE: std::ops::RangeInclusive<usize> = 1..=1000;
 }
 
+impl ServerSection {
+    /// The default language (`language`, checked by `validate`; English if it is not one).
+    pub fn default_language(&self) -> Lang {
+        Lang::from_tag(&self.language).unwrap_or_default()
+    }
+}
+
 impl Default for ServerSection {
     fn default() -> Self {
         Self {
             listen: defaults::listen(),
             listen_tls: None,
             hostname: None,
-            greeting: defaults::greeting(),
+            greeting: None,
+            language: defaults::language(),
             enable_last: false,
             user: None,
             group: None,
@@ -1093,8 +1108,21 @@ impl Config {
                 self.log.level
             ));
         }
-        if self.server.greeting.contains(['\r', '\n']) {
+        if self
+            .server
+            .greeting
+            .as_deref()
+            .is_some_and(|g| g.contains(['\r', '\n']))
+        {
             return Err("[server] greeting must be one line".into());
+        }
+        if Lang::from_tag(&self.server.language).is_none() {
+            let tags: Vec<&str> = Lang::ALL.iter().map(|l| l.tag()).collect();
+            return Err(format!(
+                "[server] language = {:?}: expected one of {}",
+                self.server.language,
+                tags.join(", ")
+            ));
         }
         for (key, value) in [("user", &self.server.user), ("group", &self.server.group)] {
             if value
@@ -1266,6 +1294,28 @@ mod tests {
         assert!(!c.auth.apop);
         assert_eq!(c.auth.cache_ttl(), Duration::from_secs(3600));
         assert_eq!(c.auth.cache_max_entries, 100_000);
+    }
+
+    /// `[server] language`: a tag LANG lists; English by default. `greeting` stays unset
+    /// unless given (the catalogue's greeting, in the language).
+    #[test]
+    fn default_language() {
+        let c = Config::parse(MINIMAL, Path::new("f.toml")).unwrap();
+        assert_eq!(c.server.default_language(), Lang::En);
+        assert_eq!(c.server.greeting, None);
+        let with = |keys: &str| format!("[server]\n{keys}\n{MINIMAL}");
+        let c = Config::parse(&with("language = \"FR\""), Path::new("f.toml")).unwrap();
+        assert_eq!(c.server.default_language(), Lang::Fr);
+        for bad in ["de", "fr-CA", ""] {
+            let e = Config::parse(&with(&format!("language = {bad:?}")), Path::new("f.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("expected one of en, fr"), "{bad}: {e}");
+        }
+        let e = Config::parse(&with("greeting = \"a\\nb\""), Path::new("f.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("one line"), "{e}");
     }
 
     #[test]

@@ -39,7 +39,7 @@ use facteur_proto::line::{Frame, LineFramer};
 use facteur_proto::policy::{Expire, Policy};
 use facteur_proto::response::{self, Code};
 use facteur_proto::server::{AuthResult, Event, ServerSession, State};
-use facteur_proto::Secret;
+use facteur_proto::{Lang, Msg, Secret};
 use facteur_store::{Maildrop, Store, StoreError};
 use facteur_tls as tls;
 use std::future::Future;
@@ -50,10 +50,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Say why a connection is refused, and close it.
-pub async fn refuse(mut stream: TcpStream, why: &str) {
+/// Say why a connection is refused (in the server's default language: no LANG could be sent
+/// yet), and close it.
+pub async fn refuse(mut stream: TcpStream, why: Msg, lang: Lang) {
     let mut out = Vec::new();
-    response::err(&mut out, Some(Code::SysTemp), why);
+    response::err(&mut out, Some(Code::SysTemp), lang.render(why, &[]));
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), stream.write_all(&out)).await;
 }
 
@@ -310,16 +311,12 @@ impl Connection {
         self.rpos = 0;
         self.rend = 0;
         let (deadline, end, why) = match self.session.state() {
-            State::Authorization => (
-                self.login_deadline,
-                End::LoginTimeout,
-                "login took too long, closing connection",
-            ),
+            State::Authorization => (self.login_deadline, End::LoginTimeout, Msg::LoginTimeout),
             // RFC 1939 section 3: an autologout timer ends the session without UPDATE.
             _ => (
                 tokio::time::Instant::now() + self.shared.config.limits.idle_timeout(),
                 End::Timeout,
-                "idle for too long, closing connection",
+                Msg::IdleTimeout,
             ),
         };
         if *self.cut.borrow() {
@@ -335,7 +332,7 @@ impl Connection {
                 }
                 Ok(Err(_)) => Err(End::IoError),
                 Err(_) => {
-                    response::err(&mut self.out, None, why);
+                    self.session.write_err(&mut self.out, None, why);
                     let _ = self.flush().await;
                     Err(end)
                 }
@@ -347,11 +344,8 @@ impl Connection {
     /// The last word to a session the server cuts: one try, for a second at most (the server is
     /// stopping, and this peer may be one that does not read).
     async fn say_shutdown(&mut self) -> End {
-        response::err(
-            &mut self.out,
-            Some(Code::SysTemp),
-            "server shutting down, try again later",
-        );
+        self.session
+            .write_err(&mut self.out, Some(Code::SysTemp), Msg::ShuttingDown);
         let send = async {
             self.stream.write_all(&self.out).await?;
             self.stream.flush().await
@@ -468,7 +462,7 @@ impl Connection {
     /// too once the client gave a user name.
     async fn sasl(&mut self, mechanism: &str, initial: Option<Secret<String>>) -> Step {
         let Ok(mechanism) = mechanism.parse::<Mechanism>() else {
-            let aborted = Verdict::Aborted("unsupported SASL mechanism");
+            let aborted = Verdict::Aborted(Msg::UnsupportedSasl);
             return self
                 .finish_login(Ok(aborted), LoginMethod::Sasl(None), None)
                 .await;
@@ -534,17 +528,17 @@ impl Connection {
                     let line = match self.next_line().await {
                         Ok(Some(line)) => line,
                         Ok(None) => {
-                            let aborted = Verdict::Aborted("SASL response too long");
+                            let aborted = Verdict::Aborted(Msg::SaslResponseTooLong);
                             return self.abort_sasl(aborted, &exchange).await;
                         }
                         Err(end) => return Step::End(end),
                     };
                     if line == b"*" {
-                        let aborted = Verdict::Aborted("authentication cancelled");
+                        let aborted = Verdict::Aborted(Msg::SaslCancelled);
                         return self.abort_sasl(aborted, &exchange).await;
                     }
                     let Ok(line) = String::from_utf8(line) else {
-                        let aborted = Verdict::Aborted("the line is not valid base64");
+                        let aborted = Verdict::Aborted(Msg::SaslNotBase64);
                         return self.abort_sasl(aborted, &exchange).await;
                     };
                     let auth = self.shared.auth.clone();
@@ -714,7 +708,7 @@ impl Connection {
                     peer = %self.peer,
                     proxy = self.proxy(),
                     method = %method,
-                    why = text,
+                    why = %text,
                     "SASL exchange aborted"
                 );
                 AuthResult::Aborted(text)
@@ -822,7 +816,8 @@ impl Connection {
     async fn retrieve(&mut self, index: usize, top_lines: Option<u64>, out_before: usize) -> Step {
         let Some(mut maildrop) = self.maildrop.take() else {
             self.out.truncate(out_before);
-            response::err(&mut self.out, Some(Code::SysTemp), "maildrop not open");
+            self.session
+                .write_err(&mut self.out, Some(Code::SysTemp), Msg::MaildropNotOpen);
             return Step::Continue;
         };
         // A buffer just large enough for a small message to be read (and its end seen) in one
@@ -863,10 +858,10 @@ impl Connection {
                             "cannot open message"
                         );
                         self.out.truncate(out_before);
-                        response::err(
+                        self.session.write_err(
                             &mut self.out,
                             Some(Code::SysTemp),
-                            "cannot read that message now",
+                            Msg::CannotReadMessage,
                         );
                         return Step::Continue;
                     }
@@ -1049,9 +1044,10 @@ pub(crate) enum Verdict {
     /// Wrong credentials, with the authenticator's reason (`None`: the check itself failed).
     Failure(Option<FailureReason>),
     /// A SASL exchange ended without a verdict (cancelled, malformed): `-ERR` with this text.
-    Aborted(&'static str),
-    /// Credentials refused for their shape before any check (too long): `-ERR [AUTH]`.
-    Refused(&'static str),
+    Aborted(Msg),
+    /// Credentials refused for their shape before any check (too long, or a character SASLprep
+    /// prohibits): `-ERR [AUTH]` (`[UTF8]`).
+    Refused(Msg),
     Opened {
         user: String,
         /// The user's LOGIN-DELAY and EXPIRE (the server's where the user has none).

@@ -159,6 +159,7 @@ impl Shared {
         ServerConfig {
             implementation: format!("facteur {}", env!("CARGO_PKG_VERSION")),
             greeting: self.config.server.greeting.clone(),
+            language: self.config.server.default_language(),
             apop_timestamp,
             user_pass_allowed: self.plaintext_allowed(tls, peer),
             stls_available: !tls && self.tls.is_some(),
@@ -198,10 +199,19 @@ pub enum Protocol {
 
 impl Protocol {
     /// Say why a connection is refused, in this protocol's words, and close it.
-    pub(crate) async fn refuse(self, stream: tokio::net::TcpStream, why: &str) {
+    /// POP2 has no LANG: its refusal is in the server's default language too.
+    pub(crate) async fn refuse(
+        self,
+        stream: tokio::net::TcpStream,
+        why: facteur_proto::text::Msg,
+        lang: facteur_proto::Lang,
+    ) {
         match self {
-            Protocol::Pop2 => pop2::refuse(stream, why).await,
-            Protocol::Pop3 | Protocol::Pop3s => connection::refuse(stream, why).await,
+            Protocol::Pop2 => {
+                let text = lang.render(why, &[]).to_string();
+                pop2::refuse(stream, &text).await
+            }
+            Protocol::Pop3 | Protocol::Pop3s => connection::refuse(stream, why, lang).await,
         }
     }
 
@@ -314,10 +324,11 @@ pub async fn run_listeners(
                             log::Refusal::AddressFull(peer.ip())
                         };
                         refusals.refused(connection::Peer::direct(peer), refusal);
+                        let language = shared.config.server.default_language();
                         tokio::spawn(async move {
                             // Held while the answer goes out, as a session's would be.
                             let _held = (done, permit, ip_guard);
-                            protocol.refuse(stream, refusal.answer()).await;
+                            protocol.refuse(stream, refusal.answer(), language).await;
                         });
                         continue;
                     }

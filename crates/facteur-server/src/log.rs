@@ -63,10 +63,10 @@ pub enum Refusal {
 
 impl Refusal {
     /// The text the refused client is sent (after `-ERR [SYS/TEMP] `).
-    pub fn answer(self) -> &'static str {
+    pub fn answer(self) -> facteur_proto::Msg {
         match self {
-            Refusal::ServerFull => "too many connections",
-            Refusal::AddressFull(_) => "too many connections from your address",
+            Refusal::ServerFull => facteur_proto::Msg::TooManyConnections,
+            Refusal::AddressFull(_) => facteur_proto::Msg::TooManyConnectionsFromAddress,
         }
     }
 }
@@ -251,7 +251,7 @@ impl RefusalLog {
             tracing::info!(
                 peer = %peer.client,
                 proxy = peer.proxy.map(tracing::field::display),
-                why = refusal.answer(),
+                why = %refusal.answer(),
                 "connection refused"
             );
         }

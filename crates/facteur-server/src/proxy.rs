@@ -104,7 +104,8 @@ pub(crate) async fn serve_relayed(
     let Some(_slot) = per_ip.try_acquire(client.ip()) else {
         let refusal = Refusal::AddressFull(client.ip());
         refusals.refused(peer, refusal);
-        protocol.refuse(stream, refusal.answer()).await;
+        let language = shared.config.server.default_language();
+        protocol.refuse(stream, refusal.answer(), language).await;
         return;
     };
     protocol.serve(shared, stream, peer, cut, accepted).await;

@@ -152,7 +152,8 @@ enum UserCommand {
     ///
     /// The name must be one the maildir template can turn into a maildrop: with a `%d` in the
     /// template, a `user@domain`; never one with '/', '\', a control character, or that is
-    /// "." or "..".
+    /// "." or "..". A name or password that is not ASCII is stored SASLprep'd (RFC 4013, NFKC),
+    /// as the server prepares the ones clients send (RFC 6856).
     Add {
         /// The user name clients log in with (`bob`, or `bob@example.org`).
         name: String,
@@ -650,6 +651,17 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), CliError> {
         .map_err(|e| fail(format!("cannot write {}: {e}", path.display())))
 }
 
+/// A user name as the server compares it: SASLprep'd when it is not ASCII (RFC 6856), so that
+/// a name typed in NFD is stored as the NFC a client's login is turned into.
+fn prepared_name(name: &str) -> Result<String, CliError> {
+    match facteur_proto::utf8::prepare(name) {
+        Ok(name) => Ok(name.into_owned()),
+        Err(e) => Err(fail(format!(
+            "the user name {name:?} is refused: it holds {e}"
+        ))),
+    }
+}
+
 fn user(cmd: UserCommand) -> Result<(), CliError> {
     match cmd {
         UserCommand::Add {
@@ -657,6 +669,7 @@ fn user(cmd: UserCommand) -> Result<(), CliError> {
             password,
             config,
         } => {
+            let name = prepared_name(&name)?;
             let cfg = Config::load(&config.config)?;
             if cfg.store.backend == StoreBackend::Maildir {
                 check_new_user(&cfg, &name)?;
@@ -669,6 +682,7 @@ fn user(cmd: UserCommand) -> Result<(), CliError> {
             println!("added {name}");
         }
         UserCommand::Del { name, config } => {
+            let name = prepared_name(&name)?;
             let cfg = Config::load(&config.config)?;
             match SqlAdmin::of(&cfg)? {
                 Some(db) => db.run(auth::sql::del_user(&db.pool, &name))?,
@@ -692,6 +706,7 @@ fn user(cmd: UserCommand) -> Result<(), CliError> {
             password,
             config,
         } => {
+            let name = prepared_name(&name)?;
             let cfg = Config::load(&config.config)?;
             let db = SqlAdmin::of(&cfg)?;
             let hash = hash_from_input(&password)?;
@@ -874,7 +889,8 @@ fn check_new_user(cfg: &Config, name: &str) -> Result<(), CliError> {
     }
 }
 
-/// Read a password (prompt twice, or one line of stdin) and hash it.
+/// Read a password (prompt twice, or one line of stdin) and hash it, SASLprep'd when it is not
+/// ASCII (RFC 6856) as the server prepares the one a client sends.
 fn hash_from_input(args: &PasswordArgs) -> Result<String, CliError> {
     let password = if args.password_stdin {
         let mut line = String::new();
@@ -902,6 +918,8 @@ fn hash_from_input(args: &PasswordArgs) -> Result<String, CliError> {
     if password.is_empty() {
         return Err(fail("empty password refused"));
     }
+    let password = facteur_proto::utf8::prepare(&password)
+        .map_err(|e| fail(format!("the password is refused: it holds {e}")))?;
     Ok(auth::hash_password(args.scheme, password.as_bytes())?)
 }
 

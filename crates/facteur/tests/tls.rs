@@ -225,8 +225,10 @@ fn python_poplib_pop3_ssl_and_stls(backend: Backend) {
     assert_eq!(code, Some(0), "python3 poplib failed:\n{stdout}\n{stderr}");
     let size = d.wire_size;
     let hash = sha256_hex(&crlf(&m));
-    let tls_caps = "AUTH-RESP-CODE IMPLEMENTATION PIPELINING RESP-CODES SASL TOP UIDL USER";
-    let plain_caps = "AUTH-RESP-CODE IMPLEMENTATION PIPELINING RESP-CODES SASL STLS TOP UIDL USER";
+    let tls_caps =
+        "AUTH-RESP-CODE IMPLEMENTATION LANG PIPELINING RESP-CODES SASL TOP UIDL USER UTF8";
+    let plain_caps =
+        "AUTH-RESP-CODE IMPLEMENTATION LANG PIPELINING RESP-CODES SASL STLS TOP UIDL USER UTF8";
     let expected = format!(
         "POP3S TLSv1.3 +OK\n\
          POP3S CAPA {tls_caps}\n\

@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use facteur_proto::sasl::{derivations, hmac_sha256, ScramKeys};
+use facteur_proto::Msg;
 use proptest::prelude::*;
 
 use crate::cram_md5::CramMd5Context;
@@ -730,12 +731,7 @@ fn scram_refuses_channel_binding_and_extensions() {
         Some(&b64("p=tls-unique,,n=user,r=abc")),
         &db,
     );
-    assert_eq!(
-        step,
-        SaslStep::Malformed(
-            "SCRAM channel binding is not supported (use SCRAM-SHA-256, not -PLUS)"
-        )
-    );
+    assert_eq!(step, SaslStep::Malformed(Msg::ScramNoChannelBinding));
     assert!(is_malformed(
         &start(Mechanism::ScramSha256, Some(&b64(b"n,,n=\xff,r=a")), &db).1
     ));
@@ -793,7 +789,7 @@ fn lines_past_the_limit_are_refused() {
     let (mut ex, _) = start(Mechanism::Plain, None, &db);
     assert_eq!(
         ex.step(&long, &db),
-        SaslStep::Malformed("the line is too long")
+        SaslStep::Malformed(Msg::SaslLineTooLong)
     );
     assert!(ex.is_over());
     assert!(is_malformed(&start(Mechanism::Plain, Some(&long), &db).1));
@@ -801,7 +797,7 @@ fn lines_past_the_limit_are_refused() {
     let (mut ex, _) = start(Mechanism::Plain, None, &db);
     assert_eq!(
         ex.step(&"A".repeat(MAX_SASL_LINE - 4), &db),
-        SaslStep::Malformed("PLAIN expects authzid NUL user NUL password")
+        SaslStep::Malformed(Msg::PlainShape)
     );
 }
 
@@ -924,8 +920,8 @@ fn over_long_credentials_are_refused_without_hashing() {
     let long_user = "u".repeat(USER_NAME_MAX_LEN + 1);
     let long_password = "p".repeat(PASSWORD_MAX_LEN + 1);
     let ok_user = "u".repeat(USER_NAME_MAX_LEN);
-    let refused_user = SaslStep::Refused("the user name is longer than 255 octets");
-    let refused_password = SaslStep::Refused("the password is longer than 1024 octets");
+    let refused_user = SaslStep::Refused(Msg::UserNameTooLong);
+    let refused_password = SaslStep::Refused(Msg::PasswordTooLong);
     let derived = derivations();
 
     let (ex, step) = start(

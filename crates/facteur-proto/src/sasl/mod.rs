@@ -51,6 +51,8 @@ mod tests;
 use std::fmt;
 use std::str::FromStr;
 
+use crate::text::Msg;
+
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
@@ -340,16 +342,32 @@ pub enum SaslStep<A> {
     Done(SaslOutcome<A>),
     /// The client's data was malformed (bad base64, wrong shape): answer `-ERR` with this text;
     /// the exchange is over.
-    Malformed(&'static str),
+    Malformed(Msg),
     /// The client's credentials were refused for their length (a user name over
     /// [`USER_NAME_MAX_LEN`], a password over [`PASSWORD_MAX_LEN`]) before any lookup or
-    /// hashing: answer `-ERR [AUTH]` with this text; a failed login. The exchange is over.
-    Refused(&'static str),
+    /// hashing, or for a character SASLprep prohibits (`Msg::Utf8Prohibited`, RFC 6856): answer
+    /// `-ERR [AUTH]` (`[UTF8]` for the latter) with this text; a failed login. The exchange is
+    /// over.
+    Refused(Msg),
 }
 
 /// The answers to credentials too long to be checked.
-const USER_NAME_TOO_LONG: &str = "the user name is longer than 255 octets";
-const PASSWORD_TOO_LONG: &str = "the password is longer than 1024 octets";
+const USER_NAME_TOO_LONG: Msg = Msg::UserNameTooLong;
+const PASSWORD_TOO_LONG: Msg = Msg::PasswordTooLong;
+
+/// A user name as it is looked up: SASLprep'd when not ASCII (RFC 6856, RFC 4616 section 2),
+/// or the step that refuses it.
+fn prepared_name<A>(name: &str) -> Result<String, SaslStep<A>> {
+    crate::utf8::prepare(name)
+        .map(|n| n.into_owned())
+        .map_err(|_| SaslStep::Refused(Msg::Utf8Prohibited))
+}
+
+/// A password as it is checked: SASLprep'd when UTF-8 and not ASCII; other octets as they came,
+/// as PASS takes them from a client that never said UTF8.
+fn prepared_password<A>(password: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, SaslStep<A>> {
+    crate::utf8::prepare_octets(password, true).map_err(|_| SaslStep::Refused(Msg::Utf8Prohibited))
+}
 
 /// `Some(Refused)` if a user name (or authorization identity) is too long to be checked.
 fn refuse_long_name<A>(name: &str) -> Option<SaslStep<A>> {
@@ -471,21 +489,24 @@ impl<A> SaslExchange<A> {
     {
         let state = std::mem::replace(&mut self.state, State::Over);
         if matches!(state, State::Over) {
-            return SaslStep::Malformed("the authentication exchange is over");
+            return SaslStep::Malformed(Msg::SaslExchangeOver);
         }
         if line.len() > MAX_SASL_LINE {
-            return SaslStep::Malformed("the line is too long");
+            return SaslStep::Malformed(Msg::SaslLineTooLong);
         }
         let Ok(data) = BASE64.decode(line) else {
-            return SaslStep::Malformed("the line is not valid base64");
+            return SaslStep::Malformed(Msg::SaslNotBase64);
         };
         match state {
             State::Plain => plain(&data, verifier, &mut self.claimed_user, &mut self.failure),
             State::LoginUser => self.login_user(&data),
             State::LoginPassword { user } => {
                 let refused = refuse_long_password(&data);
-                let step = refused.unwrap_or_else(|| {
-                    verdict(verifier.check_password(&user, &data), &mut self.failure)
+                let step = refused.unwrap_or_else(|| match prepared_password(&data) {
+                    Ok(password) => {
+                        verdict(verifier.check_password(&user, &password), &mut self.failure)
+                    }
+                    Err(refused) => refused,
                 });
                 self.claimed_user = Some(user);
                 step
@@ -504,12 +525,10 @@ impl<A> SaslExchange<A> {
                 if data.is_empty() {
                     SaslStep::Done(SaslOutcome::Success(account))
                 } else {
-                    SaslStep::Malformed(
-                        "expected an empty answer to the server's final SCRAM message",
-                    )
+                    SaslStep::Malformed(Msg::SaslEmptyAnswerExpected)
                 }
             }
-            State::Over => SaslStep::Malformed("the authentication exchange is over"),
+            State::Over => SaslStep::Malformed(Msg::SaslExchangeOver),
         }
     }
 
@@ -522,12 +541,12 @@ impl<A> SaslExchange<A> {
             None => None,
             Some("=") => Some(Vec::new()),
             Some(text) if text.len() > MAX_SASL_LINE => {
-                return SaslStep::Malformed("the initial response is too long")
+                return SaslStep::Malformed(Msg::SaslInitialTooLong)
             }
             Some(text) => match BASE64.decode(text) {
                 Ok(data) if !data.is_empty() => Some(data),
                 // "" is not how an empty response is sent ("=" is), and "" is no base64 line.
-                _ => return SaslStep::Malformed("the initial response is not valid base64"),
+                _ => return SaslStep::Malformed(Msg::SaslInitialNotBase64),
             },
         };
         match (self.mechanism, initial) {
@@ -539,9 +558,7 @@ impl<A> SaslExchange<A> {
             (Mechanism::Login, None) => {
                 self.challenge(State::LoginUser, LOGIN_USER_CHALLENGE.to_vec())
             }
-            (Mechanism::CramMd5, Some(_)) => {
-                SaslStep::Malformed("CRAM-MD5 takes no initial response")
-            }
+            (Mechanism::CramMd5, Some(_)) => SaslStep::Malformed(Msg::CramMd5NoInitial),
             (Mechanism::CramMd5, None) => {
                 let Some(nonces) = &self.ctx.nonces else {
                     return self.no_randomness();
@@ -571,14 +588,16 @@ impl<A> SaslExchange<A> {
                 if let Some(refused) = refuse_long_name(user) {
                     return refused;
                 }
+                let user = match prepared_name(user) {
+                    Ok(user) => user,
+                    Err(refused) => return refused,
+                };
                 self.challenge(
-                    State::LoginPassword {
-                        user: user.to_string(),
-                    },
+                    State::LoginPassword { user },
                     LOGIN_PASSWORD_CHALLENGE.to_vec(),
                 )
             }
-            _ => SaslStep::Malformed("the LOGIN user name is empty or not UTF-8"),
+            _ => SaslStep::Malformed(Msg::LoginNameInvalid),
         }
     }
 
@@ -587,7 +606,7 @@ impl<A> SaslExchange<A> {
         V: SaslVerifier<Account = A> + ?Sized,
     {
         let Ok(authzid) = std::str::from_utf8(data) else {
-            return SaslStep::Malformed("the EXTERNAL authorization identity is not UTF-8");
+            return SaslStep::Malformed(Msg::ExternalNotUtf8);
         };
         if let Some(refused) = refuse_long_name(authzid) {
             return refused;
@@ -607,7 +626,7 @@ impl<A> SaslExchange<A> {
         V: SaslVerifier<Account = A> + ?Sized,
     {
         let Ok(msg) = std::str::from_utf8(data) else {
-            return SaslStep::Malformed("the SCRAM message is not UTF-8");
+            return SaslStep::Malformed(Msg::ScramNotUtf8);
         };
         let client = match scram::parse_client_first(msg) {
             Ok(client) => client,
@@ -632,7 +651,7 @@ impl<A> SaslExchange<A> {
 
     fn scram_final(&mut self, pending: scram::Pending<A>, data: &[u8]) -> SaslStep<A> {
         let Ok(msg) = std::str::from_utf8(data) else {
-            return SaslStep::Malformed("the SCRAM message is not UTF-8");
+            return SaslStep::Malformed(Msg::ScramNotUtf8);
         };
         match scram::client_final(pending, msg) {
             Ok((server_final, account)) => {
@@ -686,14 +705,14 @@ where
     let (Some(authzid), Some(authcid), Some(password), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return SaslStep::Malformed("PLAIN expects authzid NUL user NUL password");
+        return SaslStep::Malformed(Msg::PlainShape);
     };
     if authcid.is_empty() || password.is_empty() {
-        return SaslStep::Malformed("PLAIN needs a user name and a password");
+        return SaslStep::Malformed(Msg::PlainNeedsCredentials);
     }
     let (Ok(authzid), Ok(authcid)) = (std::str::from_utf8(authzid), std::str::from_utf8(authcid))
     else {
-        return SaslStep::Malformed("the PLAIN identities are not UTF-8");
+        return SaslStep::Malformed(Msg::PlainNotUtf8);
     };
     *claimed = Some(authcid.to_string());
     if let Some(refused) = refuse_long_name(authcid)
@@ -702,11 +721,22 @@ where
     {
         return refused;
     }
+    // SASLprep (RFC 4616 section 2), so that a name or password typed in NFD matches the one
+    // stored in NFC; the identities are compared prepared.
+    let prepared = (
+        prepared_name(authzid),
+        prepared_name(authcid),
+        prepared_password(password),
+    );
+    let (authzid, authcid, password) = match prepared {
+        (Ok(z), Ok(c), Ok(p)) => (z, c, p),
+        (Err(refused), ..) | (_, Err(refused), _) | (.., Err(refused)) => return refused,
+    };
     // Nobody logs in as somebody else.
     if !authzid.is_empty() && authzid != authcid {
         return verdict(Err(FailureReason::OtherIdentity), failure);
     }
-    verdict(verifier.check_password(authcid, password), failure)
+    verdict(verifier.check_password(&authcid, &password), failure)
 }
 
 /// CRAM-MD5 (RFC 2195 section 2): the answer is the user name, a space, and 32 hex digits.
@@ -720,7 +750,7 @@ fn cram_md5<V>(
 where
     V: SaslVerifier + ?Sized,
 {
-    let shape = "CRAM-MD5 expects a user name, a space and 32 hex digits";
+    let shape = Msg::CramMd5Shape;
     let Ok(text) = std::str::from_utf8(data) else {
         return SaslStep::Malformed(shape);
     };
@@ -734,8 +764,12 @@ where
             if let Some(refused) = refuse_long_name(user) {
                 return refused;
             }
+            let user = match prepared_name(user) {
+                Ok(user) => user,
+                Err(refused) => return refused,
+            };
             verdict(
-                verifier.check_cram_md5(user, challenge.as_bytes(), digest),
+                verifier.check_cram_md5(&user, challenge.as_bytes(), digest),
                 failure,
             )
         }

@@ -18,9 +18,11 @@
 //! channel binding) or `y` (the client could bind but believes the server cannot) is accepted;
 //! `p=` (the client asks for binding) is refused.
 //!
-//! SASLprep (RFC 4013) of the user and authorization names: the prohibitions only, see
-//! [`saslprep_prohibited`]. No NFKC normalization and no mapping: names are matched byte for
-//! byte against the passwd-file, and an ASCII name, the usual case, is unchanged by SASLprep.
+//! SASLprep (RFC 4013) of the user and authorization names: a name holding a character that
+//! SASLprep maps to something else or prohibits is refused ([`saslprep_prohibited`]: the client
+//! should have prepared it), and a non-ASCII one is then normalized as every user name is
+//! ([`crate::utf8::prepare`]: NFKC, so that a name sent in NFD finds the user stored in NFC). An
+//! ASCII name, the usual case, is unchanged.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -28,12 +30,13 @@ use subtle::ConstantTimeEq;
 
 use super::scram_keys::{hmac_sha256, sha256, ScramCredentials, KEY_LEN};
 use super::FailureReason;
+use crate::text::Msg;
 
 /// Why a SCRAM message was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Reject {
     /// It does not follow the grammar (or asks for what we do not do): `-ERR` with this text.
-    Malformed(&'static str),
+    Malformed(Msg),
     /// It parses but does not authenticate: the same answer as a wrong password; the reason is
     /// for the log.
     Failure(FailureReason),
@@ -68,48 +71,42 @@ pub(super) fn parse_client_first(msg: &str) -> Result<ClientFirst<'_>, Reject> {
     let malformed = Reject::Malformed;
     let (flag, rest) = msg
         .split_once(',')
-        .ok_or(malformed("not a SCRAM client-first message"))?;
+        .ok_or(malformed(Msg::ScramNotClientFirst))?;
     match flag {
         "n" | "y" => {}
-        _ if flag.starts_with("p=") => {
-            return Err(malformed(
-                "SCRAM channel binding is not supported (use SCRAM-SHA-256, not -PLUS)",
-            ))
-        }
-        _ => return Err(malformed("the SCRAM GS2 flag must be n, y or p=")),
+        _ if flag.starts_with("p=") => return Err(malformed(Msg::ScramNoChannelBinding)),
+        _ => return Err(malformed(Msg::ScramGs2Flag)),
     }
     let (authz, bare) = rest
         .split_once(',')
-        .ok_or(malformed("not a SCRAM client-first message"))?;
+        .ok_or(malformed(Msg::ScramNotClientFirst))?;
     let authzid = if authz.is_empty() {
         None
     } else {
-        let name = authz.strip_prefix("a=").ok_or(malformed(
-            "the SCRAM GS2 header holds something other than a=",
-        ))?;
+        let name = authz
+            .strip_prefix("a=")
+            .ok_or(malformed(Msg::ScramGs2Header))?;
         Some(decode_saslname(name).map_err(malformed)?)
     };
     let gs2_header = msg
         .get(..flag.len() + authz.len() + 2)
-        .ok_or(malformed("not a SCRAM client-first message"))?;
+        .ok_or(malformed(Msg::ScramNotClientFirst))?;
 
     let mut attrs = bare.split(',');
     let user = attrs.next().unwrap_or_default();
     if user.starts_with("m=") {
-        return Err(malformed("SCRAM extensions (m=) are not supported"));
+        return Err(malformed(Msg::ScramNoExtensions));
     }
-    let user = user.strip_prefix("n=").ok_or(malformed(
-        "the SCRAM client-first message must start with n=",
-    ))?;
+    let user = user
+        .strip_prefix("n=")
+        .ok_or(malformed(Msg::ScramFirstStartsWithN))?;
     let user = decode_saslname(user).map_err(malformed)?;
     let client_nonce = attrs
         .next()
         .and_then(|a| a.strip_prefix("r="))
-        .ok_or(malformed(
-            "the SCRAM client-first message has no r= after n=",
-        ))?;
+        .ok_or(malformed(Msg::ScramFirstNoNonce))?;
     if client_nonce.is_empty() || !client_nonce.bytes().all(is_printable) {
-        return Err(malformed("the SCRAM nonce holds a character it may not"));
+        return Err(malformed(Msg::ScramNonceCharacter));
     }
     for extension in attrs {
         check_extension(extension)?;
@@ -152,35 +149,31 @@ pub(super) fn client_final<A>(pending: Pending<A>, msg: &str) -> Result<(String,
     let malformed = Reject::Malformed;
     let attrs: Vec<&str> = msg.split(',').collect();
     let Some((&proof_attr, without)) = attrs.split_last() else {
-        return Err(malformed("not a SCRAM client-final message"));
+        return Err(malformed(Msg::ScramNotClientFinal));
     };
     let proof = proof_attr
         .strip_prefix("p=")
-        .ok_or(malformed("the SCRAM client-final message must end with p="))?;
+        .ok_or(malformed(Msg::ScramFinalEndsWithP))?;
     let [binding, nonce, extensions @ ..] = without else {
-        return Err(malformed(
-            "the SCRAM client-final message needs c=, r= and p=",
-        ));
+        return Err(malformed(Msg::ScramFinalAttributes));
     };
-    let binding = binding.strip_prefix("c=").ok_or(malformed(
-        "the SCRAM client-final message must start with c=",
-    ))?;
-    let nonce = nonce.strip_prefix("r=").ok_or(malformed(
-        "the SCRAM client-final message has no r= after c=",
-    ))?;
+    let binding = binding
+        .strip_prefix("c=")
+        .ok_or(malformed(Msg::ScramFinalStartsWithC))?;
+    let nonce = nonce
+        .strip_prefix("r=")
+        .ok_or(malformed(Msg::ScramFinalNoNonce))?;
     for extension in extensions {
         check_extension(extension)?;
     }
     let binding = BASE64
         .decode(binding)
-        .map_err(|_| malformed("the SCRAM channel binding (c=) is not valid base64"))?;
+        .map_err(|_| malformed(Msg::ScramBindingNotBase64))?;
     let proof: [u8; KEY_LEN] = BASE64
         .decode(proof)
         .ok()
         .and_then(|p| p.try_into().ok())
-        .ok_or(malformed(
-            "the SCRAM proof (p=) is not the base64 of 32 bytes",
-        ))?;
+        .ok_or(malformed(Msg::ScramProofShape))?;
     // Without channel binding, c= carries the GS2 header back; a different one means the
     // client-first message was tampered with. The nonce must be the one we sent.
     if binding != pending.gs2_header.as_bytes() || nonce != pending.nonce {
@@ -189,7 +182,7 @@ pub(super) fn client_final<A>(pending: Pending<A>, msg: &str) -> Result<(String,
     // Everything before ",p=<proof>", the last attribute.
     let without_proof = msg
         .get(..msg.len().saturating_sub(proof_attr.len() + 1))
-        .ok_or(malformed("not a SCRAM client-final message"))?;
+        .ok_or(malformed(Msg::ScramNotClientFinal))?;
     let auth_message = format!(
         "{},{},{}",
         pending.client_first_bare, pending.server_first, without_proof
@@ -229,16 +222,16 @@ fn check_extension(attr: &str) -> Result<(), Reject> {
     if ok {
         Ok(())
     } else {
-        Err(Reject::Malformed("a SCRAM attribute is malformed"))
+        Err(Reject::Malformed(Msg::ScramMalformed))
     }
 }
 
 /// Unescapes a `saslname` (RFC 5802 section 5.1): `=2C` is ',' and `=3D` is '=' (either case of
 /// the hex digit, ABNF strings being case-insensitive); any other '=' is an error. The result
 /// must pass the prohibitions of SASLprep.
-pub(super) fn decode_saslname(name: &str) -> Result<String, &'static str> {
+pub(super) fn decode_saslname(name: &str) -> Result<String, Msg> {
     if name.is_empty() {
-        return Err("a SCRAM name is empty");
+        return Err(Msg::ScramNameEmpty);
     }
     let mut out = String::with_capacity(name.len());
     let mut rest = name;
@@ -257,14 +250,18 @@ pub(super) fn decode_saslname(name: &str) -> Result<String, &'static str> {
             out.push('=');
             rest = tail;
         } else {
-            return Err("a '=' in a SCRAM name is not followed by 2C or 3D");
+            return Err(Msg::ScramNameEscape);
         }
     }
     out.push_str(rest);
     if out.chars().any(saslprep_prohibited) {
-        return Err("a SCRAM name holds a character SASLprep prohibits");
+        return Err(Msg::ScramNameProhibited);
     }
-    Ok(out)
+    match crate::utf8::prepare(&out) {
+        Ok(std::borrow::Cow::Borrowed(_)) => Ok(out),
+        Ok(std::borrow::Cow::Owned(prepared)) => Ok(prepared),
+        Err(_) => Err(Msg::ScramNameProhibited),
+    }
 }
 
 /// The characters SASLprep (RFC 4013 sections 2.1 and 2.3) maps to something else or prohibits,
@@ -348,7 +345,9 @@ mod tests {
         ];
         for (msg, why) in cases {
             match parse_client_first(msg) {
-                Err(Reject::Malformed(text)) => assert!(text.contains(why), "{msg:?}: {text}"),
+                Err(Reject::Malformed(text)) => {
+                    assert!(text.to_string().contains(why), "{msg:?}: {text}")
+                }
                 other => panic!("{msg:?} gave {other:?}"),
             }
         }

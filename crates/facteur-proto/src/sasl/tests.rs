@@ -26,7 +26,12 @@ const RFC7677_SERVER_FINAL: &str = "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G
 
 /// (user, password). "user" has stored SCRAM keys (RFC 7677's), "tim" a password the SCRAM
 /// keys are derived from at the proof.
-const USERS: &[(&str, &str)] = &[("tim", "tanstaaftanstaaf"), ("user", "pencil")];
+/// "josé" has a UTF-8 name and password, stored in NFC.
+const USERS: &[(&str, &str)] = &[
+    ("tim", "tanstaaftanstaaf"),
+    ("user", "pencil"),
+    ("jos\u{e9}", "caf\u{e9}"),
+];
 
 /// A user database in memory that counts the checks it is asked for. Its accounts are user
 /// names.
@@ -139,7 +144,7 @@ fn assert_over(ex: &mut Exchange, users: &Users) {
     for line in ["", "=", "dGlt", &b64("\0tim\0tanstaaftanstaaf")] {
         assert_eq!(
             ex.step(line, users),
-            SaslStep::Malformed("the authentication exchange is over"),
+            SaslStep::Malformed(Msg::SaslExchangeOver),
             "{line:?}"
         );
     }
@@ -210,6 +215,40 @@ fn plain() {
         assert_eq!(ex.failure_reason(), Some(reason), "{message:?}");
         assert_over(&mut ex, &users);
     }
+}
+
+/// RFC 6856 and RFC 4616: a name and a password sent in NFD find the user stored in NFC, by
+/// PLAIN, LOGIN and SCRAM's name; a prohibited code point is refused before any check.
+#[test]
+fn utf8_identities_are_saslprepped() {
+    let users = Users::default();
+    let (name_nfd, password_nfd) = ("jose\u{301}", "cafe\u{301}");
+    let plain = b64(format!("\0{name_nfd}\0{password_nfd}"));
+    assert_eq!(
+        start(Mechanism::Plain, Some(&plain), &users).1,
+        success("jos\u{e9}")
+    );
+    let plain = b64(format!("{name_nfd}\0jos\u{e9}\0{password_nfd}"));
+    assert_eq!(
+        start(Mechanism::Plain, Some(&plain), &users).1,
+        success("jos\u{e9}")
+    );
+    let (mut ex, _) = start(Mechanism::Login, Some(&b64(name_nfd)), &users);
+    assert_eq!(ex.step(&b64(password_nfd), &users), success("jos\u{e9}"));
+    let checks = users.checks.get();
+    for bad in ["\0jos\u{e9}\u{e000}\0x", "\0jos\u{e9}\0caf\u{e9}\u{200e}"] {
+        let (_, step) = start(Mechanism::Plain, Some(&b64(bad)), &users);
+        assert_eq!(step, SaslStep::Refused(Msg::Utf8Prohibited));
+    }
+    assert_eq!(
+        users.checks.get(),
+        checks,
+        "no check for a refused credential"
+    );
+    let first = b64(format!("n,,n={name_nfd},r=abc"));
+    let (ex, step) = start(Mechanism::ScramSha256, Some(&first), &users);
+    assert!(matches!(step, SaslStep::Challenge(_)), "{step:?}");
+    assert_eq!(ex.claimed_user(), Some("jos\u{e9}"));
 }
 
 #[test]
@@ -583,17 +622,14 @@ fn lines_past_the_limit_are_refused_unread() {
     let users = Users::default();
     let long = "A".repeat(MAX_SASL_LINE + 1);
     let (mut ex, step) = start(Mechanism::Plain, Some(&long), &users);
-    assert_eq!(
-        step,
-        SaslStep::Malformed("the initial response is too long")
-    );
+    assert_eq!(step, SaslStep::Malformed(Msg::SaslInitialTooLong));
     assert_over(&mut ex, &users);
     for mechanism in Mechanism::ALL {
         let (mut ex, step) = start(mechanism, None, &users);
         assert!(matches!(step, SaslStep::Challenge(_)), "{mechanism}");
         assert_eq!(
             ex.step(&long, &users),
-            SaslStep::Malformed("the line is too long"),
+            SaslStep::Malformed(Msg::SaslLineTooLong),
             "{mechanism}"
         );
         assert_over(&mut ex, &users);
@@ -603,7 +639,7 @@ fn lines_past_the_limit_are_refused_unread() {
     let (mut ex, _) = start(Mechanism::Plain, None, &users);
     let step = ex.step(&at_limit, &users);
     assert!(
-        matches!(step, SaslStep::Malformed(m) if !m.contains("too long")),
+        matches!(step, SaslStep::Malformed(m) if !m.to_string().contains("too long")),
         "{step:?}"
     );
     assert_eq!(users.checks.get(), 0);
@@ -614,8 +650,8 @@ fn over_long_credentials_are_refused_before_any_check() {
     let users = Users::default();
     let long_user = "u".repeat(USER_NAME_MAX_LEN + 1);
     let long_password = "p".repeat(PASSWORD_MAX_LEN + 1);
-    let name_refused = SaslStep::Refused("the user name is longer than 255 octets");
-    let password_refused = SaslStep::Refused("the password is longer than 1024 octets");
+    let name_refused = SaslStep::Refused(Msg::UserNameTooLong);
+    let password_refused = SaslStep::Refused(Msg::PasswordTooLong);
     let cases: Vec<(Mechanism, String, &Step)> = vec![
         (
             Mechanism::Plain,
