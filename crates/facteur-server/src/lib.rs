@@ -40,6 +40,7 @@ pub mod connection;
 mod limits;
 pub mod lmtp;
 pub mod log;
+pub mod metrics;
 pub mod privileges;
 pub mod proxy;
 pub mod rlimit;
