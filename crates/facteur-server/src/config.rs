@@ -29,6 +29,20 @@ pub struct Config {
     /// `[lmtp]`: how LMTP recipients map to users, and the Unix socket's mode.
     #[serde(default)]
     pub lmtp: LmtpSection,
+    /// `[metrics]`: the Prometheus listener.
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// `[metrics]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Where to serve `/metrics` (Prometheus's text format) and `/health` over HTTP, e.g.
+    /// `"127.0.0.1:9110"`; unset: no listener (the counts are kept anyway). Put it on a
+    /// private address: the figures tell an observer how busy the server is.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
 }
 
 /// An LMTP listener of `[server] listen_lmtp`: `"127.0.0.1:24"` (TCP) or an absolute path

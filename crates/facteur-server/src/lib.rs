@@ -74,6 +74,8 @@ pub struct Shared {
     pub penalties: facteur_auth::penalty::FailedLogins,
     /// The certificate for STLS and POP3S, if configured.
     pub tls: Option<TlsState>,
+    /// What the server counts (`[metrics]` serves it; counted whether or not it is served).
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl Shared {
@@ -90,6 +92,7 @@ impl Shared {
                 ),
             ),
             tls: None,
+            metrics: Arc::new(metrics::Metrics::new()),
             config,
             auth,
             store,
@@ -260,6 +263,10 @@ pub async fn run_with_tls(
                             log::Refusal::AddressFull(peer.ip())
                         };
                         refusals.refused(connection::Peer::direct(peer), refusal);
+                        shared.metrics.refused(match refusal {
+                            log::Refusal::ServerFull => "server_full",
+                            log::Refusal::AddressFull(_) => "address_full",
+                        });
                         tokio::spawn(async move {
                             // Held while the answer goes out, as a session's would be.
                             let _held = (done, permit, ip_guard);

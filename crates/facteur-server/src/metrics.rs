@@ -160,7 +160,7 @@ impl Metrics {
         let retrieved_octets = Counter::default();
         registry.register(
             "retrieved_octets",
-            "Octets of messages sent by RETR",
+            "Octets of the messages sent by RETR, as stored (before CRLF and dot-stuffing)",
             retrieved_octets.clone(),
         );
         let deleted = Counter::default();
@@ -264,9 +264,9 @@ impl Metrics {
             .inc();
     }
 
-    /// A message sent by RETR, of `octets`.
-    pub fn retrieved(&self, octets: u64) {
-        self.retrieved.inc();
+    /// `count` messages sent by RETR, of `octets` in all.
+    pub fn retrieved(&self, count: u64, octets: u64) {
+        self.retrieved.inc_by(count);
         self.retrieved_octets.inc_by(octets);
     }
 
@@ -457,8 +457,8 @@ mod tests {
         m.penalty();
         m.refused("address_full");
         m.tls_handshake("stls", true);
-        m.retrieved(1200);
-        m.retrieved(800);
+        m.retrieved(1, 1200);
+        m.retrieved(1, 800);
         m.deleted(3);
         m.delivery("lmtp", "ok");
         m.store_operation("open", Duration::from_micros(300));
