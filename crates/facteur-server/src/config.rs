@@ -34,6 +34,9 @@ pub struct Config {
     /// `[policy]`: RFC 2449's LOGIN-DELAY and EXPIRE, server-wide.
     #[serde(default)]
     pub policy: PolicySection,
+    /// `[metrics]`: the Prometheus listener.
+    #[serde(default)]
+    pub metrics: MetricsSection,
 }
 
 /// `[policy]`: the server-wide LOGIN-DELAY and EXPIRE of RFC 2449, which a user's own values
@@ -89,6 +92,17 @@ impl PolicySection {
             expire: self.expire.0,
         }
     }
+}
+
+/// `[metrics]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Where to serve `/metrics` (Prometheus's text format) and `/health` over HTTP, e.g.
+    /// `"127.0.0.1:9110"`; unset: no listener (the counts are kept anyway). Put it on a
+    /// private address: the figures tell an observer how busy the server is.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
 }
 
 /// An LMTP listener of `[server] listen_lmtp`: `"127.0.0.1:24"` (TCP) or an absolute path

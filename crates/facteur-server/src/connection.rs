@@ -28,6 +28,7 @@ use super::log::Sanitized;
 use super::transport::Transport;
 use super::{CutSignal, Shared};
 use crate::config::defaults;
+use crate::metrics::Metrics;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use facteur_auth::{
@@ -91,6 +92,24 @@ enum End {
     IoError,
 }
 
+impl End {
+    /// The `end` label of `facteur_sessions_ended_total`.
+    fn name(self) -> &'static str {
+        match self {
+            End::Quit => "quit",
+            End::ClientClosed => "client_closed",
+            End::Timeout => "idle_timeout",
+            End::LoginTimeout => "login_timeout",
+            End::WriteTimeout => "write_timeout",
+            End::Shutdown => "shutdown",
+            End::TooManyErrors => "too_many_errors",
+            End::TooManyFailedLogins => "too_many_failed_logins",
+            End::TlsHandshakeFailed => "tls_handshake_failed",
+            End::IoError => "io_error",
+        }
+    }
+}
+
 /// What one session did, logged once at its end.
 #[derive(Default)]
 struct Tally {
@@ -135,21 +154,29 @@ pub async fn serve(
     let login_deadline = accepted + shared.config.limits.login_timeout();
     let client = peer.client;
     let proxy = peer.proxy.map(tracing::field::display);
+    let metrics = shared.metrics.clone();
+    metrics.session_started();
     let transport = if implicit_tls {
         let Some(tls) = &shared.tls else {
+            metrics.session_ended(End::IoError.name(), started.elapsed());
             return;
         };
         let handshake = tls.acceptor().accept(stream);
         match tokio::time::timeout_at(login_deadline, handshake).await {
             Ok(Ok(s)) => {
+                metrics.tls_handshake("pop3s", true);
                 warn_key_log(tls, &client);
                 Transport::Tls(Box::new(s))
             }
             Ok(Err(e)) => {
+                metrics.tls_handshake("pop3s", false);
+                metrics.session_ended(End::TlsHandshakeFailed.name(), started.elapsed());
                 tracing::info!(peer = %client, proxy, error = %e, "TLS handshake failed");
                 return;
             }
             Err(_) => {
+                metrics.tls_handshake("pop3s", false);
+                metrics.session_ended(End::LoginTimeout.name(), started.elapsed());
                 tracing::info!(peer = %client, proxy, "TLS handshake timed out");
                 return;
             }
@@ -170,6 +197,9 @@ pub async fn serve(
     };
     let _ = tokio::time::timeout(grace, conn.stream.shutdown()).await;
     let t = &conn.tally;
+    metrics.retrieved(t.retrieved, t.retrieved_octets);
+    metrics.deleted(t.deleted as u64);
+    metrics.session_ended(end.name(), started.elapsed());
     tracing::info!(
         peer = %client,
         proxy,
@@ -388,12 +418,14 @@ impl Connection {
                 let name = user.clone();
                 let store = self.shared.store.clone();
                 let policy = self.shared.config.policy.policy();
+                let metrics = self.shared.metrics.clone();
                 let outcome = self
                     .shared
                     .auth_pool
                     .run(move || {
                         open_on_success(
                             store.as_ref(),
+                            &metrics,
                             auth.check_password(&name, password.expose()),
                             policy,
                         )
@@ -408,12 +440,14 @@ impl Connection {
                 let name = user.clone();
                 let store = self.shared.store.clone();
                 let policy = self.shared.config.policy.policy();
+                let metrics = self.shared.metrics.clone();
                 let outcome = self
                     .shared
                     .auth_pool
                     .run(move || {
                         open_on_success(
                             store.as_ref(),
+                            &metrics,
                             auth.check_apop(&name, &ts, &digest),
                             policy,
                         )
@@ -504,6 +538,7 @@ impl Connection {
                     };
                     let verdict = open_verdict(
                         self.shared.store.clone(),
+                        self.shared.metrics.clone(),
                         checked,
                         self.shared.config.policy.policy(),
                     )
@@ -606,6 +641,7 @@ impl Connection {
         };
         match tokio::time::timeout_at(self.login_deadline, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => {
+                self.shared.metrics.tls_handshake("stls", true);
                 if let Some(state) = &self.shared.tls {
                     warn_key_log(state, &self.peer);
                 }
@@ -616,6 +652,7 @@ impl Connection {
                 Step::Continue
             }
             Ok(Err(e)) => {
+                self.shared.metrics.tls_handshake("stls", false);
                 tracing::info!(
                     peer = %self.peer,
                     proxy = self.proxy(),
@@ -624,7 +661,10 @@ impl Connection {
                 );
                 Step::End(End::TlsHandshakeFailed)
             }
-            Err(_) => Step::End(End::TlsHandshakeFailed),
+            Err(_) => {
+                self.shared.metrics.tls_handshake("stls", false);
+                Step::End(End::TlsHandshakeFailed)
+            }
         }
     }
 
@@ -658,6 +698,7 @@ impl Connection {
                             outcome = %"ok",
                             "login"
                         );
+                        self.shared.metrics.login(method.name(), "ok");
                         let messages = maildrop.take_messages();
                         let sizes_known = maildrop.sizes_known();
                         self.maildrop = Some(maildrop);
@@ -674,6 +715,7 @@ impl Connection {
                             "maildrop in use",
                             Duration::ZERO,
                         );
+                        self.shared.metrics.login(method.name(), "in_use");
                         AuthResult::InUse
                     }
                     // Good credentials, too soon: no failed login, no penalty.
@@ -695,6 +737,7 @@ impl Connection {
                             "maildrop could not be opened",
                             Duration::ZERO,
                         );
+                        self.shared.metrics.login(method.name(), "store_error");
                         // RFC 3206: [SYS/PERM] when trying again cannot help.
                         AuthResult::SystemError {
                             permanent: e.is_permanent(),
@@ -722,6 +765,7 @@ impl Connection {
                     &FailureReason::Unavailable.to_string(),
                     Duration::ZERO,
                 );
+                self.shared.metrics.login(method.name(), "unavailable");
                 AuthResult::SystemError { permanent: false }
             }
             Ok(failure) => {
@@ -743,6 +787,10 @@ impl Connection {
                 self.failed_logins += 1;
                 let delay = self.shared.penalties.failure(self.peer.ip(), tried).await;
                 self.log_failed_login(method, tried, &reason, delay);
+                self.shared.metrics.login(method.name(), "failed");
+                if !delay.is_zero() {
+                    self.shared.metrics.penalty();
+                }
                 tokio::time::sleep(delay).await;
                 result
             }
@@ -942,6 +990,7 @@ impl Connection {
             }
             Some(mut maildrop) => {
                 let n = deletions.len();
+                let began = Instant::now();
                 // Off the runtime's workers: the stores block (fsync, or a database round trip).
                 let r = tokio::task::spawn_blocking(move || {
                     let applied = if deletions.is_empty() {
@@ -960,6 +1009,9 @@ impl Connection {
                     (applied, recorded, released)
                 })
                 .await;
+                self.shared
+                    .metrics
+                    .store_operation("update", began.elapsed());
                 match r {
                     Ok((applied, recorded, released)) => {
                         if let Err(e) = recorded {
@@ -1016,6 +1068,22 @@ enum LoginMethod {
     Sasl(Option<Mechanism>),
 }
 
+impl LoginMethod {
+    /// The `method` label of `facteur_logins_total`: the same words as the log.
+    fn name(self) -> &'static str {
+        match self {
+            LoginMethod::UserPass => "USER/PASS",
+            LoginMethod::Apop => "APOP",
+            LoginMethod::Sasl(Some(Mechanism::Plain)) => "SASL/PLAIN",
+            LoginMethod::Sasl(Some(Mechanism::Login)) => "SASL/LOGIN",
+            LoginMethod::Sasl(Some(Mechanism::CramMd5)) => "SASL/CRAM-MD5",
+            LoginMethod::Sasl(Some(Mechanism::ScramSha256)) => "SASL/SCRAM-SHA-256",
+            LoginMethod::Sasl(Some(Mechanism::External)) => "SASL/EXTERNAL",
+            LoginMethod::Sasl(None) => "SASL/?",
+        }
+    }
+}
+
 impl std::fmt::Display for LoginMethod {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -1059,7 +1127,12 @@ pub(crate) enum Verdict {
 /// Lock and open the maildrop of an authenticated user, in the same blocking job as the
 /// check: one trip off the async threads per login instead of two. `server` is the server-wide
 /// policy, which the user's own values replace.
-pub(crate) fn open_on_success(store: &dyn Store, checked: Checked, server: Policy) -> Verdict {
+pub(crate) fn open_on_success(
+    store: &dyn Store,
+    metrics: &Metrics,
+    checked: Checked,
+    server: Policy,
+) -> Verdict {
     match checked {
         Ok(account) => {
             let policy = match &account.policy {
@@ -1069,7 +1142,10 @@ pub(crate) fn open_on_success(store: &dyn Store, checked: Checked, server: Polic
             let opened = (|| {
                 let owner = account.owner?;
                 account.policy.clone()?;
-                let mut maildrop = store.open_as(&account.user, account.home.as_deref(), owner)?;
+                let began = Instant::now();
+                let opened = store.open_as(&account.user, account.home.as_deref(), owner);
+                metrics.store_operation("open", began.elapsed());
+                let mut maildrop = opened?;
                 apply_policy(maildrop.as_mut(), &account.user, policy)?;
                 Ok(maildrop)
             })();
@@ -1102,8 +1178,13 @@ fn apply_policy(maildrop: &mut dyn Maildrop, user: &str, policy: Policy) -> Resu
 }
 
 /// Open the maildrop after a SASL success (password checks open it in their own job).
-async fn open_verdict(store: Arc<dyn Store>, checked: Checked, server: Policy) -> Verdict {
-    tokio::task::spawn_blocking(move || open_on_success(store.as_ref(), checked, server))
+async fn open_verdict(
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    checked: Checked,
+    server: Policy,
+) -> Verdict {
+    tokio::task::spawn_blocking(move || open_on_success(store.as_ref(), &metrics, checked, server))
         .await
         .unwrap_or(Verdict::Failure(None))
 }

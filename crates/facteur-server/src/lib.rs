@@ -43,6 +43,7 @@ pub mod connection;
 mod limits;
 pub mod lmtp;
 pub mod log;
+pub mod metrics;
 pub mod pop2;
 pub mod privileges;
 pub mod proxy;
@@ -77,6 +78,8 @@ pub struct Shared {
     pub penalties: facteur_auth::penalty::FailedLogins,
     /// The certificate for STLS and POP3S, if configured.
     pub tls: Option<TlsState>,
+    /// What the server counts (`[metrics]` serves it; counted whether or not it is served).
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl Shared {
@@ -93,6 +96,7 @@ impl Shared {
                 ),
             ),
             tls: None,
+            metrics: Arc::new(metrics::Metrics::new()),
             config,
             auth,
             store,
@@ -325,6 +329,10 @@ pub async fn run_listeners(
                         };
                         refusals.refused(connection::Peer::direct(peer), refusal);
                         let language = shared.config.server.default_language();
+                        shared.metrics.refused(match refusal {
+                            log::Refusal::ServerFull => "server_full",
+                            log::Refusal::AddressFull(_) => "address_full",
+                        });
                         tokio::spawn(async move {
                             // Held while the answer goes out, as a session's would be.
                             let _held = (done, permit, ip_guard);

@@ -519,9 +519,10 @@ async fn receive_and_deliver(
         None => vec![Delivery::TempFail; session.recipients().len()],
         Some(spool) => {
             let store = shared.store.clone();
+            let metrics = shared.metrics.clone();
             let peer = peer.to_owned();
             let job = tokio::task::spawn_blocking(move || {
-                deliver_all(&*store, spool, &sender, &recipients, &peer, size)
+                deliver_all(&*store, &metrics, spool, &sender, &recipients, &peer, size)
             });
             job.await
                 .unwrap_or_else(|_| vec![Delivery::TempFail; session.recipients().len()])
@@ -529,6 +530,15 @@ async fn receive_and_deliver(
     };
     for i in 0..session.recipients().len() {
         let outcome = outcomes.get(i).copied().unwrap_or(Delivery::TempFail);
+        shared.metrics.delivery(
+            "lmtp",
+            match outcome {
+                Delivery::Stored => "ok",
+                Delivery::NoMailbox => "unknown_user",
+                Delivery::TempFail => "temporary",
+                Delivery::PermFail => "permanent",
+            },
+        );
         session.delivered(outcome).encode(&mut conn.out);
     }
     Ok(())
@@ -537,6 +547,7 @@ async fn receive_and_deliver(
 /// Delivers the spooled body to each recipient, in order; blocking.
 fn deliver_all(
     store: &dyn facteur_store::Store,
+    metrics: &crate::metrics::Metrics,
     mut spool: std::fs::File,
     sender: &str,
     recipients: &[(String, Account)],
@@ -560,7 +571,8 @@ fn deliver_all(
             let head = format!("Return-Path: <{sender}>\nDelivered-To: {address}\n");
             let mut message =
                 Read::chain(std::io::Cursor::new(head), std::io::BufReader::new(&spool));
-            deliver_one(
+            let began = std::time::Instant::now();
+            let delivered = deliver_one(
                 store,
                 &account.user,
                 account.home.as_deref(),
@@ -568,7 +580,9 @@ fn deliver_all(
                 &mut message,
                 peer,
                 size,
-            )
+            );
+            metrics.store_operation("deliver", began.elapsed());
+            delivered
         })
         .collect()
 }

@@ -302,17 +302,33 @@ impl Connection {
         // LOGIN-DELAY and EXPIRE N hold for POP2 logins as for POP3's: checked and applied
         // when the maildrop opens.
         let policy = self.shared.config.policy.policy();
+        let metrics = self.shared.metrics.clone();
         let outcome = self
             .shared
             .auth_pool
             .run(move || {
                 open_on_success(
                     store.as_ref(),
+                    &metrics,
                     auth.check_password(&name, password.expose()),
                     policy,
                 )
             })
             .await;
+        // Counted beside POP3's logins, as method "POP2/HELO".
+        let counted = match &outcome {
+            Ok(Verdict::Opened {
+                maildrop: Ok(_), ..
+            }) => "ok",
+            Ok(Verdict::Opened {
+                maildrop: Err(StoreError::InUse),
+                ..
+            }) => "in_use",
+            Ok(Verdict::Opened { .. }) => "store_error",
+            Ok(Verdict::Failure(Some(FailureReason::Unavailable))) | Err(_) => "unavailable",
+            Ok(_) => "failed",
+        };
+        self.shared.metrics.login("POP2/HELO", counted);
         let result = match outcome {
             Ok(Verdict::Opened { user, maildrop, .. }) => {
                 self.shared.penalties.success(&user).await;

@@ -90,6 +90,11 @@ pub fn serve(cfg: Config, dev: bool, banner: Option<String>) -> Result<(), Serve
     let implicit = bind_all(&cfg.listen_tls())?;
     let pop2 = bind_all(&cfg.server.listen_pop2)?;
     let lmtp = bind_lmtp(&cfg)?;
+    let metrics_listener = cfg
+        .metrics
+        .listen
+        .map(|address| bind(address).map_err(|source| ServeError::Listen { address, source }))
+        .transpose()?;
     let tls = cfg
         .tls
         .as_ref()
@@ -201,6 +206,33 @@ pub fn serve(cfg: Config, dev: bool, banner: Option<String>) -> Result<(), Serve
         }
         let shared = Arc::new(shared);
         crate::reload_tls_on_sighup(shared.clone());
+        if let Some(listener) = metrics_listener {
+            let listener = into_tokio(vec![listener])?
+                .pop()
+                .ok_or_else(|| ServeError::Listener(std::io::ErrorKind::NotFound.into()))?;
+            if let Ok(a) = listener.local_addr() {
+                tracing::info!(metrics = %a, "serving /metrics and /health over HTTP");
+            }
+            // Ready once the listeners are bound (they are) and the store answers.
+            let store = shared.store.clone();
+            let health: crate::metrics::HealthCheck = Arc::new(move || {
+                let store = store.clone();
+                Box::pin(async move {
+                    match tokio::task::spawn_blocking(move || store.check_health()).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                })
+            });
+            // Ends with the runtime.
+            tokio::spawn(crate::metrics::serve_http(
+                listener,
+                shared.metrics.clone(),
+                health,
+                std::future::pending(),
+            ));
+        }
         let shutdown = shutdown_signals()?;
         let listeners: Vec<(tokio::net::TcpListener, crate::Protocol)> = plain
             .into_iter()

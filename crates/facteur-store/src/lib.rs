@@ -323,6 +323,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Delivered, StoreError> {
         self.deliver_as(user, home, Owner::default(), message)
     }
+
+    /// Whether the store answers now (`/health`); blocking. Files need no check: a maildrop
+    /// that cannot be read fails its own login. A database store asks its database.
+    fn check_health(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Where a delivered message went, and how big it is.

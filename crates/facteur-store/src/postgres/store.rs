@@ -1032,4 +1032,20 @@ impl Store for PgStore {
             .runtime
             .block_on(self.deliver_async(user, message))
     }
+
+    /// `SELECT 1` on a connection of each pool, within the connect timeout.
+    fn check_health(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        inner
+            .runtime
+            .block_on(within(OPEN_DEADLINE, "check the database", async {
+                for client in [inner.client().await?, inner.lease_client().await?] {
+                    client
+                        .simple_query("SELECT 1")
+                        .await
+                        .map_err(db_error("check the database"))?;
+                }
+                Ok(())
+            }))
+    }
 }
