@@ -6,6 +6,8 @@
 //!   (never through a link), holding this process's pid. One older than [`STALE_DOTLOCK`] is
 //!   taken for the leftover of a writer that died and removed, as Postfix does after its
 //!   `stale_lock_time` (500 s); a holder that works longer refreshes it ([`MtaLock::refresh`]).
+//!   One that names a pid no process has (a writer killed) is removed at once, as liblockfile
+//!   does; Postfix's dotlocks are empty and only age.
 //! - The `fcntl` lock is a write lock on the whole file (`F_SETLK`, retried).
 //!
 //! Both are tried again every [`RETRY`] until [`LOCK_WAIT`] has passed: then the caller gets
@@ -123,7 +125,26 @@ fn remove_if_stale(dir: &File, name: &OsStr) -> bool {
     let stale = SystemTime::now()
         .duration_since(mtime)
         .is_ok_and(|age| age > STALE_DOTLOCK);
-    stale && handle::unlink(dir, name).is_ok()
+    (stale || holder_is_gone(dir, name)) && handle::unlink(dir, name).is_ok()
+}
+
+/// True if the dotlock names a pid (as facteur, liblockfile and procmail write) and no process
+/// has that pid here: its writer was killed. An empty dotlock (Postfix's) tells nothing.
+fn holder_is_gone(dir: &File, name: &OsStr) -> bool {
+    let Ok(handle::Opened::File(file)) = handle::open_regular(dir, name) else {
+        return false;
+    };
+    let mut buf = [0u8; 24];
+    let n = std::os::unix::fs::FileExt::read_at(&file, &mut buf, 0).unwrap_or(0);
+    let text = buf.get(..n).unwrap_or_default();
+    let digits = text.strip_suffix(b"\n").unwrap_or(text);
+    let Some(pid) = facteur_proto::types::parse_decimal(digits) else {
+        return false;
+    };
+    if pid == u64::from(std::process::id()) || !Path::new("/proc/self").exists() {
+        return false;
+    }
+    !Path::new(&format!("/proc/{pid}")).exists()
 }
 
 impl MtaLock {

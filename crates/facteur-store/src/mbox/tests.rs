@@ -274,7 +274,7 @@ fn a_stale_dotlock_is_broken_a_fresh_one_is_respected() {
     let s = spool();
     s.write(POSTFIX);
     let lock = s.path.join("alice.lock");
-    fs::write(&lock, "999999\n").unwrap();
+    fs::write(&lock, "").unwrap();
     let old = SystemTime::now() - lock::STALE_DOTLOCK - Duration::from_secs(5);
     fs::File::options()
         .write(true)
@@ -282,6 +282,10 @@ fn a_stale_dotlock_is_broken_a_fresh_one_is_respected() {
         .unwrap()
         .set_modified(old)
         .unwrap();
+    assert_eq!(s.all().len(), 2);
+    assert!(!lock.exists());
+    // A dead writer's pid: removed at once, whatever its age.
+    fs::write(&lock, "999999999\n").unwrap();
     assert_eq!(s.all().len(), 2);
     assert!(!lock.exists());
 }
