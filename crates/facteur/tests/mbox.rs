@@ -246,11 +246,11 @@ const MESSAGES: usize = 3000;
 fn kill_during_update(moment: &str) {
     let (fx, spool) = mbox_fixture("");
     let mbox = spool.join(USER);
-    let mut file = std::io::BufWriter::new(std::fs::File::create(&mbox).unwrap());
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&mbox).expect("create the mbox"));
     let mut wire = Vec::new();
     for n in 1..=MESSAGES {
         let (s, w) = postfix_style(n, 3000);
-        file.write_all(&s).unwrap();
+        file.write_all(&s).expect("write the mbox");
         wire.push(w);
     }
     drop(file);
@@ -302,7 +302,7 @@ fn kill_during_update(moment: &str) {
 
     let server = BinServer::start(&fx.config_path);
     let mut c = server.login(USER, PASSWORD);
-    let late_uid = c.uidl().last().unwrap().1.clone();
+    let late_uid = c.uidl().last().expect("a message").1.clone();
     expected.insert(late_uid.clone(), crlf(late));
     let listed = check_listing(&mut c, &expected);
     c.quit();
