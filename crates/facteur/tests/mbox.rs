@@ -298,7 +298,10 @@ fn kill_during_update(moment: &str) {
     let late = b"Subject: after the crash\n\nFrom the MTA\n";
     let log = deliver(&fx.config_path, USER, late);
     // The delivery finished the interrupted UPDATE first (under the MTA locks).
-    assert!(!journal.exists() && !tmp.exists(), "journal left by deliver: {log}");
+    assert!(
+        !journal.exists() && !tmp.exists(),
+        "journal left by deliver: {log}"
+    );
 
     let server = BinServer::start(&fx.config_path);
     let mut c = server.login(USER, PASSWORD);

@@ -63,6 +63,10 @@ pub const MAX_MESSAGES: usize = 1_000_000;
 /// The largest mbox served or delivered to (a larger one is refused, not truncated).
 pub const MAX_MBOX_SIZE: u64 = 1 << 40;
 
+/// The mode of an mbox facteur creates: the user's and the spool group's (Debian's
+/// `/var/mail/USER` is `USER:mail`, 0660).
+const MBOX_MODE: u32 = 0o660;
+
 /// Reads and copies run in blocks of this size.
 const BLOCK: usize = 64 * 1024;
 
@@ -233,8 +237,8 @@ fn session_lock(
 }
 
 /// Opens the mbox read-write: a regular file with one link, never through a link, owned by
-/// `owner.uid` if known. Missing: `None`, or, with `create`, a new empty file (mode 0600, given
-/// to that owner when running as root).
+/// `owner.uid` if known. Missing: `None`, or, with `create`, a new empty file (mode 0660, given
+/// to that owner's uid when running as root, in the spool's group).
 fn open_file(
     dir: &File,
     path: &Path,
@@ -259,10 +263,19 @@ fn open_file(
                 return Ok(None);
             };
             let excl = flags | OFlags::CREATE | OFlags::EXCL;
-            match handle::open_at(dir, name.as_ref(), excl, handle::FILE_MODE) {
+            match handle::open_at(dir, name.as_ref(), excl, MBOX_MODE) {
                 Ok(fd) => {
                     let file = File::from(fd);
-                    handle::give_to(&file, new_owner).map_err(|e| StoreError::io(path, e))?;
+                    // The mode whatever the umask, the user's uid, and the spool's group (a
+                    // setgid spool gives its own, `mail` on Debian): a server running with that
+                    // group reads and rewrites it.
+                    rustix::fs::fchmod(&file, rustix::fs::Mode::from_raw_mode(MBOX_MODE))
+                        .map_err(|e| StoreError::io(path, e.into()))?;
+                    let uid_only = Owner {
+                        uid: new_owner.uid,
+                        gid: None,
+                    };
+                    handle::give_to(&file, uid_only).map_err(|e| StoreError::io(path, e))?;
                     file
                 }
                 // Created meanwhile (by the MTA): open that one.

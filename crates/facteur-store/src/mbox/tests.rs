@@ -85,6 +85,10 @@ fn no_mbox_is_an_empty_maildrop_and_delivery_creates_it() {
     assert!(s.open().messages().is_empty());
     let msg = b"Subject: hi\r\n\r\nFrom me\r\n>From you\r\nno final newline";
     let d = s.deliver(msg);
+    // Created for the user and the spool's group, whatever the umask.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(s.mbox()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o7777, 0o660);
     let all = s.all();
     assert_eq!(all.len(), 1);
     // The final newline a delivery adds is part of the message from then on.
