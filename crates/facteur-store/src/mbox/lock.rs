@@ -17,6 +17,10 @@
 //! A POSIX lock belongs to the process, and the kernel drops it when the process closes any
 //! descriptor of the file. facteur's own writers (LMTP and UPDATE in one server process) are
 //! kept apart by the dotlock, which they take first; the `fcntl` lock is for the other programs.
+//! A session's RETR readers share the session's descriptor rather than duplicate it, so that
+//! finishing a RETR closes nothing; a login or an UPDATE of another mbox never touches this one.
+//! (Linux's open-file-description locks would avoid the rule, but rustix offers only the classic
+//! `F_SETLK`, and this crate has no unsafe code.)
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;

@@ -44,6 +44,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use facteur_proto::{MessageMeta, Uidl};
@@ -164,7 +165,7 @@ impl MboxStore {
             names,
             owner,
             _session_lock: session_lock,
-            mbox,
+            mbox: mbox.map(Arc::new),
             metas: entries.iter().map(|e| e.meta.clone()).collect(),
             entries,
             crash: None,
@@ -557,8 +558,10 @@ pub struct LockedMbox {
     owner: Owner,
     /// Holds the session's flock; closing it releases it.
     _session_lock: File,
-    /// The mbox as opened at login (`None`: there was none).
-    mbox: Option<File>,
+    /// The mbox as opened at login (`None`: there was none), shared with the RETR readers rather
+    /// than duplicated: closing any descriptor of the file would drop every POSIX lock this
+    /// process holds on it (an LMTP delivery's, in the server).
+    mbox: Option<Arc<File>>,
     entries: Vec<Entry>,
     metas: Vec<MessageMeta>,
     /// Tests: where UPDATE stops as if killed.
@@ -615,12 +618,11 @@ impl Maildrop for LockedMbox {
             .get(index)
             .ok_or(StoreError::NoSuchMessage(number))?;
         let path = self.path();
-        let file = self
-            .mbox
-            .as_ref()
-            .ok_or(StoreError::NoSuchMessage(number))?
-            .try_clone()
-            .map_err(|e| StoreError::io(&path, e))?;
+        let file = Arc::clone(
+            self.mbox
+                .as_ref()
+                .ok_or(StoreError::NoSuchMessage(number))?,
+        );
         // Only facteur's UPDATE moves octets, and it runs in the session holding the lock; a
         // file cut shorter by someone else is a message that vanished.
         let len = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
@@ -693,7 +695,7 @@ impl Maildrop for LockedMbox {
 
 /// Streams one message's content, unquoted, from the session's descriptor of the mbox.
 struct MessageReader {
-    file: File,
+    file: Arc<File>,
     pos: u64,
     end: u64,
     unquote: Unquoter,
