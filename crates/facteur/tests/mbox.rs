@@ -340,3 +340,73 @@ fn sigkill_while_the_journal_is_written() {
 fn sigkill_after_the_journal_is_committed() {
     kill_during_update("journal committed");
 }
+
+const PYTHON_LMTP: &str = r#"
+import smtplib, sys
+s = smtplib.LMTP('127.0.0.1', int(sys.argv[1]), timeout=30)
+msg = b"Subject: over LMTP\r\n\r\nFrom the LMTP body\r\n>From quoted already\r\n.dot\r\n"
+assert s.sendmail('sender@example.net', ['alice@test.invalid'], msg) == {}
+s.quit()
+print('ok')
+"#;
+
+/// LMTP into the mbox store during a session (the server's own delivery path), and
+/// `check-config` on an mbox configuration.
+#[test]
+fn lmtp_delivers_into_the_mbox_during_a_session() {
+    let (fx, spool) = mbox_fixture("");
+    let port = free_port();
+    let text = std::fs::read_to_string(&fx.config_path).expect("read the configuration");
+    let text = text.replacen(
+        "[server]\n",
+        &format!("[server]\nlisten_lmtp = [\"127.0.0.1:{port}\"]\n"),
+        1,
+    );
+    std::fs::write(
+        &fx.config_path,
+        format!("{text}\n[lmtp]\ndomains = [\"test.invalid\"]\n"),
+    )
+    .expect("write the configuration");
+    let (code, out, err) = run_with_input(
+        Command::new(env!("CARGO_BIN_EXE_facteur"))
+            .args(["check-config", "--config"])
+            .arg(&fx.config_path),
+        b"",
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains(": OK (") && out.contains("mbox "), "{out}");
+
+    deliver(&fx.config_path, USER, b"Subject: first\n\nfirst\n");
+    let server = BinServer::start(&fx.config_path);
+    let mut c = server.login(USER, PASSWORD);
+    assert_eq!(c.stat().0, 1);
+    let (code, out, err) = run_with_input(
+        Command::new("python3")
+            .arg("-c")
+            .arg(PYTHON_LMTP)
+            .arg(port.to_string()),
+        b"",
+    );
+    assert_eq!(code, Some(0), "smtplib.LMTP: {out}{err}\n{}", server.log());
+    assert_eq!(c.stat().0, 1);
+    assert!(c.cmd("DELE 1").starts_with("+OK"));
+    c.quit();
+
+    let raw =
+        String::from_utf8_lossy(&std::fs::read(spool.join(USER)).expect("the mbox")).into_owned();
+    assert!(
+        raw.contains("\n>From the LMTP body\n>>From quoted already\n"),
+        "mboxrd: {raw}"
+    );
+    assert!(!raw.contains("Subject: first"), "{raw}");
+    let mut c = server.login(USER, PASSWORD);
+    let got = String::from_utf8_lossy(&c.retrieve("RETR 1")).into_owned();
+    assert!(
+        got.ends_with(
+            "Subject: over LMTP\r\n\r\nFrom the LMTP body\r\n>From quoted already\r\n.dot\r\n"
+        ),
+        "{got}"
+    );
+    assert_eq!(c.list()[0].1, got.len() as u64);
+    c.quit();
+}

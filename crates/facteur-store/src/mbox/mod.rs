@@ -637,6 +637,7 @@ impl Maildrop for LockedMbox {
             out: Vec::new(),
             out_pos: 0,
             finished: false,
+            block: Vec::new(),
         }))
     }
 
@@ -702,6 +703,8 @@ struct MessageReader {
     out: Vec<u8>,
     out_pos: usize,
     finished: bool,
+    /// The block read last (kept, so a RETR allocates once).
+    block: Vec<u8>,
 }
 
 impl Read for MessageReader {
@@ -730,8 +733,9 @@ impl Read for MessageReader {
             let want = usize::try_from(self.end - self.pos)
                 .unwrap_or(BLOCK)
                 .min(BLOCK);
-            let mut block = vec![0u8; want];
-            let n = match self.file.read_at(&mut block, self.pos) {
+            self.block.resize(want, 0);
+            let block = &mut self.block;
+            let n = match self.file.read_at(block, self.pos) {
                 Ok(0) => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -745,7 +749,7 @@ impl Read for MessageReader {
             self.pos += n as u64;
             let out = &mut self.out;
             self.unquote
-                .push(block.get(..n).unwrap_or_default(), &mut |d| {
+                .push(self.block.get(..n).unwrap_or_default(), &mut |d| {
                     out.extend_from_slice(d)
                 });
         }
