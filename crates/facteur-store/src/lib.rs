@@ -72,6 +72,12 @@ use facteur_proto::MessageMeta;
 pub use maildir::{IndexOutcome, LockedMaildir, MaildirStore, OpenStats};
 pub use mbox::{LockedMbox, MboxStore, MAX_MBOX_SIZE, MAX_MESSAGES};
 
+/// The pieces of the mbox format that the fetcher's mbox destination shares with the mbox store:
+/// mboxrd quoting (a line matching `^>*From ` gets one more `>`) and the `From ` line's date.
+pub mod mbox_format {
+    pub use crate::mbox::parse::{asctime, civil_from_days, Quoter};
+}
+
 /// Why a maildrop could not be opened, read, updated or delivered to.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -375,7 +375,7 @@ fn scan(file: &File, path: &Path) -> Result<Vec<Entry>, StoreError> {
 }
 
 /// Feeds `file[from, to)` to `sink` in blocks; a file shorter than `to` is an error.
-fn read_range(
+pub(crate) fn read_range(
     file: &File,
     path: &Path,
     from: u64,
@@ -391,7 +391,10 @@ fn read_range(
             Ok(0) => {
                 return Err(StoreError::io(
                     path,
-                    io::Error::new(io::ErrorKind::UnexpectedEof, "the mbox shrank while read"),
+                    io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the file is shorter than expected",
+                    ),
                 ))
             }
             Ok(n) => n,

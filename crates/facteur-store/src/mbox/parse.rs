@@ -143,18 +143,21 @@ impl Scanner {
     fn head_complete(&mut self) {
         if self.head == FROM && self.prev_empty {
             let start = self.line_start;
-            if let Some((s, body)) = self.current.take() {
-                // The empty line before this one separates; it is not content. At the start
-                // of the file there is no message before.
-                let end = self.prev_start.max(body);
-                self.spans.push(Span {
-                    start: s,
-                    body,
-                    end,
-                    next: start,
-                });
-            }
+            self.close_before(start);
             self.in_from_line = Some(start);
+        }
+    }
+
+    /// Ends the current message (if any) before a separator line at `next`: the empty line
+    /// before that line separates, it is not content.
+    fn close_before(&mut self, next: u64) {
+        if let Some((start, body)) = self.current.take() {
+            self.spans.push(Span {
+                start,
+                body,
+                end: self.prev_start.max(body),
+                next,
+            });
         }
     }
 
@@ -177,15 +180,7 @@ impl Scanner {
         let eof = self.pos;
         if let Some(start) = self.in_from_line.take() {
             // A `From ` line without a newline, last in the file: an empty message.
-            if let Some((s, body)) = self.current.take() {
-                let end = self.prev_start.max(body);
-                self.spans.push(Span {
-                    start: s,
-                    body,
-                    end,
-                    next: start,
-                });
-            }
+            self.close_before(start);
             self.spans.push(Span {
                 start,
                 body: eof,
@@ -324,17 +319,19 @@ impl Unquoter {
 
 /// mboxrd quoting as a message is delivered: a line matching `^>*From ` gets one more `>`.
 #[derive(Debug, Default)]
-pub(crate) struct Quoter(LineHead);
+pub struct Quoter(LineHead);
 
 impl Quoter {
-    pub(crate) fn push(&mut self, data: &[u8], out: &mut dyn FnMut(&[u8])) {
+    /// Feeds the next octets of the message; the quoted octets go to `out`.
+    pub fn push(&mut self, data: &[u8], out: &mut dyn FnMut(&[u8])) {
         self.0.push(data, out, |_, held, out| {
             out(b">");
             out(held);
         });
     }
 
-    pub(crate) fn finish(&mut self, out: &mut dyn FnMut(&[u8])) {
+    /// The end of the message: what is still held goes to `out`.
+    pub fn finish(&mut self, out: &mut dyn FnMut(&[u8])) {
         self.0.finish(out);
     }
 }
@@ -390,7 +387,7 @@ pub(crate) fn from_line(now: SystemTime) -> String {
 }
 
 /// `Mon Jan  2 15:04:05 2006` in UTC.
-pub(crate) fn asctime(t: SystemTime) -> String {
+pub fn asctime(t: SystemTime) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
@@ -401,16 +398,7 @@ pub(crate) fn asctime(t: SystemTime) -> String {
         .unwrap_or(0);
     let days = secs / 86_400;
     let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days, for days that are never negative.
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
+    let (year, month, day) = civil_from_days(days);
     format!(
         "{} {} {:>2} {:02}:{:02}:{:02} {}",
         DAYS.get((days % 7) as usize).unwrap_or(&"Thu"),
@@ -423,6 +411,22 @@ pub(crate) fn asctime(t: SystemTime) -> String {
         rem % 60,
         year
     )
+}
+
+/// The UTC calendar date of day `days` counted from 1970-01-01: (year, month 1 to 12, day 1 to
+/// 31). Howard Hinnant's `civil_from_days`, for days that are never negative. The one copy of
+/// this arithmetic (the fetcher's dates use it too); no time-zone database.
+pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days.saturating_add(719_468);
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
 }
 
 #[cfg(test)]

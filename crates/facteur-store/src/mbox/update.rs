@@ -42,7 +42,7 @@ use sha2::{Digest, Sha256};
 use super::super::handle::{self, Opened};
 use super::super::{Owner, StoreError};
 use super::lock::MtaLock;
-use super::Names;
+use super::{read_range, Names};
 
 /// The first line of a journal.
 const MAGIC: &[u8] = b"facteur-mbox-journal 1\n";
@@ -145,44 +145,11 @@ fn file_len(file: &File, path: &Path) -> Result<u64, StoreError> {
 /// SHA-256 of `file[from, to)`.
 fn hash_range(file: &File, path: &Path, from: u64, to: u64) -> Result<[u8; 32], StoreError> {
     let mut sha = Sha256::new();
-    copy_range(file, path, from, to, &mut |b| {
+    read_range(file, path, from, to, &mut |b| {
         sha.update(b);
         Ok(())
     })?;
     Ok(sha.finalize().into())
-}
-
-/// Feeds `file[from, to)` to `sink` in blocks; a file shorter than `to` is an error.
-fn copy_range(
-    file: &File,
-    path: &Path,
-    from: u64,
-    to: u64,
-    sink: &mut dyn FnMut(&[u8]) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
-    let mut buf = vec![0u8; BLOCK];
-    let mut at = from;
-    while at < to {
-        let want = usize::try_from(to - at).unwrap_or(BLOCK).min(BLOCK);
-        let chunk = buf.get_mut(..want).unwrap_or_default();
-        let n = match file.read_at(chunk, at) {
-            Ok(0) => {
-                return Err(StoreError::io(
-                    path,
-                    io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the file is shorter than expected",
-                    ),
-                ))
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(StoreError::io(path, e)),
-        };
-        sink(chunk.get(..n).unwrap_or_default())?;
-        at += n as u64;
-    }
-    Ok(())
 }
 
 /// Deletes from the mbox every region of `delete` (start and end offsets, sorted, not
@@ -243,7 +210,7 @@ pub(crate) fn delete_regions(
         crash,
         &mut |sink| {
             for &(a, b) in &keep {
-                copy_range(mbox, &path, a, b, sink)?;
+                read_range(mbox, &path, a, b, sink)?;
             }
             Ok(())
         },
@@ -335,7 +302,7 @@ fn apply(
     let data_at = header.encode().len() as u64;
     let total = header.new_len - header.p;
     let mut at = header.p;
-    copy_range(
+    read_range(
         journal,
         &journal_path,
         data_at,
@@ -442,8 +409,8 @@ pub(crate) fn recover(
         lock,
         None,
         &mut |sink| {
-            copy_range(&journal, &journal_path, data_at, data_at + old_total, sink)?;
-            copy_range(mbox, &path, header.old_len, len, sink)
+            read_range(&journal, &journal_path, data_at, data_at + old_total, sink)?;
+            read_range(mbox, &path, header.old_len, len, sink)
         },
     )?;
     apply(
