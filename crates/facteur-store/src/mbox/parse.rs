@@ -553,6 +553,51 @@ mod tests {
         assert_eq!(unique_id("ab", 3), "ab-3");
     }
 
+    /// A message made of the pieces that matter to the format.
+    fn message() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let piece = prop::sample::select(vec![
+            &b"From "[..],
+            b">",
+            b">>From ",
+            b"\n",
+            b"\r\n",
+            b"\n\n",
+            b"\r",
+            b"x",
+            b"From x\n",
+        ]);
+        prop::collection::vec(piece, 0..24).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest::proptest! {
+        /// Whatever the messages and however the file is read in blocks: delivered the mboxrd
+        /// way (as `facteur deliver` writes), each is found again, unquoted, octet for octet
+        /// (with the final newline a delivery adds).
+        #[test]
+        fn delivered_messages_come_back_whole(
+            messages in proptest::collection::vec(message(), 0..5),
+            chunk in 1usize..40,
+        ) {
+            let mut mbox = Vec::new();
+            let mut want = Vec::new();
+            for m in &messages {
+                mbox.extend_from_slice(b"From MAILER-DAEMON Thu Jan  1 00:00:00 1970\n");
+                let mut q = Quoter::default();
+                q.push(m, &mut |d| mbox.extend_from_slice(d));
+                q.finish(&mut |d| mbox.extend_from_slice(d));
+                let mut w = m.clone();
+                if m.last().is_some_and(|&b| b != b'\n') {
+                    mbox.push(b'\n');
+                    w.push(b'\n');
+                }
+                mbox.push(b'\n');
+                want.push(w);
+            }
+            proptest::prop_assert_eq!(contents(&mbox, chunk), want);
+        }
+    }
+
     #[test]
     fn asctime_dates() {
         let t = UNIX_EPOCH + Duration::from_secs(1_136_214_245);
