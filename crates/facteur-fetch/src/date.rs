@@ -2,20 +2,9 @@
 //! line, a certificate's validity period in an error message). One copy of the arithmetic, with
 //! no time-zone database: every date here is UTC.
 
-/// The UTC calendar date of day `days` counted from 1970-01-01: (year, month 1 to 12, day 1 to
-/// 31). Howard Hinnant's `civil_from_days`, for days that are never negative.
-pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
-}
+/// The UTC calendar date of a day counted from 1970-01-01 (the store's copy, shared with its
+/// mbox `From ` lines).
+pub use facteur_store::mbox_format::civil_from_days;
 
 #[cfg(test)]
 mod tests {

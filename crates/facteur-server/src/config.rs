@@ -588,6 +588,24 @@ pub struct StoreSection {
     /// it again after a move from Dovecot. `facteur migrate` carries the one its source uses.
     #[serde(default)]
     pub uidl: UidlSetting,
+    /// How mail is kept on this host (backend `maildir`): `maildir` (the default), or `mbox`,
+    /// one file per user as MTAs write in `/var/mail` (named by `mbox`).
+    #[serde(default)]
+    pub format: StoreFormat,
+    /// The mbox file of a user (format `mbox`), with the escapes of `maildir`. Example:
+    /// `/var/mail/%u`. The directory above it must exist; facteur writes its dotlock, its
+    /// session lock and its UPDATE journal there.
+    #[serde(default)]
+    pub mbox: String,
+}
+
+/// `[store] format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreFormat {
+    #[default]
+    Maildir,
+    Mbox,
 }
 
 /// `[store] lease_commit`.
@@ -984,11 +1002,10 @@ impl Config {
                 }
             }
         }
-        if !cfg.store.maildir.is_empty()
-            && !cfg.store.maildir.starts_with('/')
-            && !cfg.store.maildir.starts_with("%h")
-        {
-            cfg.store.maildir = format!("{}/{}", base.display(), cfg.store.maildir);
+        for template in [&mut cfg.store.maildir, &mut cfg.store.mbox] {
+            if !template.is_empty() && !template.starts_with('/') && !template.starts_with("%h") {
+                *template = format!("{}/{}", base.display(), template);
+            }
         }
         Ok(cfg)
     }
@@ -1067,7 +1084,39 @@ impl Config {
         }
         self.check_auth_backend()?;
         match self.store.backend {
+            StoreBackend::Maildir if self.store.format == StoreFormat::Mbox => {
+                if self.store.mbox.is_empty() {
+                    return Err("[store] format = \"mbox\" needs [store] mbox (for example \
+                                \"/var/mail/%u\")"
+                        .into());
+                }
+                if !self.store.maildir.is_empty() {
+                    return Err(
+                        "[store] maildir is for format = \"maildir\"; the format is mbox \
+                                (name the files with [store] mbox)"
+                            .into(),
+                    );
+                }
+                if self.store.url.is_some() {
+                    return Err(
+                        "[store] url is for backend = \"postgresql\"; the backend is maildir"
+                            .into(),
+                    );
+                }
+                if self.store.uidl != UidlSetting::Facteur {
+                    return Err(
+                        "[store] uidl is for Maildirs (an mbox's unique-ids come from \
+                                its messages)"
+                            .into(),
+                    );
+                }
+            }
             StoreBackend::Maildir => {
+                if !self.store.mbox.is_empty() {
+                    return Err(
+                        "[store] mbox is for format = \"mbox\"; the format is maildir".into(),
+                    );
+                }
                 if self.store.maildir.is_empty() {
                     return Err("[store] maildir must not be empty".into());
                 }
@@ -1090,6 +1139,13 @@ impl Config {
                 if !self.store.maildir.is_empty() {
                     return Err(
                         "[store] maildir is for backend = \"maildir\"; the backend is postgresql"
+                            .into(),
+                    );
+                }
+                if self.store.format != StoreFormat::Maildir || !self.store.mbox.is_empty() {
+                    return Err(
+                        "[store] format and mbox are for backend = \"maildir\" (files \
+                                on this host); the backend is postgresql"
                             .into(),
                     );
                 }
@@ -1714,5 +1770,47 @@ mod tests {
         assert_eq!(uidl(""), UidlSetting::Facteur);
         assert_eq!(uidl("uidl = \"facteur\""), UidlSetting::Facteur);
         assert_eq!(uidl("uidl = \"dovecot\""), UidlSetting::Dovecot);
+    }
+
+    #[test]
+    fn mbox_format() {
+        let store = |keys: &str| {
+            Config::parse(
+                &format!("[auth]\npasswd_file = \"users\"\n[store]\n{keys}\n"),
+                Path::new("/etc/facteur/f.toml"),
+            )
+            .map(|c| c.store)
+            .map_err(|e| e.to_string())
+        };
+        let c = store("maildir = \"m\"").unwrap();
+        assert_eq!(c.format, StoreFormat::Maildir);
+        let c = store("format = \"mbox\"\nmbox = \"/var/mail/%u\"").unwrap();
+        assert_eq!(
+            (c.format, c.mbox.as_str()),
+            (StoreFormat::Mbox, "/var/mail/%u")
+        );
+        // Relative to the configuration's folder, as the maildir template.
+        let c = store("format = \"mbox\"\nmbox = \"spool/%u\"").unwrap();
+        assert_eq!(c.mbox, "/etc/facteur/spool/%u");
+        for (keys, expected) in [
+            ("format = \"mbox\"", "needs [store] mbox"),
+            (
+                "format = \"mbox\"\nmbox = \"/m/%u\"\nmaildir = \"m\"",
+                "maildir is for",
+            ),
+            (
+                "format = \"mbox\"\nmbox = \"/m/%u\"\nuidl = \"dovecot\"",
+                "uidl is for",
+            ),
+            ("maildir = \"m\"\nmbox = \"/m/%u\"", "mbox is for"),
+            ("format = \"mbx\"\nmbox = \"/m/%u\"", "unknown variant"),
+            (
+                "backend = \"postgresql\"\nurl = \"host=x\"\nformat = \"mbox\"",
+                "format and mbox are for",
+            ),
+        ] {
+            let e = store(keys).unwrap_err();
+            assert!(e.contains(expected), "{keys}: {e}");
+        }
     }
 }

@@ -15,10 +15,10 @@ use std::time::Duration;
 use facteur_auth::penalty::FailedLogins;
 use facteur_auth::sql::{SharedPenalties, SharedPenaltiesConfig, SqlUsers};
 use facteur_auth::{AuthError, Authenticator, PasswdDb};
-use facteur_store::{MaildirStore, Store};
+use facteur_store::{MaildirStore, MboxStore, Store};
 use facteur_tls::{TlsError, TlsFiles, TlsState};
 
-use crate::config::{AuthBackend, Config, LmtpListen, StoreBackend, StoreSection};
+use crate::config::{AuthBackend, Config, LmtpListen, StoreBackend, StoreFormat, StoreSection};
 use crate::privileges::{self, PrivilegeError, Target};
 use crate::Shared;
 
@@ -335,6 +335,9 @@ pub async fn open_store(
     pool: Option<facteur_auth::sql::Pool>,
 ) -> Result<Arc<dyn Store>, ServeError> {
     match cfg.backend {
+        StoreBackend::Maildir if cfg.format == StoreFormat::Mbox => {
+            Ok(Arc::new(MboxStore::new(cfg.mbox.clone())))
+        }
         StoreBackend::Maildir => Ok(Arc::new(
             MaildirStore::new(cfg.maildir.clone()).with_uidl(cfg.uidl.into()),
         )),

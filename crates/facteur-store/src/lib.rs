@@ -1,7 +1,7 @@
 //! # facteur-store: maildrops
 //!
 //! Maildir storage, the exclusive lock, unique-ids, UPDATE and delivery: the place where every
-//! store backend lives (Maildir, and PostgreSQL with the cargo feature `postgres`; mbox next),
+//! store backend lives (Maildir, mbox, and PostgreSQL with the cargo feature `postgres`),
 //! behind the two traits below. No user database: the server hands over a user name that it has
 //! already authenticated, a home directory and the owner the maildrop must have. Without the
 //! feature `postgres`, no networking and no tokio; with it, the database's I/O runs on the
@@ -22,6 +22,8 @@
 //!   file read.
 //! - `fasthash`: the hash behind the open's name sets and the index checksum.
 //! - `maildir`: [`MaildirStore`] and [`LockedMaildir`]: lock, snapshot, streaming, UPDATE.
+//! - `mbox`: [`MboxStore`] and [`LockedMbox`]: mbox spools (`/var/mail/%u`) as MTAs write them,
+//!   their locks, unique-ids from content, and a crash-safe UPDATE through a journal.
 //! - `listing`: a maildir listed read-only, with the unique-ids the open gives (for
 //!   `facteur migrate`).
 //! - `uidlist`: Dovecot's `dovecot-uidlist`, read and extended for `uidl = "dovecot"`.
@@ -57,6 +59,7 @@ mod index;
 #[cfg(any(feature = "postgres", test))]
 mod listing;
 mod maildir;
+mod mbox;
 mod name;
 mod policy_files;
 #[cfg(feature = "postgres")]
@@ -71,6 +74,13 @@ use std::time::Duration;
 use facteur_proto::MessageMeta;
 
 pub use maildir::{IndexOutcome, LockedMaildir, MaildirStore, OpenStats};
+pub use mbox::{LockedMbox, MboxStore, MAX_MBOX_SIZE, MAX_MESSAGES};
+
+/// The pieces of the mbox format that the fetcher's mbox destination shares with the mbox store:
+/// mboxrd quoting (a line matching `^>*From ` gets one more `>`) and the `From ` line's date.
+pub mod mbox_format {
+    pub use crate::mbox::parse::{asctime, civil_from_days, Quoter};
+}
 
 /// Why a maildrop could not be opened, read, updated or delivered to.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +163,10 @@ pub enum StoreError {
         path.display()
     )]
     DovecotUidlist { path: PathBuf, reason: String },
+    /// The MTA's locks on an mbox (its dotlock, its `fcntl` lock) stayed taken for longer than
+    /// facteur waits: a delivery is under way, or a program holds them too long.
+    #[error("the mbox {} stayed locked by another program (its dotlock or fcntl lock)", .0.display())]
+    MboxBusy(PathBuf),
 }
 
 /// Where the unique-ids of a Maildir come from (`[store] uidl`).
@@ -251,7 +265,8 @@ impl StoreError {
             | Self::Database { .. }
             | Self::LeaseLost
             | Self::LoginDelay
-            | Self::DovecotUidlist { .. } => Lasting::Temporary,
+            | Self::DovecotUidlist { .. }
+            | Self::MboxBusy(_) => Lasting::Temporary,
         }
     }
 

@@ -70,7 +70,12 @@ fn read_small(dir: &File, name: &str, cap: u64) -> io::Result<Option<Vec<u8>>> {
 /// The last login recorded in the maildir whose top directory is `dir`, in milliseconds since
 /// the epoch; `None` if there is none that can be read.
 pub(crate) fn last_login(dir: &File) -> io::Result<Option<u64>> {
-    let Some(bytes) = read_small(dir, LAST_LOGIN_FILE, MAX_LAST_LOGIN_BYTES)? else {
+    last_login_named(dir, LAST_LOGIN_FILE)
+}
+
+/// [`last_login`] from the file `name` of `dir` (an mbox's `.USER.facteur-last-login`).
+pub(crate) fn last_login_named(dir: &File, name: &str) -> io::Result<Option<u64>> {
+    let Some(bytes) = read_small(dir, name, MAX_LAST_LOGIN_BYTES)? else {
         return Ok(None);
     };
     let text = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
@@ -79,10 +84,7 @@ pub(crate) fn last_login(dir: &File) -> io::Result<Option<u64>> {
         .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|t| t.parse::<u64>().ok());
     if parsed.is_none() {
-        tracing::warn!(
-            file = LAST_LOGIN_FILE,
-            "malformed file in a maildrop: ignored"
-        );
+        tracing::warn!(file = name, "malformed file in a maildrop: ignored");
     }
     Ok(parsed)
 }
@@ -98,10 +100,21 @@ pub(crate) fn too_soon(last: u64, now: u64, delay: Duration) -> bool {
 
 /// Records `now` (milliseconds) as the last login.
 pub(crate) fn write_last_login(dir: &File, now: u64, owner: Owner) -> io::Result<()> {
+    write_last_login_named(dir, LAST_LOGIN_TMP_FILE, LAST_LOGIN_FILE, now, owner)
+}
+
+/// [`write_last_login`] into the file `name` of `dir`, through `tmp`.
+pub(crate) fn write_last_login_named(
+    dir: &File,
+    tmp: &str,
+    name: &str,
+    now: u64,
+    owner: Owner,
+) -> io::Result<()> {
     replace_file(
         dir,
-        OsStr::new(LAST_LOGIN_TMP_FILE),
-        OsStr::new(LAST_LOGIN_FILE),
+        OsStr::new(tmp),
+        OsStr::new(name),
         format!("{now}\n").as_bytes(),
         owner,
     )
@@ -113,14 +126,17 @@ pub(crate) type Retrieved = HashMap<Vec<u8>, u64>;
 /// The first retrieval times recorded in the maildir whose top directory is `dir`; empty if
 /// there are none that can be read.
 pub(crate) fn retrieved(dir: &File) -> io::Result<Retrieved> {
-    let Some(bytes) = read_small(dir, RETRIEVED_FILE, MAX_INDEX_BYTES)? else {
+    retrieved_named(dir, RETRIEVED_FILE)
+}
+
+/// [`retrieved`] from the file `name` of `dir`; the keys are whatever the store chose (a
+/// Maildir's base names, an mbox's unique-ids).
+pub(crate) fn retrieved_named(dir: &File, name: &str) -> io::Result<Retrieved> {
+    let Some(bytes) = read_small(dir, name, MAX_INDEX_BYTES)? else {
         return Ok(Retrieved::new());
     };
     Ok(parse_retrieved(&bytes).unwrap_or_else(|| {
-        tracing::warn!(
-            file = RETRIEVED_FILE,
-            "malformed file in a maildrop: ignored"
-        );
+        tracing::warn!(file = name, "malformed file in a maildrop: ignored");
         Retrieved::new()
     }))
 }
@@ -164,6 +180,17 @@ fn serialize_retrieved(map: &Retrieved) -> Vec<u8> {
 
 /// Replaces the first retrieval times with `map`.
 pub(crate) fn write_retrieved(dir: &File, map: &Retrieved, owner: Owner) -> io::Result<()> {
+    write_retrieved_named(dir, RETRIEVED_TMP_FILE, RETRIEVED_FILE, map, owner)
+}
+
+/// [`write_retrieved`] into the file `name` of `dir`, through `tmp`.
+pub(crate) fn write_retrieved_named(
+    dir: &File,
+    tmp: &str,
+    name: &str,
+    map: &Retrieved,
+    owner: Owner,
+) -> io::Result<()> {
     let bytes = serialize_retrieved(map);
     if bytes.len() as u64 > MAX_INDEX_BYTES {
         return Err(io::Error::new(
@@ -171,13 +198,7 @@ pub(crate) fn write_retrieved(dir: &File, map: &Retrieved, owner: Owner) -> io::
             "the retrieval times would be too large to be read back",
         ));
     }
-    replace_file(
-        dir,
-        OsStr::new(RETRIEVED_TMP_FILE),
-        OsStr::new(RETRIEVED_FILE),
-        &bytes,
-        owner,
-    )
+    replace_file(dir, OsStr::new(tmp), OsStr::new(name), &bytes, owner)
 }
 
 #[cfg(test)]

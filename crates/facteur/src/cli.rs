@@ -7,9 +7,9 @@
 use clap::{Args, Parser, Subcommand};
 use facteur_auth::{self as auth, PasswdDb, Scheme};
 use facteur_server as server;
-use facteur_server::config::{AuthBackend, Config, StoreBackend, DEFAULT_CONFIG_PATH};
+use facteur_server::config::{AuthBackend, Config, StoreBackend, StoreFormat, DEFAULT_CONFIG_PATH};
 use facteur_server::privileges;
-use facteur_store::{Lasting, MaildirStore, Owner, Store, StoreError};
+use facteur_store::{Lasting, MaildirStore, MboxStore, Owner, Store, StoreError};
 use facteur_tls::{self as tls, TlsFiles, TlsState};
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -263,6 +263,11 @@ fn run(cli: Cli) -> Result<(), CliError> {
             let (runs_as, server) = check_run_as(&cfg)?;
             let snapshot = db.snapshot();
             let found = match cfg.store.backend {
+                // The spool is the MTA's: its permissions are the administrator's to set (see
+                // the README); each login and delivery says what is wrong with it.
+                StoreBackend::Maildir if cfg.store.format == StoreFormat::Mbox => {
+                    facteur_store::check::Findings::default()
+                }
                 StoreBackend::Maildir => facteur_store::check::check_maildirs(
                     &cfg.store.maildir,
                     snapshot.entries().iter().map(|e| (e.user(), e.home())),
@@ -298,6 +303,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 )));
             }
             let store = match cfg.store.backend {
+                StoreBackend::Maildir if cfg.store.format == StoreFormat::Mbox => {
+                    format!("mbox {}", cfg.store.mbox)
+                }
                 StoreBackend::Maildir => format!("maildir {}", cfg.store.maildir),
                 StoreBackend::Postgresql => "store postgresql".to_string(),
             };
@@ -779,6 +787,9 @@ fn check_config_sql(cfg: &Config, path: &Path) -> Result<(), CliError> {
         eprintln!("warning: {w}");
     }
     let store = match cfg.store.backend {
+        StoreBackend::Maildir if cfg.store.format == StoreFormat::Mbox => {
+            format!("mbox {}", cfg.store.mbox)
+        }
         StoreBackend::Maildir => format!("maildir {}", cfg.store.maildir),
         StoreBackend::Postgresql => "store postgresql".to_string(),
     };
@@ -853,6 +864,16 @@ fn check_new_user(cfg: &Config, name: &str) -> Result<(), CliError> {
     if cfg.store.backend == StoreBackend::Postgresql {
         // The maildrop is a row named after the user: no path to leave, no template to fit.
         return Ok(());
+    }
+    if cfg.store.format == StoreFormat::Mbox {
+        let store = MboxStore::new(cfg.store.mbox.clone());
+        return match store.mbox_path(name, Some("/")) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(CliError {
+                message: format!("{name:?} cannot have an mbox: {e}"),
+                status: EX_DATAERR,
+            }),
+        };
     }
     let store = MaildirStore::new(cfg.store.maildir.clone());
     let checked = match store.maildir_path(name, None) {
@@ -961,11 +982,16 @@ fn migrate(args: &MigrateArgs) -> Result<(), CliError> {
     use facteur_store::postgres::migrate::{MaildropReport, MigrateOptions, Migrator};
     let from = Config::load(&args.from_config)?;
     let to = Config::load(&args.to_config)?;
-    if from.store.backend != StoreBackend::Maildir {
+    if from.store.backend != StoreBackend::Maildir || from.store.format != StoreFormat::Maildir {
         return Err(fail(format!(
-            "{}: [store] backend is {}, not maildir: nothing to migrate from",
+            "{}: [store] is not Maildirs (backend {}{}): nothing to migrate from",
             args.from_config.display(),
-            from.store.backend
+            from.store.backend,
+            if from.store.format == StoreFormat::Mbox {
+                ", format mbox"
+            } else {
+                ""
+            }
         )));
     }
     let url = db_url(&to)?;
@@ -1154,6 +1180,11 @@ fn deliver(user: &str, config_path: &Path) -> Result<(), CliError> {
         Err(e) => return Err(temp(&format!("cannot read the message: {e}"))),
     }
     let d = match cfg.store.backend {
+        StoreBackend::Maildir if cfg.store.format == StoreFormat::Mbox => {
+            MboxStore::new(cfg.store.mbox.clone())
+                .deliver_as(user, home.as_deref(), owner, &mut stdin)
+                .map_err(store_error)?
+        }
         StoreBackend::Maildir => MaildirStore::new(cfg.store.maildir.clone())
             .deliver_as(user, home.as_deref(), owner, &mut stdin)
             .map_err(store_error)?,

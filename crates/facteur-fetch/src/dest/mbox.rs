@@ -17,18 +17,16 @@ use crate::fetch::FaultPoint;
 use crate::state::{AccountState, Pending};
 use facteur_proto::Uidl;
 use facteur_store::durable::sync_dir;
+use facteur_store::mbox_format::{asctime, Quoter};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 /// The longest first line searched for `Return-Path:` (RFC 5322 section 2.1.1: 998 + CRLF).
 const MAX_FIRST_LINE: usize = 1000;
-
-/// A line of only `>` this long is given up on as a candidate for mboxrd quoting.
-const MAX_QUOTE_PREFIX: usize = 1000;
 
 #[derive(Debug)]
 pub struct MboxDest {
@@ -494,82 +492,30 @@ impl Emit<'_, '_> {
     }
 }
 
-/// mboxrd quoting, streaming: a line matching `^>*From ` gets one more `>` in front.
-#[derive(Debug)]
-struct FromQuoter {
-    at_start: bool,
-    held: Vec<u8>,
-}
-
-impl Default for FromQuoter {
-    fn default() -> Self {
-        Self {
-            at_start: true,
-            held: Vec::new(),
-        }
-    }
-}
-
-enum Quote {
-    Maybe,
-    Yes,
-    No,
-}
-
-fn classify(held: &[u8]) -> Quote {
-    let rest = held
-        .get(held.iter().take_while(|&&b| b == b'>').count()..)
-        .unwrap_or_default();
-    if rest == b"From " {
-        Quote::Yes
-    } else if b"From ".starts_with(rest) && held.len() < MAX_QUOTE_PREFIX {
-        Quote::Maybe
-    } else {
-        Quote::No
-    }
-}
+/// mboxrd quoting, streaming: a line matching `^>*From ` gets one more `>` in front (the store's
+/// quoter, the one the mbox store delivers with), its output sent to an [`Emit`].
+#[derive(Debug, Default)]
+struct FromQuoter(Quoter);
 
 impl FromQuoter {
-    fn push(&mut self, mut data: &[u8], out: &mut Emit<'_, '_>) -> Result<(), DestError> {
-        while !data.is_empty() {
-            if !self.at_start {
-                match data.iter().position(|&b| b == b'\n') {
-                    Some(i) => {
-                        let (line, rest) = data.split_at(i + 1);
-                        out.emit(line)?;
-                        data = rest;
-                        self.at_start = true;
-                    }
-                    None => {
-                        out.emit(data)?;
-                        return Ok(());
-                    }
-                }
-                continue;
+    fn push(&mut self, data: &[u8], out: &mut Emit<'_, '_>) -> Result<(), DestError> {
+        let mut failed = None;
+        self.0.push(data, &mut |d| {
+            if failed.is_none() {
+                failed = out.emit(d).err();
             }
-            let Some((&b, rest)) = data.split_first() else {
-                break;
-            };
-            data = rest;
-            self.held.push(b);
-            match classify(&self.held) {
-                Quote::Maybe => {}
-                Quote::Yes => {
-                    out.emit(b">")?;
-                    out.emit(&std::mem::take(&mut self.held))?;
-                    self.at_start = false;
-                }
-                Quote::No => {
-                    out.emit(&std::mem::take(&mut self.held))?;
-                    self.at_start = b == b'\n';
-                }
-            }
-        }
-        Ok(())
+        });
+        failed.map_or(Ok(()), Err)
     }
 
     fn finish(&mut self, out: &mut Emit<'_, '_>) -> Result<(), DestError> {
-        out.emit(&std::mem::take(&mut self.held))
+        let mut failed = None;
+        self.0.finish(&mut |d| {
+            if failed.is_none() {
+                failed = out.emit(d).err();
+            }
+        });
+        failed.map_or(Ok(()), Err)
     }
 }
 
@@ -589,38 +535,12 @@ fn from_line(first_line: &[u8], now: SystemTime) -> String {
     format!("From {sender} {}\n", asctime(now))
 }
 
-/// `Mon Jan  2 15:04:05 2006` in UTC.
-fn asctime(t: SystemTime) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (year, month, day) = crate::date::civil_from_days(days);
-    format!(
-        "{} {} {:>2} {:02}:{:02}:{:02} {}",
-        DAYS.get((days % 7) as usize).unwrap_or(&"Thu"),
-        MONTHS
-            .get(usize::try_from(month.saturating_sub(1)).unwrap_or(0))
-            .unwrap_or(&"Jan"),
-        day,
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        year
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::{read_all, recover, Destination};
     use super::*;
     use crate::config::DestinationSpec;
+    use std::time::UNIX_EPOCH;
 
     /// Write `message` (CRLF) through an mbox writer in chunks of `n`; returns the spool.
     fn mbox_entry(message: &[u8], n: usize) -> Vec<u8> {

@@ -15,6 +15,7 @@
 pub mod haproxy;
 #[path = "../../../facteur-store/tests/support/pg.rs"]
 pub mod pg;
+pub mod postfix;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
