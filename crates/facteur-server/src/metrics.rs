@@ -487,6 +487,49 @@ mod tests {
         }
     }
 
+    /// Every series contrib/grafana/facteur.json queries is one the server exports: the
+    /// dashboard cannot drift from the names here.
+    #[test]
+    fn the_grafana_dashboard_queries_only_exported_series() {
+        let dashboard = include_str!("../../../contrib/grafana/facteur.json");
+        let m = Metrics::new();
+        // Touch every family so that each one is rendered with a sample.
+        m.session_ended("quit", Duration::ZERO);
+        m.login("APOP", "ok");
+        m.refused("server_full");
+        m.tls_handshake("pop3s", true);
+        m.delivery("lmtp", "ok");
+        m.store_operation("open", Duration::ZERO);
+        let rendered = m.render();
+        // The series as rendered: counters with `_total`, histograms' `_bucket` and the rest.
+        let exported: std::collections::HashSet<&str> = rendered
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let mut queried = Vec::new();
+        let bytes = dashboard.as_bytes();
+        let mut i = 0;
+        while let Some(at) = dashboard[i..].find("facteur_") {
+            let start = i + at;
+            let end = start
+                + bytes[start..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_lowercase() || **b == b'_' || b.is_ascii_digit())
+                    .count();
+            queried.push(&dashboard[start..end]);
+            i = end;
+        }
+        // The dashboard's uid and tags say "facteur-pop3" and "facteur": no underscore there.
+        assert!(queried.len() >= 15, "{queried:?}");
+        for name in queried {
+            assert!(
+                exported.contains(name),
+                "the dashboard queries {name}, which /metrics does not export:\n{rendered}"
+            );
+        }
+    }
+
     #[test]
     fn requests_are_parsed_strictly() {
         assert_eq!(
