@@ -79,7 +79,7 @@ pub use mbox::{LockedMbox, MboxStore, MAX_MBOX_SIZE, MAX_MESSAGES};
 /// The pieces of the mbox format that the fetcher's mbox destination shares with the mbox store:
 /// mboxrd quoting (a line matching `^>*From ` gets one more `>`) and the `From ` line's date.
 pub mod mbox_format {
-    pub use crate::mbox::parse::{asctime, civil_from_days, Quoter};
+    pub use crate::mbox::parse::{asctime, civil_from_days, scan_bytes, Quoter, ScannedMessage};
 }
 
 /// Why a maildrop could not be opened, read, updated or delivered to.

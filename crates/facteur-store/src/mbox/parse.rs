@@ -606,3 +606,45 @@ mod tests {
         assert!(from_line(UNIX_EPOCH).starts_with("From MAILER-DAEMON Thu Jan  1"));
     }
 }
+
+/// One message of [`scan_bytes`]: its offsets and its content, unquoted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScannedMessage {
+    pub start: u64,
+    pub body: u64,
+    pub end: u64,
+    pub next: u64,
+    pub content: Vec<u8>,
+}
+
+/// The messages of the mbox `data`, read `block` octets at a time (at least 1) as the store
+/// reads a file: for the fuzz target, which checks that any bytes give the same messages
+/// whatever the block size, within bounds and in order.
+pub fn scan_bytes(data: &[u8], block: usize) -> Vec<ScannedMessage> {
+    let block = block.max(1);
+    let mut scanner = Scanner::default();
+    for piece in data.chunks(block) {
+        scanner.feed(piece);
+    }
+    scanner
+        .finish()
+        .into_iter()
+        .map(|span| {
+            let body = usize::try_from(span.body).unwrap_or(usize::MAX);
+            let end = usize::try_from(span.end).unwrap_or(usize::MAX);
+            let mut content = Vec::new();
+            let mut unquote = Unquoter::default();
+            for piece in data.get(body..end).unwrap_or_default().chunks(block) {
+                unquote.push(piece, &mut |o| content.extend_from_slice(o));
+            }
+            unquote.finish(&mut |o| content.extend_from_slice(o));
+            ScannedMessage {
+                start: span.start,
+                body: span.body,
+                end: span.end,
+                next: span.next,
+                content,
+            }
+        })
+        .collect()
+}
