@@ -306,6 +306,7 @@ chmod 644 "$SCRATCH/key.pem" # scratch only: Dovecot's config process reads it a
 {
     seq 0 $((IDLE_SESSIONS - 1)) | sed 's/^/u/'
     echo big
+    echo bigcrlf
     echo huge
 } >"$SCRATCH/names"
 [ "$IDLE_SESSIONS" -ge $USER_COUNT ] || die "BENCH_IDLE must be at least $USER_COUNT"
@@ -322,8 +323,6 @@ chmod 644 "$SCRATCH/users"
 say "seeding the maildrops ($IDLE_SESSIONS users x 10 x 4 KiB, 1 x 64 MiB, 1 x $HUGE messages)"
 "$PY" "$HERE/seed.py" "$SCRATCH/facteur-mail" "$SCRATCH/wire.bin" \
     --users "$IDLE_SESSIONS" --huge "$HUGE" --big-mib 64 >&2
-cp -a "$SCRATCH/facteur-mail" "$SCRATCH/dovecot-mail"
-chown -R "$BENCH_USER:$BENCH_USER" "$SCRATCH/dovecot-mail" "$SCRATCH/facteur-mail"
 
 facteur_conf() { # pop3-port pop3s-port store-block [server-lines]
     cat <<EOF
@@ -360,6 +359,13 @@ EOF
 }
 facteur_conf $F_POP3 $F_POP3S "maildir = \"$SCRATCH/facteur-mail/%u/Maildir\"" >"$SCRATCH/facteur.toml"
 "$FACTEUR" check-config -c "$SCRATCH/facteur.toml" >&2
+# bigcrlf: the same 64 MiB message as big, delivered by `facteur deliver` (stored the way its
+# delivery stores mail: CRLF line ends, and named as its own wire form), for both servers.
+mkdir -p "$SCRATCH/facteur-mail/bigcrlf/Maildir"
+"$FACTEUR" deliver bigcrlf -c "$SCRATCH/facteur.toml" \
+    <"$(find "$SCRATCH/facteur-mail/big/Maildir" -type f -path '*/[cn][ue][rw]/*' | head -1)"
+cp -a "$SCRATCH/facteur-mail" "$SCRATCH/dovecot-mail"
+chown -R "$BENCH_USER:$BENCH_USER" "$SCRATCH/dovecot-mail" "$SCRATCH/facteur-mail"
 
 MIGRATE_SECS=""
 if [ "$PG_ON" = 1 ]; then
@@ -680,10 +686,20 @@ caches on
 
 # Round 0 warms up; rounds 1 to $W3_RUNS are measured, each server and each raw copy in turn.
 say "workload 3: RETR of 64 MiB and the raw loopback copy (1 warm-up + $W3_RUNS rounds)"
-warm_cache "$SCRATCH/facteur-mail/big" "$SCRATCH/dovecot-mail/big" "$SCRATCH/wire.bin"
+warm_cache "$SCRATCH/facteur-mail/big" "$SCRATCH/dovecot-mail/big" "$SCRATCH/wire.bin" \
+    "$SCRATCH/facteur-mail/bigcrlf" "$SCRATCH/dovecot-mail/bigcrlf"
 for round in $(seq 0 "$W3_RUNS"); do
     "${PROBE[@]}" retr 127.0.0.1 $F_POP3 big "$PASSWORD" --runs 1 >"$RESULTS/w3-facteur-r$round.json"
     "${PROBE[@]}" retr 127.0.0.1 $D_POP3 big "$PASSWORD" --runs 1 >"$RESULTS/w3-dovecot-r$round.json"
+    # The message as facteur's delivery stores it: by sendfile over plain TCP, then over POP3S.
+    "${PROBE[@]}" retr 127.0.0.1 $F_POP3 bigcrlf "$PASSWORD" --runs 1 \
+        >"$RESULTS/w3-facteur-crlf-r$round.json"
+    "${PROBE[@]}" retr 127.0.0.1 $D_POP3 bigcrlf "$PASSWORD" --runs 1 \
+        >"$RESULTS/w3-dovecot-crlf-r$round.json"
+    "${PROBE[@]}" retr 127.0.0.1 $F_POP3S bigcrlf "$PASSWORD" --runs 1 --tls \
+        >"$RESULTS/w3-facteur-crlf-tls-r$round.json"
+    "${PROBE[@]}" retr 127.0.0.1 $D_POP3S bigcrlf "$PASSWORD" --runs 1 --tls \
+        >"$RESULTS/w3-dovecot-crlf-tls-r$round.json"
     if [ "$PG_ON" = 1 ]; then
         "${PROBE[@]}" retr 127.0.0.1 $P_POP3 big "$PASSWORD" --runs 1 >"$RESULTS/w3-facteur-pg-r$round.json"
     fi

@@ -5,9 +5,10 @@
       One session: greeting, then the timed part: USER, PASS, UIDL until the whole listing is
       in. Then QUIT (waited for, untimed). Prints the seconds and the number of listing lines.
 
-  probe.py retr HOST PORT USER PASSWORD [--runs N]
+  probe.py retr HOST PORT USER PASSWORD [--runs N] [--tls]
       One session, RETR 1 N times; each RETR is timed from sending the command to the last
-      octet of the terminator. Prints every run's seconds and octets.
+      octet of the terminator. Prints every run's seconds and octets. With --tls the session
+      is POP3S (implicit TLS, Python's OpenSSL; the certificate is not checked: loopback).
 
   probe.py raw WIRE_FILE [--runs N] [--copy]
       The limit for RETR: a sender process writes WIRE_FILE (the message in its wire form,
@@ -43,9 +44,16 @@ BUFFER = 1 << 20
 
 
 class Pop3:
-    def __init__(self, host, port, timeout=300):
+    def __init__(self, host, port, timeout=300, tls=False):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls:
+            import ssl
+
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            self.sock = ctx.wrap_socket(self.sock, server_hostname=host)
         self.pending = b""
         self.buf = bytearray(BUFFER)
         self.view = memoryview(self.buf)
@@ -130,7 +138,7 @@ def cmd_uidl(a):
 
 
 def cmd_retr(a):
-    c = Pop3(a.host, a.port)
+    c = Pop3(a.host, a.port, tls=a.tls)
     c.ok("greeting")
     c.login(a.user, a.password)
     runs = []
@@ -262,6 +270,7 @@ def main():
         s.add_argument("password")
         if name == "retr":
             s.add_argument("--runs", type=int, default=4)
+            s.add_argument("--tls", action="store_true")
     s = sub.add_parser("raw")
     s.add_argument("wire")
     s.add_argument("--runs", type=int, default=4)

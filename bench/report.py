@@ -283,6 +283,30 @@ def main():
              dovecot_share_of_raw=(d3 / raw if d3 and raw else None)),
     )
 
+    # 3, the same message as facteur's delivery stores it (CRLF, its own wire form): RETR by
+    # sendfile over plain TCP, against the raw copy; and over POP3S, against plain.
+    fc, fcruns = median_mb_per_sec(R, "facteur-crlf", a.w3_runs)
+    dc, dcruns = median_mb_per_sec(R, "dovecot-crlf", a.w3_runs)
+    ft, ftruns = median_mb_per_sec(R, "facteur-crlf-tls", a.w3_runs)
+    dt, dtruns = median_mb_per_sec(R, "dovecot-crlf-tls", a.w3_runs)
+    ratio = fc / raw if fc and raw else None
+    add(
+        "3_retr_crlf_vs_raw",
+        "3. RETR of the same message as facteur delivers it (CRLF: sendfile), against raw",
+        fc, "raw copy " + fmt(raw, "MB/s") + (f"; Dovecot {fmt(dc, 'MB/s')}" if dc else ""),
+        "MB/s", 0, ">= 90% of raw", ratio,
+        ratio is not None and ratio >= 0.90, f"{ratio:.0%} of raw" if ratio else "n/a",
+        dict(other=raw, facteur_runs=fcruns, dovecot=dc, dovecot_runs=dcruns, raw_runs=rawruns),
+    )
+    ratio = ft / fc if ft and fc else None
+    add(
+        "3_retr_crlf_pop3s", "3. the same over POP3S, against facteur's plain RETR",
+        ft, "plain " + fmt(fc, "MB/s") + (f"; Dovecot POP3S {fmt(dt, 'MB/s')}" if dt else ""),
+        "MB/s", 0, ">= 70% of plain", ratio,
+        ratio is not None and ratio >= 0.70, f"{ratio:.0%} of plain" if ratio else "n/a",
+        dict(other=fc, facteur_runs=ftruns, dovecot=dt, dovecot_runs=dtruns),
+    )
+
     # 4: login + UIDL on the big maildrop.
     for kind in ("cold", "warm"):
         fv, fall, fbad = w4_median(R, "facteur", kind, a.reps, a.huge)

@@ -13,6 +13,10 @@
 //! What this module must never do: hold a message in memory. Each type keeps a few flags and
 //! counters between chunks, so a RETR of any size costs the same memory as a NOOP.
 
+/// The line that ends every multi-line response, after a body that ends with CRLF (a body
+/// already in its wire form, sent as it is, is followed by this alone).
+pub const TERMINATOR: &[u8] = b".\r\n";
+
 /// Where the encoder is within the current line of the stored message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LineSoFar {
@@ -169,12 +173,12 @@ impl DotEncoder {
     }
 
     /// Finish the response: if the last line did not end in a newline, append CRLF; then append
-    /// ".\r\n", the line that ends every multi-line response.
+    /// [`TERMINATOR`], the line that ends every multi-line response.
     pub fn finish(self, out: &mut Vec<u8>) {
         if self.line != LineSoFar::Start {
             out.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(b".\r\n");
+        out.extend_from_slice(TERMINATOR);
     }
 }
 

@@ -592,6 +592,12 @@ pub struct StoreSection {
     /// one file per user as MTAs write in `/var/mail` (named by `mbox`).
     #[serde(default)]
     pub format: StoreFormat,
+    /// How delivery (`facteur deliver`, LMTP) stores line ends in a Maildir: `crlf` (the
+    /// default: the form RETR sends, which Maildir readers accept; a large message with no
+    /// line starting with '.' then goes out by `sendfile`, never through facteur's memory), or
+    /// `lf` (as given: LF, the way Postfix's own Maildir delivery stores mail).
+    #[serde(default)]
+    pub line_ends: LineEndsSetting,
     /// The mbox file of a user (format `mbox`), with the escapes of `maildir`. Example:
     /// `/var/mail/%u`. The directory above it must exist; facteur writes its dotlock, its
     /// session lock and its UPDATE journal there.
@@ -606,6 +612,24 @@ pub enum StoreFormat {
     #[default]
     Maildir,
     Mbox,
+}
+
+/// `[store] line_ends`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LineEndsSetting {
+    #[default]
+    Crlf,
+    Lf,
+}
+
+impl From<LineEndsSetting> for facteur_store::LineEnds {
+    fn from(s: LineEndsSetting) -> Self {
+        match s {
+            LineEndsSetting::Crlf => Self::Crlf,
+            LineEndsSetting::Lf => Self::Lf,
+        }
+    }
 }
 
 /// `[store] lease_commit`.
@@ -712,7 +736,13 @@ pub mod defaults {
     /// Octets read from a message file at a time while streaming RETR/TOP: large enough for few
     /// system calls, small enough that thousands of concurrent RETRs stay in memory.
     pub const MESSAGE_CHUNK: usize = 64 * 1024;
-    /// Messages larger than this (wire octets) are read in `LARGE_MESSAGE_CHUNK` blocks.
+    /// At most this many octets of a message go out by one `sendfile` call (a message stored
+    /// as its own wire form), so that each call waits for the disk and the peer only so long
+    /// before the write deadline is looked at again.
+    pub const SENDFILE_CHUNK: u64 = 1024 * 1024;
+    /// Messages larger than this (wire octets) are read in `LARGE_MESSAGE_CHUNK` blocks, and
+    /// go out by `sendfile` over plain TCP when stored as their own wire form (smaller ones go
+    /// out in one write with their `+OK` line and terminator, which costs less).
     pub const LARGE_MESSAGE: u64 = 1024 * 1024;
     /// Blocks for large messages: fewer trips to the blocking pool per message. While one block
     /// is sent the next is read and encoded, so a large RETR holds one block and two output

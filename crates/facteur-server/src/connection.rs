@@ -115,6 +115,8 @@ impl End {
 struct Tally {
     retrieved: u64,
     retrieved_octets: u64,
+    /// Of the messages retrieved, those that went out by `sendfile`.
+    retrieved_by_sendfile: u64,
     deleted: usize,
 }
 
@@ -206,6 +208,7 @@ pub async fn serve(
         user = conn.session.user().unwrap_or("-"),
         retrieved = t.retrieved,
         retrieved_octets = t.retrieved_octets,
+        retrieved_by_sendfile = t.retrieved_by_sendfile,
         deleted = t.deleted,
         tls = conn.stream.tls_summary().as_deref().unwrap_or("none"),
         duration_ms = started.elapsed().as_millis() as u64,
@@ -873,6 +876,19 @@ impl Connection {
         // move them.
         // A size not known yet (TOP on a maildrop whose sizes are deferred): ordinary blocks.
         let size = maildrop.size(index);
+        if top_lines.is_none()
+            && matches!(self.stream, Transport::Plain(_))
+            && size.is_some_and(|s| s > defaults::LARGE_MESSAGE)
+        {
+            self.maildrop = Some(maildrop);
+            if let Some(step) = self.retrieve_wire_form(index).await {
+                return step;
+            }
+            let Some(m) = self.maildrop.take() else {
+                return Step::End(End::IoError);
+            };
+            maildrop = m;
+        }
         let chunk = if size.is_some_and(|s| s > defaults::LARGE_MESSAGE) {
             defaults::LARGE_MESSAGE_CHUNK
         } else {
@@ -971,6 +987,82 @@ impl Connection {
             self.tally.retrieved_octets += sent;
         }
         Step::Continue
+    }
+
+    /// RETR of a message stored as its own wire form (see `Maildrop::open_wire_form`), over
+    /// plain TCP: the file goes to the socket by `sendfile`, from the page cache, never through
+    /// this process's memory; then the terminating line. `None` when the message is not stored
+    /// so (or cannot be opened: the usual path then says why), with nothing sent.
+    async fn retrieve_wire_form(&mut self, index: usize) -> Option<Step> {
+        let mut maildrop = self.maildrop.take()?;
+        let opened = tokio::task::spawn_blocking(move || {
+            let r = maildrop.open_wire_form(index);
+            if let Ok(Some((file, len))) = &r {
+                // Start reading it in now, so that sendfile seldom waits for the disk.
+                let _ = rustix::fs::fadvise(
+                    file,
+                    0,
+                    std::num::NonZeroU64::new(*len),
+                    rustix::fs::Advice::WillNeed,
+                );
+            }
+            (maildrop, r)
+        })
+        .await;
+        let (file, len) = match opened {
+            Ok((maildrop, r)) => {
+                self.maildrop = Some(maildrop);
+                r.ok().flatten()?
+            }
+            Err(_) => return Some(Step::End(End::IoError)),
+        };
+        // The +OK line (and any answer before it) goes first.
+        if let Err(end) = self.send_out().await {
+            return Some(Step::End(end));
+        }
+        let Transport::Plain(tcp) = &self.stream else {
+            return Some(Step::End(End::IoError));
+        };
+        let mut offset = 0u64;
+        while offset < len {
+            let chunk =
+                usize::try_from((len - offset).min(defaults::SENDFILE_CHUNK)).unwrap_or(usize::MAX);
+            let send = async {
+                loop {
+                    tcp.writable().await?;
+                    let sent = tcp.try_io(tokio::io::Interest::WRITABLE, || {
+                        let mut at = offset;
+                        rustix::fs::sendfile(tcp, &file, Some(&mut at), chunk)
+                            .map_err(std::io::Error::from)
+                    });
+                    match sent {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        r => return r,
+                    }
+                }
+            };
+            match within(send, self.write_timeout, &mut self.cut).await {
+                Ok(0) => {
+                    // The file is shorter than when it was opened: part of the message is on
+                    // the wire, so the only honest thing is to stop.
+                    tracing::error!(
+                        peer = %self.peer,
+                        sent = offset,
+                        expected = len,
+                        "a message file shrank while it was being sent"
+                    );
+                    return Some(Step::End(End::IoError));
+                }
+                Ok(n) => offset += n as u64,
+                Err(end) => return Some(Step::End(end.into())),
+            }
+        }
+        self.out.extend_from_slice(facteur_proto::dot::TERMINATOR);
+        self.session.retrieval_complete();
+        self.tally.retrieved += 1;
+        self.tally.retrieved_octets += len;
+        self.tally.retrieved_by_sendfile += 1;
+        Some(Step::Continue)
     }
 
     /// The UPDATE state: apply the deletions, durably, release the maildrop's lock, then

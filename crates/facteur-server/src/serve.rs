@@ -339,7 +339,9 @@ pub async fn open_store(
             Ok(Arc::new(MboxStore::new(cfg.mbox.clone())))
         }
         StoreBackend::Maildir => Ok(Arc::new(
-            MaildirStore::new(cfg.maildir.clone()).with_uidl(cfg.uidl.into()),
+            MaildirStore::new(cfg.maildir.clone())
+                .with_uidl(cfg.uidl.into())
+                .with_line_ends(cfg.line_ends.into()),
         )),
         #[cfg(feature = "postgres")]
         StoreBackend::Postgresql => {

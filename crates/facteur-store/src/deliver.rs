@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::handle;
-use super::name::{WireCounter, BLOCK_SIZE};
-use super::{Delivered, Owner, StoreError};
+use super::name::{CrlfWriter, WireCounter, BLOCK_SIZE, WIRE_FORM_FIELD};
+use super::{Delivered, LineEnds, Owner, StoreError};
 
 /// Counts the unique names made by this process, so two deliveries in the same microsecond
 /// still differ.
@@ -70,12 +70,15 @@ pub fn unique_name(host: &str) -> io::Result<String> {
 /// Delivers `message` into the maildir whose top directory is `root` (opened by `open_root`;
 /// `dir` is its path, for errors), creating `cur/`, `new/` and `tmp/` if missing. Every file and
 /// directory is created relative to a handle, exclusively, never through a link, and given to
-/// `owner` when running as root.
+/// `owner` when running as root. `line_ends` says whether the message is stored as given or
+/// with CRLF line ends (then, if no line starts with '.', its name says it is its own wire
+/// form: `,P=1`).
 pub(crate) fn deliver_into(
     root: &File,
     dir: &Path,
     host: &str,
     owner: Owner,
+    line_ends: LineEnds,
     message: &mut dyn Read,
 ) -> Result<Delivered, StoreError> {
     let sub = |name: &str| {
@@ -101,6 +104,7 @@ pub(crate) fn deliver_into(
 
     let written = (|| {
         let mut counter = WireCounter::default();
+        let mut crlf = (line_ends == LineEnds::Crlf).then(CrlfWriter::default);
         let mut buf = vec![0u8; BLOCK_SIZE];
         loop {
             let n = match message.read(&mut buf) {
@@ -111,11 +115,23 @@ pub(crate) fn deliver_into(
             };
             let block = buf.get(..n).unwrap_or(&buf);
             counter.feed(block);
-            file.write_all(block)
+            let stored = match crlf.as_mut() {
+                Some(w) => w.convert(block),
+                None => block,
+            };
+            file.write_all(stored)
                 .map_err(|e| StoreError::io(&tmp_path, e))?;
         }
         file.sync_all().map_err(|e| StoreError::io(&tmp_path, e))?;
-        let final_name = format!("{unique},S={},W={}", counter.size(), counter.wire_size());
+        // Stored with CRLF, the message is as large as RETR's wire form.
+        let size = crlf.as_ref().map_or(counter.size(), CrlfWriter::written);
+        let wire_form = crlf.as_ref().is_some_and(CrlfWriter::is_wire_form);
+        let final_name = format!(
+            "{unique},S={size},W={}{}{}",
+            counter.wire_size(),
+            if wire_form { "," } else { "" },
+            if wire_form { WIRE_FORM_FIELD } else { "" }
+        );
         let final_path = dir.join("new").join(&final_name);
         handle::rename_noreplace(
             &tmp_dir,
@@ -126,7 +142,7 @@ pub(crate) fn deliver_into(
         .map_err(|e| StoreError::io(&final_path, e))?;
         Ok(Delivered {
             path: final_path,
-            size: counter.size(),
+            size,
             wire_size: counter.wire_size(),
         })
     })();
@@ -188,8 +204,15 @@ mod tests {
             fs::create_dir(dir.path().join(sub)).unwrap();
         }
         let root = handle::open_dir_path(dir.path()).unwrap();
-        let err =
-            deliver_into(&root, dir.path(), "h", Owner::default(), &mut Failing(3)).unwrap_err();
+        let err = deliver_into(
+            &root,
+            dir.path(),
+            "h",
+            Owner::default(),
+            LineEnds::Crlf,
+            &mut Failing(3),
+        )
+        .unwrap_err();
         assert!(matches!(err, StoreError::Source(_)), "{err}");
         for sub in ["tmp", "new", "cur"] {
             assert_eq!(

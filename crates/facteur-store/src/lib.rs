@@ -182,6 +182,20 @@ pub enum UidlScheme {
     Dovecot,
 }
 
+/// How delivery into a Maildir stores line ends (`[store] line_ends`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LineEnds {
+    /// Every line end as CRLF, the form RETR sends: Maildir readers (Dovecot, mutt) accept it,
+    /// and a message with no line starting with '.' is then stored exactly as it goes on the
+    /// wire, so a large RETR over plain TCP goes out by `sendfile` without passing through
+    /// facteur's memory.
+    #[default]
+    Crlf,
+    /// As given: what `facteur deliver` reads, or LF after LMTP (the way Postfix's own
+    /// Maildir delivery stores mail).
+    Lf,
+}
+
 /// Who owns a maildrop, as the user database says (the passwd-file's uid and gid fields).
 ///
 /// With a uid, a maildrop whose directory belongs to another uid is refused. A process running
@@ -383,6 +397,20 @@ pub trait Maildrop: Send {
 
     /// Open message `index` (0-based) for streaming; never reads it whole.
     fn open_message(&mut self, index: usize) -> Result<Box<dyn Read + Send>, StoreError>;
+
+    /// The file of message `index` and its length, when the file is exactly what RETR sends
+    /// between its `+OK` line and its terminating `.` line (every line end CRLF, no line
+    /// starting with '.', a line end at its end): such a message can be handed to `sendfile`.
+    /// `None` when the store cannot tell, or it is not so; then [`Maildrop::open_message`] and
+    /// the dot-stuffing encoder are the way. The answer rests on what delivery recorded in the
+    /// name, a claim of whoever can write into the maildrop: it can only garble that maildrop's
+    /// own messages for its own reader, never reach outside the file.
+    fn open_wire_form(
+        &mut self,
+        _index: usize,
+    ) -> Result<Option<(std::fs::File, u64)>, StoreError> {
+        Ok(None)
+    }
 
     /// UPDATE state: remove these messages (0-based indices). Returns only once the removals are
     /// durable (directory fsync). On the first failure it stops, deletes nothing more, and returns

@@ -69,12 +69,12 @@ use super::fasthash::FastSet;
 use super::handle::{self, escaped, Kind, Opened};
 use super::index::{self, Entry, Index};
 use super::name::{
-    base_name, compare, compare_bases, count_wire_size, cur_name_for_new, info_part,
-    is_message_name, order_key, uid_for_base, wire_size_field, BLOCK_SIZE,
+    base_name, compare, compare_bases, count_wire_size, cur_name_for_new, has_wire_form_field,
+    info_part, is_message_name, order_key, size_field, uid_for_base, wire_size_field, BLOCK_SIZE,
 };
 use super::policy_files;
 use super::uidlist::{self, Uidlist};
-use super::{template, Delivered, Maildrop, Owner, Store, StoreError, UidlScheme};
+use super::{template, Delivered, LineEnds, Maildrop, Owner, Store, StoreError, UidlScheme};
 
 /// The lock file, in the maildir's top directory.
 pub(crate) const LOCK_FILE: &str = "facteur.lock";
@@ -105,6 +105,8 @@ pub struct MaildirStore {
     template: String,
     hostname: OnceLock<String>,
     uidl: UidlScheme,
+    /// How delivery stores line ends (`[store] line_ends`).
+    line_ends: LineEnds,
     /// `uidl = "dovecot"`: the uidlists parsed by earlier logins, so that a login on a maildrop
     /// whose uidlist did not change reads no more than its fstat.
     uidlists: Mutex<UidlistCache>,
@@ -227,8 +229,15 @@ impl MaildirStore {
             template: path_template.into(),
             hostname: OnceLock::new(),
             uidl: UidlScheme::default(),
+            line_ends: LineEnds::default(),
             uidlists: Mutex::default(),
         }
+    }
+
+    /// The same store, delivering with `line_ends` (`[store] line_ends`).
+    pub fn with_line_ends(mut self, line_ends: LineEnds) -> Self {
+        self.line_ends = line_ends;
+        self
     }
 
     /// The same store, with its unique-ids from `uidl` (`[store] uidl`).
@@ -780,7 +789,7 @@ impl Store for MaildirStore {
     ) -> Result<Delivered, StoreError> {
         let dir = self.maildir_path(user, home)?;
         let (root, _) = open_root(&dir, owner)?;
-        deliver_into(&root, &dir, self.hostname(), owner, message)
+        deliver_into(&root, &dir, self.hostname(), owner, self.line_ends, message)
     }
 }
 
@@ -794,6 +803,35 @@ struct Handles<'a> {
 }
 
 impl LockedMaildir {
+    /// The file of message `index`, opened without following a link; a file renamed by a mail
+    /// reader since the snapshot (its flags changed) is found again by its base name.
+    fn open_file(&mut self, index: usize) -> Result<File, StoreError> {
+        let number = index.saturating_add(1);
+        let name = match self.names.get(index) {
+            None => return Err(StoreError::NoSuchMessage(number)),
+            Some(None) => return Err(StoreError::Vanished(number)),
+            Some(Some(name)) => name.clone(),
+        };
+        match handle::open_regular(&self.cur_dir, &name) {
+            Ok(Opened::File(file)) => return Ok(file),
+            Ok(Opened::Missing | Opened::NotRegular) => {}
+            Err(e) => return Err(StoreError::io(self.cur.join(&name), e)),
+        }
+        let Some(current) = self.find_by_base(base_name(name.as_bytes()))? else {
+            return Err(StoreError::Vanished(number));
+        };
+        match handle::open_regular(&self.cur_dir, &current) {
+            Ok(Opened::File(file)) => {
+                if let Some(slot) = self.names.get_mut(index) {
+                    *slot = Some(current);
+                }
+                Ok(file)
+            }
+            Ok(Opened::Missing | Opened::NotRegular) => Err(StoreError::Vanished(number)),
+            Err(e) => Err(StoreError::io(self.cur.join(&current), e)),
+        }
+    }
+
     /// `uids`: the unique-id of each entry, or `None` to derive them here (one pass, no
     /// intermediate vector). `mtimes`: the `cur/` and `new/` mtimes the index records for this
     /// snapshot.
@@ -1121,30 +1159,25 @@ impl Maildrop for LockedMaildir {
     }
 
     fn open_message(&mut self, index: usize) -> Result<Box<dyn Read + Send>, StoreError> {
-        let number = index.saturating_add(1);
-        let name = match self.names.get(index) {
-            None => return Err(StoreError::NoSuchMessage(number)),
-            Some(None) => return Err(StoreError::Vanished(number)),
-            Some(Some(name)) => name.clone(),
+        Ok(Box::new(self.open_file(index)?))
+    }
+
+    fn open_wire_form(&mut self, index: usize) -> Result<Option<(File, u64)>, StoreError> {
+        let Some(Some(name)) = self.names.get(index) else {
+            return Ok(None);
         };
-        match handle::open_regular(&self.cur_dir, &name) {
-            Ok(Opened::File(file)) => return Ok(Box::new(file)),
-            Ok(Opened::Missing | Opened::NotRegular) => {}
-            Err(e) => return Err(StoreError::io(self.cur.join(&name), e)),
+        let base = base_name(name.as_bytes());
+        if !has_wire_form_field(base) {
+            return Ok(None);
         }
-        let Some(current) = self.find_by_base(base_name(name.as_bytes()))? else {
-            return Err(StoreError::Vanished(number));
+        let Some(claimed) = size_field(base) else {
+            return Ok(None);
         };
-        match handle::open_regular(&self.cur_dir, &current) {
-            Ok(Opened::File(file)) => {
-                if let Some(slot) = self.names.get_mut(index) {
-                    *slot = Some(current);
-                }
-                Ok(Box::new(file))
-            }
-            Ok(Opened::Missing | Opened::NotRegular) => Err(StoreError::Vanished(number)),
-            Err(e) => Err(StoreError::io(self.cur.join(&current), e)),
-        }
+        let path = self.cur.join(name);
+        let file = self.open_file(index)?;
+        // A file whose length is not the one delivery wrote was changed since: not trusted.
+        let len = file.metadata().map_err(|e| StoreError::io(path, e))?.len();
+        Ok((len == claimed).then_some((file, len)))
     }
 
     fn apply_deletions(&mut self, indices: &[usize]) -> Result<(), StoreError> {
@@ -2183,7 +2216,7 @@ mod tests {
         assert!(late.path.exists());
         let (mut m, _) = f.open();
         assert_eq!(m.messages().len(), 1);
-        assert_eq!(read_message(&mut m, 0), b"late\n");
+        assert_eq!(read_message(&mut m, 0), b"late\r\n");
     }
 
     #[test]
@@ -2545,11 +2578,55 @@ mod tests {
     }
 
     #[test]
+    fn a_message_stored_as_its_wire_form_is_handed_out_as_a_file() {
+        let f = fixture();
+        let plain = f.deliver(b"Subject: a\n\nline\n");
+        let dotted = f.deliver(b"Subject: b\n\n.line\n");
+        let changed = f.deliver(b"Subject: c\n\nline\n");
+        for d in [&plain, &changed] {
+            assert!(d.path.to_str().unwrap().ends_with(",P=1"), "{:?}", d.path);
+        }
+        assert!(!dotted.path.to_str().unwrap().contains(",P=1"));
+        // Appended to after delivery: its length is no longer the one its name records.
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&changed.path)
+            .unwrap()
+            .write_all(b".\n")
+            .unwrap();
+        let lf = MaildirStore::new(f.store.template.clone()).with_line_ends(LineEnds::Lf);
+        let as_given = lf
+            .deliver("bob@example.org", None, &mut &b"Subject: d\n\nline\n"[..])
+            .unwrap();
+        assert_eq!(fs::read(&as_given.path).unwrap(), b"Subject: d\n\nline\n");
+        assert!(!as_given.path.to_str().unwrap().contains(",P="));
+
+        let (mut m, _) = f.open();
+        let (mut file, len) = m.open_wire_form(0).unwrap().expect("a wire form");
+        let mut got = Vec::new();
+        file.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"Subject: a\r\n\r\nline\r\n");
+        assert_eq!(len, got.len() as u64);
+        assert!(
+            m.open_wire_form(1).unwrap().is_none(),
+            "a line starts with '.'"
+        );
+        assert!(
+            m.open_wire_form(2).unwrap().is_none(),
+            "changed since delivery"
+        );
+        assert!(m.open_wire_form(3).unwrap().is_none(), "stored as given");
+        assert!(m.open_wire_form(4).unwrap().is_none(), "no such message");
+    }
+
+    #[test]
     fn deliver_then_open() {
         let f = fixture();
         let content = b"Subject: hi\n\nbody\r\nlast line without newline";
+        // Stored with CRLF line ends (the default): as large as its wire form.
+        let stored = b"Subject: hi\r\n\r\nbody\r\nlast line without newline";
         let d = f.deliver(content);
-        assert_eq!(d.size, content.len() as u64);
+        assert_eq!(d.size, stored.len() as u64);
         assert_eq!(d.wire_size, content.len() as u64 + 2);
         let name = d.path.file_name().unwrap().to_str().unwrap().to_owned();
         assert!(d.path.starts_with(f.dir.join("new")));
@@ -2557,13 +2634,15 @@ mod tests {
             name.ends_with(&format!(",S={},W={}", d.size, d.wire_size)),
             "{name}"
         );
-        assert_eq!(fs::read(&d.path).unwrap(), content);
+        assert_eq!(fs::read(&d.path).unwrap(), stored);
         assert!(f.files("tmp").is_empty());
 
         let (mut m, stats) = f.open();
         assert_eq!(stats.files_read, 0, "W= is trusted");
         assert_eq!(sizes(&m), vec![d.wire_size]);
-        assert_eq!(read_message(&mut m, 0), content);
+        assert_eq!(read_message(&mut m, 0), stored);
+        // No line end at its end: RETR adds one, so the file is not its own wire form.
+        assert!(m.open_wire_form(0).unwrap().is_none());
         assert_eq!(f.files("cur"), vec![format!("{name}:2,")]);
     }
 
@@ -2576,8 +2655,12 @@ mod tests {
         content[BLOCK_SIZE] = b'\n';
         content[BLOCK_SIZE * 2] = b'\n';
         let d = f.deliver(&content);
-        assert_eq!(d.size, content.len() as u64);
+        // Stored with CRLF: the bare LF got its CR, the one after a CR at the boundary did not.
+        assert_eq!(d.size, content.len() as u64 + 1);
         assert_eq!(d.wire_size, content.len() as u64 + 1);
+        let mut expected = content.clone();
+        expected.insert(BLOCK_SIZE * 2, b'\r');
+        assert_eq!(fs::read(&d.path).unwrap(), expected);
     }
 
     #[test]

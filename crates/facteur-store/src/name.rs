@@ -88,6 +88,105 @@ pub(crate) fn wire_size_field(base: &[u8]) -> Option<u64> {
         .and_then(parse_decimal)
 }
 
+/// The size a `,S=<n>` field of the base name records, if there is a well-formed one.
+pub(crate) fn size_field(base: &[u8]) -> Option<u64> {
+    base.split(|&b| b == b',')
+        .skip(1)
+        .find_map(|field| field.strip_prefix(b"S="))
+        .and_then(parse_decimal)
+}
+
+/// The field facteur's delivery adds to a base name when the file is its own POP3 wire form:
+/// every line end CRLF, no line starting with '.', and a line end at the end (see
+/// [`crate::LineEnds::Crlf`]). Other Maildir readers ignore fields they do not know.
+pub(crate) const WIRE_FORM_FIELD: &str = "P=1";
+
+/// True when the base name carries [`WIRE_FORM_FIELD`].
+pub(crate) fn has_wire_form_field(base: &[u8]) -> bool {
+    base.split(|&b| b == b',')
+        .skip(1)
+        .any(|field| field == WIRE_FORM_FIELD.as_bytes())
+}
+
+/// Turns a message into the form RETR sends (every LF not preceded by CR gets one) as it
+/// streams into a file, and notes whether the result is its own wire form: no line starting
+/// with '.' and a line end at the end.
+pub(crate) struct CrlfWriter {
+    /// The last octet given was a CR (a LF first in the next block is not bare).
+    last_was_cr: bool,
+    /// The next octet starts a line.
+    at_line_start: bool,
+    /// Some line starts with '.' (RETR must stuff it).
+    dot_line: bool,
+    /// Octets given so far.
+    given: u64,
+    /// Octets written so far.
+    written: u64,
+    /// The converted block.
+    out: Vec<u8>,
+}
+
+impl Default for CrlfWriter {
+    fn default() -> Self {
+        Self {
+            last_was_cr: false,
+            at_line_start: true,
+            dot_line: false,
+            given: 0,
+            written: 0,
+            out: Vec::new(),
+        }
+    }
+}
+
+impl CrlfWriter {
+    /// Converts `block`, the next octets of the message, and returns what to write.
+    pub(crate) fn convert(&mut self, block: &[u8]) -> &[u8] {
+        self.out.clear();
+        if block.is_empty() {
+            return &self.out;
+        }
+        if self.at_line_start && block.first() == Some(&b'.') {
+            self.dot_line = true;
+        }
+        let mut start = 0;
+        for lf in memchr::memchr_iter(b'\n', block) {
+            let after_cr = match lf.checked_sub(1) {
+                Some(before) => block.get(before) == Some(&b'\r'),
+                None => self.last_was_cr,
+            };
+            if !after_cr {
+                self.out
+                    .extend_from_slice(block.get(start..lf).unwrap_or_default());
+                self.out.extend_from_slice(b"\r");
+                start = lf;
+            }
+            if block.get(lf + 1) == Some(&b'.') {
+                self.dot_line = true;
+            }
+        }
+        self.out
+            .extend_from_slice(block.get(start..).unwrap_or_default());
+        let last = block.last().copied();
+        self.last_was_cr = last == Some(b'\r');
+        self.at_line_start = last == Some(b'\n');
+        self.given += block.len() as u64;
+        self.written += self.out.len() as u64;
+        &self.out
+    }
+
+    /// Octets written so far: the stored size, and the wire size too.
+    pub(crate) fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// True when what was written is its own wire form: no line starts with '.', and it ends
+    /// with a line end (or is empty).
+    pub(crate) fn is_wire_form(&self) -> bool {
+        !self.dot_line && (self.at_line_start || self.given == 0)
+    }
+}
+
 /// One piece of a name for the delivery-order comparison: runs of digits compare as numbers,
 /// other octets as octets. The variant order puts a number between the octets below '0' and
 /// those above '9', as a plain octet comparison would.
@@ -234,6 +333,18 @@ mod tests {
     }
 
     #[test]
+    fn wire_form_fields() {
+        assert!(has_wire_form_field(b"1.M2P3.h,S=10,W=10,P=1"));
+        assert!(!has_wire_form_field(b"1.M2P3.h,S=10,W=10,P=10"));
+        assert!(
+            !has_wire_form_field(b"P=1"),
+            "the unique part is not a field"
+        );
+        assert_eq!(size_field(b"1.M2P3.h,S=10,W=12"), Some(10));
+        assert_eq!(size_field(b"1.M2P3.h,W=12"), None);
+    }
+
+    #[test]
     fn base_and_info() {
         assert_eq!(base_name(b"123.abc:2,S"), b"123.abc");
         assert_eq!(base_name(b"123.abc"), b"123.abc");
@@ -332,6 +443,35 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn crlf_writer_gives_the_wire_form(bytes in proptest::collection::vec(
+            prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'.'), Just(b'x')], 0..64),
+            block in 1usize..8) {
+            // The wire form, octet by octet: a CR before every bare LF.
+            let mut expected = Vec::new();
+            let mut dot_line = false;
+            for (i, &b) in bytes.iter().enumerate() {
+                if b == b'\n' && (i == 0 || bytes[i - 1] != b'\r') {
+                    expected.push(b'\r');
+                }
+                if b == b'.' && (i == 0 || bytes[i - 1] == b'\n') {
+                    dot_line = true;
+                }
+                expected.push(b);
+            }
+            let mut w = CrlfWriter::default();
+            let mut got = Vec::new();
+            for chunk in bytes.chunks(block) {
+                got.extend_from_slice(w.convert(chunk));
+            }
+            prop_assert_eq!(w.written(), got.len() as u64);
+            let wire_size = count_wire_size(&mut &bytes[..], &mut [0u8; 16]).unwrap();
+            prop_assert_eq!(w.written(), wire_size);
+            prop_assert_eq!(&got, &expected);
+            let ends_with_lf = bytes.last().is_none_or(|&b| b == b'\n');
+            prop_assert_eq!(w.is_wire_form(), !dot_line && ends_with_lf);
+        }
+
         #[test]
         fn wire_size_matches_a_plain_count(bytes in proptest::collection::vec(
             prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'x')], 0..64), block in 1usize..8) {

@@ -586,7 +586,8 @@ fn dev_setup(
         )
         .map_err(|e| fail(format!("cannot write {}: {e}", config_path.display())))?;
         let cfg = Config::load(&config_path)?;
-        let store = MaildirStore::new(cfg.store.maildir.clone());
+        let store =
+            MaildirStore::new(cfg.store.maildir.clone()).with_line_ends(cfg.store.line_ends.into());
         let welcome = format!(
             "From: facteur <postmaster@localhost>\r\nTo: demo@localhost\r\n\
              Subject: Welcome to facteur\r\nMessage-ID: <welcome.{}@localhost>\r\n\r\n\
@@ -1186,6 +1187,7 @@ fn deliver(user: &str, config_path: &Path) -> Result<(), CliError> {
                 .map_err(store_error)?
         }
         StoreBackend::Maildir => MaildirStore::new(cfg.store.maildir.clone())
+            .with_line_ends(cfg.store.line_ends.into())
             .deliver_as(user, home.as_deref(), owner, &mut stdin)
             .map_err(store_error)?,
         StoreBackend::Postgresql => {

@@ -284,6 +284,7 @@ fn a_changed_message_is_a_conflict_and_a_dry_run_writes_nothing() {
     let fx = Fixture::new();
     let to = postgres_config(&fx, &db);
     let d = fx.deliver(USER, &message(1));
+    let as_stored = std::fs::read(&d.path).unwrap();
     fx.deliver(USER, &message(2));
     let (code, out) = migrate(&fx, &to, &["--dry-run"]);
     assert_eq!(code, Some(0), "{out}");
@@ -302,7 +303,7 @@ fn a_changed_message_is_a_conflict_and_a_dry_run_writes_nothing() {
     assert_eq!(query_i64(&db.url, "SELECT count(*) FROM messages"), 2);
 
     // A stored wire size that is not the file's fails the verification.
-    std::fs::write(&d.path, message(1)).unwrap();
+    std::fs::write(&d.path, &as_stored).unwrap();
     let (code, out) = migrate(&fx, &to, &[]);
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(

@@ -301,7 +301,10 @@ impl Fixture {
     /// The fixture's store, as the server opens it.
     pub fn store(&self) -> Arc<dyn Store> {
         match &self.pg {
-            None => Arc::new(MaildirStore::new(self.config.store.maildir.clone())),
+            None => Arc::new(
+                MaildirStore::new(self.config.store.maildir.clone())
+                    .with_line_ends(self.config.store.line_ends.into()),
+            ),
             Some(pg) => Arc::new(pg.store.clone()),
         }
     }
