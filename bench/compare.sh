@@ -665,6 +665,9 @@ warm_cache "$SCRATCH/facteur-mail/"u[0-9] "$SCRATCH/facteur-mail/"u[0-9][0-9] \
     "$SCRATCH/dovecot-mail/"u[0-9] "$SCRATCH/dovecot-mail/"u[0-9][0-9]
 w12 1 plain "${SERVERS[*]}"
 w12 2 pop3s "${SERVERS[*]}" --insecure
+# 2r: the same, with clients that resume their TLS sessions (tickets), as clients that
+# reconnect every few minutes do.
+w12 2r pop3s "${SERVERS[*]}" --insecure --tls-resume
 
 # Workload 1 again with both authentication caches off: every login hashes its password.
 caches() { # on|off: set both servers' authentication caches, and restart both

@@ -206,7 +206,8 @@ def main():
 
     # 1 and 2: sessions per second, over all the rounds; "1n": workload 1 again with both
     # authentication caches off (no goal: it shows what the password hash costs each server).
-    for n, mode, goal in ((1, "plain", 3.0), ("1n", "plain", None), (2, "POP3S", 2.0)):
+    for n, mode, goal in ((1, "plain", 3.0), ("1n", "plain", None), (2, "POP3S", 2.0),
+                          ("2r", "POP3S", 2.0)):
         runs, cpu = {}, {}
         for who in ("facteur", "dovecot"):
             total, c = w12_setup(R, n, who, a.rounds)
@@ -226,9 +227,10 @@ def main():
                     f"failed: {r['errors_by_kind']}"
                 )
         fc, dc = cpu.get("facteur"), cpu.get("dovecot")
-        what = mode if goal is not None else f"{mode}, no authentication cache"
+        what = {"1n": f"{mode}, no authentication cache",
+                "2r": f"{mode}, sessions resumed"}.get(str(n), mode)
         extra_rows.append((
-            f"{str(n).rstrip('n')}. server CPU time per session, {what}",
+            f"{str(n).rstrip('nr')}. server CPU time per session, {what}",
             fmt(fc and fc["server_cpu_ms_per_session"], "ms", 2),
             fmt(dc and dc["server_cpu_ms_per_session"], "ms", 2),
             f"Dovecot uses {dc['server_cpu_ms_per_session'] / fc['server_cpu_ms_per_session']:.2f}x"
@@ -245,6 +247,10 @@ def main():
             label = (f"1. the same, with both authentication caches off (every login hashes its "
                      "password)")
             goal_text = "none: shows the hash's cost"
+        elif n == "2r":
+            key = "2_sessions_pop3s_resumed"
+            label = "2. the same, the clients resuming their TLS sessions"
+            goal_text = f">= {goal:g}x"
         else:
             key = f"{n}_sessions_{mode.lower()}"
             label = f"{n}. full session, 10 x 4 KB RETR, {a.concurrency} concurrent, {mode}"
