@@ -593,6 +593,23 @@ carol:{PLAIN}c
     }
 
     #[test]
+    fn removing_a_user_removes_their_app_passwords_only() {
+        let (_dir, path) = temp();
+        fs::write(&path, "a:{PLAIN}a\nb:{PLAIN}b\n").unwrap();
+        crate::add_app_password(&path, "a", "phone", "{PLAIN}x").unwrap();
+        crate::add_app_password(&path, "b", "phone", "{PLAIN}y").unwrap();
+        del_user(&path, "a").unwrap();
+        let apps = fs::read_to_string(crate::app_passwords_path(&path)).unwrap();
+        assert!(!apps.contains("a:") && apps.starts_with("b:"), "{apps}");
+        // Added again, the name does not get them back.
+        add_user(&path, "a", "{PLAIN}a").unwrap();
+        let used = crate::default_last_used_path(&path);
+        assert!(crate::list_app_passwords(&path, &used, "a")
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
     fn mode_is_kept() {
         let (_dir, path) = temp();
         fs::write(&path, "a:{PLAIN}a\n").unwrap();

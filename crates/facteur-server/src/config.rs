@@ -1669,6 +1669,22 @@ mod tests {
         assert_eq!(c.auth.backend.to_string(), "sql");
         assert_eq!(c.database_url(), Some("host=/u dbname=users"));
         assert_eq!(c.auth.passwd_file, Path::new(""));
+        // Where the last use of app passwords goes: beside the users file, or as configured
+        // (relative to the configuration file).
+        let c = parse("passwd_file = \"users\"", maildir).unwrap();
+        assert_eq!(
+            c.auth.app_password_last_used_path(),
+            Path::new("/etc/users.app-passwords.last-used")
+        );
+        let c = parse(
+            "passwd_file = \"users\"\napp_password_last_used = \"state/used\"",
+            maildir,
+        )
+        .unwrap();
+        assert_eq!(
+            c.auth.app_password_last_used_path(),
+            Path::new("/etc/state/used")
+        );
         // Both in the store's database.
         let c = parse(
             "backend = \"sql\"\npenalty_max_rows = 5000\npenalty_clean_secs = 10",
@@ -1711,6 +1727,11 @@ mod tests {
                 "backend = \"sql\"\npenalty_clean_secs = 0",
                 pg,
                 "penalty_clean_secs = 0",
+            ),
+            (
+                "backend = \"sql\"\napp_password_last_used = \"x\"",
+                pg,
+                "the database records it",
             ),
         ] {
             let e = parse(auth, store).unwrap_err();
