@@ -1919,3 +1919,66 @@ mod app_password_tests {
         assert_eq!(list[1].last_used, None);
     }
 }
+
+/// Two servers recording the use of app passwords while `facteur user app-password` edits the
+/// file: the record is never corrupted, and no server's record is lost.
+#[cfg(test)]
+mod app_password_concurrency {
+    use super::*;
+    use crate::app_password::{app_password_text, generate_app_password_secret};
+    use crate::{add_app_password, hash_password, list_app_passwords, revoke_app_password, Scheme};
+
+    #[test]
+    fn two_servers_and_an_editor_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        fs::write(&path, "alice:{PLAIN}main\nbob:{PLAIN}bobpw\n").unwrap();
+        let add = |user: &str, label: &str| {
+            let secret = generate_app_password_secret().unwrap();
+            let stored = hash_password(Scheme::Sha256Crypt, secret.expose().as_bytes()).unwrap();
+            let id = add_app_password(&path, user, label, &stored).unwrap();
+            app_password_text(&id, &secret).expose().clone()
+        };
+        let alice = add("alice", "phone");
+        let bob = add("bob", "phone");
+        let servers = [
+            PasswdDb::open(&path).unwrap(),
+            PasswdDb::open(&path).unwrap(),
+        ];
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for (n, db) in servers.iter().enumerate() {
+                let (user, password) = if n == 0 {
+                    ("alice", &alice)
+                } else {
+                    ("bob", &bob)
+                };
+                s.spawn(move || {
+                    // Each login a minute after the last, as the clock goes: each one written.
+                    for i in 0..20 {
+                        let at = start + crate::LAST_USED_EVERY * i;
+                        assert!(db.check_password_at(user, password.as_bytes(), at).is_ok());
+                    }
+                    db.apps.flush();
+                });
+            }
+            s.spawn(|| {
+                for i in 0..20 {
+                    add("alice", &format!("tablet {i}"));
+                    revoke_app_password(&path, "alice", &format!("tablet {i}")).unwrap();
+                }
+            });
+        });
+        let last_used = crate::default_last_used_path(&path);
+        let text = fs::read_to_string(&last_used).unwrap();
+        assert!(
+            text.lines().all(|l| l.split(':').count() == 4),
+            "every line whole: {text}"
+        );
+        for user in ["alice", "bob"] {
+            let list = list_app_passwords(&path, &last_used, user).unwrap();
+            let phone = list.iter().find(|a| a.label == "phone").unwrap();
+            assert!(phone.last_used.is_some(), "{user}'s use lost: {text}");
+        }
+    }
+}
