@@ -16,7 +16,8 @@
 //! - this module: deadlines, retries on serialization failures, database errors as
 //!   [`AuthError::Database`].
 //!
-//! The tables are created by the store's migrations (`facteur db migrate`, schema version 2).
+//! The tables are created by the store's migrations (`facteur db migrate`: `users` in schema
+//! version 2, `app_passwords` in version 5).
 
 mod app_passwords;
 mod penalties;
