@@ -10,7 +10,9 @@ use std::fs::{self, File, Metadata, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use super::app_password::revoke_all_app_passwords;
 use super::passwd_file::{line_user, PasswdFile};
 use super::scheme::random_token;
 use super::{AuthError, InvalidUserName, StoredPassword, USER_NAME_MAX_LEN};
@@ -86,9 +88,13 @@ pub fn add_user(path: impl AsRef<Path>, user: &str, stored: &str) -> Result<(), 
 }
 
 /// Removes `user`'s line; every other line stays as it was.
+///
+/// The user's app passwords are removed first, so that a user added again later under the same
+/// name does not get them back.
 pub fn del_user(path: impl AsRef<Path>, user: &str) -> Result<(), AuthError> {
     let path = path.as_ref();
     check_user(user)?;
+    revoke_all_app_passwords(path, user)?;
     edit(path, false, |content| {
         let lines = split_lines(content);
         let kept: Vec<&Line<'_>> = lines
@@ -192,10 +198,52 @@ fn lock_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Runs `change` on the file's content under the lock and writes its result atomically.
+/// Runs `change` on the passwd-file's content under the lock and writes its result atomically.
 fn edit(
     path: &Path,
     create: bool,
+    change: impl FnOnce(&[u8]) -> Result<Vec<u8>, AuthError>,
+) -> Result<(), AuthError> {
+    edit_file(
+        path,
+        if create {
+            IfMissing::Create
+        } else {
+            IfMissing::Fail
+        },
+        LockWait::Forever,
+        |new, path| PasswdFile::parse_bytes(new, &path.display().to_string()).map(drop),
+        change,
+    )
+}
+
+/// What [`edit_file`] does when the file does not exist.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum IfMissing<'a> {
+    /// An error ([`AuthError::Read`] of `NotFound`).
+    Fail,
+    /// `change` is given an empty content; the new file is 0600, owned by whoever runs this.
+    Create,
+    /// As `Create`, with the mode and owner of this other file (the passwd-file, for the file
+    /// of app passwords beside it: the server must read both).
+    CreateLike(&'a Path),
+}
+
+/// How long [`edit_file`] waits for the lock.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum LockWait {
+    Forever,
+    /// Up to this long, then an [`AuthError::Lock`] of `TimedOut`.
+    Up(Duration),
+}
+
+/// Runs `change` on the content of the file at `path` under its lock (the sidecar
+/// `<path>.lock`), checks the result with `validate`, and writes it atomically.
+pub(crate) fn edit_file(
+    path: &Path,
+    missing: IfMissing<'_>,
+    wait: LockWait,
+    validate: impl FnOnce(&[u8], &Path) -> Result<(), AuthError>,
     change: impl FnOnce(&[u8]) -> Result<Vec<u8>, AuthError>,
 ) -> Result<(), AuthError> {
     let lock_file = lock_path(path);
@@ -213,7 +261,10 @@ fn edit(
         .map_err(lock_error)?;
     // Released when `lock` is dropped, after the rename. `File::lock` is stable since Rust
     // 1.89: the workspace's rust-version must be at least that.
-    lock.lock().map_err(lock_error)?;
+    match wait {
+        LockWait::Forever => lock.lock().map_err(lock_error)?,
+        LockWait::Up(limit) => lock_within(&lock, limit).map_err(lock_error)?,
+    }
 
     // Edit the file a symbolic link points to, not the link.
     let target = match fs::canonicalize(path) {
@@ -226,10 +277,17 @@ fn edit(
             })
         }
     };
-    let (content, meta) = match read_with_metadata(&target) {
-        Ok((content, meta)) => (content, Some(meta)),
-        Err(e) if create && e.kind() == io::ErrorKind::NotFound => (Vec::new(), None),
-        Err(source) => {
+    let (content, meta) = match (read_with_metadata(&target), missing) {
+        (Ok((content, meta)), _) => (content, Some(meta)),
+        (Err(e), IfMissing::Create) if e.kind() == io::ErrorKind::NotFound => (Vec::new(), None),
+        (Err(e), IfMissing::CreateLike(like)) if e.kind() == io::ErrorKind::NotFound => {
+            let meta = fs::metadata(like).map_err(|source| AuthError::Read {
+                path: like.to_path_buf(),
+                source,
+            })?;
+            (Vec::new(), Some(meta))
+        }
+        (Err(source), _) => {
             return Err(AuthError::Read {
                 path: path.to_path_buf(),
                 source,
@@ -238,10 +296,30 @@ fn edit(
     };
     let new = change(&content)?;
     // Never write a file the server would refuse to load.
-    PasswdFile::parse_bytes(&new, &path.display().to_string())?;
+    validate(&new, path)?;
     write_atomically(&target, &new, meta.as_ref())?;
     drop(lock);
     Ok(())
+}
+
+/// Takes the exclusive lock of `file`, trying every 20 ms for up to `limit`.
+fn lock_within(file: &File, limit: Duration) -> io::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("another process held it for {} s", limit.as_secs()),
+                ))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+    }
 }
 
 fn read_with_metadata(path: &Path) -> io::Result<(Vec<u8>, Metadata)> {
@@ -512,6 +590,23 @@ carol:{PLAIN}c
         // Removing the broken line is allowed: the result loads.
         del_user(&path, "b").unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "a:{PLAIN}a\n");
+    }
+
+    #[test]
+    fn removing_a_user_removes_their_app_passwords_only() {
+        let (_dir, path) = temp();
+        fs::write(&path, "a:{PLAIN}a\nb:{PLAIN}b\n").unwrap();
+        crate::add_app_password(&path, "a", "phone", "{PLAIN}x").unwrap();
+        crate::add_app_password(&path, "b", "phone", "{PLAIN}y").unwrap();
+        del_user(&path, "a").unwrap();
+        let apps = fs::read_to_string(crate::app_passwords_path(&path)).unwrap();
+        assert!(!apps.contains("a:") && apps.starts_with("b:"), "{apps}");
+        // Added again, the name does not get them back.
+        add_user(&path, "a", "{PLAIN}a").unwrap();
+        let used = crate::default_last_used_path(&path);
+        assert!(crate::list_app_passwords(&path, &used, "a")
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

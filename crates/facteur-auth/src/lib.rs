@@ -16,6 +16,10 @@
 //! - `cache`: the cache of successful password verifications that [`PasswdDb`] may keep, so
 //!   that a client polling with the same password is not hashed at every login.
 //! - `scheme`: [`Scheme`], [`StoredPassword`] and [`hash_password`].
+//! - `app_password`: app passwords, extra passwords for POP3 logins only, each with a label
+//!   ([`add_app_password`], [`list_app_passwords`], [`revoke_app_password`]): their format
+//!   (an id that names the one hash to check), the file beside the passwd-file, the record of
+//!   their last use. [`Account::app_password`] tells a login made with one.
 //! - `edit`: [`add_user`], [`del_user`], [`set_password`], [`list_users`] for `facteur user`:
 //!   atomic rewrites under a lock that keep every other line as it was.
 //! - `sasl`: every [`Authenticator`] as the verifier of facteur-proto's SASL state machines
@@ -32,6 +36,7 @@
 //! Put a password or a hash in an error, a log line or a `Debug` output; tell a client whether a
 //! user exists (an unknown user costs the same hash work as a known one); panic on any input.
 
+mod app_password;
 mod cache;
 mod cram_md5;
 mod edit;
@@ -50,6 +55,11 @@ use facteur_store::{BadOwner, Owner};
 
 pub use facteur_proto::policy::{BadPolicy, UserPolicy};
 
+pub use app_password::{
+    add_app_password, app_password_text, app_passwords_path, default_last_used_path,
+    generate_app_password_secret, list_app_passwords, revoke_app_password, validate_label,
+    AppPasswordInfo, APP_PASSWORDS_PER_USER, LABEL_MAX_LEN, LAST_USED_EVERY,
+};
 pub use edit::{add_user, del_user, list_users, set_password, validate_user_name};
 pub use facteur_proto::sasl::{
     FailureReason, Mechanism, Nonces, SaslContext, SaslOutcome, UnknownMechanism, MAX_SASL_LINE,
@@ -77,6 +87,9 @@ pub struct Account {
     /// and `expire=`, the SQL users' columns), or why they cannot be used: the maildrop is then
     /// refused.
     pub policy: Result<UserPolicy, BadPolicy>,
+    /// The label of the app password the user logged in with; `None` for the main password
+    /// (and every other method: only USER/PASS and SASL PLAIN/LOGIN take app passwords).
+    pub app_password: Option<String>,
 }
 
 /// The result of a login attempt.
@@ -246,6 +259,20 @@ pub enum AuthError {
     Hash(String),
     #[error("cannot get random bytes from the operating system: {0}")]
     Random(#[from] getrandom::Error),
+    #[error("the label {0}")]
+    BadLabel(&'static str),
+    #[error("{origin}:{line}: {reason}")]
+    AppPasswordLine {
+        origin: String,
+        line: usize,
+        reason: &'static str,
+    },
+    #[error("user {user:?} has no app password labelled {label:?}")]
+    NoSuchAppPassword { user: String, label: String },
+    #[error("user {user:?} already has an app password labelled {label:?}")]
+    AppPasswordLabelTaken { user: String, label: String },
+    #[error("user {user:?} already has {max} app passwords, the most allowed: revoke one first")]
+    TooManyAppPasswords { user: String, max: usize },
     #[error("user {user:?} already exists in the database")]
     SqlUserExists { user: String },
     #[error("no user {user:?} in the database")]

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use facteur_proto::policy::{BadPolicy, Expire, UserPolicy};
 use facteur_proto::Secret;
 
+use super::app_password::{check_app_password, default_last_used_path, presented, AppPasswordDb};
 use super::cache::VerifiedCache;
 use super::cram_md5::CramMd5Context;
 use super::scheme::{
@@ -112,6 +113,7 @@ impl PasswdEntry {
             home: self.home.clone(),
             owner: Owner::from_fields(self.uid(), self.gid()),
             policy: Ok(self.policy),
+            app_password: None,
         }
     }
 }
@@ -443,6 +445,8 @@ pub struct PasswdDb {
     scram_secret: Secret<[u8; 32]>,
     /// Successful password verifications remembered for a while; `None`: every login hashes.
     verified: Option<VerifiedCache>,
+    /// The app passwords, from the file beside this one.
+    apps: AppPasswordDb,
     /// How many passwords were checked the slow way (the scheme's own check, or the dummy's).
     #[cfg(test)]
     slow_checks: std::sync::atomic::AtomicUsize,
@@ -464,6 +468,7 @@ impl PasswdDb {
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, AuthError> {
         let path = path.into();
         let (loaded, stamp) = Loaded::read(&path)?;
+        let apps = AppPasswordDb::new(&path, default_last_used_path(&path));
         let mut scram_secret = [0u8; 32];
         getrandom::fill(&mut scram_secret)?;
         Ok(Self {
@@ -475,6 +480,7 @@ impl PasswdDb {
             }),
             scram_secret: Secret::new(scram_secret),
             verified: None,
+            apps,
             #[cfg(test)]
             slow_checks: std::sync::atomic::AtomicUsize::new(0),
         })
@@ -491,6 +497,14 @@ impl PasswdDb {
     /// of zero leaves the cache off, and so does a failure to get a random key (logged).
     pub fn with_verified_cache(mut self, ttl: Duration, max_entries: usize) -> Self {
         self.verified = VerifiedCache::new(ttl, max_entries);
+        self
+    }
+
+    /// Records when app passwords were last used in `path` instead of
+    /// [`default_last_used_path`](crate::default_last_used_path) (a directory the server may
+    /// write to, when the passwd-file's is read-only for it).
+    pub fn with_app_password_last_used(mut self, path: impl Into<PathBuf>) -> Self {
+        self.apps.set_last_used_path(path.into());
         self
     }
 
@@ -580,6 +594,22 @@ impl PasswdDb {
             if cache.is_fresh(tag, now) {
                 if let Some(entry) = entry {
                     return Ok(entry.account());
+                }
+            }
+        }
+        // A password of an app password's shape names the one app password it can be, as the
+        // file is now (a revoked one is not in it): that one hash is checked, then the main
+        // password's, so a login costs two hashes at most whatever the number of app passwords.
+        if let (Some(entry), Some(p)) = (entry, presented(password)) {
+            let apps = self.apps.current();
+            if let Some(app) = apps.find(user, &p.id) {
+                let cache = self.verified.as_ref();
+                if check_app_password(cache, user, app, &p, now, |s, pw| self.slow_check(s, pw)) {
+                    self.apps.used(user, app, now);
+                    return Ok(Account {
+                        app_password: Some(app.label.clone()),
+                        ..entry.account()
+                    });
                 }
             }
         }
@@ -1029,6 +1059,7 @@ h:{PLAIN}ph:::::
             home: home.map(str::to_string),
             owner: Ok(Owner::default()),
             policy: Ok(UserPolicy::default()),
+            app_password: None,
         })
     }
 
@@ -1428,6 +1459,7 @@ h:{PLAIN}ph:::::
             home: home.map(str::to_string),
             owner: Ok(Owner::default()),
             policy: Ok(UserPolicy::default()),
+            app_password: None,
         }
     }
 
@@ -1726,6 +1758,227 @@ h:{PLAIN}ph:::::
                 .map(|(user, field, rest)| format!("{user}:{field}{rest}\n"))
                 .collect();
             let _ = parse(&text);
+        }
+    }
+}
+
+/// App passwords at login: the one hash their id names, revocation, the cache, the record of
+/// their use.
+#[cfg(test)]
+mod app_password_tests {
+    use super::*;
+    use crate::app_password::{app_password_text, generate_app_password_secret};
+    use crate::{
+        add_app_password, hash_password, list_app_passwords, revoke_app_password, Scheme,
+        LAST_USED_EVERY,
+    };
+
+    fn db(cache: bool) -> (tempfile::TempDir, PathBuf, PasswdDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        fs::write(&path, "alice:{PLAIN}main\nbob:{PLAIN}bobpw\n").unwrap();
+        let mut db = PasswdDb::open(&path).unwrap();
+        if cache {
+            db = db.with_verified_cache(Duration::from_secs(3600), 100);
+        }
+        (dir, path, db)
+    }
+
+    /// A new app password of `user`: what a client sends.
+    fn add(path: &Path, user: &str, label: &str) -> String {
+        let secret = generate_app_password_secret().unwrap();
+        let stored = hash_password(Scheme::Sha256Crypt, secret.expose().as_bytes()).unwrap();
+        let id = add_app_password(path, user, label, &stored).unwrap();
+        app_password_text(&id, &secret).expose().clone()
+    }
+
+    fn label_of(checked: Checked) -> Option<String> {
+        checked.expect("a success").app_password
+    }
+
+    #[test]
+    fn either_the_main_password_or_an_app_password() {
+        let (_dir, path, db) = db(false);
+        let phone = add(&path, "alice", "phone");
+        let laptop = add(&path, "alice", "laptop");
+        assert_eq!(
+            label_of(db.check_password("alice", phone.as_bytes())),
+            Some("phone".to_string())
+        );
+        assert_eq!(
+            label_of(db.check_password("alice", laptop.as_bytes())),
+            Some("laptop".to_string())
+        );
+        assert_eq!(label_of(db.check_password("alice", b"main")), None);
+        // Another user's, and a wrong secret behind a right id, are wrong passwords.
+        assert_eq!(
+            db.check_password("bob", phone.as_bytes()),
+            Err(FailureReason::WrongPassword)
+        );
+        let mut wrong = phone.clone().into_bytes();
+        let last = wrong.len() - 1;
+        wrong[last] = if wrong[last] == b'a' { b'b' } else { b'a' };
+        assert_eq!(
+            db.check_password("alice", &wrong),
+            Err(FailureReason::WrongPassword)
+        );
+    }
+
+    #[test]
+    fn a_login_costs_two_hashes_at_most_however_many_app_passwords() {
+        let (_dir, path, db) = db(false);
+        let passwords: Vec<String> = (0..20)
+            .map(|i| add(&path, "alice", &format!("device {i}")))
+            .collect();
+        let before = db.slow_checks();
+        // A wrong password of another shape: the main password's hash only.
+        assert!(db.check_password("alice", b"guess").is_err());
+        assert_eq!(db.slow_checks() - before, 1);
+        // Of the app password shape, an id nobody has: the main password's only.
+        assert!(db
+            .check_password("alice", b"zzzz-aaaa-aaaa-aaaa-aaaa")
+            .is_err());
+        // A right id with a wrong secret: that app password's hash and the main one's.
+        let wrong = format!("{}-aaaa-aaaa-aaaa-aaaa", &passwords[7][..4]);
+        let before = db.slow_checks();
+        assert!(db.check_password("alice", wrong.as_bytes()).is_err());
+        assert_eq!(db.slow_checks() - before, 2);
+        // The last app password added: one hash.
+        let before = db.slow_checks();
+        assert!(db.check_password("alice", passwords[19].as_bytes()).is_ok());
+        assert_eq!(db.slow_checks() - before, 1);
+    }
+
+    #[test]
+    fn a_revoked_app_password_fails_at_the_next_login_despite_the_cache() {
+        let (_dir, path, db) = db(true);
+        let phone = add(&path, "alice", "phone");
+        let laptop = add(&path, "alice", "laptop");
+        assert!(db.check_password("alice", phone.as_bytes()).is_ok());
+        assert!(db.check_password("alice", laptop.as_bytes()).is_ok());
+        // Remembered: no hash the second time.
+        let before = db.slow_checks();
+        assert!(db.check_password("alice", phone.as_bytes()).is_ok());
+        assert_eq!(db.slow_checks(), before);
+
+        revoke_app_password(&path, "alice", "phone").unwrap();
+        assert_eq!(
+            db.check_password("alice", phone.as_bytes()),
+            Err(FailureReason::WrongPassword)
+        );
+        assert!(db.check_password("alice", laptop.as_bytes()).is_ok());
+        assert!(db.check_password("alice", b"main").is_ok());
+        // A new one under the old label is a new password: the old one stays refused.
+        let again = add(&path, "alice", "phone");
+        assert!(db.check_password("alice", phone.as_bytes()).is_err());
+        assert!(db.check_password("alice", again.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn a_file_that_does_not_parse_accepts_no_app_password() {
+        let (_dir, path, db) = db(false);
+        let phone = add(&path, "alice", "phone");
+        assert!(db.check_password("alice", phone.as_bytes()).is_ok());
+        let apps = crate::app_passwords_path(&path);
+        let mut text = fs::read_to_string(&apps).unwrap();
+        text.push_str("garbage\n");
+        fs::write(&apps, text).unwrap();
+        assert!(db.check_password("alice", phone.as_bytes()).is_err());
+        assert!(db.check_password("alice", b"main").is_ok());
+    }
+
+    #[test]
+    fn the_last_use_is_recorded_once_a_minute_at_most() {
+        let (_dir, path, db) = db(true);
+        let last_used = crate::default_last_used_path(&path);
+        let phone = add(&path, "alice", "phone");
+        add(&path, "alice", "laptop");
+        let now = Instant::now();
+        assert!(db.check_password_at("alice", phone.as_bytes(), now).is_ok());
+        db.apps.flush();
+        let list = list_app_passwords(&path, &last_used, "alice").unwrap();
+        let used = list[0].last_used.expect("the phone's use recorded");
+        assert!((used - crate::app_password::unix_now()).abs() < 60);
+        assert_eq!(list[1].last_used, None);
+        // Within the minute, nothing more is written, even if the file is lost.
+        fs::remove_file(&last_used).unwrap();
+        let soon = now + Duration::from_secs(30);
+        assert!(db
+            .check_password_at("alice", phone.as_bytes(), soon)
+            .is_ok());
+        db.apps.flush();
+        assert!(!last_used.exists());
+        // A minute later, it is.
+        let later = now + LAST_USED_EVERY;
+        assert!(db
+            .check_password_at("alice", phone.as_bytes(), later)
+            .is_ok());
+        db.apps.flush();
+        let list = list_app_passwords(&path, &last_used, "alice").unwrap();
+        assert!(list[0].last_used.is_some());
+        assert_eq!(list[1].last_used, None);
+    }
+}
+
+/// Two servers recording the use of app passwords while `facteur user app-password` edits the
+/// file: the record is never corrupted, and no server's record is lost.
+#[cfg(test)]
+mod app_password_concurrency {
+    use super::*;
+    use crate::app_password::{app_password_text, generate_app_password_secret};
+    use crate::{add_app_password, hash_password, list_app_passwords, revoke_app_password, Scheme};
+
+    #[test]
+    fn two_servers_and_an_editor_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        fs::write(&path, "alice:{PLAIN}main\nbob:{PLAIN}bobpw\n").unwrap();
+        let add = |user: &str, label: &str| {
+            let secret = generate_app_password_secret().unwrap();
+            let stored = hash_password(Scheme::Sha256Crypt, secret.expose().as_bytes()).unwrap();
+            let id = add_app_password(&path, user, label, &stored).unwrap();
+            app_password_text(&id, &secret).expose().clone()
+        };
+        let alice = add("alice", "phone");
+        let bob = add("bob", "phone");
+        let servers = [
+            PasswdDb::open(&path).unwrap(),
+            PasswdDb::open(&path).unwrap(),
+        ];
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for (n, db) in servers.iter().enumerate() {
+                let (user, password) = if n == 0 {
+                    ("alice", &alice)
+                } else {
+                    ("bob", &bob)
+                };
+                s.spawn(move || {
+                    // Each login a minute after the last, as the clock goes: each one written.
+                    for i in 0..20 {
+                        let at = start + crate::LAST_USED_EVERY * i;
+                        assert!(db.check_password_at(user, password.as_bytes(), at).is_ok());
+                    }
+                    db.apps.flush();
+                });
+            }
+            s.spawn(|| {
+                for i in 0..20 {
+                    add("alice", &format!("tablet {i}"));
+                    revoke_app_password(&path, "alice", &format!("tablet {i}")).unwrap();
+                }
+            });
+        });
+        let last_used = crate::default_last_used_path(&path);
+        let text = fs::read_to_string(&last_used).unwrap();
+        assert!(
+            text.lines().all(|l| l.split(':').count() == 4),
+            "every line whole: {text}"
+        );
+        for user in ["alice", "bob"] {
+            let list = list_app_passwords(&path, &last_used, user).unwrap();
+            let phone = list.iter().find(|a| a.label == "phone").unwrap();
+            assert!(phone.last_used.is_some(), "{user}'s use lost: {text}");
         }
     }
 }

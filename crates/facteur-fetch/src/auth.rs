@@ -173,7 +173,20 @@ pub async fn login(
     password: &Secret<String>,
     wanted: AuthMethod,
 ) -> Result<AuthMethod, AuthError> {
-    let method = choose(wanted, conn)?;
+    let method = if wanted == AuthMethod::Auto
+        && conn.is_tls()
+        && looks_like_app_password(password.expose())
+    {
+        // A facteur server checks an app password against its own hash, never against the
+        // stored secret SCRAM-SHA-256, CRAM-MD5 and APOP work from: those would be refused.
+        // Under TLS, PLAIN (or USER/PASS) is the strongest method that can succeed.
+        [AuthMethod::Plain, AuthMethod::User]
+            .into_iter()
+            .find(|m| m.is_offered(conn))
+            .ok_or(AuthError::NothingOffered)?
+    } else {
+        choose(wanted, conn)?
+    };
     let pw = password.expose().as_bytes();
     match method {
         AuthMethod::ScramSha256 => scram_login(conn, user, pw).await?,
@@ -235,6 +248,16 @@ pub async fn login(
         AuthMethod::Auto => return Err(AuthError::NothingOffered),
     }
     Ok(method)
+}
+
+/// True if `password` has the shape `facteur user app-password add` prints: five groups of four
+/// lowercase letters joined by `-`.
+pub fn looks_like_app_password(password: &str) -> bool {
+    let groups: Vec<&str> = password.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .all(|g| g.len() == 4 && g.bytes().all(|b| b.is_ascii_lowercase()))
 }
 
 /// For a refused challenge-response login: servers offer SCRAM-SHA-256 and CRAM-MD5 to every
@@ -685,6 +708,21 @@ mod tests {
 
     /// The client against facteur's own server-side exchange: each side was written on its
     /// own from the RFC, so agreeing is a check of both.
+    #[test]
+    fn the_app_password_shape() {
+        assert!(looks_like_app_password("abcd-efgh-ijkl-mnop-qrst"));
+        for not in [
+            "abcd-efgh-ijkl-mnop",
+            "abcd-efgh-ijkl-mnop-qrst-uvwx",
+            "ABCD-efgh-ijkl-mnop-qrst",
+            "abcdefghijklmnopqrst",
+            "abcd-efgh-ijkl-mnop-qrs1",
+            "pencil",
+        ] {
+            assert!(!looks_like_app_password(not), "{not}");
+        }
+    }
+
     #[test]
     fn scram_against_the_server_side() {
         let dir = tempfile::tempdir().unwrap();

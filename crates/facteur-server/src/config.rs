@@ -471,6 +471,12 @@ pub struct AuthSection {
     /// The users file, in Dovecot's passwd-file format (backend `passwd-file`).
     #[serde(default)]
     pub passwd_file: PathBuf,
+    /// Backend `passwd-file`: where the server records when each app password was last used
+    /// (at most once a minute each); the default is `<passwd_file>.app-passwords.last-used`.
+    /// The server must be able to write to its directory: set it to a state directory when
+    /// the users file's is read-only for the server (as with the systemd unit).
+    #[serde(default)]
+    pub app_password_last_used: Option<PathBuf>,
     /// The database of backend `sql` when the store is not in one (`[store] backend =
     /// "maildir"`); with the PostgreSQL store, the users live in its database (`[store] url`)
     /// and this key is refused.
@@ -532,6 +538,13 @@ impl std::fmt::Display for AuthBackend {
 }
 
 impl AuthSection {
+    /// Where the last use of app passwords is recorded (backend `passwd-file`).
+    pub fn app_password_last_used_path(&self) -> PathBuf {
+        self.app_password_last_used
+            .clone()
+            .unwrap_or_else(|| facteur_auth::default_last_used_path(&self.passwd_file))
+    }
+
     /// Seconds between two cleanings of the shared penalty table.
     pub fn penalty_clean_every(&self) -> Duration {
         Duration::from_secs(self.penalty_clean_secs)
@@ -1022,6 +1035,11 @@ impl Config {
         if !cfg.auth.passwd_file.as_os_str().is_empty() && cfg.auth.passwd_file.is_relative() {
             cfg.auth.passwd_file = base.join(&cfg.auth.passwd_file);
         }
+        if let Some(p) = &mut cfg.auth.app_password_last_used {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         if let Some(tls) = &mut cfg.tls {
             for p in [&mut tls.certificate, &mut tls.private_key]
                 .into_iter()
@@ -1301,6 +1319,13 @@ impl Config {
                 if !a.passwd_file.as_os_str().is_empty() {
                     return Err(
                         "[auth] passwd_file is for backend = \"passwd-file\"; the backend is sql"
+                            .into(),
+                    );
+                }
+                if a.app_password_last_used.is_some() {
+                    return Err(
+                        "[auth] app_password_last_used is for backend = \"passwd-file\" \
+                         (the database records it)"
                             .into(),
                     );
                 }
@@ -1674,6 +1699,22 @@ mod tests {
         assert_eq!(c.auth.backend.to_string(), "sql");
         assert_eq!(c.database_url(), Some("host=/u dbname=users"));
         assert_eq!(c.auth.passwd_file, Path::new(""));
+        // Where the last use of app passwords goes: beside the users file, or as configured
+        // (relative to the configuration file).
+        let c = parse("passwd_file = \"users\"", maildir).unwrap();
+        assert_eq!(
+            c.auth.app_password_last_used_path(),
+            Path::new("/etc/users.app-passwords.last-used")
+        );
+        let c = parse(
+            "passwd_file = \"users\"\napp_password_last_used = \"state/used\"",
+            maildir,
+        )
+        .unwrap();
+        assert_eq!(
+            c.auth.app_password_last_used_path(),
+            Path::new("/etc/state/used")
+        );
         // Both in the store's database.
         let c = parse(
             "backend = \"sql\"\npenalty_max_rows = 5000\npenalty_clean_secs = 10",
@@ -1716,6 +1757,11 @@ mod tests {
                 "backend = \"sql\"\npenalty_clean_secs = 0",
                 pg,
                 "penalty_clean_secs = 0",
+            ),
+            (
+                "backend = \"sql\"\napp_password_last_used = \"x\"",
+                pg,
+                "the database records it",
             ),
         ] {
             let e = parse(auth, store).unwrap_err();

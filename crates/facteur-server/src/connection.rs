@@ -689,15 +689,19 @@ impl Connection {
                 user,
                 policy,
                 maildrop,
+                app_password,
             }) => {
                 self.shared.penalties.success(&user).await;
                 match maildrop {
                     Ok(mut maildrop) => {
                         self.session.set_policy(policy);
+                        // The label of the app password used, never the password.
+                        let app_password = app_password.as_deref().map(Sanitized);
                         tracing::info!(
                             peer = %self.peer, proxy = self.proxy(),
                             user = %Sanitized(&user),
                             method = %method,
+                            app_password = app_password.as_ref().map(tracing::field::display),
                             outcome = %"ok",
                             "login"
                         );
@@ -1213,6 +1217,8 @@ pub(crate) enum Verdict {
         /// The user's LOGIN-DELAY and EXPIRE (the server's where the user has none).
         policy: Policy,
         maildrop: Result<Box<dyn Maildrop>, StoreError>,
+        /// The label of the app password the user logged in with.
+        app_password: Option<String>,
     },
 }
 
@@ -1245,6 +1251,7 @@ pub(crate) fn open_on_success(
                 maildrop: opened,
                 policy,
                 user: account.user,
+                app_password: account.app_password,
             }
         }
         Err(reason) => Verdict::Failure(Some(reason)),

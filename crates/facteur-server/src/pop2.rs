@@ -307,12 +307,15 @@ impl Connection {
             .shared
             .auth_pool
             .run(move || {
-                open_on_success(
-                    store.as_ref(),
-                    &metrics,
-                    auth.check_password(&name, password.expose()),
-                    policy,
-                )
+                // App passwords are for POP3 only: POP2 has no TLS and no capability to
+                // tell a client anything, and a device given an app password is a POP3 one.
+                let checked = auth
+                    .check_password(&name, password.expose())
+                    .and_then(|account| match account.app_password {
+                        Some(_) => Err(FailureReason::AppPasswordRefused),
+                        None => Ok(account),
+                    });
+                open_on_success(store.as_ref(), &metrics, checked, policy)
             })
             .await;
         // Counted beside POP3's logins, as method "POP2/HELO".

@@ -160,7 +160,8 @@ pub fn serve(cfg: Config, dev: bool, banner: Option<String>) -> Result<(), Serve
                     },
                     _ => ServeError::Users(source),
                 })?
-                .with_verified_cache(cfg.auth.cache_ttl(), cfg.auth.cache_max_entries),
+                .with_verified_cache(cfg.auth.cache_ttl(), cfg.auth.cache_max_entries)
+                .with_app_password_last_used(cfg.auth.app_password_last_used_path()),
         ),
         AuthBackend::Sql => None,
     };

@@ -110,6 +110,7 @@ mod schema {
         assert_eq!(
             tables,
             [
+                "app_passwords",
                 "leases",
                 "login_penalties",
                 "login_penalty_key",

@@ -183,6 +183,44 @@ enum UserCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// App passwords: extra passwords of a user, one per device, for POP3's USER/PASS and
+    /// SASL PLAIN/LOGIN only (never APOP, CRAM-MD5, SCRAM or POP2), each revocable alone.
+    #[command(subcommand)]
+    AppPassword(AppPasswordCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum AppPasswordCommand {
+    /// Generate an app password for a user, print it once, and store only its hash.
+    Add {
+        /// The user name.
+        name: String,
+        /// What the password is for ("phone"): unique among the user's app passwords, shown in
+        /// `list` and in the server's log of each login made with it.
+        #[arg(long)]
+        label: String,
+        /// The hash scheme: ARGON2ID, SHA512-CRYPT, SHA256-CRYPT or BLF-CRYPT.
+        #[arg(long, short, default_value = "ARGON2ID")]
+        scheme: Scheme,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// List a user's app passwords: label, id, when created, when last used.
+    List {
+        /// The user name.
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Revoke a user's app password: logins with it fail from the next one on.
+    Revoke {
+        /// The user name.
+        name: String,
+        /// The label of the app password.
+        label: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 /// An error for the person at the terminal, with the exit status to use.
@@ -725,8 +763,97 @@ fn user(cmd: UserCommand) -> Result<(), CliError> {
             }
             println!("changed the password of {name}");
         }
+        UserCommand::AppPassword(cmd) => app_password(cmd)?,
     }
     Ok(())
+}
+
+fn app_password(cmd: AppPasswordCommand) -> Result<(), CliError> {
+    match cmd {
+        AppPasswordCommand::Add {
+            name,
+            label,
+            scheme,
+            config,
+        } => {
+            let name = prepared_name(&name)?;
+            auth::validate_label(&label)?;
+            if !matches!(
+                scheme,
+                Scheme::Argon2id | Scheme::Sha512Crypt | Scheme::Sha256Crypt | Scheme::BlfCrypt
+            ) {
+                return Err(fail(format!(
+                    "app passwords are stored with a one-way hash: ARGON2ID, SHA512-CRYPT, \
+                     SHA256-CRYPT or BLF-CRYPT, not {}",
+                    scheme.name()
+                )));
+            }
+            let cfg = Config::load(&config.config)?;
+            let db = SqlAdmin::of(&cfg)?;
+            let secret = auth::generate_app_password_secret()?;
+            let hash = auth::hash_password(scheme, secret.expose().as_bytes())?;
+            let id = match db {
+                Some(db) => db.run(auth::sql::add_app_password(&db.pool, &name, &label, &hash))?,
+                None => auth::add_app_password(&cfg.auth.passwd_file, &name, &label, &hash)?,
+            };
+            let password = auth::app_password_text(&id, &secret);
+            println!(
+                "added app password {label:?} (id {id}) for {name}; it is shown this once, \
+                 only its hash is kept:"
+            );
+            println!("{}", password.expose());
+        }
+        AppPasswordCommand::List { name, config } => {
+            let name = prepared_name(&name)?;
+            let cfg = Config::load(&config.config)?;
+            let list = match SqlAdmin::of(&cfg)? {
+                Some(db) => db.run(auth::sql::list_app_passwords(&db.pool, &name))?,
+                None => auth::list_app_passwords(
+                    &cfg.auth.passwd_file,
+                    cfg.auth.app_password_last_used_path(),
+                    &name,
+                )?,
+            };
+            let width = list.iter().map(|a| a.label.chars().count()).max();
+            let width = width.unwrap_or(0).max("LABEL".len());
+            println!("{:width$}  ID    CREATED               LAST USED", "LABEL");
+            for a in list {
+                let used = a.last_used.map_or("never".to_string(), utc_minute);
+                println!(
+                    "{:width$}  {}  {}  {used}",
+                    a.label,
+                    a.id,
+                    utc_minute(a.created)
+                );
+            }
+        }
+        AppPasswordCommand::Revoke {
+            name,
+            label,
+            config,
+        } => {
+            let name = prepared_name(&name)?;
+            let cfg = Config::load(&config.config)?;
+            match SqlAdmin::of(&cfg)? {
+                Some(db) => db.run(auth::sql::revoke_app_password(&db.pool, &name, &label))?,
+                None => auth::revoke_app_password(&cfg.auth.passwd_file, &name, &label)?,
+            }
+            println!("revoked app password {label:?} of {name}");
+        }
+    }
+    Ok(())
+}
+
+/// Seconds since the Unix epoch as `2026-12-03 15:30 UTC`.
+fn utc_minute(secs: i64) -> String {
+    let secs = u64::try_from(secs).unwrap_or(0);
+    let (y, m, d) = facteur_store::mbox_format::civil_from_days(secs / 86_400);
+    let in_day = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        in_day / 3600,
+        in_day % 3600 / 60
+    )
 }
 
 /// The users' database of `[auth] backend = "sql"`, checked for its schema, with a runtime to

@@ -35,7 +35,7 @@ fn db_migrate_then_check_config() {
 
     let (code, stdout, stderr) = migrate();
     assert_eq!(code, Some(0), "{stdout}{stderr}");
-    assert!(stdout.contains("schema version 4 (was 0)"), "{stdout}");
+    assert!(stdout.contains("schema version 5 (was 0)"), "{stdout}");
     let (code, stdout, stderr) = migrate();
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("up to date"), "{stdout}");
@@ -43,7 +43,7 @@ fn db_migrate_then_check_config() {
     let (code, stdout, stderr) = check();
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("store postgresql"), "{stdout}");
-    assert!(stdout.contains("schema version 4"), "{stdout}");
+    assert!(stdout.contains("schema version 5"), "{stdout}");
 
     // `user add` has no maildir template to check the name against: the maildrop is a row.
     let (code, stdout, stderr) = run_with_input(

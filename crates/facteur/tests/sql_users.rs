@@ -36,7 +36,7 @@ fn setup(limits: &str) -> (pg::TestDb, Fixture, PathBuf) {
     let fx = Fixture::new();
     let config = sql_config(&fx, &db.url, "sql.toml", limits);
     let out = ok(&config, &["db", "migrate"], b"");
-    assert!(out.contains("schema version 4 (was 0)"), "{out}");
+    assert!(out.contains("schema version 5 (was 0)"), "{out}");
     (db, fx, config)
 }
 
@@ -96,7 +96,7 @@ fn user_commands_work_on_the_database() {
     let (code, out, err) = cli(&config, &["check-config"], b"");
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("2 users in the database"), "{out}");
-    assert!(out.contains("schema version 4"), "{out}");
+    assert!(out.contains("schema version 5"), "{out}");
     assert!(!err.contains("warning"), "{err}");
     // A login method offered that some users' schemes cannot serve is warned about.
     let text = std::fs::read_to_string(&config).unwrap().replace(
@@ -213,6 +213,92 @@ fn pop3_logins_with_sql_users() {
     );
     execute(&db.url, "ALTER TABLE users_elsewhere RENAME TO users");
     server.login("dora", "second").quit();
+}
+
+/// App passwords of SQL users: added, listed and revoked by the CLI on the database, taken by
+/// USER/PASS on two servers sharing it; a revocation is in force at the next login on both,
+/// despite their caches; the last use is in the database.
+#[test]
+fn app_passwords_in_the_database() {
+    let (db, _fx, config) = setup("");
+    ok(
+        &config,
+        &[
+            "user",
+            "add",
+            "dora",
+            "--scheme",
+            "PLAIN",
+            "--password-stdin",
+        ],
+        b"main\n",
+    );
+    ok(
+        &config,
+        &[
+            "user",
+            "add",
+            "eve",
+            "--scheme",
+            "PLAIN",
+            "--password-stdin",
+        ],
+        b"evepw\n",
+    );
+    let phone = add_app_password(&config, "dora", "phone", "SHA256-CRYPT");
+    let tablet = add_app_password(&config, "dora", "tablet", "ARGON2ID");
+    let (code, _, err) = cli(
+        &config,
+        &["user", "app-password", "add", "dora", "--label", "phone"],
+        b"",
+    );
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("already has an app password labelled"),
+        "{err}"
+    );
+    let (code, _, err) = cli(
+        &config,
+        &["user", "app-password", "add", "nobody", "--label", "phone"],
+        b"",
+    );
+    assert_ne!(code, Some(0));
+    assert!(err.contains("no user \"nobody\" in the database"), "{err}");
+    assert!(listed_app_password(&config, "dora", "tablet")
+        .expect("tablet listed")
+        .ends_with("never"));
+
+    let one = BinServer::start(&config);
+    let two = BinServer::start(&config);
+    for server in [&one, &two] {
+        assert!(user_pass(server.addr, "dora", &phone));
+        assert!(user_pass(server.addr, "dora", &tablet));
+        assert!(user_pass(server.addr, "dora", "main"));
+        assert!(!user_pass(server.addr, "eve", &phone));
+    }
+    one.wait_for_log("app_password=\"phone\"", 1);
+    let used = wait_app_password_used(&config, "dora", "phone");
+    assert!(used.matches("UTC").count() == 2, "{used}");
+
+    ok(
+        &config,
+        &["user", "app-password", "revoke", "dora", "phone"],
+        b"",
+    );
+    for server in [&one, &two] {
+        assert!(!user_pass(server.addr, "dora", &phone));
+        assert!(user_pass(server.addr, "dora", &tablet));
+        assert!(user_pass(server.addr, "dora", "main"));
+    }
+    assert_eq!(listed_app_password(&config, "dora", "phone"), None);
+
+    // Removing the user removes theirs (ON DELETE CASCADE).
+    ok(&config, &["user", "del", "dora"], b"");
+    execute(
+        &db.url,
+        "DO $$ BEGIN IF EXISTS (SELECT 1 FROM app_passwords) THEN \
+         RAISE EXCEPTION 'app passwords left'; END IF; END $$",
+    );
 }
 
 /// LOGIN-DELAY and EXPIRE of SQL users: the columns `login_delay_secs` and `expire` replace

@@ -99,6 +99,7 @@ fn success(user: &str, home: Option<&str>) -> SaslStep {
         home: home.map(str::to_string),
         owner: Ok(Owner::default()),
         policy: Ok(facteur_proto::policy::UserPolicy::default()),
+        app_password: None,
     }))
 }
 
@@ -254,6 +255,7 @@ fn cram_md5_rfc2195_through_the_db() {
             home: Some("/home/tim".to_string()),
             owner: Ok(Owner::default()),
             policy: Ok(facteur_proto::policy::UserPolicy::default()),
+            app_password: None,
         })
     );
     assert_eq!(
@@ -263,6 +265,7 @@ fn cram_md5_rfc2195_through_the_db() {
             home: None,
             owner: Ok(Owner::default()),
             policy: Ok(facteur_proto::policy::UserPolicy::default()),
+            app_password: None,
         })
     );
     for (user, digest) in [
@@ -565,6 +568,7 @@ fn scram_for_plain_users_and_hash_password_output() {
             home: None,
             owner: Ok(Owner::default()),
             policy: Ok(facteur_proto::policy::UserPolicy::default()),
+            app_password: None,
         })
     );
     // A user whose hash SCRAM cannot use fails even with the right password.

@@ -10,12 +10,16 @@
 //! ## Layout
 //! - `users`: [`SqlUsers`], the [`Authenticator`](crate::Authenticator) over the `users` table,
 //!   and [`add_user`], [`del_user`], [`set_password`], [`list_users`] for `facteur user`.
+//! - `app_passwords`: [`add_app_password`], [`list_app_passwords`], [`revoke_app_password`]
+//!   over the `app_passwords` table (schema version 5), and what a login reads of it.
 //! - `penalties`: [`SharedPenalties`], the failed-login counters in `login_penalties`.
 //! - this module: deadlines, retries on serialization failures, database errors as
 //!   [`AuthError::Database`].
 //!
-//! The tables are created by the store's migrations (`facteur db migrate`, schema version 2).
+//! The tables are created by the store's migrations (`facteur db migrate`: `users` in schema
+//! version 2, `app_passwords` in version 5).
 
+mod app_passwords;
 mod penalties;
 mod users;
 
@@ -26,6 +30,7 @@ use tokio_postgres::error::SqlState;
 
 use crate::AuthError;
 
+pub use app_passwords::{add_app_password, list_app_passwords, revoke_app_password};
 pub use penalties::{Cleaned, SharedPenalties, SharedPenaltiesConfig};
 pub use users::{
     add_user, count_schemes, count_users, del_user, find_user, list_users, set_password, SqlUsers,

@@ -22,7 +22,9 @@ use facteur_proto::Secret;
 use facteur_store::Owner;
 use tokio::runtime::Handle;
 
+use super::app_passwords::{login_app_password, record_use};
 use super::{retrying, Pool};
+use crate::app_password::{check_app_password, presented};
 use crate::cache::VerifiedCache;
 use crate::cram_md5::CramMd5Context;
 use crate::edit::{check_stored, check_user};
@@ -77,6 +79,7 @@ impl UserRecord {
                 gid: self.gid,
             }),
             policy: self.policy(),
+            app_password: None,
         }
     }
 }
@@ -561,19 +564,46 @@ impl SqlUsers {
                 }
             }
         }
-        match row {
-            Some(row) if self.slow_check(&row.record.password, password) => {
-                if let Some((cache, tag)) = cached {
-                    cache.insert(tag, now);
+        let Some(row) = row else {
+            black_box(self.slow_check(&self.current_dummy().stored, password));
+            return Err(FailureReason::UnknownUser);
+        };
+        // A password of an app password's shape names the one app password it can be: one
+        // query on the primary key, whose row is gone once revoked (on every node), one hash.
+        if let Some(p) = presented(password) {
+            let app = self
+                .block_on(login_app_password(&self.pool, user, &p.id))
+                .map_err(|error| {
+                    tracing::error!(%error, "cannot read an app password from the database");
+                    FailureReason::Unavailable
+                })?;
+            if let Some(app) = app {
+                let cache = self.verified.as_ref();
+                let ok = check_app_password(cache, user, &app.app, &p, now, |s, pw| {
+                    self.slow_check(s, pw)
+                });
+                if ok {
+                    if app.record_use {
+                        // The login goes on whatever happens to the record.
+                        if let Err(error) = self.block_on(record_use(&self.pool, user, &p.id)) {
+                            tracing::warn!(%error,
+                                "cannot record when an app password was last used");
+                        }
+                    }
+                    return Ok(Account {
+                        app_password: Some(app.app.label),
+                        ..row.record.account()
+                    });
                 }
-                Ok(row.record.account())
-            }
-            Some(_) => Err(FailureReason::WrongPassword),
-            None => {
-                black_box(self.slow_check(&self.current_dummy().stored, password));
-                Err(FailureReason::UnknownUser)
             }
         }
+        if self.slow_check(&row.record.password, password) {
+            if let Some((cache, tag)) = cached {
+                cache.insert(tag, now);
+            }
+            return Ok(row.record.account());
+        }
+        Err(FailureReason::WrongPassword)
     }
 
     fn slow_check(&self, stored: &StoredPassword, password: &[u8]) -> bool {

@@ -126,6 +126,9 @@ pub enum FailureReason {
     /// server, not of the client, whose credentials were not judged. The driver answers
     /// `[SYS/TEMP]` and counts no failed login.
     Unavailable,
+    /// A right app password where app passwords are not taken (POP2's HELO): a failed login
+    /// like a wrong password.
+    AppPasswordRefused,
 }
 
 impl fmt::Display for FailureReason {
@@ -148,6 +151,9 @@ impl fmt::Display for FailureReason {
                 f.write_str("exchange malformed: nonce or channel binding does not match")
             }
             FailureReason::NoRandomness => f.write_str("no random bytes for the challenge"),
+            FailureReason::AppPasswordRefused => {
+                f.write_str("an app password, which this protocol does not take")
+            }
             FailureReason::Unspecified => f.write_str("refused by the authenticator"),
             FailureReason::Unavailable => f.write_str("the user database is unavailable"),
         }

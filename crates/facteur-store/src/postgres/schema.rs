@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_users.sql"),
     include_str!("migrations/0003_migrated_messages.sql"),
     include_str!("migrations/0004_login_delay_expire.sql"),
+    include_str!("migrations/0005_app_passwords.sql"),
 ];
 
 /// The schema version this build reads and writes.

@@ -1375,7 +1375,7 @@ pub fn cli_ok(config: &Path, args: &[&str], stdin: &[u8]) -> String {
 /// that finds and reads the message. The server is returned still running.
 pub fn sql_users_and_mail_round_trip(config: &Path, body: &str) -> (String, String, BinServer) {
     let out = cli_ok(config, &["db", "migrate"], b"");
-    assert!(out.contains("schema version 4 (was 0)"), "{out}");
+    assert!(out.contains("schema version 5 (was 0)"), "{out}");
     let add = [
         "user",
         "add",
@@ -1397,4 +1397,57 @@ pub fn sql_users_and_mail_round_trip(config: &Path, body: &str) -> (String, Stri
     assert!(String::from_utf8_lossy(&got).contains(body), "{got:?}");
     c.quit();
     (checked, warnings, server)
+}
+
+/// `facteur user app-password add USER --label LABEL`: the password printed (the last line).
+pub fn add_app_password(config: &Path, user: &str, label: &str, scheme: &str) -> String {
+    let out = cli_ok(
+        config,
+        &[
+            "user",
+            "app-password",
+            "add",
+            user,
+            "--label",
+            label,
+            "--scheme",
+            scheme,
+        ],
+        b"",
+    );
+    assert!(out.contains("shown this once"), "{out}");
+    let password = out.lines().last().expect("the password line").to_string();
+    assert_eq!(password.len(), 24, "{out}");
+    password
+}
+
+/// True if USER/PASS with this password is accepted (the session is then closed with QUIT).
+pub fn user_pass(addr: SocketAddr, user: &str, password: &str) -> bool {
+    let mut c = Client::connect(addr);
+    assert!(c.cmd(&format!("USER {user}")).starts_with("+OK"));
+    let ok = c.cmd(&format!("PASS {password}")).starts_with("+OK");
+    if ok {
+        c.quit();
+    }
+    ok
+}
+
+/// `facteur user app-password list USER`'s line for `label`.
+pub fn listed_app_password(config: &Path, user: &str, label: &str) -> Option<String> {
+    cli_ok(config, &["user", "app-password", "list", user], b"")
+        .lines()
+        .find(|l| l.starts_with(&format!("{label} ")))
+        .map(str::to_string)
+}
+
+/// Waits (bounded) until `list` shows a last use for `label`; that line.
+pub fn wait_app_password_used(config: &Path, user: &str, label: &str) -> String {
+    for _ in 0..500 {
+        let line = listed_app_password(config, user, label).expect("the app password is listed");
+        if !line.ends_with("never") {
+            return line;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the last use of {label:?} was never recorded");
 }
