@@ -358,7 +358,6 @@ level = "info"
 EOF
 }
 facteur_conf $F_POP3 $F_POP3S "maildir = \"$SCRATCH/facteur-mail/%u/Maildir\"" >"$SCRATCH/facteur.toml"
-"$FACTEUR" check-config -c "$SCRATCH/facteur.toml" >&2
 # bigcrlf: the same 64 MiB message as big, delivered by `facteur deliver` (stored the way its
 # delivery stores mail: CRLF line ends, and named as its own wire form), for both servers.
 mkdir -p "$SCRATCH/facteur-mail/bigcrlf/Maildir"
@@ -366,6 +365,7 @@ mkdir -p "$SCRATCH/facteur-mail/bigcrlf/Maildir"
     <"$(find "$SCRATCH/facteur-mail/big/Maildir" -type f -path '*/[cn][ue][rw]/*' | head -1)"
 cp -a "$SCRATCH/facteur-mail" "$SCRATCH/dovecot-mail"
 chown -R "$BENCH_USER:$BENCH_USER" "$SCRATCH/dovecot-mail" "$SCRATCH/facteur-mail"
+"$FACTEUR" check-config -c "$SCRATCH/facteur.toml" >&2
 
 MIGRATE_SECS=""
 if [ "$PG_ON" = 1 ]; then
@@ -557,9 +557,23 @@ bench() { # out-file, then facteur-bench arguments
 # Cold: the first session after a restart of the server with its index files removed (and the
 # page cache warm). Warm: the session after it.
 
+drop_caches() { # the kernel's page cache, dentries and inodes: the truly cold case
+    sync && echo 3 >/proc/sys/vm/drop_caches 2>/dev/null
+}
+
 w4_once() { # name port maildir index-glob start stop rep
     local name=$1 port=$2 md=$3 glob=$4 start=$5 stop=$6 rep=$7
     $stop
+    if [ "$md" != - ] && drop_caches; then
+        # Truly cold: the index gone and nothing of the maildrop in the page cache (the server
+        # binary is read back from disk too, as after a reboot).
+        # shellcheck disable=SC2086 # the glob is meant to expand
+        (cd "$md" && rm -f $glob)
+        drop_caches
+        $start
+        "${PROBE[@]}" uidl 127.0.0.1 "$port" huge "$PASSWORD" >"$RESULTS/w4-$name-dropped-$rep.json"
+        $stop
+    fi
     if [ "$md" != - ]; then
         # shellcheck disable=SC2086 # the glob is meant to expand
         (cd "$md" && rm -f $glob)

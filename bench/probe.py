@@ -3,7 +3,8 @@
 
   probe.py uidl HOST PORT USER PASSWORD
       One session: greeting, then the timed part: USER, PASS, UIDL until the whole listing is
-      in. Then QUIT (waited for, untimed). Prints the seconds and the number of listing lines.
+      in; then STAT, timed apart (the first STAT sizes a maildrop whose login deferred it).
+      Then QUIT (waited for, untimed). Prints the seconds and the number of listing lines.
 
   probe.py retr HOST PORT USER PASSWORD [--runs N] [--tls]
       One session, RETR 1 N times; each RETR is timed from sending the command to the last
@@ -132,9 +133,14 @@ def cmd_uidl(a):
     c.ok("UIDL")
     octets, lines = c.multiline(count_lines=True)
     secs = time.perf_counter() - t0
+    # The first STAT of the session: after a login that deferred the sizes, it sizes them all.
+    t1 = time.perf_counter()
+    c.send("STAT")
+    c.ok("STAT")
+    stat_secs = time.perf_counter() - t1
     c.quit()
     # The terminator line is counted too.
-    return {"secs": secs, "uidl_lines": lines - 1, "octets": octets}
+    return {"secs": secs, "uidl_lines": lines - 1, "octets": octets, "stat_secs": stat_secs}
 
 
 def cmd_retr(a):

@@ -49,6 +49,13 @@ def median_mb_per_sec(results, name, count):
     return (statistics.median(rates) if rates else None), rates
 
 
+def w4_stat_median(results, name, kind, reps):
+    """The median time of the first STAT after the login + UIDL of `kind`, in seconds."""
+    secs = [r["stat_secs"] for rep in range(1, reps + 1)
+            if (r := load(results, f"w4-{name}-{kind}-{rep}.json")) and "stat_secs" in r]
+    return (statistics.median(secs) if secs else None), secs
+
+
 def w4_median(results, name, kind, reps, expected):
     secs, bad = [], []
     for rep in range(1, reps + 1):
@@ -314,9 +321,20 @@ def main():
     )
 
     # 4: login + UIDL on the big maildrop.
-    for kind in ("cold", "warm"):
+    for kind in ("dropped", "cold", "warm"):
         fv, fall, fbad = w4_median(R, "facteur", kind, a.reps, a.huge)
         dv, dall, dbad = w4_median(R, "dovecot", kind, a.reps, a.huge)
+        if kind == "dropped" and not fall:
+            notes.append("workload 4: the page cache could not be dropped here; no truly cold row")
+            continue
+        fs, _ = w4_stat_median(R, "facteur", kind, a.reps)
+        ds, _ = w4_stat_median(R, "dovecot", kind, a.reps)
+        if kind != "warm":
+            extra_rows.append((
+                f"4. the first STAT after that {kind} login + UIDL",
+                fmt(fs and fs * 1000, "ms", 1), fmt(ds and ds * 1000, "ms", 1),
+                "facteur sizes the messages a cold login deferred" if kind == "cold" else "",
+            ))
         if kind == "warm":
             fo = load(R, "w4-facteur-warm-1.json")
             do = load(R, "w4-dovecot-warm-1.json")
@@ -330,11 +348,15 @@ def main():
         fms = fv * 1000 if fv is not None else None
         dms = dv * 1000 if dv is not None else None
         ratio = fv / dv if fv and dv else None
+        goal = {"warm": 0.1, "cold": 0.2}.get(kind)
+        what = {"dropped": "truly cold (page cache dropped, no index)",
+                "cold": "cold (no index)", "warm": "warm"}[kind]
         add(
             f"4_login_uidl_{kind}",
-            f"4. login + UIDL, {a.huge:,} messages, {kind} (median of {a.reps})",
-            fms, fmt(dms, "ms", 1), "ms", 1, "<= 0.2x", ratio,
-            ratio is not None and ratio <= 0.2, f"{ratio:.3f}x" if ratio else "n/a",
+            f"4. login + UIDL, {a.huge:,} messages, {what} (median of {a.reps})",
+            fms, fmt(dms, "ms", 1), "ms", 1, f"<= {goal:g}x" if goal else "none: reported",
+            ratio, None if goal is None else ratio is not None and ratio <= goal,
+            f"{ratio:.3f}x" if ratio else "n/a",
             dict(other=dms, facteur_secs=fall, dovecot_secs=dall),
         )
 
