@@ -580,3 +580,49 @@ fn the_fetcher_logs_in_with_token_command() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("token_command gives a bearer token"), "{err}");
 }
+
+/// The real binary: a refused token is one login line with the method and the reason, never
+/// the token; `check-config` lists the issuers, and fails on a key file that does not load.
+#[test]
+fn the_log_and_check_config() {
+    let key = Signer::rs256("k1");
+    let fx = jwks_file_fixture(&[&key]);
+    let out = common::cli_ok(&fx.config_path, &["check-config"], b"");
+    assert!(
+        out.contains("OAuth: OAUTHBEARER and XOAUTH2 where PLAIN is offered, for https://issuer.test (keys in"),
+        "{out}"
+    );
+    let server = common::BinServer::start(&fx.config_path);
+    let expired = key.sign(&json!({"iss": ISS, "aud": AUD, "email": USER, "exp": now() - 3600}));
+    let mut c = Client::connect(server.addr);
+    let reply = auth(&mut c, "OAUTHBEARER", &oauthbearer("", &expired));
+    assert_refused(&mut c, &reply, "AQ==", "expired");
+    let good = key.sign(&claims(ISS, AUD, USER, now()));
+    assert!(auth(
+        &mut c,
+        "XOAUTH2",
+        &b64(format!("user=alice\x01auth=Bearer {good}\x01\x01"))
+    )
+    .starts_with("+OK"));
+    c.quit();
+    let log = server.wait_for_log("method=SASL/XOAUTH2 outcome=ok", 1);
+    // No authorization identity was sent and the token was not trusted: no user named.
+    assert!(
+        log.contains("user=- method=SASL/OAUTHBEARER outcome=failed reason=\"bad token: expired\""),
+        "{log}"
+    );
+    let signature = |t: &str| t.rsplit('.').next().unwrap().to_string();
+    assert!(
+        !log.contains(&signature(&expired)) && !log.contains(&signature(&good)),
+        "{log}"
+    );
+    drop(server);
+    // A key file that is no key set: check-config (and serve) refuse it, naming it.
+    std::fs::write(fx.path().join("jwks.json"), "{\"keys\": []}").unwrap();
+    let (code, out, err) = common::cli_with(&fx.config_path, &["check-config"], b"");
+    assert_ne!(code, Some(0), "{out}");
+    assert!(
+        err.contains("jwks.json") && err.contains("no key facteur can use"),
+        "{err}"
+    );
+}
