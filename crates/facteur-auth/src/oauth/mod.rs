@@ -227,6 +227,17 @@ impl OAuth {
         Err(refused)
     }
 
+    /// The user a JWT claims to be, unverified (its issuer's user claim): for the failed-login
+    /// penalties and the log of a refused token. None for a token that is no JWT of a
+    /// configured issuer.
+    pub fn claimed_user(&self, token: &str) -> Option<String> {
+        let jwt = jose::Jwt::parse(token)?;
+        let iss = jwt.claims.get("iss")?.as_str()?;
+        let issuer = self.issuers.iter().find(|i| i.config.issuer == iss)?;
+        let user = jwt.claims.get(&issuer.config.user_claim)?.as_str()?;
+        (!user.is_empty()).then(|| user.to_string())
+    }
+
     fn check_jwt(
         &self,
         issuer: &IssuerState,

@@ -222,6 +222,12 @@ fn bad_tokens_are_refused_with_their_reason() {
     let forged = B64URL.encode(with("email", json!("mallory")).to_string());
     let tampered = format!("{}.{forged}.{}", parts[0], parts[2]);
     assert_eq!(oauth.check(&tampered), bad("bad signature"));
+    // What a refused JWT claims, for the penalties and the log.
+    assert_eq!(oauth.claimed_user(&tampered), Some("mallory".into()));
+    assert_eq!(oauth.claimed_user(&unsigned(&base)), Some("alice".into()));
+    let evil = good.sign(&with("iss", json!("https://evil.test")));
+    assert_eq!(oauth.claimed_user(&evil), None);
+    assert_eq!(oauth.claimed_user("opaque"), None);
 }
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;

@@ -81,6 +81,10 @@ impl SaslVerifier for ServerVerifier<'_> {
             )),
         }
     }
+
+    fn bearer_claimed_user(&self, token: &str) -> Option<String> {
+        self.oauth.and_then(|oauth| oauth.claimed_user(token))
+    }
 }
 
 #[cfg(test)]

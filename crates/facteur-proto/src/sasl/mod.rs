@@ -206,6 +206,13 @@ pub trait SaslVerifier {
         let _ = token;
         Err(FailureReason::BadToken("no issuer is configured"))
     }
+
+    /// The user a refused token claims to be, unverified: for the failed-login penalties per
+    /// user name and the log, as the name a refused password was sent with. None by default.
+    fn bearer_claimed_user(&self, token: &str) -> Option<String> {
+        let _ = token;
+        None
+    }
 }
 
 /// A SASL mechanism facteur implements.
@@ -774,7 +781,14 @@ impl<A> SaslExchange<A> {
                     verifier.account(&user).ok_or(FailureReason::UnknownUser)
                 }
             }
-            Err(reason) => Err(reason),
+            Err(reason) => {
+                if self.claimed_user.is_none() {
+                    self.claimed_user = verifier
+                        .bearer_claimed_user(&message.token)
+                        .filter(|u| u.len() <= USER_NAME_MAX_LEN);
+                }
+                Err(reason)
+            }
         };
         match checked {
             Ok(account) => SaslStep::Done(SaslOutcome::Success(account)),

@@ -119,6 +119,11 @@ impl SaslVerifier for Users {
             None => Err(FailureReason::BadToken("bad signature")),
         }
     }
+
+    /// Forged tokens `forged.USER` claim USER.
+    fn bearer_claimed_user(&self, token: &str) -> Option<String> {
+        token.strip_prefix("forged.").map(str::to_string)
+    }
 }
 
 type Step = SaslStep<String>;
@@ -897,6 +902,14 @@ fn a_refused_token_gets_the_error_json_then_a_failure() {
             assert_over(&mut ex, &users);
         }
     }
+    // A refused token's unverified user is the name claimed (for the penalties and the log).
+    let (mut ex, _) = start(
+        Mechanism::OAuthBearer,
+        Some(&oauthbearer("", "forged.tim")),
+        &users,
+    );
+    assert_eq!(ex.step("AQ==", &users), FAILURE);
+    assert_eq!(ex.claimed_user(), Some("tim"));
     // XOAUTH2: the same error challenge, answered by an empty line.
     let (mut ex, step) = start(Mechanism::XOAuth2, Some(&xoauth2("tim", "forged")), &users);
     assert_eq!(step, SaslStep::Challenge(BEARER_ERROR.as_bytes().to_vec()));
