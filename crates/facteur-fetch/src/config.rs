@@ -265,9 +265,12 @@ impl PasswordSource {
 /// error), within `timeout` (past it the command is killed), and only if it exits 0.
 fn run_capped(cmd: &str, timeout: Duration, cap: usize) -> Result<Secret<Vec<u8>>, String> {
     use std::io::Read as _;
+    use std::os::unix::process::CommandExt as _;
     let mut child = std::process::Command::new("sh")
         .arg("-c")
         .arg(cmd)
+        // A group of its own, so that the deadline kills whatever it started too.
+        .process_group(0)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
@@ -282,21 +285,30 @@ fn run_capped(cmd: &str, timeout: Duration, cap: usize) -> Result<Secret<Vec<u8>
         read.map(|_| Secret::new(out))
     });
     let deadline = std::time::Instant::now() + timeout;
+    let group = i32::try_from(child.id())
+        .ok()
+        .and_then(rustix::process::Pid::from_raw);
+    let kill_group = || {
+        if let Some(group) = group {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+    };
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) if std::time::Instant::now() >= deadline => {
+                kill_group();
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("it did not finish within {}s", timeout.as_secs()));
+                return Err(format!(
+                    "it did not finish within {} ms",
+                    timeout.as_millis()
+                ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
             Err(e) => return Err(format!("cannot wait for it: {e}")),
         }
     };
-    if !status.success() {
-        return Err(format!("it failed ({status})"));
-    }
     // The command exited; a child it left behind with the pipe open is not waited for longer
     // than the deadline's rest.
     let out = loop {
@@ -307,12 +319,17 @@ fn run_capped(cmd: &str, timeout: Duration, cap: usize) -> Result<Secret<Vec<u8>
                 .map_err(|e| format!("cannot read its output: {e}"))?;
         }
         if std::time::Instant::now() >= deadline {
+            kill_group();
             return Err("its output did not end within the deadline".into());
         }
         std::thread::sleep(Duration::from_millis(10));
     };
+    // Too much output first: the command may have died of the closed pipe (SIGPIPE).
     if out.expose().len() > cap {
         return Err(format!("it printed more than {cap} octets"));
+    }
+    if !status.success() {
+        return Err(format!("it failed ({status})"));
     }
     Ok(out)
 }
@@ -1016,6 +1033,40 @@ mod tests {
         assert!(unset.resolve("a").is_err());
         let inline = PasswordSource::Inline(Secret::new("p".into()));
         assert_eq!(inline.resolve("a").unwrap().expose(), "p");
+    }
+
+    /// `token_command`: the trimmed output, one token; bounded in time and size.
+    #[test]
+    fn token_commands() {
+        let token = PasswordSource::TokenCommand("printf '  eyJ.a.b  \\n'".into());
+        assert!(token.is_token());
+        assert_eq!(token.resolve("a").unwrap().expose(), "eyJ.a.b");
+        for (command, needle) in [
+            ("exit 3", "failed"),
+            ("true", "one token"),
+            ("echo two words", "one token"),
+        ] {
+            let e = PasswordSource::TokenCommand(command.into())
+                .resolve("a")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{command}: {e}");
+        }
+        let started = std::time::Instant::now();
+        let e = run_capped("sleep 10", Duration::from_millis(300), 100)
+            .err()
+            .unwrap();
+        assert!(e.contains("did not finish"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let e = run_capped("head -c 100000 /dev/zero", Duration::from_secs(10), 1000)
+            .err()
+            .unwrap();
+        assert!(e.contains("more than 1000 octets"), "{e}");
+        // A command that exits but leaves a child holding its output open: cut at the
+        // deadline, the child killed with its group.
+        let started = std::time::Instant::now();
+        assert!(run_capped("sleep 10 & echo x", Duration::from_millis(300), 100).is_err());
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]
