@@ -628,3 +628,27 @@ fn the_log_and_check_config() {
         "{err}"
     );
 }
+
+/// The README's "OAuth" example is a configuration facteur takes.
+#[test]
+fn the_readme_example_parses() {
+    let readme = include_str!("../../../README.md");
+    let section = readme
+        .split("## OAuth: OAUTHBEARER and XOAUTH2")
+        .nth(1)
+        .expect("the README has an OAuth section");
+    let toml = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|block| block.split("```").next())
+        .expect("a toml block in that section");
+    let text =
+        format!("{toml}\n[auth]\npasswd_file = \"users\"\n[store]\nmaildir = \"/var/mail/%u\"\n");
+    let cfg = facteur_server::config::Config::parse(&text, Path::new("/etc/facteur/facteur.toml"))
+        .expect("the README's configuration parses");
+    assert_eq!(cfg.oauth.issuer.len(), 2);
+    assert_eq!(
+        cfg.oauth.issuer[1].client_secret_file.as_deref(),
+        Some(Path::new("/etc/facteur/introspection-secret"))
+    );
+}
