@@ -4,7 +4,9 @@
 //! so and refuses further lines; no password shows in its `Debug`; and nobody logs in without
 //! the secret: PLAIN and LOGIN succeed only with the user's password sent, CRAM-MD5 only with
 //! the HMAC-MD5 of that password over the challenge sent, SCRAM-SHA-256 never (its proof needs
-//! the password, or a preimage of SHA-256), EXTERNAL only as the TLS identity.
+//! the password, or a preimage of SHA-256), EXTERNAL only as the TLS identity, OAUTHBEARER and
+//! XOAUTH2 only with the user's token (`token-for-USER` here) and no other authorization
+//! identity; no token shows in the exchange's `Debug`.
 #![no_main]
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -128,6 +130,14 @@ impl SaslVerifier for Users {
     fn account(&self, identity: &str) -> Option<String> {
         user(identity).map(|_| identity.to_string())
     }
+
+    /// A good token is `token-for-USER` (any user: the account is looked up after).
+    fn check_bearer(&self, token: &str) -> Result<String, FailureReason> {
+        token
+            .strip_prefix("token-for-")
+            .map(str::to_string)
+            .ok_or(FailureReason::BadToken("bad signature"))
+    }
 }
 
 /// One client line: `!` then the line as sent, or else data that the client base64-encodes.
@@ -154,6 +164,7 @@ fuzz_target!(|input: &[u8]| {
         hostname: "fuzz.example".into(),
         tls_client_identity: identity.map(str::to_string),
         nonces,
+        bearer_error: Default::default(),
     };
     let mut lines = rest.split(|&b| b == b'\n');
     let mut sent: Vec<Vec<u8>> = Vec::new(); // what the client sent, decoded
@@ -201,8 +212,8 @@ fuzz_target!(|input: &[u8]| {
     );
     let debug = format!("{exchange:?}");
     assert!(
-        !USERS.iter().any(|(_, _, pw)| debug.contains(pw)),
-        "password in {debug}"
+        !USERS.iter().any(|(_, _, pw)| debug.contains(pw)) && !debug.contains("token-for-"),
+        "password or token in {debug}"
     );
 
     let Some(SaslOutcome::Success(account)) = outcome else {
@@ -248,5 +259,14 @@ fuzz_target!(|input: &[u8]| {
             panic!("SCRAM-SHA-256: {account} logged in without computing the proof")
         }
         Mechanism::External => assert_eq!(identity, Some(account.as_str()), "EXTERNAL"),
+        Mechanism::OAuthBearer | Mechanism::XOAuth2 => {
+            // The token ends at the \x01 that ends its pair.
+            let token = format!(" token-for-{account}\x01");
+            let proves = |d: &Vec<u8>| String::from_utf8_lossy(d).contains(&token);
+            assert!(
+                sent.iter().any(proves),
+                "{mechanism}: {account} logged in without the user's token"
+            );
+        }
     }
 });

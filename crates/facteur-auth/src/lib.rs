@@ -27,6 +27,9 @@
 //! - `scram`: Dovecot's `{SCRAM-SHA-256}` stored form, and the made-up keys of users who cannot
 //!   use SCRAM (the keys themselves, [`ScramCredentials`], are facteur-proto's); `cram_md5`: the
 //!   HMAC-MD5 context CRAM-MD5 works from, with the MD5 block function it needs.
+//! - [`oauth`]: bearer tokens (SASL OAUTHBEARER and XOAUTH2): JWTs checked against the
+//!   issuers' key sets, or RFC 7662 introspection; the HTTPS fetches are the server's, through
+//!   [`oauth::HttpsClient`].
 //! - [`penalty`]: the failed-login penalties, per source address and per user name, and
 //!   [`penalty::FailedLogins`], the in-memory ones or the database's.
 //! - `sql` (cargo feature `postgres`): `SqlUsers`, the users in PostgreSQL, and
@@ -40,6 +43,7 @@ mod app_password;
 mod cache;
 mod cram_md5;
 mod edit;
+pub mod oauth;
 mod passwd_file;
 pub mod penalty;
 mod sasl;
@@ -62,12 +66,12 @@ pub use app_password::{
 };
 pub use edit::{add_user, del_user, list_users, set_password, validate_user_name};
 pub use facteur_proto::sasl::{
-    FailureReason, Mechanism, Nonces, SaslContext, SaslOutcome, UnknownMechanism, MAX_SASL_LINE,
-    PASSWORD_MAX_LEN, SCRAM_DEFAULT_ITERATIONS, SCRAM_MAX_ITERATIONS, SCRAM_MIN_ITERATIONS,
-    USER_NAME_MAX_LEN,
+    BearerErrorInfo, FailureReason, Mechanism, Nonces, SaslContext, SaslOutcome, UnknownMechanism,
+    MAX_SASL_LINE, PASSWORD_MAX_LEN, SCRAM_DEFAULT_ITERATIONS, SCRAM_MAX_ITERATIONS,
+    SCRAM_MIN_ITERATIONS, USER_NAME_MAX_LEN,
 };
 pub use passwd_file::{PasswdDb, PasswdEntry, PasswdFile};
-pub use sasl::{SaslExchange, SaslStep, ScramCredentials};
+pub use sasl::{SaslExchange, SaslStep, ScramCredentials, ServerVerifier};
 pub use scheme::{
     hash_password, Scheme, StoredPassword, StoredPasswordError, UnknownScheme,
     ARGON2_MAX_M_COST_KIB, BCRYPT_DEFAULT_COST, BCRYPT_MAX_PASSWORD_LEN,

@@ -16,6 +16,11 @@
 //! SASLprep gives for the passwords people use (printable ASCII, or text already in NFKC
 //! without mapped characters). The user name is escaped as RFC 5802 section 5.1 requires.
 //!
+//! OAUTHBEARER (RFC 7628) and XOAUTH2 send a bearer token (from `token_command`) instead of a
+//! password; they are never chosen by `auto` for a password, and always (OAUTHBEARER if offered,
+//! else XOAUTH2) for a token. A refused token comes back as a challenge holding the server's
+//! error JSON, which is answered (`\x01`, or an empty line for XOAUTH2) before the `-ERR`.
+//!
 //! What this module must never do: put the password, a key or a proof in an error or a log
 //! line; send a weaker login after a stronger one was refused (that would hand a downgrade to
 //! whoever sits in the middle, and cost the user a failed-login penalty per try).
@@ -50,6 +55,10 @@ pub enum AuthMethod {
     Plain,
     /// USER and PASS (RFC 1939 section 7).
     User,
+    /// SASL OAUTHBEARER (RFC 7628): a bearer token.
+    OAuthBearer,
+    /// SASL XOAUTH2 (Google's, Microsoft's): a bearer token.
+    XOAuth2,
 }
 
 impl AuthMethod {
@@ -71,6 +80,22 @@ impl AuthMethod {
             AuthMethod::Apop => "apop",
             AuthMethod::Plain => "plain",
             AuthMethod::User => "user",
+            AuthMethod::OAuthBearer => "oauthbearer",
+            AuthMethod::XOAuth2 => "xoauth2",
+        }
+    }
+
+    /// True for the methods that send a bearer token rather than a password.
+    pub fn sends_token(self) -> bool {
+        matches!(self, AuthMethod::OAuthBearer | AuthMethod::XOAuth2)
+    }
+
+    /// The bearer-token method for a server: OAUTHBEARER if it offers it, else XOAUTH2.
+    pub fn bearer_for(conn: &Connection) -> AuthMethod {
+        if AuthMethod::OAuthBearer.is_offered(conn) || !AuthMethod::XOAuth2.is_offered(conn) {
+            AuthMethod::OAuthBearer
+        } else {
+            AuthMethod::XOAuth2
         }
     }
 
@@ -85,6 +110,8 @@ impl AuthMethod {
             AuthMethod::Apop => conn.apop_timestamp().is_some(),
             AuthMethod::Plain => caps.has_sasl("PLAIN"),
             AuthMethod::User => caps.user || !caps.known,
+            AuthMethod::OAuthBearer => caps.has_sasl("OAUTHBEARER"),
+            AuthMethod::XOAuth2 => caps.has_sasl("XOAUTH2"),
         }
     }
 }
@@ -98,13 +125,15 @@ impl fmt::Display for AuthMethod {
             AuthMethod::Apop => "APOP",
             AuthMethod::Plain => "PLAIN",
             AuthMethod::User => "USER/PASS",
+            AuthMethod::OAuthBearer => "OAUTHBEARER",
+            AuthMethod::XOAuth2 => "XOAUTH2",
         })
     }
 }
 
 /// A name that is not a login method.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown login method {0:?}: expected auto, scram-sha-256, cram-md5, apop, plain or user")]
+#[error("unknown login method {0:?}: expected auto, scram-sha-256, cram-md5, apop, plain, user, oauthbearer or xoauth2")]
 pub struct UnknownMethod(String);
 
 impl FromStr for AuthMethod {
@@ -118,6 +147,8 @@ impl FromStr for AuthMethod {
             AuthMethod::Apop,
             AuthMethod::Plain,
             AuthMethod::User,
+            AuthMethod::OAuthBearer,
+            AuthMethod::XOAuth2,
         ]
         .into_iter()
         .find(|m| m.name().eq_ignore_ascii_case(s))
@@ -207,35 +238,25 @@ pub async fn login(
         }
         AuthMethod::Plain => {
             let message = plain_message(user, pw);
-            let encoded = Secret::new(BASE64.encode(message.expose()));
-            let fits = "AUTH PLAIN ".len() + encoded.expose().len() + 2 <= MAX_COMMAND_LINE;
-            if fits {
-                conn.queue(Command::Auth {
-                    mechanism: Some("PLAIN".into()),
-                    initial_response: Some(encoded),
-                });
-                conn.flush().await?;
-            } else {
-                conn.queue(Command::Auth {
-                    mechanism: Some("PLAIN".into()),
-                    initial_response: None,
-                });
-                conn.flush().await?;
-                match conn.sasl_turn().await? {
-                    SaslTurn::Challenge(_) => {
-                        conn.queue_sasl(message.expose());
-                        conn.flush().await?;
-                    }
-                    SaslTurn::Done(reply) => {
-                        refused_unless_ok(method, &reply.status)?;
-                        return Err(AuthError::Mechanism {
-                            method,
-                            reason: "the server said +OK before it was sent the credentials",
-                        });
-                    }
-                }
-            }
+            send_message(conn, method, "PLAIN", &message).await?;
             final_reply(conn, method).await?;
+        }
+        AuthMethod::OAuthBearer | AuthMethod::XOAuth2 => {
+            let token = password.expose();
+            let message = Secret::new(if method == AuthMethod::OAuthBearer {
+                // RFC 7628 section 3.1; host and port are optional and left out.
+                let authzid = user.replace('=', "=3D").replace(',', "=2C");
+                format!("n,a={authzid},\x01auth=Bearer {token}\x01\x01").into_bytes()
+            } else {
+                format!("user={user}\x01auth=Bearer {token}\x01\x01").into_bytes()
+            });
+            let name = if method == AuthMethod::OAuthBearer {
+                "OAUTHBEARER"
+            } else {
+                "XOAUTH2"
+            };
+            send_message(conn, method, name, &message).await?;
+            bearer_reply(conn, method).await?;
         }
         AuthMethod::User => {
             let reply = conn.command(Command::User(user.to_string())).await?;
@@ -258,6 +279,98 @@ pub fn looks_like_app_password(password: &str) -> bool {
         && groups
             .iter()
             .all(|g| g.len() == 4 && g.bytes().all(|b| b.is_ascii_lowercase()))
+}
+
+/// Sends `AUTH <name>` with `message` as the initial response if the line fits (RFC 5034
+/// section 4), else after the server's empty challenge.
+async fn send_message(
+    conn: &mut Connection,
+    method: AuthMethod,
+    name: &str,
+    message: &Secret<Vec<u8>>,
+) -> Result<(), AuthError> {
+    let encoded = Secret::new(BASE64.encode(message.expose()));
+    let fits = "AUTH ".len() + name.len() + 1 + encoded.expose().len() + 2 <= MAX_COMMAND_LINE;
+    if fits {
+        conn.queue(Command::Auth {
+            mechanism: Some(name.into()),
+            initial_response: Some(encoded),
+        });
+        conn.flush().await?;
+        return Ok(());
+    }
+    conn.queue(Command::Auth {
+        mechanism: Some(name.into()),
+        initial_response: None,
+    });
+    conn.flush().await?;
+    match conn.sasl_turn().await? {
+        SaslTurn::Challenge(_) => {
+            conn.queue_sasl(message.expose());
+            conn.flush().await?;
+            Ok(())
+        }
+        SaslTurn::Done(reply) => {
+            refused_unless_ok(method, &reply.status)?;
+            Err(AuthError::Mechanism {
+                method,
+                reason: "the server said +OK before it was sent the credentials",
+            })
+        }
+    }
+}
+
+/// The end of a bearer-token exchange: `+OK`, or the error challenge (RFC 7628 section
+/// 3.2.2), answered as the mechanism wants, then the `-ERR`, told with the error's status.
+async fn bearer_reply(conn: &mut Connection, method: AuthMethod) -> Result<(), AuthError> {
+    let challenge = match conn.sasl_turn().await? {
+        SaslTurn::Done(reply) => return refused_unless_ok(method, &reply.status),
+        SaslTurn::Challenge(text) => text,
+    };
+    let error = challenge_bytes(method, &challenge)?;
+    conn.queue_sasl(if method == AuthMethod::OAuthBearer {
+        b"\x01"
+    } else {
+        b""
+    });
+    conn.flush().await?;
+    let status = error_status(&error);
+    match conn.sasl_turn().await? {
+        SaslTurn::Done(reply) if !reply.status.ok => match refused_unless_ok(method, &reply.status)
+        {
+            Err(AuthError::Refused { method, status: s }) => Err(AuthError::Refused {
+                method,
+                status: format!("{s} (token refused: {status})"),
+            }),
+            other => other,
+        },
+        SaslTurn::Done(_) => Err(AuthError::Mechanism {
+            method,
+            reason: "the server said +OK after refusing the token",
+        }),
+        SaslTurn::Challenge(_) => {
+            cancel(conn).await;
+            Err(AuthError::Mechanism {
+                method,
+                reason: "the server sent a challenge where the exchange should have ended",
+            })
+        }
+    }
+}
+
+/// The `status` of an RFC 7628 error JSON, as printable text of at most 64 characters.
+fn error_status(json: &[u8]) -> String {
+    let text = String::from_utf8_lossy(json);
+    let status = text
+        .split("\"status\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').nth(1))
+        .unwrap_or("unknown");
+    status
+        .chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// For a refused challenge-response login: servers offer SCRAM-SHA-256 and CRAM-MD5 to every
@@ -766,6 +879,7 @@ mod tests {
             hostname: "test.invalid".into(),
             tls_client_identity: None,
             nonces: Some(Nonces::new([7; Nonces::RANDOM_LEN], 1_700_000_000)),
+            bearer_error: Default::default(),
         };
         let (mut server, step) = SaslExchange::start(Mechanism::CramMd5, ctx, None, &db);
         let SaslStep::Challenge(challenge) = step else {

@@ -12,8 +12,11 @@
 //! identity = "alice@example.org"          # optional: pins the maildrop's identity (below)
 //! url = "pop3s://alice@mail.example.org"  # or host, port, user and security, one by one
 //! ca_file = "/etc/ssl/work-ca.pem"        # optional; default: the system's certificate store
-//! auth = "auto"                           # auto, scram-sha-256, cram-md5, apop, plain, user
+//! auth = "auto"                           # auto, scram-sha-256, cram-md5, apop, plain, user,
+//!                                         # oauthbearer, xoauth2
 //! password_command = "pass show mail/work"   # or password_env = "VAR", or password = "..."
+//!                                         # or token_command = "oauth2-helper --get-token":
+//!                                         # an OAuth bearer token (OAUTHBEARER or XOAUTH2)
 //! maildir = "~/Maildir"                   # or mbox = "~/mbox", or mda = "procmail"
 //! keep = false                            # leave the messages on the server
 //! delete_after_days = 30                  # with keep: delete them this long after the fetch
@@ -53,6 +56,14 @@ use serde::Deserialize;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// How long `token_command` may run: a token helper that refreshes a token over the network
+/// has had its chance by then.
+pub const TOKEN_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The most output read from `token_command`, in octets: a bearer token is at most 8 KiB
+/// (what facteur's own server accepts), with room for a newline.
+pub const MAX_TOKEN_OUTPUT: usize = 16 * 1024;
 
 /// How long one wait for the server may last (connect, TLS handshake, each read and write).
 /// RFC 1939's servers wait 10 minutes for a client; a client waiting a minute for a server
@@ -177,6 +188,9 @@ pub enum PasswordSource {
     Command(String),
     /// Written in the configuration file (which must then be private).
     Inline(Secret<String>),
+    /// An OAuth bearer token: the trimmed output of a shell command (`token_command`), run
+    /// within [`TOKEN_COMMAND_TIMEOUT`] and read up to [`MAX_TOKEN_OUTPUT`] octets.
+    TokenCommand(String),
 }
 
 impl PasswordSource {
@@ -187,6 +201,21 @@ impl PasswordSource {
             reason,
         };
         let password = match self {
+            PasswordSource::TokenCommand(cmd) => {
+                let out = run_capped(cmd, TOKEN_COMMAND_TIMEOUT, MAX_TOKEN_OUTPUT)
+                    .map_err(|e| fail(format!("token_command: {e}")))?;
+                let token = String::from_utf8(out.expose().clone()).map_err(|_| {
+                    fail("token_command printed something that is not UTF-8".into())
+                })?;
+                let token = Secret::new(token);
+                let trimmed = token.expose().trim();
+                if trimmed.is_empty() || trimmed.contains(char::is_whitespace) {
+                    return Err(fail(
+                        "token_command must print one token (no spaces) and nothing else".into(),
+                    ));
+                }
+                return Ok(Secret::new(trimmed.to_string()));
+            }
             PasswordSource::Inline(p) => p.expose().clone(),
             PasswordSource::Env(var) => std::env::var(var)
                 .map_err(|_| fail(format!("the environment variable {var} is not set")))?,
@@ -223,6 +252,86 @@ impl PasswordSource {
         }
         Ok(Secret::new(password))
     }
+}
+
+impl PasswordSource {
+    /// True when the secret is a bearer token (`token_command`), not a password.
+    pub fn is_token(&self) -> bool {
+        matches!(self, PasswordSource::TokenCommand(_))
+    }
+}
+
+/// Runs `cmd` with `sh -c` and returns its standard output: at most `cap` octets (more is an
+/// error), within `timeout` (past it the command is killed), and only if it exits 0.
+fn run_capped(cmd: &str, timeout: Duration, cap: usize) -> Result<Secret<Vec<u8>>, String> {
+    use std::io::Read as _;
+    use std::os::unix::process::CommandExt as _;
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        // A group of its own, so that the deadline kills whatever it started too.
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot run it: {e}"))?;
+    let mut stdout = child.stdout.take().ok_or("no standard output")?;
+    // The reader ends when the command (and whatever it left holding the pipe) closes it, or
+    // when it is killed below.
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let read = (&mut stdout).take(cap as u64 + 1).read_to_end(&mut out);
+        read.map(|_| Secret::new(out))
+    });
+    let deadline = std::time::Instant::now() + timeout;
+    let group = i32::try_from(child.id())
+        .ok()
+        .and_then(rustix::process::Pid::from_raw);
+    let kill_group = || {
+        if let Some(group) = group {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+    };
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() >= deadline => {
+                kill_group();
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "it did not finish within {} ms",
+                    timeout.as_millis()
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => return Err(format!("cannot wait for it: {e}")),
+        }
+    };
+    // The command exited; a child it left behind with the pipe open is not waited for longer
+    // than the deadline's rest.
+    let out = loop {
+        if reader.is_finished() {
+            break reader
+                .join()
+                .map_err(|_| "the reader failed".to_string())?
+                .map_err(|e| format!("cannot read its output: {e}"))?;
+        }
+        if std::time::Instant::now() >= deadline {
+            kill_group();
+            return Err("its output did not end within the deadline".into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // Too much output first: the command may have died of the closed pipe (SIGPIPE).
+    if out.expose().len() > cap {
+        return Err(format!("it printed more than {cap} octets"));
+    }
+    if !status.success() {
+        return Err(format!("it failed ({status})"));
+    }
+    Ok(out)
 }
 
 /// Where fetched messages go.
@@ -540,6 +649,7 @@ struct RawAccount {
     password: Option<String>,
     password_env: Option<String>,
     password_command: Option<String>,
+    token_command: Option<String>,
     maildir: Option<String>,
     mbox: Option<String>,
     mda: Option<String>,
@@ -662,11 +772,23 @@ fn account(a: RawAccount, base: Option<&Path>) -> Result<Account, String> {
         a.password.is_some(),
         a.password_env.is_some(),
         a.password_command.is_some(),
+        a.token_command.is_some(),
     ];
     if sources.iter().filter(|s| **s).count() > 1 {
-        return Err("give at most one of password, password_env and password_command".into());
+        return Err(
+            "give at most one of password, password_env, password_command and token_command".into(),
+        );
     }
-    let password = if let Some(p) = a.password {
+    let auth = a.auth.unwrap_or(AuthMethod::Auto);
+    if a.token_command.is_some() && !(auth == AuthMethod::Auto || auth.sends_token()) {
+        return Err(format!(
+            "token_command gives a bearer token: auth must be auto, oauthbearer or xoauth2, not {}",
+            auth.name()
+        ));
+    }
+    let password = if let Some(c) = a.token_command {
+        PasswordSource::TokenCommand(c)
+    } else if let Some(p) = a.password {
         PasswordSource::Inline(Secret::new(p))
     } else if let Some(v) = a.password_env {
         PasswordSource::Env(v)
@@ -719,7 +841,7 @@ fn account(a: RawAccount, base: Option<&Path>) -> Result<Account, String> {
             ca_file: a.ca_file.map(|f| expand_path(&f, base)),
         },
         user,
-        auth: a.auth.unwrap_or(AuthMethod::Auto),
+        auth,
         password,
         destination,
         policy,
@@ -911,6 +1033,40 @@ mod tests {
         assert!(unset.resolve("a").is_err());
         let inline = PasswordSource::Inline(Secret::new("p".into()));
         assert_eq!(inline.resolve("a").unwrap().expose(), "p");
+    }
+
+    /// `token_command`: the trimmed output, one token; bounded in time and size.
+    #[test]
+    fn token_commands() {
+        let token = PasswordSource::TokenCommand("printf '  eyJ.a.b  \\n'".into());
+        assert!(token.is_token());
+        assert_eq!(token.resolve("a").unwrap().expose(), "eyJ.a.b");
+        for (command, needle) in [
+            ("exit 3", "failed"),
+            ("true", "one token"),
+            ("echo two words", "one token"),
+        ] {
+            let e = PasswordSource::TokenCommand(command.into())
+                .resolve("a")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{command}: {e}");
+        }
+        let started = std::time::Instant::now();
+        let e = run_capped("sleep 10", Duration::from_millis(300), 100)
+            .err()
+            .unwrap();
+        assert!(e.contains("did not finish"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let e = run_capped("head -c 100000 /dev/zero", Duration::from_secs(10), 1000)
+            .err()
+            .unwrap();
+        assert!(e.contains("more than 1000 octets"), "{e}");
+        // A command that exits but leaves a child holding its output open: cut at the
+        // deadline, the child killed with its group.
+        let started = std::time::Instant::now();
+        assert!(run_capped("sleep 10 & echo x", Duration::from_millis(300), 100).is_err());
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

@@ -600,7 +600,13 @@ impl Run<'_> {
             self.opts.trace.as_ref().map(|t| t.prefixed(&account.name)),
         )
         .await?;
-        let method = auth::login(&mut conn, &account.user, self.password, account.auth).await?;
+        // A bearer token goes with OAUTHBEARER (or XOAUTH2, if that is all the server offers).
+        let wanted = if account.password.is_token() && account.auth == auth::AuthMethod::Auto {
+            auth::AuthMethod::bearer_for(&conn)
+        } else {
+            account.auth
+        };
+        let method = auth::login(&mut conn, &account.user, self.password, wanted).await?;
         report.method = Some(method);
         let pipelining = conn.capabilities().pipelining;
         let (messages, uidl) =

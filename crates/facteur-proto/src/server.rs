@@ -22,6 +22,10 @@ use crate::types::{same_secret, MessageMeta, MsgNum, Secret};
 use crate::utf8::{self, PrepError};
 use std::fmt;
 
+/// The longest AUTH line with the initial response of a bearer mechanism (OAUTHBEARER,
+/// XOAUTH2), CRLF included: `AUTH OAUTHBEARER ` and the longest response those mechanisms take.
+pub const MAX_AUTH_LINE: usize = "AUTH OAUTHBEARER ".len() + crate::sasl::MAX_BEARER_LINE + 2;
+
 /// What the session needs to know of its server and of this connection.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -403,6 +407,9 @@ impl ServerSession {
             State::Update | State::Closed => return Some(Event::Close),
             State::Authorization | State::Transaction => {}
         }
+        if line.len() + 2 > crate::line::MAX_COMMAND_LINE && !self.long_line_allowed(line) {
+            return self.handle_too_long(out);
+        }
         let cmd = match command::parse(line) {
             Ok(c) => c,
             Err(e) => {
@@ -416,6 +423,33 @@ impl ServerSession {
             State::Authorization => self.authorization(cmd, out),
             _ => self.transaction(cmd, out),
         }
+    }
+
+    /// Command lines are at most 255 octets (RFC 2449 section 4), but for AUTH with an initial
+    /// response of a bearer mechanism offered here (OAUTHBEARER, XOAUTH2): their clients (mpop,
+    /// Net::POP3's XOAUTH2, Outlook's) send a token of several KiB on the AUTH line, as Gmail's
+    /// and Outlook's servers accept. The driver frames lines up to [`MAX_AUTH_LINE`] when it
+    /// offers those mechanisms; this is where every other command is held to 255.
+    fn long_line_allowed(&self, line: &[u8]) -> bool {
+        if line.len() + 2 > MAX_AUTH_LINE {
+            return false;
+        }
+        let mut words = line.splitn(3, |&b| b == b' ');
+        let (Some(keyword), Some(mechanism)) = (words.next(), words.next()) else {
+            return false;
+        };
+        let Ok(mechanism) = std::str::from_utf8(mechanism) else {
+            return false;
+        };
+        keyword.eq_ignore_ascii_case(b"AUTH")
+            && mechanism
+                .parse::<crate::sasl::Mechanism>()
+                .is_ok_and(|m| m.sends_bearer_token())
+            && self
+                .config
+                .sasl_mechanisms
+                .iter()
+                .any(|o| o.eq_ignore_ascii_case(mechanism))
     }
 
     fn bad_command(&mut self, out: &mut Vec<u8>) -> Option<Event> {
@@ -1958,6 +1992,44 @@ mod tests {
             run(&mut s, "AUTH plain").1,
             Some(Event::Sasl { .. })
         ));
+    }
+
+    /// Lines over 255 octets are refused, but for AUTH with the initial response of a bearer
+    /// mechanism that is offered, up to MAX_AUTH_LINE.
+    #[test]
+    fn long_auth_lines_only_for_offered_bearer_mechanisms() {
+        let token = "A".repeat(4000);
+        let cfg = |mechanisms: &[&str]| ServerConfig {
+            sasl_mechanisms: mechanisms.iter().map(|m| m.to_string()).collect(),
+            ..ServerConfig::default()
+        };
+        let mut s = ServerSession::new(cfg(&["PLAIN", "OAUTHBEARER", "XOAUTH2"]));
+        for mechanism in ["OAUTHBEARER", "xoauth2"] {
+            let (reply, event) = run(&mut s, &format!("AUTH {mechanism} {token}"));
+            assert_eq!(reply, "", "{mechanism}");
+            assert!(
+                matches!(&event, Some(Event::Sasl { initial_response: Some(r), .. }) if r.expose().len() == 4000),
+                "{event:?}"
+            );
+            s.auth_result(AuthResult::Failed, &mut Vec::new());
+        }
+        for line in [
+            format!("AUTH PLAIN {token}"),
+            format!("USER {token}"),
+            format!("AUTH OAUTHBEARER {}", "A".repeat(MAX_AUTH_LINE)),
+            format!("NOOP {token}"),
+        ] {
+            assert!(
+                text(&mut s, &line).starts_with("-ERR line too long"),
+                "{}",
+                &line[..20]
+            );
+        }
+        // Not offered (no issuer, or no TLS): 255 octets.
+        let mut s = ServerSession::new(cfg(&["PLAIN"]));
+        assert!(
+            text(&mut s, &format!("AUTH OAUTHBEARER {token}")).starts_with("-ERR line too long")
+        );
     }
 
     /// RFC 6856 section 2: UTF8 in AUTHORIZATION only.

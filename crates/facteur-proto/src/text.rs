@@ -339,6 +339,14 @@ catalogue! {
     ScramNameProhibited => "a SCRAM name holds a character SASLprep prohibits",
         "un nom SCRAM contient un caractère que SASLprep interdit";
     ScramMalformed => "a SCRAM attribute is malformed", "un attribut SCRAM est mal formé";
+    OAuthShape => "the bearer-token message is malformed",
+        "le message du jeton porteur est mal formé";
+    OAuthChannelBinding => "OAUTHBEARER channel binding is not supported",
+        "la liaison de canal d'OAUTHBEARER n'est pas prise en charge";
+    OAuthNoToken => "the message holds no auth=Bearer token",
+        "le message ne contient pas de jeton auth=Bearer";
+    OAuthTokenTooLong => "the bearer token is longer than 8192 octets",
+        "le jeton porteur dépasse 8192 octets";
     PlainShape => "PLAIN expects authzid NUL user NUL password",
         "PLAIN attend authzid NUL utilisateur NUL mot de passe";
     PlainNeedsCredentials => "PLAIN needs a user name and a password",

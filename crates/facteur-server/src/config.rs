@@ -37,6 +37,86 @@ pub struct Config {
     /// `[metrics]`: the Prometheus listener.
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// `[oauth]` and its `[[oauth.issuer]]` entries: SASL OAUTHBEARER and XOAUTH2.
+    #[serde(default)]
+    pub oauth: OAuthSection,
+}
+
+/// `[oauth]`: bearer-token logins (SASL OAUTHBEARER, RFC 7628, and XOAUTH2). Offered only with
+/// at least one `[[oauth.issuer]]`, and only where PLAIN would be (a bearer token is as good
+/// as a password to whoever reads it).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthSection {
+    /// The `scope` of the error JSON sent for a refused token (RFC 7628 section 3.2.2): what a
+    /// client should ask its issuer for. Unset: not sent.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// The `openid-configuration` URL of the error JSON: where a client finds the issuer.
+    #[serde(default)]
+    pub openid_configuration: Option<String>,
+    /// The trusted certificates (PEM) for the issuers' HTTPS endpoints (`jwks_url`,
+    /// `introspection_url`); unset: the system's store.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Seconds one HTTPS request to an issuer may take, connection and TLS included (10).
+    #[serde(default = "defaults::oauth_http_timeout_secs")]
+    pub http_timeout_secs: u64,
+    #[serde(default)]
+    pub issuer: Vec<OAuthIssuer>,
+}
+
+impl Default for OAuthSection {
+    fn default() -> Self {
+        Self {
+            scope: None,
+            openid_configuration: None,
+            ca_file: None,
+            http_timeout_secs: defaults::oauth_http_timeout_secs(),
+            issuer: Vec::new(),
+        }
+    }
+}
+
+/// `[[oauth.issuer]]`: one issuer whose tokens are accepted. Exactly one of `jwks_file`,
+/// `jwks_url` and `introspection_url`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthIssuer {
+    /// The `iss` of its tokens, exactly (`https://accounts.example.org/realms/mail`).
+    pub issuer: String,
+    /// What the tokens' `aud` must hold (the client id the issuer knows facteur by).
+    pub audience: String,
+    /// The JSON Web Key Set in a file (relative to this configuration file).
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// The JSON Web Key Set at an `https://` URL (the `jwks_uri` of the issuer's OpenID
+    /// configuration).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// RFC 7662 introspection at an `https://` URL, for tokens that are no JWT.
+    #[serde(default)]
+    pub introspection_url: Option<String>,
+    /// The client id for introspection (HTTP Basic).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// A file whose first line is the client secret for introspection (never in this file).
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// The claim that names the user (`email`, the default; `sub`, `preferred_username`...).
+    /// Its value must be a user of the users file or the SQL users.
+    #[serde(default = "defaults::oauth_user_claim")]
+    pub user_claim: String,
+    /// Seconds of clock skew allowed on `exp`, `nbf` and `iat` (60).
+    #[serde(default = "defaults::oauth_leeway_secs")]
+    pub leeway_secs: u64,
+    /// Seconds a key set is used before it is read or fetched again (3600). A token with an
+    /// unknown key id fetches it sooner, at most once per 30 s.
+    #[serde(default = "defaults::oauth_jwks_refresh_secs")]
+    pub jwks_refresh_secs: u64,
+    /// Seconds an introspection answer is kept (60; never past the token's `exp`; 0: never).
+    #[serde(default = "defaults::oauth_introspection_cache_secs")]
+    pub introspection_cache_secs: u64,
 }
 
 /// `[policy]`: the server-wide LOGIN-DELAY and EXPIRE of RFC 2449, which a user's own values
@@ -822,6 +902,27 @@ pub mod defaults {
             SocketAddr::from(([0u16; 8], 995)),
         ]
     }
+    /// Ten seconds: an issuer that takes longer is down for a login waiting on it.
+    pub fn oauth_http_timeout_secs() -> u64 {
+        10
+    }
+    /// The claim most issuers fill with the address a mail user is known by.
+    pub fn oauth_user_claim() -> String {
+        "email".into()
+    }
+    /// One minute of clock skew, as most JWT libraries allow.
+    pub fn oauth_leeway_secs() -> u64 {
+        60
+    }
+    /// An hour: issuers announce new keys well before they sign with them.
+    pub fn oauth_jwks_refresh_secs() -> u64 {
+        3600
+    }
+    /// A minute: a revoked token is refused within a minute, and a client polling every few
+    /// minutes costs the issuer one request per login at most.
+    pub fn oauth_introspection_cache_secs() -> u64 {
+        60
+    }
     pub fn sasl_mechanisms() -> Vec<String> {
         vec!["PLAIN".into(), "LOGIN".into()]
     }
@@ -1040,6 +1141,20 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
+        for p in cfg
+            .oauth
+            .ca_file
+            .iter_mut()
+            .chain(cfg.oauth.issuer.iter_mut().flat_map(|i| {
+                i.jwks_file
+                    .iter_mut()
+                    .chain(i.client_secret_file.iter_mut())
+            }))
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         if let Some(tls) = &mut cfg.tls {
             for p in [&mut tls.certificate, &mut tls.private_key]
                 .into_iter()
@@ -1056,6 +1171,60 @@ impl Config {
             }
         }
         Ok(cfg)
+    }
+
+    fn check_oauth(&self) -> Result<(), String> {
+        let o = &self.oauth;
+        if o.http_timeout_secs == 0 || o.http_timeout_secs > 300 {
+            return Err("[oauth] http_timeout_secs: expected 1 to 300".into());
+        }
+        for (n, i) in o.issuer.iter().enumerate() {
+            let at = format!("[[oauth.issuer]] {} ({:?})", n + 1, i.issuer);
+            if i.issuer.is_empty() || i.audience.is_empty() {
+                return Err(format!("{at}: issuer and audience must not be empty"));
+            }
+            let sources = [
+                i.jwks_file.is_some(),
+                i.jwks_url.is_some(),
+                i.introspection_url.is_some(),
+            ];
+            if sources.iter().filter(|s| **s).count() != 1 {
+                return Err(format!(
+                    "{at}: give exactly one of jwks_file, jwks_url and introspection_url"
+                ));
+            }
+            for url in i.jwks_url.iter().chain(&i.introspection_url) {
+                if !url.starts_with("https://") {
+                    return Err(format!("{at}: {url:?} is no https:// URL"));
+                }
+            }
+            let credentials = i.client_id.is_some() && i.client_secret_file.is_some();
+            if i.introspection_url.is_some() && !credentials {
+                return Err(format!(
+                    "{at}: introspection_url needs client_id and client_secret_file"
+                ));
+            }
+            if i.introspection_url.is_none()
+                && (i.client_id.is_some() || i.client_secret_file.is_some())
+            {
+                return Err(format!(
+                    "{at}: client_id and client_secret_file are for introspection_url"
+                ));
+            }
+            if i.user_claim.is_empty() {
+                return Err(format!("{at}: user_claim must not be empty"));
+            }
+            if i.leeway_secs > 3600 {
+                return Err(format!("{at}: leeway_secs: at most 3600"));
+            }
+            if !(60..=7 * 86_400).contains(&i.jwks_refresh_secs) {
+                return Err(format!("{at}: jwks_refresh_secs: expected 60 to 604800"));
+            }
+            if i.introspection_cache_secs > 3600 {
+                return Err(format!("{at}: introspection_cache_secs: at most 3600"));
+            }
+        }
+        Ok(())
     }
 
     fn check(&self) -> Result<(), String> {
@@ -1101,11 +1270,18 @@ impl Config {
             if !["PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-256", "EXTERNAL"]
                 .contains(&m.to_ascii_uppercase().as_str())
             {
+                let hint =
+                    if m.eq_ignore_ascii_case("OAUTHBEARER") || m.eq_ignore_ascii_case("XOAUTH2") {
+                        " (OAUTHBEARER and XOAUTH2 are offered by [[oauth.issuer]] entries)"
+                    } else {
+                        ""
+                    };
                 return Err(format!(
-                    "[auth] sasl: unknown mechanism {m:?}; expected PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-256 or EXTERNAL"
+                    "[auth] sasl: unknown mechanism {m:?}; expected PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-256 or EXTERNAL{hint}"
                 ));
             }
         }
+        self.check_oauth()?;
         if self.auth.cache_ttl_secs > defaults::MAX_CACHE_TTL_SECS {
             return Err(format!(
                 "[auth] cache_ttl_secs = {}: at most {} (one day); 0 turns the cache off",
@@ -1419,6 +1595,75 @@ mod tests {
         assert!(!c.auth.apop);
         assert_eq!(c.auth.cache_ttl(), Duration::from_secs(3600));
         assert_eq!(c.auth.cache_max_entries, 100_000);
+    }
+
+    /// `[oauth]`: defaults, relative paths, and the checks of each issuer.
+    #[test]
+    fn oauth_issuers() {
+        let c = Config::parse(MINIMAL, Path::new("/etc/f/f.toml")).unwrap();
+        assert!(c.oauth.issuer.is_empty());
+        assert_eq!(c.oauth.http_timeout_secs, 10);
+        let with = |tail: &str| {
+            Config::parse(
+                &format!("{MINIMAL}\n[oauth]\nca_file = \"ca.pem\"\n{tail}"),
+                Path::new("/etc/f/f.toml"),
+            )
+        };
+        let issuer = "[[oauth.issuer]]\nissuer = \"https://id.test\"\naudience = \"pop\"\n";
+        let c = with(&format!("{issuer}jwks_file = \"keys.json\"\n")).unwrap();
+        let i = &c.oauth.issuer[0];
+        assert_eq!(i.jwks_file.as_deref(), Some(Path::new("/etc/f/keys.json")));
+        assert_eq!(c.oauth.ca_file.as_deref(), Some(Path::new("/etc/f/ca.pem")));
+        assert_eq!(
+            (i.user_claim.as_str(), i.leeway_secs, i.jwks_refresh_secs),
+            ("email", 60, 3600)
+        );
+        for (tail, needle) in [
+            (issuer.to_string(), "exactly one of"),
+            (
+                format!("{issuer}jwks_file = \"k\"\njwks_url = \"https://id.test/k\"\n"),
+                "exactly one of",
+            ),
+            (
+                format!("{issuer}jwks_url = \"http://id.test/k\"\n"),
+                "no https:// URL",
+            ),
+            (
+                format!("{issuer}introspection_url = \"https://id.test/i\"\n"),
+                "needs client_id",
+            ),
+            (
+                format!("{issuer}jwks_file = \"k\"\nclient_id = \"c\"\n"),
+                "are for introspection_url",
+            ),
+            (
+                format!("{issuer}jwks_file = \"k\"\nleeway_secs = 7200\n"),
+                "leeway_secs",
+            ),
+            (
+                format!("{issuer}jwks_file = \"k\"\njwks_refresh_secs = 1\n"),
+                "jwks_refresh_secs",
+            ),
+            (
+                format!("{issuer}jwks_file = \"k\"\nuser_claim = \"\"\n"),
+                "user_claim",
+            ),
+            (
+                "[[oauth.issuer]]\nissuer = \"\"\naudience = \"a\"\njwks_file = \"k\"\n"
+                    .to_string(),
+                "must not be empty",
+            ),
+        ] {
+            let e = with(&tail).unwrap_err().to_string();
+            assert!(e.contains(needle), "{tail}: {e}");
+        }
+        let e = Config::parse(
+            &MINIMAL.replace("[auth]\n", "[auth]\nsasl = [\"PLAIN\", \"OAUTHBEARER\"]\n"),
+            Path::new("f.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("[[oauth.issuer]]"), "{e}");
     }
 
     /// `[server] language`: a tag LANG lists; English by default. `greeting` stays unset

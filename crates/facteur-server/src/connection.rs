@@ -32,8 +32,8 @@ use crate::metrics::Metrics;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use facteur_auth::{
-    Checked, FailureReason, Mechanism, Nonces, SaslContext, SaslExchange, SaslOutcome, SaslStep,
-    MAX_SASL_LINE,
+    BearerErrorInfo, Checked, FailureReason, Mechanism, Nonces, SaslContext, SaslExchange,
+    SaslOutcome, SaslStep, ServerVerifier, MAX_SASL_LINE,
 };
 use facteur_proto::dot::DotEncoder;
 use facteur_proto::line::{Frame, LineFramer};
@@ -267,6 +267,12 @@ impl Connection {
             &peer.client,
             stream.client_certificate().is_some(),
         ));
+        // See `command_line_max`.
+        let command_line_max = if shared.oauth.is_some() {
+            facteur_proto::server::MAX_AUTH_LINE
+        } else {
+            defaults::MAX_COMMAND_LINE
+        };
         Self {
             write_timeout: shared.config.limits.write_timeout(),
             shared,
@@ -276,7 +282,7 @@ impl Connection {
             cut,
             login_deadline,
             session,
-            framer: LineFramer::new(defaults::MAX_COMMAND_LINE),
+            framer: LineFramer::new(command_line_max),
             rbuf: vec![0u8; defaults::READ_BUFFER].into_boxed_slice(),
             rpos: 0,
             rend: 0,
@@ -483,13 +489,27 @@ impl Connection {
                 mechanism,
                 initial_response,
             } => {
-                self.framer.set_max_len(MAX_SASL_LINE);
+                let max_line = mechanism
+                    .parse::<Mechanism>()
+                    .map_or(MAX_SASL_LINE, Mechanism::max_line);
+                self.framer.set_max_len(max_line);
                 let step = self.sasl(&mechanism, initial_response).await;
-                self.framer.set_max_len(defaults::MAX_COMMAND_LINE);
+                self.framer.set_max_len(self.command_line_max());
                 step
             }
             Event::Close if self.session.closed_for_errors() => Step::End(End::TooManyErrors),
             Event::Close => Step::End(End::Quit),
+        }
+    }
+
+    /// The longest command line framed: 255 octets, or, where bearer tokens are accepted, an
+    /// AUTH line with a token as its initial response (the session holds every other command
+    /// to 255).
+    fn command_line_max(&self) -> usize {
+        if self.shared.oauth.is_some() {
+            facteur_proto::server::MAX_AUTH_LINE
+        } else {
+            defaults::MAX_COMMAND_LINE
         }
     }
 
@@ -511,6 +531,11 @@ impl Connection {
             .client_certificate()
             .and_then(tls::client_identity);
         let auth = self.shared.auth.clone();
+        let oauth = self.shared.oauth.clone();
+        let bearer_error = BearerErrorInfo {
+            scope: self.shared.config.oauth.scope.clone(),
+            openid_configuration: self.shared.config.oauth.openid_configuration.clone(),
+        };
         let started = self
             .shared
             .auth_pool
@@ -519,9 +544,14 @@ impl Connection {
                     hostname,
                     tls_client_identity,
                     nonces: mechanism.needs_nonces().then(sasl_nonces).flatten(),
+                    bearer_error,
                 };
                 let initial = initial.as_ref().map(|s| s.expose().as_str());
-                SaslExchange::start(mechanism, ctx, initial, auth.as_ref())
+                let verifier = ServerVerifier {
+                    users: auth.as_ref(),
+                    oauth: oauth.as_deref(),
+                };
+                SaslExchange::start(mechanism, ctx, initial, &verifier)
             })
             .await;
         let Ok((mut exchange, mut step)) = started else {
@@ -580,11 +610,16 @@ impl Connection {
                         return self.abort_sasl(aborted, &exchange).await;
                     };
                     let auth = self.shared.auth.clone();
+                    let oauth = self.shared.oauth.clone();
                     let stepped = self
                         .shared
                         .auth_pool
                         .run(move || {
-                            let step = exchange.step(&line, auth.as_ref());
+                            let verifier = ServerVerifier {
+                                users: auth.as_ref(),
+                                oauth: oauth.as_deref(),
+                            };
+                            let step = exchange.step(&line, &verifier);
                             (exchange, step)
                         })
                         .await;
@@ -1175,6 +1210,8 @@ impl LoginMethod {
             LoginMethod::Sasl(Some(Mechanism::CramMd5)) => "SASL/CRAM-MD5",
             LoginMethod::Sasl(Some(Mechanism::ScramSha256)) => "SASL/SCRAM-SHA-256",
             LoginMethod::Sasl(Some(Mechanism::External)) => "SASL/EXTERNAL",
+            LoginMethod::Sasl(Some(Mechanism::OAuthBearer)) => "SASL/OAUTHBEARER",
+            LoginMethod::Sasl(Some(Mechanism::XOAuth2)) => "SASL/XOAUTH2",
             LoginMethod::Sasl(None) => "SASL/?",
         }
     }

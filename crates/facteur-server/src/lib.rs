@@ -25,6 +25,9 @@
 //!   start the runtime, handle signals.
 //! - [`proxy`]: connections from a trusted load balancer: the PROXY header read first, then the
 //!   session served as the client it names.
+//! - [`https`]: the small HTTPS client that fetches the OAuth issuers' key sets and asks their
+//!   introspection endpoints; [`oauth_issuers`] makes `[[oauth.issuer]]` facteur-auth's
+//!   [`facteur_auth::oauth::OAuth`].
 //! - [`privileges`]: giving up root on the one thread there is; refusing to serve as root.
 //! - `limits` (the per-source cap), `auth_pool` (the threads that check passwords), [`log`]
 //!   (login lines, refusal summaries), [`rlimit`] (the open-file limit), [`transport`] (plain or
@@ -40,6 +43,7 @@
 mod auth_pool;
 pub mod config;
 pub mod connection;
+pub mod https;
 mod limits;
 pub mod lmtp;
 pub mod log;
@@ -80,6 +84,83 @@ pub struct Shared {
     pub tls: Option<TlsState>,
     /// What the server counts (`[metrics]` serves it; counted whether or not it is served).
     pub metrics: Arc<metrics::Metrics>,
+    /// The issuers whose bearer tokens are accepted (`[[oauth.issuer]]`): OAUTHBEARER and
+    /// XOAUTH2 are offered only with them.
+    pub oauth: Option<Arc<facteur_auth::oauth::OAuth>>,
+}
+
+/// `[oauth]`'s issuers as facteur-auth judges them, with the HTTPS client their URLs need;
+/// `None` without any. Reads the client secrets, and the key files (so that a bad one is told
+/// at start, not at a login).
+pub fn oauth_issuers(
+    section: &config::OAuthSection,
+) -> Result<Option<Arc<facteur_auth::oauth::OAuth>>, String> {
+    use facteur_auth::oauth::{HttpsClient, Issuer, OAuth, Verification};
+    use std::io::Read as _;
+    use std::time::Duration;
+    if section.issuer.is_empty() {
+        return Ok(None);
+    }
+    let mut issuers = Vec::new();
+    let mut needs_https = false;
+    for i in &section.issuer {
+        let verification = if let Some(path) = &i.jwks_file {
+            Verification::JwksFile(path.clone())
+        } else if let Some(url) = &i.jwks_url {
+            needs_https = true;
+            Verification::JwksUrl(url.clone())
+        } else {
+            needs_https = true;
+            let url = i.introspection_url.clone().unwrap_or_default();
+            let path = i.client_secret_file.clone().unwrap_or_default();
+            let mut text = String::new();
+            std::fs::File::open(&path)
+                .and_then(|f| f.take(4096).read_to_string(&mut text))
+                .map_err(|e| {
+                    format!(
+                        "[[oauth.issuer]] client_secret_file {}: {e}",
+                        path.display()
+                    )
+                })?;
+            let secret = text.lines().next().unwrap_or_default().trim().to_string();
+            text.clear();
+            if secret.is_empty() {
+                return Err(format!(
+                    "[[oauth.issuer]] client_secret_file {}: the first line is empty",
+                    path.display()
+                ));
+            }
+            Verification::Introspection {
+                url,
+                client_id: i.client_id.clone().unwrap_or_default(),
+                client_secret: facteur_proto::Secret::new(secret),
+            }
+        };
+        issuers.push(Issuer {
+            issuer: i.issuer.clone(),
+            audience: i.audience.clone(),
+            verification,
+            user_claim: i.user_claim.clone(),
+            leeway: Duration::from_secs(i.leeway_secs),
+            refresh: Duration::from_secs(i.jwks_refresh_secs),
+            introspection_cache: Duration::from_secs(i.introspection_cache_secs),
+        });
+    }
+    let https = if needs_https {
+        let client = https::Https::new(
+            section.ca_file.as_deref(),
+            Duration::from_secs(section.http_timeout_secs),
+        )
+        .map_err(|e| format!("[oauth] ca_file: {e}"))?;
+        Some(Arc::new(client) as Arc<dyn HttpsClient>)
+    } else {
+        None
+    };
+    let oauth = OAuth::new(issuers, https);
+    oauth
+        .load_key_files()
+        .map_err(|e| format!("[[oauth.issuer]] jwks_file {e}"))?;
+    Ok(Some(Arc::new(oauth)))
 }
 
 impl Shared {
@@ -97,6 +178,7 @@ impl Shared {
             ),
             tls: None,
             metrics: Arc::new(metrics::Metrics::new()),
+            oauth: None,
             config,
             auth,
             store,
@@ -106,6 +188,12 @@ impl Shared {
     /// Count failed logins with `penalties` instead of this process's own table.
     pub fn with_failed_logins(mut self, penalties: facteur_auth::penalty::FailedLogins) -> Self {
         self.penalties = penalties;
+        self
+    }
+
+    /// Accept the bearer tokens of these issuers (SASL OAUTHBEARER and XOAUTH2).
+    pub fn with_oauth(mut self, oauth: Option<Arc<facteur_auth::oauth::OAuth>>) -> Self {
+        self.oauth = oauth;
         self
     }
 
@@ -140,7 +228,8 @@ impl Shared {
     /// The SASL mechanisms to offer on a connection in this state.
     pub fn sasl_mechanisms(&self, tls: bool, peer: &SocketAddr, client_cert: bool) -> Vec<String> {
         let plaintext = self.plaintext_allowed(tls, peer);
-        self.config
+        let mut offered: Vec<String> = self
+            .config
             .auth
             .sasl_mechanisms()
             .into_iter()
@@ -149,7 +238,12 @@ impl Shared {
                 "EXTERNAL" => tls && client_cert,
                 _ => true,
             })
-            .collect()
+            .collect();
+        // A bearer token is as good as a password to whoever reads it: where PLAIN would be.
+        if self.oauth.is_some() && plaintext {
+            offered.extend(["OAUTHBEARER".to_string(), "XOAUTH2".to_string()]);
+        }
+        offered
     }
 
     /// The protocol settings of a new connection.

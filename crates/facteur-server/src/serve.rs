@@ -63,6 +63,9 @@ pub enum ServeError {
     },
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    /// `[oauth]`: a key file, a client secret or the CA file could not be read.
+    #[error("{0}")]
+    OAuth(String),
     /// The store could not be opened (the database unreachable, or its schema unknown).
     #[error("cannot open the store: {0}")]
     Store(#[from] facteur_store::StoreError),
@@ -148,6 +151,8 @@ pub fn serve(cfg: Config, dev: bool, banner: Option<String>) -> Result<(), Serve
         }
         (tls, _) => tls,
     };
+    // The OAuth key files and client secrets, as the user who will re-read them.
+    let oauth = crate::oauth_issuers(&cfg.oauth).map_err(ServeError::OAuth)?;
     // The passwd-file is read now, as the user who will re-read it; SQL users once the
     // runtime their queries run on exists.
     let passwd = match cfg.auth.backend {
@@ -197,7 +202,7 @@ pub fn serve(cfg: Config, dev: bool, banner: Option<String>) -> Result<(), Serve
             }
         };
         let store = open_store(&cfg.store, pool).await?;
-        let mut shared = Shared::new(cfg, auth, store);
+        let mut shared = Shared::new(cfg, auth, store).with_oauth(oauth);
         if let Some(penalties) = shared_penalties {
             penalties.spawn_cleaner();
             shared = shared.with_failed_logins(FailedLogins::Shared(penalties));

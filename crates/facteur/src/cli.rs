@@ -369,6 +369,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
             println!("{}", lmtp_summary(&cfg)?);
             println!("{}", pop2_summary(&cfg));
+            println!("{}", oauth_summary(&cfg)?);
             let needed = server::rlimit::descriptors_needed(cfg.limits.max_connections);
             if let Some(hard) = server::rlimit::hard_open_files().filter(|&h| h < needed) {
                 eprintln!(
@@ -930,7 +931,36 @@ fn check_config_sql(cfg: &Config, path: &Path) -> Result<(), CliError> {
     );
     println!("{}", lmtp_summary(cfg)?);
     println!("{}", pop2_summary(cfg));
+    println!("{}", oauth_summary(cfg)?);
     Ok(())
+}
+
+/// check-config: the OAuth issuers, loaded as `serve` loads them (key files, client secrets,
+/// the CA file), or this fails. Key sets at URLs are fetched at the first login that needs
+/// them, not here.
+fn oauth_summary(cfg: &Config) -> Result<String, CliError> {
+    let issuers = &cfg.oauth.issuer;
+    if facteur_server::oauth_issuers(&cfg.oauth)
+        .map_err(fail)?
+        .is_none()
+    {
+        return Ok("OAuth: off (no [[oauth.issuer]])".into());
+    }
+    let each: Vec<String> = issuers
+        .iter()
+        .map(|i| {
+            let how = match (&i.jwks_file, &i.jwks_url) {
+                (Some(f), _) => format!("keys in {}", f.display()),
+                (_, Some(u)) => format!("keys at {u}"),
+                _ => "introspection".to_string(),
+            };
+            format!("{} ({how}, user claim {:?})", i.issuer, i.user_claim)
+        })
+        .collect();
+    Ok(format!(
+        "OAuth: OAUTHBEARER and XOAUTH2 where PLAIN is offered, for {}",
+        each.join("; ")
+    ))
 }
 
 /// check-config: the POP2 listeners, and who may log in on them (POP2 has no TLS, so the

@@ -47,5 +47,45 @@ macro_rules! verifier_for_authenticator {
 
 verifier_for_authenticator!(dyn Authenticator, PasswdDb);
 
+/// The verifier of a server's exchanges: its user database, and the issuers whose bearer
+/// tokens it accepts, if any.
+pub struct ServerVerifier<'a> {
+    pub users: &'a dyn Authenticator,
+    pub oauth: Option<&'a crate::oauth::OAuth>,
+}
+
+impl SaslVerifier for ServerVerifier<'_> {
+    type Account = Account;
+
+    fn check_password(&self, user: &str, password: &[u8]) -> Checked {
+        self.users.check_password(user, password)
+    }
+
+    fn check_cram_md5(&self, user: &str, challenge: &[u8], digest_hex: &str) -> Checked {
+        self.users.check_cram_md5(user, challenge, digest_hex)
+    }
+
+    fn scram_credentials(&self, user: &str) -> ScramCredentials {
+        self.users.scram_credentials(user)
+    }
+
+    fn account(&self, identity: &str) -> Option<Account> {
+        self.users.account(identity)
+    }
+
+    fn check_bearer(&self, token: &str) -> Result<String, facteur_proto::sasl::FailureReason> {
+        match self.oauth {
+            Some(oauth) => oauth.check(token),
+            None => Err(facteur_proto::sasl::FailureReason::BadToken(
+                "no issuer is configured",
+            )),
+        }
+    }
+
+    fn bearer_claimed_user(&self, token: &str) -> Option<String> {
+        self.oauth.and_then(|oauth| oauth.claimed_user(token))
+    }
+}
+
 #[cfg(test)]
 mod tests;

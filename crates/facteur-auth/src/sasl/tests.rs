@@ -80,6 +80,7 @@ fn ctx() -> SaslContext {
         hostname: "pop.example.org".to_string(),
         tls_client_identity: None,
         nonces: fresh_nonces(),
+        bearer_error: Default::default(),
     }
 }
 
@@ -90,6 +91,7 @@ fn rfc_ctx() -> SaslContext {
         hostname: "postoffice.reston.mci.net".to_string(),
         tls_client_identity: None,
         nonces: Nonces::chosen(1896, 697_170_952, RFC7677_SERVER_NONCE),
+        bearer_error: Default::default(),
     }
 }
 
@@ -867,6 +869,7 @@ proptest! {
             hostname: "h".to_string(),
             tls_client_identity: identity,
             nonces: Nonces::chosen(1, 2, "nonce"),
+            bearer_error: Default::default(),
         };
         let (mut ex, _) = SaslExchange::start(mechanism, ctx, initial.as_deref(), db);
         for line in &lines {

@@ -25,6 +25,12 @@
 //! - EXTERNAL (RFC 4422 appendix A): the identity of a verified TLS client certificate, which
 //!   must be a user the verifier knows; the authorization identity sent must be empty or that
 //!   identity.
+//! - OAUTHBEARER (RFC 7628) and XOAUTH2 (Google's and Microsoft's form): a bearer token, judged
+//!   by [`SaslVerifier::check_bearer`], which names the user; an authorization identity sent
+//!   (`a=`, `user=`) must be that user. A refused token is answered as RFC 7628 section 3.2.2
+//!   asks: a challenge holding the error JSON ([`BearerErrorInfo`]), which the client answers
+//!   with `\x01` (XOAUTH2 clients: an empty line), and only then the failure. The messages'
+//!   grammar is in `oauth`.
 //!
 //! POP3 has no way to send data with `+OK` (RFC 5034 section 4: "POP3 does not allow for
 //! additional data to be sent with a message indicating a successful outcome"). So SCRAM's
@@ -43,6 +49,7 @@
 //! point); print a password, a key or a proof in a `Debug` output; hash credentials over those
 //! lengths; do I/O, read a clock or draw random numbers.
 
+mod oauth;
 mod scram;
 mod scram_keys;
 #[cfg(test)]
@@ -56,6 +63,7 @@ use crate::text::Msg;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
+pub use oauth::{BearerErrorInfo, MAX_BEARER_LINE, MAX_TOKEN_LEN};
 #[cfg(any(test, feature = "count-derivations"))]
 pub use scram_keys::derivations;
 pub use scram_keys::{
@@ -122,6 +130,9 @@ pub enum FailureReason {
     NoRandomness,
     /// The authenticator did not say (one that implements only the verdict methods).
     Unspecified,
+    /// A bearer token (OAUTHBEARER, XOAUTH2) the verifier refused, and why: a bad signature,
+    /// an expired token, another audience...
+    BadToken(&'static str),
     /// The user database could not be asked (a database that does not answer): a fault of the
     /// server, not of the client, whose credentials were not judged. The driver answers
     /// `[SYS/TEMP]` and counts no failed login.
@@ -155,6 +166,7 @@ impl fmt::Display for FailureReason {
                 f.write_str("an app password, which this protocol does not take")
             }
             FailureReason::Unspecified => f.write_str("refused by the authenticator"),
+            FailureReason::BadToken(why) => write!(f, "bad token: {why}"),
             FailureReason::Unavailable => f.write_str("the user database is unavailable"),
         }
     }
@@ -191,6 +203,22 @@ pub trait SaslVerifier {
     /// EXTERNAL: the account of `identity`, with no credential checked, the TLS layer having
     /// verified a client certificate that names it.
     fn account(&self, identity: &str) -> Option<Self::Account>;
+
+    /// OAUTHBEARER and XOAUTH2: the user a bearer token names, once it is judged valid (its
+    /// signature, issuer, audience and times, or the issuer's introspection); the exchange then
+    /// gets the account with [`SaslVerifier::account`]. A verifier that knows no issuer refuses
+    /// every token, which is the default.
+    fn check_bearer(&self, token: &str) -> Result<String, FailureReason> {
+        let _ = token;
+        Err(FailureReason::BadToken("no issuer is configured"))
+    }
+
+    /// The user a refused token claims to be, unverified: for the failed-login penalties per
+    /// user name and the log, as the name a refused password was sent with. None by default.
+    fn bearer_claimed_user(&self, token: &str) -> Option<String> {
+        let _ = token;
+        None
+    }
 }
 
 /// A SASL mechanism facteur implements.
@@ -201,13 +229,17 @@ pub enum Mechanism {
     CramMd5,
     ScramSha256,
     External,
+    OAuthBearer,
+    XOAuth2,
 }
 
 impl Mechanism {
     /// Every mechanism, strongest first.
-    pub const ALL: [Mechanism; 5] = [
+    pub const ALL: [Mechanism; 7] = [
         Mechanism::External,
         Mechanism::ScramSha256,
+        Mechanism::OAuthBearer,
+        Mechanism::XOAuth2,
         Mechanism::CramMd5,
         Mechanism::Plain,
         Mechanism::Login,
@@ -221,6 +253,25 @@ impl Mechanism {
             Mechanism::CramMd5 => "CRAM-MD5",
             Mechanism::ScramSha256 => "SCRAM-SHA-256",
             Mechanism::External => "EXTERNAL",
+            Mechanism::OAuthBearer => "OAUTHBEARER",
+            Mechanism::XOAuth2 => "XOAUTH2",
+        }
+    }
+
+    /// True for the bearer-token mechanisms (OAUTHBEARER, XOAUTH2). A bearer token is as good
+    /// as a password to whoever reads it: the server offers them where it offers PLAIN.
+    pub fn sends_bearer_token(self) -> bool {
+        matches!(self, Mechanism::OAuthBearer | Mechanism::XOAuth2)
+    }
+
+    /// The longest continuation line (and initial response) this mechanism takes, in octets:
+    /// [`MAX_SASL_LINE`], or [`MAX_BEARER_LINE`] for the bearer mechanisms, whose tokens are
+    /// longer than any password.
+    pub fn max_line(self) -> usize {
+        if self.sends_bearer_token() {
+            MAX_BEARER_LINE
+        } else {
+            MAX_SASL_LINE
         }
     }
 
@@ -325,6 +376,8 @@ pub struct SaslContext {
     /// random bytes, and then those mechanisms fail ([`FailureReason::NoRandomness`]) where they
     /// would have used them, rather than send a guessable challenge.
     pub nonces: Option<Nonces>,
+    /// What the error challenge of a refused bearer token says besides its status.
+    pub bearer_error: BearerErrorInfo,
 }
 
 /// How an exchange ended, as the client may be told: the account, or a failure whose reason
@@ -400,6 +453,11 @@ enum State<A> {
     ScramFinal(Box<scram::Pending<A>>),
     /// The server-final message went out as a challenge; the client must answer it empty.
     ScramEnd(A),
+    /// OAUTHBEARER or XOAUTH2, awaiting the client's message.
+    Bearer,
+    /// The token was refused and the error JSON went out; the client's answer (`\x01`, or
+    /// empty) ends the exchange in this failure.
+    BearerRefused(FailureReason),
     Over,
 }
 
@@ -414,6 +472,8 @@ impl<A> State<A> {
             State::ScramFirst => "awaiting the SCRAM client-first message",
             State::ScramFinal(_) => "awaiting the SCRAM client-final message",
             State::ScramEnd(_) => "awaiting the empty answer to the SCRAM server-final message",
+            State::Bearer => "awaiting the bearer-token message",
+            State::BearerRefused(_) => "awaiting the answer to the bearer-token error",
             State::Over => "over",
         }
     }
@@ -497,7 +557,7 @@ impl<A> SaslExchange<A> {
         if matches!(state, State::Over) {
             return SaslStep::Malformed(Msg::SaslExchangeOver);
         }
-        if line.len() > MAX_SASL_LINE {
+        if line.len() > self.mechanism.max_line() {
             return SaslStep::Malformed(Msg::SaslLineTooLong);
         }
         let Ok(data) = BASE64.decode(line) else {
@@ -534,6 +594,12 @@ impl<A> SaslExchange<A> {
                     SaslStep::Malformed(Msg::SaslEmptyAnswerExpected)
                 }
             }
+            State::Bearer => self.bearer(&data, verifier),
+            State::BearerRefused(reason) => {
+                // RFC 7628 wants `\x01`; XOAUTH2 clients send nothing. Whatever the answer, the
+                // token was refused.
+                verdict(Err(reason), &mut self.failure)
+            }
             State::Over => SaslStep::Malformed(Msg::SaslExchangeOver),
         }
     }
@@ -546,7 +612,7 @@ impl<A> SaslExchange<A> {
         let initial = match initial_response {
             None => None,
             Some("=") => Some(Vec::new()),
-            Some(text) if text.len() > MAX_SASL_LINE => {
+            Some(text) if text.len() > self.mechanism.max_line() => {
                 return SaslStep::Malformed(Msg::SaslInitialTooLong)
             }
             Some(text) => match BASE64.decode(text) {
@@ -577,6 +643,12 @@ impl<A> SaslExchange<A> {
             (Mechanism::ScramSha256, None) => self.challenge(State::ScramFirst, Vec::new()),
             (Mechanism::External, Some(data)) => self.external(&data, verifier),
             (Mechanism::External, None) => self.challenge(State::External, Vec::new()),
+            (Mechanism::OAuthBearer | Mechanism::XOAuth2, Some(data)) => {
+                self.bearer(&data, verifier)
+            }
+            (Mechanism::OAuthBearer | Mechanism::XOAuth2, None) => {
+                self.challenge(State::Bearer, Vec::new())
+            }
         }
     }
 
@@ -671,6 +743,65 @@ impl<A> SaslExchange<A> {
         match reject {
             scram::Reject::Malformed(text) => SaslStep::Malformed(text),
             scram::Reject::Failure(reason) => verdict(Err(reason), &mut self.failure),
+        }
+    }
+
+    /// OAUTHBEARER or XOAUTH2's message: the token judged, the authorization identity compared
+    /// with the user it names, the account looked up. A refusal goes out as the error
+    /// challenge first.
+    fn bearer<V>(&mut self, data: &[u8], verifier: &V) -> SaslStep<A>
+    where
+        V: SaslVerifier<Account = A> + ?Sized,
+    {
+        let parsed = if self.mechanism == Mechanism::OAuthBearer {
+            oauth::parse_oauthbearer(data)
+        } else {
+            oauth::parse_xoauth2(data)
+        };
+        let message = match parsed {
+            Ok(message) => message,
+            Err(text) => return SaslStep::Malformed(text),
+        };
+        let authzid = match &message.authzid {
+            Some(name) => {
+                self.claimed_user = Some(name.clone());
+                if let Some(refused) = refuse_long_name(name) {
+                    return refused;
+                }
+                match prepared_name(name) {
+                    Ok(name) => Some(name),
+                    Err(refused) => return refused,
+                }
+            }
+            None => None,
+        };
+        let checked = match verifier.check_bearer(&message.token) {
+            Ok(user) => {
+                if self.claimed_user.is_none() {
+                    self.claimed_user = Some(user.clone());
+                }
+                // Nobody logs in as somebody else.
+                if authzid.is_some_and(|a| a != user) {
+                    Err(FailureReason::OtherIdentity)
+                } else {
+                    verifier.account(&user).ok_or(FailureReason::UnknownUser)
+                }
+            }
+            Err(reason) => {
+                if self.claimed_user.is_none() {
+                    self.claimed_user = verifier
+                        .bearer_claimed_user(&message.token)
+                        .filter(|u| u.len() <= USER_NAME_MAX_LEN);
+                }
+                Err(reason)
+            }
+        };
+        match checked {
+            Ok(account) => SaslStep::Done(SaslOutcome::Success(account)),
+            Err(reason) => {
+                let json = self.ctx.bearer_error.json().into_bytes();
+                self.challenge(State::BearerRefused(reason), json)
+            }
         }
     }
 

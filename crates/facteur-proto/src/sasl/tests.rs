@@ -110,6 +110,20 @@ impl SaslVerifier for Users {
     fn account(&self, identity: &str) -> Option<String> {
         self.password(identity).map(|_| identity.to_string())
     }
+
+    /// Tokens of the form `good.USER` name USER; any other is refused.
+    fn check_bearer(&self, token: &str) -> Result<String, FailureReason> {
+        self.checks.set(self.checks.get() + 1);
+        match token.strip_prefix("good.") {
+            Some(user) => Ok(user.to_string()),
+            None => Err(FailureReason::BadToken("bad signature")),
+        }
+    }
+
+    /// Forged tokens `forged.USER` claim USER.
+    fn bearer_claimed_user(&self, token: &str) -> Option<String> {
+        token.strip_prefix("forged.").map(str::to_string)
+    }
 }
 
 type Step = SaslStep<String>;
@@ -125,6 +139,12 @@ fn ctx() -> SaslContext {
         hostname: HOST.to_string(),
         tls_client_identity: None,
         nonces: Nonces::chosen(1896, 697_170_952, RFC7677_SERVER_NONCE),
+        bearer_error: BearerErrorInfo {
+            scope: Some("mail".to_string()),
+            openid_configuration: Some(
+                "https://issuer.test/.well-known/openid-configuration".to_string(),
+            ),
+        },
     }
 }
 
@@ -329,6 +349,7 @@ fn cram_md5_challenges_come_from_the_nonces() {
             hostname: hostname.to_string(),
             tls_client_identity: None,
             nonces: Some(nonces.clone()),
+            bearer_error: BearerErrorInfo::default(),
         };
         let (_, step) = SaslExchange::start(Mechanism::CramMd5, ctx, None, &users);
         let expected = format!("<1896.697170952@{host}>");
@@ -625,6 +646,7 @@ fn lines_past_the_limit_are_refused_unread() {
     assert_eq!(step, SaslStep::Malformed(Msg::SaslInitialTooLong));
     assert_over(&mut ex, &users);
     for mechanism in Mechanism::ALL {
+        let long = "A".repeat(mechanism.max_line() + 1);
         let (mut ex, step) = start(mechanism, None, &users);
         assert!(matches!(step, SaslStep::Challenge(_)), "{mechanism}");
         assert_eq!(
@@ -786,4 +808,249 @@ fn matching_made_up_keys_never_logs_in() {
         scram::client_final(pending, &client_final).map(|(_, a)| a),
         Ok("nobody".to_string())
     );
+}
+
+/// The error challenge of a refused bearer token (RFC 7628 section 3.2.2) for [`ctx`].
+const BEARER_ERROR: &str = "{\"status\":\"invalid_token\",\"scope\":\"mail\",\"openid-configuration\":\"https://issuer.test/.well-known/openid-configuration\"}";
+
+fn oauthbearer(authzid: &str, token: &str) -> String {
+    b64(format!(
+        "n,{authzid},\x01host=pop.test\x01port=995\x01auth=Bearer {token}\x01\x01"
+    ))
+}
+
+fn xoauth2(user: &str, token: &str) -> String {
+    b64(format!("user={user}\x01auth=Bearer {token}\x01\x01"))
+}
+
+#[test]
+fn oauthbearer_and_xoauth2_log_in_with_a_good_token() {
+    let users = Users::default();
+    for ir in [
+        oauthbearer("", "good.tim"),
+        oauthbearer("a=tim", "good.tim"),
+        b64("n,a=tim,\x01auth=bearer   good.tim\x01\x01"),
+        b64("y,,\x01auth=Bearer good.tim\x01other=x y\x01\x01"),
+    ] {
+        let (mut ex, step) = start(Mechanism::OAuthBearer, Some(&ir), &users);
+        assert_eq!(step, success("tim"), "{ir}");
+        assert_eq!(ex.claimed_user(), Some("tim"));
+        assert_over(&mut ex, &users);
+    }
+    let (mut ex, step) = start(
+        Mechanism::XOAuth2,
+        Some(&xoauth2("tim", "good.tim")),
+        &users,
+    );
+    assert_eq!(step, success("tim"));
+    assert_over(&mut ex, &users);
+    // Without an initial response: an empty challenge, then the message.
+    for (mechanism, message) in [
+        (Mechanism::OAuthBearer, oauthbearer("a=tim", "good.tim")),
+        (Mechanism::XOAuth2, xoauth2("tim", "good.tim")),
+    ] {
+        let (mut ex, step) = start(mechanism, None, &users);
+        assert_eq!(step, SaslStep::Challenge(Vec::new()));
+        assert_eq!(ex.step(&message, &users), success("tim"), "{mechanism}");
+        assert_over(&mut ex, &users);
+    }
+    // A saslname's escapes: "ti,m" is sent as a=ti=2Cm; it is not tim, whose token this is.
+    let (mut ex, step) = start(
+        Mechanism::OAuthBearer,
+        Some(&oauthbearer("a=ti=2Cm", "good.tim")),
+        &users,
+    );
+    assert!(matches!(step, SaslStep::Challenge(_)), "{step:?}");
+    assert_eq!(ex.claimed_user(), Some("ti,m"));
+    assert_eq!(ex.step("AQ==", &users), FAILURE);
+    assert_eq!(ex.failure_reason(), Some(FailureReason::OtherIdentity));
+}
+
+#[test]
+fn a_refused_token_gets_the_error_json_then_a_failure() {
+    let users = Users::default();
+    let cases = [
+        (
+            oauthbearer("", "forged"),
+            FailureReason::BadToken("bad signature"),
+            None,
+        ),
+        (
+            oauthbearer("a=user", "good.tim"),
+            FailureReason::OtherIdentity,
+            Some("user"),
+        ),
+        (
+            oauthbearer("", "good.nobody"),
+            FailureReason::UnknownUser,
+            Some("nobody"),
+        ),
+    ];
+    for (ir, reason, claimed) in cases {
+        for answer in ["AQ==", ""] {
+            let (mut ex, step) = start(Mechanism::OAuthBearer, Some(&ir), &users);
+            assert_eq!(
+                step,
+                SaslStep::Challenge(BEARER_ERROR.as_bytes().to_vec()),
+                "{ir}"
+            );
+            assert!(!ex.is_over());
+            assert_eq!(ex.failure_reason(), None, "no verdict before the answer");
+            assert_eq!(ex.step(answer, &users), FAILURE);
+            assert_eq!(ex.failure_reason(), Some(reason), "{ir}");
+            assert_eq!(ex.claimed_user(), claimed);
+            assert_over(&mut ex, &users);
+        }
+    }
+    // A refused token's unverified user is the name claimed (for the penalties and the log).
+    let (mut ex, _) = start(
+        Mechanism::OAuthBearer,
+        Some(&oauthbearer("", "forged.tim")),
+        &users,
+    );
+    assert_eq!(ex.step("AQ==", &users), FAILURE);
+    assert_eq!(ex.claimed_user(), Some("tim"));
+    // XOAUTH2: the same error challenge, answered by an empty line.
+    let (mut ex, step) = start(Mechanism::XOAuth2, Some(&xoauth2("tim", "forged")), &users);
+    assert_eq!(step, SaslStep::Challenge(BEARER_ERROR.as_bytes().to_vec()));
+    assert_eq!(ex.step("", &users), FAILURE);
+    assert_eq!(ex.claimed_user(), Some("tim"));
+    // The error JSON with nothing configured, and a scope that needs escaping.
+    assert_eq!(
+        BearerErrorInfo::default().json(),
+        "{\"status\":\"invalid_token\"}"
+    );
+    let info = BearerErrorInfo {
+        scope: Some("a \"b\" \\ \u{1}".to_string()),
+        openid_configuration: None,
+    };
+    assert_eq!(
+        info.json(),
+        "{\"status\":\"invalid_token\",\"scope\":\"a \\\"b\\\" \\\\ \\u0001\"}"
+    );
+}
+
+#[test]
+fn malformed_bearer_messages_are_refused_before_any_check() {
+    let users = Users::default();
+    let too_long = "x".repeat(MAX_TOKEN_LEN + 1);
+    let cases: Vec<(Mechanism, String, Msg)> = vec![
+        (Mechanism::OAuthBearer, "=".into(), Msg::OAuthShape),
+        (Mechanism::OAuthBearer, b64("\x01"), Msg::OAuthShape),
+        (
+            Mechanism::OAuthBearer,
+            b64("n,,auth=Bearer good.tim\x01\x01"),
+            Msg::OAuthShape,
+        ),
+        (
+            Mechanism::OAuthBearer,
+            b64("n,,\x01auth=Bearer good.tim\x01"),
+            Msg::OAuthShape,
+        ),
+        (
+            Mechanism::OAuthBearer,
+            b64("p=tls-unique,,\x01auth=Bearer good.tim\x01\x01"),
+            Msg::OAuthChannelBinding,
+        ),
+        (
+            Mechanism::OAuthBearer,
+            b64("n,u=tim,\x01auth=Bearer good.tim\x01\x01"),
+            Msg::OAuthShape,
+        ),
+        (
+            Mechanism::OAuthBearer,
+            b64("n,a=t=2Xm,\x01auth=Bearer good.tim\x01\x01"),
+            Msg::OAuthShape,
+        ),
+        (
+            Mechanism::OAuthBearer,
+            b64("n,,\x01host=x\x01\x01"),
+            Msg::OAuthNoToken,
+        ),
+        (
+            Mechanism::OAuthBearer,
+            b64("n,,\x01auth=Basic dGltOnB3\x01\x01"),
+            Msg::OAuthNoToken,
+        ),
+        (
+            Mechanism::OAuthBearer,
+            b64("n,,\x01auth=Bearer good.tim\x01auth=Bearer good.tim\x01\x01"),
+            Msg::OAuthShape,
+        ),
+        (
+            Mechanism::OAuthBearer,
+            b64("n,,\x01auth=Bearer good tim\x01\x01"),
+            Msg::OAuthNoToken,
+        ),
+        (
+            Mechanism::OAuthBearer,
+            b64("n,,\x01a-b=c\x01auth=Bearer good.tim\x01\x01"),
+            Msg::OAuthShape,
+        ),
+        (
+            Mechanism::OAuthBearer,
+            b64(b"n,,\x01auth=Bearer good.tim\xff\x01\x01"),
+            Msg::OAuthShape,
+        ),
+        (
+            Mechanism::OAuthBearer,
+            oauthbearer("", &too_long),
+            Msg::OAuthTokenTooLong,
+        ),
+        (
+            Mechanism::XOAuth2,
+            b64("auth=Bearer good.tim\x01\x01"),
+            Msg::OAuthShape,
+        ),
+        (
+            Mechanism::XOAuth2,
+            b64("user=tim\x01auth=Bearer good.tim"),
+            Msg::OAuthShape,
+        ),
+        (Mechanism::XOAuth2, b64("user=tim\x01\x01"), Msg::OAuthShape),
+        (Mechanism::XOAuth2, xoauth2("tim", ""), Msg::OAuthNoToken),
+    ];
+    for (mechanism, ir, expected) in cases {
+        let (mut ex, step) = start(mechanism, Some(&ir), &users);
+        assert_eq!(step, SaslStep::Malformed(expected), "{mechanism} {ir}");
+        assert_over(&mut ex, &users);
+    }
+    assert_eq!(
+        users.checks.get(),
+        0,
+        "no malformed message reaches the verifier"
+    );
+    // An authorization identity too long to be a user is refused before the token is judged.
+    let long_name = format!("a={}", "u".repeat(USER_NAME_MAX_LEN + 1));
+    let (_, step) = start(
+        Mechanism::OAuthBearer,
+        Some(&oauthbearer(&long_name, "good.tim")),
+        &users,
+    );
+    assert_eq!(step, SaslStep::Refused(Msg::UserNameTooLong));
+    assert_eq!(users.checks.get(), 0);
+    // A token at the limit is judged (and here refused for what it is, not its length).
+    let at_limit = "x".repeat(MAX_TOKEN_LEN);
+    let (_, step) = start(
+        Mechanism::OAuthBearer,
+        Some(&oauthbearer("", &at_limit)),
+        &users,
+    );
+    assert!(matches!(step, SaslStep::Challenge(_)), "{step:?}");
+    assert!(oauthbearer("a=tim", &at_limit).len() <= MAX_BEARER_LINE);
+}
+
+#[test]
+fn a_bearer_exchange_never_shows_its_token() {
+    let users = Users::default();
+    let (ex, _) = start(Mechanism::OAuthBearer, None, &users);
+    let message = oauth::parse_oauthbearer(b"n,,\x01auth=Bearer sekrit.token\x01\x01").unwrap();
+    assert_eq!(message.token, "sekrit.token");
+    assert!(!format!("{message:?}").contains("sekrit"));
+    assert!(!format!("{ex:?}").contains("sekrit"));
+    assert!(Mechanism::OAuthBearer.sends_bearer_token());
+    assert!(Mechanism::XOAuth2.sends_bearer_token());
+    assert!(!Mechanism::Plain.sends_bearer_token());
+    assert_eq!("xoauth2".parse(), Ok(Mechanism::XOAuth2));
+    assert_eq!("OAuthBearer".parse(), Ok(Mechanism::OAuthBearer));
 }

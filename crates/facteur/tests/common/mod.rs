@@ -163,6 +163,17 @@ impl Fixture {
         fx
     }
 
+    /// This installation with `text` added at the end of its configuration (new sections).
+    pub fn with_config_tail(mut self, text: &str) -> Self {
+        let mut config =
+            std::fs::read_to_string(&self.config_path).expect("read the configuration");
+        config.push_str(&format!("\n{text}\n"));
+        std::fs::write(&self.config_path, &config).expect("write the configuration");
+        self.config =
+            Config::parse(&config, &self.config_path).expect("the test configuration parses");
+        self
+    }
+
     fn build_full(
         limits: &str,
         auth: &str,
@@ -415,6 +426,10 @@ impl Fixture {
         if let Some(files) = &self.tls {
             shared = shared.with_tls(TlsState::new(files.clone()).expect("load the certificate"));
         }
+        // As `facteur serve` does: the OAuth issuers' key files and secrets read at start.
+        shared = shared.with_oauth(
+            facteur_server::oauth_issuers(&self.config.oauth).expect("the OAuth issuers load"),
+        );
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let listeners = std::iter::once((listener, Protocol::Pop3))
             .chain(tls_listeners.into_iter().map(|l| (l, Protocol::Pop3s)))
