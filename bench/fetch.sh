@@ -19,9 +19,10 @@
 # process, apt-get). Takes about 3 minutes on 2 cores, after the build.
 #
 # How each client delivers to the Maildir:
-#   facteur fetch   --maildir (its own: tmp/, fsync of each file, rename into new/, fsync of
-#                   new/ once per batch of 64)
-#   mpop            `delivery maildir` (its own)
+#   facteur fetch   --maildir (its own: tmp/, fsync of each file as it arrives; per batch of
+#                   64, fsync of tmp/ and of the journal, then the DELEs; rename into new/,
+#                   fsync of new/ by the end of the session)
+#   mpop            `delivery maildir` (its own: tmp/, fsync of each file, link into new/)
 #   fetchmail       cannot write a Maildir itself (it forwards by SMTP or hands each message to
 #                   an MDA): `mda "safecat DIR/tmp DIR/new"`, safecat being the smallest Maildir
 #                   writer in Debian (tmp/, fsync, link into new/); fetchmail runs it through
@@ -33,7 +34,8 @@
 #   FETCH_BENCH_MESSAGES     messages per run [10000]
 #   FETCH_BENCH_SIZE         octets per message, about [4096]
 #   FETCH_BENCH_ROUNDS       runs per client [3]
-#   FETCH_BENCH_CLIENTS      [facteur fetchmail mpop]
+#   FETCH_BENCH_CLIENTS      [facteur fetchmail mpop]; also facteur-NAME, a second facteur
+#                            binary given as FACTEUR_BIN_NAME (to compare two builds in one run)
 #   FETCH_BENCH_KEEP         1: keep the seeded template and Dovecot's maildrops in the scratch
 #                            folder; the logs, configurations and runs.tsv are always kept
 
@@ -124,14 +126,28 @@ chown -R "$MAIL_UID:$MAIL_GID" "$SCRATCH/template"
 # --- the clients: each client_X DIR writes DIR/run.sh, which runs X fetching into DIR/Maildir --
 # (a script with every value in it, run under /usr/bin/time; its shell exec()s the client.)
 
-client_facteur() {
-    local d=$1
+client_facteur() { facteur_client "$1" facteur "$FACTEUR"; }
+
+facteur_client() { # DIR CLIENT BINARY
+    local d=$1 c=$2 bin=$3
     cat >"$d/run.sh" <<EOF
-exec env $PW_VAR='${PASSWORD[facteur]}' '$FACTEUR' fetch \\
-    'pop3s://bench-facteur@127.0.0.1:$POP3S_PORT' --ca-file '$CA' --maildir '$d/Maildir' \\
+exec env $PW_VAR='${PASSWORD[$c]}' '$bin' fetch \\
+    'pop3s://bench-$c@127.0.0.1:$POP3S_PORT' --ca-file '$CA' --maildir '$d/Maildir' \\
     --password-env $PW_VAR --state-dir '$d/state'
 EOF
 }
+
+# facteur-NAME: the binary of FACTEUR_BIN_NAME, copied like the main one.
+for c in "${CLIENTS[@]}"; do
+    case $c in
+    facteur-*)
+        var=FACTEUR_BIN_${c#facteur-}
+        [ -n "${!var:-}" ] || die "client $c needs $var"
+        cp "${!var}" "$SCRATCH/$c"
+        eval "client_$c() { facteur_client \"\$1\" '$c' '$SCRATCH/$c'; }"
+        ;;
+    esac
+done
 
 # fetchmail checks the certificate's names as DNS names only, not the IP address SAN:
 # sslcommonname says which name to expect.
@@ -182,6 +198,7 @@ EOF
 version_of() {
     case $1 in
     facteur) "$FACTEUR" --version | awk '{print $2}' ;;
+    facteur-*) "$SCRATCH/$1" --version | awk '{print $2}' ;;
     fetchmail) fetchmail --version 2>/dev/null | sed -n 's/^This is fetchmail release \([^+ ]*\).*/\1/p' | head -n 1 ;;
     mpop) mpop --version | sed -n '1s/^mpop version //p' ;;
     esac
@@ -191,7 +208,7 @@ version_of() {
 
 one_run() { # round client
     local round=$1 client=$2 user="bench-$2" d="$SCRATCH/runs/r$1-$2" md rc t0 t1 wall
-    local cpu0 cpu1 login check logins0
+    local cpu0 cpu1 login check logins0 load
     md=$DOVECOT_DIR/mail/$user/Maildir
     mkdir -p "$d/Maildir/tmp" "$d/Maildir/new" "$d/Maildir/cur"
     "client_$client" "$d"
@@ -206,6 +223,8 @@ one_run() { # round client
     sync
     logins0=$(grep -c "Login: user=<$user>" "$DOVECOT_DIR/dovecot.log" || true)
     cpu0=$(python3 "$HERE/fetch_report.py" cpu "$DOVECOT_PID")
+    # The machine's load as the run starts (1-minute average): printed beside the figures.
+    load=$(cut -d' ' -f1 /proc/loadavg)
     t0=$(date +%s%N)
     rc=0
     /usr/bin/time -f '%U %S %M' -o "$d/time.txt" timeout "$CLIENT_TIMEOUT" bash "$d/run.sh" \
@@ -228,11 +247,11 @@ one_run() { # round client
         check="ok"
     fi
     read -r user_s sys_s rss <"$d/time.txt" || { user_s=0 sys_s=0 rss=0; }
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$client" "$wall" "$user_s" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$client" "$wall" "$user_s" \
         "$sys_s" "$rss" "$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.3f", b - a }')" \
-        "$rc" "${login:-?}" "$check" >>"$RUNS_TSV"
-    printf '  round %s %-9s %7.2f s wall, %s s user, %s s sys, login %s: %s\n' "$round" "$client" \
-        "$wall" "$user_s" "$sys_s" "${login:-?}" "$check" >&2
+        "$rc" "${login:-?}" "$check" "$load" >>"$RUNS_TSV"
+    printf '  round %s %-9s %7.2f s wall, %s s user, %s s sys, login %s, load %s: %s\n' "$round" \
+        "$client" "$wall" "$user_s" "$sys_s" "${login:-?}" "$load" "$check" >&2
     if [ "$check" != ok ]; then
         tail -n 20 "$d/client.log" | sed 's/^/    | /' >&2
     else
@@ -270,6 +289,14 @@ facts=(
     "load_start=$LOAD_START"
     "load_end=$LOAD_END"
 )
+for c in "${CLIENTS[@]}"; do
+    case $c in
+    facteur-*)
+        var=FACTEUR_BIN_${c#facteur-}
+        facts+=("${c}_version=$(version_of "$c") (given as $var=${!var})")
+        ;;
+    esac
+done
 say "results (bench/results/fetch.json)"
 python3 "$HERE/fetch_report.py" report "$RUNS_TSV" "$HERE/results/fetch.json" "${facts[@]}"
 printf '\nMachine: %s CPUs, load average %s at the start, %s at the end.\n' "$(nproc)" \

@@ -7,8 +7,10 @@
         Dovecot's master, the whole server.
     fetch_report.py report RUNS.TSV OUT.JSON KEY=VALUE...
         Read the runs (one line each: round client wall_s user_s sys_s max_rss_kib server_cpu_s
-        exit_status method check), print the Markdown table of medians, write OUT.JSON with the
-        runs, the medians and the KEY=VALUE facts (versions, command, machine).
+        exit_status method check load1), print the Markdown table of medians with the spread
+        of the wall times and the machine's load (1-minute average) as each run started, write
+        OUT.JSON with the runs, the medians and the KEY=VALUE facts (versions, command,
+        machine).
 """
 
 import json
@@ -66,6 +68,14 @@ def machine():
     }
 
 
+def loads(values):
+    """The loads of a client's runs, as `min-max`, or `?` if not recorded."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return "?"
+    return f"{min(known):.2f}-{max(known):.2f}"
+
+
 def report(runs_path, out_path, facts):
     runs = []
     with open(runs_path) as f:
@@ -83,6 +93,8 @@ def report(runs_path, out_path, facts):
                     "exit_status": int(r[7]),
                     "login": r[8],
                     "check": r[9],
+                    # Older runs.tsv files have no load column.
+                    "load1": float(r[10]) if len(r) > 10 else None,
                 }
             )
     messages = int(facts["messages"])
@@ -104,15 +116,19 @@ def report(runs_path, out_path, facts):
             "median_server_cpu_s": round(statistics.median(r["server_cpu_s"] for r in rs), 3),
             "median_max_rss_kib": int(statistics.median(r["max_rss_kib"] for r in rs)),
             "walls_s": [r["wall_s"] for r in rs],
+            "min_wall_s": min(r["wall_s"] for r in rs),
+            "max_wall_s": max(r["wall_s"] for r in rs),
+            "loads1": [r["load1"] for r in rs],
             "login": sorted({r["login"] for r in rs}),
             "version": facts.get(f"{c}_version", "?"),
         }
     base = summary.get("facteur")
     print(
-        f"| client | median wall time ({messages:,} messages) | messages/s | client CPU (user+sys) "
-        f"| Dovecot CPU | client max RSS | login | every message once, identical |"
+        f"| client | median wall time ({messages:,} messages) | spread (min-max) | messages/s "
+        f"| client CPU (user+sys) | Dovecot CPU | client max RSS | login "
+        f"| load at the runs' starts | every message once, identical |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for c in clients:
         s = summary[c]
         ratio = ""
@@ -120,9 +136,11 @@ def report(runs_path, out_path, facts):
             ratio = f" ({s['median_wall_s'] / base['median_wall_s']:.1f}x facteur's)"
         print(
             f"| {c} {s['version']} | {s['median_wall_s']:.2f} s{ratio} "
+            f"| {s['min_wall_s']:.2f}-{s['max_wall_s']:.2f} s "
             f"| {s['messages_per_s']:,.0f} | {s['median_client_cpu_s']:.2f} s "
             f"| {s['median_server_cpu_s']:.2f} s | {s['median_max_rss_kib'] / 1024:.1f} MiB "
-            f"| {', '.join(s['login'])} | {'yes, ' if s['all_runs_ok'] else 'NO, '}"
+            f"| {', '.join(s['login'])} | {loads(s['loads1'])} "
+            f"| {'yes, ' if s['all_runs_ok'] else 'NO, '}"
             f"{len([r for r in runs if r['client'] == c])} runs |"
         )
     print()
@@ -131,11 +149,37 @@ def report(runs_path, out_path, facts):
         + "; ".join(f"{c} " + ", ".join(f"{w:.2f}" for w in summary[c]["walls_s"]) for c in clients)
         + " s."
     )
+    goal = None
+    if base and "mpop" in summary:
+        # The same round's runs are neighbours in time: their ratio suffers least from a
+        # change of the machine's load between rounds.
+        paired = []
+        for rnd in sorted({r["round"] for r in runs}):
+            f = [r["wall_s"] for r in runs if r["round"] == rnd and r["client"] == "facteur"]
+            m = [r["wall_s"] for r in runs if r["round"] == rnd and r["client"] == "mpop"]
+            if f and m and f[0] > 0:
+                paired.append(m[0] / f[0])
+        ratio = summary["mpop"]["median_wall_s"] / base["median_wall_s"]
+        goal = {
+            "ratio_of_medians": round(ratio, 2),
+            "ratios_per_round": [round(x, 2) for x in paired],
+            "median_ratio_per_round": round(statistics.median(paired), 2) if paired else None,
+            "goal": 3.0,
+            "pass": ratio >= 3.0,
+        }
+        print()
+        print(
+            f"facteur fetch against mpop: {ratio:.2f}x mpop's speed (ratio of the medians; "
+            f"goal >= 3x: {'PASS' if ratio >= 3.0 else 'MISS'}); per round "
+            + ", ".join(f"{x:.2f}" for x in paired)
+            + (f" (median {statistics.median(paired):.2f})." if paired else ".")
+        )
     out = {
         "benchmark": "facteur fetch vs fetchmail vs mpop: fetch and delete over POP3S from Dovecot",
         "facts": facts,
         "machine": machine(),
         "summary": summary,
+        "against_mpop": goal,
         "runs": runs,
     }
     with open(out_path, "w") as f:

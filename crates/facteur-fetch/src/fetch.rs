@@ -7,10 +7,11 @@
 //! 2. Connect (TLS, STLS, or plaintext if allowed), log in with the strongest method offered.
 //! 3. LIST and UIDL (together, with PIPELINING) and make the plan: what to fetch (not yet
 //!    fetched, within the limits), what to delete without fetching (fetched before, and due).
-//! 4. Fetch in batches: with PIPELINING, the RETRs of a batch go out in one write, and the DELEs
-//!    of the batch before go with them. Each message is streamed to the destination; at the
-//!    end of the batch the destination makes them durable and the journal records them. Only
-//!    then are DELEs sent for them.
+//! 4. Fetch in batches: with PIPELINING, the RETRs of a batch go out in one write, as soon as
+//!    the batch before has arrived (before its commit, so that the server sends while the disk
+//!    works), with the DELEs of the batch before that. Each message is streamed to the
+//!    destination; at the end of the batch the destination makes them durable and the journal
+//!    records them. Only then are DELEs sent for them.
 //! 5. QUIT: its `+OK` means the server applied the deletions; the state forgets those messages.
 //!    If QUIT fails or the connection drops, nothing was deleted (RFC 1939 section 6), the
 //!    state still knows the messages, and the next run deletes them without fetching them
@@ -176,7 +177,8 @@ pub enum FaultPoint {
     AfterRecord,
     /// mbox: half of the batch's octets are appended.
     MidAppend,
-    /// The messages are in place and durable; no `D` line yet.
+    /// The messages are in place and safe (durable, or a Maildir's renames recorded by
+    /// durable `P` lines); no `D` line yet.
     AfterCommit,
     /// `D` lines written; no DELE sent yet.
     AfterDone,
@@ -472,6 +474,7 @@ pub async fn fetch_account(
     };
     let mut dest = None;
     if !opts.dry_run {
+        dest::sync_journal_maildirs(state.journal_maildirs())?;
         let arrived = dest::recover(state.pending(), &state.spool_path())?;
         report.recovered = arrived.len() as u64;
         state.finish_recovery(&arrived, now)?;
@@ -547,6 +550,7 @@ fn adopt_legacy_states(
             continue;
         }
         let mut old = AccountState::open(&opts.state_dir, &key)?;
+        dest::sync_journal_maildirs(old.journal_maildirs())?;
         let arrived = dest::recover(old.pending(), &old.spool_path())?;
         recovered += arrived.len() as u64;
         old.finish_recovery(&arrived, now)?;
@@ -656,14 +660,20 @@ impl Run<'_> {
             }
         }
         let mut fetched = 0u64;
-        for batch in batches(&plan.fetch) {
-            if pipelining {
-                for m in batch {
+        let batches = batches(&plan.fetch);
+        // With PIPELINING, the RETRs of the next batch go out before this batch's commit, so
+        // that the server sends it while the commit waits on the disk; the DELEs of a batch go
+        // out with the RETRs of the batch after the next (their replies come between the two).
+        if pipelining {
+            if let Some(first) = batches.first() {
+                for m in *first {
                     conn.queue(Command::Retr(m.msg));
                 }
             }
-            conn.flush().await?;
-            deles.read_replies(&mut conn, report).await?;
+        }
+        conn.flush().await?;
+        deles.read_replies(&mut conn, report).await?;
+        for (i, &batch) in batches.iter().enumerate() {
             let mut staged = Vec::with_capacity(batch.len());
             let mut committed = Vec::with_capacity(batch.len());
             let mut cut = None;
@@ -746,6 +756,15 @@ impl Run<'_> {
                 faults.check(FaultPoint::AfterWrite)?;
             }
             conn.set_message_deadline(None);
+            if pipelining && cut.is_none() {
+                if let Some(next) = batches.get(i + 1) {
+                    for m in *next {
+                        conn.queue(Command::Retr(m.msg));
+                    }
+                }
+                // With the DELEs of the batch before, queued after its commit.
+                conn.flush().await?;
+            }
             dest.commit(staged, state, now, &mut |p| faults.check(p))?;
             fetched += committed.len() as u64;
             report.fetched += committed.len() as u64;
@@ -754,6 +773,10 @@ impl Run<'_> {
             if cut.is_some() {
                 // The connection is in the middle of a reply: drop it, with no QUIT.
                 return Ok(cut);
+            }
+            if pipelining {
+                // The replies to the DELEs that went out just now, before the next batch.
+                deles.read_replies(&mut conn, report).await?;
             }
             if delete_at_once {
                 for m in committed {
@@ -766,6 +789,9 @@ impl Run<'_> {
             }
         }
         conn.flush().await?;
+        // Before QUIT makes the server delete anything, what the commits left to the end
+        // becomes durable too.
+        dest.settle(state)?;
         deles.read_replies(&mut conn, report).await?;
         faults.check(FaultPoint::BeforeQuit)?;
 

@@ -164,6 +164,8 @@ pub struct AccountState {
     fetched: BTreeMap<Uidl, u64>,
     /// `P` lines without a `D`, found at open.
     pending: Vec<Pending>,
+    /// The Maildirs named by the `P` lines found at open.
+    journal_maildirs: Vec<PathBuf>,
     journal: Option<File>,
     read_only: bool,
 }
@@ -214,6 +216,7 @@ impl AccountState {
             _lock: None,
             fetched: BTreeMap::new(),
             pending: Vec::new(),
+            journal_maildirs: Vec::new(),
             journal: None,
             read_only: true,
         };
@@ -291,6 +294,11 @@ impl AccountState {
             match words.as_slice() {
                 ["P", rest @ ..] => {
                     if let Some(p) = Pending::parse(rest) {
+                        if let Pending::Maildir { dir, .. } = &p {
+                            if !self.journal_maildirs.contains(dir) {
+                                self.journal_maildirs.push(dir.clone());
+                            }
+                        }
                         pending.retain(|q| q.uid() != p.uid());
                         pending.push(p);
                     }
@@ -376,7 +384,8 @@ impl AccountState {
             .ok_or_else(|| io_err(&path)(io::Error::other("no journal")))
     }
 
-    /// Append `P` lines and fsync them: after this, the messages may be moved into place.
+    /// Append `P` lines and fsync them (with the `D` lines before them): after this, the
+    /// messages may be moved into place.
     pub fn record_pending(&mut self, entries: &[Pending]) -> Result<(), StateError> {
         if entries.is_empty() {
             return Ok(());
@@ -388,8 +397,9 @@ impl AccountState {
         j.sync_data().map_err(io_err(&path))
     }
 
-    /// Append `D` lines and fsync them: the messages count as fetched from now on, even
-    /// after a crash, and may be deleted on the server.
+    /// Append `D` lines: the messages count as fetched from now on. They become durable at
+    /// the next fsync of the journal ([`Self::record_pending`], [`Self::sync_journal`]); until
+    /// then, after a crash, their `P` lines and the destination tell the same.
     pub fn record_done(&mut self, uids: &[Uidl], now: u64) -> Result<(), StateError> {
         if uids.is_empty() {
             return Ok(());
@@ -401,11 +411,24 @@ impl AccountState {
         let path = self.journal_path();
         let j = self.journal()?;
         j.write_all(text.as_bytes()).map_err(io_err(&path))?;
-        j.sync_data().map_err(io_err(&path))?;
         for uid in uids {
             self.fetched.entry(uid.clone()).or_insert(now);
         }
         Ok(())
+    }
+
+    /// fsync what was appended to the journal (the `D` lines since the last fsync).
+    pub fn sync_journal(&mut self) -> Result<(), StateError> {
+        let path = self.journal_path();
+        match self.journal.as_mut() {
+            Some(j) => j.sync_data().map_err(io_err(&path)),
+            None => Ok(()),
+        }
+    }
+
+    /// The Maildirs that the journal's `P` lines name, with a `D` or without.
+    pub fn journal_maildirs(&self) -> &[PathBuf] {
+        &self.journal_maildirs
     }
 
     /// Write the snapshot with the unique-ids for which `keep` is true (those still on the
@@ -437,6 +460,7 @@ impl AccountState {
         sync_dir(&self.dir).map_err(io_err(&self.dir))?;
         // The snapshot now holds everything the journal said; the journal can go.
         self.journal = None;
+        self.journal_maildirs.clear();
         let journal = self.journal_path();
         match fs::remove_file(&journal) {
             Ok(()) => sync_dir(&self.dir).map_err(io_err(&self.dir)),

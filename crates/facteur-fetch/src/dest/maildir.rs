@@ -1,13 +1,20 @@
 //! A Maildir destination.
 //!
-//! Each message is written to `tmp/<unique>` as it arrives. At the commit of a batch: the
-//! batch's files are fsynced (on a few threads at once); `P` lines naming each file are appended to the journal and fsynced; the files are renamed
-//! into `new/<unique>,S=<size>,W=<wire size>`; `new/` is fsynced; `D` lines are appended and
-//! fsynced. After a crash, a `P` without its `D` is settled by looking at the Maildir: the file
-//! in `new/` or `cur/` means it arrived; the file still in `tmp/` is whole (it was fsynced
-//! before the `P`), so the rename is done now; neither means that the rename never became
-//! durable or that the message was since read and deleted locally, and it is fetched again
-//! (if it is still on the server, which it is unless it was recorded as done).
+//! Each message is written to `tmp/<unique>` as it arrives, and its fsync starts as soon as it
+//! is complete, on a few threads, while the next messages arrive. At the commit of a batch:
+//! `tmp/` is fsynced and the batch's fsyncs are waited for; `P` lines naming each file are
+//! appended to the journal and fsynced (with the `D` lines of the batch before); the files are
+//! renamed into `new/<unique>,S=<size>,W=<wire size>`; `D` lines are appended. From the `P`
+//! fsync on, the messages are safe and may be deleted on the server: whole files under names
+//! that are durable in `tmp/`, and lines that say where each goes. The renames become durable
+//! later, at the fsync of `new/` that ends the session ([`MaildirDest::settle`]) or starts the
+//! next run's recovery, always before the journal is folded into the snapshot.
+//!
+//! After a crash, a `P` without its `D` is settled by looking at the Maildir: the file in
+//! `new/` or `cur/` means it arrived; the file still in `tmp/` is whole (it was fsynced before
+//! the `P`), so the rename is done now; neither means that the message was read and deleted
+//! locally since, and it is fetched again if it is still on the server, which it is unless
+//! the session's QUIT went through.
 
 use super::{
     hostname, io_err, unique_name, CrlfToLf, DestError, Staged, StagedMessage, Writer, WriterKind,
@@ -20,6 +27,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
 
 #[derive(Debug)]
 pub struct MaildirDest {
@@ -27,6 +35,9 @@ pub struct MaildirDest {
     host: String,
     /// Ends the names of this account's files in `tmp/`.
     suffix: String,
+    syncs: SyncPool,
+    /// Files were renamed into `new/` since its last fsync.
+    new_unsynced: bool,
 }
 
 impl MaildirDest {
@@ -51,11 +62,13 @@ impl MaildirDest {
             dir: dir.to_path_buf(),
             host: hostname(),
             suffix,
+            syncs: SyncPool::default(),
+            new_unsynced: false,
         })
     }
 
     /// Start a message in `tmp/`.
-    pub(super) fn begin(&self) -> Result<Writer<'_>, DestError> {
+    pub(super) fn begin(&mut self) -> Result<Writer<'_>, DestError> {
         let tmp_dir = self.dir.join("tmp");
         for _ in 0..3 {
             let unique = unique_name(&self.host)?;
@@ -72,6 +85,7 @@ impl MaildirDest {
                         scratch: Vec::new(),
                         kind: WriterKind::Maildir(MaildirWriter {
                             file: BufWriter::with_capacity(BLOCK, f),
+                            syncs: &mut self.syncs,
                             path,
                             unique,
                             size: 0,
@@ -88,11 +102,11 @@ impl MaildirDest {
         )))
     }
 
-    /// The Maildir part of [`super::Destination::commit`]: fsync the files, `P` lines, rename
-    /// into `new/`, fsync `new/`.
+    /// The Maildir part of [`super::Destination::commit`]: fsync `tmp/` and wait for the
+    /// files' fsyncs, `P` lines (fsynced), rename into `new/`.
     pub(super) fn commit(
-        &self,
-        batch: &[StagedMessage],
+        &mut self,
+        batch: Vec<StagedMessage>,
         state: &mut AccountState,
         hook: &mut dyn FnMut(FaultPoint) -> Result<(), DestError>,
     ) -> Result<(), DestError> {
@@ -109,38 +123,53 @@ impl MaildirDest {
             })
             .collect();
         let tmp_dir = self.dir.join("tmp");
-        let files: Vec<(&File, PathBuf)> = batch
-            .iter()
-            .filter_map(|m| match &m.staged {
-                Staged::Maildir { file, tmp, .. } => Some((file, tmp_dir.join(tmp))),
-                _ => None,
-            })
-            .collect();
-        sync_files(&files)?;
-        state.record_pending(&pending)?;
-        hook(FaultPoint::AfterRecord)?;
+        let mut renames = Vec::with_capacity(batch.len());
+        if !batch.is_empty() {
+            // The names in tmp/ must be durable too: the messages may be deleted on the
+            // server before their renames are.
+            sync_dir(&tmp_dir).map_err(io_err(&tmp_dir))?;
+        }
         for m in batch {
-            if let Staged::Maildir { tmp, name, .. } = &m.staged {
-                let to = self.dir.join("new").join(name);
-                fs::rename(self.dir.join("tmp").join(tmp), &to).map_err(io_err(&to))?;
+            if let Staged::Maildir { tmp, name, synced } = m.staged {
+                let path = tmp_dir.join(&tmp);
+                synced.wait().map_err(io_err(&path))?;
+                renames.push((path, name));
             }
         }
+        state.record_pending(&pending)?;
+        hook(FaultPoint::AfterRecord)?;
         let new = self.dir.join("new");
-        sync_dir(&new).map_err(io_err(&new))?;
+        for (from, name) in renames {
+            let to = new.join(name);
+            fs::rename(from, &to).map_err(io_err(&to))?;
+            self.new_unsynced = true;
+        }
+        Ok(())
+    }
+
+    /// Make the renames into `new/` durable: before the session ends, and always before the
+    /// journal that names them is folded away.
+    pub(super) fn settle(&mut self) -> Result<(), DestError> {
+        if self.new_unsynced {
+            let new = self.dir.join("new");
+            sync_dir(&new).map_err(io_err(&new))?;
+            self.new_unsynced = false;
+        }
         Ok(())
     }
 }
 
 /// A message being written to `tmp/`.
-pub(super) struct MaildirWriter {
+pub(super) struct MaildirWriter<'a> {
     file: BufWriter<File>,
+    syncs: &'a mut SyncPool,
     path: PathBuf,
     unique: String,
     size: u64,
     lines: u64,
 }
 
-impl MaildirWriter {
+impl MaildirWriter<'_> {
     pub(super) fn put(&mut self, data: &[u8]) -> Result<(), DestError> {
         self.file.write_all(data).map_err(io_err(&self.path))?;
         self.size += data.len() as u64;
@@ -148,10 +177,11 @@ impl MaildirWriter {
         Ok(())
     }
 
-    /// Flushed, not yet fsynced (the commit fsyncs a batch's files together).
+    /// Flushed, and its fsync started (the commit waits for it).
     pub(super) fn finish(self) -> Result<Staged, DestError> {
         let MaildirWriter {
             file,
+            syncs,
             path,
             unique,
             size,
@@ -168,7 +198,7 @@ impl MaildirWriter {
         Ok(Staged::Maildir {
             name: format!("{unique},S={size},W={}", size + lines),
             tmp,
-            file,
+            synced: syncs.start(file),
         })
     }
 
@@ -194,44 +224,86 @@ pub(super) fn recover_one(dir: &Path, tmp: &str, name: &str) -> Result<bool, Des
     Ok(false)
 }
 
-/// fsync these files, on a few threads: each fsync waits on the disk, and the disk serves
-/// several at once far faster than one after another.
-fn sync_files(files: &[(&File, PathBuf)]) -> Result<(), DestError> {
+/// The fsyncs of finished messages, on a few threads of their own: each fsync waits on the
+/// disk, and the disk serves several at once far faster than one after another; started as
+/// each message is finished, they overlap with the arrival of the next ones.
+#[derive(Debug, Default)]
+struct SyncPool {
+    /// `None` until the first fsync starts the threads.
+    jobs: Option<mpsc::Sender<(File, mpsc::Sender<io::Result<()>>)>>,
+}
+
+impl SyncPool {
     /// fsyncs in flight at most.
     const THREADS: usize = 8;
-    if files.len() <= 1 {
-        for (file, path) in files {
-            file.sync_all().map_err(io_err(path))?;
-        }
-        return Ok(());
-    }
-    let per_thread = files.len().div_ceil(THREADS);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = files
-            .chunks(per_thread)
-            .map(|chunk| {
-                scope.spawn(move || {
-                    for (file, path) in chunk {
-                        file.sync_all().map_err(io_err(path))?;
+
+    /// Start the fsync of `file` (which is closed when it is done).
+    fn start(&mut self, file: File) -> Synced {
+        let (done, wait) = mpsc::channel();
+        let job = (file, done);
+        let job = match self.jobs.as_ref() {
+            Some(jobs) => match jobs.send(job) {
+                Ok(()) => return Synced(wait),
+                Err(mpsc::SendError(job)) => job,
+            },
+            None => match self.spawn() {
+                Some(jobs) => match jobs.send(job) {
+                    Ok(()) => {
+                        self.jobs = Some(jobs);
+                        return Synced(wait);
                     }
-                    Ok(())
-                })
-            })
-            .collect();
-        let mut result = Ok(());
-        for handle in handles {
-            let r = handle.join().unwrap_or_else(|_| {
-                Err(DestError::Io {
-                    path: PathBuf::from("fsync"),
-                    source: io::Error::other("an fsync thread failed"),
-                })
-            });
-            if result.is_ok() {
-                result = r;
+                    Err(mpsc::SendError(job)) => job,
+                },
+                None => job,
+            },
+        };
+        // No thread to take it: here and now.
+        let (file, done) = job;
+        let _ = done.send(file.sync_all());
+        Synced(wait)
+    }
+
+    /// The threads; `None` if not even one could be started.
+    fn spawn(&self) -> Option<mpsc::Sender<(File, mpsc::Sender<io::Result<()>>)>> {
+        type Job = (File, mpsc::Sender<io::Result<()>>);
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        let mut started = 0;
+        for _ in 0..Self::THREADS {
+            let queue = Arc::clone(&queue);
+            let worker = std::thread::Builder::new()
+                .name("fetch-fsync".into())
+                .spawn(move || loop {
+                    // The lock is held only to take a job, not during its fsync.
+                    let job = match queue.lock() {
+                        Ok(q) => q.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok((file, done)) = job else {
+                        // The destination is gone: no more jobs.
+                        return;
+                    };
+                    let _ = done.send(file.sync_all());
+                });
+            if worker.is_ok() {
+                started += 1;
             }
         }
-        result
-    })
+        (started > 0).then_some(jobs)
+    }
+}
+
+/// The outcome of a message file's fsync, to come.
+#[derive(Debug)]
+pub struct Synced(mpsc::Receiver<io::Result<()>>);
+
+impl Synced {
+    /// Wait for the fsync; an error if it failed, or if its thread is gone.
+    fn wait(self) -> io::Result<()> {
+        self.0
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("the fsync thread failed")))
+    }
 }
 
 /// Create `dir` (mode 700) and its missing parents, each made durable in its parent.
@@ -345,5 +417,80 @@ mod tests {
         };
         fs::write(md.join("cur").join("123.abc:2,S"), b"x").unwrap();
         assert_eq!(recover(&[p], &spool).unwrap(), [uid("x")]);
+    }
+
+    /// A power cut right after a commit, when the batch's DELEs may already be out: what was
+    /// not fsynced then (the renames into `new/`, the `D` lines) is undone, and the recovery
+    /// still finds every message, once.
+    #[test]
+    fn a_power_cut_after_a_commit_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = dir.path().join("Maildir");
+        let state_dir = dir.path().join("state");
+        let spool = dir.path().join("spool");
+        let spec = DestinationSpec::Maildir(md.clone());
+        let uid = |s: &str| Uidl::new(s).unwrap();
+        let mut state = AccountState::open(&state_dir, "k").unwrap();
+        let mut d = Destination::open(&spec, &spool, "t").unwrap();
+        let commit = |d: &mut Destination, state: &mut AccountState, uids: &[&str]| {
+            let batch = uids
+                .iter()
+                .map(|u| {
+                    let mut w = d.begin().unwrap();
+                    w.write(format!("Subject: {u}\r\n\r\nbody\r\n").as_bytes())
+                        .unwrap();
+                    StagedMessage {
+                        uid: Some(uid(u)),
+                        staged: w.finish().unwrap(),
+                    }
+                })
+                .collect();
+            d.commit(batch, state, 1, &mut |_| Ok(())).unwrap();
+        };
+        commit(&mut d, &mut state, &["a", "b"]);
+        commit(&mut d, &mut state, &["c", "d"]);
+        // The moment the DELEs of c and d may go out. Then the power goes: the journal keeps
+        // what its last fsync (the `P` lines of c and d) covered, and c and d's renames,
+        // never fsynced, are undone.
+        drop(d);
+        drop(state);
+        let journal = state_dir.join("k.journal");
+        let text = fs::read_to_string(&journal).unwrap();
+        let durable = text.rfind("\nP ").unwrap();
+        let durable = durable + 1 + text[durable + 1..].find('\n').unwrap() + 1;
+        assert!(text[durable..].starts_with("D c "), "{text}");
+        fs::write(&journal, &text[..durable]).unwrap();
+        let mut undone = 0;
+        for line in text[..durable].lines() {
+            let w: Vec<&str> = line.split(' ').collect();
+            if let ["P", "c" | "d", "maildir", _, tmp, name] = w.as_slice() {
+                fs::rename(md.join("new").join(name), md.join("tmp").join(tmp)).unwrap();
+                undone += 1;
+            }
+        }
+        assert_eq!(undone, 2);
+        let mut state = AccountState::open(&state_dir, "k").unwrap();
+        assert!(state.contains(&uid("a")) && state.contains(&uid("b")));
+        assert!(!state.contains(&uid("c")) && !state.contains(&uid("d")));
+        assert_eq!(state.journal_maildirs(), std::slice::from_ref(&md));
+        super::super::sync_journal_maildirs(state.journal_maildirs()).unwrap();
+        let arrived = recover(state.pending(), &spool).unwrap();
+        assert_eq!(arrived, [uid("c"), uid("d")]);
+        state.finish_recovery(&arrived, 2).unwrap();
+        drop(Destination::open(&spec, &spool, "t").unwrap());
+        for u in ["a", "b", "c", "d"] {
+            assert!(state.contains(&uid(u)), "{u}");
+        }
+        let mut bodies: Vec<Vec<u8>> = fs::read_dir(md.join("new"))
+            .unwrap()
+            .map(|f| read_all(&f.unwrap().path()))
+            .collect();
+        bodies.sort();
+        let want: Vec<Vec<u8>> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|u| format!("Subject: {u}\n\nbody\n").into_bytes())
+            .collect();
+        assert_eq!(bodies, want);
+        assert_eq!(fs::read_dir(md.join("tmp")).unwrap().count(), 0);
     }
 }

@@ -5,11 +5,12 @@
 //! file, its SHA-256 computed on the way. At the commit, under the mbox's locks (a dotlock
 //! `FILE.lock` holding our pid, and flock), the journal gets `P` lines with where each entry
 //! will start and end and its SHA-256, fsynced; the entries are appended; the mbox is fsynced;
-//! the locks are released; `D` lines are appended and fsynced. After a crash, a `P` without its
-//! `D` is settled by reading the mbox: the bytes at its place with its SHA-256 mean it arrived;
-//! a strict prefix of it reaching to the end of the file (checked against the spool) is a
-//! partial append, cut off again; anything else (the file was changed since) is left alone and
-//! the message fetched again: a possible duplicate, never a loss.
+//! the locks are released; `D` lines are appended (fsynced with the next batch's `P` lines, or
+//! at the end of the session: the messages may be deleted on the server before). After a
+//! crash, a `P` without its `D` is settled by reading the mbox: the bytes at its place with its
+//! SHA-256 mean it arrived; a strict prefix of it reaching to the end of the file (checked
+//! against the spool) is a partial append, cut off again; anything else (the file was changed
+//! since) is left alone and the message fetched again: a possible duplicate, never a loss.
 
 use super::{io_err, CrlfToLf, DestError, Staged, StagedMessage, Writer, WriterKind, BLOCK};
 use crate::config::{MBOX_LOCK_WAIT, STALE_DOTLOCK};

@@ -27,7 +27,6 @@ use super::config::DestinationSpec;
 use super::fetch::FaultPoint;
 use super::state::{AccountState, Pending, StateError};
 use facteur_proto::Uidl;
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -67,12 +66,12 @@ pub enum Destination {
 /// A message written (or delivered, for an MDA), not yet committed.
 #[derive(Debug)]
 pub enum Staged {
-    /// In `tmp/`, written but not yet fsynced: a batch's files are fsynced together, on a few
-    /// threads, at its commit, before anything names them in the journal.
+    /// In `tmp/`, written, its fsync under way on another thread: the commit waits for it
+    /// before anything names the file in the journal.
     Maildir {
         tmp: String,
         name: String,
-        file: File,
+        synced: maildir::Synced,
     },
     Mbox {
         spool_offset: u64,
@@ -125,14 +124,46 @@ impl Destination {
     ) -> Result<(), DestError> {
         let uids: Vec<Uidl> = batch.iter().filter_map(|m| m.uid.clone()).collect();
         match self {
-            Destination::Maildir(d) => d.commit(&batch, state, hook)?,
+            Destination::Maildir(d) => d.commit(batch, state, hook)?,
             Destination::Mbox(m) => m.commit(&batch, state, hook)?,
             Destination::Mda(_) => {}
         }
         hook(FaultPoint::AfterCommit)?;
         state.record_done(&uids, now)?;
+        if let Destination::Mda(_) = self {
+            // No `P` line stands for a message an MDA took: its `D` must be durable before
+            // its DELE. A Maildir's or an mbox's `D` lines become durable with the next fsync
+            // of the journal (the `P` lines suffice after a crash).
+            state.sync_journal()?;
+        }
         Ok(())
     }
+
+    /// The end of a session, before its QUIT: what the commits left to become durable
+    /// (the renames into a Maildir's `new/`, the last `D` lines) is made durable.
+    pub fn settle(&mut self, state: &mut AccountState) -> Result<(), DestError> {
+        if let Destination::Maildir(d) = self {
+            d.settle()?;
+        }
+        state.sync_journal()?;
+        Ok(())
+    }
+}
+
+/// Make durable the renames into the `new/` of each Maildir that the journal names (a run that
+/// stopped may have left them to its end): the journal is folded into the snapshot right
+/// after the recovery, and its `P` lines are the only record of where those files were.
+pub fn sync_journal_maildirs(maildirs: &[PathBuf]) -> Result<(), DestError> {
+    for dir in maildirs {
+        let new = dir.join("new");
+        match facteur_store::durable::sync_dir(&new) {
+            Ok(()) => {}
+            // Gone: nothing of it to make durable (recovery fetches its messages again).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&new)(e)),
+        }
+    }
+    Ok(())
 }
 
 /// Settle the messages that were being committed when a run stopped (see the module
@@ -167,7 +198,7 @@ pub struct Writer<'a> {
 }
 
 enum WriterKind<'a> {
-    Maildir(maildir::MaildirWriter),
+    Maildir(maildir::MaildirWriter<'a>),
     Mbox(mbox::MboxWriter<'a>),
     Mda(mda::MdaWriter<'a>),
     /// Finished (or given up).
@@ -283,7 +314,10 @@ fn unique_name(host: &str) -> Result<String, DestError> {
 fn read_all(path: &Path) -> Vec<u8> {
     use std::io::Read;
     let mut v = Vec::new();
-    File::open(path).unwrap().read_to_end(&mut v).unwrap();
+    std::fs::File::open(path)
+        .unwrap()
+        .read_to_end(&mut v)
+        .unwrap();
     v
 }
 
