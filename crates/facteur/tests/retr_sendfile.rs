@@ -7,6 +7,7 @@
 mod common;
 
 use common::*;
+use std::process::Command;
 
 /// A message of about `lines` x 60 octets, LF line ends as an MTA hands it over; with a line
 /// starting with '.' in its middle when `dotted`.
@@ -21,17 +22,6 @@ fn message(lines: usize, dotted: bool) -> Vec<u8> {
         );
     }
     m
-}
-
-fn crlf(m: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(m.len() + m.len() / 40);
-    for &b in m {
-        if b == b'\n' {
-            out.push(b'\r');
-        }
-        out.push(b);
-    }
-    out
 }
 
 /// The `session ended` log lines that have every one of `parts`.
@@ -151,4 +141,58 @@ fn line_ends_lf_stores_mail_as_given() {
     let path = fx.maildir(USER).join("new").join(&files[0]);
     assert_eq!(std::fs::read(path).unwrap(), m);
     assert!(!files[0].contains(",P="), "{files:?}");
+}
+
+/// Python's poplib and curl, which nobody here wrote, read a message sent by sendfile as they
+/// read any other.
+#[test]
+fn real_clients_read_a_message_sent_by_sendfile() {
+    let fx = Fixture::new();
+    let big = message(52_000, false);
+    let d = fx.deliver(USER, &big);
+    assert!(delivered_base(&d).ends_with(",P=1"));
+    let server = BinServer::start(&fx.config_path);
+    let want = sha256_hex(&crlf(&big));
+
+    let script = r#"
+import hashlib, poplib, sys
+p = poplib.POP3(sys.argv[1], int(sys.argv[2]), timeout=60)
+p.user(sys.argv[3])
+p.pass_(sys.argv[4])
+resp, lines, octets = p.retr(1)
+print(hashlib.sha256(b"".join(l + b"\r\n" for l in lines)).hexdigest())
+p.quit()
+"#;
+    let (code, stdout, stderr) = run_with_input(
+        Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg("127.0.0.1")
+            .arg(server.addr.port().to_string())
+            .arg(USER)
+            .arg(PASSWORD),
+        b"",
+    );
+    assert_eq!(code, Some(0), "poplib: {stdout}{stderr}");
+    assert_eq!(stdout.trim(), want, "poplib");
+
+    let out = Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "60"])
+        .args(["--user", &format!("{USER}:{PASSWORD}")])
+        .arg(format!("pop3://127.0.0.1:{}/1", server.addr.port()))
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sha256_hex(&out.stdout), want, "curl");
+
+    let log = server.wait_for_log("session ended", 2);
+    assert_eq!(
+        ended_lines(&log, &["retrieved=1 ", "retrieved_by_sendfile=1 "]).len(),
+        2,
+        "{log}"
+    );
 }
