@@ -134,6 +134,20 @@ fn stored(rcpt: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A message as delivery stored it, which must be with CRLF line ends (`[store] line_ends`,
+/// the default): its text with LF line ends, for the checks of its content.
+fn stored_with_crlf(message: &[u8]) -> String {
+    let text = String::from_utf8_lossy(message);
+    let bare_lf = text
+        .match_indices('\n')
+        .any(|(i, _)| i == 0 || !text[..i].ends_with('\r'));
+    assert!(
+        !bare_lf,
+        "a line end without CR in a message stored with CRLF:\n{text}"
+    );
+    text.replace("\r\n", "\n")
+}
+
 fn new_messages(maildir: &Path) -> Vec<Vec<u8>> {
     let mut names: Vec<_> = std::fs::read_dir(maildir.join("new"))
         .map(|d| d.map(|e| e.expect("a directory entry").path()).collect())
@@ -330,7 +344,7 @@ fn postfix_delivers_through(transport: impl Fn(u16, &Path) -> String) {
     );
     let alice = new_messages(&fx.maildir(USER));
     assert_eq!(alice.len(), 1);
-    let alice = String::from_utf8_lossy(&alice[0]).into_owned();
+    let alice = stored_with_crlf(&alice[0]);
     assert!(
         alice.starts_with("Return-Path: <carol@test.invalid>\nDelivered-To: alice@test.invalid\n"),
         "{alice}"
@@ -343,7 +357,7 @@ fn postfix_delivers_through(transport: impl Fn(u16, &Path) -> String) {
     // The bounce: Postfix's report for nobody, with facteur's answer in it.
     let carol = new_messages(&fx.maildir(CRYPT_USER));
     assert_eq!(carol.len(), 1);
-    let carol = String::from_utf8_lossy(&carol[0]).into_owned();
+    let carol = stored_with_crlf(&carol[0]);
     assert!(carol.contains("Return-Path: <>\n"), "{carol}");
     assert!(carol.contains("nobody@test.invalid"), "{carol}");
     assert!(carol.contains("5.1.1"), "{carol}");
