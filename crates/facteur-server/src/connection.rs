@@ -936,17 +936,27 @@ impl Connection {
         let len = size.map_or(chunk, |size| {
             usize::try_from(size.saturating_add(1)).map_or(chunk, |s| s.min(chunk))
         });
-        let buf = vec![0u8; len];
-        // Opening the file and reading its first block make one trip to the blocking pool.
-        let opened = tokio::task::spawn_blocking(move || {
-            let r = maildrop.open_message(index).map(|mut reader| {
-                let mut buf = buf;
-                let filled = fill(reader.as_mut(), &mut buf);
-                (reader, buf, filled)
-            });
-            (maildrop, r)
-        })
-        .await;
+        let mut buf = vec![0u8; len];
+        // A small message whose name and content the kernel has cached is read here at once:
+        // a trip to the blocking pool (two thread wake-ups) costs more than such a read.
+        // Otherwise opening the file and reading its first block make one trip there.
+        let opened = match maildrop.read_cached(index, &mut buf) {
+            Some(n) => {
+                let whole: Box<dyn Read + Send> = Box::new(std::io::empty());
+                Ok((maildrop, Ok((whole, buf, Ok((n, true))))))
+            }
+            None => {
+                tokio::task::spawn_blocking(move || {
+                    let r = maildrop.open_message(index).map(|mut reader| {
+                        let mut buf = buf;
+                        let filled = fill(reader.as_mut(), &mut buf);
+                        (reader, buf, filled)
+                    });
+                    (maildrop, r)
+                })
+                .await
+            }
+        };
         let (mut reader, mut buf, filled) = match opened {
             Ok((maildrop, r)) => {
                 self.maildrop = Some(maildrop);

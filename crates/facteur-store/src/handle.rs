@@ -124,6 +124,57 @@ pub(crate) fn open_regular(dir: &File, name: &OsStr) -> io::Result<Opened> {
     }
 }
 
+/// Set once the kernel has refused `RESOLVE_CACHED` (before Linux 5.12).
+static NO_RESOLVE_CACHED: AtomicBool = AtomicBool::new(false);
+/// Set once the file system has refused `RWF_NOWAIT` for a read.
+static NO_RWF_NOWAIT: AtomicBool = AtomicBool::new(false);
+
+/// [`open_regular`] from the kernel's caches alone: `openat2` with `RESOLVE_CACHED` fails
+/// (EAGAIN) rather than read a directory or an inode from the disk. `None` whenever the answer
+/// is not a regular file opened at once: the name missing, a link, a FIFO, a lookup that
+/// would wait, a kernel without `openat2` or `RESOLVE_CACHED`. Callers then take the ordinary
+/// path, which tells these apart. Never blocks, so it may run on an async thread.
+pub(crate) fn open_regular_cached(dir: &File, name: &OsStr) -> Option<File> {
+    one_component(name).ok()?;
+    if NO_OPENAT2.load(Ordering::Relaxed) || NO_RESOLVE_CACHED.load(Ordering::Relaxed) {
+        return None;
+    }
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::CACHED;
+    match rfs::openat2(dir.as_fd(), name, flags, Mode::empty(), resolve) {
+        Ok(fd) => {
+            let file = File::from(fd);
+            // fstat reads the inode the open just brought in: no wait.
+            file.metadata().ok()?.is_file().then_some(file)
+        }
+        // An unknown resolve flag: the kernel predates RESOLVE_CACHED.
+        Err(Errno::INVAL) => {
+            NO_RESOLVE_CACHED.store(true, Ordering::Relaxed);
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// Reads `buf.len()` octets of `file` from offset 0, only as far as the page cache holds
+/// them (`preadv2` with `RWF_NOWAIT`): may return fewer than the file has even before its
+/// end. `None` when not even that can be done without waiting (nothing cached, or a file
+/// system that does not offer it). Never blocks, so it may run on an async thread.
+pub(crate) fn read_now(file: &File, buf: &mut [u8]) -> Option<usize> {
+    if NO_RWF_NOWAIT.load(Ordering::Relaxed) {
+        return None;
+    }
+    let mut bufs = [io::IoSliceMut::new(buf)];
+    match rustix::io::preadv2(file, &mut bufs, 0, rustix::io::ReadWriteFlags::NOWAIT) {
+        Ok(n) => Some(n),
+        Err(Errno::OPNOTSUPP | Errno::INVAL) => {
+            NO_RWF_NOWAIT.store(true, Ordering::Relaxed);
+            None
+        }
+        Err(_) => None,
+    }
+}
+
 /// Creates `name` in `dir` for writing; fails if any file (or link) has that name already.
 /// The new file is given to `owner`.
 pub(crate) fn create_new(dir: &File, name: &OsStr, owner: Owner) -> io::Result<File> {
@@ -308,6 +359,7 @@ mod tests {
     use std::fs;
     use std::io::{Read, Write};
     use std::os::unix::fs::symlink;
+    use std::os::unix::fs::OpenOptionsExt;
 
     fn dir() -> (tempfile::TempDir, File) {
         let tmp = tempfile::tempdir().unwrap();
@@ -357,6 +409,75 @@ mod tests {
         assert_eq!(fs::read(outside.path()).unwrap(), b"secret");
         // A root given as a link is refused.
         assert!(open_dir_path(&tmp.path().join("dirlink")).is_err());
+    }
+
+    #[test]
+    fn cached_opens_refuse_links_and_fifos_and_reads_never_wait_for_the_disk() {
+        let (tmp, d) = dir();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        fs::write(outside.path(), b"secret").unwrap();
+        symlink(outside.path(), tmp.path().join("link")).unwrap();
+        let status = std::process::Command::new("mkfifo")
+            .arg(tmp.path().join("fifo"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        fs::create_dir(tmp.path().join("sub")).unwrap();
+        for name in ["link", "fifo", "sub", "missing", "sub/x", ".."] {
+            assert!(
+                open_regular_cached(&d, OsStr::new(name)).is_none(),
+                "{name}"
+            );
+        }
+
+        // A file just written is in the page cache: read whole at once, and a buffer larger
+        // than the file shows its end.
+        let body = b"From: a@example.org\r\n\r\nhello\r\n".repeat(100);
+        fs::write(tmp.path().join("mail"), &body).unwrap();
+        let file = open_regular_cached(&d, OsStr::new("mail")).expect("a cached regular file");
+        let mut buf = vec![0u8; body.len() + 1];
+        assert_eq!(read_now(&file, &mut buf), Some(body.len()));
+        assert_eq!(buf.get(..body.len()).unwrap(), &body[..]);
+
+        // A file none of whose pages is in the page cache (written with O_DIRECT, which goes
+        // around it): the read must not wait for the disk. A read may still find the data if
+        // the readahead it starts completes at once, so three files are tried; a read that
+        // waits finds it every time. tmpfs has no disk (nor, before Linux 6.6, O_DIRECT).
+        let mut block = vec![b'x'; 3 * 65536];
+        let start = block.as_ptr().align_offset(65536);
+        let aligned = block.get_mut(start..start + 65536).unwrap();
+        let mut waited = Vec::new();
+        for i in 0..3 {
+            let name = format!("direct{i}");
+            let direct = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc_o_direct())
+                .open(tmp.path().join(&name));
+            let Ok(mut direct) = direct else {
+                return; // no O_DIRECT here
+            };
+            if rustix::fs::fstatfs(&direct).unwrap().f_type == 0x0102_1994 {
+                return; // TMPFS_MAGIC
+            }
+            direct.write_all(aligned).unwrap();
+            drop(direct);
+            let file = open_regular_cached(&d, OsStr::new(&name)).expect("a regular file");
+            let mut buf = vec![0u8; 65536 + 1];
+            match read_now(&file, &mut buf) {
+                Some(n) if n == 65536 => waited.push(n),
+                _ => break,
+            }
+        }
+        assert!(
+            waited.len() < 3,
+            "reads of uncached files waited for the disk: {waited:?}"
+        );
+    }
+
+    /// `O_DIRECT` for this architecture (rustix has it as an `OFlags`).
+    fn libc_o_direct() -> i32 {
+        rustix::fs::OFlags::DIRECT.bits() as i32
     }
 
     #[test]

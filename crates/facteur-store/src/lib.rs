@@ -398,6 +398,18 @@ pub trait Maildrop: Send {
     /// Open message `index` (0-based) for streaming; never reads it whole.
     fn open_message(&mut self, index: usize) -> Result<Box<dyn Read + Send>, StoreError>;
 
+    /// Message `index` read whole into `buf` at once, when that needs no wait at all: its name
+    /// resolved from the kernel's caches and its content in the page cache, so that the
+    /// caller may do it on an async thread rather than make a trip to a blocking pool (which
+    /// costs more than the read itself for a small message). `Some(n)`: the message is
+    /// `buf[..n]`, all of it. `None` when the store would have to wait for a disk or a
+    /// database, cannot tell, or the message does not fit in `buf` less one octet; nothing has
+    /// changed then, and [`Maildrop::open_message`] off the async threads is the way (and
+    /// says what went wrong, if anything did).
+    fn read_cached(&mut self, _index: usize, _buf: &mut [u8]) -> Option<usize> {
+        None
+    }
+
     /// The file of message `index` and its length, when the file is exactly what RETR sends
     /// between its `+OK` line and its terminating `.` line (every line end CRLF, no line
     /// starting with '.', a line end at its end): such a message can be handed to `sendfile`.

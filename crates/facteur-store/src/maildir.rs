@@ -1162,6 +1162,23 @@ impl Maildrop for LockedMaildir {
         Ok(Box::new(self.open_file(index)?))
     }
 
+    fn read_cached(&mut self, index: usize, buf: &mut [u8]) -> Option<usize> {
+        let Some(Some(name)) = self.names.get(index) else {
+            return None;
+        };
+        // A name not found here (a mail reader renamed the file since the snapshot), a link,
+        // a FIFO: `open_message` sorts them out.
+        let file = handle::open_regular_cached(&self.cur_dir, name)?;
+        let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+        // One octet more than the length fstat gave, to see the end of the file.
+        let want = buf.get_mut(..len.checked_add(1)?)?;
+        let n = handle::read_now(&file, want)?;
+        // Fewer octets than the length: not all of the file is in the page cache (a read
+        // that must not wait stops there). More: the file grew since fstat. Either way,
+        // the ordinary path reads it.
+        (n == len).then_some(n)
+    }
+
     fn open_wire_form(&mut self, index: usize) -> Result<Option<(File, u64)>, StoreError> {
         let Some(Some(name)) = self.names.get(index) else {
             return Ok(None);
@@ -2566,6 +2583,32 @@ mod tests {
         // And the new name is remembered for UPDATE.
         m.apply_deletions(&[0]).unwrap();
         assert!(f.files("cur").is_empty());
+    }
+
+    #[test]
+    fn a_cached_read_is_the_file_whole_or_nothing() {
+        let f = fixture();
+        f.put("cur", "1.a:2,", b"hello\n");
+        f.put("cur", "2.b:2,", b"world, a longer one\n");
+        f.put("cur", "3.c:2,", b"renamed\n");
+        let (mut m, _) = f.open();
+        let mut buf = vec![0u8; 64];
+        assert_eq!(m.read_cached(0, &mut buf), Some(6));
+        assert_eq!(buf.get(..6).unwrap(), b"hello\n");
+        // A buffer with no room for one octet past the end cannot show the end: not read.
+        assert_eq!(m.read_cached(1, &mut [0u8; 20]), None);
+        assert_eq!(m.read_cached(1, &mut [0u8; 21]), Some(20));
+        // Renamed since the snapshot, or out of the snapshot: left to `open_message`, which
+        // finds the new name.
+        fs::rename(f.dir.join("cur/3.c:2,"), f.dir.join("cur/3.c:2,S")).unwrap();
+        assert_eq!(m.read_cached(2, &mut buf), None);
+        assert_eq!(read_message(&mut m, 2), b"renamed\n");
+        assert_eq!(m.read_cached(2, &mut buf), Some(8));
+        assert_eq!(m.read_cached(3, &mut buf), None);
+        // Replaced by a link or a FIFO: never read.
+        fs::remove_file(f.dir.join("cur/1.a:2,")).unwrap();
+        std::os::unix::fs::symlink(f.dir.join("cur/2.b:2,"), f.dir.join("cur/1.a:2,")).unwrap();
+        assert_eq!(m.read_cached(0, &mut buf), None);
     }
 
     #[test]
