@@ -150,8 +150,8 @@ pub async fn serve(
     cut: CutSignal,
     accepted: tokio::time::Instant,
 ) {
-    let _ = stream.set_nodelay(true);
-    tune_socket(&stream, shared.config.limits.write_timeout());
+    // TCP_NODELAY, keepalive and TCP_USER_TIMEOUT come from the listening socket
+    // (`tune_socket`): six system calls fewer per session.
     let started = Instant::now();
     let login_deadline = accepted + shared.config.limits.login_timeout();
     let client = peer.client;
@@ -1399,8 +1399,11 @@ fn warn_key_log(tls: &facteur_tls::TlsState, peer: &SocketAddr) {
     }
 }
 
-pub fn tune_socket(stream: &TcpStream, write_timeout: Duration) {
-    let sock = socket2::SockRef::from(stream);
+/// The TCP options of every session: no Nagle delay, keepalive probes and TCP_USER_TIMEOUT
+/// (so that a peer that vanished without a word is found). Set on each listening socket, once:
+/// Linux gives a listener's options to every connection it accepts.
+pub fn tune_socket(sock: socket2::SockRef<'_>, write_timeout: Duration) {
+    let _ = sock.set_tcp_nodelay(true);
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(defaults::KEEPALIVE_IDLE)
         .with_interval(defaults::KEEPALIVE_INTERVAL)

@@ -367,6 +367,8 @@ pub async fn run_listeners(
     let (stop_tx, _) = watch::channel(false);
     let mut accept_tasks = Vec::new();
     for (listener, protocol) in listeners {
+        // Once here rather than at each accepted connection, which inherits them.
+        connection::tune_socket(socket2::SockRef::from(&listener), limits.write_timeout());
         let shared = shared.clone();
         let global = global.clone();
         let per_ip = per_ip.clone();

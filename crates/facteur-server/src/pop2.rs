@@ -83,8 +83,7 @@ pub async fn serve(
     cut: CutSignal,
     accepted: tokio::time::Instant,
 ) {
-    let _ = stream.set_nodelay(true);
-    connection::tune_socket(&stream, shared.config.limits.write_timeout());
+    // TCP options: from the listening socket (`connection::tune_socket`).
     let started = Instant::now();
     let config = Pop2Config {
         greeting: format!("POP2 {} server ready", shared.hostname),

@@ -195,30 +195,27 @@ fn the_shutdown_cut_reaches_a_session_blocked_in_a_write(backend: Backend) {
 
 #[test]
 fn sessions_have_keepalive_and_a_user_timeout() {
-    // The options facteur sets on every accepted socket, read back from the kernel.
+    // facteur sets its TCP options on the listening socket; every connection accepted from it
+    // must have them, read back from the kernel.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    facteur_server::connection::tune_socket(
+        socket2::SockRef::from(&listener),
+        Duration::from_secs(42),
+    );
     let addr = listener.local_addr().expect("address");
     let _client = TcpStream::connect(addr).expect("connect");
     let (accepted, _) = listener.accept().expect("accept");
-    accepted.set_nonblocking(true).expect("nonblocking");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    rt.block_on(async {
-        let stream = tokio::net::TcpStream::from_std(accepted).expect("a tokio stream");
-        facteur_server::connection::tune_socket(&stream, Duration::from_secs(42));
-        let sock = socket2::SockRef::from(&stream);
-        assert!(sock.keepalive().expect("SO_KEEPALIVE"));
-        assert_eq!(
-            sock.tcp_user_timeout().expect("TCP_USER_TIMEOUT"),
-            Some(Duration::from_secs(42))
-        );
-        assert_eq!(
-            sock.tcp_keepalive_time().expect("TCP_KEEPIDLE"),
-            Duration::from_secs(60)
-        );
-    });
+    let sock = socket2::SockRef::from(&accepted);
+    assert!(sock.tcp_nodelay().expect("TCP_NODELAY"));
+    assert!(sock.keepalive().expect("SO_KEEPALIVE"));
+    assert_eq!(
+        sock.tcp_user_timeout().expect("TCP_USER_TIMEOUT"),
+        Some(Duration::from_secs(42))
+    );
+    assert_eq!(
+        sock.tcp_keepalive_time().expect("TCP_KEEPIDLE"),
+        Duration::from_secs(60)
+    );
 }
 
 both_backends!(
