@@ -117,6 +117,9 @@ struct Tally {
     retrieved_octets: u64,
     /// Of the messages retrieved, those that went out by `sendfile`.
     retrieved_by_sendfile: u64,
+    /// RETRs that sent the file as it was stored, its own wire form: by `sendfile`, or
+    /// through TLS with no dot-stuffing pass.
+    retrieved_as_stored: u64,
     deleted: usize,
 }
 
@@ -209,6 +212,7 @@ pub async fn serve(
         retrieved = t.retrieved,
         retrieved_octets = t.retrieved_octets,
         retrieved_by_sendfile = t.retrieved_by_sendfile,
+        retrieved_as_stored = t.retrieved_as_stored,
         deleted = t.deleted,
         tls = conn.stream.tls_summary().as_deref().unwrap_or("none"),
         duration_ms = started.elapsed().as_millis() as u64,
@@ -915,10 +919,7 @@ impl Connection {
         // move them.
         // A size not known yet (TOP on a maildrop whose sizes are deferred): ordinary blocks.
         let size = maildrop.size(index);
-        if top_lines.is_none()
-            && matches!(self.stream, Transport::Plain(_))
-            && size.is_some_and(|s| s > defaults::LARGE_MESSAGE)
-        {
+        if top_lines.is_none() && size.is_some_and(|s| s > defaults::LARGE_MESSAGE) {
             self.maildrop = Some(maildrop);
             if let Some(step) = self.retrieve_wire_form(index).await {
                 return step;
@@ -1070,7 +1071,8 @@ impl Connection {
             return Some(Step::End(end));
         }
         let Transport::Plain(tcp) = &self.stream else {
-            return Some(Step::End(End::IoError));
+            // TLS: the file's blocks are encrypted as they are, with no dot-stuffing pass.
+            return Some(self.send_file_copied(file, len).await);
         };
         let mut offset = 0u64;
         while offset < len {
@@ -1111,7 +1113,68 @@ impl Connection {
         self.tally.retrieved += 1;
         self.tally.retrieved_octets += len;
         self.tally.retrieved_by_sendfile += 1;
+        self.tally.retrieved_as_stored += 1;
         Some(Step::Continue)
+    }
+
+    /// The rest of a RETR whose file is its own wire form (`len` octets, checked), over a
+    /// stream that cannot take `sendfile` (TLS): each block is read on the blocking pool while
+    /// the one before is encrypted and sent, and goes out as it was read: no dot-stuffing pass
+    /// and no copy besides the TLS record's. Then the terminating line.
+    async fn send_file_copied(&mut self, file: std::fs::File, len: u64) -> Step {
+        let block = defaults::LARGE_MESSAGE_CHUNK;
+        let read_block = |file: std::fs::File, mut buf: Vec<u8>, offset: u64| {
+            tokio::task::spawn_blocking(move || {
+                let want = usize::try_from((len - offset).min(block as u64)).unwrap_or(block);
+                buf.clear();
+                buf.resize(want, 0);
+                let r = fill_at(&file, &mut buf, offset);
+                (file, buf, r)
+            })
+        };
+        let mut offset = 0u64;
+        let mut job = Some(read_block(file, Vec::new(), 0));
+        while let Some(reading) = job.take() {
+            let (file, buf, read) = match reading.await {
+                Ok(x) => x,
+                Err(_) => return Step::End(End::IoError),
+            };
+            match read {
+                Ok(n) if n == buf.len() => {}
+                Ok(_) => {
+                    // Shorter than when it was opened: part of the message is on the wire,
+                    // so the only honest thing is to stop.
+                    tracing::error!(
+                        peer = %self.peer,
+                        sent = offset,
+                        expected = len,
+                        "a message file shrank while it was being sent"
+                    );
+                    return Step::End(End::IoError);
+                }
+                Err(e) => {
+                    tracing::error!(peer = %self.peer, error = %e, "read error in a message");
+                    return Step::End(End::IoError);
+                }
+            }
+            offset += buf.len() as u64;
+            // The block just read goes out; the next one is read meanwhile into the buffer
+            // sent before (empty now).
+            let sent = std::mem::replace(&mut self.out, buf);
+            if offset < len {
+                job = Some(read_block(file, sent, offset));
+            }
+            if let Err(end) = self.send_out().await {
+                return Step::End(end);
+            }
+        }
+        self.out = Vec::new();
+        self.out.extend_from_slice(facteur_proto::dot::TERMINATOR);
+        self.session.retrieval_complete();
+        self.tally.retrieved += 1;
+        self.tally.retrieved_octets += len;
+        self.tally.retrieved_as_stored += 1;
+        Step::Continue
     }
 
     /// The UPDATE state: apply the deletions, durably, release the maildrop's lock, then
@@ -1410,6 +1473,21 @@ pub fn tune_socket(sock: socket2::SockRef<'_>, write_timeout: Duration) {
         .with_retries(defaults::KEEPALIVE_PROBES);
     let _ = sock.set_tcp_keepalive(&keepalive);
     let _ = sock.set_tcp_user_timeout(Some(write_timeout));
+}
+
+/// Read `buf.len()` octets of `file` from `offset`, fewer only at its end: octets read.
+fn fill_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(buf.get_mut(n..).unwrap_or_default(), offset + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// Read until `buf` is full or the end of the message: (octets read, end reached).

@@ -129,12 +129,12 @@ static NO_RESOLVE_CACHED: AtomicBool = AtomicBool::new(false);
 /// Set once the file system has refused `RWF_NOWAIT` for a read.
 static NO_RWF_NOWAIT: AtomicBool = AtomicBool::new(false);
 
-/// [`open_regular`] from the kernel's caches alone: `openat2` with `RESOLVE_CACHED` fails
+/// [`open_regular`] from the kernel's caches alone, with the file's length: `openat2` with `RESOLVE_CACHED` fails
 /// (EAGAIN) rather than read a directory or an inode from the disk. `None` whenever the answer
 /// is not a regular file opened at once: the name missing, a link, a FIFO, a lookup that
 /// would wait, a kernel without `openat2` or `RESOLVE_CACHED`. Callers then take the ordinary
 /// path, which tells these apart. Never blocks, so it may run on an async thread.
-pub(crate) fn open_regular_cached(dir: &File, name: &OsStr) -> Option<File> {
+pub(crate) fn open_regular_cached(dir: &File, name: &OsStr) -> Option<(File, u64)> {
     one_component(name).ok()?;
     if NO_OPENAT2.load(Ordering::Relaxed) || NO_RESOLVE_CACHED.load(Ordering::Relaxed) {
         return None;
@@ -145,7 +145,8 @@ pub(crate) fn open_regular_cached(dir: &File, name: &OsStr) -> Option<File> {
         Ok(fd) => {
             let file = File::from(fd);
             // fstat reads the inode the open just brought in: no wait.
-            file.metadata().ok()?.is_file().then_some(file)
+            let meta = file.metadata().ok()?;
+            meta.is_file().then_some((file, meta.len()))
         }
         // An unknown resolve flag: the kernel predates RESOLVE_CACHED.
         Err(Errno::INVAL) => {
@@ -434,7 +435,9 @@ mod tests {
         // than the file shows its end.
         let body = b"From: a@example.org\r\n\r\nhello\r\n".repeat(100);
         fs::write(tmp.path().join("mail"), &body).unwrap();
-        let file = open_regular_cached(&d, OsStr::new("mail")).expect("a cached regular file");
+        let (file, len) =
+            open_regular_cached(&d, OsStr::new("mail")).expect("a cached regular file");
+        assert_eq!(len, body.len() as u64);
         let mut buf = vec![0u8; body.len() + 1];
         assert_eq!(read_now(&file, &mut buf), Some(body.len()));
         assert_eq!(buf.get(..body.len()).unwrap(), &body[..]);
@@ -462,7 +465,7 @@ mod tests {
             }
             direct.write_all(aligned).unwrap();
             drop(direct);
-            let file = open_regular_cached(&d, OsStr::new(&name)).expect("a regular file");
+            let (file, _) = open_regular_cached(&d, OsStr::new(&name)).expect("a regular file");
             let mut buf = vec![0u8; 65536 + 1];
             match read_now(&file, &mut buf) {
                 Some(n) if n == 65536 => waited.push(n),

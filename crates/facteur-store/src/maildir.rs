@@ -1168,8 +1168,8 @@ impl Maildrop for LockedMaildir {
         };
         // A name not found here (a mail reader renamed the file since the snapshot), a link,
         // a FIFO: `open_message` sorts them out.
-        let file = handle::open_regular_cached(&self.cur_dir, name)?;
-        let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+        let (file, len) = handle::open_regular_cached(&self.cur_dir, name)?;
+        let len = usize::try_from(len).ok()?;
         // One octet more than the length fstat gave, to see the end of the file.
         let want = buf.get_mut(..len.checked_add(1)?)?;
         let n = handle::read_now(&file, want)?;

@@ -1,8 +1,9 @@
 //! RETR of a message that delivery stored as its own wire form (`[store] line_ends = "crlf"`,
 //! the default: CRLF line ends, no line starting with '.'): over plain TCP it goes out by
 //! `sendfile`, and the client gets the same octets as by the encoder; a message that needs
-//! stuffing, a small one, TOP and TLS take the encoder's way. The session's log line says
-//! which way each went.
+//! stuffing, a small one and TOP take the encoder's way; over TLS such a message goes out as
+//! stored, in blocks, with no dot-stuffing pass. The session's log line says which way each
+//! went.
 
 mod common;
 
@@ -72,7 +73,8 @@ fn a_message_stored_as_its_wire_form_goes_out_by_sendfile_and_arrives_the_same()
     assert_eq!(top.iter().filter(|&&b| b == b'\n').count(), 5);
     c.quit();
 
-    // Over TLS the same message takes the encoder's way, with the same octets.
+    // Over TLS the same message goes out as stored too (read in blocks, encrypted, no
+    // dot-stuffing pass), with the same octets.
     let mut t = Client::connect_tls(server.pop3s(), fx.cert());
     assert!(t.cmd(&format!("USER {USER}")).starts_with("+OK"));
     assert!(t.cmd(&format!("PASS {PASSWORD}")).starts_with("+OK"));
@@ -84,7 +86,12 @@ fn a_message_stored_as_its_wire_form_goes_out_by_sendfile_and_arrives_the_same()
     assert_eq!(
         ended_lines(
             &log,
-            &["retrieved=3 ", "retrieved_by_sendfile=1 ", "tls=\"none\""]
+            &[
+                "retrieved=3 ",
+                "retrieved_by_sendfile=1 ",
+                "retrieved_as_stored=1 ",
+                "tls=\"none\""
+            ]
         )
         .len(),
         1,
@@ -93,7 +100,12 @@ fn a_message_stored_as_its_wire_form_goes_out_by_sendfile_and_arrives_the_same()
     assert_eq!(
         ended_lines(
             &log,
-            &["retrieved=1 ", "retrieved_by_sendfile=0 ", "tls=\"TLS"]
+            &[
+                "retrieved=1 ",
+                "retrieved_by_sendfile=0 ",
+                "retrieved_as_stored=1 ",
+                "tls=\"TLS"
+            ]
         )
         .len(),
         1,
@@ -121,7 +133,15 @@ fn a_file_changed_after_delivery_is_not_sent_as_it_is() {
     c.quit();
     let log = server.wait_for_log("session ended", 1);
     assert_eq!(
-        ended_lines(&log, &["retrieved=1 ", "retrieved_by_sendfile=0 "]).len(),
+        ended_lines(
+            &log,
+            &[
+                "retrieved=1 ",
+                "retrieved_by_sendfile=0 ",
+                "retrieved_as_stored=0 "
+            ]
+        )
+        .len(),
         1,
         "{log}"
     );
