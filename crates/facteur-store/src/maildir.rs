@@ -744,6 +744,9 @@ impl MaildirStore {
             match index::write_atomic(&root, &bytes, owner) {
                 Ok(()) => {
                     stats.index_written = true;
+                    // Under the maildrop's lock, so no facteur writes it meanwhile. Should another
+                    // program swap the file in between, the version is that file's, and later
+                    // opens get this snapshot (facteur's own, from the directory) until it changes.
                     version = index::version(&root).ok().flatten();
                 }
                 Err(e) => tracing::warn!(maildir = %dir.display(), error = %e,
