@@ -94,10 +94,53 @@ pub(crate) struct Corrupt {
     reason: &'static str,
 }
 
+/// Which index file, and which state of it, a snapshot was built from: its device and inode
+/// (a new index is a new file, renamed into place), size, mtime and ctime (an edit in place
+/// changes the ctime, which no program can set back). Two reads of the file with the same
+/// version read the same bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Version {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Version {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+/// The version of the index file of the maildir whose top directory is `dir`, from one open
+/// (never through a link) and fstat, without reading it; `None` if there is none or it is not
+/// a regular file.
+pub(crate) fn version(dir: &File) -> io::Result<Option<Version>> {
+    match handle::open_regular(dir, OsStr::new(INDEX_FILE))? {
+        Opened::File(f) => Ok(Some(Version::of(&f.metadata()?))),
+        Opened::Missing | Opened::NotRegular => Ok(None),
+    }
+}
+
 /// Reads the index file of the maildir whose top directory is `dir`; `None` if there is none.
 /// A link, a FIFO, a device or a file larger than [`MAX_INDEX_BYTES`] is an error (rebuilt by
 /// the caller), and is never read.
+#[cfg(test)]
 pub(crate) fn read(dir: &File) -> io::Result<Option<Vec<u8>>> {
+    Ok(read_versioned(dir)?.map(|(bytes, _)| bytes))
+}
+
+/// [`read`], with the version of the file as it was opened (fstat before the read: should the
+/// file change meanwhile, the version is older than the bytes, and never matches again).
+pub(crate) fn read_versioned(dir: &File) -> io::Result<Option<(Vec<u8>, Version)>> {
     let name = OsStr::new(INDEX_FILE);
     let invalid = |what| io::Error::new(io::ErrorKind::InvalidData, what);
     let file = match handle::open_regular(dir, name)? {
@@ -105,7 +148,9 @@ pub(crate) fn read(dir: &File) -> io::Result<Option<Vec<u8>>> {
         Opened::Missing => return Ok(None),
         Opened::NotRegular => return Err(invalid("the index is not a regular file")),
     };
-    let len = file.metadata()?.len();
+    let meta = file.metadata()?;
+    let version = Version::of(&meta);
+    let len = meta.len();
     if len > MAX_INDEX_BYTES {
         return Err(invalid("the index file is too large"));
     }
@@ -115,7 +160,7 @@ pub(crate) fn read(dir: &File) -> io::Result<Option<Vec<u8>>> {
     if bytes.len() as u64 > MAX_INDEX_BYTES {
         return Err(invalid("the index file is too large"));
     }
-    Ok(Some(bytes))
+    Ok(Some((bytes, version)))
 }
 
 /// Parses an index file. Any deviation from the format is an error: the caller rebuilds.

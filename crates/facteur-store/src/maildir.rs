@@ -13,6 +13,11 @@
 //! 3. Fast path: if the index records the mtimes of `cur/` and `new/`, both unchanged, the index
 //!    is the snapshot. No directory is listed and no message file is opened; `tmp/` is listed
 //!    (and cleaned, as below) only if its own mtime is older than [`TMP_MAX_AGE`].
+//!    The snapshot an open takes from the index (or writes into it) is also kept in memory
+//!    (see `SnapshotCache`), tagged with the index file's version (device, inode, size, mtime,
+//!    ctime): a later open whose index file has that same version, and whose `cur/` and `new/`
+//!    mtimes are still the ones the index records, copies it instead of reading and parsing the
+//!    index again. Only with `uidl = "facteur"` (the unique-ids come from the names alone).
 //! 4. Otherwise: remove the files of `tmp/` older than [`TMP_MAX_AGE`] (left by a killed
 //!    delivery); move every file of `new/` into `cur/` (adding the `:2,` info, never replacing a
 //!    file), list `cur/`, take each message's wire size from the index (by base name, so a flag
@@ -110,6 +115,150 @@ pub struct MaildirStore {
     /// `uidl = "dovecot"`: the uidlists parsed by earlier logins, so that a login on a maildrop
     /// whose uidlist did not change reads no more than its fstat.
     uidlists: Mutex<UidlistCache>,
+    /// The snapshots of the last opens (see "Opening a maildrop"), shared with the maildrops
+    /// open, which record the snapshots they write into the index.
+    snapshots: Arc<Mutex<SnapshotCache>>,
+}
+
+/// A maildrop's snapshot as an open builds it from the index: what a [`LockedMaildir`] starts
+/// from. The names are shared (copied only by a session that changes one).
+#[derive(Clone, Debug, Default)]
+struct Snapshot {
+    messages: Vec<MessageMeta>,
+    sizes: Vec<u64>,
+    names: Arc<Vec<Option<OsString>>>,
+    not_sized: Vec<usize>,
+    /// The `cur/` and `new/` mtimes the index records for this snapshot.
+    cur_mtime: Option<u128>,
+    new_mtime: Option<u128>,
+}
+
+impl Snapshot {
+    /// `uids`: the unique-id of each entry, or `None` to derive them here (one pass, no
+    /// intermediate vector). `mtimes`: the `cur/` and `new/` mtimes the index records.
+    fn build(
+        entries: Vec<Entry>,
+        uids: Option<Vec<Uidl>>,
+        mtimes: (Option<u128>, Option<u128>),
+    ) -> Self {
+        let mut messages = Vec::with_capacity(entries.len());
+        let mut sizes = Vec::with_capacity(entries.len());
+        let mut names = Vec::with_capacity(entries.len());
+        let mut not_sized = Vec::new();
+        let mut given = uids.map(Vec::into_iter);
+        for entry in entries {
+            let uid = match given.as_mut() {
+                Some(uids) => match uids.next() {
+                    Some(uid) => uid,
+                    None => break,
+                },
+                None => uid_for_base(base_name(entry.name.as_bytes())),
+            };
+            if entry.wire_size.is_none() {
+                not_sized.push(messages.len());
+            }
+            let size = entry.wire_size.unwrap_or(0);
+            messages.push(MessageMeta { size, uid });
+            sizes.push(size);
+            names.push(Some(entry.name));
+        }
+        Self {
+            messages,
+            sizes,
+            names: Arc::new(names),
+            not_sized,
+            cur_mtime: mtimes.0,
+            new_mtime: mtimes.1,
+        }
+    }
+
+    /// True if an open may take this snapshot as it is, `cur/` and `new/` having these mtimes
+    /// now: the index trusted both, and neither changed since (the fast path's condition).
+    fn still_current(&self, cur_mtime: Option<u128>, new_mtime: Option<u128>) -> bool {
+        self.cur_mtime.is_some()
+            && self.cur_mtime == cur_mtime
+            && self.new_mtime.is_some()
+            && self.new_mtime == new_mtime
+    }
+}
+
+/// The snapshot of each maildir last read from or written into its index, with the version of
+/// the index file that holds it and the identity of the maildir's directory. Bounded by
+/// [`MAX_CACHED_SNAPSHOT_RECORDS`] messages in all (an entry counts one more than its messages,
+/// so empty maildrops are bounded too); past it, entries are dropped.
+#[derive(Debug, Default)]
+struct SnapshotCache {
+    by_dir: HashMap<PathBuf, CachedSnapshot>,
+    records: usize,
+}
+
+#[derive(Debug)]
+struct CachedSnapshot {
+    root_id: (u64, u64),
+    version: index::Version,
+    snapshot: Arc<Snapshot>,
+}
+
+/// The most messages the snapshot cache holds, all maildrops together (about 150 octets each in
+/// memory: 40 MB).
+const MAX_CACHED_SNAPSHOT_RECORDS: usize = 250_000;
+
+impl SnapshotCache {
+    fn get(
+        &self,
+        dir: &Path,
+        root_id: (u64, u64),
+        version: index::Version,
+    ) -> Option<Arc<Snapshot>> {
+        self.by_dir
+            .get(dir)
+            .filter(|c| c.root_id == root_id && c.version == version)
+            .map(|c| Arc::clone(&c.snapshot))
+    }
+
+    fn remove(&mut self, dir: &Path) {
+        if let Some(old) = self.by_dir.remove(dir) {
+            self.records -= old.snapshot.names.len() + 1;
+        }
+    }
+
+    /// Keeps `snapshot` for `dir`, unless it could never be taken as it is (an mtime not
+    /// trusted) or it is too large.
+    fn insert(
+        &mut self,
+        dir: &Path,
+        root_id: (u64, u64),
+        version: index::Version,
+        snapshot: Arc<Snapshot>,
+    ) {
+        self.remove(dir);
+        let cost = snapshot.names.len() + 1;
+        if snapshot.cur_mtime.is_none()
+            || snapshot.new_mtime.is_none()
+            || cost > MAX_CACHED_SNAPSHOT_RECORDS
+        {
+            return;
+        }
+        while self.records + cost > MAX_CACHED_SNAPSHOT_RECORDS {
+            let Some(victim) = self.by_dir.keys().next().cloned() else {
+                break;
+            };
+            self.remove(&victim);
+        }
+        self.records += cost;
+        self.by_dir.insert(
+            dir.to_owned(),
+            CachedSnapshot {
+                root_id,
+                version,
+                snapshot,
+            },
+        );
+    }
+}
+
+fn lock_cache(cache: &Mutex<SnapshotCache>) -> std::sync::MutexGuard<'_, SnapshotCache> {
+    cache.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The parsed `dovecot-uidlist` of each maildir, with the version of the file it was read
@@ -183,6 +332,9 @@ pub struct OpenStats {
     pub index: IndexOutcome,
     /// True if the index file was (re)written.
     pub index_written: bool,
+    /// True when the snapshot came from memory: an earlier open read or wrote this very index
+    /// file, and the directories did not change since (the index was not even read).
+    pub from_memory: bool,
     /// Files renamed because another file already had their unique-id.
     pub renamed_duplicates: usize,
     /// Messages left out of the snapshot because they could not be moved or read (logged).
@@ -208,14 +360,18 @@ pub struct LockedMaildir {
     messages: Vec<MessageMeta>,
     /// The wire size of each message of the snapshot (0 while not known).
     sizes: Vec<u64>,
-    /// The file name in `cur/` of each message of the snapshot; `None` once deleted.
-    names: Vec<Option<OsString>>,
+    /// The file name in `cur/` of each message of the snapshot; `None` once deleted. Shared
+    /// with the snapshot cache until the session changes one (`Arc::make_mut`).
+    names: Arc<Vec<Option<OsString>>>,
     /// Positions (ascending) of the messages whose size is not known yet (0 in `messages`).
     not_sized: Vec<usize>,
     /// The `cur/` mtime the index recorded for this snapshot, if trusted.
     cur_mtime: Option<u128>,
     /// The `new/` mtime the index recorded for this snapshot, kept when the index is rewritten.
     new_mtime: Option<u128>,
+    /// The store's snapshot cache, where the snapshots this maildrop writes into the index are
+    /// recorded; `None` when unique-ids do not come from names alone (`uidl = "dovecot"`).
+    snapshots: Option<Arc<Mutex<SnapshotCache>>>,
     /// Holds the flock; closing the file releases it.
     _lock: File,
 }
@@ -231,6 +387,7 @@ impl MaildirStore {
             uidl: UidlScheme::default(),
             line_ends: LineEnds::default(),
             uidlists: Mutex::default(),
+            snapshots: Arc::default(),
         }
     }
 
@@ -275,6 +432,11 @@ impl MaildirStore {
         self.hostname.get_or_init(hostname)
     }
 
+    /// The snapshot cache, where unique-ids come from the file names alone.
+    fn snapshot_cache(&self) -> Option<Arc<Mutex<SnapshotCache>>> {
+        matches!(self.uidl, UidlScheme::Facteur).then(|| Arc::clone(&self.snapshots))
+    }
+
     fn open_dir(&self, dir: &Path, owner: Owner) -> Result<(LockedMaildir, OpenStats), StoreError> {
         let (root, root_id) = open_root(dir, owner)?;
         let cur = dir.join("cur");
@@ -284,12 +446,51 @@ impl MaildirStore {
         let lock = lock(&root, dir, owner)?;
         let started = now_ns();
         let mut stats = OpenStats::default();
+        let snapshots = self.snapshot_cache();
 
-        let (mut old_index, old_bytes) = match index::read(&root) {
+        // The snapshot an earlier open read from (or wrote into) this very index file, if the
+        // directories did not change since: copied, the index neither read nor parsed.
+        if let Some(cache) = &snapshots {
+            let cached = match index::version(&root) {
+                Ok(Some(version)) => lock_cache(cache).get(dir, root_id, version),
+                Ok(None) | Err(_) => None,
+            };
+            if let Some(snapshot) = cached {
+                let cur_mtime = mtime_ns(&cur_dir, &cur)?;
+                let new_mtime = mtime_ns(&new_dir, &new)?;
+                if snapshot.still_current(cur_mtime, new_mtime) {
+                    stats.index = IndexOutcome::Used;
+                    stats.fast_path = true;
+                    stats.from_memory = true;
+                    stats.messages = snapshot.messages.len();
+                    stats.sizes_deferred = snapshot.not_sized.len();
+                    let maildrop = LockedMaildir::new(
+                        Handles {
+                            dir,
+                            cur_dir,
+                            root_id,
+                            owner,
+                            lock,
+                            snapshots: snapshots.clone(),
+                        },
+                        Snapshot::clone(&snapshot),
+                    );
+                    // As on the fast path below.
+                    if tmp_may_hold_stale_files(&root) {
+                        stats.tmp_removed = clean_tmp_dir(&root, dir, owner);
+                    }
+                    return Ok((maildrop, stats));
+                }
+            }
+        }
+
+        let mut old_version = None;
+        let (mut old_index, old_bytes) = match index::read_versioned(&root) {
             Ok(None) => (None, None),
-            Ok(Some(bytes)) => match index::parse(&bytes) {
+            Ok(Some((bytes, version))) => match index::parse(&bytes) {
                 Ok(index) => {
                     stats.index = IndexOutcome::Used;
+                    old_version = Some(version);
                     (Some(index), Some(bytes))
                 }
                 Err(e) => {
@@ -336,6 +537,11 @@ impl MaildirStore {
                         }
                     };
                     stats.messages = entries.len();
+                    let snapshot =
+                        Snapshot::build(entries, uids, (index.cur_mtime, index.new_mtime));
+                    if let (Some(cache), Some(version)) = (&snapshots, old_version) {
+                        lock_cache(cache).insert(dir, root_id, version, Arc::new(snapshot.clone()));
+                    }
                     let maildrop = LockedMaildir::new(
                         Handles {
                             dir,
@@ -343,10 +549,9 @@ impl MaildirStore {
                             root_id,
                             owner,
                             lock,
+                            snapshots,
                         },
-                        entries,
-                        uids,
-                        (index.cur_mtime, index.new_mtime),
+                        snapshot,
                     );
                     stats.sizes_deferred = maildrop.not_sized.len();
                     // A delivery killed after creating its file in tmp/, and no delivery since:
@@ -532,9 +737,18 @@ impl MaildirStore {
             sealed: false,
         };
         let bytes = index::serialize(&index);
+        // The version of the index file that now holds this snapshot, if one does.
+        let mut version = old_version;
         if old_bytes.as_deref() != Some(&bytes[..]) {
+            version = None;
             match index::write_atomic(&root, &bytes, owner) {
-                Ok(()) => stats.index_written = true,
+                Ok(()) => {
+                    stats.index_written = true;
+                    // Under the maildrop's lock, so no facteur writes it meanwhile. Should another
+                    // program swap the file in between, the version is that file's, and later
+                    // opens get this snapshot (facteur's own, from the directory) until it changes.
+                    version = index::version(&root).ok().flatten();
+                }
                 Err(e) => tracing::warn!(maildir = %dir.display(), error = %e,
                     "cannot write the maildrop index"),
             }
@@ -546,6 +760,16 @@ impl MaildirStore {
             }
         };
         stats.messages = entries.len();
+        let snapshot = Snapshot::build(entries, Some(uids), (index.cur_mtime, new_mtime));
+        if let Some(cache) = &snapshots {
+            let mut cache = lock_cache(cache);
+            match version {
+                Some(version) => {
+                    cache.insert(dir, root_id, version, Arc::new(snapshot.clone()));
+                }
+                None => cache.remove(dir),
+            }
+        }
         let maildrop = LockedMaildir::new(
             Handles {
                 dir,
@@ -553,10 +777,9 @@ impl MaildirStore {
                 root_id,
                 owner,
                 lock,
+                snapshots,
             },
-            entries,
-            Some(uids),
-            (index.cur_mtime, new_mtime),
+            snapshot,
         );
         Ok((maildrop, stats))
     }
@@ -800,6 +1023,7 @@ struct Handles<'a> {
     root_id: (u64, u64),
     owner: Owner,
     lock: File,
+    snapshots: Option<Arc<Mutex<SnapshotCache>>>,
 }
 
 impl LockedMaildir {
@@ -822,7 +1046,7 @@ impl LockedMaildir {
         };
         match handle::open_regular(&self.cur_dir, &current) {
             Ok(Opened::File(file)) => {
-                if let Some(slot) = self.names.get_mut(index) {
+                if let Some(slot) = Arc::make_mut(&mut self.names).get_mut(index) {
                     *slot = Some(current);
                 }
                 Ok(file)
@@ -832,48 +1056,20 @@ impl LockedMaildir {
         }
     }
 
-    /// `uids`: the unique-id of each entry, or `None` to derive them here (one pass, no
-    /// intermediate vector). `mtimes`: the `cur/` and `new/` mtimes the index records for this
-    /// snapshot.
-    fn new(
-        handles: Handles<'_>,
-        entries: Vec<Entry>,
-        uids: Option<Vec<Uidl>>,
-        mtimes: (Option<u128>, Option<u128>),
-    ) -> Self {
-        let mut messages = Vec::with_capacity(entries.len());
-        let mut sizes = Vec::with_capacity(entries.len());
-        let mut names = Vec::with_capacity(entries.len());
-        let mut not_sized = Vec::new();
-        let mut given = uids.map(Vec::into_iter);
-        for entry in entries {
-            let uid = match given.as_mut() {
-                Some(uids) => match uids.next() {
-                    Some(uid) => uid,
-                    None => break,
-                },
-                None => uid_for_base(base_name(entry.name.as_bytes())),
-            };
-            if entry.wire_size.is_none() {
-                not_sized.push(messages.len());
-            }
-            let size = entry.wire_size.unwrap_or(0);
-            messages.push(MessageMeta { size, uid });
-            sizes.push(size);
-            names.push(Some(entry.name));
-        }
+    fn new(handles: Handles<'_>, snapshot: Snapshot) -> Self {
         Self {
             dir: handles.dir.to_owned(),
             cur: handles.dir.join("cur"),
             cur_dir: handles.cur_dir,
             root_id: handles.root_id,
             owner: handles.owner,
-            messages,
-            sizes,
-            names,
-            not_sized,
-            cur_mtime: mtimes.0,
-            new_mtime: mtimes.1,
+            messages: snapshot.messages,
+            sizes: snapshot.sizes,
+            names: snapshot.names,
+            not_sized: snapshot.not_sized,
+            cur_mtime: snapshot.cur_mtime,
+            new_mtime: snapshot.new_mtime,
+            snapshots: handles.snapshots,
             _lock: handles.lock,
         }
     }
@@ -968,11 +1164,28 @@ impl LockedMaildir {
             entries: sort_entries(self.index_entries()),
             sealed: false,
         };
-        let written = self
-            .reopen_root()
-            .and_then(|root| index::write_atomic(&root, &index::serialize(&index), self.owner));
-        if let Err(e) = written {
-            tracing::warn!(maildir = %self.dir.display(), error = %e, "{failure}");
+        let written = self.reopen_root().and_then(|root| {
+            index::write_atomic(&root, &index::serialize(&index), self.owner)?;
+            index::version(&root)
+        });
+        let version = match written {
+            Ok(version) => version,
+            Err(e) => {
+                tracing::warn!(maildir = %self.dir.display(), error = %e, "{failure}");
+                None
+            }
+        };
+        // What the next open would read from the file just written, so that it need not.
+        if let Some(cache) = &self.snapshots {
+            let trusted = index.cur_mtime.is_some() && index.new_mtime.is_some();
+            match version {
+                Some(version) if trusted => {
+                    let snapshot =
+                        Snapshot::build(index.entries, None, (index.cur_mtime, index.new_mtime));
+                    lock_cache(cache).insert(&self.dir, self.root_id, version, Arc::new(snapshot));
+                }
+                _ => lock_cache(cache).remove(&self.dir),
+            }
         }
     }
 
@@ -1125,7 +1338,7 @@ impl Maildrop for LockedMaildir {
                         .copied()
                         .flatten();
                     if size.is_some() {
-                        if let Some(slot) = self.names.get_mut(pos) {
+                        if let Some(slot) = Arc::make_mut(&mut self.names).get_mut(pos) {
                             *slot = Some(current);
                         }
                     }
@@ -1134,7 +1347,7 @@ impl Maildrop for LockedMaildir {
             for (&pos, size) in self.not_sized.iter().zip(sized) {
                 if size.is_none() {
                     // Gone or unreadable: RETR and DELE will say it vanished.
-                    if let Some(slot) = self.names.get_mut(pos) {
+                    if let Some(slot) = Arc::make_mut(&mut self.names).get_mut(pos) {
                         *slot = None;
                     }
                 }
@@ -1212,7 +1425,7 @@ impl Maildrop for LockedMaildir {
                 failure = Some(e);
                 break;
             }
-            if let Some(slot) = self.names.get_mut(i) {
+            if let Some(slot) = Arc::make_mut(&mut self.names).get_mut(i) {
                 *slot = None;
             }
             removed += 1;
@@ -1241,7 +1454,7 @@ impl LockedMaildir {
         let gone = |i: usize| positions.binary_search(&i).is_ok();
         let keep_messages = self.messages.len() == self.names.len();
         let mut i = 0;
-        self.names.retain(|_| {
+        Arc::make_mut(&mut self.names).retain(|_| {
             i += 1;
             !gone(i - 1)
         });
@@ -2571,6 +2784,175 @@ mod tests {
         assert!(!stats.fast_path);
         assert_eq!(stats.moved_from_new, 1);
         assert_eq!(m.messages().len(), 22);
+    }
+
+    #[test]
+    fn the_snapshot_in_memory_serves_the_next_open_and_never_outlives_a_change() {
+        let f = fixture();
+        for i in 0..20 {
+            f.put("cur", &format!("17000000{i:02}.M1P1.h:2,"), b"line\n");
+        }
+        // Fresh mtimes: the index trusts neither, so nothing is kept to be reused.
+        let (m, _) = f.open();
+        let before = uids(&m);
+        let before_sizes = sizes(&m);
+        drop(m);
+        let (m, stats) = f.open();
+        assert!(!stats.from_memory && !stats.fast_path);
+        drop(m);
+        f.age();
+        // The index is written with trusted mtimes; the open after it takes that from memory.
+        let (m, stats) = f.open();
+        assert!(stats.index_written && !stats.from_memory);
+        drop(m);
+        let (m, stats) = f.open();
+        assert!(stats.from_memory && stats.fast_path);
+        assert_eq!(stats.dir_listings, 0);
+        assert_eq!(
+            (uids(&m), sizes(&m)),
+            (before.clone(), before_sizes.clone())
+        );
+        drop(m);
+        let (m, stats) = f.open();
+        assert!(stats.from_memory);
+        assert_eq!(uids(&m), before);
+        drop(m);
+
+        // Another index file (same directories): read, not the one in memory. This one leaves
+        // out the first message, which the fast path then believes.
+        let root = f.root();
+        let mut parsed = index::parse(&index::read(&root).unwrap().unwrap()).unwrap();
+        parsed.entries.remove(0);
+        index::write_atomic(&root, &index::serialize(&parsed), Owner::default()).unwrap();
+        let (m, stats) = f.open();
+        assert!(!stats.from_memory && stats.fast_path);
+        assert_eq!(uids(&m), before[1..]);
+        drop(m);
+        // That file read, it is the one kept now.
+        let (m, stats) = f.open();
+        assert!(stats.from_memory);
+        assert_eq!(uids(&m), before[1..]);
+        drop(m);
+
+        // The index swapped for a FIFO: never used from memory, never read, rebuilt.
+        fs::remove_file(f.dir.join(index::INDEX_FILE)).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(f.dir.join(index::INDEX_FILE))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let (m, stats) = f.open();
+        assert!(!stats.from_memory);
+        assert_eq!(stats.index, IndexOutcome::Corrupt);
+        assert_eq!(uids(&m), before, "rebuilt from the directory");
+        drop(m);
+        let (m, stats) = f.open();
+        assert!(stats.from_memory, "the rebuilt index is kept");
+        drop(m);
+
+        // A message removed by another program: cur/ changed, the directory is listed again.
+        fs::remove_file(f.dir.join("cur/1700000005.M1P1.h:2,")).unwrap();
+        let (m, stats) = f.open();
+        assert!(!stats.from_memory && !stats.fast_path);
+        assert_eq!(m.messages().len(), 19);
+        assert!(!uids(&m).contains(&"1700000005.M1P1.h".to_owned()));
+        drop(m);
+
+        // Mail delivered in the same second as the index was written: new/'s mtime moved (or,
+        // within the same tick, was too fresh to be trusted when the index was written), so the
+        // next open lists new/ and sees it.
+        f.age();
+        let (m, _) = f.open();
+        drop(m);
+        let (m, stats) = f.open();
+        assert!(stats.from_memory);
+        drop(m);
+        let delivered = f.deliver(b"just in\n");
+        let (m, stats) = f.open();
+        assert!(!stats.from_memory && !stats.fast_path);
+        assert_eq!(stats.moved_from_new, 1);
+        assert_eq!(m.messages().len(), 20);
+        drop(m);
+        // That open moved it into cur/ a moment ago: its mtimes were too fresh to trust, and
+        // the next open lists the directories again rather than trust memory or the index.
+        let again = f.deliver(b"same second\n");
+        let (m, stats) = f.open();
+        assert!(!stats.from_memory && !stats.fast_path);
+        assert_eq!(m.messages().len(), 21);
+        let all = uids(&m);
+        for d in [&delivered, &again] {
+            let name = d.path.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(all.iter().any(|u| name.starts_with(u.as_str())), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_session_changing_its_snapshot_leaves_the_one_in_memory_alone() {
+        let f = fixture();
+        for i in 0..5 {
+            f.put("cur", &format!("17000000{i:02}.M1P1.h:2,"), b"line\n");
+        }
+        f.age();
+        drop(f.open());
+        let (mut m, stats) = f.open();
+        assert!(stats.from_memory);
+        let before = uids(&m);
+        // Dropped from this session's snapshot only (as EXPIRE does before the handover).
+        m.drop_from_snapshot(&[0]);
+        assert_eq!(m.names.len(), 4);
+        drop(m);
+        let (mut m, stats) = f.open();
+        assert!(stats.from_memory);
+        assert_eq!(uids(&m), before);
+        // A deletion changes cur/: nothing of the old snapshot is used again.
+        m.apply_deletions(&[1]).unwrap();
+        drop(m);
+        let (m, stats) = f.open();
+        assert!(!stats.from_memory);
+        assert_eq!(m.messages().len(), 4);
+        assert!(!uids(&m).contains(&before[1]));
+    }
+
+    #[test]
+    fn sizes_recorded_after_a_deferred_open_serve_the_next_open_from_memory() {
+        let f = fixture();
+        let count = EAGER_SIZING_MAX + 10;
+        for i in 0..count {
+            f.put(
+                "cur",
+                &format!("{}.M1P1.h:2,", 1_700_000_000 + i),
+                &b"x\n".repeat(i % 7 + 1),
+            );
+        }
+        f.age();
+        let (mut m, stats) = f.open();
+        assert_eq!(stats.sizes_deferred, count);
+        let sized = m.compute_sizes().unwrap();
+        drop(m);
+        let (m, stats) = f.open();
+        assert!(stats.from_memory);
+        assert!(m.sizes_known());
+        assert_eq!(stats.sizes_deferred, 0);
+        assert_eq!(sizes(&m), sized);
+        drop(m);
+        // The same answer as from the file itself (a fresh store has nothing in memory).
+        let other = MaildirStore::new(f.store.template.clone());
+        let (m2, stats) = other.open_maildir("bob@example.org", None).unwrap();
+        assert!(!stats.from_memory && stats.fast_path);
+        assert_eq!(sizes(&m2), sized);
+    }
+
+    #[test]
+    fn dovecot_unique_ids_are_never_served_from_memory() {
+        let mut f = fixture();
+        f.store = MaildirStore::new(f.store.template.clone()).with_uidl(UidlScheme::Dovecot);
+        f.put("cur", "1700000000.M1P1.h:2,", b"line\n");
+        f.age();
+        for _ in 0..3 {
+            let (m, stats) = f.open();
+            assert!(!stats.from_memory);
+            drop(m);
+        }
     }
 
     #[test]
