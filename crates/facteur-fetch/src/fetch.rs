@@ -7,9 +7,9 @@
 //! 2. Connect (TLS, STLS, or plaintext if allowed), log in with the strongest method offered.
 //! 3. LIST and UIDL (together, with PIPELINING) and make the plan: what to fetch (not yet
 //!    fetched, within the limits), what to delete without fetching (fetched before, and due).
-//! 4. Fetch in batches: with PIPELINING, the RETRs of a batch go out in one write, as soon as
-//!    the batch before has arrived (before its commit, so that the server sends while the disk
-//!    works), with the DELEs of the batch before that. Each message is streamed to the
+//! 4. Fetch in batches: with PIPELINING, the RETRs of a batch go out in one write, two batches
+//!    ahead (before the commit of the batch that just arrived, so that the server sends while
+//!    the disk works), with the DELEs of the batch committed before. Each message is streamed to the
 //!    destination; at the end of the batch the destination makes them durable and the journal
 //!    records them. Only then are DELEs sent for them.
 //! 5. QUIT: its `+OK` means the server applied the deletions; the state forgets those messages.
@@ -667,18 +667,23 @@ impl Run<'_> {
         }
         let mut fetched = 0u64;
         let batches = batches(&plan.fetch);
-        // With PIPELINING, the RETRs of the next batch go out before this batch's commit, so
-        // that the server sends it while the commit waits on the disk; the DELEs of a batch go
-        // out with the RETRs of the batch after the next (their replies come between the two).
+        // With PIPELINING, the RETRs of [`RETR_AHEAD`] batches are out at any time: as batch
+        // i has arrived, those of batch i + RETR_AHEAD go out, before batch i's commit, so
+        // that the server sends while the commit waits on the disk and while the batches
+        // before are read. The DELEs of batch i go out, once it is committed, with the RETRs
+        // sent as batch i + 1 has arrived; their replies are read after batch
+        // i + RETR_AHEAD's, which the server sent before them.
         if pipelining {
-            if let Some(first) = batches.first() {
-                for m in *first {
+            for batch in batches.iter().take(RETR_AHEAD) {
+                for m in *batch {
                     conn.queue(Command::Retr(m.msg));
                 }
             }
         }
         conn.flush().await?;
         deles.read_replies(&mut conn, report).await?;
+        // Batch i - 1, committed, its DELEs not yet sent (with PIPELINING).
+        let mut to_delete: Vec<&ServerMessage> = Vec::new();
         for (i, &batch) in batches.iter().enumerate() {
             let mut staged = Vec::with_capacity(batch.len());
             let mut committed = Vec::with_capacity(batch.len());
@@ -763,12 +768,17 @@ impl Run<'_> {
             }
             conn.set_message_deadline(None);
             if pipelining && cut.is_none() {
-                if let Some(next) = batches.get(i + 1) {
-                    for m in *next {
+                // The replies to the DELEs sent as the batch before arrived: after this
+                // batch's (see above).
+                deles.read_replies(&mut conn, report).await?;
+                for m in to_delete.drain(..) {
+                    deles.queue(&mut conn, m);
+                }
+                if let Some(ahead) = batches.get(i + RETR_AHEAD) {
+                    for m in *ahead {
                         conn.queue(Command::Retr(m.msg));
                     }
                 }
-                // With the DELEs of the batch before, queued after its commit.
                 conn.flush().await?;
             }
             dest.commit(staged, state, now, &mut |p| faults.check(p))?;
@@ -780,19 +790,20 @@ impl Run<'_> {
                 // The connection is in the middle of a reply: drop it, with no QUIT.
                 return Ok(cut);
             }
-            if pipelining {
-                // The replies to the DELEs that went out just now, before the next batch.
-                deles.read_replies(&mut conn, report).await?;
-            }
             if delete_at_once {
-                for m in committed {
-                    deles.queue(&mut conn, m);
-                }
-                if !pipelining {
+                if pipelining {
+                    to_delete = committed;
+                } else {
+                    for m in committed {
+                        deles.queue(&mut conn, m);
+                    }
                     conn.flush().await?;
                     deles.read_replies(&mut conn, report).await?;
                 }
             }
+        }
+        for m in to_delete {
+            deles.queue(&mut conn, m);
         }
         conn.flush().await?;
         // Before QUIT makes the server delete anything, what the commits left to the end
@@ -818,6 +829,11 @@ impl Run<'_> {
         Ok(None)
     }
 }
+
+/// Batches whose RETRs are out at once, with PIPELINING: two, so that the server always has
+/// a batch to send (about 256 KiB for 64 messages of 4 KB, which the socket's buffers hold)
+/// while the one before is read and committed.
+const RETR_AHEAD: usize = 2;
 
 /// DELEs sent and not yet answered, and those the server accepted.
 #[derive(Default)]
