@@ -9,8 +9,8 @@
 //!   per line.
 //! - `K.journal`: appended to during a run, and folded into the snapshot (then removed) at the
 //!   end of a run and at the start of the next one:
-//!   - `P <uid> maildir <folder> <tmp name> <new name>`: a message is whole and fsynced in the
-//!     Maildir's `tmp/` and is about to be renamed into `new/`;
+//!   - `P <uid> maildir <folder> <tmp name> <new name>`: a message is whole and durable (by
+//!     fsync or syncfs) in the Maildir's `tmp/` and is about to be renamed into `new/`;
 //!   - `P <uid> mbox <file> <start> <end> <sha-256> <spool offset>`: a message is about to be
 //!     appended to an mbox file at `start`, to end at `end`, with this SHA-256 of its bytes;
 //!   - `D <uid> <unix time>`: the message is delivered and durable.

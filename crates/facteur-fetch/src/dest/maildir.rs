@@ -1,14 +1,18 @@
 //! A Maildir destination.
 //!
-//! Each message is written to `tmp/<unique>` as it arrives, and its fsync starts as soon as it
-//! is complete, on a few threads, while the next messages arrive. At the commit of a batch:
-//! `tmp/` is fsynced and the batch's fsyncs are waited for; `P` lines naming each file are
-//! appended to the journal and fsynced (with the `D` lines of the batch before); the files are
-//! renamed into `new/<unique>,S=<size>,W=<wire size>`; `D` lines are appended. From the `P`
-//! fsync on, the messages are safe and may be deleted on the server: whole files under names
-//! that are durable in `tmp/`, and lines that say where each goes. The renames become durable
-//! later, at the fsync of `new/` that ends the session ([`MaildirDest::settle`]) or starts the
-//! next run's recovery, always before the journal is folded into the snapshot.
+//! Each message is written to `tmp/<unique>` as it arrives. At the commit of a batch, the
+//! files and their names in `tmp/` are made durable: with [`SyncMode::Auto`] and a batch of
+//! [`SYNCFS_MIN_BATCH`] files or more, by one `syncfs` of the file system (see
+//! [`MaildirDest::commit`] for why that suffices on ext4); otherwise by an fsync of each file
+//! (with [`SyncMode::Fsync`], started on a few threads as soon as each file is complete, while
+//! the next messages arrive) and one of `tmp/`. Then `P` lines naming each file are appended
+//! to the journal and fsynced (with the `D` lines of the batch before); the files are renamed
+//! into `new/<unique>,S=<size>,W=<wire size>`; `D` lines are appended. From the `P` fsync on,
+//! the messages are safe and may be deleted on the server: whole files under names that are
+//! durable in `tmp/`, and lines that say where each goes. The renames become durable later, at
+//! the next batch's syncfs, or at the fsync of `new/` that ends the session
+//! ([`MaildirDest::settle`]) or starts the next run's recovery, always before the journal is
+//! folded into the snapshot.
 //!
 //! After a crash, a `P` without its `D` is settled by looking at the Maildir: the file in
 //! `new/` or `cur/` means it arrived; the file still in `tmp/` is whole (it was fsynced before
@@ -119,8 +123,9 @@ impl MaildirDest {
         )))
     }
 
-    /// The Maildir part of [`super::Destination::commit`]: fsync `tmp/` and wait for the
-    /// files' fsyncs, `P` lines (fsynced), rename into `new/`.
+    /// The Maildir part of [`super::Destination::commit`]: the files and their names in
+    /// `tmp/` made durable (one syncfs, or the files' fsyncs and one of `tmp/`), then `P`
+    /// lines (fsynced), then the renames into `new/`.
     pub(super) fn commit(
         &mut self,
         batch: Vec<StagedMessage>,
