@@ -1195,6 +1195,20 @@ mod tests {
     }
 
     #[test]
+    fn maildir_sync_is_auto_unless_set() {
+        let text = "[[account]]\nurl = \"pop3s://alice@localhost\"\nmaildir = \"m\"\n";
+        let a = &parse(text, Path::new("f")).unwrap().accounts[0];
+        assert_eq!(a.maildir_sync, MaildirSync::Auto);
+        let fsync = format!("{text}maildir_sync = \"fsync\"\n");
+        let a = &parse(&fsync, Path::new("f")).unwrap().accounts[0];
+        assert_eq!(a.maildir_sync, MaildirSync::Fsync);
+        let bad = format!("{text}maildir_sync = \"never\"\n");
+        assert!(parse(&bad, Path::new("f")).is_err());
+        assert_eq!("fsync".parse(), Ok(MaildirSync::Fsync));
+        assert!("syncfs".parse::<MaildirSync>().is_err());
+    }
+
+    #[test]
     fn legacy_keys_are_recognised() {
         let k = legacy_state_key("a_b@x", "::1", 995);
         assert_eq!(k, "a_b@x@%3A%3A1_995");
