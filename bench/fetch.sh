@@ -19,9 +19,9 @@
 # process, apt-get). Takes about 3 minutes on 2 cores, after the build.
 #
 # How each client delivers to the Maildir:
-#   facteur fetch   --maildir (its own: tmp/, fsync of each file as it arrives; per batch of
-#                   64, fsync of tmp/ and of the journal, then the DELEs; rename into new/,
-#                   fsync of new/ by the end of the session)
+#   facteur fetch   --maildir (its own: tmp/; per batch of 64, one syncfs of the file system
+#                   (files and names in tmp/), then the journal's fsync, then the DELEs;
+#                   rename into new/, durable at the next syncfs or by the end of the session)
 #   mpop            `delivery maildir` (its own: tmp/, fsync of each file, link into new/)
 #   fetchmail       cannot write a Maildir itself (it forwards by SMTP or hands each message to
 #                   an MDA): `mda "safecat DIR/tmp DIR/new"`, safecat being the smallest Maildir

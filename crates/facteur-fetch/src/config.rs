@@ -27,6 +27,8 @@
 //! message_timeout_secs = 900              # the longest one message may take to arrive
 //! run_timeout_secs = 3600                 # the longest a run of this account may take
 //! max_listing_lines = 1000000             # LIST/UIDL lines accepted from the server
+//! maildir_sync = "auto"                   # auto: one syncfs per batch of 8 messages or more;
+//!                                         # fsync: an fsync of each file (see MaildirSync)
 //! ```
 //!
 //! What a server says is a claim. A message is read up to its LIST size plus
@@ -116,6 +118,39 @@ pub const BATCH_MESSAGES: usize = 64;
 
 /// Octets (by LIST size) fetched between two commits, whichever comes first.
 pub const BATCH_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Messages in a batch from which, with [`MaildirSync::Auto`], one `syncfs` of the Maildir's
+/// file system makes the batch durable instead of an fsync of each file.
+pub const SYNCFS_MIN_BATCH: usize = 8;
+
+/// How a Maildir destination makes the files of a batch durable before anything records them
+/// (`maildir_sync`, `--maildir-sync`). Either way every message is durable before its DELE.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MaildirSync {
+    /// A batch of [`SYNCFS_MIN_BATCH`] messages or more: one `syncfs(2)` of the Maildir's file
+    /// system (one journal commit for the whole batch, where an fsync of each file costs one
+    /// each). syncfs also writes back what other programs left dirty on that file system, so
+    /// a smaller batch, not worth that wait, gets an fsync of each file.
+    #[default]
+    Auto,
+    /// Always an fsync of each file, started on a thread as soon as the file is written, and
+    /// one of `tmp/`: never waits for other programs' writes (for a file system that others
+    /// keep busy with large writes).
+    Fsync,
+}
+
+impl std::str::FromStr for MaildirSync {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(MaildirSync::Auto),
+            "fsync" => Ok(MaildirSync::Fsync),
+            _ => Err(format!("{s:?}: auto or fsync")),
+        }
+    }
+}
 
 /// Accounts fetched at the same time, at most.
 pub const MAX_PARALLEL_ACCOUNTS: usize = 8;
@@ -413,6 +448,8 @@ pub struct Account {
     pub policy: DeletePolicy,
     pub limits: Limits,
     pub timeout: Duration,
+    /// How a Maildir destination makes its batches durable.
+    pub maildir_sync: MaildirSync,
 }
 
 impl Account {
@@ -662,6 +699,7 @@ struct RawAccount {
     message_timeout_secs: Option<u64>,
     run_timeout_secs: Option<u64>,
     max_listing_lines: Option<u64>,
+    maildir_sync: Option<MaildirSync>,
 }
 
 /// Read a configuration file; refused if it holds a password and others may read it.
@@ -854,6 +892,7 @@ fn account(a: RawAccount, base: Option<&Path>) -> Result<Account, String> {
             max_listing_lines,
         },
         timeout,
+        maildir_sync: a.maildir_sync.unwrap_or_default(),
     })
 }
 
@@ -1153,6 +1192,20 @@ mod tests {
         );
         let apart = text.replace("name = \"plain\"", "name = \"plain\"\nidentity = \"other\"");
         assert_eq!(parse(&apart, Path::new("f")).unwrap().accounts.len(), 2);
+    }
+
+    #[test]
+    fn maildir_sync_is_auto_unless_set() {
+        let text = "[[account]]\nurl = \"pop3s://alice@localhost\"\nmaildir = \"m\"\n";
+        let a = &parse(text, Path::new("f")).unwrap().accounts[0];
+        assert_eq!(a.maildir_sync, MaildirSync::Auto);
+        let fsync = format!("{text}maildir_sync = \"fsync\"\n");
+        let a = &parse(&fsync, Path::new("f")).unwrap().accounts[0];
+        assert_eq!(a.maildir_sync, MaildirSync::Fsync);
+        let bad = format!("{text}maildir_sync = \"never\"\n");
+        assert!(parse(&bad, Path::new("f")).is_err());
+        assert_eq!("fsync".parse(), Ok(MaildirSync::Fsync));
+        assert!("syncfs".parse::<MaildirSync>().is_err());
     }
 
     #[test]

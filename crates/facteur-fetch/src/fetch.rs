@@ -7,9 +7,9 @@
 //! 2. Connect (TLS, STLS, or plaintext if allowed), log in with the strongest method offered.
 //! 3. LIST and UIDL (together, with PIPELINING) and make the plan: what to fetch (not yet
 //!    fetched, within the limits), what to delete without fetching (fetched before, and due).
-//! 4. Fetch in batches: with PIPELINING, the RETRs of a batch go out in one write, as soon as
-//!    the batch before has arrived (before its commit, so that the server sends while the disk
-//!    works), with the DELEs of the batch before that. Each message is streamed to the
+//! 4. Fetch in batches: with PIPELINING, the RETRs of a batch go out in one write, two batches
+//!    ahead (before the commit of the batch that just arrived, so that the server sends while
+//!    the disk works), with the DELEs of the batch committed before. Each message is streamed to the
 //!    destination; at the end of the batch the destination makes them durable and the journal
 //!    records them. Only then are DELEs sent for them.
 //! 5. QUIT: its `+OK` means the server applied the deletions; the state forgets those messages.
@@ -28,8 +28,8 @@
 
 use super::auth::{self, AuthError, AuthMethod};
 use super::config::{
-    self, Account, ConfigError, DeletePolicy, DestinationSpec, Limits, PasswordSource, BATCH_BYTES,
-    BATCH_MESSAGES, MAX_PARALLEL_ACCOUNTS,
+    self, Account, ConfigError, DeletePolicy, DestinationSpec, Limits, MaildirSync, PasswordSource,
+    BATCH_BYTES, BATCH_MESSAGES, MAX_PARALLEL_ACCOUNTS,
 };
 use super::dest::{self, DestError, Destination, StagedMessage};
 use super::state::{AccountState, StateError};
@@ -93,6 +93,11 @@ pub struct FetchArgs {
     /// With a URL: deliver into this Maildir (created if missing).
     #[arg(long, conflicts_with_all = ["mbox", "mda"])]
     pub maildir: Option<PathBuf>,
+    /// With --maildir: how each batch of messages is made durable before it is deleted on the
+    /// server: auto (one syncfs of the file system per batch of 8 messages or more, an fsync
+    /// of each file for fewer) or fsync (always an fsync of each file) [default: auto].
+    #[arg(long, value_name = "HOW", requires = "maildir")]
+    pub maildir_sync: Option<MaildirSync>,
     /// With a URL: append to this mbox file.
     #[arg(long, conflicts_with = "mda")]
     pub mbox: Option<PathBuf>,
@@ -481,10 +486,11 @@ pub async fn fetch_account(
     }
     report.recovered += adopt_legacy_states(account, opts, &mut state, now)?;
     if !opts.dry_run {
-        dest = Some(Destination::open(
+        dest = Some(Destination::open_with(
             &account.destination,
             &state.spool_path(),
             &account.file_tag(),
+            account.maildir_sync,
         )?);
     }
     let mut run = Run {
@@ -661,18 +667,23 @@ impl Run<'_> {
         }
         let mut fetched = 0u64;
         let batches = batches(&plan.fetch);
-        // With PIPELINING, the RETRs of the next batch go out before this batch's commit, so
-        // that the server sends it while the commit waits on the disk; the DELEs of a batch go
-        // out with the RETRs of the batch after the next (their replies come between the two).
+        // With PIPELINING, the RETRs of [`RETR_AHEAD`] batches are out at any time: as batch
+        // i has arrived, those of batch i + RETR_AHEAD go out, before batch i's commit, so
+        // that the server sends while the commit waits on the disk and while the batches
+        // before are read. The DELEs of batch i go out, once it is committed, with the RETRs
+        // sent as batch i + 1 has arrived; their replies are read after batch
+        // i + RETR_AHEAD's, which the server sent before them.
         if pipelining {
-            if let Some(first) = batches.first() {
-                for m in *first {
+            for batch in batches.iter().take(RETR_AHEAD) {
+                for m in *batch {
                     conn.queue(Command::Retr(m.msg));
                 }
             }
         }
         conn.flush().await?;
         deles.read_replies(&mut conn, report).await?;
+        // Batch i - 1, committed, its DELEs not yet sent (with PIPELINING).
+        let mut to_delete: Vec<&ServerMessage> = Vec::new();
         for (i, &batch) in batches.iter().enumerate() {
             let mut staged = Vec::with_capacity(batch.len());
             let mut committed = Vec::with_capacity(batch.len());
@@ -757,12 +768,17 @@ impl Run<'_> {
             }
             conn.set_message_deadline(None);
             if pipelining && cut.is_none() {
-                if let Some(next) = batches.get(i + 1) {
-                    for m in *next {
+                // The replies to the DELEs sent as the batch before arrived: after this
+                // batch's (see above).
+                deles.read_replies(&mut conn, report).await?;
+                for m in to_delete.drain(..) {
+                    deles.queue(&mut conn, m);
+                }
+                if let Some(ahead) = batches.get(i + RETR_AHEAD) {
+                    for m in *ahead {
                         conn.queue(Command::Retr(m.msg));
                     }
                 }
-                // With the DELEs of the batch before, queued after its commit.
                 conn.flush().await?;
             }
             dest.commit(staged, state, now, &mut |p| faults.check(p))?;
@@ -774,19 +790,20 @@ impl Run<'_> {
                 // The connection is in the middle of a reply: drop it, with no QUIT.
                 return Ok(cut);
             }
-            if pipelining {
-                // The replies to the DELEs that went out just now, before the next batch.
-                deles.read_replies(&mut conn, report).await?;
-            }
             if delete_at_once {
-                for m in committed {
-                    deles.queue(&mut conn, m);
-                }
-                if !pipelining {
+                if pipelining {
+                    to_delete = committed;
+                } else {
+                    for m in committed {
+                        deles.queue(&mut conn, m);
+                    }
                     conn.flush().await?;
                     deles.read_replies(&mut conn, report).await?;
                 }
             }
+        }
+        for m in to_delete {
+            deles.queue(&mut conn, m);
         }
         conn.flush().await?;
         // Before QUIT makes the server delete anything, what the commits left to the end
@@ -813,6 +830,11 @@ impl Run<'_> {
     }
 }
 
+/// Batches whose RETRs are out at once, with PIPELINING: two, so that the server always has
+/// a batch to send (about 256 KiB for 64 messages of 4 KB, which the socket's buffers hold)
+/// while the one before is read and committed.
+const RETR_AHEAD: usize = 2;
+
 /// DELEs sent and not yet answered, and those the server accepted.
 #[derive(Default)]
 struct Deletions {
@@ -824,6 +846,10 @@ struct Deletions {
 impl Deletions {
     fn queue(&mut self, conn: &mut Connection, m: &ServerMessage) {
         conn.queue(Command::Dele(m.msg));
+        #[cfg(test)]
+        if let Some(uid) = &m.uid {
+            crate::optrace::record(crate::optrace::Op::Dele(uid.clone()));
+        }
         self.waiting.push_back((m.msg, m.uid.clone()));
     }
 
@@ -1120,6 +1146,7 @@ fn url_account(url: &str, args: &FetchArgs) -> Result<Account, ConfigError> {
         policy: DeletePolicy::Delete,
         limits: Limits::default(),
         timeout: config::DEFAULT_TIMEOUT,
+        maildir_sync: args.maildir_sync.unwrap_or_default(),
     })
 }
 
@@ -1329,6 +1356,7 @@ fn human_bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SYNCFS_MIN_BATCH;
 
     fn m(n: u32, size: u64, uid: Option<&str>) -> ServerMessage {
         ServerMessage {
@@ -1494,6 +1522,7 @@ mod tests {
             policy: DeletePolicy::Delete,
             limits: Limits::default(),
             timeout: Duration::from_secs(10),
+            maildir_sync: MaildirSync::default(),
         }
     }
 
@@ -1551,6 +1580,118 @@ mod tests {
         assert_eq!(files.len(), 1);
         let path = files[0].as_ref().unwrap().path();
         assert_eq!(std::fs::read(path).unwrap(), b"Subject: old\n\n.hi\n");
+    }
+
+    /// A server with `n` messages, PIPELINING and UIDL.
+    fn server_of(n: usize) -> std::net::SocketAddr {
+        let msg = |i: &str| format!("Subject: {i}\r\n\r\nbody {i}\r\n");
+        crate::fake_server("+OK\r\n", move |line| {
+            let mut words = line.split(' ');
+            let word = words.next().unwrap_or_default();
+            let arg = words.next().unwrap_or_default();
+            Some(match word {
+                "CAPA" => b"+OK\r\nUSER\r\nUIDL\r\nPIPELINING\r\n.\r\n".to_vec(),
+                "LIST" | "UIDL" => {
+                    let mut r = String::from("+OK\r\n");
+                    for i in 1..=n {
+                        if word == "LIST" {
+                            r.push_str(&format!("{i} {}\r\n", msg(&i.to_string()).len()));
+                        } else {
+                            r.push_str(&format!("{i} u{i}\r\n"));
+                        }
+                    }
+                    r.push_str(".\r\n");
+                    r.into_bytes()
+                }
+                "RETR" => format!("+OK\r\n{}.\r\n", msg(arg)).into_bytes(),
+                "QUIT" => b"+OK bye\r\n".to_vec(),
+                _ => b"+OK\r\n".to_vec(),
+            })
+        })
+    }
+
+    /// Every message of a session is durable (data and name, by fsync or syncfs) before its
+    /// `P` line, and its `P` line durable before its DELE, whichever way the Maildir syncs
+    /// (an fsync of each file, a syncfs per batch) and whatever the size of the batches: a
+    /// power cut at any point leaves every message on the server or safe locally.
+    #[test]
+    fn every_message_is_durable_before_its_dele() {
+        for (n, sync, syncfs) in [
+            (150, MaildirSync::Auto, true),
+            (20, MaildirSync::Auto, true),
+            (SYNCFS_MIN_BATCH - 1, MaildirSync::Auto, false),
+            (150, MaildirSync::Fsync, false),
+            (3, MaildirSync::Fsync, false),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut a = fake_account(server_of(n), dir.path());
+            a.auth = AuthMethod::User;
+            a.maildir_sync = sync;
+            crate::optrace::take();
+            let r = run_fake(&a, dir.path()).unwrap();
+            assert_eq!((r.fetched, r.deleted), (n as u64, n as u64), "{n} {sync:?}");
+            let ops = crate::optrace::take();
+            assert_eq!(
+                crate::optrace::check_durable_before_dele(&ops),
+                n,
+                "{n} {sync:?}"
+            );
+            let fs_syncs = ops
+                .iter()
+                .filter(|o| **o == crate::optrace::Op::FsSynced)
+                .count();
+            let file_syncs = ops
+                .iter()
+                .filter(|o| matches!(o, crate::optrace::Op::FileSynced(_)))
+                .count();
+            if syncfs {
+                assert_eq!(fs_syncs, n.div_ceil(BATCH_MESSAGES), "{n} {sync:?}");
+                assert_eq!(file_syncs, 0, "{n} {sync:?}");
+            } else {
+                assert_eq!((fs_syncs, file_syncs), (0, n), "{n} {sync:?}");
+            }
+            let new = std::fs::read_dir(dir.path().join("Maildir/new")).unwrap();
+            assert_eq!(new.count(), n);
+        }
+    }
+
+    /// The check above catches a commit that records or deletes too early.
+    #[test]
+    fn the_durability_check_catches_a_wrong_order() {
+        use crate::optrace::{check_durable_before_dele, Op};
+        let f = std::path::PathBuf::from("/m/tmp/a");
+        let u = Uidl::new("a").unwrap();
+        let good = vec![
+            Op::Written(f.clone()),
+            Op::FsSynced,
+            Op::Pending(u.clone(), f.clone()),
+            Op::JournalSynced,
+            Op::Dele(u.clone()),
+        ];
+        assert_eq!(check_durable_before_dele(&good), 1);
+        let fsync = vec![
+            Op::Written(f.clone()),
+            Op::FileSynced(f.clone()),
+            Op::DirSynced("/m/tmp".into()),
+            Op::Pending(u.clone(), f.clone()),
+            Op::JournalSynced,
+            Op::Dele(u.clone()),
+        ];
+        assert_eq!(check_durable_before_dele(&fsync), 1);
+        let bad =
+            |ops: Vec<Op>| std::panic::catch_unwind(|| check_durable_before_dele(&ops)).is_err();
+        // syncfs after the P line; the name of the file never synced; the DELE before the
+        // journal's fsync; a DELE with no P line.
+        let mut late = good.clone();
+        late.swap(1, 2);
+        assert!(bad(late));
+        let mut no_dir = fsync.clone();
+        no_dir.remove(2);
+        assert!(bad(no_dir));
+        let mut early = good.clone();
+        early.swap(3, 4);
+        assert!(bad(early));
+        assert!(bad(vec![Op::Dele(u)]));
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub mod config;
 mod date;
 pub mod dest;
 pub mod fetch;
+#[cfg(test)]
+pub(crate) mod optrace;
 pub mod state;
 pub mod tls;
 

@@ -9,8 +9,8 @@
 //!   per line.
 //! - `K.journal`: appended to during a run, and folded into the snapshot (then removed) at the
 //!   end of a run and at the start of the next one:
-//!   - `P <uid> maildir <folder> <tmp name> <new name>`: a message is whole and fsynced in the
-//!     Maildir's `tmp/` and is about to be renamed into `new/`;
+//!   - `P <uid> maildir <folder> <tmp name> <new name>`: a message is whole and durable (by
+//!     fsync or syncfs) in the Maildir's `tmp/` and is about to be renamed into `new/`;
 //!   - `P <uid> mbox <file> <start> <end> <sha-256> <spool offset>`: a message is about to be
 //!     appended to an mbox file at `start`, to end at `end`, with this SHA-256 of its bytes;
 //!   - `D <uid> <unix time>`: the message is delivered and durable.
@@ -394,7 +394,17 @@ impl AccountState {
         let path = self.journal_path();
         let j = self.journal()?;
         j.write_all(text.as_bytes()).map_err(io_err(&path))?;
-        j.sync_data().map_err(io_err(&path))
+        #[cfg(test)]
+        for e in entries {
+            if let Pending::Maildir { uid, dir, tmp, .. } = e {
+                let file = dir.join("tmp").join(tmp);
+                crate::optrace::record(crate::optrace::Op::Pending(uid.clone(), file));
+            }
+        }
+        j.sync_data().map_err(io_err(&path))?;
+        #[cfg(test)]
+        crate::optrace::record(crate::optrace::Op::JournalSynced);
+        Ok(())
     }
 
     /// Append `D` lines: the messages count as fetched from now on. They become durable at
@@ -421,7 +431,12 @@ impl AccountState {
     pub fn sync_journal(&mut self) -> Result<(), StateError> {
         let path = self.journal_path();
         match self.journal.as_mut() {
-            Some(j) => j.sync_data().map_err(io_err(&path)),
+            Some(j) => {
+                j.sync_data().map_err(io_err(&path))?;
+                #[cfg(test)]
+                crate::optrace::record(crate::optrace::Op::JournalSynced);
+                Ok(())
+            }
             None => Ok(()),
         }
     }

@@ -183,6 +183,7 @@ fn the_fetcher_logs_in_with_an_app_password() {
             policy: DeletePolicy::Keep,
             limits: Limits::default(),
             timeout: std::time::Duration::from_secs(30),
+            maildir_sync: Default::default(),
         };
         let opts = RunOptions {
             state_dir: local.path().join("state"),

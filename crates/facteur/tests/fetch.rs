@@ -121,6 +121,7 @@ fn account(
         policy: DeletePolicy::Delete,
         limits: Limits::default(),
         timeout: Duration::from_secs(30),
+        maildir_sync: Default::default(),
     }
 }
 

@@ -258,6 +258,7 @@ fn account(fake: &Fake, dir: &Path) -> Account {
             ..Limits::default()
         },
         timeout: Duration::from_secs(10),
+        maildir_sync: Default::default(),
     }
 }
 

@@ -87,6 +87,7 @@ impl Env {
             policy: DeletePolicy::Keep,
             limits: Limits::default(),
             timeout: Duration::from_secs(10),
+            maildir_sync: Default::default(),
         }
     }
 

@@ -484,6 +484,7 @@ fn every_login_method_with_sql_users() {
             policy: DeletePolicy::Keep,
             limits: Limits::default(),
             timeout: Duration::from_secs(30),
+            maildir_sync: Default::default(),
         };
         let opts = RunOptions {
             state_dir: local.join("state"),

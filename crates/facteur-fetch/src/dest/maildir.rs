@@ -1,14 +1,18 @@
 //! A Maildir destination.
 //!
-//! Each message is written to `tmp/<unique>` as it arrives, and its fsync starts as soon as it
-//! is complete, on a few threads, while the next messages arrive. At the commit of a batch:
-//! `tmp/` is fsynced and the batch's fsyncs are waited for; `P` lines naming each file are
-//! appended to the journal and fsynced (with the `D` lines of the batch before); the files are
-//! renamed into `new/<unique>,S=<size>,W=<wire size>`; `D` lines are appended. From the `P`
-//! fsync on, the messages are safe and may be deleted on the server: whole files under names
-//! that are durable in `tmp/`, and lines that say where each goes. The renames become durable
-//! later, at the fsync of `new/` that ends the session ([`MaildirDest::settle`]) or starts the
-//! next run's recovery, always before the journal is folded into the snapshot.
+//! Each message is written to `tmp/<unique>` as it arrives. At the commit of a batch, the
+//! files and their names in `tmp/` are made durable: with [`SyncMode::Auto`] and a batch of
+//! [`SYNCFS_MIN_BATCH`] files or more, by one `syncfs` of the file system (see
+//! [`MaildirDest::commit`] for why that suffices on ext4); otherwise by an fsync of each file
+//! (with [`SyncMode::Fsync`], started on a few threads as soon as each file is complete, while
+//! the next messages arrive) and one of `tmp/`. Then `P` lines naming each file are appended
+//! to the journal and fsynced (with the `D` lines of the batch before); the files are renamed
+//! into `new/<unique>,S=<size>,W=<wire size>`; `D` lines are appended. From the `P` fsync on,
+//! the messages are safe and may be deleted on the server: whole files under names that are
+//! durable in `tmp/`, and lines that say where each goes. The renames become durable later, at
+//! the next batch's syncfs, or at the fsync of `new/` that ends the session
+//! ([`MaildirDest::settle`]) or starts the next run's recovery, always before the journal is
+//! folded into the snapshot.
 //!
 //! After a crash, a `P` without its `D` is settled by looking at the Maildir: the file in
 //! `new/` or `cur/` means it arrived; the file still in `tmp/` is whole (it was fsynced before
@@ -20,6 +24,7 @@ use super::{
     hostname, io_err, unique_name, CrlfToLf, DestError, Staged, StagedMessage, Writer, WriterKind,
     BLOCK,
 };
+use crate::config::{MaildirSync as SyncMode, SYNCFS_MIN_BATCH};
 use crate::fetch::FaultPoint;
 use crate::state::{AccountState, Pending};
 use facteur_store::durable::sync_dir;
@@ -29,8 +34,18 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
+/// A file written in `tmp/`, on its way to being durable.
+#[derive(Debug)]
+pub enum FileSync {
+    /// Closed at the commit, which makes it durable (by syncfs or an fsync).
+    Open(File),
+    /// Its fsync is under way on another thread.
+    Syncing(Synced),
+}
+
 #[derive(Debug)]
 pub struct MaildirDest {
+    mode: SyncMode,
     dir: PathBuf,
     host: String,
     /// Ends the names of this account's files in `tmp/`.
@@ -38,12 +53,14 @@ pub struct MaildirDest {
     syncs: SyncPool,
     /// Files were renamed into `new/` since its last fsync.
     new_unsynced: bool,
+    /// `tmp/`, open: the handle that `syncfs` is called on.
+    tmp_handle: File,
 }
 
 impl MaildirDest {
     /// Open a Maildir for a run: it and its `tmp/`, `new/` and `cur/` are created (mode 700)
     /// if missing, and this account's files left in `tmp/` (named with `tag`) are removed.
-    pub(super) fn open(dir: &Path, tag: &str) -> Result<Self, DestError> {
+    pub(super) fn open(dir: &Path, tag: &str, mode: SyncMode) -> Result<Self, DestError> {
         for sub in ["tmp", "new", "cur"] {
             create_dir_durably(&dir.join(sub))?;
         }
@@ -58,12 +75,15 @@ impl MaildirDest {
                 let _ = fs::remove_file(e.path());
             }
         }
+        let tmp_handle = File::open(&tmp).map_err(io_err(&tmp))?;
         Ok(MaildirDest {
+            mode,
             dir: dir.to_path_buf(),
             host: hostname(),
             suffix,
             syncs: SyncPool::default(),
             new_unsynced: false,
+            tmp_handle,
         })
     }
 
@@ -86,6 +106,7 @@ impl MaildirDest {
                         kind: WriterKind::Maildir(MaildirWriter {
                             file: BufWriter::with_capacity(BLOCK, f),
                             syncs: &mut self.syncs,
+                            mode: self.mode,
                             path,
                             unique,
                             size: 0,
@@ -102,8 +123,9 @@ impl MaildirDest {
         )))
     }
 
-    /// The Maildir part of [`super::Destination::commit`]: fsync `tmp/` and wait for the
-    /// files' fsyncs, `P` lines (fsynced), rename into `new/`.
+    /// The Maildir part of [`super::Destination::commit`]: the files and their names in
+    /// `tmp/` made durable (one syncfs, or the files' fsyncs and one of `tmp/`), then `P`
+    /// lines (fsynced), then the renames into `new/`.
     pub(super) fn commit(
         &mut self,
         batch: Vec<StagedMessage>,
@@ -124,16 +146,48 @@ impl MaildirDest {
             .collect();
         let tmp_dir = self.dir.join("tmp");
         let mut renames = Vec::with_capacity(batch.len());
-        if !batch.is_empty() {
-            // The names in tmp/ must be durable too: the messages may be deleted on the
-            // server before their renames are.
-            sync_dir(&tmp_dir).map_err(io_err(&tmp_dir))?;
-        }
+        let mut open = Vec::new();
+        let mut started = Vec::new();
         for m in batch {
-            if let Staged::Maildir { tmp, name, synced } = m.staged {
+            if let Staged::Maildir { tmp, name, file } = m.staged {
                 let path = tmp_dir.join(&tmp);
-                synced.wait().map_err(io_err(&path))?;
+                match file {
+                    FileSync::Open(f) => open.push((path.clone(), f)),
+                    FileSync::Syncing(s) => started.push((path.clone(), s)),
+                }
                 renames.push((path, name));
+            }
+        }
+        if !renames.is_empty() {
+            if open.len() >= SYNCFS_MIN_BATCH {
+                // One syncfs for the whole batch, instead of an fsync per file: each fsync of
+                // a new file is a commit of ext4's journal (jbd2) of its own, where syncfs
+                // writes back every dirty page of the file system, then commits the journal
+                // once (ext4_sync_fs) and flushes the disk's cache. When it returns, the
+                // files' data, their inodes and their names in tmp/ (directory entries are
+                // metadata, in that journal commit) are all durable, and so are the renames
+                // into new/ of the batch before. syncfs reports the writeback errors of the
+                // file system since the handle was opened (Linux 5.8 and later).
+                drop(open);
+                rustix::fs::syncfs(&self.tmp_handle)
+                    .map_err(|e| io_err(&tmp_dir)(io::Error::from(e)))?;
+                #[cfg(test)]
+                crate::optrace::record(crate::optrace::Op::FsSynced);
+                self.new_unsynced = false;
+            } else {
+                for (path, f) in open {
+                    started.push((path, self.syncs.start(f)));
+                }
+                // The names in tmp/ must be durable too: the messages may be deleted on the
+                // server before their renames are.
+                sync_dir(&tmp_dir).map_err(io_err(&tmp_dir))?;
+                #[cfg(test)]
+                crate::optrace::record(crate::optrace::Op::DirSynced(tmp_dir.clone()));
+            }
+            for (path, synced) in started {
+                synced.wait().map_err(io_err(&path))?;
+                #[cfg(test)]
+                crate::optrace::record(crate::optrace::Op::FileSynced(path));
             }
         }
         state.record_pending(&pending)?;
@@ -141,7 +195,9 @@ impl MaildirDest {
         let new = self.dir.join("new");
         for (from, name) in renames {
             let to = new.join(name);
-            fs::rename(from, &to).map_err(io_err(&to))?;
+            fs::rename(&from, &to).map_err(io_err(&to))?;
+            #[cfg(test)]
+            crate::optrace::record(crate::optrace::Op::Renamed(from, to));
             self.new_unsynced = true;
         }
         Ok(())
@@ -153,6 +209,8 @@ impl MaildirDest {
         if self.new_unsynced {
             let new = self.dir.join("new");
             sync_dir(&new).map_err(io_err(&new))?;
+            #[cfg(test)]
+            crate::optrace::record(crate::optrace::Op::DirSynced(new));
             self.new_unsynced = false;
         }
         Ok(())
@@ -163,6 +221,7 @@ impl MaildirDest {
 pub(super) struct MaildirWriter<'a> {
     file: BufWriter<File>,
     syncs: &'a mut SyncPool,
+    mode: SyncMode,
     path: PathBuf,
     unique: String,
     size: u64,
@@ -177,11 +236,12 @@ impl MaildirWriter<'_> {
         Ok(())
     }
 
-    /// Flushed, and its fsync started (the commit waits for it).
+    /// Flushed, and (with [`SyncMode::Fsync`]) its fsync started; the commit waits for it.
     pub(super) fn finish(self) -> Result<Staged, DestError> {
         let MaildirWriter {
             file,
             syncs,
+            mode,
             path,
             unique,
             size,
@@ -190,6 +250,8 @@ impl MaildirWriter<'_> {
         let file = file
             .into_inner()
             .map_err(|e| io_err(&path)(e.into_error()))?;
+        #[cfg(test)]
+        crate::optrace::record(crate::optrace::Op::Written(path.clone()));
         let tmp = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -198,7 +260,10 @@ impl MaildirWriter<'_> {
         Ok(Staged::Maildir {
             name: format!("{unique},S={size},W={}", size + lines),
             tmp,
-            synced: syncs.start(file),
+            file: match mode {
+                SyncMode::Fsync => FileSync::Syncing(syncs.start(file)),
+                SyncMode::Auto => FileSync::Open(file),
+            },
         })
     }
 
@@ -424,6 +489,13 @@ mod tests {
     /// still finds every message, once.
     #[test]
     fn a_power_cut_after_a_commit_loses_nothing() {
+        // Batches of 2 (an fsync of each file) and of SYNCFS_MIN_BATCH (one syncfs).
+        power_cut_after_a_commit(2, SyncMode::Auto);
+        power_cut_after_a_commit(SYNCFS_MIN_BATCH, SyncMode::Auto);
+        power_cut_after_a_commit(SYNCFS_MIN_BATCH, SyncMode::Fsync);
+    }
+
+    fn power_cut_after_a_commit(per_batch: usize, mode: SyncMode) {
         let dir = tempfile::tempdir().unwrap();
         let md = dir.path().join("Maildir");
         let state_dir = dir.path().join("state");
@@ -431,8 +503,8 @@ mod tests {
         let spec = DestinationSpec::Maildir(md.clone());
         let uid = |s: &str| Uidl::new(s).unwrap();
         let mut state = AccountState::open(&state_dir, "k").unwrap();
-        let mut d = Destination::open(&spec, &spool, "t").unwrap();
-        let commit = |d: &mut Destination, state: &mut AccountState, uids: &[&str]| {
+        let mut d = Destination::open_with(&spec, &spool, "t", mode).unwrap();
+        let commit = |d: &mut Destination, state: &mut AccountState, uids: &[String]| {
             let batch = uids
                 .iter()
                 .map(|u| {
@@ -447,38 +519,46 @@ mod tests {
                 .collect();
             d.commit(batch, state, 1, &mut |_| Ok(())).unwrap();
         };
-        commit(&mut d, &mut state, &["a", "b"]);
-        commit(&mut d, &mut state, &["c", "d"]);
-        // The moment the DELEs of c and d may go out. Then the power goes: the journal keeps
-        // what its last fsync (the `P` lines of c and d) covered, and c and d's renames,
-        // never fsynced, are undone.
+        let first: Vec<String> = (0..per_batch).map(|i| format!("a{i}")).collect();
+        let second: Vec<String> = (0..per_batch).map(|i| format!("c{i}")).collect();
+        crate::optrace::take();
+        commit(&mut d, &mut state, &first);
+        commit(&mut d, &mut state, &second);
+        // Every message recorded durably after its file, whichever way.
+        crate::optrace::check_durable_before_dele(&crate::optrace::take());
+        // The moment the DELEs of the second batch may go out. Then the power goes: the
+        // journal keeps what its last fsync (the `P` lines of the second batch) covered, and
+        // the second batch's renames, never synced, are undone.
         drop(d);
         drop(state);
         let journal = state_dir.join("k.journal");
         let text = fs::read_to_string(&journal).unwrap();
         let durable = text.rfind("\nP ").unwrap();
         let durable = durable + 1 + text[durable + 1..].find('\n').unwrap() + 1;
-        assert!(text[durable..].starts_with("D c "), "{text}");
+        assert!(text[durable..].starts_with("D c0 "), "{text}");
         fs::write(&journal, &text[..durable]).unwrap();
         let mut undone = 0;
         for line in text[..durable].lines() {
             let w: Vec<&str> = line.split(' ').collect();
-            if let ["P", "c" | "d", "maildir", _, tmp, name] = w.as_slice() {
-                fs::rename(md.join("new").join(name), md.join("tmp").join(tmp)).unwrap();
-                undone += 1;
+            if let ["P", u, "maildir", _, tmp, name] = w.as_slice() {
+                if u.starts_with('c') {
+                    fs::rename(md.join("new").join(name), md.join("tmp").join(tmp)).unwrap();
+                    undone += 1;
+                }
             }
         }
-        assert_eq!(undone, 2);
+        assert_eq!(undone, per_batch);
         let mut state = AccountState::open(&state_dir, "k").unwrap();
-        assert!(state.contains(&uid("a")) && state.contains(&uid("b")));
-        assert!(!state.contains(&uid("c")) && !state.contains(&uid("d")));
+        assert!(first.iter().all(|u| state.contains(&uid(u))));
+        assert!(!second.iter().any(|u| state.contains(&uid(u))));
         assert_eq!(state.journal_maildirs(), std::slice::from_ref(&md));
         super::super::sync_journal_maildirs(state.journal_maildirs()).unwrap();
         let arrived = recover(state.pending(), &spool).unwrap();
-        assert_eq!(arrived, [uid("c"), uid("d")]);
+        let want: Vec<Uidl> = second.iter().map(|u| uid(u)).collect();
+        assert_eq!(arrived, want);
         state.finish_recovery(&arrived, 2).unwrap();
         drop(Destination::open(&spec, &spool, "t").unwrap());
-        for u in ["a", "b", "c", "d"] {
+        for u in first.iter().chain(&second) {
             assert!(state.contains(&uid(u)), "{u}");
         }
         let mut bodies: Vec<Vec<u8>> = fs::read_dir(md.join("new"))
@@ -486,10 +566,12 @@ mod tests {
             .map(|f| read_all(&f.unwrap().path()))
             .collect();
         bodies.sort();
-        let want: Vec<Vec<u8>> = ["a", "b", "c", "d"]
+        let mut want: Vec<Vec<u8>> = first
             .iter()
+            .chain(&second)
             .map(|u| format!("Subject: {u}\n\nbody\n").into_bytes())
             .collect();
+        want.sort();
         assert_eq!(bodies, want);
         assert_eq!(fs::read_dir(md.join("tmp")).unwrap().count(), 0);
     }

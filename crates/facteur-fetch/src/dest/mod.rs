@@ -23,7 +23,7 @@ pub use maildir::MaildirDest;
 pub use mbox::MboxDest;
 pub use mda::MdaDest;
 
-use super::config::DestinationSpec;
+use super::config::{DestinationSpec, MaildirSync as SyncMode};
 use super::fetch::FaultPoint;
 use super::state::{AccountState, Pending, StateError};
 use facteur_proto::Uidl;
@@ -66,12 +66,12 @@ pub enum Destination {
 /// A message written (or delivered, for an MDA), not yet committed.
 #[derive(Debug)]
 pub enum Staged {
-    /// In `tmp/`, written, its fsync under way on another thread: the commit waits for it
-    /// before anything names the file in the journal.
+    /// In `tmp/`, written; the commit makes it durable (or waits for its fsync, under way on
+    /// another thread) before anything names the file in the journal.
     Maildir {
         tmp: String,
         name: String,
-        synced: maildir::Synced,
+        file: maildir::FileSync,
     },
     Mbox {
         spool_offset: u64,
@@ -96,8 +96,20 @@ impl Destination {
     /// `tag` names this account's files in a Maildir's `tmp/`: those left there by a run that
     /// stopped before it recorded them are removed (call this after [`recover`]).
     pub fn open(spec: &DestinationSpec, spool: &Path, tag: &str) -> Result<Self, DestError> {
+        Self::open_with(spec, spool, tag, SyncMode::default())
+    }
+
+    /// [`Self::open`], with how a Maildir makes its batches durable.
+    pub fn open_with(
+        spec: &DestinationSpec,
+        spool: &Path,
+        tag: &str,
+        sync: SyncMode,
+    ) -> Result<Self, DestError> {
         Ok(match spec {
-            DestinationSpec::Maildir(dir) => Destination::Maildir(MaildirDest::open(dir, tag)?),
+            DestinationSpec::Maildir(dir) => {
+                Destination::Maildir(MaildirDest::open(dir, tag, sync)?)
+            }
             DestinationSpec::Mbox(path) => Destination::Mbox(MboxDest::open(path, spool)?),
             DestinationSpec::Mda(command) => Destination::Mda(MdaDest::open(command)),
         })
