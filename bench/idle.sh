@@ -14,7 +14,8 @@
 # then the median and the spread (min..max) per mode, in KiB per idle session.
 #
 # Environment (all optional):
-#   IDLE_DIR            the scratch folder [/tmp/facteur-idle-$UID]; emptied first
+#   IDLE_DIR            the scratch folder [/tmp/facteur-idle-$UID]; emptied first unless
+#                       it holds the seed of the same SESSIONS
 #   IDLE_PORT           plain port; POP3S is IDLE_PORT+1 [26110]
 #   FACTEUR_BIN         a facteur binary instead of building target/release/facteur
 #   FACTEUR_BENCH_BIN   a facteur-bench binary instead of target/release/facteur-bench
@@ -87,6 +88,9 @@ wait_port() { # port: until something listens on it (10 s at most)
     die "nothing listens on 127.0.0.1:$1 (see $SCRATCH/facteur.log)"
 }
 
+# The users, maildrops and certificate are kept for the next run with the same SESSIONS:
+# seeding takes a while on a busy machine.
+if [ ! -f "$SCRATCH/seeded-$SESSIONS" ]; then
 rm -rf "$SCRATCH"
 mkdir -p "$SCRATCH"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
@@ -97,15 +101,22 @@ sed "s/.*/$PASSWORD/" "$SCRATCH/names" | openssl passwd -6 -stdin |
     sed 's/^/{SHA512-CRYPT}/' | paste -d: "$SCRATCH/names" - >"$SCRATCH/users"
 "$PY" "$HERE/seed.py" "$SCRATCH/mail" "$SCRATCH/wire.bin" \
     --users "$SESSIONS" --huge 0 --big-mib 0 >/dev/null
+touch "$SCRATCH/seeded-$SESSIONS"
+fi
+rm -f "$SCRATCH/facteur.log"
+# Meant to run as an ordinary user; as root (a container), facteur must be told it may.
+ROOT_LINE=""
+[ "$(id -u)" -ne 0 ] || ROOT_LINE="allow_root = true"
 cat >"$SCRATCH/facteur.toml" <<EOF
 [server]
 listen = ["127.0.0.1:$PORT"]
 listen_tls = ["127.0.0.1:$TLS_PORT"]
 hostname = "localhost"
+$ROOT_LINE
 
 [limits]
-max_connections = 20000
-max_connections_per_ip = 10000
+max_connections = $((SESSIONS + 200))
+max_connections_per_ip = $((SESSIONS + 200))
 shutdown_grace_secs = 2
 
 [auth]
@@ -129,7 +140,7 @@ measure() { # mode: prints KiB per idle session
     local tls=()
     if [ "$mode" = pop3s ]; then
         port=$TLS_PORT
-        tls=(--mode pop3s --cafile "$SCRATCH/cert.pem" --server-name localhost)
+        tls=(--mode pop3s --insecure) # the self-signed certificate, as in compare.sh
     fi
     "$FACTEUR" serve -c "$SCRATCH/facteur.toml" 2>>"$SCRATCH/facteur.log" &
     FPID=$!
@@ -175,7 +186,10 @@ for run in $(seq "$RUNS"); do
         printf 'run %d  %-6s %7s KiB per idle session\n' "$run" "$mode" "$kib"
     done
 done
-echo "== $SESSIONS idle sessions, $RUNS runs ($(git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown))"
+if [ -n "${FACTEUR_BIN:-}" ]; then BUILD=$FACTEUR_BIN; else
+    BUILD=$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown)
+fi
+echo "== $SESSIONS idle sessions, $RUNS runs ($BUILD)"
 for mode in $MODES; do
     "$PY" - "$mode" ${FIGURES[$mode]} <<'EOF'
 import statistics, sys
