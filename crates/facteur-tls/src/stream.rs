@@ -266,11 +266,19 @@ impl ServerStream {
         }
     }
 
-    /// After an error, the alert rustls queued (if any) into `outgoing`, best effort.
+    /// After an error, the alert rustls queued (if any) into `outgoing`, best effort. rustls
+    /// hands out what it queued before it looks at the input again, and it is asked only while
+    /// something is queued (`wants_write`): a failed connection must not deframe its input
+    /// twice.
     fn queue_alerts(&mut self) {
         for _ in 0..4 {
-            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
-            match state {
+            if !self.conn.wants_write() {
+                break;
+            }
+            let UnbufferedStatus { discard, state } = self
+                .conn
+                .process_tls_records(&mut self.incoming[..self.in_used]);
+            let more = match state {
                 Ok(ConnectionState::EncodeTlsData(mut data)) => {
                     let start = self.outgoing.len();
                     let need = match data.encode(&mut []) {
@@ -280,9 +288,13 @@ impl ServerStream {
                     self.outgoing.resize(start + need, 0);
                     let written = data.encode(&mut self.outgoing[start..]).unwrap_or(0);
                     self.outgoing.truncate(start + written);
+                    true
                 }
-                Ok(ConnectionState::TransmitTlsData(data)) => data.done(),
-                _ => break,
+                _ => false,
+            };
+            self.discard(discard);
+            if !more {
+                break;
             }
         }
         // A last try to send it now, without waiting.
@@ -626,7 +638,8 @@ mod tests {
         assert!(srv.write(b"x").await.is_err());
     }
 
-    /// Plaintext sent before the handshake is not application data: the handshake fails.
+    /// Plaintext sent before the handshake is not application data: the handshake fails, with
+    /// an alert.
     #[tokio::test]
     async fn plaintext_instead_of_a_hello_fails_the_handshake() {
         let s = setup();
@@ -641,6 +654,14 @@ mod tests {
         tcp.write_all(b"USER bob\r\nPASS secret\r\n").await.unwrap();
         let r = timeout(LIMIT, accepting).await.unwrap().unwrap();
         assert!(r.is_err());
+        // The server said why: a fatal alert record (content type 21), then the end.
+        let mut answer = Vec::new();
+        timeout(LIMIT, tcp.read_to_end(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer.first(), Some(&21), "{answer:?}");
+        assert_eq!(answer.get(5), Some(&2), "a fatal alert: {answer:?}");
     }
 
     /// Sessions resume through this stream as through rustls' own (tickets for TLS 1.3,
