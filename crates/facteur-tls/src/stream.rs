@@ -604,6 +604,34 @@ mod tests {
         }
     }
 
+    /// A client's TLS 1.3 key update (asking for ours too) is answered: the traffic goes on
+    /// both ways under the new keys.
+    #[tokio::test]
+    async fn key_updates_are_answered() {
+        let s = setup();
+        let (mut srv, mut c) = pair(&s, &client_config(&s, &rustls::version::TLS13)).await;
+        for round in 0..3u8 {
+            c.get_mut().1.refresh_traffic_keys().unwrap();
+            c.write_all(&[b'a' + round; 10]).await.unwrap();
+            c.flush().await.unwrap();
+            let mut got = [0u8; 10];
+            timeout(LIMIT, srv.read_exact(&mut got))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got, [b'a' + round; 10]);
+            srv.write_all(b"+OK\r\n").await.unwrap();
+            srv.flush().await.unwrap();
+            let mut ok = [0u8; 5];
+            timeout(LIMIT, c.read_exact(&mut ok))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(&ok, b"+OK\r\n");
+        }
+        assert_eq!(srv.buffered_capacity(), 0);
+    }
+
     /// A TCP end without close_notify is an error, not the end of the data (a truncation).
     #[tokio::test]
     async fn tcp_end_without_close_notify_is_an_error() {
