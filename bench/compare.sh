@@ -726,13 +726,14 @@ done
 
 # --- workload 5: memory per idle authenticated session ----------------------------------------
 
-w5() { # name port server-pid
+w5() { # name port server-pid [facteur-bench TLS options]
     local name=$1 port=$2 pid=$3 i
+    shift 3
     local err=$RESULTS/w5-$name-bench-stderr.txt
     sleep 1
     "${PROBE[@]}" uss "$pid" >"$RESULTS/w5-$name-before.json"
     if [ "$PG_ON" = 1 ]; then "${PROBE[@]}" uss "$(pg_pid)" >"$RESULTS/w5-$name-pg-before.json"; fi
-    "$BENCH" --host 127.0.0.1 --port "$port" --user 'u%d' --password "$PASSWORD" \
+    "$BENCH" --host 127.0.0.1 --port "$port" "$@" --user 'u%d' --password "$PASSWORD" \
         --user-count "$IDLE_SESSIONS" --concurrency "$IDLE_SESSIONS" \
         --sessions "$IDLE_SESSIONS" --idle 90 --json >"$RESULTS/w5-$name-bench.json" 2>"$err" &
     BPID=$!
@@ -759,10 +760,12 @@ w5() { # name port server-pid
 # Each server is restarted first: the baseline must not hold memory that earlier workloads left
 # in the allocator (a 64 MiB RETR, a listing of 100,000 messages), which idle sessions would
 # then reuse unseen. A few sessions warm up what every server builds on first use.
-w5_fresh() { # name port start stop
-    $4
-    $3
-    bench /dev/null --port "$2" --user 'u%d' --user-count $USER_COUNT \
+w5_fresh() { # name port start stop [facteur-bench TLS options]
+    local port=$2 start=$3 stop=$4
+    shift 4
+    $stop
+    $start
+    bench /dev/null --port "$port" "$@" --user 'u%d' --user-count $USER_COUNT \
         --concurrency $CONCURRENCY --sessions $USER_COUNT
 }
 say "workload 5: memory per idle authenticated session ($IDLE_SESSIONS sessions), facteur"
@@ -771,6 +774,13 @@ w5 facteur $F_POP3 "$FPID"
 say "workload 5: memory per idle authenticated session ($IDLE_SESSIONS sessions), Dovecot"
 w5_fresh dovecot $D_POP3 start_dovecot stop_dovecot
 w5 dovecot $D_POP3 "$DPID"
+# The same over POP3S (implicit TLS): what a TLS session adds to an idle one (goal: <= 8 KiB).
+say "workload 5: memory per idle POP3S session ($IDLE_SESSIONS sessions), facteur"
+w5_fresh facteur $F_POP3S start_facteur stop_facteur --mode pop3s --insecure
+w5 facteur-pop3s $F_POP3S "$FPID" --mode pop3s --insecure
+say "workload 5: memory per idle POP3S session ($IDLE_SESSIONS sessions), Dovecot"
+w5_fresh dovecot $D_POP3S start_dovecot stop_dovecot --mode pop3s --insecure
+w5 dovecot-pop3s $D_POP3S "$DPID" --mode pop3s --insecure
 if [ "$PG_ON" = 1 ]; then
     say "workload 5: memory per idle authenticated session ($IDLE_SESSIONS sessions), facteur-pg"
     w5_fresh facteur-pg $P_POP3 start_pg_node stop_pg_node

@@ -374,6 +374,21 @@ def main():
         ratio is not None and ratio <= 0.05, f"{ratio:.3f}x (1/{1/ratio:.0f})" if ratio and ratio > 0 else (f"{ratio:.3f}x" if ratio is not None else "n/a"),
         dict(other=dv, facteur_before=fb, facteur_after=fa, dovecot_before=db, dovecot_after=da),
     )
+    # 5 over POP3S: the goal is facteur's own figure (a TLS session's state is most of it).
+    fv, fb, fa = w5_per_session(R, "facteur-pop3s", a.idle)
+    dv, db, da = w5_per_session(R, "dovecot-pop3s", a.idle)
+    for who, after in (("facteur", fa), ("Dovecot", da)):
+        if after and "error" in after:
+            notes.append(f"workload 5 POP3S {who}: {after['error']}")
+    ratio = fv / dv if fv and dv else None
+    add(
+        "5_memory_per_idle_session_pop3s",
+        f"5. private memory (USS) per idle POP3S session, {a.idle:,} sessions",
+        fv, fmt(dv, "KiB", 1), "KiB", 1, "<= 8 KiB", ratio,
+        fv is not None and fv <= 8,
+        f"{ratio:.3f}x" if ratio is not None else "n/a",
+        dict(other=dv, facteur_before=fb, facteur_after=fa, dovecot_before=db, dovecot_after=da),
+    )
 
     # Every setup side by side: facteur on Maildir, Dovecot, facteur on PostgreSQL (one node,
     # clients connect to it), and HAProxy in front of 1 and 3 nodes on that PostgreSQL.

@@ -166,12 +166,12 @@ pub async fn serve(
             metrics.session_ended(End::IoError.name(), started.elapsed());
             return;
         };
-        let handshake = tls.acceptor().accept(stream);
+        let handshake = facteur_tls::stream::accept(tls.config(), stream);
         match tokio::time::timeout_at(login_deadline, handshake).await {
             Ok(Ok(s)) => {
                 metrics.tls_handshake("pop3s", true);
                 warn_key_log(tls, &client);
-                Transport::Tls(Box::new(s))
+                Transport::Tls(s)
             }
             Ok(Err(e)) => {
                 metrics.tls_handshake("pop3s", false);
@@ -365,7 +365,18 @@ impl Connection {
         if *self.cut.borrow() {
             return Err(self.say_shutdown().await);
         }
-        let read = tokio::time::timeout_at(deadline, self.stream.read(&mut self.rbuf));
+        // Every byte read was taken by the framer: while the client is silent, hold no buffer
+        // (an idle session's memory), and take one back once there is something to read.
+        self.rbuf = Box::default();
+        if self.out.is_empty() {
+            self.out = Vec::new();
+        }
+        let (stream, rbuf) = (&mut self.stream, &mut self.rbuf);
+        let read = tokio::time::timeout_at(deadline, async move {
+            stream.readable().await?;
+            *rbuf = vec![0u8; defaults::READ_BUFFER].into_boxed_slice();
+            stream.read(rbuf).await
+        });
         tokio::select! {
             r = read => match r {
                 Ok(Ok(0)) => Err(End::ClientClosed),
@@ -677,17 +688,22 @@ impl Connection {
         let Some(tls) = &self.shared.tls else {
             return Step::End(End::IoError);
         };
-        let acceptor = tls.acceptor();
+        let config = tls.config();
         let Transport::Plain(tcp) = std::mem::replace(&mut self.stream, Transport::Detached) else {
             return Step::End(End::IoError);
         };
-        match tokio::time::timeout_at(self.login_deadline, acceptor.accept(tcp)).await {
+        match tokio::time::timeout_at(
+            self.login_deadline,
+            facteur_tls::stream::accept(config, tcp),
+        )
+        .await
+        {
             Ok(Ok(tls)) => {
                 self.shared.metrics.tls_handshake("stls", true);
                 if let Some(state) = &self.shared.tls {
                     warn_key_log(state, &self.peer);
                 }
-                self.stream = Transport::Tls(Box::new(tls));
+                self.stream = Transport::Tls(tls);
                 let client_cert = self.stream.client_certificate().is_some();
                 let mechanisms = self.shared.sasl_mechanisms(true, &self.peer, client_cert);
                 self.session.set_tls_active(true, mechanisms);

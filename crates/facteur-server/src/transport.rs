@@ -1,16 +1,17 @@
 //! The byte stream under a POP3 session: plain TCP, or TLS over TCP (after STLS, or from the
 //! first byte on a POP3S listener). One type, so the session driver does not care which.
 
+use facteur_tls::stream::ServerStream;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 
 pub enum Transport {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    /// rustls' unbuffered connection with buffers freed while idle ([`facteur_tls::stream`]).
+    Tls(Box<ServerStream>),
     /// Between taking the TCP stream out for a handshake and putting the TLS stream back.
     Detached,
 }
@@ -24,7 +25,7 @@ impl Transport {
     pub fn tls_summary(&self) -> Option<String> {
         match self {
             Transport::Tls(s) => {
-                let c = s.get_ref().1;
+                let c = s.connection();
                 Some(format!(
                     "{:?} {:?}",
                     c.protocol_version()?,
@@ -39,12 +40,23 @@ impl Transport {
     pub fn client_certificate(&self) -> Option<&[u8]> {
         match self {
             Transport::Tls(s) => s
-                .get_ref()
-                .1
+                .connection()
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .map(|c| c.as_ref()),
             _ => None,
+        }
+    }
+}
+
+impl Transport {
+    /// Until there is something to read (or an end, or an error, that a read would return),
+    /// without holding a read buffer.
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            Transport::Plain(s) => s.readable().await,
+            Transport::Tls(s) => s.readable().await,
+            Transport::Detached => Err(detached()),
         }
     }
 }

@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod key_log;
+pub mod stream;
 pub mod verify;
 pub use key_log::{KeyLogError, KeyLogWriter};
 pub use verify::{system_roots, trusted_file, PinningVerifier, TrustError};
@@ -267,6 +268,14 @@ impl TlsState {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         TlsAcceptor::from(config)
+    }
+
+    /// The configuration in force now (for [`stream::accept`]).
+    pub fn config(&self) -> Arc<rustls::ServerConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Whether a client CA is configured (so EXTERNAL can be offered under TLS).

@@ -1,0 +1,722 @@
+//! The server's TLS stream over TCP, lean while idle: rustls' unbuffered connection driven by
+//! buffers of our own, each freed as soon as it is empty.
+//!
+//! rustls' buffered `ServerConnection` (what tokio-rustls drives) keeps a 4 KiB buffer for the
+//! TLS records it reads for as long as the connection lives, and tokio-rustls adds its own
+//! state around it. A POP3 session spends most of its life waiting for the next command: this
+//! stream waits for the socket to become readable without holding any buffer, reads the TLS
+//! records into a buffer it frees once they are decrypted, hands the plaintext over from a
+//! buffer it frees once read, and frees the encrypted output once the socket took it. An idle
+//! session keeps only rustls' own connection state (keys, the handshake's outcome).
+//!
+//! Nothing is weakened: every record still goes through rustls' state machine
+//! ([`rustls::server::UnbufferedServerConnection`]); alerts rustls queues are sent;
+//! `close_notify` is sent on shutdown and a peer's `close_notify` is the end of the stream,
+//! while a TCP end without one is an error ([`io::ErrorKind::UnexpectedEof`]), as with rustls'
+//! buffered API. Time limits are the caller's: every method here returns `Pending` while the
+//! peer is silent, so the caller's deadline applies.
+
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
+};
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// The first size of the buffer that receives TLS records: a client's command fits, a hello
+/// with a post-quantum key share takes one doubling. Small, because a server accepting many
+/// sessions at once holds one per session in a handshake or a read, and the allocator keeps
+/// that peak.
+const READ_CHUNK: usize = 1024;
+/// The most TLS input held at once: one handshake message rustls accepts (64 KiB) split over
+/// records, with their headers. A peer sending more without completing a message is cut.
+const MAX_INCOMING: usize = 0x10000 + 16 * 1024 + 8 * 512;
+/// The most plaintext encrypted by one `poll_write`: four full records.
+const MAX_WRITE: usize = 4 * 16 * 1024;
+
+/// A TLS server stream over TCP (see the module's documentation).
+pub struct ServerStream {
+    tcp: TcpStream,
+    conn: UnbufferedServerConnection,
+    /// TLS records received and not yet processed: `incoming[..in_used]`; empty (no
+    /// allocation) while nothing is pending.
+    incoming: Vec<u8>,
+    in_used: usize,
+    /// Decrypted application data not yet read: `plain[plain_pos..]`; freed once read.
+    plain: Vec<u8>,
+    plain_pos: usize,
+    /// TLS records to send: `outgoing[out_pos..]`; freed once sent.
+    outgoing: Vec<u8>,
+    out_pos: usize,
+    /// The peer sent close_notify: the end of its data.
+    peer_closed: bool,
+    /// We queued our close_notify.
+    close_sent: bool,
+    /// The TCP stream ended (without close_notify if `peer_closed` is false).
+    tcp_eof: bool,
+    /// rustls failed on the peer's data: every later call fails the same way.
+    failed: Option<rustls::Error>,
+}
+
+/// What driving the connection reached.
+enum Reached {
+    /// The handshake needs more records from the peer.
+    Handshaking,
+    /// Application data may flow; `usize` is the plaintext encrypted (see [`ServerStream::drive`]).
+    Traffic(usize),
+    /// Both sides sent close_notify.
+    Closed,
+}
+
+/// Handshake as the server over `tcp` with `config`; the caller bounds the time it may take.
+/// The stream is boxed from the start: the future of a handshake stays small, and so does the
+/// task of every session that awaits one.
+pub async fn accept(
+    config: Arc<rustls::ServerConfig>,
+    tcp: TcpStream,
+) -> io::Result<Box<ServerStream>> {
+    let conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
+    let mut s = Box::new(ServerStream {
+        tcp,
+        conn,
+        incoming: Vec::new(),
+        in_used: 0,
+        plain: Vec::new(),
+        plain_pos: 0,
+        outgoing: Vec::new(),
+        out_pos: 0,
+        peer_closed: false,
+        close_sent: false,
+        tcp_eof: false,
+        failed: None,
+    });
+    loop {
+        let reached = s.drive(None, false);
+        // Our flight (or the alert that ends the handshake) goes out before anything else.
+        poll_fn(|cx| s.poll_send(cx)).await?;
+        match reached? {
+            Reached::Traffic(_) if !s.conn.is_handshaking() => return Ok(s),
+            Reached::Closed => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the peer closed the connection during the TLS handshake",
+                ))
+            }
+            _ => {}
+        }
+        if poll_fn(|cx| s.poll_fill(cx)).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "tls handshake eof",
+            ));
+        }
+    }
+}
+
+fn insufficient(e: InsufficientSizeError) -> usize {
+    e.required_size
+}
+
+impl ServerStream {
+    /// The TCP stream under the TLS (for its address and socket options).
+    pub fn get_ref(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// The TLS connection's state: protocol version, cipher suite, peer certificates.
+    pub fn connection(&self) -> &rustls::CommonState {
+        &self.conn
+    }
+
+    /// Bytes held in buffers now (for tests: an idle stream holds none).
+    pub fn buffered_capacity(&self) -> usize {
+        self.incoming.capacity() + self.plain.capacity() + self.outgoing.capacity()
+    }
+
+    /// Until a read may return something (data, the end, an error) without waiting, holding
+    /// no buffer meanwhile. Records that carry no data (a ticket, a key update) may make a read
+    /// wait after all: the caller's deadline covers the read too.
+    pub async fn readable(&self) -> io::Result<()> {
+        if self.plain_pos < self.plain.len()
+            || self.peer_closed
+            || self.tcp_eof
+            || self.failed.is_some()
+        {
+            return Ok(());
+        }
+        self.tcp.readable().await
+    }
+
+    fn fail(&mut self, e: rustls::Error) -> io::Error {
+        self.failed = Some(e.clone());
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    }
+
+    /// Process every complete record received: application data to `plain`, rustls' own
+    /// records (handshake, tickets, key updates, alerts) to `outgoing`. When application data
+    /// may be sent, encrypt `app` (at most [`MAX_WRITE`] of it) and, if `close`, a
+    /// close_notify, into `outgoing`.
+    fn drive(&mut self, app: Option<&[u8]>, close: bool) -> io::Result<Reached> {
+        if let Some(e) = &self.failed {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e.clone()));
+        }
+        loop {
+            let UnbufferedStatus { discard, state } = self
+                .conn
+                .process_tls_records(&mut self.incoming[..self.in_used]);
+            let state = match state {
+                Ok(state) => state,
+                Err(e) => {
+                    self.discard(discard);
+                    self.queue_alerts();
+                    return Err(self.fail(e));
+                }
+            };
+            let result = match state {
+                ConnectionState::ReadTraffic(mut records) => {
+                    let mut failed = None;
+                    while let Some(record) = records.next_record() {
+                        match record {
+                            Ok(r) => {
+                                if self.plain_pos == self.plain.len() {
+                                    self.plain.clear();
+                                    self.plain_pos = 0;
+                                }
+                                self.plain.extend_from_slice(r.payload);
+                            }
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    failed.map(|e| {
+                        self.failed = Some(e.clone());
+                        Err(io::Error::new(io::ErrorKind::InvalidData, e))
+                    })
+                }
+                ConnectionState::EncodeTlsData(mut data) => {
+                    let start = self.outgoing.len();
+                    let need = match data.encode(&mut []) {
+                        Err(EncodeError::InsufficientSize(e)) => insufficient(e),
+                        _ => 0,
+                    };
+                    self.outgoing.resize(start + need, 0);
+                    let written = data.encode(&mut self.outgoing[start..]).unwrap_or(0);
+                    self.outgoing.truncate(start + written);
+                    None
+                }
+                // Queued in `outgoing`, which goes out, in order, before anything queued later.
+                ConnectionState::TransmitTlsData(data) => {
+                    data.done();
+                    None
+                }
+                ConnectionState::BlockedHandshake => Some(Ok(Reached::Handshaking)),
+                ConnectionState::PeerClosed => {
+                    self.peer_closed = true;
+                    None
+                }
+                ConnectionState::Closed => {
+                    self.peer_closed = true;
+                    Some(Ok(Reached::Closed))
+                }
+                ConnectionState::WriteTraffic(mut traffic) => {
+                    let mut taken = 0;
+                    let mut result = Ok(());
+                    if let Some(app) = app.filter(|a| !a.is_empty()) {
+                        let app = &app[..app.len().min(MAX_WRITE)];
+                        result = encrypt_into(&mut self.outgoing, |out| traffic.encrypt(app, out));
+                        taken = app.len();
+                    }
+                    if result.is_ok() && close && !self.close_sent {
+                        result =
+                            encrypt_into(&mut self.outgoing, |out| traffic.queue_close_notify(out));
+                        self.close_sent = true;
+                    }
+                    Some(result.map(|()| Reached::Traffic(taken)))
+                }
+                // The configuration accepts no early data; anything else is unknown to us.
+                _ => Some(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "unexpected TLS connection state",
+                ))),
+            };
+            self.discard(discard);
+            if let Some(result) = result {
+                return result;
+            }
+        }
+    }
+
+    /// Drop the first `n` bytes of the input; free the buffer once empty.
+    fn discard(&mut self, n: usize) {
+        let n = n.min(self.in_used);
+        if n == 0 {
+            return;
+        }
+        self.incoming.copy_within(n..self.in_used, 0);
+        self.in_used -= n;
+        if self.in_used == 0 {
+            self.incoming = Vec::new();
+        }
+    }
+
+    /// After an error, the alert rustls queued (if any) into `outgoing`, best effort. rustls
+    /// hands out what it queued before it looks at the input again, and it is asked only while
+    /// something is queued (`wants_write`): a failed connection must not deframe its input
+    /// twice.
+    fn queue_alerts(&mut self) {
+        for _ in 0..4 {
+            if !self.conn.wants_write() {
+                break;
+            }
+            let UnbufferedStatus { discard, state } = self
+                .conn
+                .process_tls_records(&mut self.incoming[..self.in_used]);
+            let more = match state {
+                Ok(ConnectionState::EncodeTlsData(mut data)) => {
+                    let start = self.outgoing.len();
+                    let need = match data.encode(&mut []) {
+                        Err(EncodeError::InsufficientSize(e)) => insufficient(e),
+                        _ => 0,
+                    };
+                    self.outgoing.resize(start + need, 0);
+                    let written = data.encode(&mut self.outgoing[start..]).unwrap_or(0);
+                    self.outgoing.truncate(start + written);
+                    true
+                }
+                _ => false,
+            };
+            self.discard(discard);
+            if !more {
+                break;
+            }
+        }
+        // A last try to send it now, without waiting.
+        while self.out_pos < self.outgoing.len() {
+            match self.tcp.try_write(&self.outgoing[self.out_pos..]) {
+                Ok(n) if n > 0 => self.out_pos += n,
+                _ => break,
+            }
+        }
+    }
+
+    /// Send `outgoing` to the socket; free it once sent.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_pos < self.outgoing.len() {
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.outgoing[self.out_pos..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out_pos += n;
+        }
+        self.outgoing = Vec::new();
+        self.out_pos = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Read more TLS records from the socket: wait for it to be readable holding no buffer,
+    /// then read into one. `Ok(0)`: the TCP stream ended.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.tcp_eof {
+            return Poll::Ready(Ok(0));
+        }
+        loop {
+            ready!(self.tcp.poll_read_ready(cx))?;
+            if self.in_used == self.incoming.len() {
+                if self.incoming.len() >= MAX_INCOMING {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "TLS message too large",
+                    )));
+                }
+                let grown = (self.incoming.len() * 2).clamp(READ_CHUNK, MAX_INCOMING);
+                self.incoming.resize(grown, 0);
+            }
+            match self.tcp.try_read(&mut self.incoming[self.in_used..]) {
+                Ok(n) => {
+                    self.in_used += n;
+                    if self.in_used == 0 {
+                        self.incoming = Vec::new();
+                    }
+                    if n == 0 {
+                        self.tcp_eof = true;
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.in_used == 0 {
+                        self.incoming = Vec::new();
+                    }
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+/// Encrypt with `f` at the end of `out`, growing it to the size rustls asks for.
+fn encrypt_into(
+    out: &mut Vec<u8>,
+    mut f: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
+) -> io::Result<()> {
+    let start = out.len();
+    let need = match f(&mut []) {
+        Ok(n) => {
+            out.truncate(start + n);
+            return Ok(());
+        }
+        Err(EncryptError::InsufficientSize(e)) => insufficient(e),
+        Err(e) => return Err(io::Error::other(e)),
+    };
+    out.resize(start + need, 0);
+    match f(&mut out[start..]) {
+        Ok(n) => {
+            out.truncate(start + n);
+            Ok(())
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(io::Error::other(e))
+        }
+    }
+}
+
+impl AsyncRead for ServerStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.plain_pos < this.plain.len() {
+                let n = buf.remaining().min(this.plain.len() - this.plain_pos);
+                buf.put_slice(&this.plain[this.plain_pos..this.plain_pos + n]);
+                this.plain_pos += n;
+                if this.plain_pos == this.plain.len() {
+                    this.plain = Vec::new();
+                    this.plain_pos = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.peer_closed {
+                return Poll::Ready(Ok(()));
+            }
+            let reached = this.drive(None, false);
+            // Records rustls answers by itself (a key update) go out now, if the socket takes
+            // them; otherwise with the next write or flush.
+            if this.out_pos < this.outgoing.len() {
+                if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+                    return Poll::Ready(Err(e));
+                }
+            }
+            if let Reached::Closed = reached? {
+                continue;
+            }
+            if this.plain_pos < this.plain.len() || this.peer_closed {
+                continue;
+            }
+            if ready!(this.poll_fill(cx))? == 0 {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed connection without sending TLS close_notify",
+                )));
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ServerStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        // What was encrypted before goes out first: the output never holds more than one write.
+        ready!(this.poll_send(cx))?;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        match this.drive(Some(buf), false)? {
+            Reached::Traffic(n) => {
+                // Send now what the socket takes; the rest with the next write or flush.
+                if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Ready(Ok(n))
+            }
+            Reached::Handshaking | Reached::Closed => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the TLS connection cannot send application data",
+            ))),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.close_sent && this.failed.is_none() {
+            // Queue close_notify (after whatever is still to send).
+            let _ = this.drive(None, true);
+            this.close_sent = true;
+        }
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+#[cfg(feature = "dev-cert")]
+mod tests {
+    use super::*;
+    use crate::{load, provider, read_certificates, write_self_signed, PROTOCOL_VERSIONS};
+    use rustls::pki_types::ServerName;
+    use rustls::HandshakeKind;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::time::{timeout, Duration};
+    use tokio_rustls::TlsConnector;
+
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        server: Arc<rustls::ServerConfig>,
+        roots: rustls::RootCertStore,
+    }
+
+    fn setup() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_self_signed(dir.path()).unwrap();
+        let server = load(&files).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in read_certificates(&files.certificate).unwrap() {
+            roots.add(cert).unwrap();
+        }
+        Setup {
+            _dir: dir,
+            server,
+            roots,
+        }
+    }
+
+    fn client_config(
+        s: &Setup,
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> Arc<rustls::ClientConfig> {
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider())
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(s.roots.clone())
+                .with_no_client_auth(),
+        )
+    }
+
+    /// A connected pair: our server stream and a tokio-rustls client, handshake done.
+    async fn pair(
+        s: &Setup,
+        client: &Arc<rustls::ClientConfig>,
+    ) -> (
+        Box<ServerStream>,
+        tokio_rustls::client::TlsStream<TcpStream>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = s.server.clone();
+        let accepting = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            accept(server, tcp).await
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let connector = TlsConnector::from(client.clone());
+        let name = ServerName::try_from("localhost").unwrap();
+        let c = timeout(LIMIT, connector.connect(name, tcp))
+            .await
+            .unwrap()
+            .unwrap();
+        let srv = timeout(LIMIT, accepting).await.unwrap().unwrap().unwrap();
+        (srv, c)
+    }
+
+    /// Commands in, answers out, both TLS versions: the stream holds no buffer between
+    /// commands, whatever the sizes; close_notify both ways ends the streams cleanly.
+    #[tokio::test]
+    async fn traffic_leaves_no_buffer_and_closes_cleanly() {
+        let s = setup();
+        for version in PROTOCOL_VERSIONS {
+            let (mut srv, mut c) = pair(&s, &client_config(&s, version)).await;
+            assert!(srv.connection().protocol_version().is_some());
+            for size in [5usize, 1000, 20_000, 200_000] {
+                let command: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
+                c.write_all(&command).await.unwrap();
+                c.flush().await.unwrap();
+                let mut got = vec![0u8; size];
+                timeout(LIMIT, srv.read_exact(&mut got))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(got, command);
+                assert_eq!(srv.buffered_capacity(), 0, "after reading {size} octets");
+                let answer: Vec<u8> = command.iter().rev().copied().collect();
+                let reader = tokio::spawn(async move {
+                    let mut back = vec![0u8; size];
+                    c.read_exact(&mut back).await.unwrap();
+                    (c, back)
+                });
+                timeout(LIMIT, srv.write_all(&answer))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                timeout(LIMIT, srv.flush()).await.unwrap().unwrap();
+                assert_eq!(srv.buffered_capacity(), 0, "after writing {size} octets");
+                let (back_c, back) = timeout(LIMIT, reader).await.unwrap().unwrap();
+                c = back_c;
+                assert_eq!(back, answer);
+            }
+            // The client's close_notify is the end of the stream; ours ends the client's.
+            c.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            timeout(LIMIT, srv.read_to_end(&mut rest))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(rest.is_empty());
+            timeout(LIMIT, srv.shutdown()).await.unwrap().unwrap();
+            let mut rest = Vec::new();
+            timeout(LIMIT, c.read_to_end(&mut rest))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(rest.is_empty());
+        }
+    }
+
+    /// A client's TLS 1.3 key update (asking for ours too) is answered: the traffic goes on
+    /// both ways under the new keys.
+    #[tokio::test]
+    async fn key_updates_are_answered() {
+        let s = setup();
+        let (mut srv, mut c) = pair(&s, &client_config(&s, &rustls::version::TLS13)).await;
+        for round in 0..3u8 {
+            c.get_mut().1.refresh_traffic_keys().unwrap();
+            c.write_all(&[b'a' + round; 10]).await.unwrap();
+            c.flush().await.unwrap();
+            let mut got = [0u8; 10];
+            timeout(LIMIT, srv.read_exact(&mut got))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got, [b'a' + round; 10]);
+            srv.write_all(b"+OK\r\n").await.unwrap();
+            srv.flush().await.unwrap();
+            let mut ok = [0u8; 5];
+            timeout(LIMIT, c.read_exact(&mut ok))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(&ok, b"+OK\r\n");
+        }
+        assert_eq!(srv.buffered_capacity(), 0);
+    }
+
+    /// A TCP end without close_notify is an error, not the end of the data (a truncation).
+    #[tokio::test]
+    async fn tcp_end_without_close_notify_is_an_error() {
+        let s = setup();
+        let (mut srv, c) = pair(&s, &client_config(&s, &rustls::version::TLS13)).await;
+        let (mut tcp, _) = c.into_inner();
+        // A FIN (not a drop: unread tickets would make it a reset).
+        tcp.shutdown().await.unwrap();
+        let mut buf = [0u8; 16];
+        let e = timeout(LIMIT, srv.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    /// Garbage instead of a record fails the stream (and every later call), holding nothing.
+    #[tokio::test]
+    async fn garbage_fails_the_stream() {
+        let s = setup();
+        let (mut srv, c) = pair(&s, &client_config(&s, &rustls::version::TLS13)).await;
+        let (mut tcp, _) = c.into_inner();
+        tcp.write_all(&[23, 3, 3, 0, 40]).await.unwrap();
+        tcp.write_all(&[0x55; 40]).await.unwrap();
+        let mut buf = [0u8; 16];
+        let e = timeout(LIMIT, srv.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(srv.read(&mut buf).await.is_err());
+        assert!(srv.write(b"x").await.is_err());
+    }
+
+    /// Plaintext sent before the handshake is not application data: the handshake fails, with
+    /// an alert.
+    #[tokio::test]
+    async fn plaintext_instead_of_a_hello_fails_the_handshake() {
+        let s = setup();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = s.server.clone();
+        let accepting = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            accept(server, tcp).await.map(|_| ())
+        });
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"USER bob\r\nPASS secret\r\n").await.unwrap();
+        let r = timeout(LIMIT, accepting).await.unwrap().unwrap();
+        assert!(r.is_err());
+        // The server said why: a fatal alert record (content type 21), then the end.
+        let mut answer = Vec::new();
+        timeout(LIMIT, tcp.read_to_end(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer.first(), Some(&21), "{answer:?}");
+        assert_eq!(answer.get(5), Some(&2), "a fatal alert: {answer:?}");
+    }
+
+    /// Sessions resume through this stream as through rustls' own (tickets for TLS 1.3,
+    /// tickets or the cache for TLS 1.2).
+    #[tokio::test]
+    async fn sessions_resume() {
+        let s = setup();
+        for version in PROTOCOL_VERSIONS {
+            let client = client_config(&s, version);
+            let (mut srv, mut c) = pair(&s, &client).await;
+            assert_eq!(c.get_ref().1.handshake_kind(), Some(HandshakeKind::Full));
+            // TLS 1.3 tickets arrive after the handshake: read something to take them in.
+            srv.write_all(b"+OK\r\n").await.unwrap();
+            srv.flush().await.unwrap();
+            let mut ok = [0u8; 5];
+            timeout(LIMIT, c.read_exact(&mut ok))
+                .await
+                .unwrap()
+                .unwrap();
+            c.shutdown().await.unwrap();
+            drop((srv, c));
+            let (_srv, c) = pair(&s, &client).await;
+            assert_eq!(
+                c.get_ref().1.handshake_kind(),
+                Some(HandshakeKind::Resumed),
+                "{version:?}"
+            );
+        }
+    }
+}
