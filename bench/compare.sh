@@ -722,6 +722,9 @@ for round in $(seq 0 "$W3_RUNS"); do
     fi
     "${PROBE[@]}" raw "$SCRATCH/wire.bin" --runs 1 >"$RESULTS/w3-raw-r$round.json"
     "${PROBE[@]}" raw "$SCRATCH/wire.bin" --runs 1 --copy >"$RESULTS/w3-raw-copy-r$round.json"
+    # The same client's limit over TLS: a sender that encrypts the wire bytes from memory.
+    "${PROBE[@]}" raw "$SCRATCH/wire.bin" --runs 1 --tls "$SCRATCH/cert.pem" "$SCRATCH/key.pem" \
+        >"$RESULTS/w3-raw-tls-r$round.json"
 done
 
 # --- workload 5: memory per idle authenticated session ----------------------------------------

@@ -18,6 +18,12 @@
       --copy the sender reads 64 KiB blocks and sends them instead (what a server that must
       look at the bytes, as a POP3 server must, can do at best).
 
+  probe.py raw WIRE_FILE --tls CERT KEY [--runs N]
+      The limit for RETR over POP3S, for this client: the sender holds WIRE_FILE in memory and
+      writes it through Python's OpenSSL (TLS 1.3, AES-128-GCM, the suite facteur's servers
+      choose first) in 1 MiB calls; the receiver is `retr --tls`'s code. What the client
+      can decrypt, with a sender that reads no file and looks at no byte.
+
   probe.py cpu PID...
       CPU seconds (user + system) used so far by each PID and all its descendants, including
       descendants that have exited and been reaped (their time is in their parent's cutime and
@@ -143,6 +149,12 @@ def cmd_uidl(a):
     return {"secs": secs, "uidl_lines": lines - 1, "octets": octets, "stat_secs": stat_secs}
 
 
+def cipher_of(c):
+    """The TLS version and suite a session negotiated, or None for plain TCP."""
+    cipher = getattr(c.sock, "cipher", None)
+    return list(cipher()[:2]) if cipher else None
+
+
 def cmd_retr(a):
     c = Pop3(a.host, a.port, tls=a.tls)
     c.ok("greeting")
@@ -154,8 +166,22 @@ def cmd_retr(a):
         c.ok("RETR")
         octets, _ = c.multiline()
         runs.append({"secs": time.perf_counter() - t0, "octets": octets})
+    cipher = cipher_of(c)
     c.quit()
-    return {"runs": runs}
+    return {"runs": runs, "cipher": cipher}
+
+
+# The sender of `raw --tls`: only TLS 1.3's AES-128-GCM, which facteur's servers choose first
+# (Python has no call to set TLS 1.3 suites; OpenSSL's configuration file does it).
+OPENSSL_AES128 = """openssl_conf = init
+[init]
+ssl_conf = ssl
+[ssl]
+system_default = tls
+[tls]
+MinProtocol = TLSv1.3
+Ciphersuites = TLS_AES_128_GCM_SHA256
+"""
 
 
 def cmd_raw_serve(a):
@@ -165,6 +191,20 @@ def cmd_raw_serve(a):
     conn, _ = srv.accept()
     srv.close()
     size = os.path.getsize(a.wire)
+    if a.tls:
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(a.tls[0], a.tls[1])
+        with open(a.wire, "rb") as f:
+            data = memoryview(f.read())
+        conn = ctx.wrap_socket(conn, server_side=True)
+        with conn:
+            reader = conn.makefile("rb")
+            while reader.readline():
+                for at in range(0, size, 1 << 20):
+                    conn.sendall(data[at : at + (1 << 20)])
+        return None
     with open(a.wire, "rb") as f, conn:
         reader = conn.makefile("rb")
         block = bytearray(64 * 1024)
@@ -181,24 +221,38 @@ def cmd_raw_serve(a):
 
 
 def cmd_raw(a):
+    env = None
+    conf = None
+    if a.tls:
+        import tempfile
+
+        conf = tempfile.NamedTemporaryFile("w", suffix=".cnf", delete=False)
+        conf.write(OPENSSL_AES128)
+        conf.close()
+        env = dict(os.environ, OPENSSL_CONF=conf.name)
     sender = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "raw-serve", a.wire]
-        + (["--copy"] if a.copy else []),
+        + (["--copy"] if a.copy else [])
+        + (["--tls", a.tls[0], a.tls[1]] if a.tls else []),
         stdout=subprocess.PIPE,
+        env=env,
     )
     try:
         port = int(sender.stdout.readline())
-        c = Pop3("127.0.0.1", port)
+        c = Pop3("127.0.0.1", port, tls=bool(a.tls))
         runs = []
         for _ in range(a.runs):
             t0 = time.perf_counter()
             c.send("SEND")
             octets, _ = c.multiline()
             runs.append({"secs": time.perf_counter() - t0, "octets": octets})
+        cipher = cipher_of(c)
         c.sock.close()
     finally:
         sender.wait(timeout=30)
-    return {"runs": runs}
+        if conf is not None:
+            os.unlink(conf.name)
+    return {"runs": runs, "cipher": cipher}
 
 
 def children_map():
@@ -281,9 +335,11 @@ def main():
     s.add_argument("wire")
     s.add_argument("--runs", type=int, default=4)
     s.add_argument("--copy", action="store_true")
+    s.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     s = sub.add_parser("raw-serve")
     s.add_argument("wire")
     s.add_argument("--copy", action="store_true")
+    s.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     for name in ("uss", "cpu"):
         s = sub.add_parser(name)
         s.add_argument("pids", type=int, nargs="+")

@@ -311,14 +311,23 @@ def main():
         ratio is not None and ratio >= 0.90, f"{ratio:.0%} of raw" if ratio else "n/a",
         dict(other=raw, facteur_runs=fcruns, dovecot=dc, dovecot_runs=dcruns, raw_runs=rawruns),
     )
+    rawtls, rawtlsruns = median_mb_per_sec(R, "raw-tls", a.w3_runs)
     ratio = ft / fc if ft and fc else None
     add(
         "3_retr_crlf_pop3s", "3. the same over POP3S, against facteur's plain RETR",
         ft, "plain " + fmt(fc, "MB/s") + (f"; Dovecot POP3S {fmt(dt, 'MB/s')}" if dt else ""),
         "MB/s", 0, ">= 70% of plain", ratio,
         ratio is not None and ratio >= 0.70, f"{ratio:.0%} of plain" if ratio else "n/a",
-        dict(other=fc, facteur_runs=ftruns, dovecot=dt, dovecot_runs=dtruns),
+        dict(other=fc, facteur_runs=ftruns, dovecot=dt, dovecot_runs=dtruns,
+             raw_tls=rawtls, raw_tls_runs=rawtlsruns),
     )
+    if rawtls:
+        extra_rows.append((
+            "3. POP3S RETR against the same client's TLS limit (a sender encrypting from memory)",
+            fmt(ft, "MB/s") + (f" ({ft / rawtls:.0%})" if ft else ""),
+            fmt(dt, "MB/s") + (f" ({dt / rawtls:.0%})" if dt else ""),
+            "raw TLS copy " + fmt(rawtls, "MB/s") + " (TLS 1.3, AES-128-GCM)",
+        ))
 
     # 4: login + UIDL on the big maildrop.
     for kind in ("dropped", "cold", "warm"):
