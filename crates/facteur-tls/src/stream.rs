@@ -122,6 +122,21 @@ fn insufficient(e: InsufficientSizeError) -> usize {
     e.required_size
 }
 
+/// Appends the handshake or alert record rustls has ready to `outgoing`, sized as rustls asks.
+fn encode_into(
+    outgoing: &mut Vec<u8>,
+    data: &mut rustls::unbuffered::EncodeTlsData<'_, rustls::server::ServerConnectionData>,
+) {
+    let start = outgoing.len();
+    let need = match data.encode(&mut []) {
+        Err(EncodeError::InsufficientSize(e)) => insufficient(e),
+        _ => 0,
+    };
+    outgoing.resize(start + need, 0);
+    let written = data.encode(&mut outgoing[start..]).unwrap_or(0);
+    outgoing.truncate(start + written);
+}
+
 impl ServerStream {
     /// The TCP stream under the TLS (for its address and socket options).
     pub fn get_ref(&self) -> &TcpStream {
@@ -201,14 +216,7 @@ impl ServerStream {
                     })
                 }
                 ConnectionState::EncodeTlsData(mut data) => {
-                    let start = self.outgoing.len();
-                    let need = match data.encode(&mut []) {
-                        Err(EncodeError::InsufficientSize(e)) => insufficient(e),
-                        _ => 0,
-                    };
-                    self.outgoing.resize(start + need, 0);
-                    let written = data.encode(&mut self.outgoing[start..]).unwrap_or(0);
-                    self.outgoing.truncate(start + written);
+                    encode_into(&mut self.outgoing, &mut data);
                     None
                 }
                 // Queued in `outgoing`, which goes out, in order, before anything queued later.
@@ -280,14 +288,7 @@ impl ServerStream {
                 .process_tls_records(&mut self.incoming[..self.in_used]);
             let more = match state {
                 Ok(ConnectionState::EncodeTlsData(mut data)) => {
-                    let start = self.outgoing.len();
-                    let need = match data.encode(&mut []) {
-                        Err(EncodeError::InsufficientSize(e)) => insufficient(e),
-                        _ => 0,
-                    };
-                    self.outgoing.resize(start + need, 0);
-                    let written = data.encode(&mut self.outgoing[start..]).unwrap_or(0);
-                    self.outgoing.truncate(start + written);
+                    encode_into(&mut self.outgoing, &mut data);
                     true
                 }
                 _ => false,
