@@ -211,6 +211,10 @@ pub fn load(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     // process; new keys at each reload) cost no memory per client; the cache serves TLS 1.2
     // clients that resume by session id.
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    // One ticket per session, not rustls' default two (meant for browsers opening connections
+    // in parallel): a mail client reconnects one session after another, and each resumed
+    // session hands it the next ticket. One ticket sealed and sent less per session.
+    config.send_tls13_tickets = 1;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
     Ok(Arc::new(config))
 }
