@@ -166,7 +166,8 @@ pub async fn serve(
             metrics.session_ended(End::IoError.name(), started.elapsed());
             return;
         };
-        let handshake = facteur_tls::stream::accept(tls.config(), stream);
+        // Boxed for the same reason as `handle_event`: only the handshake needs its room.
+        let handshake = Box::pin(facteur_tls::stream::accept(tls.config(), stream));
         match tokio::time::timeout_at(login_deadline, handshake).await {
             Ok(Ok(s)) => {
                 metrics.tls_handshake("pop3s", true);
@@ -321,7 +322,10 @@ impl Connection {
                 };
                 let mut next = event.map(|event| (event, before));
                 while let Some((event, before)) = next.take() {
-                    match self.handle_event(event, before).await {
+                    // Boxed: the futures of a login, a RETR, a SASL exchange or the UPDATE are
+                    // the largest states of a session, and an idle session (waiting in
+                    // `read_more`) should not carry room for them.
+                    match Box::pin(self.handle_event(event, before)).await {
                         Step::Continue => {}
                         Step::Then(event, before) => next = Some((event, before)),
                         Step::End(end) => {

@@ -508,3 +508,45 @@ pub async fn shutdown_signal() {
         _ = term => {}
     }
 }
+
+#[cfg(test)]
+mod task_size {
+    use super::*;
+
+    /// The size of the future an async fn returns, without calling it: `future_size!(f; A, B)`
+    /// for a function of two arguments.
+    macro_rules! future_size {
+        ($f:expr; $($arg:ident),*) => {{
+            fn size<F, $($arg,)* Fut>(_: &F) -> usize
+            where
+                F: FnOnce($($arg),*) -> Fut,
+            {
+                std::mem::size_of::<Fut>()
+            }
+            size(&$f)
+        }};
+    }
+
+    /// A session's task is allocated for as long as the session lives, idle or not: its size is
+    /// that of the largest state it can wait in. The rare big ones (a TLS handshake, a login, a
+    /// RETR, a SASL exchange, the UPDATE) are boxed, so an idle session pays for none of them.
+    #[test]
+    fn an_idle_session_task_stays_small() {
+        let sizes = [
+            ("POP3", future_size!(connection::serve; A, B, C, D, E, G)),
+            ("POP2", future_size!(pop2::serve; A, B, C, D, E)),
+            ("either", future_size!(Protocol::serve; A, B, C, D, E, G)),
+            (
+                "relayed",
+                future_size!(proxy::serve_relayed; A, B, C, D, E, G, H),
+            ),
+        ];
+        eprintln!("session futures, in bytes: {sizes:?}");
+        for (what, size) in sizes {
+            // A session behind a load balancer also holds the balancer's address and its
+            // client's per-address slot.
+            let most = if what == "relayed" { 2048 + 256 } else { 2048 };
+            assert!(size <= most, "a {what} session's future is {size} bytes");
+        }
+    }
+}

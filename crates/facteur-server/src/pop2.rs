@@ -169,7 +169,7 @@ impl Connection {
                 self.rpos += used;
                 let mut next = event;
                 while let Some(event) = next.take() {
-                    match self.handle_event(event).await {
+                    match Box::pin(self.handle_event(event)).await {
                         Step::Continue => {}
                         Step::Then(event) => next = Some(event),
                         Step::End(end) => {

@@ -84,7 +84,7 @@ pub(crate) async fn serve_relayed(
     let accepted = Instant::now();
     let limits = &shared.config.limits;
     let deadline = accepted + limits.proxy_header_timeout().min(limits.login_timeout());
-    let client = match read_header(&mut stream, deadline).await {
+    let client = match Box::pin(read_header(&mut stream, deadline)).await {
         // LOCAL (a health check) and UNKNOWN: the proxy is the client.
         Ok(named) => named.unwrap_or(proxy_addr),
         Err(error) => {
@@ -105,7 +105,7 @@ pub(crate) async fn serve_relayed(
         let refusal = Refusal::AddressFull(client.ip());
         refusals.refused(peer, refusal);
         let language = shared.config.server.default_language();
-        protocol.refuse(stream, refusal.answer(), language).await;
+        Box::pin(protocol.refuse(stream, refusal.answer(), language)).await;
         return;
     };
     protocol.serve(shared, stream, peer, cut, accepted).await;
