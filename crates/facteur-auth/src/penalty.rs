@@ -156,7 +156,9 @@ impl FailedLogins {
         match self {
             Self::Local(p) => p.failure(source, user),
             #[cfg(feature = "postgres")]
-            Self::Shared(p) => p.failure(source, user).await,
+            // Boxed: a database round trip's future is large, and the callers' futures would
+            // carry its room even with the local backend.
+            Self::Shared(p) => Box::pin(p.failure(source, user)).await,
         }
     }
 
@@ -165,7 +167,7 @@ impl FailedLogins {
         match self {
             Self::Local(p) => p.success(user),
             #[cfg(feature = "postgres")]
-            Self::Shared(p) => p.success(user).await,
+            Self::Shared(p) => Box::pin(p.success(user)).await,
         }
     }
 }

@@ -512,7 +512,9 @@ impl Connection {
                     .parse::<Mechanism>()
                     .map_or(MAX_SASL_LINE, Mechanism::max_line);
                 self.framer.set_max_len(max_line);
-                let step = self.sasl(&mechanism, initial_response).await;
+                // Boxed: an exchange's state (SCRAM's among them) is the largest of all, and
+                // a USER/PASS login should not wait in room made for it.
+                let step = Box::pin(self.sasl(&mechanism, initial_response)).await;
                 self.framer.set_max_len(self.command_line_max());
                 step
             }
@@ -1538,4 +1540,34 @@ fn apop_timestamp(host: &str) -> String {
             .unwrap_or(0),
     };
     format!("<{}.{random}@{host}>", std::process::id())
+}
+#[cfg(test)]
+mod future_sizes {
+    use super::*;
+
+    /// See `task_size` in lib.rs.
+    macro_rules! future_size {
+        ($f:expr; $($arg:ident),*) => {{
+            fn size<F, $($arg,)* Fut>(_: &F) -> usize
+            where
+                F: FnOnce($($arg),*) -> Fut,
+            {
+                std::mem::size_of::<Fut>()
+            }
+            size(&$f)
+        }};
+    }
+
+    /// What a session holds while its login waits for the password check (boxed, one per
+    /// session, all at once when many clients log in together): room for a USER/PASS login, a
+    /// RETR or the UPDATE, not for a SASL exchange (boxed apart) nor a database's penalty
+    /// round trip (boxed by facteur-auth).
+    #[test]
+    fn a_waiting_login_stays_small() {
+        let event = future_size!(Connection::handle_event; A, B, C);
+        let login = future_size!(Connection::finish_login; A, B, C, D);
+        eprintln!("handle_event: {event} bytes, finish_login: {login} bytes");
+        assert!(event <= 1536, "handle_event's future is {event} bytes");
+        assert!(login <= 1024, "finish_login's future is {login} bytes");
+    }
 }
