@@ -107,20 +107,30 @@ pub(crate) enum Opened {
 /// Opens `name` in `dir` for reading if it is a regular file. `O_NONBLOCK` keeps a FIFO from
 /// making the open wait for a writer.
 pub(crate) fn open_regular(dir: &File, name: &OsStr) -> io::Result<Opened> {
+    Ok(open_regular_stat(dir, name)?.0)
+}
+
+/// [`open_regular`], with the fstat it made to tell a regular file (`Some` with
+/// [`Opened::File`]): a caller that needs the file's length or version makes no second one.
+pub(crate) fn open_regular_stat(
+    dir: &File,
+    name: &OsStr,
+) -> io::Result<(Opened, Option<std::fs::Metadata>)> {
     let flags = OFlags::RDONLY | OFlags::NONBLOCK;
     let file = match open_at(dir, name, flags, 0) {
         Ok(fd) => File::from(fd),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Opened::Missing),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Opened::Missing, None)),
         // ELOOP: a symbolic link (with openat2, a link on the way); ENXIO: a socket.
         Err(e) if matches!(Errno::from_io_error(&e), Some(Errno::LOOP | Errno::NXIO)) => {
-            return Ok(Opened::NotRegular)
+            return Ok((Opened::NotRegular, None))
         }
         Err(e) => return Err(e),
     };
-    if file.metadata()?.is_file() {
-        Ok(Opened::File(file))
+    let meta = file.metadata()?;
+    if meta.is_file() {
+        Ok((Opened::File(file), Some(meta)))
     } else {
-        Ok(Opened::NotRegular)
+        Ok((Opened::NotRegular, None))
     }
 }
 

@@ -124,9 +124,10 @@ impl Version {
 /// (never through a link) and fstat, without reading it; `None` if there is none or it is not
 /// a regular file.
 pub(crate) fn version(dir: &File) -> io::Result<Option<Version>> {
-    match handle::open_regular(dir, OsStr::new(INDEX_FILE))? {
-        Opened::File(f) => Ok(Some(Version::of(&f.metadata()?))),
-        Opened::Missing | Opened::NotRegular => Ok(None),
+    // One fstat: the one that told a regular file.
+    match handle::open_regular_stat(dir, OsStr::new(INDEX_FILE))? {
+        (Opened::File(_), Some(meta)) => Ok(Some(Version::of(&meta))),
+        _ => Ok(None),
     }
 }
 
@@ -143,12 +144,11 @@ pub(crate) fn read(dir: &File) -> io::Result<Option<Vec<u8>>> {
 pub(crate) fn read_versioned(dir: &File) -> io::Result<Option<(Vec<u8>, Version)>> {
     let name = OsStr::new(INDEX_FILE);
     let invalid = |what| io::Error::new(io::ErrorKind::InvalidData, what);
-    let file = match handle::open_regular(dir, name)? {
-        Opened::File(f) => f,
-        Opened::Missing => return Ok(None),
-        Opened::NotRegular => return Err(invalid("the index is not a regular file")),
+    let (file, meta) = match handle::open_regular_stat(dir, name)? {
+        (Opened::File(f), Some(meta)) => (f, meta),
+        (Opened::Missing, _) => return Ok(None),
+        _ => return Err(invalid("the index is not a regular file")),
     };
-    let meta = file.metadata()?;
     let version = Version::of(&meta);
     let len = meta.len();
     if len > MAX_INDEX_BYTES {
