@@ -705,7 +705,7 @@ mod tests {
                         let result = match self.login {
                             Login::Accept => AuthResult::Success {
                                 user,
-                                messages: self.metas(),
+                                messages: self.metas().into(),
                                 sizes_known: true,
                             },
                             Login::InUse => AuthResult::InUse,

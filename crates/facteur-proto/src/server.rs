@@ -21,6 +21,7 @@ use crate::text::{Lang, Msg};
 use crate::types::{same_secret, MessageMeta, MsgNum, Secret};
 use crate::utf8::{self, PrepError};
 use std::fmt;
+use std::sync::Arc;
 
 /// The longest AUTH line with the initial response of a bearer mechanism (OAUTHBEARER,
 /// XOAUTH2), CRLF included: `AUTH OAUTHBEARER ` and the longest response those mechanisms take.
@@ -172,10 +173,11 @@ impl Eq for Event {}
 /// How the driver's authentication and maildrop opening ended.
 #[derive(Debug)]
 pub enum AuthResult {
-    /// Credentials good and the maildrop locked; `messages` is the snapshot.
+    /// Credentials good and the maildrop locked; `messages` is the snapshot (shared with the
+    /// store's cache of snapshots: a warm login copies none of it).
     Success {
         user: String,
-        messages: Vec<MessageMeta>,
+        messages: Arc<Vec<MessageMeta>>,
         /// False when the sizes in `messages` are not known yet (0 placeholders): the store
         /// defers reading message files until a command needs a size, so that a login and UIDL
         /// on a large maildrop whose files carry no size cost no file reads.
@@ -216,7 +218,8 @@ pub struct ServerSession {
     /// An Event that awaits its result; lines must not be fed meanwhile.
     awaiting: Option<Awaiting>,
     user: Option<String>,
-    messages: Vec<MessageMeta>,
+    /// Copied only if the sizes are filled in while shared (`Arc::make_mut`).
+    messages: Arc<Vec<MessageMeta>>,
     deleted: Vec<bool>,
     /// Per message: sent whole by RETR in this session (EXPIRE counts from the first one).
     retrieved: Vec<bool>,
@@ -290,7 +293,7 @@ impl ServerSession {
             pending_user: None,
             awaiting: None,
             user: None,
-            messages: Vec::new(),
+            messages: Arc::default(),
             deleted: Vec::new(),
             retrieved: Vec::new(),
             sending: None,
@@ -820,7 +823,7 @@ impl ServerSession {
         self.awaiting = None;
         match sizes {
             Some(sizes) if sizes.len() == self.messages.len() => {
-                for (meta, size) in self.messages.iter_mut().zip(sizes) {
+                for (meta, size) in Arc::make_mut(&mut self.messages).iter_mut().zip(sizes) {
                     meta.size = size;
                 }
                 self.sizes_known = true;
@@ -1092,7 +1095,7 @@ mod tests {
             s.auth_result(
                 AuthResult::Success {
                     user: "mrose".into(),
-                    messages: msgs,
+                    messages: msgs.into(),
                     sizes_known: true,
                 },
                 &mut out
@@ -1538,7 +1541,7 @@ mod tests {
         run(&mut s, "PASS secret");
         let success = AuthResult::Success {
             user: "mrose".into(),
-            messages: Vec::new(),
+            messages: Arc::default(),
             sizes_known: true,
         };
         s.auth_result(success, &mut Vec::new());
@@ -1572,7 +1575,8 @@ mod tests {
             user: "mrose".into(),
             messages: (0..messages)
                 .map(|i| meta(100, &format!("uid{i}")))
-                .collect(),
+                .collect::<Vec<_>>()
+                .into(),
             sizes_known: true,
         };
         assert_eq!(s.auth_result(success, &mut Vec::new()), None);
@@ -1785,7 +1789,7 @@ mod tests {
         s.auth_result(
             AuthResult::Success {
                 user: "a".into(),
-                messages: msgs,
+                messages: msgs.into(),
                 sizes_known: true,
             },
             &mut Vec::new(),
@@ -1836,7 +1840,7 @@ mod tests {
         s.auth_result(
             AuthResult::Success {
                 user: "a".into(),
-                messages: msgs,
+                messages: msgs.into(),
                 sizes_known: false,
             },
             &mut out,
@@ -1966,7 +1970,7 @@ mod tests {
         s.auth_result(
             AuthResult::Success {
                 user: "a".into(),
-                messages: msgs,
+                messages: msgs.into(),
                 sizes_known: true,
             },
             &mut Vec::new(),
@@ -2160,7 +2164,7 @@ mod tests {
         s.auth_result(
             AuthResult::Success {
                 user: "mrose".into(),
-                messages: msgs,
+                messages: msgs.into(),
                 sizes_known: true,
             },
             &mut out,

@@ -410,7 +410,9 @@ impl Connection {
             Ok(x) => x,
             Err(_) => return LoginResult::SystemError,
         };
-        let mut messages = maildrop.take_messages();
+        // POP2's session owns its list (the sizes are filled in here): copied only if the
+        // store's cache of snapshots shares it.
+        let mut messages = Arc::unwrap_or_clone(maildrop.take_messages());
         match sizes {
             None => {}
             Some(Ok(sizes)) if sizes.len() == messages.len() => {

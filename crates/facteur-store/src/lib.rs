@@ -379,8 +379,9 @@ pub trait Maildrop: Send {
     fn messages(&self) -> &[MessageMeta];
 
     /// Hands the snapshot over to the session, which keeps it from then on, rather than have it
-    /// copied (100,000 messages are 8 MB); `messages()` is empty afterwards.
-    fn take_messages(&mut self) -> Vec<MessageMeta>;
+    /// copied (100,000 messages are 8 MB); `messages()` is empty afterwards. Shared: the
+    /// Maildir store's cache of snapshots may hold the same one.
+    fn take_messages(&mut self) -> std::sync::Arc<Vec<MessageMeta>>;
 
     /// The size of message `index` (0-based); `None` if there is no such message, or while its
     /// size is deferred.

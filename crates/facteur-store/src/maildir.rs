@@ -124,7 +124,8 @@ pub struct MaildirStore {
 /// from. The names are shared (copied only by a session that changes one).
 #[derive(Clone, Debug, Default)]
 struct Snapshot {
-    messages: Vec<MessageMeta>,
+    /// Shared by the cache and the sessions that opened the maildrop from it.
+    messages: Arc<Vec<MessageMeta>>,
     sizes: Vec<u64>,
     names: Arc<Vec<Option<OsString>>>,
     not_sized: Vec<usize>,
@@ -163,7 +164,7 @@ impl Snapshot {
             names.push(Some(entry.name));
         }
         Self {
-            messages,
+            messages: Arc::new(messages),
             sizes,
             names: Arc::new(names),
             not_sized,
@@ -356,8 +357,9 @@ pub struct LockedMaildir {
     root_id: (u64, u64),
     /// Who the files written during the session are given to (when running as root).
     owner: Owner,
-    /// The snapshot, until the session takes it (`take_messages`).
-    messages: Vec<MessageMeta>,
+    /// The snapshot, until the session takes it (`take_messages`); shared with the snapshot
+    /// cache until changed (`Arc::make_mut`).
+    messages: Arc<Vec<MessageMeta>>,
     /// The wire size of each message of the snapshot (0 while not known).
     sizes: Vec<u64>,
     /// The file name in `cur/` of each message of the snapshot; `None` once deleted. Shared
@@ -1290,7 +1292,7 @@ impl Maildrop for LockedMaildir {
             .map_err(|e| StoreError::io(&path, e))
     }
 
-    fn take_messages(&mut self) -> Vec<MessageMeta> {
+    fn take_messages(&mut self) -> Arc<Vec<MessageMeta>> {
         std::mem::take(&mut self.messages)
     }
 
@@ -1352,7 +1354,7 @@ impl Maildrop for LockedMaildir {
                     }
                 }
                 let size = size.unwrap_or(0);
-                if let Some(meta) = self.messages.get_mut(pos) {
+                if let Some(meta) = Arc::make_mut(&mut self.messages).get_mut(pos) {
                     meta.size = size;
                 }
                 if let Some(slot) = self.sizes.get_mut(pos) {
@@ -1465,7 +1467,7 @@ impl LockedMaildir {
         });
         if keep_messages {
             let mut i = 0;
-            self.messages.retain(|_| {
+            Arc::make_mut(&mut self.messages).retain(|_| {
                 i += 1;
                 !gone(i - 1)
             });

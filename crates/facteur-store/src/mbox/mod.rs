@@ -630,8 +630,8 @@ impl Maildrop for LockedMbox {
         &self.metas
     }
 
-    fn take_messages(&mut self) -> Vec<MessageMeta> {
-        std::mem::take(&mut self.metas)
+    fn take_messages(&mut self) -> std::sync::Arc<Vec<MessageMeta>> {
+        std::sync::Arc::new(std::mem::take(&mut self.metas))
     }
 
     fn size(&self, index: usize) -> Option<u64> {

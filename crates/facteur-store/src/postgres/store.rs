@@ -882,8 +882,8 @@ impl Maildrop for PgMaildrop {
         &self.messages
     }
 
-    fn take_messages(&mut self) -> Vec<MessageMeta> {
-        std::mem::take(&mut self.messages)
+    fn take_messages(&mut self) -> std::sync::Arc<Vec<MessageMeta>> {
+        std::sync::Arc::new(std::mem::take(&mut self.messages))
     }
 
     fn size(&self, index: usize) -> Option<u64> {
