@@ -209,9 +209,10 @@ fuzz_target!(|input: &[u8]| {
                                 maildrop(count)
                                     .into_iter()
                                     .map(|m| MessageMeta { size: 0, ..m })
-                                    .collect()
+                                    .collect::<Vec<_>>()
+                                    .into()
                             } else {
-                                maildrop(count)
+                                maildrop(count).into()
                             },
                             sizes_known: !sizes_deferred,
                         },
