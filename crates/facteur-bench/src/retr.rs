@@ -374,6 +374,9 @@ struct Tls<C> {
     /// Records to send: `outgoing[..out_len]`; the rest is room already allocated.
     outgoing: Vec<u8>,
     out_len: usize,
+    /// Plaintext that came with the end of the handshake (a client's first command may share
+    /// a TCP segment with its Finished): the first thing [`Channel::recv`] gives.
+    held: Vec<u8>,
 }
 
 impl<C: Unbuffered> Tls<C> {
@@ -385,8 +388,11 @@ impl<C: Unbuffered> Tls<C> {
             in_used: 0,
             outgoing: Vec::new(),
             out_len: 0,
+            held: Vec::new(),
         };
-        tls.pump(&mut |_| {}, Goal::Handshake)?;
+        let mut held = Vec::new();
+        tls.pump(&mut |d| held.extend_from_slice(d), Goal::Handshake)?;
+        tls.held = held;
         Ok(tls)
     }
 
@@ -399,6 +405,7 @@ impl<C: Unbuffered> Tls<C> {
             in_used,
             outgoing,
             out_len,
+            ..
         } = self;
         let mut delivered = false;
         loop {
@@ -502,6 +509,10 @@ impl<C: Unbuffered> Tls<C> {
 
 impl<C: Unbuffered> Channel for Tls<C> {
     fn recv(&mut self, f: &mut dyn FnMut(&[u8])) -> io::Result<()> {
+        if !self.held.is_empty() {
+            f(&std::mem::take(&mut self.held));
+            return Ok(());
+        }
         self.pump(f, Goal::Read)
     }
 
