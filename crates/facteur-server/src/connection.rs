@@ -167,7 +167,8 @@ pub async fn serve(
             return;
         };
         // Boxed for the same reason as `handle_event`: only the handshake needs its room.
-        let handshake = Box::pin(facteur_tls::stream::accept(tls.config(), stream));
+        // The greeting is written at once: the session ticket goes out with it.
+        let handshake = Box::pin(facteur_tls::stream::accept_then_write(tls.config(), stream));
         match tokio::time::timeout_at(login_deadline, handshake).await {
             Ok(Ok(s)) => {
                 metrics.tls_handshake("pop3s", true);

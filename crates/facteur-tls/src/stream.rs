@@ -41,6 +41,10 @@ const MAX_INCOMING: usize = 0x10000 + 16 * 1024 + 8 * 512;
 /// sends than with 64 KiB.
 const MAX_WRITE: usize = 16 * 16 * 1024;
 
+/// Output still to send that a write appends to rather than sends first (a TLS 1.3 session
+/// ticket is about 250 octets).
+const SMALL_PENDING: usize = 4 * 1024;
+
 /// A TLS server stream over TCP (see the module's documentation).
 pub struct ServerStream {
     tcp: TcpStream,
@@ -86,6 +90,26 @@ pub async fn accept(
     config: Arc<rustls::ServerConfig>,
     tcp: TcpStream,
 ) -> io::Result<Box<ServerStream>> {
+    handshake(config, tcp, false).await
+}
+
+/// [`accept`], for a caller that writes at once after the handshake (a POP3S greeting): what
+/// the server sends after the client's Finished (its TLS 1.3 session ticket) is held and goes
+/// out in the same send as that write, one system call and one TCP segment less per session.
+/// The caller must write (and flush) before it waits for the peer: until then the stream holds
+/// the ticket.
+pub async fn accept_then_write(
+    config: Arc<rustls::ServerConfig>,
+    tcp: TcpStream,
+) -> io::Result<Box<ServerStream>> {
+    handshake(config, tcp, true).await
+}
+
+async fn handshake(
+    config: Arc<rustls::ServerConfig>,
+    tcp: TcpStream,
+    hold_last: bool,
+) -> io::Result<Box<ServerStream>> {
     let conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
     let mut s = Box::new(ServerStream {
         tcp,
@@ -104,8 +128,12 @@ pub async fn accept(
     });
     loop {
         let reached = s.drive(None, false);
-        // Our flight (or the alert that ends the handshake) goes out before anything else.
-        poll_fn(|cx| s.poll_send(cx, false)).await?;
+        let done = matches!(reached, Ok(Reached::Traffic(_))) && !s.conn.is_handshaking();
+        // Our flight (or the alert that ends the handshake) goes out before anything else;
+        // what follows the handshake waits for the caller's first write if it asked so.
+        if !(done && hold_last) {
+            poll_fn(|cx| s.poll_send(cx, false)).await?;
+        }
         match reached? {
             Reached::Traffic(_) if !s.conn.is_handshaking() => return Ok(s),
             Reached::Closed => {
@@ -465,8 +493,12 @@ impl AsyncWrite for ServerStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        // What was encrypted before goes out first: the output never holds more than one write.
-        ready!(this.poll_send(cx, true))?;
+        // What was encrypted before goes out first, so that the output never holds more than
+        // one write; unless it is small (a ticket held from the handshake, a short answer
+        // the socket did not take): then it goes out in the same send as this write.
+        if this.out_end - this.out_pos > SMALL_PENDING {
+            ready!(this.poll_send(cx, true))?;
+        }
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
@@ -559,12 +591,28 @@ mod tests {
         Box<ServerStream>,
         tokio_rustls::client::TlsStream<TcpStream>,
     ) {
+        pair_with(s, client, false).await
+    }
+
+    /// [`pair`], the server accepting with [`accept_then_write`] if `then_write`.
+    async fn pair_with(
+        s: &Setup,
+        client: &Arc<rustls::ClientConfig>,
+        then_write: bool,
+    ) -> (
+        Box<ServerStream>,
+        tokio_rustls::client::TlsStream<TcpStream>,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = s.server.clone();
         let accepting = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
-            accept(server, tcp).await
+            if then_write {
+                accept_then_write(server, tcp).await
+            } else {
+                accept(server, tcp).await
+            }
         });
         let tcp = TcpStream::connect(addr).await.unwrap();
         let connector = TlsConnector::from(client.clone());
@@ -748,6 +796,34 @@ mod tests {
                     .unwrap();
                 c.shutdown().await.unwrap();
             }
+        }
+    }
+
+    /// accept_then_write holds the TLS 1.3 ticket for the first write: it arrives with the
+    /// greeting (the next session resumes with it), and nothing stays held after the flush.
+    #[tokio::test]
+    async fn a_ticket_held_for_the_greeting_goes_with_it() {
+        let s = setup();
+        let client = client_config(&s, &rustls::version::TLS13);
+        for round in 0..3 {
+            let (mut srv, mut c) = pair_with(&s, &client, true).await;
+            let expected = if round == 0 {
+                HandshakeKind::Full
+            } else {
+                HandshakeKind::Resumed
+            };
+            assert_eq!(c.get_ref().1.handshake_kind(), Some(expected), "{round}");
+            assert!(srv.buffered_capacity() > 0, "the ticket is held");
+            srv.write_all(b"+OK ready\r\n").await.unwrap();
+            srv.flush().await.unwrap();
+            assert_eq!(srv.buffered_capacity(), 0);
+            let mut ok = [0u8; 11];
+            timeout(LIMIT, c.read_exact(&mut ok))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(&ok, b"+OK ready\r\n");
+            c.shutdown().await.unwrap();
         }
     }
 }
