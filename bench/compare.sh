@@ -35,8 +35,9 @@
 # Fairness, in short (details in the printed notes): one passwd-file ({SHA512-CRYPT}, 5000
 # rounds, the default of `openssl passwd -6`) read by both servers; one seeded Maildir tree
 # copied into two roots; one certificate (ECDSA P-256); the same load generator (`facteur-bench`,
-# which speaks POP3 through facteur-proto's client) and the same Python probes for
-# both; each server logs one or two lines per session at level info. Dovecot gets its own
+# which speaks POP3 through facteur-proto's client; its `retr` and `raw` for workload 3)
+# and the same Python probes (workload 4, CPU and memory readings) for both; each server
+# logs one or two lines per session at level info. Dovecot gets its own
 # documented performance settings: login processes in high-performance mode, pop3 processes
 # reused (service_count = 100, same uid for every user), pop3_no_flag_updates.
 
@@ -701,30 +702,38 @@ caches on
 
 # --- workload 3: RETR of one 64 MiB message, and the raw loopback copy ---------------------------
 
-# Round 0 warms up; rounds 1 to $W3_RUNS are measured, each server and each raw copy in turn.
+# One client on both sides of every ratio: `facteur-bench retr` (one session, RETR 1, the answer
+# read with 256 KiB reads and counted) against each server, and `facteur-bench raw`, the same
+# client code against a sender of the same wire bytes that does nothing else: sendfile(2) (or
+# read + write of 64 KiB blocks), and, for POP3S, rustls encrypting them from memory with
+# facteur's own server configuration (TLS 1.3, AES-128-GCM). Round 0 warms up; rounds 1 to
+# $W3_RUNS are measured, each server and each raw copy in turn.
 say "workload 3: RETR of 64 MiB and the raw loopback copy (1 warm-up + $W3_RUNS rounds)"
 warm_cache "$SCRATCH/facteur-mail/big" "$SCRATCH/dovecot-mail/big" "$SCRATCH/wire.bin" \
     "$SCRATCH/facteur-mail/bigcrlf" "$SCRATCH/dovecot-mail/bigcrlf"
+# How fast one core of this machine seals and opens AES-128-GCM records: over POP3S one core
+# must encrypt (the server) and another decrypt (the client) at the speed of the transfer.
+"$BENCH" aes-speed --json >"$RESULTS/w3-aes.json"
+w3() { # result-name port user [retr options]
+    local name=$1 port=$2 user=$3
+    shift 3
+    "$BENCH" retr --host 127.0.0.1 --port "$port" --user "$user" --password "$PASSWORD" \
+        --runs 1 --json "$@" >"$RESULTS/w3-$name-r$round.json"
+}
 for round in $(seq 0 "$W3_RUNS"); do
-    "${PROBE[@]}" retr 127.0.0.1 $F_POP3 big "$PASSWORD" --runs 1 >"$RESULTS/w3-facteur-r$round.json"
-    "${PROBE[@]}" retr 127.0.0.1 $D_POP3 big "$PASSWORD" --runs 1 >"$RESULTS/w3-dovecot-r$round.json"
+    w3 facteur $F_POP3 big
+    w3 dovecot $D_POP3 big
     # The message as facteur's delivery stores it: by sendfile over plain TCP, then over POP3S.
-    "${PROBE[@]}" retr 127.0.0.1 $F_POP3 bigcrlf "$PASSWORD" --runs 1 \
-        >"$RESULTS/w3-facteur-crlf-r$round.json"
-    "${PROBE[@]}" retr 127.0.0.1 $D_POP3 bigcrlf "$PASSWORD" --runs 1 \
-        >"$RESULTS/w3-dovecot-crlf-r$round.json"
-    "${PROBE[@]}" retr 127.0.0.1 $F_POP3S bigcrlf "$PASSWORD" --runs 1 --tls \
-        >"$RESULTS/w3-facteur-crlf-tls-r$round.json"
-    "${PROBE[@]}" retr 127.0.0.1 $D_POP3S bigcrlf "$PASSWORD" --runs 1 --tls \
-        >"$RESULTS/w3-dovecot-crlf-tls-r$round.json"
-    if [ "$PG_ON" = 1 ]; then
-        "${PROBE[@]}" retr 127.0.0.1 $P_POP3 big "$PASSWORD" --runs 1 >"$RESULTS/w3-facteur-pg-r$round.json"
-    fi
-    "${PROBE[@]}" raw "$SCRATCH/wire.bin" --runs 1 >"$RESULTS/w3-raw-r$round.json"
-    "${PROBE[@]}" raw "$SCRATCH/wire.bin" --runs 1 --copy >"$RESULTS/w3-raw-copy-r$round.json"
-    # The same client's limit over TLS: a sender that encrypts the wire bytes from memory.
-    "${PROBE[@]}" raw "$SCRATCH/wire.bin" --runs 1 --tls "$SCRATCH/cert.pem" "$SCRATCH/key.pem" \
-        >"$RESULTS/w3-raw-tls-r$round.json"
+    w3 facteur-crlf $F_POP3 bigcrlf
+    w3 dovecot-crlf $D_POP3 bigcrlf
+    w3 facteur-crlf-tls $F_POP3S bigcrlf --mode pop3s --insecure
+    w3 dovecot-crlf-tls $D_POP3S bigcrlf --mode pop3s --insecure
+    if [ "$PG_ON" = 1 ]; then w3 facteur-pg $P_POP3 big; fi
+    "$BENCH" raw --wire "$SCRATCH/wire.bin" --runs 1 --json >"$RESULTS/w3-raw-r$round.json"
+    "$BENCH" raw --wire "$SCRATCH/wire.bin" --runs 1 --json --copy \
+        >"$RESULTS/w3-raw-copy-r$round.json"
+    "$BENCH" raw --wire "$SCRATCH/wire.bin" --runs 1 --json \
+        --tls "$SCRATCH/cert.pem" "$SCRATCH/key.pem" >"$RESULTS/w3-raw-tls-r$round.json"
 done
 
 # --- workload 5: memory per idle authenticated session ----------------------------------------

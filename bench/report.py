@@ -49,6 +49,18 @@ def median_mb_per_sec(results, name, count):
     return (statistics.median(rates) if rates else None), rates
 
 
+def client_busy(results, name, count):
+    """The client thread's CPU time over the time of its RETRs, rounds 1 to count."""
+    cpu = secs = 0.0
+    for r in range(1, count + 1):
+        got = load(results, f"w3-{name}-r{r}.json")
+        for run in (got or {}).get("runs", []):
+            if "cpu_secs" in run:
+                cpu += run["cpu_secs"]
+                secs += run["secs"]
+    return cpu / secs if secs else None
+
+
 def w4_stat_median(results, name, kind, reps):
     """The median time of the first STAT after the login + UIDL of `kind`, in seconds."""
     secs = [r["stat_secs"] for rep in range(1, reps + 1)
@@ -328,6 +340,42 @@ def main():
             fmt(dt, "MB/s") + (f" ({dt / rawtls:.0%})" if dt else ""),
             "raw TLS copy " + fmt(rawtls, "MB/s") + " (TLS 1.3, AES-128-GCM)",
         ))
+    # The client's own CPU time (its thread) per RETR, as a share of the RETR's time: near 100%
+    # the client, not the server, sets the pace.
+    busy = {n: client_busy(R, n, a.w3_runs)
+            for n in ("facteur-crlf", "dovecot-crlf", "facteur-crlf-tls", "dovecot-crlf-tls",
+                      "raw", "raw-tls")}
+    if any(v is not None for v in busy.values()):
+        pct = lambda v: f"{v:.0%}" if v is not None else "n/a"
+        extra_rows.append((
+            "3. the client's CPU time / RETR time (its one thread), plain; POP3S",
+            f"{pct(busy['facteur-crlf'])}; {pct(busy['facteur-crlf-tls'])}",
+            f"{pct(busy['dovecot-crlf'])}; {pct(busy['dovecot-crlf-tls'])}",
+            f"raw copy {pct(busy['raw'])}; raw TLS copy {pct(busy['raw-tls'])}",
+        ))
+    # Can POP3S reach 70% of plain at all here? One core must encrypt (the server) and another
+    # decrypt (the client) every octet at that speed.
+    aes = load(R, "w3-aes.json")
+    aes_verdict = None
+    if aes:
+        aes_mb = min(aes["seal_mb_per_sec"], aes["open_mb_per_sec"])
+        need = 0.7 * fc if fc else None
+        if need is None:
+            aes_verdict = "n/a (no plain RETR figure)"
+        elif aes_mb < need:
+            aes_verdict = (f"out of reach on this machine: 70% of plain is {need:,.0f} MB/s, more "
+                           f"than one core seals or opens AES-128-GCM ({aes_mb:,.0f} MB/s)")
+        else:
+            aes_verdict = (f"reachable in principle: 70% of plain is {need:,.0f} MB/s, one core "
+                           f"seals and opens AES-128-GCM at {aes_mb:,.0f} MB/s "
+                           f"({aes_mb / need:.2f}x that), before any copy or system call")
+        extra_rows.append((
+            "3. AES-128-GCM on one core of this machine (aws-lc-rs, 16 KiB records: seal; open)",
+            f"{aes['seal_mb_per_sec']:,.0f} MB/s; {aes['open_mb_per_sec']:,.0f} MB/s", "",
+            "POP3S >= 70% of plain: " + aes_verdict,
+        ))
+        data["workloads"]["3_retr_crlf_pop3s"].update(aes=aes, aes_verdict=aes_verdict)
+        notes.append("workload 3, POP3S >= 70% of plain: " + aes_verdict)
 
     # 4: login + UIDL on the big maildrop.
     for kind in ("dropped", "cold", "warm"):
@@ -590,7 +638,8 @@ def main():
         "Workload 3: MB/s = 10^6 octets/s of wire bytes, one warm-up round, then each server and "
         "the raw copy in turn; the raw copy "
         "sends the same wire bytes with sendfile(2) from the page cache over loopback TCP to "
-        "the same receiver (a Python client, as for RETR). "
+        "the same client as RETR (`facteur-bench retr` and `raw`: Rust, 256 KiB reads, rustls "
+        "for TLS); the raw TLS copy encrypts them from memory with facteur's TLS configuration. "
         "Workload 4: cold = first session after a restart with the index files removed, page "
         "cache warm; warm = the next session. Workload 5: (USS of the whole process tree with "
         "the sessions idle - USS before) / sessions; Dovecot runs one pop3 process per session "

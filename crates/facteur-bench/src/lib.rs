@@ -26,9 +26,14 @@
 //! - this file: the options ([`BenchArgs`]), the plan, the TLS setup (a CA file, or
 //!   `--insecure`), the session script on a [`Connection`], the workers, and the [`Report`] (a
 //!   table or one JSON object); [`run`] is the entry point.
+//! - `retr.rs`: `facteur-bench retr`, `raw` and `aes-speed`: one session's RETR of one big
+//!   message, timed, and the same client against a sender of the same bytes (workload 3 of
+//!   bench/compare.sh), on plain threads with blocking sockets.
 //! - `main.rs`: the `facteur-bench` binary: parse the options, run, print the error if any.
 //! - its tests that need a server are in `crates/facteur/tests/bench.rs` (the bench against a
 //!   facteur server running in the test's process, with the shared test fixtures).
+
+pub mod retr;
 
 use facteur_fetch::{ConnectOptions, Connection, Pop3Error, Reply, Security, Target};
 use facteur_proto::client::{ClientError, Listing};
@@ -390,7 +395,7 @@ fn tls_config(args: &BenchArgs) -> Result<Arc<rustls::ClientConfig>, BenchError>
 /// for the key in the certificate the server sent (so the connection is at least with the
 /// holder of that key, and the handshake costs what a real one costs).
 #[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
+pub(crate) struct AnyCertificate(pub(crate) Arc<CryptoProvider>);
 
 impl ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(
@@ -902,7 +907,7 @@ impl Report {
 }
 
 /// A JSON string literal.
-fn json_string(s: &str) -> String {
+pub(crate) fn json_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {

@@ -167,7 +167,8 @@ pub async fn serve(
             return;
         };
         // Boxed for the same reason as `handle_event`: only the handshake needs its room.
-        let handshake = Box::pin(facteur_tls::stream::accept(tls.config(), stream));
+        // The greeting is written at once: the session ticket goes out with it.
+        let handshake = Box::pin(facteur_tls::stream::accept_then_write(tls.config(), stream));
         match tokio::time::timeout_at(login_deadline, handshake).await {
             Ok(Ok(s)) => {
                 metrics.tls_handshake("pop3s", true);
@@ -1145,16 +1146,19 @@ impl Connection {
     /// and no copy besides the TLS record's. Then the terminating line.
     async fn send_file_copied(&mut self, file: std::fs::File, len: u64) -> Step {
         let block = defaults::LARGE_MESSAGE_CHUNK;
+        // Each buffer keeps its length from one block to the next: `resize` then only cuts
+        // it (the last block) and never fills it with zeros again before the read overwrites
+        // it. Only the first use of each of the two buffers is zero-filled.
         let read_block = |file: std::fs::File, mut buf: Vec<u8>, offset: u64| {
             tokio::task::spawn_blocking(move || {
                 let want = usize::try_from((len - offset).min(block as u64)).unwrap_or(block);
-                buf.clear();
                 buf.resize(want, 0);
                 let r = fill_at(&file, &mut buf, offset);
                 (file, buf, r)
             })
         };
         let mut offset = 0u64;
+        let mut spare = Vec::new();
         let mut job = Some(read_block(file, Vec::new(), 0));
         while let Some(reading) = job.take() {
             let (file, buf, read) = match reading.await {
@@ -1181,15 +1185,23 @@ impl Connection {
             }
             offset += buf.len() as u64;
             // The block just read goes out; the next one is read meanwhile into the buffer
-            // sent before (empty now).
-            let sent = std::mem::replace(&mut self.out, buf);
+            // sent before. Written from `buf` itself, not through `out`, which clears what it
+            // sent.
             if offset < len {
-                job = Some(read_block(file, sent, offset));
+                job = Some(read_block(file, std::mem::take(&mut spare), offset));
             }
-            if let Err(end) = self.send_out().await {
-                return Step::End(end);
+            if let Err(end) = within(
+                self.stream.write_all(&buf),
+                self.write_timeout,
+                &mut self.cut,
+            )
+            .await
+            {
+                return Step::End(end.into());
             }
+            spare = buf;
         }
+        drop(spare);
         self.out = Vec::new();
         self.out.extend_from_slice(facteur_proto::dot::TERMINATOR);
         self.session.retrieval_complete();

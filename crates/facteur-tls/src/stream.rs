@@ -36,8 +36,14 @@ const READ_CHUNK: usize = 1024;
 /// The most TLS input held at once: one handshake message rustls accepts (64 KiB) split over
 /// records, with their headers. A peer sending more without completing a message is cut.
 const MAX_INCOMING: usize = 0x10000 + 16 * 1024 + 8 * 512;
-/// The most plaintext encrypted by one `poll_write`: four full records.
-const MAX_WRITE: usize = 4 * 16 * 1024;
+/// The most plaintext encrypted by one `poll_write`: sixteen full records. A large RETR is
+/// written in blocks of 512 KiB: fewer rounds through rustls' state machine and fewer, larger
+/// sends than with 64 KiB.
+const MAX_WRITE: usize = 16 * 16 * 1024;
+
+/// Output still to send that a write appends to rather than sends first (a TLS 1.3 session
+/// ticket is about 250 octets).
+const SMALL_PENDING: usize = 4 * 1024;
 
 /// A TLS server stream over TCP (see the module's documentation).
 pub struct ServerStream {
@@ -50,9 +56,13 @@ pub struct ServerStream {
     /// Decrypted application data not yet read: `plain[plain_pos..]`; freed once read.
     plain: Vec<u8>,
     plain_pos: usize,
-    /// TLS records to send: `outgoing[out_pos..]`; freed once sent.
+    /// TLS records to send: `outgoing[out_pos..out_end]`. The rest of its length is room
+    /// already initialized: writes one after another reuse it without filling it again. Freed
+    /// once sent by anything but a write (a flush, a read, the handshake, the shutdown), so
+    /// that a session between commands holds none.
     outgoing: Vec<u8>,
     out_pos: usize,
+    out_end: usize,
     /// The peer sent close_notify: the end of its data.
     peer_closed: bool,
     /// We queued our close_notify.
@@ -80,6 +90,26 @@ pub async fn accept(
     config: Arc<rustls::ServerConfig>,
     tcp: TcpStream,
 ) -> io::Result<Box<ServerStream>> {
+    handshake(config, tcp, false).await
+}
+
+/// [`accept`], for a caller that writes at once after the handshake (a POP3S greeting): what
+/// the server sends after the client's Finished (its TLS 1.3 session ticket) is held and goes
+/// out in the same send as that write, one system call and one TCP segment less per session.
+/// The caller must write (and flush) before it waits for the peer: until then the stream holds
+/// the ticket.
+pub async fn accept_then_write(
+    config: Arc<rustls::ServerConfig>,
+    tcp: TcpStream,
+) -> io::Result<Box<ServerStream>> {
+    handshake(config, tcp, true).await
+}
+
+async fn handshake(
+    config: Arc<rustls::ServerConfig>,
+    tcp: TcpStream,
+    hold_last: bool,
+) -> io::Result<Box<ServerStream>> {
     let conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
     let mut s = Box::new(ServerStream {
         tcp,
@@ -90,6 +120,7 @@ pub async fn accept(
         plain_pos: 0,
         outgoing: Vec::new(),
         out_pos: 0,
+        out_end: 0,
         peer_closed: false,
         close_sent: false,
         tcp_eof: false,
@@ -97,8 +128,12 @@ pub async fn accept(
     });
     loop {
         let reached = s.drive(None, false);
-        // Our flight (or the alert that ends the handshake) goes out before anything else.
-        poll_fn(|cx| s.poll_send(cx)).await?;
+        let done = matches!(reached, Ok(Reached::Traffic(_))) && !s.conn.is_handshaking();
+        // Our flight (or the alert that ends the handshake) goes out before anything else;
+        // what follows the handshake waits for the caller's first write if it asked so.
+        if !(done && hold_last) {
+            poll_fn(|cx| s.poll_send(cx, false)).await?;
+        }
         match reached? {
             Reached::Traffic(_) if !s.conn.is_handshaking() => return Ok(s),
             Reached::Closed => {
@@ -122,19 +157,26 @@ fn insufficient(e: InsufficientSizeError) -> usize {
     e.required_size
 }
 
-/// Appends the handshake or alert record rustls has ready to `outgoing`, sized as rustls asks.
+/// `need` octets of room in `buf` from `at`, growing it (zero-filled) only if it is too short.
+fn room(buf: &mut Vec<u8>, at: usize, need: usize) -> &mut [u8] {
+    if buf.len() < at + need {
+        buf.resize(at + need, 0);
+    }
+    &mut buf[at..at + need]
+}
+
+/// Appends the handshake or alert record rustls has ready to `outgoing[..*end]`, sized as
+/// rustls asks.
 fn encode_into(
     outgoing: &mut Vec<u8>,
+    end: &mut usize,
     data: &mut rustls::unbuffered::EncodeTlsData<'_, rustls::server::ServerConnectionData>,
 ) {
-    let start = outgoing.len();
     let need = match data.encode(&mut []) {
         Err(EncodeError::InsufficientSize(e)) => insufficient(e),
         _ => 0,
     };
-    outgoing.resize(start + need, 0);
-    let written = data.encode(&mut outgoing[start..]).unwrap_or(0);
-    outgoing.truncate(start + written);
+    *end += data.encode(room(outgoing, *end, need)).unwrap_or(0);
 }
 
 impl ServerStream {
@@ -216,7 +258,7 @@ impl ServerStream {
                     })
                 }
                 ConnectionState::EncodeTlsData(mut data) => {
-                    encode_into(&mut self.outgoing, &mut data);
+                    encode_into(&mut self.outgoing, &mut self.out_end, &mut data);
                     None
                 }
                 // Queued in `outgoing`, which goes out, in order, before anything queued later.
@@ -238,12 +280,15 @@ impl ServerStream {
                     let mut result = Ok(());
                     if let Some(app) = app.filter(|a| !a.is_empty()) {
                         let app = &app[..app.len().min(MAX_WRITE)];
-                        result = encrypt_into(&mut self.outgoing, |out| traffic.encrypt(app, out));
+                        result = encrypt_into(&mut self.outgoing, &mut self.out_end, |out| {
+                            traffic.encrypt(app, out)
+                        });
                         taken = app.len();
                     }
                     if result.is_ok() && close && !self.close_sent {
-                        result =
-                            encrypt_into(&mut self.outgoing, |out| traffic.queue_close_notify(out));
+                        result = encrypt_into(&mut self.outgoing, &mut self.out_end, |out| {
+                            traffic.queue_close_notify(out)
+                        });
                         self.close_sent = true;
                     }
                     Some(result.map(|()| Reached::Traffic(taken)))
@@ -288,7 +333,7 @@ impl ServerStream {
                 .process_tls_records(&mut self.incoming[..self.in_used]);
             let more = match state {
                 Ok(ConnectionState::EncodeTlsData(mut data)) => {
-                    encode_into(&mut self.outgoing, &mut data);
+                    encode_into(&mut self.outgoing, &mut self.out_end, &mut data);
                     true
                 }
                 _ => false,
@@ -299,25 +344,33 @@ impl ServerStream {
             }
         }
         // A last try to send it now, without waiting.
-        while self.out_pos < self.outgoing.len() {
-            match self.tcp.try_write(&self.outgoing[self.out_pos..]) {
+        while self.out_pos < self.out_end {
+            match self
+                .tcp
+                .try_write(&self.outgoing[self.out_pos..self.out_end])
+            {
                 Ok(n) if n > 0 => self.out_pos += n,
                 _ => break,
             }
         }
     }
 
-    /// Send `outgoing` to the socket; free it once sent.
-    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.out_pos < self.outgoing.len() {
-            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.outgoing[self.out_pos..]))?;
+    /// Send `outgoing` to the socket. Once sent, the buffer is kept for the next write if
+    /// `keep` (a write, more may follow at once), freed otherwise.
+    fn poll_send(&mut self, cx: &mut Context<'_>, keep: bool) -> Poll<io::Result<()>> {
+        while self.out_pos < self.out_end {
+            let pending = &self.outgoing[self.out_pos..self.out_end];
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, pending))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.out_pos += n;
         }
-        self.outgoing = Vec::new();
         self.out_pos = 0;
+        self.out_end = 0;
+        if !keep {
+            self.outgoing = Vec::new();
+        }
         Poll::Ready(Ok(()))
     }
 
@@ -370,31 +423,21 @@ impl ServerStream {
     }
 }
 
-/// Encrypt with `f` at the end of `out`, growing it to the size rustls asks for.
+/// Encrypt with `f` at `out[*end..]`, with the room rustls asks for; `*end` moves past what
+/// was written. Room already in `out` is reused as it is: rustls overwrites it.
 fn encrypt_into(
     out: &mut Vec<u8>,
+    end: &mut usize,
     mut f: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
 ) -> io::Result<()> {
-    let start = out.len();
     let need = match f(&mut []) {
-        Ok(n) => {
-            out.truncate(start + n);
-            return Ok(());
-        }
+        Ok(_) => return Ok(()),
         Err(EncryptError::InsufficientSize(e)) => insufficient(e),
         Err(e) => return Err(io::Error::other(e)),
     };
-    out.resize(start + need, 0);
-    match f(&mut out[start..]) {
-        Ok(n) => {
-            out.truncate(start + n);
-            Ok(())
-        }
-        Err(e) => {
-            out.truncate(start);
-            Err(io::Error::other(e))
-        }
-    }
+    let n = f(room(out, *end, need)).map_err(io::Error::other)?;
+    *end += n;
+    Ok(())
 }
 
 impl AsyncRead for ServerStream {
@@ -420,9 +463,10 @@ impl AsyncRead for ServerStream {
             }
             let reached = this.drive(None, false);
             // Records rustls answers by itself (a key update) go out now, if the socket takes
-            // them; otherwise with the next write or flush.
-            if this.out_pos < this.outgoing.len() {
-                if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+            // them; otherwise with the next write or flush. A buffer a write kept is freed
+            // here too: a read may wait long.
+            if this.out_pos < this.out_end || this.outgoing.capacity() > 0 {
+                if let Poll::Ready(Err(e)) = this.poll_send(cx, false) {
                     return Poll::Ready(Err(e));
                 }
             }
@@ -449,15 +493,19 @@ impl AsyncWrite for ServerStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        // What was encrypted before goes out first: the output never holds more than one write.
-        ready!(this.poll_send(cx))?;
+        // What was encrypted before goes out first, so that the output never holds more than
+        // one write; unless it is small (a ticket held from the handshake, a short answer
+        // the socket did not take): then it goes out in the same send as this write.
+        if this.out_end - this.out_pos > SMALL_PENDING {
+            ready!(this.poll_send(cx, true))?;
+        }
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
         match this.drive(Some(buf), false)? {
             Reached::Traffic(n) => {
                 // Send now what the socket takes; the rest with the next write or flush.
-                if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+                if let Poll::Ready(Err(e)) = this.poll_send(cx, true) {
                     return Poll::Ready(Err(e));
                 }
                 Poll::Ready(Ok(n))
@@ -471,7 +519,7 @@ impl AsyncWrite for ServerStream {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.poll_send(cx))?;
+        ready!(this.poll_send(cx, false))?;
         Pin::new(&mut this.tcp).poll_flush(cx)
     }
 
@@ -482,7 +530,7 @@ impl AsyncWrite for ServerStream {
             let _ = this.drive(None, true);
             this.close_sent = true;
         }
-        ready!(this.poll_send(cx))?;
+        ready!(this.poll_send(cx, false))?;
         Pin::new(&mut this.tcp).poll_shutdown(cx)
     }
 }
@@ -543,12 +591,28 @@ mod tests {
         Box<ServerStream>,
         tokio_rustls::client::TlsStream<TcpStream>,
     ) {
+        pair_with(s, client, false).await
+    }
+
+    /// [`pair`], the server accepting with [`accept_then_write`] if `then_write`.
+    async fn pair_with(
+        s: &Setup,
+        client: &Arc<rustls::ClientConfig>,
+        then_write: bool,
+    ) -> (
+        Box<ServerStream>,
+        tokio_rustls::client::TlsStream<TcpStream>,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = s.server.clone();
         let accepting = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
-            accept(server, tcp).await
+            if then_write {
+                accept_then_write(server, tcp).await
+            } else {
+                accept(server, tcp).await
+            }
         });
         let tcp = TcpStream::connect(addr).await.unwrap();
         let connector = TlsConnector::from(client.clone());
@@ -569,7 +633,7 @@ mod tests {
         for version in PROTOCOL_VERSIONS {
             let (mut srv, mut c) = pair(&s, &client_config(&s, version)).await;
             assert!(srv.connection().protocol_version().is_some());
-            for size in [5usize, 1000, 20_000, 200_000] {
+            for size in [5usize, 1000, 20_000, 200_000, 1_100_000] {
                 let command: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
                 c.write_all(&command).await.unwrap();
                 c.flush().await.unwrap();
@@ -732,6 +796,34 @@ mod tests {
                     .unwrap();
                 c.shutdown().await.unwrap();
             }
+        }
+    }
+
+    /// accept_then_write holds the TLS 1.3 ticket for the first write: it arrives with the
+    /// greeting (the next session resumes with it), and nothing stays held after the flush.
+    #[tokio::test]
+    async fn a_ticket_held_for_the_greeting_goes_with_it() {
+        let s = setup();
+        let client = client_config(&s, &rustls::version::TLS13);
+        for round in 0..3 {
+            let (mut srv, mut c) = pair_with(&s, &client, true).await;
+            let expected = if round == 0 {
+                HandshakeKind::Full
+            } else {
+                HandshakeKind::Resumed
+            };
+            assert_eq!(c.get_ref().1.handshake_kind(), Some(expected), "{round}");
+            assert!(srv.buffered_capacity() > 0, "the ticket is held");
+            srv.write_all(b"+OK ready\r\n").await.unwrap();
+            srv.flush().await.unwrap();
+            assert_eq!(srv.buffered_capacity(), 0);
+            let mut ok = [0u8; 11];
+            timeout(LIMIT, c.read_exact(&mut ok))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(&ok, b"+OK ready\r\n");
+            c.shutdown().await.unwrap();
         }
     }
 }

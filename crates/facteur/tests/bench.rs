@@ -330,3 +330,118 @@ both_backends!(
     a_certificate_not_trusted_is_a_tls_error,
     refused_logins_are_errors_by_kind,
 );
+
+/// `facteur-bench retr` and `raw`, parsed as the binary parses them.
+#[derive(Parser)]
+struct RetrCli {
+    #[command(flatten)]
+    args: facteur_bench::retr::RetrArgs,
+}
+
+#[derive(Parser)]
+struct RawCli {
+    #[command(flatten)]
+    args: facteur_bench::retr::RawArgs,
+}
+
+fn on_a_thread<T: Send + 'static>(
+    what: String,
+    f: impl FnOnce() -> Result<T, facteur_bench::BenchError> + Send + 'static,
+) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(RUN_TIMEOUT)
+        .unwrap_or_else(|_| panic!("{what} did not finish"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+fn retr(args: &[&str]) -> facteur_bench::retr::TransferReport {
+    let cli = RetrCli::try_parse_from(std::iter::once("retr").chain(args.iter().copied()))
+        .unwrap_or_else(|e| panic!("retr {args:?}: {e}"));
+    on_a_thread(format!("retr {args:?}"), move || {
+        facteur_bench::retr::retr(cli.args)
+    })
+}
+
+fn raw(args: &[&str]) -> facteur_bench::retr::TransferReport {
+    let cli = RawCli::try_parse_from(std::iter::once("raw").chain(args.iter().copied()))
+        .unwrap_or_else(|e| panic!("raw {args:?}: {e}"));
+    on_a_thread(format!("raw {args:?}"), move || {
+        facteur_bench::retr::raw(cli.args)
+    })
+}
+
+/// A message of about 600 KiB (many reads and TLS records), lines starting with a dot
+/// included: RETR sends them stuffed.
+fn big_message() -> (Vec<u8>, Vec<u8>) {
+    let mut m = b"From: a@example.org\nSubject: big\n\n".to_vec();
+    for i in 0..12_000 {
+        if i % 100 == 0 {
+            m.extend_from_slice(b".a line that starts with a dot\n");
+        }
+        m.extend_from_slice(format!("line {i:05} of the body of a big message\n").as_bytes());
+    }
+    let mut wire = Vec::new();
+    for line in crlf(&m).split_inclusive(|&b| b == b'\n') {
+        if line.first() == Some(&b'.') {
+            wire.push(b'.');
+        }
+        wire.extend_from_slice(line);
+    }
+    wire.extend_from_slice(b".\r\n");
+    (m, wire)
+}
+
+/// `retr` counts exactly the octets of the answer after its status line (the stuffed message
+/// and the terminating line), over plain POP3 and POP3S, each RETR of the session; `raw`
+/// counts the same octets from its own sender, plain (sendfile, and read + write) and TLS.
+#[test]
+fn retr_and_raw_count_the_wire_octets() {
+    let f = Fixture::with_tls();
+    let (message, wire) = big_message();
+    f.deliver(USER, &message);
+    let server = f.start();
+    let octets = wire.len() as u64;
+    let plain = server.addr.port().to_string();
+    let pop3s = server.pop3s().port().to_string();
+    let common = ["--user", USER, "--password", PASSWORD, "--runs", "3"];
+    let r = retr(&[&["--port", &plain, "--warmup", "1"], &common[..]].concat());
+    assert_eq!(r.runs.len(), 3);
+    assert!(r.runs.iter().all(|run| run.octets == octets), "{r:?}");
+    assert!(r.cipher.is_none());
+    assert!(r.json().contains("\"median_mb_per_sec\":"), "{}", r.json());
+    let cert = f.cert().to_str().expect("a UTF-8 path");
+    let r = retr(
+        &[
+            &["--port", &pop3s, "--mode", "pop3s", "--cafile", cert],
+            &common[..],
+        ]
+        .concat(),
+    );
+    assert!(r.runs.iter().all(|run| run.octets == octets), "{r:?}");
+    let cipher = r.cipher.clone().unwrap_or_default();
+    assert!(cipher.contains("TLS13_AES_128_GCM_SHA256"), "{cipher}");
+    // A wrong password is an error, not a figure.
+    let cli =
+        RetrCli::try_parse_from(["retr", "--port", &plain, "--user", USER, "--password", "x"])
+            .expect("parse");
+    assert!(facteur_bench::retr::retr(cli.args).is_err());
+
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let path = dir.path().join("wire");
+    std::fs::write(&path, &wire).expect("write the wire file");
+    let path = path.to_str().expect("a UTF-8 path");
+    let files = f.tls.as_ref().expect("TLS files");
+    let key = files.private_key.to_str().expect("a UTF-8 path");
+    for extra in [&[][..], &["--copy"][..], &["--tls", cert, key][..]] {
+        let r = raw(&[&["--wire", path, "--runs", "2"], extra].concat());
+        assert_eq!(r.runs.len(), 2, "{extra:?}");
+        assert!(
+            r.runs.iter().all(|run| run.octets == octets),
+            "{extra:?}: {r:?}"
+        );
+        assert_eq!(r.cipher.is_some(), extra.len() == 3, "{r:?}");
+    }
+}
