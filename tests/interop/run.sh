@@ -467,9 +467,12 @@ poll 127.0.0.1 protocol pop3 port $(port_of "$mode") timeout 30
 EOF
     chmod 600 "$c/fetchmailrc"
     OUT_FORMAT=files OUT_PATH="$c/out"
-    # Exit 0: mail was retrieved (1 would mean none was).
+    # Exit 0: mail was retrieved (1 would mean none was). A lock file of its own: as root,
+    # fetchmail's default is /var/run/fetchmail.pid whatever FETCHMAILHOME says, and another
+    # fetchmail running on the machine (a benchmark's) would make it exit 8.
     HOME="$c/home" FETCHMAILHOME="$c/home" FETCHMAILUSER="$(id -un)" \
-        timeout "$CLIENT_TIMEOUT" fetchmail -v -v --nodetach -f "$c/fetchmailrc"
+        timeout "$CLIENT_TIMEOUT" fetchmail -v -v --nodetach --pidfile "$c/home/fetchmail.pid" \
+        -f "$c/fetchmailrc"
 }
 
 # mpop delivers into a Maildir; "auth on" lets it choose the mechanism.
