@@ -6,24 +6,6 @@
       in; then STAT, timed apart (the first STAT sizes a maildrop whose login deferred it).
       Then QUIT (waited for, untimed). Prints the seconds and the number of listing lines.
 
-  probe.py retr HOST PORT USER PASSWORD [--runs N] [--tls]
-      One session, RETR 1 N times; each RETR is timed from sending the command to the last
-      octet of the terminator. Prints every run's seconds and octets. With --tls the session
-      is POP3S (implicit TLS, Python's OpenSSL; the certificate is not checked: loopback).
-
-  probe.py raw WIRE_FILE [--runs N] [--copy]
-      The limit for RETR: a sender process writes WIRE_FILE (the message in its wire form,
-      terminator included) with sendfile(2) over a loopback TCP connection, once per one-line
-      request; the receiver is the same code as `retr` (same buffer, same end test). With
-      --copy the sender reads 64 KiB blocks and sends them instead (what a server that must
-      look at the bytes, as a POP3 server must, can do at best).
-
-  probe.py raw WIRE_FILE --tls CERT KEY [--runs N]
-      The limit for RETR over POP3S, for this client: the sender holds WIRE_FILE in memory and
-      writes it through Python's OpenSSL (TLS 1.3, AES-128-GCM, the suite facteur's servers
-      choose first) in 1 MiB calls; the receiver is `retr --tls`'s code. What the client
-      can decrypt, with a sender that reads no file and looks at no byte.
-
   probe.py cpu PID...
       CPU seconds (user + system) used so far by each PID and all its descendants, including
       descendants that have exited and been reaped (their time is in their parent's cutime and
@@ -34,16 +16,14 @@
       USS (Private_Clean + Private_Dirty from /proc/PID/smaps_rollup) summed over each PID and
       all its descendants, in KiB, with the number of processes.
 
-The receiving loop is the same for RETR and the raw copy: recv_into a 1 MiB buffer, look at the
-last five octets for CRLF.CRLF (which dot-stuffing guarantees appears only at the end).
+Workload 3 (RETR and the raw copies it is compared with) is measured by `facteur-bench retr`
+and `facteur-bench raw`, one Rust client on both sides of every ratio (bench/README.md).
 """
 
 import argparse
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
 
 TERMINATOR = b"\r\n.\r\n"
@@ -51,16 +31,9 @@ BUFFER = 1 << 20
 
 
 class Pop3:
-    def __init__(self, host, port, timeout=300, tls=False):
+    def __init__(self, host, port, timeout=300):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if tls:
-            import ssl
-
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            self.sock = ctx.wrap_socket(self.sock, server_hostname=host)
         self.pending = b""
         self.buf = bytearray(BUFFER)
         self.view = memoryview(self.buf)
@@ -149,112 +122,6 @@ def cmd_uidl(a):
     return {"secs": secs, "uidl_lines": lines - 1, "octets": octets, "stat_secs": stat_secs}
 
 
-def cipher_of(c):
-    """The TLS version and suite a session negotiated, or None for plain TCP."""
-    cipher = getattr(c.sock, "cipher", None)
-    return list(cipher()[:2]) if cipher else None
-
-
-def cmd_retr(a):
-    c = Pop3(a.host, a.port, tls=a.tls)
-    c.ok("greeting")
-    c.login(a.user, a.password)
-    runs = []
-    for _ in range(a.runs):
-        t0 = time.perf_counter()
-        c.send("RETR 1")
-        c.ok("RETR")
-        octets, _ = c.multiline()
-        runs.append({"secs": time.perf_counter() - t0, "octets": octets})
-    cipher = cipher_of(c)
-    c.quit()
-    return {"runs": runs, "cipher": cipher}
-
-
-# The sender of `raw --tls`: only TLS 1.3's AES-128-GCM, which facteur's servers choose first
-# (Python has no call to set TLS 1.3 suites; OpenSSL's configuration file does it).
-OPENSSL_AES128 = """openssl_conf = init
-[init]
-ssl_conf = ssl
-[ssl]
-system_default = tls
-[tls]
-MinProtocol = TLSv1.3
-Ciphersuites = TLS_AES_128_GCM_SHA256
-"""
-
-
-def cmd_raw_serve(a):
-    """The sender of `raw`: one connection, one sendfile of the whole file per request line."""
-    srv = socket.create_server(("127.0.0.1", 0))
-    print(srv.getsockname()[1], flush=True)
-    conn, _ = srv.accept()
-    srv.close()
-    size = os.path.getsize(a.wire)
-    if a.tls:
-        import ssl
-
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(a.tls[0], a.tls[1])
-        with open(a.wire, "rb") as f:
-            data = memoryview(f.read())
-        conn = ctx.wrap_socket(conn, server_side=True)
-        with conn:
-            reader = conn.makefile("rb")
-            while reader.readline():
-                for at in range(0, size, 1 << 20):
-                    conn.sendall(data[at : at + (1 << 20)])
-        return None
-    with open(a.wire, "rb") as f, conn:
-        reader = conn.makefile("rb")
-        block = bytearray(64 * 1024)
-        while reader.readline():
-            if a.copy:
-                f.seek(0)
-                while n := f.readinto(block):
-                    conn.sendall(memoryview(block)[:n])
-            else:
-                sent = 0
-                while sent < size:
-                    sent += os.sendfile(conn.fileno(), f.fileno(), sent, size - sent)
-    return None
-
-
-def cmd_raw(a):
-    env = None
-    conf = None
-    if a.tls:
-        import tempfile
-
-        conf = tempfile.NamedTemporaryFile("w", suffix=".cnf", delete=False)
-        conf.write(OPENSSL_AES128)
-        conf.close()
-        env = dict(os.environ, OPENSSL_CONF=conf.name)
-    sender = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "raw-serve", a.wire]
-        + (["--copy"] if a.copy else [])
-        + (["--tls", a.tls[0], a.tls[1]] if a.tls else []),
-        stdout=subprocess.PIPE,
-        env=env,
-    )
-    try:
-        port = int(sender.stdout.readline())
-        c = Pop3("127.0.0.1", port, tls=bool(a.tls))
-        runs = []
-        for _ in range(a.runs):
-            t0 = time.perf_counter()
-            c.send("SEND")
-            octets, _ = c.multiline()
-            runs.append({"secs": time.perf_counter() - t0, "octets": octets})
-        cipher = cipher_of(c)
-        c.sock.close()
-    finally:
-        sender.wait(timeout=30)
-        if conf is not None:
-            os.unlink(conf.name)
-    return {"runs": runs, "cipher": cipher}
-
-
 def children_map():
     kids = {}
     for entry in os.listdir("/proc"):
@@ -322,33 +189,17 @@ def cmd_uss(a):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("uidl", "retr"):
-        s = sub.add_parser(name)
-        s.add_argument("host")
-        s.add_argument("port", type=int)
-        s.add_argument("user")
-        s.add_argument("password")
-        if name == "retr":
-            s.add_argument("--runs", type=int, default=4)
-            s.add_argument("--tls", action="store_true")
-    s = sub.add_parser("raw")
-    s.add_argument("wire")
-    s.add_argument("--runs", type=int, default=4)
-    s.add_argument("--copy", action="store_true")
-    s.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
-    s = sub.add_parser("raw-serve")
-    s.add_argument("wire")
-    s.add_argument("--copy", action="store_true")
-    s.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
+    s = sub.add_parser("uidl")
+    s.add_argument("host")
+    s.add_argument("port", type=int)
+    s.add_argument("user")
+    s.add_argument("password")
     for name in ("uss", "cpu"):
         s = sub.add_parser(name)
         s.add_argument("pids", type=int, nargs="+")
     a = p.parse_args()
     result = {
         "uidl": cmd_uidl,
-        "retr": cmd_retr,
-        "raw": cmd_raw,
-        "raw-serve": cmd_raw_serve,
         "uss": cmd_uss,
         "cpu": cmd_cpu,
     }[a.cmd](a)
