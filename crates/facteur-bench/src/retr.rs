@@ -15,8 +15,8 @@
 //!
 //! The client does no work per octet besides the TLS decryption: it counts the octets and
 //! keeps the last five to find CRLF.CRLF (which dot-stuffing leaves only at the end of a
-//! multi-line answer), across read boundaries. Every socket wait is bounded by
-//! [`IO_TIMEOUT`]. Everything runs on plain threads with blocking sockets.
+//! multi-line answer), across read boundaries. Every socket wait is bounded (two minutes).
+//! Everything runs on plain threads with blocking sockets.
 //!
 //! # Contract
 //! As the rest of the bench: only the address given (or 127.0.0.1 for `raw`'s own sender); no
