@@ -46,6 +46,8 @@
 #                            binary given as FACTEUR_BIN_NAME (to compare two builds in one run)
 #   FETCH_BENCH_SERVER       dovecot, facteur (`facteur serve`) or [both]: the servers fetched
 #                            from
+#   FETCH_BENCH_SERVER_MAIL  where the servers' maildrops and the seeded template live
+#                            [/dev/shm/facteur-fetch-bench, memory]; emptied first
 #   FETCH_BENCH_KEEP         1: keep the seeded template and the servers' maildrops in the
 #                            scratch folder; the logs, configurations and runs.tsv are always kept
 
@@ -68,6 +70,12 @@ both) SERVERS=(dovecot facteur) ;;
 esac
 CLIENT_TIMEOUT=900
 COMMAND="sudo bash bench/fetch.sh"
+# The servers' maildrops in memory, not on the disk the clients write to: what is measured is
+# the fetchers. On this project's test machines (ext4 mounted with `discard` and no journal),
+# each file a server deletes at QUIT costs a synchronous discard (1 to 3 ms: 10 to 30 s for
+# 10,000 messages, the same for every client), and each inode freed there makes the next file
+# creations on that file system scan past it (see bench/README.md).
+SERVER_MAIL=${FETCH_BENCH_SERVER_MAIL:-/dev/shm/facteur-fetch-bench}
 PW_VAR=FACTEUR_FETCH_BENCH_PW
 
 say() { printf '\n== %s\n' "$*" >&2; }
@@ -79,6 +87,7 @@ die() {
 [ "$(id -u)" -eq 0 ] || die "run as root (Dovecot's master starts as root): $COMMAND"
 [ "${#SERVERS[@]}" -gt 0 ] || die "FETCH_BENCH_SERVER must be dovecot, facteur or both"
 case "$SCRATCH" in /*) ;; *) die "FACTEUR_FETCH_BENCH_DIR must be an absolute path" ;; esac
+case "$SERVER_MAIL" in /?*) ;; *) die "FETCH_BENCH_SERVER_MAIL must be an absolute path" ;; esac
 
 # --- the software ------------------------------------------------------------------------------
 
@@ -114,6 +123,11 @@ FACTEUR=$SCRATCH/facteur
 cp "$BUILT" "$FACTEUR"
 DOVECOT_DIR=$SCRATCH/dovecot
 mkdir -p "$DOVECOT_DIR"
+rm -rf "$SERVER_MAIL"
+mkdir -p "$SERVER_MAIL/dovecot" "$SERVER_MAIL/facteur"
+chmod 755 "$SERVER_MAIL"
+# Dovecot's and facteur serve's mail folders are links into SERVER_MAIL.
+ln -s "$SERVER_MAIL/dovecot" "$DOVECOT_DIR/mail"
 chmod 755 "$DOVECOT_DIR"
 RUNS_TSV=$SCRATCH/runs.tsv
 : >"$RUNS_TSV"
@@ -125,7 +139,8 @@ FSERVE_PORT=""
 
 facteur_serve_start() {
     local ports _
-    mkdir -p "$FSERVE_DIR/mail"
+    mkdir -p "$FSERVE_DIR"
+    ln -sfn "$SERVER_MAIL/facteur" "$FSERVE_DIR/mail"
     chmod 755 "$FSERVE_DIR"
     chown "$MAIL_UID:$MAIL_GID" "$FSERVE_DIR/mail"
     ports=$(free_ports) || return 1
@@ -212,10 +227,10 @@ facteur_serve_start || die "facteur serve did not start (see $FSERVE_DIR/facteur
 say "facteur serve: pid $FSERVE_PID, POP3S on 127.0.0.1:$FSERVE_PORT"
 
 say "seeding the template: $MESSAGES messages of about $SIZE octets"
-TEMPLATE=$SCRATCH/template/Maildir
+TEMPLATE=$SERVER_MAIL/template/Maildir
 python3 "$REPO/tests/dovecot/mail.py" seed "$TEMPLATE" "$SCRATCH/manifest" bench "$MESSAGES" \
     --size "$SIZE"
-chown -R "$MAIL_UID:$MAIL_GID" "$SCRATCH/template"
+chown -R "$MAIL_UID:$MAIL_GID" "$SERVER_MAIL/template"
 
 # --- the clients: each client_X DIR writes DIR/run.sh, which runs X fetching into DIR/Maildir --
 # (a script with every value in it, run under /usr/bin/time; its shell exec()s the client.)
@@ -363,11 +378,14 @@ one_run() { # round server client
     if [ "$check" != ok ]; then
         tail -n 20 "$d/client.log" | sed 's/^/    | /' >&2
     else
-        # 40 MB a run: keep the disk small and the next run's writeback out of the way.
-        rm -rf "$d/Maildir"
+        # Removed at the end of the benchmark, not now: on ext4 without a journal, 10,000
+        # inodes freed now would make the next client's file creations scan past them (the
+        # `sync` before each run keeps this run's writeback out of the next one's way).
+        DONE_MAILDIRS+=("$d/Maildir")
     fi
 }
 
+DONE_MAILDIRS=()
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 say "$ROUNDS rounds of ${CLIENTS[*]} from ${SERVERS[*]}, $MESSAGES messages each, POP3S, fetch and delete"
 n=${#CLIENTS[@]}
@@ -388,8 +406,9 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 facteur_serve_stop
 dovecot_stop
 if [ "${FETCH_BENCH_KEEP:-0}" != 1 ]; then
-    rm -rf "$SCRATCH/template" "$DOVECOT_DIR/mail" "$FSERVE_DIR/mail"
+    rm -rf "$SERVER_MAIL"
 fi
+rm -rf "${DONE_MAILDIRS[@]}"
 
 mkdir -p "$HERE/results"
 facts=(
