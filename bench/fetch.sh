@@ -27,7 +27,7 @@
 # FETCH_BENCH_SERVER=facteur or dovecot), half of it fetchmail's.
 #
 # How each client delivers to the Maildir:
-#   facteur fetch   --maildir (its own: tmp/; per batch of 64, one syncfs of the file system
+#   facteur fetch   --maildir (its own: tmp/; per batch of 256, one syncfs of the file system
 #                   (files and names in tmp/), then the journal's fsync, then the DELEs;
 #                   rename into new/, durable at the next syncfs or by the end of the session)
 #   mpop            `delivery maildir` (its own: tmp/, fsync of each file, link into new/)

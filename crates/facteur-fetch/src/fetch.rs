@@ -831,8 +831,8 @@ impl Run<'_> {
 }
 
 /// Batches whose RETRs are out at once, with PIPELINING: two, so that the server always has
-/// a batch to send (about 256 KiB for 64 messages of 4 KB, which the socket's buffers hold)
-/// while the one before is read and committed.
+/// a batch to send (about 1 MiB for 256 messages of 4 KB, as much as the sockets' buffers
+/// hold on loopback) while the one before is read and committed.
 const RETR_AHEAD: usize = 2;
 
 /// DELEs sent and not yet answered, and those the server accepted.
@@ -1616,11 +1616,13 @@ mod tests {
     /// power cut at any point leaves every message on the server or safe locally.
     #[test]
     fn every_message_is_durable_before_its_dele() {
+        // Three batches, the last one short; one short batch; one too small for a syncfs.
+        let three = 2 * BATCH_MESSAGES + 22;
         for (n, sync, syncfs) in [
-            (150, MaildirSync::Auto, true),
+            (three, MaildirSync::Auto, true),
             (20, MaildirSync::Auto, true),
             (SYNCFS_MIN_BATCH - 1, MaildirSync::Auto, false),
-            (150, MaildirSync::Fsync, false),
+            (three, MaildirSync::Fsync, false),
             (3, MaildirSync::Fsync, false),
         ] {
             let dir = tempfile::tempdir().unwrap();
