@@ -408,7 +408,6 @@ dovecot_stop
 if [ "${FETCH_BENCH_KEEP:-0}" != 1 ]; then
     rm -rf "$SERVER_MAIL"
 fi
-rm -rf "${DONE_MAILDIRS[@]}"
 
 mkdir -p "$HERE/results"
 facts=(
@@ -438,3 +437,6 @@ say "results (bench/results/fetch.json)"
 python3 "$HERE/fetch_report.py" report "$RUNS_TSV" "$HERE/results/fetch.json" "${facts[@]}"
 printf '\nMachine: %s CPUs, load average %s at the start, %s at the end.\n' "$(nproc)" \
     "$LOAD_START" "$LOAD_END"
+# After the report: on a file system mounted with discard, 10,000 unlinks take 5 to 30 s.
+say "removing the clients' Maildirs (${#DONE_MAILDIRS[@]})"
+rm -rf "${DONE_MAILDIRS[@]}"
