@@ -112,9 +112,12 @@ pub fn retr_limit(listed: u64, max_message_size: Option<u64>) -> u64 {
     max_message_size.map_or(limit, |max| limit.min(max))
 }
 
-/// Messages fetched between two commits: each commit costs an fsync of the journal and of the
-/// destination's folder (or file), and a crash costs at most one batch fetched again.
-pub const BATCH_MESSAGES: usize = 64;
+/// Messages fetched between two commits: each commit costs a syncfs of the Maildir's file
+/// system (or fsyncs of its files, or of the mbox) and an fsync of the journal, and a crash
+/// costs at most one batch fetched again. 256 rather than 64: 10,000 messages of 4 KB from
+/// facteur serve on loopback took 1.35-1.80 s instead of 1.83-2.17 s (three alternating runs
+/// each), the time blocked in syncfs 0.28 s instead of 0.51 s (40 syncfs instead of 157).
+pub const BATCH_MESSAGES: usize = 256;
 
 /// Octets (by LIST size) fetched between two commits, whichever comes first.
 pub const BATCH_BYTES: u64 = 16 * 1024 * 1024;

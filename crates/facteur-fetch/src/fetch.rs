@@ -670,9 +670,11 @@ impl Run<'_> {
         // With PIPELINING, the RETRs of [`RETR_AHEAD`] batches are out at any time: as batch
         // i has arrived, those of batch i + RETR_AHEAD go out, before batch i's commit, so
         // that the server sends while the commit waits on the disk and while the batches
-        // before are read. The DELEs of batch i go out, once it is committed, with the RETRs
-        // sent as batch i + 1 has arrived; their replies are read after batch
-        // i + RETR_AHEAD's, which the server sent before them.
+        // before are read. Batch i's commit is started then (its syncfs on another thread)
+        // and completed (recorded) once batch i + 1 has arrived, so that the disk works while
+        // the next batch arrives; batch i's DELEs go out right after, with the RETRs of batch
+        // i + 1 + RETR_AHEAD; their replies are read after batch i + 2's, which the server
+        // sent before them.
         if pipelining {
             for batch in batches.iter().take(RETR_AHEAD) {
                 for m in *batch {
@@ -682,8 +684,10 @@ impl Run<'_> {
         }
         conn.flush().await?;
         deles.read_replies(&mut conn, report).await?;
-        // Batch i - 1, committed, its DELEs not yet sent (with PIPELINING).
-        let mut to_delete: Vec<&ServerMessage> = Vec::new();
+        // Batch i - 1, its commit started (with PIPELINING), and its messages.
+        let mut in_flight: Option<(dest::Prepared, Vec<&ServerMessage>)> = None;
+        // Batch i - 1, committed at once (with PIPELINING, into an mbox), its DELEs not sent.
+        let mut in_flight_deles: Vec<&ServerMessage> = Vec::new();
         for (i, &batch) in batches.iter().enumerate() {
             let mut staged = Vec::with_capacity(batch.len());
             let mut committed = Vec::with_capacity(batch.len());
@@ -767,11 +771,24 @@ impl Run<'_> {
                 faults.check(FaultPoint::AfterWrite)?;
             }
             conn.set_message_deadline(None);
+            // Batch i has arrived: batch i - 1's files have been becoming durable meanwhile.
+            // (Into an mbox, batch i - 1 was committed at once: its DELEs wait here.)
+            let mut to_delete = std::mem::take(&mut in_flight_deles);
+            if let Some((prepared, msgs)) = in_flight.take() {
+                dest.complete(prepared, state, now, &mut |p| faults.check(p))?;
+                fetched += msgs.len() as u64;
+                report.fetched += msgs.len() as u64;
+                progress.set_message(format!("{fetched}/{}", count(total as u64, "message")));
+                faults.check(FaultPoint::AfterDone)?;
+                if delete_at_once {
+                    to_delete.extend(msgs);
+                }
+            }
             if pipelining && cut.is_none() {
                 // The replies to the DELEs sent as the batch before arrived: after this
                 // batch's (see above).
                 deles.read_replies(&mut conn, report).await?;
-                for m in to_delete.drain(..) {
+                for m in to_delete {
                     deles.queue(&mut conn, m);
                 }
                 if let Some(ahead) = batches.get(i + RETR_AHEAD) {
@@ -781,7 +798,15 @@ impl Run<'_> {
                 }
                 conn.flush().await?;
             }
-            dest.commit(staged, state, now, &mut |p| faults.check(p))?;
+            let prepared = dest.prepare(staged)?;
+            if pipelining && cut.is_none() && dest.completes_later() {
+                in_flight = Some((prepared, committed));
+                continue;
+            }
+            // Without PIPELINING, into an mbox, or with the connection in the middle of a
+            // cut-off message: the commit at once; with PIPELINING, the DELEs go out with the
+            // next batch's RETRs.
+            dest.complete(prepared, state, now, &mut |p| faults.check(p))?;
             fetched += committed.len() as u64;
             report.fetched += committed.len() as u64;
             progress.set_message(format!("{fetched}/{}", count(total as u64, "message")));
@@ -792,7 +817,7 @@ impl Run<'_> {
             }
             if delete_at_once {
                 if pipelining {
-                    to_delete = committed;
+                    in_flight_deles = committed;
                 } else {
                     for m in committed {
                         deles.queue(&mut conn, m);
@@ -802,8 +827,20 @@ impl Run<'_> {
                 }
             }
         }
-        for m in to_delete {
+        for m in in_flight_deles {
             deles.queue(&mut conn, m);
+        }
+        if let Some((prepared, msgs)) = in_flight.take() {
+            dest.complete(prepared, state, now, &mut |p| faults.check(p))?;
+            fetched += msgs.len() as u64;
+            report.fetched += msgs.len() as u64;
+            progress.set_message(format!("{fetched}/{}", count(total as u64, "message")));
+            faults.check(FaultPoint::AfterDone)?;
+            if delete_at_once {
+                for m in msgs {
+                    deles.queue(&mut conn, m);
+                }
+            }
         }
         conn.flush().await?;
         // Before QUIT makes the server delete anything, what the commits left to the end
@@ -831,8 +868,8 @@ impl Run<'_> {
 }
 
 /// Batches whose RETRs are out at once, with PIPELINING: two, so that the server always has
-/// a batch to send (about 256 KiB for 64 messages of 4 KB, which the socket's buffers hold)
-/// while the one before is read and committed.
+/// a batch to send (about 1 MiB for 256 messages of 4 KB, as much as the sockets' buffers
+/// hold on loopback) while the one before is read and committed.
 const RETR_AHEAD: usize = 2;
 
 /// DELEs sent and not yet answered, and those the server accepted.
@@ -1616,11 +1653,13 @@ mod tests {
     /// power cut at any point leaves every message on the server or safe locally.
     #[test]
     fn every_message_is_durable_before_its_dele() {
+        // Three batches, the last one short; one short batch; one too small for a syncfs.
+        let three = 2 * BATCH_MESSAGES + 22;
         for (n, sync, syncfs) in [
-            (150, MaildirSync::Auto, true),
+            (three, MaildirSync::Auto, true),
             (20, MaildirSync::Auto, true),
             (SYNCFS_MIN_BATCH - 1, MaildirSync::Auto, false),
-            (150, MaildirSync::Fsync, false),
+            (three, MaildirSync::Fsync, false),
             (3, MaildirSync::Fsync, false),
         ] {
             let dir = tempfile::tempdir().unwrap();
@@ -1649,6 +1688,19 @@ mod tests {
                 assert_eq!(file_syncs, 0, "{n} {sync:?}");
             } else {
                 assert_eq!((fs_syncs, file_syncs), (0, n), "{n} {sync:?}");
+            }
+            if n > BATCH_MESSAGES {
+                // The next batch arrives while the batch before becomes durable: the whole
+                // second batch is written before the first one's `P` lines.
+                let first_record = ops
+                    .iter()
+                    .position(|o| matches!(o, crate::optrace::Op::Pending(..)))
+                    .unwrap();
+                let written = ops[..first_record]
+                    .iter()
+                    .filter(|o| matches!(o, crate::optrace::Op::Written(_)))
+                    .count();
+                assert_eq!(written, 2 * BATCH_MESSAGES, "{n} {sync:?}");
             }
             let new = std::fs::read_dir(dir.path().join("Maildir/new")).unwrap();
             assert_eq!(new.count(), n);

@@ -511,32 +511,41 @@ fn spec(env: &Env, kind: Kind) -> DestinationSpec {
     }
 }
 
-/// 150 messages (three batches), a crash at `point` in the second batch, then a rerun: every
+/// Messages for three batches, the last one short.
+const THREE_BATCHES: usize = 2 * facteur_fetch::config::BATCH_MESSAGES + 22;
+/// A message of the second batch.
+const IN_THE_SECOND_BATCH: u64 = facteur_fetch::config::BATCH_MESSAGES as u64 + 6;
+
+/// THREE_BATCHES messages, a crash at `point` in the second batch, then a rerun: every
 /// message is there exactly once, and the server is empty (or, kept, full).
 fn crash_and_rerun(kind: Kind, point: FaultPoint, policy: DeletePolicy) {
     let env = Env::new();
-    let sent = env.deliver_messages(150);
+    let sent = env.deliver_messages(THREE_BATCHES);
     let mut a = env.account(spec(&env, kind));
     a.policy = policy;
     let mut opts = env.opts();
     opts.fault = Some(Fault {
         point,
-        at_message: 70,
+        at_message: IN_THE_SECOND_BATCH,
         action: FaultAction::Stop,
     });
     let e = fetch(&a, &opts).expect_err("the injected crash");
     assert!(e.to_string().contains("injected crash"), "{e}");
     // Nothing was deleted: the crash came before QUIT.
-    assert_eq!(env.on_server(), 150, "{kind:?} {point:?}");
+    assert_eq!(env.on_server(), THREE_BATCHES, "{kind:?} {point:?}");
     let r = fetch_ok(&a, &env.opts());
     assert_eq!(
         local_messages(&env, kind),
         sorted(sent.clone()),
         "{kind:?} {point:?}: every message exactly once"
     );
-    let expected_left = if policy == DeletePolicy::Keep { 150 } else { 0 };
+    let expected_left = if policy == DeletePolicy::Keep {
+        THREE_BATCHES
+    } else {
+        0
+    };
     assert_eq!(env.on_server(), expected_left, "{kind:?} {point:?}");
-    assert!(r.fetched <= 150);
+    assert!(r.fetched <= THREE_BATCHES as u64);
     if let Kind::Maildir = kind {
         let left = std::fs::read_dir(env.maildir().join("tmp"))
             .expect("read tmp/")
@@ -546,7 +555,7 @@ fn crash_and_rerun(kind: Kind, point: FaultPoint, policy: DeletePolicy) {
     // And a third run has nothing to do.
     let r = fetch_ok(&a, &env.opts());
     assert_eq!(r.fetched, 0);
-    assert_eq!(local_messages(&env, kind).len(), 150);
+    assert_eq!(local_messages(&env, kind).len(), THREE_BATCHES);
 }
 
 #[test]
@@ -890,7 +899,7 @@ fn abort_at_each_point_then_rerun() {
     ];
     for (kind, point) in points {
         let env = Env::new();
-        let expected = fill_server(&env, 150);
+        let expected = fill_server(&env, THREE_BATCHES);
         let dest_args: Vec<String> = match kind {
             Kind::Maildir => vec!["--maildir".into(), env.maildir().display().to_string()],
             Kind::Mbox => vec!["--mbox".into(), env.mbox().display().to_string()],
@@ -898,7 +907,10 @@ fn abort_at_each_point_then_rerun() {
         let args: Vec<&str> = dest_args.iter().map(String::as_str).collect();
         let (code, _, err) = run_fetch_cmd(|| {
             let mut c = fetch_cmd(&env, &args);
-            c.env("FACTEUR_FETCH_FAULT", format!("{point}:70"));
+            c.env(
+                "FACTEUR_FETCH_FAULT",
+                format!("{point}:{IN_THE_SECOND_BATCH}"),
+            );
             c
         });
         assert!(

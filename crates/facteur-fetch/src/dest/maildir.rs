@@ -3,9 +3,12 @@
 //! Each message is written to `tmp/<unique>` as it arrives. At the commit of a batch, the
 //! files and their names in `tmp/` are made durable: with [`SyncMode::Auto`] and a batch of
 //! [`SYNCFS_MIN_BATCH`] files or more, by one `syncfs` of the file system (see
-//! [`MaildirDest::commit`] for why that suffices on ext4); otherwise by an fsync of each file
+//! [`MaildirDest::prepare`] for why that suffices on ext4); otherwise by an fsync of each file
 //! (with [`SyncMode::Fsync`], started on a few threads as soon as each file is complete, while
-//! the next messages arrive) and one of `tmp/`. Then `P` lines naming each file are appended
+//! the next messages arrive) and one of `tmp/`. The commit comes in two halves: the syncfs (or
+//! the fsyncs) started on another thread ([`MaildirDest::prepare`]), while the fetcher writes
+//! the next batch's files, then a wait for it ([`MaildirDest::complete`]), and only then
+//! anything recorded. Then `P` lines naming each file are appended
 //! to the journal and fsynced (with the `D` lines of the batch before); the files are renamed
 //! into `new/<unique>,S=<size>,W=<wire size>`; `D` lines are appended. From the `P` fsync on,
 //! the messages are safe and may be deleted on the server: whole files under names that are
@@ -33,6 +36,21 @@ use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
+
+/// A batch of files in `tmp/` whose durability is under way: see [`MaildirDest::prepare`].
+#[derive(Debug)]
+pub struct Prepared {
+    /// The `P` lines to write once the files are durable.
+    pending: Vec<Pending>,
+    /// Each file in `tmp/`, and its name in `new/`.
+    renames: Vec<(PathBuf, String)>,
+    /// fsyncs of single files, under way.
+    started: Vec<(PathBuf, Synced)>,
+    /// The syncfs of the file system, under way.
+    fs_synced: Option<Synced>,
+    /// `tmp/` must be fsynced too (the files were fsynced one by one).
+    sync_tmp: bool,
+}
 
 /// A file written in `tmp/`, on its way to being durable.
 #[derive(Debug)]
@@ -123,15 +141,11 @@ impl MaildirDest {
         )))
     }
 
-    /// The Maildir part of [`super::Destination::commit`]: the files and their names in
-    /// `tmp/` made durable (one syncfs, or the files' fsyncs and one of `tmp/`), then `P`
-    /// lines (fsynced), then the renames into `new/`.
-    pub(super) fn commit(
-        &mut self,
-        batch: Vec<StagedMessage>,
-        state: &mut AccountState,
-        hook: &mut dyn FnMut(FaultPoint) -> Result<(), DestError>,
-    ) -> Result<(), DestError> {
+    /// The first half of the Maildir part of [`super::Destination::commit`]: the files of the
+    /// batch closed, and their durability started on another thread (one syncfs, or the
+    /// files' fsyncs), so that the fetcher reads the next batch while the disk works.
+    /// Nothing is recorded yet; [`Self::complete`] waits for it, then records.
+    pub(super) fn prepare(&mut self, batch: Vec<StagedMessage>) -> Result<Prepared, DestError> {
         let pending: Vec<Pending> = batch
             .iter()
             .filter_map(|m| match (&m.uid, &m.staged) {
@@ -158,6 +172,8 @@ impl MaildirDest {
                 renames.push((path, name));
             }
         }
+        let mut fs_synced = None;
+        let mut sync_tmp = false;
         if !renames.is_empty() {
             if open.len() >= SYNCFS_MIN_BATCH {
                 // One syncfs for the whole batch, instead of an fsync per file: each fsync of
@@ -166,29 +182,62 @@ impl MaildirDest {
                 // once (ext4_sync_fs) and flushes the disk's cache. When it returns, the
                 // files' data, their inodes and their names in tmp/ (directory entries are
                 // metadata, in that journal commit) are all durable, and so are the renames
-                // into new/ of the batch before. syncfs reports the writeback errors of the
-                // file system since the handle was opened (Linux 5.8 and later).
+                // into new/ of the batch before (done before it starts). syncfs reports the
+                // writeback errors of the file system since the handle was opened (Linux 5.8
+                // and later). The files are closed first (their data stays in the page cache).
                 drop(open);
-                rustix::fs::syncfs(&self.tmp_handle)
-                    .map_err(|e| io_err(&tmp_dir)(io::Error::from(e)))?;
-                #[cfg(test)]
-                crate::optrace::record(crate::optrace::Op::FsSynced);
-                self.new_unsynced = false;
+                let handle = self.tmp_handle.try_clone().map_err(io_err(&tmp_dir))?;
+                fs_synced = Some(self.syncs.start_syncfs(handle));
             } else {
                 for (path, f) in open {
                     started.push((path, self.syncs.start(f)));
                 }
                 // The names in tmp/ must be durable too: the messages may be deleted on the
                 // server before their renames are.
-                sync_dir(&tmp_dir).map_err(io_err(&tmp_dir))?;
-                #[cfg(test)]
-                crate::optrace::record(crate::optrace::Op::DirSynced(tmp_dir.clone()));
+                sync_tmp = true;
             }
-            for (path, synced) in started {
-                synced.wait().map_err(io_err(&path))?;
-                #[cfg(test)]
-                crate::optrace::record(crate::optrace::Op::FileSynced(path));
-            }
+        }
+        Ok(Prepared {
+            pending,
+            renames,
+            started,
+            fs_synced,
+            sync_tmp,
+        })
+    }
+
+    /// The second half: wait until the files and their names in `tmp/` are durable, then
+    /// `P` lines (fsynced), then the renames into `new/`.
+    pub(super) fn complete(
+        &mut self,
+        prepared: Prepared,
+        state: &mut AccountState,
+        hook: &mut dyn FnMut(FaultPoint) -> Result<(), DestError>,
+    ) -> Result<(), DestError> {
+        let Prepared {
+            pending,
+            renames,
+            started,
+            fs_synced,
+            sync_tmp,
+        } = prepared;
+        let tmp_dir = self.dir.join("tmp");
+        if let Some(synced) = fs_synced {
+            synced.wait().map_err(io_err(&tmp_dir))?;
+            #[cfg(test)]
+            crate::optrace::record(crate::optrace::Op::FsSynced);
+            // The renames into new/ so far were done before the syncfs started.
+            self.new_unsynced = false;
+        }
+        if sync_tmp {
+            sync_dir(&tmp_dir).map_err(io_err(&tmp_dir))?;
+            #[cfg(test)]
+            crate::optrace::record(crate::optrace::Op::DirSynced(tmp_dir.clone()));
+        }
+        for (path, synced) in started {
+            synced.wait().map_err(io_err(&path))?;
+            #[cfg(test)]
+            crate::optrace::record(crate::optrace::Op::FileSynced(path));
         }
         state.record_pending(&pending)?;
         hook(FaultPoint::AfterRecord)?;
@@ -289,13 +338,33 @@ pub(super) fn recover_one(dir: &Path, tmp: &str, name: &str) -> Result<bool, Des
     Ok(false)
 }
 
-/// The fsyncs of finished messages, on a few threads of their own: each fsync waits on the
-/// disk, and the disk serves several at once far faster than one after another; started as
-/// each message is finished, they overlap with the arrival of the next ones.
+/// The fsyncs of finished messages and the syncfs of batches, on a few threads of their own:
+/// each waits on the disk, and the disk serves several at once far faster than one after
+/// another; started as each message or batch is finished, they overlap with the arrival of
+/// the next ones.
 #[derive(Debug, Default)]
 struct SyncPool {
-    /// `None` until the first fsync starts the threads.
-    jobs: Option<mpsc::Sender<(File, mpsc::Sender<io::Result<()>>)>>,
+    /// `None` until the first job starts the threads.
+    jobs: Option<mpsc::Sender<SyncJob>>,
+}
+
+/// What a thread of the [`SyncPool`] does with a file, and where it says how that went.
+type SyncJob = (File, SyncKind, mpsc::Sender<io::Result<()>>);
+
+/// fsync the file, or syncfs its file system.
+#[derive(Clone, Copy, Debug)]
+enum SyncKind {
+    File,
+    FileSystem,
+}
+
+impl SyncKind {
+    fn run(self, file: &File) -> io::Result<()> {
+        match self {
+            SyncKind::File => file.sync_all(),
+            SyncKind::FileSystem => rustix::fs::syncfs(file).map_err(io::Error::from),
+        }
+    }
 }
 
 impl SyncPool {
@@ -304,8 +373,17 @@ impl SyncPool {
 
     /// Start the fsync of `file` (which is closed when it is done).
     fn start(&mut self, file: File) -> Synced {
+        self.start_job(file, SyncKind::File)
+    }
+
+    /// Start the syncfs of the file system that `handle` is on (closed when it is done).
+    fn start_syncfs(&mut self, handle: File) -> Synced {
+        self.start_job(handle, SyncKind::FileSystem)
+    }
+
+    fn start_job(&mut self, file: File, kind: SyncKind) -> Synced {
         let (done, wait) = mpsc::channel();
-        let job = (file, done);
+        let job = (file, kind, done);
         let job = match self.jobs.as_ref() {
             Some(jobs) => match jobs.send(job) {
                 Ok(()) => return Synced(wait),
@@ -323,15 +401,14 @@ impl SyncPool {
             },
         };
         // No thread to take it: here and now.
-        let (file, done) = job;
-        let _ = done.send(file.sync_all());
+        let (file, kind, done) = job;
+        let _ = done.send(kind.run(&file));
         Synced(wait)
     }
 
     /// The threads; `None` if not even one could be started.
-    fn spawn(&self) -> Option<mpsc::Sender<(File, mpsc::Sender<io::Result<()>>)>> {
-        type Job = (File, mpsc::Sender<io::Result<()>>);
-        let (jobs, queue) = mpsc::channel::<Job>();
+    fn spawn(&self) -> Option<mpsc::Sender<SyncJob>> {
+        let (jobs, queue) = mpsc::channel::<SyncJob>();
         let queue = Arc::new(Mutex::new(queue));
         let mut started = 0;
         for _ in 0..Self::THREADS {
@@ -344,11 +421,11 @@ impl SyncPool {
                         Ok(q) => q.recv(),
                         Err(_) => return,
                     };
-                    let Ok((file, done)) = job else {
+                    let Ok((file, kind, done)) = job else {
                         // The destination is gone: no more jobs.
                         return;
                     };
-                    let _ = done.send(file.sync_all());
+                    let _ = done.send(kind.run(&file));
                 });
             if worker.is_ok() {
                 started += 1;

@@ -81,6 +81,21 @@ pub enum Staged {
     Delivered,
 }
 
+/// A batch whose commit [`Destination::prepare`] started.
+#[derive(Debug)]
+pub struct Prepared {
+    uids: Vec<Uidl>,
+    work: PreparedWork,
+}
+
+#[derive(Debug)]
+enum PreparedWork {
+    Maildir(maildir::Prepared),
+    /// An mbox's commit is all done by [`Destination::complete`], under the mbox's locks.
+    Mbox(Vec<StagedMessage>),
+    Mda,
+}
+
 /// A staged message and its unique-id (`None` on a server without UIDL).
 #[derive(Debug)]
 pub struct StagedMessage {
@@ -134,11 +149,51 @@ impl Destination {
         now: u64,
         hook: &mut dyn FnMut(FaultPoint) -> Result<(), DestError>,
     ) -> Result<(), DestError> {
+        let prepared = self.prepare(batch)?;
+        self.complete(prepared, state, now, hook)
+    }
+
+    /// [`Self::commit`] in two halves, so that the fetcher reads the next batch while the disk
+    /// works: this one starts what takes the disk's time (a Maildir's syncfs, or its files'
+    /// fsyncs, on another thread) and records nothing; [`Self::complete`] waits for it and
+    /// records. Dropping the result instead records nothing (the files left in a Maildir's
+    /// `tmp/` are removed at the next run's start).
+    pub fn prepare(&mut self, batch: Vec<StagedMessage>) -> Result<Prepared, DestError> {
         let uids: Vec<Uidl> = batch.iter().filter_map(|m| m.uid.clone()).collect();
-        match self {
-            Destination::Maildir(d) => d.commit(batch, state, hook)?,
-            Destination::Mbox(m) => m.commit(&batch, state, hook)?,
-            Destination::Mda(_) => {}
+        let work = match self {
+            Destination::Maildir(d) => PreparedWork::Maildir(d.prepare(batch)?),
+            Destination::Mbox(_) => PreparedWork::Mbox(batch),
+            Destination::Mda(_) => PreparedWork::Mda,
+        };
+        Ok(Prepared { uids, work })
+    }
+
+    /// True if a batch may be left prepared while the next one is written, its commit
+    /// completed afterwards: a Maildir's (each message is a file of its own). Not an mbox's:
+    /// its commit empties the spool that the next batch's messages are written to.
+    pub fn completes_later(&self) -> bool {
+        matches!(self, Destination::Maildir(_))
+    }
+
+    /// The second half of [`Self::commit`], for a batch that [`Self::prepare`] started.
+    pub fn complete(
+        &mut self,
+        prepared: Prepared,
+        state: &mut AccountState,
+        now: u64,
+        hook: &mut dyn FnMut(FaultPoint) -> Result<(), DestError>,
+    ) -> Result<(), DestError> {
+        let Prepared { uids, work } = prepared;
+        match (&mut *self, work) {
+            (Destination::Maildir(d), PreparedWork::Maildir(p)) => d.complete(p, state, hook)?,
+            (Destination::Mbox(m), PreparedWork::Mbox(batch)) => m.commit(&batch, state, hook)?,
+            (Destination::Mda(_), PreparedWork::Mda) => {}
+            _ => {
+                return Err(DestError::Io {
+                    path: PathBuf::from("batch"),
+                    source: io::Error::other("a batch prepared for another destination"),
+                })
+            }
         }
         hook(FaultPoint::AfterCommit)?;
         state.record_done(&uids, now)?;
