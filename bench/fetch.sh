@@ -274,8 +274,9 @@ poll 127.0.0.1 protocol pop3 port $port timeout 60
 EOF
     chmod 600 "$d/fetchmailrc"
     cat >"$d/run.sh" <<EOF
+# A lock file of its own: as root, fetchmail locks /var/run/fetchmail.pid otherwise.
 HOME='$d/home' FETCHMAILHOME='$d/home' FETCHMAILUSER='$(id -un)' \\
-    exec fetchmail --nodetach -f '$d/fetchmailrc'
+    exec fetchmail --nodetach --pidfile '$d/home/fetchmail.pid' -f '$d/fetchmailrc'
 EOF
 }
 
