@@ -1557,19 +1557,6 @@ fn apop_timestamp(host: &str) -> String {
 mod future_sizes {
     use super::*;
 
-    /// See `task_size` in lib.rs.
-    macro_rules! future_size {
-        ($f:expr; $($arg:ident),*) => {{
-            fn size<F, $($arg,)* Fut>(_: &F) -> usize
-            where
-                F: FnOnce($($arg),*) -> Fut,
-            {
-                std::mem::size_of::<Fut>()
-            }
-            size(&$f)
-        }};
-    }
-
     /// What a session holds while its login waits for the password check (boxed, one per
     /// session, all at once when many clients log in together): room for a USER/PASS login, a
     /// RETR or the UPDATE, not for a SASL exchange (boxed apart) nor a database's penalty

@@ -40,6 +40,21 @@
 //! - accept a password in clear on a connection the policy says must be protected;
 //! - panic on anything a client sends.
 
+/// The size of the future an async fn returns, without calling it: `future_size!(f; A, B)`
+/// for a function of two arguments. Defined before the modules so that their tests see it.
+#[cfg(test)]
+macro_rules! future_size {
+    ($f:expr; $($arg:ident),*) => {{
+        fn size<F, $($arg,)* Fut>(_: &F) -> usize
+        where
+            F: FnOnce($($arg),*) -> Fut,
+        {
+            std::mem::size_of::<Fut>()
+        }
+        size(&$f)
+    }};
+}
+
 mod auth_pool;
 pub mod config;
 pub mod connection;
@@ -512,20 +527,6 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod task_size {
     use super::*;
-
-    /// The size of the future an async fn returns, without calling it: `future_size!(f; A, B)`
-    /// for a function of two arguments.
-    macro_rules! future_size {
-        ($f:expr; $($arg:ident),*) => {{
-            fn size<F, $($arg,)* Fut>(_: &F) -> usize
-            where
-                F: FnOnce($($arg),*) -> Fut,
-            {
-                std::mem::size_of::<Fut>()
-            }
-            size(&$f)
-        }};
-    }
 
     /// A session's task is allocated for as long as the session lives, idle or not: its size is
     /// that of the largest state it can wait in. The rare big ones (a TLS handshake, a login, a
