@@ -85,10 +85,18 @@ pub struct RetrArgs {
     /// The message number to retrieve.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub message: u32,
-    /// RETRs measured.
+    #[command(flatten)]
+    pub rounds: Rounds,
+}
+
+/// How many transfers `retr` and `raw` make (RETRs, or sends of the wire bytes), and how
+/// they print them.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Rounds {
+    /// Transfers measured.
     #[arg(long, default_value_t = 5, value_name = "K")]
     pub runs: u32,
-    /// RETRs first, not measured.
+    /// Transfers first, not measured.
     #[arg(long, default_value_t = 0)]
     pub warmup: u32,
     /// Print one JSON object instead of a table.
@@ -109,15 +117,8 @@ pub struct RawArgs {
     /// Plain TCP: read and write 64 KiB blocks instead of sendfile(2).
     #[arg(long, conflicts_with = "tls")]
     pub copy: bool,
-    /// Transfers measured.
-    #[arg(long, default_value_t = 5, value_name = "K")]
-    pub runs: u32,
-    /// Transfers first, not measured.
-    #[arg(long, default_value_t = 0)]
-    pub warmup: u32,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub rounds: Rounds,
 }
 
 /// `facteur-bench aes-speed`: AES-128-GCM on one core.
@@ -749,7 +750,13 @@ pub fn retr(args: RetrArgs) -> Result<TransferReport, BenchError> {
             .send(format!("PASS {}\r\n", args.password).as_bytes())?;
         client.ok("PASS")?;
         let command = format!("RETR {}\r\n", args.message);
-        let runs = transfers(client, command.as_bytes(), true, args.warmup, args.runs)?;
+        let runs = transfers(
+            client,
+            command.as_bytes(),
+            true,
+            args.rounds.warmup,
+            args.rounds.runs,
+        )?;
         client.ch.send(b"QUIT\r\n")?;
         // The answer to QUIT, if it comes (the figures are taken).
         let _ = client.line();
@@ -769,7 +776,7 @@ pub fn retr(args: RetrArgs) -> Result<TransferReport, BenchError> {
         cipher: channel.cipher(),
         runs,
     };
-    report.print(args.json);
+    report.print(args.rounds.json);
     Ok(report)
 }
 
@@ -879,7 +886,13 @@ pub fn raw(args: RawArgs) -> Result<TransferReport, BenchError> {
         ch: channel.as_mut(),
         pending: Vec::new(),
     };
-    let runs = transfers(&mut client, b"SEND\r\n", false, args.warmup, args.runs);
+    let runs = transfers(
+        &mut client,
+        b"SEND\r\n",
+        false,
+        args.rounds.warmup,
+        args.rounds.runs,
+    );
     let cipher = channel.cipher();
     // The end of the connection ends the sender.
     drop(channel);
@@ -903,7 +916,7 @@ pub fn raw(args: RawArgs) -> Result<TransferReport, BenchError> {
         cipher,
         runs,
     };
-    report.print(args.json);
+    report.print(args.rounds.json);
     Ok(report)
 }
 
