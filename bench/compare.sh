@@ -54,6 +54,8 @@ REPS=${BENCH_REPS:-3}
 ROUNDS=3 # workloads 1 and 2: DURATION is cut into this many turns per server
 ROUND_SECS=$(awk -v d="$DURATION" -v r=$ROUNDS 'BEGIN { print d / r }')
 W3_RUNS=5 # workload 3: measured RETRs per server (median), after one warm-up
+# Workload 3's sendfile row: pairs of (raw copy, facteur RETR), each 1 warm-up + 3 transfers.
+W3_PAIRS=${BENCH_W3_PAIRS:-15}
 SCHEME=${BENCH_SCHEME:-SHA512-CRYPT}
 CONCURRENCY=32
 USER_COUNT=64 # workloads 1 and 2: two users per concurrent session, never a lock wait
@@ -735,6 +737,23 @@ for round in $(seq 0 "$W3_RUNS"); do
     "$BENCH" raw --wire "$SCRATCH/wire.bin" --runs 1 --json \
         --tls "$SCRATCH/cert.pem" "$SCRATCH/key.pem" >"$RESULTS/w3-raw-tls-r$round.json"
 done
+# RETR by sendfile against the raw copy, settled over $W3_PAIRS pairs: on this kind of VM one
+# loopback copy runs anywhere from 1.3 to 6 GB/s from one second to the next, so five RETRs
+# against five raw copies taken a minute apart can put the same code at 35% or 119% of raw.
+# Each pair measures both right after each other (the order alternating from pair to pair),
+# and the row is the median of the pairs' ratios.
+say "workload 3: RETR by sendfile against the raw copy, $W3_PAIRS alternating pairs"
+for pair in $(seq 1 "$W3_PAIRS"); do
+    p_raw() {
+        "$BENCH" raw --wire "$SCRATCH/wire.bin" --runs 3 --warmup 1 --json \
+            >"$RESULTS/w3-pair-raw-p$pair.json"
+    }
+    p_retr() {
+        "$BENCH" retr --host 127.0.0.1 --port $F_POP3 --user bigcrlf --password "$PASSWORD" \
+            --runs 3 --warmup 1 --json >"$RESULTS/w3-pair-facteur-crlf-p$pair.json"
+    }
+    if [ $((pair % 2)) -eq 1 ]; then p_raw; p_retr; else p_retr; p_raw; fi
+done
 
 # --- workload 5: memory per idle authenticated session ----------------------------------------
 
@@ -818,7 +837,7 @@ fi
     --load "$LOAD_START" --load-end "$LOAD_END" \
     --duration "$DURATION" --concurrency $CONCURRENCY --users $USER_COUNT \
     --idle "$IDLE_SESSIONS" --huge "$HUGE" --reps "$REPS" --scheme "$SCHEME" \
-    --rounds "$ROUNDS" --w3-runs "$W3_RUNS" \
+    --rounds "$ROUNDS" --w3-runs "$W3_RUNS" --w3-pairs "$W3_PAIRS" \
     --facteur-log "$SCRATCH/facteur.log" --dovecot-log "$SCRATCH/dovecot.log" \
     --pg "$PG_ON" --migrate-secs "${MIGRATE_SECS:-0}" \
     --pg-version "$([ "$PG_ON" = 1 ] && "$PGBIN/postgres" --version || echo none)" \
