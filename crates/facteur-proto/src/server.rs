@@ -352,6 +352,11 @@ impl ServerSession {
         self.state
     }
 
+    /// The APOP timestamp of the greeting, when APOP is offered.
+    pub fn apop_timestamp(&self) -> Option<&str> {
+        self.config.apop_timestamp.as_deref()
+    }
+
     /// The authenticated user, once in TRANSACTION.
     pub fn user(&self) -> Option<&str> {
         self.user.as_deref()

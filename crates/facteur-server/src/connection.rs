@@ -26,7 +26,7 @@
 
 use super::log::Sanitized;
 use super::transport::Transport;
-use super::{CutSignal, Shared};
+use super::{CutSignal, Shared, Slots};
 use crate::config::defaults;
 use crate::metrics::Metrics;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -143,88 +143,116 @@ impl Peer {
     }
 }
 
-/// Serve one connection until it ends; `implicit_tls` for a POP3S listener (RFC 8314).
-/// `accepted` is when the connection was accepted: the login deadline counts from it.
-pub async fn serve(
+/// Serve one connection, in a task of its own, until it ends; `implicit_tls` for a POP3S
+/// listener (RFC 8314). `accepted` is when the connection was accepted: the login deadline
+/// counts from it. A POP3S handshake runs in a task of its own first, which then starts the
+/// session's: the session's task holds the session and nothing else, for as long as it lives.
+pub(crate) fn start(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: Peer,
     implicit_tls: bool,
     cut: CutSignal,
     accepted: tokio::time::Instant,
+    slots: Slots,
 ) {
     // TCP_NODELAY, keepalive and TCP_USER_TIMEOUT come from the listening socket
     // (`tune_socket`): six system calls fewer per session.
     let started = Instant::now();
     let login_deadline = accepted + shared.config.limits.login_timeout();
+    shared.metrics.session_started();
+    if implicit_tls {
+        tokio::spawn(handshake(
+            shared,
+            stream,
+            peer,
+            cut,
+            (started, login_deadline),
+            slots,
+        ));
+    } else {
+        let start = Start {
+            peer,
+            cut,
+            started,
+            login_deadline,
+            slots,
+        };
+        tokio::spawn(Connection::new(shared, Transport::Plain(stream), start).serve());
+    }
+}
+
+/// The POP3S handshake, then the session in a new task. `times`: when the session started,
+/// and its login deadline.
+async fn handshake(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: Peer,
+    cut: CutSignal,
+    times: (Instant, tokio::time::Instant),
+    slots: Slots,
+) {
+    let (started, login_deadline) = times;
     let client = peer.client;
     let proxy = peer.proxy.map(tracing::field::display);
-    let metrics = shared.metrics.clone();
-    metrics.session_started();
-    let transport = if implicit_tls {
-        let Some(tls) = &shared.tls else {
-            metrics.session_ended(End::IoError.name(), started.elapsed());
-            return;
-        };
-        // Boxed for the same reason as `handle_event`: only the handshake needs its room.
-        // The greeting is written at once: the session ticket goes out with it.
-        let handshake = Box::pin(facteur_tls::stream::accept_then_write(tls.config(), stream));
-        match tokio::time::timeout_at(login_deadline, handshake).await {
-            Ok(Ok(s)) => {
-                metrics.tls_handshake("pop3s", true);
-                warn_key_log(tls, &client);
-                Transport::Tls(s)
-            }
-            Ok(Err(e)) => {
-                metrics.tls_handshake("pop3s", false);
-                metrics.session_ended(End::TlsHandshakeFailed.name(), started.elapsed());
-                tracing::info!(peer = %client, proxy, error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                metrics.tls_handshake("pop3s", false);
-                metrics.session_ended(End::LoginTimeout.name(), started.elapsed());
-                tracing::info!(peer = %client, proxy, "TLS handshake timed out");
-                return;
-            }
+    let metrics = &shared.metrics;
+    let Some(tls) = &shared.tls else {
+        metrics.session_ended(End::IoError.name(), started.elapsed());
+        return;
+    };
+    // Boxed: only the handshake needs its room. The greeting is written at once: the session
+    // ticket goes out with it.
+    let handshake = Box::pin(facteur_tls::stream::accept_then_write(tls.config(), stream));
+    let stream = match tokio::time::timeout_at(login_deadline, handshake).await {
+        Ok(Ok(s)) => {
+            metrics.tls_handshake("pop3s", true);
+            warn_key_log(tls, &client);
+            s
         }
-    } else {
-        Transport::Plain(stream)
+        Ok(Err(e)) => {
+            metrics.tls_handshake("pop3s", false);
+            metrics.session_ended(End::TlsHandshakeFailed.name(), started.elapsed());
+            tracing::info!(peer = %client, proxy, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            metrics.tls_handshake("pop3s", false);
+            metrics.session_ended(End::LoginTimeout.name(), started.elapsed());
+            tracing::info!(peer = %client, proxy, "TLS handshake timed out");
+            return;
+        }
     };
-    let mut conn = Connection::new(shared, transport, peer, cut, login_deadline);
-    let end = conn.run().await;
-    // Whatever happens on the socket from here, the maildrop is unlocked now (without UPDATE,
-    // unless QUIT already applied it).
-    conn.maildrop = None;
-    // A TLS session ends with close_notify, so the client can tell a complete answer from a
-    // truncated one; a plain one with a FIN. A peer that stopped reading gets a second.
-    let grace = match end {
-        End::WriteTimeout | End::Shutdown | End::IoError => Duration::from_secs(1),
-        _ => Duration::from_secs(5),
+    let start = Start {
+        peer,
+        cut,
+        started,
+        login_deadline,
+        slots,
     };
-    let _ = tokio::time::timeout(grace, conn.stream.shutdown()).await;
-    let t = &conn.tally;
-    metrics.retrieved(t.retrieved, t.retrieved_octets);
-    metrics.deleted(t.deleted as u64);
-    metrics.session_ended(end.name(), started.elapsed());
-    tracing::info!(
-        peer = %client,
-        proxy,
-        user = conn.session.user().unwrap_or("-"),
-        retrieved = t.retrieved,
-        retrieved_octets = t.retrieved_octets,
-        retrieved_by_sendfile = t.retrieved_by_sendfile,
-        retrieved_as_stored = t.retrieved_as_stored,
-        deleted = t.deleted,
-        tls = conn.stream.tls_summary().as_deref().unwrap_or("none"),
-        duration_ms = started.elapsed().as_millis() as u64,
-        end = ?end,
-        "session ended"
-    );
+    tokio::spawn(Connection::new(shared, Transport::Tls(stream), start).serve());
+}
+
+/// The size of [`handshake`]'s future, for the tests of the crate's tasks.
+#[cfg(test)]
+pub(crate) fn handshake_future_size() -> usize {
+    future_size!(handshake; A, B, C, D, E, G)
+}
+
+/// What a session starts with, besides the server and the stream.
+struct Start {
+    peer: Peer,
+    cut: CutSignal,
+    started: Instant,
+    login_deadline: tokio::time::Instant,
+    slots: Slots,
 }
 
 struct Connection {
     shared: Arc<Shared>,
+    /// When the connection was accepted, for the session's duration.
+    started: Instant,
+    /// Held until the session ends (see [`Slots`]).
+    _slots: Slots,
     stream: Transport,
     /// The client (see [`Peer::client`]).
     peer: SocketAddr,
@@ -233,8 +261,6 @@ struct Connection {
     cut: CutSignal,
     /// The end of the AUTHORIZATION state's time, counted from the accept.
     login_deadline: tokio::time::Instant,
-    /// How long one write may wait for the peer to read.
-    write_timeout: Duration,
     session: ServerSession,
     framer: LineFramer,
     /// Bytes read but not yet framed: `rbuf[rpos..rend]`.
@@ -242,7 +268,6 @@ struct Connection {
     rpos: usize,
     rend: usize,
     out: Vec<u8>,
-    apop_timestamp: Option<String>,
     maildrop: Option<Box<dyn Maildrop>>,
     tally: Tally,
     /// Failed logins in this connection, against `limits.max_failed_logins`.
@@ -258,17 +283,18 @@ enum Step {
 }
 
 impl Connection {
-    fn new(
-        shared: Arc<Shared>,
-        stream: Transport,
-        peer: Peer,
-        cut: CutSignal,
-        login_deadline: tokio::time::Instant,
-    ) -> Self {
+    fn new(shared: Arc<Shared>, stream: Transport, start: Start) -> Self {
+        let Start {
+            peer,
+            cut,
+            started,
+            login_deadline,
+            slots,
+        } = start;
         let apop_timestamp = (shared.config.auth.apop && shared.auth.apop_possible())
             .then(|| apop_timestamp(&shared.hostname));
         let session = ServerSession::new(shared.session_config(
-            apop_timestamp.clone(),
+            apop_timestamp,
             stream.is_tls(),
             &peer.client,
             stream.client_certificate().is_some(),
@@ -280,8 +306,9 @@ impl Connection {
             defaults::MAX_COMMAND_LINE
         };
         Self {
-            write_timeout: shared.config.limits.write_timeout(),
             shared,
+            started,
+            _slots: slots,
             stream,
             peer: peer.client,
             via: peer.proxy,
@@ -293,10 +320,48 @@ impl Connection {
             rpos: 0,
             rend: 0,
             out: Vec::new(),
-            apop_timestamp,
             maildrop: None,
             tally: Tally::default(),
             failed_logins: 0,
+        }
+    }
+
+    /// Serve the session until it ends: the task of a session is this future. Not an `async
+    /// fn`: that would copy `self` into its body and keep both, one of them dead, for the
+    /// whole session; the `async move` block works on the one it captured.
+    #[allow(clippy::manual_async_fn)] // reason: an `async fn` would hold `self` twice (above).
+    fn serve(mut self) -> impl Future<Output = ()> + Send {
+        async move {
+            let end = self.run().await;
+            // Whatever happens on the socket from here, the maildrop is unlocked now (without
+            // UPDATE, unless QUIT already applied it).
+            self.maildrop = None;
+            // A TLS session ends with close_notify, so the client can tell a complete answer from
+            // a truncated one; a plain one with a FIN. A peer that stopped reading gets a second.
+            let grace = match end {
+                End::WriteTimeout | End::Shutdown | End::IoError => Duration::from_secs(1),
+                _ => Duration::from_secs(5),
+            };
+            let _ = tokio::time::timeout(grace, self.stream.shutdown()).await;
+            let t = &self.tally;
+            let metrics = &self.shared.metrics;
+            metrics.retrieved(t.retrieved, t.retrieved_octets);
+            metrics.deleted(t.deleted as u64);
+            metrics.session_ended(end.name(), self.started.elapsed());
+            tracing::info!(
+                peer = %self.peer,
+                proxy = self.proxy(),
+                user = self.session.user().unwrap_or("-"),
+                retrieved = t.retrieved,
+                retrieved_octets = t.retrieved_octets,
+                retrieved_by_sendfile = t.retrieved_by_sendfile,
+                retrieved_as_stored = t.retrieved_as_stored,
+                deleted = t.deleted,
+                tls = self.stream.tls_summary().as_deref().unwrap_or("none"),
+                duration_ms = self.started.elapsed().as_millis() as u64,
+                end = ?end,
+                "session ended"
+            );
         }
     }
 
@@ -316,31 +381,33 @@ impl Connection {
                 let (used, frame) = self.framer.push(&self.rbuf[self.rpos..self.rend]);
                 self.rpos += used;
                 let before = self.out.len();
-                let event = match frame {
+                // Boxed: the futures of a login, a RETR, a SASL exchange or the UPDATE are the
+                // largest states of a session, and an idle session (waiting in `read_more`)
+                // should not carry room for them, nor for the event they started from (which
+                // is why the event's binding ends before the wait).
+                let handling = match frame {
                     None => break,
-                    Some(Frame::Line(line)) => self.session.handle_line(line, &mut self.out),
-                    Some(Frame::TooLong) => self.session.handle_too_long(&mut self.out),
-                };
-                let mut next = event.map(|event| (event, before));
-                while let Some((event, before)) = next.take() {
-                    // Boxed: the futures of a login, a RETR, a SASL exchange or the UPDATE are
-                    // the largest states of a session, and an idle session (waiting in
-                    // `read_more`) should not carry room for them.
-                    match Box::pin(self.handle_event(event, before)).await {
-                        Step::Continue => {}
-                        Step::Then(event, before) => next = Some((event, before)),
-                        Step::End(end) => {
-                            // The last answer (QUIT's, or why the session is closed) goes out,
-                            // unless the socket is what failed.
-                            if matches!(
-                                end,
-                                End::Quit | End::TooManyErrors | End::TooManyFailedLogins
-                            ) {
-                                let _ = self.flush().await;
-                            }
-                            return end;
+                    Some(frame) => {
+                        let event = match frame {
+                            Frame::Line(line) => self.session.handle_line(line, &mut self.out),
+                            Frame::TooLong => self.session.handle_too_long(&mut self.out),
+                        };
+                        match event {
+                            Some(event) => Box::pin(self.handle_events(event, before)),
+                            None => continue,
                         }
                     }
+                };
+                if let Err(end) = handling.await {
+                    // The last answer (QUIT's, or why the session is closed) goes out, unless
+                    // the socket is what failed.
+                    if matches!(
+                        end,
+                        End::Quit | End::TooManyErrors | End::TooManyFailedLogins
+                    ) {
+                        let _ = self.flush().await;
+                    }
+                    return end;
                 }
             }
             if let Err(end) = self.flush().await {
@@ -351,6 +418,20 @@ impl Connection {
                 Err(end) => return end,
             }
         }
+    }
+
+    /// Handle an event, and the events the session answers it with, until one ends the
+    /// session (`Err`) or none is left.
+    async fn handle_events(&mut self, event: Event, before: usize) -> Result<(), End> {
+        let mut next = Some((event, before));
+        while let Some((event, before)) = next.take() {
+            match self.handle_event(event, before).await {
+                Step::Continue => {}
+                Step::Then(event, before) => next = Some((event, before)),
+                Step::End(end) => return Err(end),
+            }
+        }
+        Ok(())
     }
 
     /// Wait for more input until the login deadline (before login) or the idle timeout (after),
@@ -419,7 +500,7 @@ impl Connection {
     async fn send_out(&mut self) -> Result<(), End> {
         within(
             self.stream.write_all(&self.out),
-            self.write_timeout,
+            self.shared.config.limits.write_timeout(),
             &mut self.cut,
         )
         .await?;
@@ -435,9 +516,13 @@ impl Connection {
                 self.out = Vec::new();
             }
         }
-        within(self.stream.flush(), self.write_timeout, &mut self.cut)
-            .await
-            .map_err(End::from)
+        within(
+            self.stream.flush(),
+            self.shared.config.limits.write_timeout(),
+            &mut self.cut,
+        )
+        .await
+        .map_err(End::from)
     }
 
     async fn handle_event(&mut self, event: Event, out_before: usize) -> Step {
@@ -465,7 +550,7 @@ impl Connection {
             }
             Event::Apop { user, digest } => {
                 let auth = self.shared.auth.clone();
-                let ts = self.apop_timestamp.clone().unwrap_or_default();
+                let ts = self.session.apop_timestamp().unwrap_or_default().to_owned();
                 let name = user.clone();
                 let store = self.shared.store.clone();
                 let policy = self.shared.config.policy.policy();
@@ -1115,7 +1200,13 @@ impl Connection {
                     }
                 }
             };
-            match within(send, self.write_timeout, &mut self.cut).await {
+            match within(
+                send,
+                self.shared.config.limits.write_timeout(),
+                &mut self.cut,
+            )
+            .await
+            {
                 Ok(0) => {
                     // The file is shorter than when it was opened: part of the message is on
                     // the wire, so the only honest thing is to stop.
@@ -1192,7 +1283,7 @@ impl Connection {
             }
             if let Err(end) = within(
                 self.stream.write_all(&buf),
-                self.write_timeout,
+                self.shared.config.limits.write_timeout(),
                 &mut self.cut,
             )
             .await
@@ -1563,10 +1654,29 @@ mod future_sizes {
     /// round trip (boxed by facteur-auth).
     #[test]
     fn a_waiting_login_stays_small() {
-        let event = future_size!(Connection::handle_event; A, B, C);
+        let event = future_size!(Connection::handle_events; A, B, C);
         let login = future_size!(Connection::finish_login; A, B, C, D);
-        eprintln!("handle_event: {event} bytes, finish_login: {login} bytes");
-        assert!(event <= 1536, "handle_event's future is {event} bytes");
+        eprintln!("handle_events: {event} bytes, finish_login: {login} bytes");
+        assert!(event <= 1600, "handle_events' future is {event} bytes");
         assert!(login <= 1024, "finish_login's future is {login} bytes");
+    }
+
+    /// A session's task is its `serve` future, allocated for as long as the session lives,
+    /// idle or not: the session's fields (a TLS stream is boxed apart) and the room of the
+    /// largest state it can wait in. The rare big ones (a TLS handshake, a login, a RETR, a
+    /// SASL exchange, the UPDATE) are boxed or in tasks of their own, so an idle session pays
+    /// for none of them, and the task holds no copy of what the session was started with.
+    #[test]
+    fn a_session_task_is_the_session() {
+        let task = future_size!(Connection::serve; A);
+        let fields = std::mem::size_of::<Connection>();
+        let run = future_size!(Connection::run; A);
+        eprintln!("session task: {task} bytes (fields {fields}, run {run})");
+        assert!(task <= 1280, "a POP3 session's future is {task} bytes");
+        assert!(
+            task <= fields + run + 64,
+            "a POP3 session's future ({task} bytes) holds more than its fields ({fields}) and its \
+             largest state ({run})"
+        );
     }
 }

@@ -82,6 +82,7 @@ pub async fn serve(
     peer: Peer,
     cut: CutSignal,
     accepted: tokio::time::Instant,
+    _slots: crate::Slots,
 ) {
     // TCP options: from the listening socket (`connection::tune_socket`).
     let started = Instant::now();

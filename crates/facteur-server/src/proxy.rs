@@ -5,7 +5,7 @@
 //! within a deadline, at most as many octets at a time as the parser says are still part of
 //! the header, so that no octet of what follows (the client's first command, a TLS ClientHello)
 //! is ever taken. Then the per-address cap is applied to the client, and the connection goes to
-//! [`crate::connection::serve`] (or, for a POP2 listener, [`crate::pop2::serve`]) with the
+//! `connection::start` (or, for a POP2 listener, [`crate::pop2::serve`]) with the
 //! client as its peer and the proxy beside it for the logs.
 //!
 //! What this module must never do: serve a trusted peer's connection without a valid header
@@ -72,6 +72,8 @@ pub async fn read_header(
 /// Serve a connection accepted from a trusted proxy at `proxy_addr`: read its header, cap the
 /// client's connections, then serve the session as the client's. `accepted` is when the
 /// connection was accepted: the header's deadline and the login deadline count from it.
+/// `done` and `permit` go to the session's [`crate::Slots`], with the client's per-address slot.
+#[allow(clippy::too_many_arguments)] // reason: the slots the session will hold come in apart.
 pub(crate) async fn serve_relayed(
     shared: Arc<Shared>,
     mut stream: TcpStream,
@@ -80,6 +82,8 @@ pub(crate) async fn serve_relayed(
     cut: CutSignal,
     per_ip: Arc<PerIpLimiter>,
     refusals: Arc<RefusalLog>,
+    done: tokio::sync::mpsc::Sender<()>,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let accepted = Instant::now();
     let limits = &shared.config.limits;
@@ -101,14 +105,19 @@ pub(crate) async fn serve_relayed(
         proxy: Some(proxy_addr),
     };
     // The cap counts the client the header names, not the proxy, which carries many.
-    let Some(_slot) = per_ip.try_acquire(client.ip()) else {
+    let Some(ip) = per_ip.try_acquire(client.ip()) else {
         let refusal = Refusal::AddressFull(client.ip());
         refusals.refused(peer, refusal);
         let language = shared.config.server.default_language();
         Box::pin(protocol.refuse(stream, refusal.answer(), language)).await;
         return;
     };
-    protocol.serve(shared, stream, peer, cut, accepted).await;
+    let slots = crate::Slots {
+        _done: done,
+        _permit: permit,
+        _ip: ip,
+    };
+    protocol.start(shared, stream, peer, cut, accepted, slots);
 }
 
 #[cfg(test)]

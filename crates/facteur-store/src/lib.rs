@@ -61,6 +61,7 @@ mod listing;
 mod maildir;
 mod mbox;
 mod name;
+mod names;
 mod policy_files;
 #[cfg(feature = "postgres")]
 pub mod postgres;

@@ -77,6 +77,7 @@ use super::name::{
     base_name, compare, compare_bases, count_wire_size, cur_name_for_new, has_wire_form_field,
     info_part, is_message_name, order_key, size_field, uid_for_base, wire_size_field, BLOCK_SIZE,
 };
+use super::names::Names;
 use super::policy_files;
 use super::uidlist::{self, Uidlist};
 use super::{template, Delivered, LineEnds, Maildrop, Owner, Store, StoreError, UidlScheme};
@@ -127,7 +128,7 @@ struct Snapshot {
     /// Shared by the cache and the sessions that opened the maildrop from it.
     messages: Arc<Vec<MessageMeta>>,
     sizes: Vec<u64>,
-    names: Arc<Vec<Option<OsString>>>,
+    names: Arc<Names>,
     not_sized: Vec<usize>,
     /// The `cur/` and `new/` mtimes the index records for this snapshot.
     cur_mtime: Option<u128>,
@@ -144,7 +145,8 @@ impl Snapshot {
     ) -> Self {
         let mut messages = Vec::with_capacity(entries.len());
         let mut sizes = Vec::with_capacity(entries.len());
-        let mut names = Vec::with_capacity(entries.len());
+        let octets = entries.iter().map(|e| e.name.len()).sum();
+        let mut names = Names::with_capacity(entries.len(), octets);
         let mut not_sized = Vec::new();
         let mut given = uids.map(Vec::into_iter);
         for entry in entries {
@@ -161,7 +163,7 @@ impl Snapshot {
             let size = entry.wire_size.unwrap_or(0);
             messages.push(MessageMeta { size, uid });
             sizes.push(size);
-            names.push(Some(entry.name));
+            names.push(Some(&entry.name));
         }
         Self {
             messages: Arc::new(messages),
@@ -348,8 +350,6 @@ pub struct OpenStats {
 /// One locked Maildir maildrop and its snapshot. Dropping it releases the lock.
 pub struct LockedMaildir {
     dir: PathBuf,
-    /// `cur/`, for logs and errors.
-    cur: PathBuf,
     /// The handle every message file is opened, listed and unlinked through.
     cur_dir: File,
     /// The device and inode of the maildir's directory: the index is written only into the
@@ -364,7 +364,7 @@ pub struct LockedMaildir {
     sizes: Vec<u64>,
     /// The file name in `cur/` of each message of the snapshot; `None` once deleted. Shared
     /// with the snapshot cache until the session changes one (`Arc::make_mut`).
-    names: Arc<Vec<Option<OsString>>>,
+    names: Arc<Names>,
     /// Positions (ascending) of the messages whose size is not known yet (0 in `messages`).
     not_sized: Vec<usize>,
     /// The `cur/` mtime the index recorded for this snapshot, if trusted.
@@ -1029,6 +1029,11 @@ struct Handles<'a> {
 }
 
 impl LockedMaildir {
+    /// `cur/`, for logs and errors (made when needed: a session holds no copy of it).
+    fn cur(&self) -> PathBuf {
+        self.dir.join("cur")
+    }
+
     /// The file of message `index`, opened without following a link; a file renamed by a mail
     /// reader since the snapshot (its flags changed) is found again by its base name.
     fn open_file(&mut self, index: usize) -> Result<File, StoreError> {
@@ -1036,32 +1041,29 @@ impl LockedMaildir {
         let name = match self.names.get(index) {
             None => return Err(StoreError::NoSuchMessage(number)),
             Some(None) => return Err(StoreError::Vanished(number)),
-            Some(Some(name)) => name.clone(),
+            Some(Some(name)) => name.to_os_string(),
         };
         match handle::open_regular(&self.cur_dir, &name) {
             Ok(Opened::File(file)) => return Ok(file),
             Ok(Opened::Missing | Opened::NotRegular) => {}
-            Err(e) => return Err(StoreError::io(self.cur.join(&name), e)),
+            Err(e) => return Err(StoreError::io(self.cur().join(&name), e)),
         }
         let Some(current) = self.find_by_base(base_name(name.as_bytes()))? else {
             return Err(StoreError::Vanished(number));
         };
         match handle::open_regular(&self.cur_dir, &current) {
             Ok(Opened::File(file)) => {
-                if let Some(slot) = Arc::make_mut(&mut self.names).get_mut(index) {
-                    *slot = Some(current);
-                }
+                Arc::make_mut(&mut self.names).set(index, Some(&current));
                 Ok(file)
             }
             Ok(Opened::Missing | Opened::NotRegular) => Err(StoreError::Vanished(number)),
-            Err(e) => Err(StoreError::io(self.cur.join(&current), e)),
+            Err(e) => Err(StoreError::io(self.cur().join(&current), e)),
         }
     }
 
     fn new(handles: Handles<'_>, snapshot: Snapshot) -> Self {
         Self {
             dir: handles.dir.to_owned(),
-            cur: handles.dir.join("cur"),
             cur_dir: handles.cur_dir,
             root_id: handles.root_id,
             owner: handles.owner,
@@ -1091,8 +1093,8 @@ impl LockedMaildir {
                 } else {
                     true
                 };
-                name.as_ref().map(|name| Entry {
-                    name: name.clone(),
+                name.map(|name| Entry {
+                    name: name.to_os_string(),
                     wire_size: known.then_some(size),
                 })
             })
@@ -1112,7 +1114,7 @@ impl LockedMaildir {
 
     /// Every message file of `cur/`, by base name.
     fn names_by_base(&self) -> Result<HashMap<Vec<u8>, OsString>, StoreError> {
-        Ok(list_messages(&self.cur_dir, &self.cur)?
+        Ok(list_messages(&self.cur_dir, &self.cur())?
             .into_iter()
             .map(|name| (base_name(name.as_bytes()).to_vec(), name))
             .collect())
@@ -1127,7 +1129,7 @@ impl LockedMaildir {
         match handle::unlink(&self.cur_dir, name) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::io(self.cur.join(name), e)),
+            Err(e) => return Err(StoreError::io(self.cur().join(name), e)),
         }
         let base = base_name(name.as_bytes());
         // The listing is made once per UPDATE, and made again only if it proved stale.
@@ -1141,7 +1143,7 @@ impl LockedMaildir {
             match handle::unlink(&self.cur_dir, current) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StoreError::io(self.cur.join(current), e)),
+                Err(e) => return Err(StoreError::io(self.cur().join(current), e)),
             }
         }
         Ok(())
@@ -1246,7 +1248,7 @@ impl Maildrop for LockedMaildir {
             .iter()
             .enumerate()
             .filter_map(|(i, name)| {
-                let first = *times.get(base_name(name.as_ref()?.as_bytes()))?;
+                let first = *times.get(base_name(name?.as_bytes()))?;
                 (first.saturating_add(after) <= now).then_some(i)
             })
             .collect();
@@ -1312,14 +1314,9 @@ impl Maildrop for LockedMaildir {
             let targets: Vec<&OsStr> = self
                 .not_sized
                 .iter()
-                .map(|&pos| {
-                    self.names
-                        .get(pos)
-                        .and_then(Option::as_deref)
-                        .unwrap_or_default()
-                })
+                .map(|&pos| self.names.get(pos).flatten().unwrap_or_default())
                 .collect();
-            let mut sized = size_files(&self.cur_dir, &self.cur, &targets)?;
+            let mut sized = size_files(&self.cur_dir, &self.cur(), &targets)?;
             // Renamed by another program since the open (a flag change): found by base name,
             // with one listing of cur/. Gone for good: it stays in the snapshot with size 0, and
             // RETR will say it vanished.
@@ -1335,23 +1332,19 @@ impl Maildrop for LockedMaildir {
                     let Some(current) = by_base.remove(base_name(old.as_bytes())) else {
                         continue;
                     };
-                    *size = size_files(&self.cur_dir, &self.cur, &[current.as_os_str()])?
+                    *size = size_files(&self.cur_dir, &self.cur(), &[current.as_os_str()])?
                         .first()
                         .copied()
                         .flatten();
                     if size.is_some() {
-                        if let Some(slot) = Arc::make_mut(&mut self.names).get_mut(pos) {
-                            *slot = Some(current);
-                        }
+                        Arc::make_mut(&mut self.names).set(pos, Some(&current));
                     }
                 }
             }
             for (&pos, size) in self.not_sized.iter().zip(sized) {
                 if size.is_none() {
                     // Gone or unreadable: RETR and DELE will say it vanished.
-                    if let Some(slot) = Arc::make_mut(&mut self.names).get_mut(pos) {
-                        *slot = None;
-                    }
+                    Arc::make_mut(&mut self.names).set(pos, None);
                 }
                 let size = size.unwrap_or(0);
                 if let Some(meta) = Arc::make_mut(&mut self.messages).get_mut(pos) {
@@ -1405,7 +1398,7 @@ impl Maildrop for LockedMaildir {
         let Some(claimed) = size_field(base) else {
             return Ok(None);
         };
-        let path = self.cur.join(name);
+        let path = self.cur().join(name);
         let file = self.open_file(index)?;
         // A file whose length is not the one delivery wrote was changed since: not trusted.
         let len = file.metadata().map_err(|e| StoreError::io(path, e))?.len();
@@ -1420,16 +1413,14 @@ impl Maildrop for LockedMaildir {
         let mut removed = 0usize;
         let mut failure = None;
         for &i in indices {
-            let Some(name) = self.names.get(i).cloned().flatten() else {
+            let Some(name) = self.names.get(i).flatten().map(OsStr::to_os_string) else {
                 continue; // listed twice
             };
             if let Err(e) = self.remove_message(&name, &mut by_base) {
                 failure = Some(e);
                 break;
             }
-            if let Some(slot) = Arc::make_mut(&mut self.names).get_mut(i) {
-                *slot = None;
-            }
+            Arc::make_mut(&mut self.names).set(i, None);
             removed += 1;
         }
         if removed == 0 {
@@ -1439,7 +1430,7 @@ impl Maildrop for LockedMaildir {
         let synced = self
             .cur_dir
             .sync_all()
-            .map_err(|e| StoreError::io(&self.cur, e));
+            .map_err(|e| StoreError::io(self.cur(), e));
         if let Some(e) = failure {
             return Err(e);
         }
@@ -1455,11 +1446,7 @@ impl LockedMaildir {
     fn drop_from_snapshot(&mut self, positions: &[usize]) {
         let gone = |i: usize| positions.binary_search(&i).is_ok();
         let keep_messages = self.messages.len() == self.names.len();
-        let mut i = 0;
-        Arc::make_mut(&mut self.names).retain(|_| {
-            i += 1;
-            !gone(i - 1)
-        });
+        Arc::make_mut(&mut self.names).retain_positions(|i| !gone(i));
         let mut i = 0;
         self.sizes.retain(|_| {
             i += 1;
@@ -2603,8 +2590,8 @@ mod tests {
         assert_eq!(m.messages.len(), 3);
         assert_eq!(m.not_sized, vec![0, 2]);
         assert_eq!(
-            m.names[2].as_deref(),
-            Some(std::ffi::OsStr::new("1004.x:2,"))
+            m.names.get(2),
+            Some(Some(std::ffi::OsStr::new("1004.x:2,")))
         );
     }
 
