@@ -139,8 +139,8 @@ fuzz_target!(|input: &[u8]| {
         user_pass_allowed: head[0] & 2 == 0,
         stls_available: head[0] & 4 != 0,
         sasl_mechanisms: match head[0] & 8 {
-            0 => vec![],
-            _ => vec!["PLAIN".into(), "LOGIN".into()],
+            0 => Vec::new().into(),
+            _ => vec!["PLAIN".into(), "LOGIN".into()].into(),
         },
         enable_last: head[0] & 16 != 0,
         max_bad_commands: u32::from(head[1] & 31),
@@ -275,7 +275,7 @@ fuzz_target!(|input: &[u8]| {
                     // The driver drops what was buffered; what follows stands for the bytes the
                     // client sends once TLS is up.
                     framer.clear();
-                    session.set_tls_active(true, vec!["PLAIN".into()]);
+                    session.set_tls_active(true, vec!["PLAIN".into()].into());
                     None
                 }
                 Event::Close => {

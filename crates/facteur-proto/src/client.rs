@@ -1391,7 +1391,7 @@ mod tests {
     #[test]
     fn sasl_continuations_belong_to_auth() {
         let cfg = ServerConfig {
-            sasl_mechanisms: vec!["PLAIN".into(), "SCRAM-SHA-256".into()],
+            sasl_mechanisms: vec!["PLAIN".into(), "SCRAM-SHA-256".into()].into(),
             ..ServerConfig::default()
         };
         let mut s = FakeServer::new(cfg, Vec::new(), Login::Accept);

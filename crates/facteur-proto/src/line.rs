@@ -72,6 +72,16 @@ impl LineFramer {
         }
     }
 
+    /// Gives the buffer's memory back when it holds no part of a line (the last one was
+    /// delivered, or none has started): for a connection about to wait a long time for its
+    /// peer. A line begun is kept.
+    pub fn release_idle(&mut self) {
+        if self.delivered || self.buf.is_empty() {
+            self.buf = Vec::new();
+            self.delivered = false;
+        }
+    }
+
     /// The current cap on a line, terminator included.
     pub fn max_len(&self) -> usize {
         self.max_len
@@ -178,6 +188,19 @@ impl LineFramer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_idle_framer_holds_no_buffer_but_keeps_a_line_begun() {
+        let mut f = LineFramer::new(64);
+        let (_, frame) = f.push(b"NOOP\r\n");
+        assert_eq!(frame, Some(Frame::Line(b"NOOP")));
+        f.release_idle();
+        assert_eq!(f.buf.capacity(), 0);
+        assert_eq!(f.push(b"STAT\r\n").1, Some(Frame::Line(b"STAT")));
+        assert_eq!(f.push(b"RE").1, None);
+        f.release_idle();
+        assert_eq!(f.push(b"TR 1\r\n").1, Some(Frame::Line(b"RETR 1")));
+    }
     use proptest::prelude::*;
 
     /// What the tests compare: a frame that owns its bytes.

@@ -30,10 +30,11 @@ pub const MAX_AUTH_LINE: usize = "AUTH OAUTHBEARER ".len() + crate::sasl::MAX_BE
 /// What the session needs to know of its server and of this connection.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// Sent in CAPA as `IMPLEMENTATION`; empty to leave it out.
-    pub implementation: String,
+    /// Sent in CAPA as `IMPLEMENTATION`; empty to leave it out. Shared: a server gives every
+    /// session the same.
+    pub implementation: Arc<str>,
     /// The greeting text after `+OK`; `None` for the catalogue's, in `language`.
-    pub greeting: Option<String>,
+    pub greeting: Option<Arc<str>>,
     /// The language of the texts until the client chooses one with LANG (RFC 6856 section 3),
     /// and the one `LANG *` chooses.
     pub language: Lang,
@@ -44,7 +45,7 @@ pub struct ServerConfig {
     /// Whether STLS can be offered on this connection (a plain connection with a certificate).
     pub stls_available: bool,
     /// The SASL mechanisms offered on this connection, in CAPA order (empty: no AUTH).
-    pub sasl_mechanisms: Vec<String>,
+    pub sasl_mechanisms: Arc<[String]>,
     /// Answer the obsolete LAST command (RFC 1460); off by default.
     pub enable_last: bool,
     /// After this many bad commands (unknown, malformed, out of state, too long) the session
@@ -66,13 +67,13 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            implementation: String::new(),
+            implementation: Arc::from(""),
             greeting: None,
             language: Lang::En,
             apop_timestamp: None,
             user_pass_allowed: true,
             stls_available: false,
-            sasl_mechanisms: Vec::new(),
+            sasl_mechanisms: Arc::from([]),
             enable_last: false,
             max_bad_commands: 20,
             max_auth_attempts: 10,
@@ -389,7 +390,7 @@ impl ServerSession {
     ///
     /// What the client chose before TLS (UTF8, LANG) is forgotten: RFC 2595 section 4 wants the
     /// server to discard what it learnt from the client before the handshake.
-    pub fn set_tls_active(&mut self, user_pass_allowed: bool, sasl_mechanisms: Vec<String>) {
+    pub fn set_tls_active(&mut self, user_pass_allowed: bool, sasl_mechanisms: Arc<[String]>) {
         self.tls_active = true;
         self.utf8_mode = false;
         self.lang = self.config.language;
@@ -648,7 +649,7 @@ impl ServerSession {
                     }
                     None => {
                         self.ok(out, Msg::SaslMechanisms, &[]);
-                        for m in offered {
+                        for m in offered.iter() {
                             out.extend_from_slice(m.as_bytes());
                             out.extend_from_slice(b"\r\n");
                         }
@@ -1388,7 +1389,7 @@ mod tests {
     #[test]
     fn aborted_sasl_is_a_plain_err_and_stays_in_authorization() {
         let cfg = ServerConfig {
-            sasl_mechanisms: vec!["PLAIN".into()],
+            sasl_mechanisms: vec!["PLAIN".into()].into(),
             ..ServerConfig::default()
         };
         let mut s = ServerSession::new(cfg);
@@ -1408,7 +1409,7 @@ mod tests {
     #[test]
     fn aborted_sasl_counts_as_a_bad_command() {
         let cfg = ServerConfig {
-            sasl_mechanisms: vec!["SCRAM-SHA-256".into()],
+            sasl_mechanisms: vec!["SCRAM-SHA-256".into()].into(),
             max_bad_commands: 4,
             max_auth_attempts: 100,
             ..ServerConfig::default()
@@ -1442,7 +1443,7 @@ mod tests {
     #[test]
     fn login_attempts_are_capped() {
         let cfg = ServerConfig {
-            sasl_mechanisms: vec!["PLAIN".into()],
+            sasl_mechanisms: vec!["PLAIN".into()].into(),
             apop_timestamp: Some("<1.2@host>".into()),
             max_bad_commands: 2,
             max_auth_attempts: 4,
@@ -1504,7 +1505,7 @@ mod tests {
         let cfg = ServerConfig {
             implementation: "facteur".into(),
             stls_available: true,
-            sasl_mechanisms: vec!["PLAIN".into()],
+            sasl_mechanisms: vec!["PLAIN".into()].into(),
             ..ServerConfig::default()
         };
         let mut s = ServerSession::new(cfg);
@@ -1532,7 +1533,7 @@ mod tests {
     fn capa_after_login_keeps_user_and_sasl() {
         let cfg = ServerConfig {
             implementation: "facteur".into(),
-            sasl_mechanisms: vec!["PLAIN".into(), "SCRAM-SHA-256".into()],
+            sasl_mechanisms: vec!["PLAIN".into(), "SCRAM-SHA-256".into()].into(),
             stls_available: true,
             ..ServerConfig::default()
         };
@@ -1775,7 +1776,7 @@ mod tests {
                 Some(Event::StartTls)
             )
         );
-        s.set_tls_active(true, vec![]);
+        s.set_tls_active(true, Arc::from([]));
         assert_eq!(text(&mut s, "STLS"), "-ERR already under TLS\r\n");
         assert!(!text(&mut s, "CAPA").contains("STLS"));
     }
@@ -1988,7 +1989,7 @@ mod tests {
     #[test]
     fn sasl_lists_and_dispatches_offered_mechanisms_only() {
         let cfg = ServerConfig {
-            sasl_mechanisms: vec!["PLAIN".into()],
+            sasl_mechanisms: vec!["PLAIN".into()].into(),
             ..ServerConfig::default()
         };
         let mut s = ServerSession::new(cfg);
@@ -2272,7 +2273,7 @@ mod tests {
         );
         // The SASL path's refusal carries [UTF8] too.
         let cfg = ServerConfig {
-            sasl_mechanisms: vec!["PLAIN".into()],
+            sasl_mechanisms: vec!["PLAIN".into()].into(),
             ..ServerConfig::default()
         };
         let mut s = ServerSession::new(cfg);
@@ -2293,7 +2294,7 @@ mod tests {
         text(&mut s, "UTF8");
         text(&mut s, "LANG fr");
         assert_eq!(run(&mut s, "STLS").1, Some(Event::StartTls));
-        s.set_tls_active(true, vec![]);
+        s.set_tls_active(true, Arc::from([]));
         assert!(!s.utf8_mode());
         assert_eq!(s.lang(), Lang::En);
         assert_eq!(text(&mut s, "FOO"), "-ERR unknown command\r\n");

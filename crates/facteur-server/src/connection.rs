@@ -454,6 +454,7 @@ impl Connection {
         // Every byte read was taken by the framer: while the client is silent, hold no buffer
         // (an idle session's memory), and take one back once there is something to read.
         self.rbuf = Box::default();
+        self.framer.release_idle();
         if self.out.is_empty() {
             self.out = Vec::new();
         }

@@ -77,7 +77,7 @@ use facteur_store::Store;
 use facteur_tls::TlsState;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
@@ -102,6 +102,11 @@ pub struct Shared {
     /// The issuers whose bearer tokens are accepted (`[[oauth.issuer]]`): OAUTHBEARER and
     /// XOAUTH2 are offered only with them.
     pub oauth: Option<Arc<facteur_auth::oauth::OAuth>>,
+    /// What every session's settings share, made for the first session that needs it (the
+    /// fields above are set by then): CAPA's IMPLEMENTATION and the greeting,
+    texts: OnceLock<(Arc<str>, Option<Arc<str>>)>,
+    /// and the SASL mechanisms offered, by (TLS, plaintext allowed, client certificate).
+    offers: [OnceLock<Arc<[String]>>; 8],
 }
 
 /// `[oauth]`'s issuers as facteur-auth judges them, with the HTTPS client their URLs need;
@@ -194,6 +199,8 @@ impl Shared {
             tls: None,
             metrics: Arc::new(metrics::Metrics::new()),
             oauth: None,
+            texts: OnceLock::new(),
+            offers: Default::default(),
             config,
             auth,
             store,
@@ -241,8 +248,20 @@ impl Shared {
     }
 
     /// The SASL mechanisms to offer on a connection in this state.
-    pub fn sasl_mechanisms(&self, tls: bool, peer: &SocketAddr, client_cert: bool) -> Vec<String> {
+    pub fn sasl_mechanisms(
+        &self,
+        tls: bool,
+        peer: &SocketAddr,
+        client_cert: bool,
+    ) -> Arc<[String]> {
         let plaintext = self.plaintext_allowed(tls, peer);
+        let slot = usize::from(tls) | usize::from(plaintext) << 1 | usize::from(client_cert) << 2;
+        self.offers[slot]
+            .get_or_init(|| self.offered_mechanisms(tls, plaintext, client_cert).into())
+            .clone()
+    }
+
+    fn offered_mechanisms(&self, tls: bool, plaintext: bool, client_cert: bool) -> Vec<String> {
         let mut offered: Vec<String> = self
             .config
             .auth
@@ -269,9 +288,15 @@ impl Shared {
         peer: &SocketAddr,
         client_cert: bool,
     ) -> ServerConfig {
+        let (implementation, greeting) = self.texts.get_or_init(|| {
+            (
+                Arc::from(format!("facteur {}", env!("CARGO_PKG_VERSION"))),
+                self.config.server.greeting.as_deref().map(Arc::from),
+            )
+        });
         ServerConfig {
-            implementation: format!("facteur {}", env!("CARGO_PKG_VERSION")),
-            greeting: self.config.server.greeting.clone(),
+            implementation: implementation.clone(),
+            greeting: greeting.clone(),
             language: self.config.server.default_language(),
             apop_timestamp,
             user_pass_allowed: self.plaintext_allowed(tls, peer),
