@@ -444,7 +444,6 @@ impl MaildirStore {
         let cur = dir.join("cur");
         let new = dir.join("new");
         let cur_dir = handle::subdir(&root, "cur", owner).map_err(|e| StoreError::io(&cur, e))?;
-        let new_dir = handle::subdir(&root, "new", owner).map_err(|e| StoreError::io(&new, e))?;
         let lock = lock(&root, dir, owner)?;
         let started = now_ns();
         let mut stats = OpenStats::default();
@@ -459,8 +458,11 @@ impl MaildirStore {
             };
             if let Some(snapshot) = cached {
                 let cur_mtime = mtime_ns(&cur_dir, &cur)?;
-                let new_mtime = mtime_ns(&new_dir, &new)?;
-                if snapshot.still_current(cur_mtime, new_mtime) {
+                // new/ is not opened for its mtime: a stat of its name (never through a link)
+                // says the same; anything but a directory there takes the path below, which
+                // opens (or makes) it and says what is wrong.
+                let new_mtime = subdir_mtime_ns(&root, "new");
+                if new_mtime.is_some() && snapshot.still_current(cur_mtime, new_mtime) {
                     stats.index = IndexOutcome::Used;
                     stats.fast_path = true;
                     stats.from_memory = true;
@@ -486,6 +488,7 @@ impl MaildirStore {
             }
         }
 
+        let new_dir = handle::subdir(&root, "new", owner).map_err(|e| StoreError::io(&new, e))?;
         let mut old_version = None;
         let (mut old_index, old_bytes) = match index::read_versioned(&root) {
             Ok(None) => (None, None),
@@ -1739,6 +1742,21 @@ fn mtime_ns(dir: &File, path: &Path) -> Result<Option<u128>, StoreError> {
         .map(|d| d.as_nanos()))
 }
 
+/// The mtime of the subdirectory `name` of `root`, as [`mtime_ns`] gives it, from one stat of
+/// the name (never through a link); `None` if it is not a directory or cannot be looked at.
+// The fields' types differ between targets (i64/u64, i64/c_long/u64).
+#[allow(clippy::useless_conversion, clippy::unnecessary_fallible_conversions)]
+fn subdir_mtime_ns(root: &File, name: &str) -> Option<u128> {
+    use rustix::fs::{statat, AtFlags, FileType};
+    let st = statat(root, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+        return None;
+    }
+    let secs = u128::try_from(st.st_mtime).ok()?;
+    let nanos = u128::try_from(st.st_mtime_nsec).ok()?;
+    Some(secs * 1_000_000_000 + nanos)
+}
+
 fn now_ns() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -2886,6 +2904,37 @@ mod tests {
             let name = d.path.file_name().unwrap().to_string_lossy().into_owned();
             assert!(all.iter().any(|u| name.starts_with(u.as_str())), "{name}");
         }
+    }
+
+    #[test]
+    fn a_snapshot_in_memory_is_never_used_when_new_is_not_a_directory() {
+        let f = fixture();
+        for i in 0..3 {
+            f.put("cur", &format!("17000000{i:02}.M1P1.h:2,"), b"line\n");
+        }
+        drop(f.open());
+        f.age();
+        drop(f.open());
+        let (m, stats) = f.open();
+        assert!(stats.from_memory);
+        drop(m);
+        // new/ swapped for a link to the very same directory (same mtime): refused, as a
+        // link always is, never taken for the directory the snapshot saw.
+        fs::rename(f.dir.join("new"), f.dir.join("new.real")).unwrap();
+        std::os::unix::fs::symlink(f.dir.join("new.real"), f.dir.join("new")).unwrap();
+        let err = f.store.open_maildir("bob@example.org", None).unwrap_err();
+        assert!(matches!(err, StoreError::Io { .. }), "{err}");
+        // A regular file in its place: refused too.
+        fs::remove_file(f.dir.join("new")).unwrap();
+        fs::write(f.dir.join("new"), b"").unwrap();
+        let err = f.store.open_maildir("bob@example.org", None).unwrap_err();
+        assert!(matches!(err, StoreError::Io { .. }), "{err}");
+        // The directory back: served from memory again.
+        fs::remove_file(f.dir.join("new")).unwrap();
+        fs::rename(f.dir.join("new.real"), f.dir.join("new")).unwrap();
+        let (m, stats) = f.open();
+        assert!(stats.from_memory, "{stats:?}");
+        assert_eq!(m.messages().len(), 3);
     }
 
     #[test]
