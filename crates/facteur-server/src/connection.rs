@@ -469,9 +469,42 @@ impl Connection {
         self.flush().await
     }
 
+    /// USER/PASS right here on the async thread, when it costs less than the trip to the
+    /// password-check threads (two thread wake-ups and a hand-over each way) and cannot wait:
+    /// a success the authenticator remembers ([`Authenticator::check_password_now`]), and a
+    /// maildrop opened from memory ([`Store::open_as_now`]), with no LOGIN-DELAY or EXPIRE to
+    /// apply (they write to the maildrop). The verdict is the one the pool's job would give.
+    /// `None`: nothing was done, and the job on the pool decides.
+    fn login_now(&self, user: &str, password: &[u8]) -> Option<Verdict> {
+        let account = self.shared.auth.check_password_now(user, password)?.ok()?;
+        let own = account.policy.as_ref().ok()?;
+        let policy = self.shared.config.policy.policy().for_user(*own);
+        if policy.login_delay > 0 || matches!(policy.expire, Expire::Days(_)) {
+            return None;
+        }
+        let owner = *account.owner.as_ref().ok()?;
+        let began = Instant::now();
+        let maildrop =
+            self.shared
+                .store
+                .open_as_now(&account.user, account.home.as_deref(), owner)?;
+        self.shared.metrics.store_operation("open", began.elapsed());
+        Some(Verdict::Opened {
+            maildrop: Ok(maildrop),
+            policy,
+            user: account.user,
+            app_password: account.app_password,
+        })
+    }
+
     async fn handle_event(&mut self, event: Event, out_before: usize) -> Step {
         match event {
             Event::Authenticate { user, password } => {
+                if let Some(verdict) = self.login_now(&user, password.expose()) {
+                    return self
+                        .finish_login(Ok(verdict), LoginMethod::UserPass, Some(&user))
+                        .await;
+                }
                 let auth = self.shared.auth.clone();
                 let name = user.clone();
                 let store = self.shared.store.clone();

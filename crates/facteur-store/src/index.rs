@@ -122,6 +122,10 @@ impl Version {
         }
     }
 
+    pub(crate) fn of_metadata(meta: &std::fs::Metadata) -> Self {
+        Self::of(meta)
+    }
+
     fn of(meta: &std::fs::Metadata) -> Self {
         use std::os::unix::fs::MetadataExt;
         Self {
