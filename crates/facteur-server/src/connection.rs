@@ -462,9 +462,18 @@ impl Connection {
     /// not taken at once (a full send buffer) goes the ordinary way, which pushes the held
     /// part out too; a socket that is dropped without the shutdown sends what it holds
     /// before its FIN as well.
+    ///
+    /// Over TLS the answer's record and the close_notify that the shutdown adds are written
+    /// apart: the socket is corked (`TCP_CORK`) for them, and the shutdown's FIN pushes both
+    /// out with it, in one segment too. A socket dropped without the shutdown sends what it
+    /// holds with its FIN as well, and the kernel sends corked data after 200 ms at most.
     async fn flush_last(&mut self) -> Result<(), End> {
-        if let Transport::Plain(tcp) = &self.stream {
-            offer_held(tcp, &mut self.out);
+        match &self.stream {
+            Transport::Plain(tcp) => offer_held(tcp, &mut self.out),
+            Transport::Tls(tls) => {
+                let _ = rustix::net::sockopt::set_tcp_cork(tls.get_ref(), true);
+            }
+            Transport::Detached => {}
         }
         self.flush().await
     }
