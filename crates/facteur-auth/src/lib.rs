@@ -143,6 +143,16 @@ pub trait Authenticator: Send + Sync + 'static {
         self.verify_password(user, password).checked()
     }
 
+    /// [`Authenticator::check_password`] from memory alone, for a caller on an async thread:
+    /// `Some` only with the answer `check_password` would give, and only when it could be had
+    /// without waiting for a disk, a lock held for long, a network or a password hash (a
+    /// success remembered by a cache of verifications), and with none of the effects the full
+    /// check would have (an app password's last use, a reload). `None`: no answer here;
+    /// `check_password` off the async threads is the way. The default never answers.
+    fn check_password_now(&self, _user: &str, _password: &[u8]) -> Option<Checked> {
+        None
+    }
+
     /// APOP (RFC 1939 section 7): `digest` is the client's 32 lowercase hex digits of
     /// MD5(`timestamp` + secret), `timestamp` the one from our greeting, angle brackets included.
     fn verify_apop(&self, user: &str, timestamp: &str, digest: &str) -> AuthOutcome;

@@ -569,6 +569,26 @@ impl PasswdDb {
         }
     }
 
+    /// Whether the file is, by the kernel's caches alone, the version last loaded (or last
+    /// found broken): a stat through a path lookup that may not wait for a disk
+    /// (`openat2(O_PATH, RESOLVE_CACHED)` and fstat), and no wait for a reload under way.
+    /// False whenever that cannot be told at once: [`Self::current`] then checks the usual way.
+    fn unchanged_now(&self) -> bool {
+        use rustix::fs::{openat2, Mode, OFlags, ResolveFlags, CWD};
+        let flags = OFlags::PATH | OFlags::CLOEXEC;
+        let Ok(fd) = openat2(CWD, &self.path, flags, Mode::empty(), ResolveFlags::CACHED) else {
+            return false;
+        };
+        let Ok(meta) = File::from(fd).metadata() else {
+            return false;
+        };
+        let now = FileStamp::of(&meta);
+        match self.seen.try_lock() {
+            Ok(seen) => !seen.stat_failed && seen.stamp == Some(now),
+            Err(_) => false,
+        }
+    }
+
     fn current(&self) -> Arc<Loaded> {
         self.reload_if_changed();
         self.loaded()
@@ -646,6 +666,26 @@ impl Authenticator for PasswdDb {
 
     fn check_password(&self, user: &str, password: &[u8]) -> Checked {
         self.check_password_at(user, password, Instant::now())
+    }
+
+    /// A success the cache of verifications remembers, for the file as it is now: what
+    /// `check_password` answers first, with the same checks and no hash. Anything else (a
+    /// file that changed or cannot be looked at from the caches, an unknown user, a password
+    /// not remembered) is left to `check_password`.
+    fn check_password_now(&self, user: &str, password: &[u8]) -> Option<Checked> {
+        if user.len() > USER_NAME_MAX_LEN || password.len() > PASSWORD_MAX_LEN {
+            return None;
+        }
+        let cache = self.verified.as_ref()?;
+        if !self.unchanged_now() {
+            return None;
+        }
+        let loaded = Arc::clone(&*self.current.try_read().ok()?);
+        let entry = loaded.file.get(user)?;
+        let tag = cache.tag(user, entry.password_field.expose(), password);
+        cache
+            .is_fresh(&tag, Instant::now())
+            .then(|| Ok(entry.account()))
     }
 
     fn verify_apop(&self, user: &str, timestamp: &str, digest: &str) -> AuthOutcome {
@@ -1612,6 +1652,60 @@ h:{PLAIN}ph:::::
             success("alice", Some("/home/a"))
         );
         assert_eq!(db.slow_checks(), checks + 3);
+    }
+
+    /// The answer from memory is the remembered success only, as of the file now; the rest
+    /// (a first login, a wrong password, a file changed since) is left to the full check.
+    #[test]
+    fn an_answer_from_memory_is_only_a_remembered_success_of_the_current_file() {
+        let (_dir, path, db) = cached_db_with(&format!("alice:{SHA256}::::/home/a\n"), 10);
+        assert_eq!(db.check_password_now("alice", b"secret"), None);
+        assert_eq!(
+            db.verify_password("alice", b"secret"),
+            success("alice", Some("/home/a"))
+        );
+        let checks = db.slow_checks();
+        let now = db
+            .check_password_now("alice", b"secret")
+            .map(AuthOutcome::from);
+        assert_eq!(now, Some(success("alice", Some("/home/a"))));
+        for (user, password) in [
+            ("alice", &b"wrong"[..]),
+            ("Alice", b"secret"),
+            ("bob", b"x"),
+        ] {
+            assert_eq!(db.check_password_now(user, password), None, "{user}");
+        }
+        assert_eq!(db.slow_checks(), checks, "nothing hashed");
+
+        // The file changed (a password, the home, a user removed): not answered until the
+        // full check has read the new version, and then only as that version says.
+        fs::write(&path, format!("alice:{SHA256}::::/home/b\n")).unwrap();
+        assert_eq!(db.check_password_now("alice", b"secret"), None);
+        assert_eq!(
+            db.verify_password("alice", b"secret"),
+            success("alice", Some("/home/b"))
+        );
+        let now = db
+            .check_password_now("alice", b"secret")
+            .map(AuthOutcome::from);
+        assert_eq!(now, Some(success("alice", Some("/home/b"))));
+        set_password(&path, "alice", "{PLAIN}new").unwrap();
+        assert_eq!(db.check_password_now("alice", b"secret"), None);
+        assert_eq!(db.verify_password("alice", b"secret"), AuthOutcome::Failure);
+        assert_eq!(db.check_password_now("alice", b"secret"), None);
+        fs::write(&path, "bob:{PLAIN}b\n").unwrap();
+        assert_eq!(db.check_password_now("alice", b"new"), None);
+        assert_eq!(db.verify_password("alice", b"new"), AuthOutcome::Failure);
+        assert_eq!(db.check_password_now("alice", b"new"), None);
+
+        // Without a cache of verifications, nothing is answered from memory.
+        let (_dir, _path, db) = db_with(&format!("alice:{SHA256}\n"));
+        assert_eq!(
+            db.verify_password("alice", b"secret"),
+            success("alice", None)
+        );
+        assert_eq!(db.check_password_now("alice", b"secret"), None);
     }
 
     #[test]

@@ -74,6 +74,21 @@ fn sasl_nonces() -> Option<Nonces> {
     Some(Nonces::new(random, seconds))
 }
 
+/// Hands as much of `out` to the kernel as it takes at once, with `MSG_MORE`: held back until
+/// the next send without it, the shutdown, or the close. What was taken leaves `out`; nothing
+/// is taken when the socket is not ready. Never waits.
+fn offer_held(tcp: &TcpStream, out: &mut Vec<u8>) {
+    if out.is_empty() {
+        return;
+    }
+    let sent = tcp.try_io(tokio::io::Interest::WRITABLE, || {
+        rustix::net::send(tcp, out, rustix::net::SendFlags::MORE).map_err(std::io::Error::from)
+    });
+    if let Ok(n) = sent {
+        out.drain(..n.min(out.len()));
+    }
+}
+
 /// How a session ended, for the log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
@@ -405,7 +420,7 @@ impl Connection {
                         end,
                         End::Quit | End::TooManyErrors | End::TooManyFailedLogins
                     ) {
-                        let _ = self.flush().await;
+                        let _ = self.flush_last().await;
                     }
                     return end;
                 }
@@ -526,9 +541,65 @@ impl Connection {
         .map_err(End::from)
     }
 
+    /// [`Self::flush`] of the session's last answer, which the FIN follows at once (the
+    /// caller shuts the socket down next, or drops it). Over plain TCP it is first offered to
+    /// the kernel with `MSG_MORE`, which holds it back until the shutdown: the answer and the
+    /// FIN then go in one segment, one packet and one wake-up of the client fewer. Whatever is
+    /// not taken at once (a full send buffer) goes the ordinary way, which pushes the held
+    /// part out too; a socket that is dropped without the shutdown sends what it holds
+    /// before its FIN as well.
+    ///
+    /// Over TLS the answer's record and the close_notify that the shutdown adds are written
+    /// apart: the socket is corked (`TCP_CORK`) for them, and the shutdown's FIN pushes both
+    /// out with it, in one segment too. A socket dropped without the shutdown sends what it
+    /// holds with its FIN as well, and the kernel sends corked data after 200 ms at most.
+    async fn flush_last(&mut self) -> Result<(), End> {
+        match &self.stream {
+            Transport::Plain(tcp) => offer_held(tcp, &mut self.out),
+            Transport::Tls(tls) => {
+                let _ = rustix::net::sockopt::set_tcp_cork(tls.get_ref(), true);
+            }
+            Transport::Detached => {}
+        }
+        self.flush().await
+    }
+
+    /// USER/PASS right here on the async thread, when it costs less than the trip to the
+    /// password-check threads (two thread wake-ups and a hand-over each way) and cannot wait:
+    /// a success the authenticator remembers ([`Authenticator::check_password_now`]), and a
+    /// maildrop opened from memory ([`Store::open_as_now`]), with no LOGIN-DELAY or EXPIRE to
+    /// apply (they write to the maildrop). The verdict is the one the pool's job would give.
+    /// `None`: nothing was done, and the job on the pool decides.
+    fn login_now(&self, user: &str, password: &[u8]) -> Option<Verdict> {
+        let account = self.shared.auth.check_password_now(user, password)?.ok()?;
+        let own = account.policy.as_ref().ok()?;
+        let policy = self.shared.config.policy.policy().for_user(*own);
+        if policy.login_delay > 0 || matches!(policy.expire, Expire::Days(_)) {
+            return None;
+        }
+        let owner = *account.owner.as_ref().ok()?;
+        let began = Instant::now();
+        let maildrop =
+            self.shared
+                .store
+                .open_as_now(&account.user, account.home.as_deref(), owner)?;
+        self.shared.metrics.store_operation("open", began.elapsed());
+        Some(Verdict::Opened {
+            maildrop: Ok(maildrop),
+            policy,
+            user: account.user,
+            app_password: account.app_password,
+        })
+    }
+
     async fn handle_event(&mut self, event: Event, out_before: usize) -> Step {
         match event {
             Event::Authenticate { user, password } => {
+                if let Some(verdict) = self.login_now(&user, password.expose()) {
+                    return self
+                        .finish_login(Ok(verdict), LoginMethod::UserPass, Some(&user))
+                        .await;
+                }
                 let auth = self.shared.auth.clone();
                 let name = user.clone();
                 let store = self.shared.store.clone();
@@ -1679,5 +1750,67 @@ mod future_sizes {
             "a POP3 session's future ({task} bytes) holds more than its fields ({fields}) and its \
              largest state ({run})"
         );
+    }
+}
+
+#[cfg(test)]
+mod last_answer {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        (accepted.unwrap().0, client.unwrap())
+    }
+
+    /// The last answer, held back with MSG_MORE, goes out with the FIN in one segment; the
+    /// client reads it whole, then the end of the stream.
+    #[tokio::test]
+    async fn the_last_answer_arrives_whole_then_the_end() {
+        let (mut server, mut client) = pair().await;
+        server.writable().await.unwrap();
+        let mut out = b"+OK bye\r\n".to_vec();
+        offer_held(&server, &mut out);
+        assert!(out.is_empty(), "a small answer is taken at once");
+        server.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"+OK bye\r\n");
+    }
+
+    /// A send buffer that takes only part of the answer (a client that does not read): the
+    /// rest stays in `out` for the ordinary write, and nothing is lost or sent twice.
+    #[tokio::test]
+    async fn an_answer_taken_in_part_or_not_at_all_loses_nothing() {
+        let (mut server, mut client) = pair().await;
+        // Fill the way to the client until the kernel takes no more.
+        let block = vec![b'x'; 65536];
+        let mut filled = 0usize;
+        loop {
+            server.writable().await.unwrap();
+            match server.try_write(&block) {
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let answer: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut out = answer.clone();
+        offer_held(&server, &mut out);
+        let held = answer.len() - out.len();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        // The ordinary path sends the rest, then the FIN.
+        server.write_all(&out).await.unwrap();
+        server.shutdown().await.unwrap();
+        let got = reader.await.unwrap();
+        assert_eq!(got.len(), filled + answer.len(), "held {held}");
+        assert!(got[..filled].iter().all(|&b| b == b'x'));
+        assert_eq!(&got[filled..], &answer[..]);
     }
 }

@@ -167,6 +167,33 @@ pub(crate) fn open_regular_cached(dir: &File, name: &OsStr) -> Option<(File, u64
     }
 }
 
+/// [`open_at`] from the kernel's caches alone (`RESOLVE_CACHED`): fails with `EAGAIN` rather
+/// than read a directory or an inode from the disk, and with an error too on a kernel without
+/// `openat2` or `RESOLVE_CACHED`. Never follows a link; never blocks, so it may run on an
+/// async thread. Callers take the ordinary path on any error.
+pub(crate) fn open_at_cached(dir: &File, name: &OsStr, flags: OFlags) -> Result<OwnedFd, Errno> {
+    one_component(name).map_err(|_| Errno::INVAL)?;
+    if NO_OPENAT2.load(Ordering::Relaxed) || NO_RESOLVE_CACHED.load(Ordering::Relaxed) {
+        return Err(Errno::AGAIN);
+    }
+    let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::CACHED;
+    rfs::openat2(dir.as_fd(), name, flags, Mode::empty(), resolve)
+}
+
+/// [`open_dir_path`] from the kernel's caches alone (see [`open_at_cached`]): `None` whenever
+/// that cannot be done at once, or fails.
+pub(crate) fn open_dir_path_cached(path: &Path) -> Option<File> {
+    if NO_OPENAT2.load(Ordering::Relaxed) || NO_RESOLVE_CACHED.load(Ordering::Relaxed) {
+        return None;
+    }
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    // The parts above the last component are the administrator's: links there are followed,
+    // as by `open_dir_path`.
+    let fd = rfs::openat2(rfs::CWD, path, flags, Mode::empty(), ResolveFlags::CACHED).ok()?;
+    Some(File::from(fd))
+}
+
 /// Reads `buf.len()` octets of `file` from offset 0, only as far as the page cache holds
 /// them (`preadv2` with `RWF_NOWAIT`): may return fewer than the file has even before its
 /// end. `None` when not even that can be done without waiting (nothing cached, or a file

@@ -108,6 +108,24 @@ pub(crate) struct Version {
 }
 
 impl Version {
+    /// The version a `stat` of the file gives (the same values as [`Version::of`] for the
+    /// same state of the same file).
+    // The fields' types differ between targets (i64/u64, i64/c_long).
+    #[allow(clippy::useless_conversion)]
+    fn of_stat(st: &rustix::fs::Stat) -> Self {
+        Self {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            len: u64::try_from(st.st_size).unwrap_or(0),
+            mtime: (st.st_mtime, i64::try_from(st.st_mtime_nsec).unwrap_or(-1)),
+            ctime: (st.st_ctime, i64::try_from(st.st_ctime_nsec).unwrap_or(-1)),
+        }
+    }
+
+    pub(crate) fn of_metadata(meta: &std::fs::Metadata) -> Self {
+        Self::of(meta)
+    }
+
     fn of(meta: &std::fs::Metadata) -> Self {
         use std::os::unix::fs::MetadataExt;
         Self {
@@ -120,14 +138,19 @@ impl Version {
     }
 }
 
-/// The version of the index file of the maildir whose top directory is `dir`, from one open
-/// (never through a link) and fstat, without reading it; `None` if there is none or it is not
-/// a regular file.
+/// The version of the index file of the maildir whose top directory is `dir`, from one stat
+/// of its name there (never through a link), without opening or reading it; `None` if there
+/// is none or it is not a regular file (a link, a FIFO: as when an open of it tells so).
 pub(crate) fn version(dir: &File) -> io::Result<Option<Version>> {
-    // One fstat: the one that told a regular file.
-    match handle::open_regular_stat(dir, OsStr::new(INDEX_FILE))? {
-        (Opened::File(_), Some(meta)) => Ok(Some(Version::of(&meta))),
-        _ => Ok(None),
+    use rustix::fs::{statat, AtFlags, FileType};
+    // One system call where an open, an fstat and a close took three: nothing is read here,
+    // so a FIFO or a device has nothing to make wait.
+    match statat(dir, INDEX_FILE, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {
+            Ok(Some(Version::of_stat(&st)))
+        }
+        Ok(_) | Err(rustix::io::Errno::NOENT) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -381,6 +404,46 @@ pub(crate) fn replace_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The version from a stat of the name is the one an open and fstat of the file give (a
+    /// snapshot kept under one is found under the other), and a link or a FIFO has none.
+    #[test]
+    fn the_version_of_a_name_is_the_version_of_the_file_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = handle::open_dir_path(tmp.path()).unwrap();
+        assert_eq!(version(&dir).unwrap(), None);
+        write_atomic(&dir, &serialize(&sample()), Owner::default()).unwrap();
+        let (_, read) = read_versioned(&dir).unwrap().unwrap();
+        assert_eq!(version(&dir).unwrap(), Some(read));
+        // An edit in place is another version.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(tmp.path().join(INDEX_FILE))
+            .unwrap()
+            .write_all(b"x")
+            .unwrap();
+        assert_ne!(version(&dir).unwrap(), Some(read));
+        let (_, reread) = read_versioned(&dir).unwrap().unwrap();
+        assert_eq!(version(&dir).unwrap(), Some(reread));
+
+        std::fs::remove_file(tmp.path().join(INDEX_FILE)).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("elsewhere"), tmp.path().join(INDEX_FILE))
+            .unwrap();
+        write_atomic_elsewhere(&tmp);
+        assert_eq!(version(&dir).unwrap(), None, "a link");
+        std::fs::remove_file(tmp.path().join(INDEX_FILE)).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(tmp.path().join(INDEX_FILE))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert_eq!(version(&dir).unwrap(), None, "a FIFO");
+    }
+
+    /// A regular file where the link of the test points.
+    fn write_atomic_elsewhere(tmp: &tempfile::TempDir) {
+        std::fs::write(tmp.path().join("elsewhere"), serialize(&sample())).unwrap();
+    }
 
     fn sample() -> Index {
         Index {

@@ -328,6 +328,21 @@ pub trait Store: Send + Sync + 'static {
         owner: Owner,
     ) -> Result<Box<dyn Maildrop>, StoreError>;
 
+    /// [`Store::open_as`] from what the kernel and the store hold in memory, for a caller on
+    /// an async thread: `Some` only when the maildrop could be locked and its snapshot taken
+    /// without waiting for a disk or a network and without writing anything (an unchanged
+    /// maildrop whose snapshot is in memory), with the maildrop `open_as` would give. `None`:
+    /// nothing was done (nothing is left locked), and `open_as` off the async threads is the
+    /// way (it says what is wrong, if anything is). The default never answers.
+    fn open_as_now(
+        &self,
+        _user: &str,
+        _home: Option<&str>,
+        _owner: Owner,
+    ) -> Option<Box<dyn Maildrop>> {
+        None
+    }
+
     /// [`Store::open_as`] with no owner known.
     fn open(&self, user: &str, home: Option<&str>) -> Result<Box<dyn Maildrop>, StoreError> {
         self.open_as(user, home, Owner::default())

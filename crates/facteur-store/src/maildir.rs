@@ -94,6 +94,10 @@ pub(crate) const SETTLE_TIME: Duration = Duration::from_secs(2);
 /// delivered since the last login), so the login reply can give the maildrop's size at once.
 pub(crate) const EAGER_SIZING_MAX: usize = 256;
 
+/// At most this many messages in a snapshot that [`Store::open_as_now`] copies on an async
+/// thread (some 100 KB, a few microseconds); a larger one is copied by `open_as`, off them.
+pub(crate) const NOW_SNAPSHOT_MAX: usize = 10_000;
+
 /// How many rounds of "list `new/`, move what is there" one open does before giving up on seeing
 /// `new/` empty (a stream of deliveries); the next open moves the rest.
 const NEW_ROUNDS: usize = 4;
@@ -439,12 +443,94 @@ impl MaildirStore {
         matches!(self.uidl, UidlScheme::Facteur).then(|| Arc::clone(&self.snapshots))
     }
 
+    /// The memory fast path of [`Self::open_dir`] (an unchanged maildrop whose snapshot is in
+    /// memory, no stale file in `tmp/`) with every name looked up from the kernel's caches
+    /// alone (see [`handle::open_at_cached`]): never waits for a disk, creates and writes
+    /// nothing. The same checks as `open_dir`, in the same order, on the same kinds of handle;
+    /// `None` at the first that cannot be made at once or does not pass, with nothing held.
+    fn open_dir_now(&self, dir: &Path, owner: Owner) -> Option<(LockedMaildir, OpenStats)> {
+        use rustix::fs::OFlags;
+        let snapshots = self.snapshot_cache()?;
+        let root = handle::open_dir_path_cached(dir)?;
+        let (found, root_id) = handle::identity(&root).ok()?;
+        if owner.uid.is_some_and(|expected| expected != found) {
+            return None;
+        }
+        let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY;
+        let cur_dir = File::from(handle::open_at_cached(&root, "cur".as_ref(), dir_flags).ok()?);
+        let lock_flags = OFlags::RDWR | OFlags::NONBLOCK;
+        let lock = File::from(handle::open_at_cached(&root, LOCK_FILE.as_ref(), lock_flags).ok()?);
+        if !lock.metadata().ok()?.is_file() {
+            return None;
+        }
+        lock.try_lock().ok()?;
+        let version = {
+            let flags = OFlags::RDONLY | OFlags::NONBLOCK;
+            let index =
+                File::from(handle::open_at_cached(&root, index::INDEX_FILE.as_ref(), flags).ok()?);
+            let meta = index.metadata().ok()?;
+            if !meta.is_file() {
+                return None;
+            }
+            index::Version::of_metadata(&meta)
+        };
+        let snapshot = lock_cache(&snapshots).get(dir, root_id, version)?;
+        // A large snapshot is copied off the async threads.
+        if snapshot.messages.len() > NOW_SNAPSHOT_MAX {
+            return None;
+        }
+        let cur_mtime = mtime_ns(&cur_dir, dir).ok()?;
+        let new_dir = File::from(handle::open_at_cached(&root, "new".as_ref(), dir_flags).ok()?);
+        let new_mtime = mtime_ns(&new_dir, dir).ok()?;
+        if !snapshot.still_current(cur_mtime, new_mtime) {
+            return None;
+        }
+        // tmp/ as `tmp_may_hold_stale_files` sees it: a stale file there is cleaned by the
+        // ordinary path.
+        match handle::open_at_cached(&root, "tmp".as_ref(), OFlags::PATH) {
+            Ok(tmp) => {
+                let meta = File::from(tmp).metadata().ok()?;
+                let stale = meta.is_dir()
+                    && meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age >= TMP_MAX_AGE);
+                if stale {
+                    return None;
+                }
+            }
+            // No tmp/, or a link or a file in its place: nothing the fast path would clean.
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::LOOP) => {}
+            Err(_) => return None,
+        }
+        let stats = OpenStats {
+            index: IndexOutcome::Used,
+            fast_path: true,
+            from_memory: true,
+            messages: snapshot.messages.len(),
+            sizes_deferred: snapshot.not_sized.len(),
+            ..OpenStats::default()
+        };
+        let maildrop = LockedMaildir::new(
+            Handles {
+                dir,
+                cur_dir,
+                root_id,
+                owner,
+                lock,
+                snapshots: Some(snapshots),
+            },
+            Snapshot::clone(&snapshot),
+        );
+        Some((maildrop, stats))
+    }
+
     fn open_dir(&self, dir: &Path, owner: Owner) -> Result<(LockedMaildir, OpenStats), StoreError> {
         let (root, root_id) = open_root(dir, owner)?;
         let cur = dir.join("cur");
         let new = dir.join("new");
         let cur_dir = handle::subdir(&root, "cur", owner).map_err(|e| StoreError::io(&cur, e))?;
-        let new_dir = handle::subdir(&root, "new", owner).map_err(|e| StoreError::io(&new, e))?;
         let lock = lock(&root, dir, owner)?;
         let started = now_ns();
         let mut stats = OpenStats::default();
@@ -459,8 +545,11 @@ impl MaildirStore {
             };
             if let Some(snapshot) = cached {
                 let cur_mtime = mtime_ns(&cur_dir, &cur)?;
-                let new_mtime = mtime_ns(&new_dir, &new)?;
-                if snapshot.still_current(cur_mtime, new_mtime) {
+                // new/ is not opened for its mtime: a stat of its name (never through a link)
+                // says the same; anything but a directory there takes the path below, which
+                // opens (or makes) it and says what is wrong.
+                let new_mtime = subdir_mtime_ns(&root, "new");
+                if new_mtime.is_some() && snapshot.still_current(cur_mtime, new_mtime) {
                     stats.index = IndexOutcome::Used;
                     stats.fast_path = true;
                     stats.from_memory = true;
@@ -486,6 +575,7 @@ impl MaildirStore {
             }
         }
 
+        let new_dir = handle::subdir(&root, "new", owner).map_err(|e| StoreError::io(&new, e))?;
         let mut old_version = None;
         let (mut old_index, old_bytes) = match index::read_versioned(&root) {
             Ok(None) => (None, None),
@@ -1003,6 +1093,18 @@ impl Store for MaildirStore {
         let (maildrop, stats) = self.open_maildir_as(user, home, owner)?;
         tracing::debug!(user, ?stats, "maildrop opened");
         Ok(Box::new(maildrop))
+    }
+
+    fn open_as_now(
+        &self,
+        user: &str,
+        home: Option<&str>,
+        owner: Owner,
+    ) -> Option<Box<dyn Maildrop>> {
+        let dir = self.maildir_path(user, home).ok()?;
+        let (maildrop, stats) = self.open_dir_now(&dir, owner)?;
+        tracing::debug!(user, ?stats, "maildrop opened");
+        Some(Box::new(maildrop))
     }
 
     fn deliver_as(
@@ -1724,6 +1826,21 @@ fn mtime_ns(dir: &File, path: &Path) -> Result<Option<u128>, StoreError> {
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| d.as_nanos()))
+}
+
+/// The mtime of the subdirectory `name` of `root`, as [`mtime_ns`] gives it, from one stat of
+/// the name (never through a link); `None` if it is not a directory or cannot be looked at.
+// The fields' types differ between targets (i64/u64, i64/c_long/u64).
+#[allow(clippy::useless_conversion, clippy::unnecessary_fallible_conversions)]
+fn subdir_mtime_ns(root: &File, name: &str) -> Option<u128> {
+    use rustix::fs::{statat, AtFlags, FileType};
+    let st = statat(root, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+        return None;
+    }
+    let secs = u128::try_from(st.st_mtime).ok()?;
+    let nanos = u128::try_from(st.st_mtime_nsec).ok()?;
+    Some(secs * 1_000_000_000 + nanos)
 }
 
 fn now_ns() -> u128 {
@@ -2873,6 +2990,136 @@ mod tests {
             let name = d.path.file_name().unwrap().to_string_lossy().into_owned();
             assert!(all.iter().any(|u| name.starts_with(u.as_str())), "{name}");
         }
+    }
+
+    /// The open from memory alone answers only when the memory fast path would, with the
+    /// same snapshot, and leaves nothing held or changed when it does not.
+    #[test]
+    fn an_open_from_memory_is_the_memory_fast_path_or_nothing() {
+        let f = fixture();
+        let now = |f: &Fixture| f.store.open_dir_now(&f.dir, Owner::default());
+        // No maildir yet: nothing made here.
+        assert!(now(&f).is_none());
+        assert!(!f.dir.exists());
+        for i in 0..3 {
+            f.put("cur", &format!("17000000{i:02}.M1P1.h:2,"), b"line\n");
+        }
+        let (m, _) = f.open();
+        let expected = uids(&m);
+        drop(m);
+        assert!(now(&f).is_none(), "mtimes too fresh: not in memory");
+        f.age();
+        drop(f.open());
+        let (m, stats) = now(&f).expect("in memory");
+        assert!(stats.from_memory && stats.fast_path);
+        assert_eq!((uids(&m), sizes(&m)), (expected.clone(), vec![6, 6, 6]));
+        // Its lock is held: neither kind of open gets in meanwhile.
+        assert!(now(&f).is_none());
+        assert!(matches!(
+            f.store.open_maildir("bob@example.org", None),
+            Err(StoreError::InUse)
+        ));
+        drop(m);
+        // A refused attempt held nothing: the ordinary open gets in.
+        assert!(f.open().1.from_memory);
+
+        // Another owner expected: left to the ordinary open, which says so.
+        let mine = fs::metadata(&f.dir).unwrap().uid();
+        let other = Owner {
+            uid: Some(mine.wrapping_add(1)),
+            gid: None,
+        };
+        assert!(f.store.open_dir_now(&f.dir, other).is_none());
+
+        // A stale file in tmp/: left to the ordinary open, which removes it.
+        f.put("tmp", "killed", b"half");
+        let old = SystemTime::now() - TMP_MAX_AGE - Duration::from_secs(60);
+        File::open(f.dir.join("tmp"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert!(now(&f).is_none());
+        assert_eq!(f.files("tmp"), vec!["killed"]);
+        File::options()
+            .write(true)
+            .open(f.dir.join("tmp/killed"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        File::open(f.dir.join("tmp"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(f.open().1.tmp_removed, 1);
+        // tmp/ a link: nothing to clean, as on the memory fast path.
+        fs::remove_dir(f.dir.join("tmp")).unwrap();
+        std::os::unix::fs::symlink(f.dir.join("cur"), f.dir.join("tmp")).unwrap();
+        assert!(now(&f).is_some());
+        fs::remove_file(f.dir.join("tmp")).unwrap();
+
+        // New mail: the ordinary open moves it.
+        f.deliver(b"new\n");
+        assert!(now(&f).is_none());
+        assert_eq!(f.files("new").len(), 1);
+        assert_eq!(f.open().0.messages().len(), 4);
+
+        // A link where cur/ or the lock file is: left to the ordinary open, which refuses it.
+        f.age();
+        drop(f.open());
+        assert!(now(&f).is_some());
+        let lock = f.dir.join(LOCK_FILE);
+        fs::remove_file(&lock).unwrap();
+        std::os::unix::fs::symlink(f.dir.join("elsewhere"), &lock).unwrap();
+        assert!(now(&f).is_none());
+        fs::remove_file(&lock).unwrap();
+        fs::rename(f.dir.join("cur"), f.dir.join("cur.real")).unwrap();
+        std::os::unix::fs::symlink(f.dir.join("cur.real"), f.dir.join("cur")).unwrap();
+        assert!(now(&f).is_none());
+        assert!(f.store.open_maildir("bob@example.org", None).is_err());
+        // The maildir itself a link: refused.
+        fs::remove_file(f.dir.join("cur")).unwrap();
+        fs::rename(f.dir.join("cur.real"), f.dir.join("cur")).unwrap();
+        assert!(
+            now(&f).is_none(),
+            "no lock file: made by the ordinary open only"
+        );
+        drop(f.open());
+        assert!(now(&f).is_some());
+        let real = f.dir.with_extension("real");
+        fs::rename(&f.dir, &real).unwrap();
+        std::os::unix::fs::symlink(&real, &f.dir).unwrap();
+        assert!(now(&f).is_none());
+    }
+
+    #[test]
+    fn a_snapshot_in_memory_is_never_used_when_new_is_not_a_directory() {
+        let f = fixture();
+        for i in 0..3 {
+            f.put("cur", &format!("17000000{i:02}.M1P1.h:2,"), b"line\n");
+        }
+        drop(f.open());
+        f.age();
+        drop(f.open());
+        let (m, stats) = f.open();
+        assert!(stats.from_memory);
+        drop(m);
+        // new/ swapped for a link to the very same directory (same mtime): refused, as a
+        // link always is, never taken for the directory the snapshot saw.
+        fs::rename(f.dir.join("new"), f.dir.join("new.real")).unwrap();
+        std::os::unix::fs::symlink(f.dir.join("new.real"), f.dir.join("new")).unwrap();
+        let err = f.store.open_maildir("bob@example.org", None).unwrap_err();
+        assert!(matches!(err, StoreError::Io { .. }), "{err}");
+        // A regular file in its place: refused too.
+        fs::remove_file(f.dir.join("new")).unwrap();
+        fs::write(f.dir.join("new"), b"").unwrap();
+        let err = f.store.open_maildir("bob@example.org", None).unwrap_err();
+        assert!(matches!(err, StoreError::Io { .. }), "{err}");
+        // The directory back: served from memory again.
+        fs::remove_file(f.dir.join("new")).unwrap();
+        fs::rename(f.dir.join("new.real"), f.dir.join("new")).unwrap();
+        let (m, stats) = f.open();
+        assert!(stats.from_memory, "{stats:?}");
+        assert_eq!(m.messages().len(), 3);
     }
 
     #[test]

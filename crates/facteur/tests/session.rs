@@ -544,3 +544,71 @@ both_backends!(
     a_sha512_crypt_user_logs_in,
     unique_ids_are_stable_and_distinct_across_sessions,
 );
+
+/// A login the cache of verifications remembers, on a maildrop unchanged since the session
+/// before (its snapshot in memory): checked and opened on the async threads, with the same
+/// maildrop, the same lock, and every change (the passwd-file, new mail) seen at the next login.
+#[test]
+fn remembered_logins_on_an_unchanged_maildrop_see_every_change() {
+    let fx = Fixture::new();
+    fx.deliver(USER, &message(1));
+    fx.deliver(USER, &message(2));
+    let server = fx.start();
+    server.login(USER, PASSWORD).quit();
+    let maildir = fx.maildir(USER);
+    let past = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for sub in ["cur", "new"] {
+        std::fs::File::open(maildir.join(sub))
+            .and_then(|f| f.set_modified(past))
+            .expect("set a directory's mtime");
+    }
+    // The index gets the trusted mtimes; from then on the snapshot is in memory.
+    for _ in 0..3 {
+        let mut c = server.login(USER, PASSWORD);
+        assert_eq!(c.stat().0, 2);
+        assert_eq!(c.retrieve("RETR 2"), crlf(&message(2)));
+        c.quit();
+    }
+
+    // The lock is held as ever.
+    let first = server.login(USER, PASSWORD);
+    let mut second = server.connect();
+    assert!(second.cmd("USER alice").starts_with("+OK"));
+    let r = second.cmd("PASS secret");
+    assert!(r.starts_with("-ERR [IN-USE]"), "{r:?}");
+    first.quit();
+    drop(second);
+
+    // New mail is in the next session.
+    fx.deliver(USER, &message(3));
+    let mut c = Client::login_when_unlocked(server.addr, USER, PASSWORD);
+    assert_eq!(c.stat().0, 3);
+    c.quit();
+
+    // A password changed in the passwd-file: the old one fails at once, the new one works.
+    let users = fx.path().join("users");
+    let text = std::fs::read_to_string(&users).unwrap();
+    let changed = text.replace(
+        &format!("{USER}:{{PLAIN}}{PASSWORD}\n"),
+        &format!("{USER}:{{PLAIN}}{PASSWORD}-changed\n"),
+    );
+    assert_ne!(changed, text);
+    std::fs::write(&users, &changed).unwrap();
+    let mut c = server.connect();
+    assert!(c.cmd("USER alice").starts_with("+OK"));
+    let r = c.cmd("PASS secret");
+    assert!(r.starts_with("-ERR"), "{r:?}");
+    drop(c);
+    let c = Client::login_when_unlocked(server.addr, USER, &format!("{PASSWORD}-changed"));
+    c.quit();
+    // The user removed: no login, remembered or not.
+    std::fs::write(
+        &users,
+        text.replace(&format!("{USER}:{{PLAIN}}{PASSWORD}\n"), ""),
+    )
+    .unwrap();
+    let mut c = server.connect();
+    assert!(c.cmd("USER alice").starts_with("+OK"));
+    let r = c.cmd(&format!("PASS {PASSWORD}-changed"));
+    assert!(r.starts_with("-ERR"), "{r:?}");
+}
