@@ -742,7 +742,7 @@ done
 # against five raw copies taken a minute apart can put the same code at 35% or 119% of raw.
 # Each pair measures both right after each other (the order alternating from pair to pair),
 # and the row is the median of the pairs' ratios.
-say "workload 3: RETR by sendfile against the raw copy, $W3_PAIRS alternating pairs"
+say "workload 3: RETR by sendfile against the raw copy and against POP3S, $W3_PAIRS alternating pairs"
 for pair in $(seq 1 "$W3_PAIRS"); do
     p_raw() {
         "$BENCH" raw --wire "$SCRATCH/wire.bin" --runs 3 --warmup 1 --json \
@@ -752,7 +752,14 @@ for pair in $(seq 1 "$W3_PAIRS"); do
         "$BENCH" retr --host 127.0.0.1 --port $F_POP3 --user bigcrlf --password "$PASSWORD" \
             --runs 3 --warmup 1 --json >"$RESULTS/w3-pair-facteur-crlf-p$pair.json"
     }
-    if [ $((pair % 2)) -eq 1 ]; then p_raw; p_retr; else p_retr; p_raw; fi
+    p_tls() {
+        "$BENCH" retr --host 127.0.0.1 --port $F_POP3S --user bigcrlf --password "$PASSWORD" \
+            --mode pop3s --insecure --runs 3 --warmup 1 --json \
+            >"$RESULTS/w3-pair-facteur-crlf-tls-p$pair.json"
+    }
+    # The plain RETR in the middle: right after (or before) the raw copy, and right before
+    # (or after) the same RETR over POP3S, whose row is the median of those pairs' ratios.
+    if [ $((pair % 2)) -eq 1 ]; then p_raw; p_retr; p_tls; else p_tls; p_retr; p_raw; fi
 done
 
 # --- workload 5: memory per idle authenticated session ----------------------------------------
