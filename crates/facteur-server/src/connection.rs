@@ -395,6 +395,16 @@ impl Connection {
             while self.rpos < self.rend {
                 let (used, frame) = self.framer.push(&self.rbuf[self.rpos..self.rend]);
                 self.rpos += used;
+                if self.rpos == self.rend {
+                    // Every byte read is taken: the read buffer goes now rather than at the
+                    // next read, so that a command that waits (a login queued for its password
+                    // check, behind a thousand others) does not hold it. Freed while many
+                    // sessions wait, such buffers would leave holes among the allocations of
+                    // the sessions that finished meanwhile: memory the allocator keeps.
+                    self.rbuf = Box::default();
+                    self.rpos = 0;
+                    self.rend = 0;
+                }
                 let before = self.out.len();
                 // Boxed: the futures of a login, a RETR, a SASL exchange or the UPDATE are the
                 // largest states of a session, and an idle session (waiting in `read_more`)
