@@ -20,6 +20,11 @@
 #   FACTEUR_BIN         a facteur binary instead of building target/release/facteur
 #   FACTEUR_BENCH_BIN   a facteur-bench binary instead of target/release/facteur-bench
 #   IDLE_MODES          the modes to measure ["plain pop3s"]
+#   IDLE_WARM_ALL       1: the warm-up logs every one of the SESSIONS users in once (32 at a
+#                       time) instead of 64 of them, so the figure leaves out what the server
+#                       keeps per user (its authentication and maildrop caches) and the
+#                       allocator's growth on first logins: the cost of one more idle session
+#                       of a user seen before [0]
 
 set -Eeuo pipefail
 
@@ -146,8 +151,10 @@ measure() { # mode: prints KiB per idle session
     FPID=$!
     wait_port "$PORT"
     wait_port "$TLS_PORT"
+    local warm=$WARMUP
+    [ "${IDLE_WARM_ALL:-0}" != 1 ] || warm=$SESSIONS
     "$BENCH" --port "$port" "${tls[@]}" --user 'u%d' --password "$PASSWORD" \
-        --user-count $WARMUP --concurrency 32 --sessions $WARMUP >/dev/null 2>&1 ||
+        --user-count "$warm" --concurrency 32 --sessions "$warm" >/dev/null 2>&1 ||
         die "the warm-up sessions failed"
     sleep 1
     before=$("$PY" "$HERE/probe.py" uss "$FPID")
@@ -189,7 +196,9 @@ done
 if [ -n "${FACTEUR_BIN:-}" ]; then BUILD=$FACTEUR_BIN; else
     BUILD=$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown)
 fi
-echo "== $SESSIONS idle sessions, $RUNS runs ($BUILD)"
+WARMED="64 users warmed up"
+[ "${IDLE_WARM_ALL:-0}" != 1 ] || WARMED="every user warmed up"
+echo "== $SESSIONS idle sessions, $RUNS runs ($BUILD; $WARMED)"
 for mode in $MODES; do
     "$PY" - "$mode" ${FIGURES[$mode]} <<'EOF'
 import statistics, sys
