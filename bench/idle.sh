@@ -196,7 +196,7 @@ done
 if [ -n "${FACTEUR_BIN:-}" ]; then BUILD=$FACTEUR_BIN; else
     BUILD=$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown)
 fi
-WARMED="64 users warmed up"
+WARMED="$WARMUP users warmed up"
 [ "${IDLE_WARM_ALL:-0}" != 1 ] || WARMED="every user warmed up"
 echo "== $SESSIONS idle sessions, $RUNS runs ($BUILD; $WARMED)"
 for mode in $MODES; do
